@@ -1,0 +1,502 @@
+//! Capture and restore: converts live Lua values to a [`Graph`] and back.
+//!
+//! This is the heart of "a closure shipped to another host": functions travel as
+//! `string.dump` bytecode (with debug info) plus their upvalues, read and set through
+//! the `debug` library; tables keep identity (cycles, shared sub-tables); standard and
+//! module functions travel by name; `_ENV` is re-bound to the receiving state's globals;
+//! shared objects travel as references. No I/O happens here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use mlua::{Function, Lua, Table, Value as LV};
+
+use crate::graph::{FunctionDef, Graph, TableDef, Unsendable, Upvalue, Value};
+use crate::shared_obj::{SharedBackend, SharedObj};
+
+/// Library tables whose contents travel by name.
+pub const LIBRARY_TABLES: &[&str] = &[
+    "string",
+    "table",
+    "math",
+    "os",
+    "io",
+    "utf8",
+    "coroutine",
+    "debug",
+    "package",
+    "goroutine",
+    "log",
+    "exec",
+    "fs",
+    "http",
+    "net",
+    "sys",
+    "json",
+    "template",
+    "artifact",
+    "fleet",
+];
+
+/// How deep tables and closures may nest before a capture gives up.
+const MAX_DEPTH: usize = 400;
+
+/// Per-state data the codec needs, stored in the state's app data by [`install`].
+pub struct CaptureCtx {
+    /// Pointer of a builtin function or library table -> its dotted name.
+    builtins: HashMap<usize, String>,
+    getupvalue: Function,
+    setupvalue: Function,
+    upvalueid: Function,
+    upvaluejoin: Function,
+    /// Global names present before the script ran (not "script globals").
+    baseline: std::collections::HashSet<String>,
+    /// Where shared objects restored in this state send their calls.
+    pub backend: Arc<dyn SharedBackend>,
+}
+
+/// Record the state's builtins and debug accessors. Call once the state's modules are
+/// installed and before any user code runs. The state must have the `debug` library.
+pub fn install(lua: &Lua, backend: Arc<dyn SharedBackend>) -> mlua::Result<()> {
+    let globals = lua.globals();
+    let debug: Table = globals.raw_get("debug")?;
+    let mut builtins = HashMap::new();
+    let mut baseline = std::collections::HashSet::new();
+    for pair in globals.pairs::<LV, LV>() {
+        let (k, v) = pair?;
+        let LV::String(name) = k else { continue };
+        let name = name.to_string_lossy().to_string();
+        baseline.insert(name.clone());
+        match &v {
+            LV::Function(f) => {
+                builtins.insert(f.to_pointer() as usize, name);
+            }
+            LV::Table(t) if LIBRARY_TABLES.contains(&name.as_str()) => {
+                builtins.insert(t.to_pointer() as usize, name.clone());
+                for pair in t.pairs::<LV, LV>() {
+                    let (fk, fv) = pair?;
+                    if let (LV::String(fname), LV::Function(f)) = (fk, fv) {
+                        builtins
+                            .entry(f.to_pointer() as usize)
+                            .or_insert_with(|| format!("{name}.{}", fname.to_string_lossy()));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    // The host description is set per task; never treat it as a script global.
+    baseline.insert("host".to_string());
+    baseline.insert("_G".to_string());
+    let ctx = CaptureCtx {
+        builtins,
+        getupvalue: debug.raw_get("getupvalue")?,
+        setupvalue: debug.raw_get("setupvalue")?,
+        upvalueid: debug.raw_get("upvalueid")?,
+        upvaluejoin: debug.raw_get("upvaluejoin")?,
+        baseline,
+        backend,
+    };
+    lua.set_app_data(ctx);
+    Ok(())
+}
+
+/// Why a value could not be captured: `path` names the variable, as the user wrote it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot send {path} ({type_name}){detail}")]
+pub struct CaptureError {
+    pub path: String,
+    pub type_name: String,
+    pub detail: String,
+}
+
+impl CaptureError {
+    fn new(path: &str, type_name: &str, detail: impl Into<String>) -> Self {
+        let d: String = detail.into();
+        CaptureError {
+            path: path.to_string(),
+            type_name: type_name.to_string(),
+            detail: if d.is_empty() { d } else { format!(": {d}") },
+        }
+    }
+}
+
+/// Builds one [`Graph`] from any number of roots, sharing identity between them.
+pub struct Encoder<'l> {
+    lua: &'l Lua,
+    globals_ptr: usize,
+    tables: HashMap<usize, u32>,
+    functions: HashMap<usize, u32>,
+    protos: HashMap<Vec<u8>, u32>,
+    cells: HashMap<usize, u32>,
+    graph: Graph,
+    depth: usize,
+}
+
+impl<'l> Encoder<'l> {
+    pub fn new(lua: &'l Lua) -> Self {
+        Encoder {
+            lua,
+            globals_ptr: lua.globals().to_pointer() as usize,
+            tables: HashMap::new(),
+            functions: HashMap::new(),
+            protos: HashMap::new(),
+            cells: HashMap::new(),
+            graph: Graph::default(),
+            depth: 0,
+        }
+    }
+
+    /// Add a root value; `path` names it in errors ("argument #1", "return value #2").
+    pub fn push_root(&mut self, v: &LV, path: &str) -> Result<(), CaptureError> {
+        let enc = self.encode(v, path)?;
+        self.graph.roots.push(enc);
+        Ok(())
+    }
+
+    /// Add a function root; errors name its upvalues as `upvalue 'x'`.
+    pub fn push_function_root(&mut self, f: &Function) -> Result<(), CaptureError> {
+        let enc = self.encode_function(f, "upvalue")?;
+        self.graph.roots.push(enc);
+        Ok(())
+    }
+
+    /// Copy the globals the script defined (anything not present before it ran).
+    /// Values that cannot be sent are recorded, not fatal: reading one inside the
+    /// task raises an error that says why.
+    pub fn push_script_globals(&mut self) -> Result<(), CaptureError> {
+        let globals = self.lua.globals();
+        let mut found: Vec<(String, LV)> = Vec::new();
+        {
+            let ctx = ctx(self.lua)?;
+            for pair in globals.pairs::<LV, LV>() {
+                let Ok((LV::String(k), v)) = pair else {
+                    continue;
+                };
+                let name = k.to_string_lossy().to_string();
+                if !ctx.baseline.contains(&name) {
+                    found.push((name, v));
+                }
+            }
+        }
+        for (name, v) in found {
+            // A failed global must not leave half-registered tables behind: encode into
+            // a scratch copy of the identity maps and commit only on success.
+            let snapshot = (
+                self.tables.clone(),
+                self.functions.clone(),
+                self.protos.clone(),
+                self.cells.clone(),
+                self.graph.tables.len(),
+                self.graph.functions.len(),
+                self.graph.protos.len(),
+            );
+            match self.encode(&v, &format!("global '{name}'")) {
+                Ok(enc) => self.graph.globals.push((name, enc)),
+                Err(e) => {
+                    self.tables = snapshot.0;
+                    self.functions = snapshot.1;
+                    self.protos = snapshot.2;
+                    self.cells = snapshot.3;
+                    self.graph.tables.truncate(snapshot.4);
+                    self.graph.functions.truncate(snapshot.5);
+                    self.graph.protos.truncate(snapshot.6);
+                    self.graph.unsendable_globals.push(Unsendable {
+                        name,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> Graph {
+        self.graph
+    }
+
+    fn encode(&mut self, v: &LV, path: &str) -> Result<Value, CaptureError> {
+        Ok(match v {
+            LV::Nil => Value::Nil,
+            LV::Boolean(b) => Value::Bool(*b),
+            LV::Integer(i) => Value::Int(*i),
+            LV::Number(n) => Value::Float(*n),
+            LV::String(s) => Value::Str(s.as_bytes().to_vec()),
+            LV::LightUserData(p) if p.0.is_null() => Value::Nil,
+            LV::Table(t) => self.encode_table(t, path)?,
+            LV::Function(f) => self.encode_function(f, path)?,
+            LV::UserData(ud) => match ud.borrow::<SharedObj>() {
+                Ok(obj) => Value::Shared(obj.r),
+                Err(_) => return Err(CaptureError::new(path, "userdata", "")),
+            },
+            LV::Error(e) => Value::Str(e.to_string().into_bytes()),
+            LV::Thread(_) => return Err(CaptureError::new(path, "coroutine", "")),
+            other => return Err(CaptureError::new(path, other.type_name(), "")),
+        })
+    }
+
+    fn enter(&mut self, path: &str, type_name: &str) -> Result<(), CaptureError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(CaptureError::new(
+                path,
+                type_name,
+                format!("nested deeper than {MAX_DEPTH} levels"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn encode_table(&mut self, t: &Table, path: &str) -> Result<Value, CaptureError> {
+        let ptr = t.to_pointer() as usize;
+        if ptr == self.globals_ptr {
+            return Ok(Value::Env);
+        }
+        if let Some(name) = ctx(self.lua)?.builtins.get(&ptr) {
+            return Ok(Value::Builtin(name.clone()));
+        }
+        if let Some(idx) = self.tables.get(&ptr) {
+            return Ok(Value::Table(*idx));
+        }
+        self.enter(path, "table")?;
+        let idx = self.graph.tables.len() as u32;
+        self.tables.insert(ptr, idx);
+        self.graph.tables.push(TableDef::default());
+        let mut entries = Vec::new();
+        for pair in t.clone().pairs::<LV, LV>() {
+            let (k, v) = pair.map_err(|e| CaptureError::new(path, "table", e.to_string()))?;
+            let kpath = match &k {
+                LV::String(s) => format!("{path}.{}", s.to_string_lossy()),
+                LV::Integer(i) => format!("{path}[{i}]"),
+                _ => format!("{path}[key]"),
+            };
+            let ek = self.encode(&k, &format!("{path} key"))?;
+            let ev = self.encode(&v, &kpath)?;
+            entries.push((ek, ev));
+        }
+        self.graph.tables[idx as usize].entries = entries;
+        self.depth -= 1;
+        Ok(Value::Table(idx))
+    }
+
+    fn encode_function(&mut self, f: &Function, path: &str) -> Result<Value, CaptureError> {
+        let ptr = f.to_pointer() as usize;
+        let ctx = ctx(self.lua)?;
+        if let Some(name) = ctx.builtins.get(&ptr) {
+            return Ok(Value::Builtin(name.clone()));
+        }
+        if let Some(idx) = self.functions.get(&ptr) {
+            return Ok(Value::Function(*idx));
+        }
+        let info = f.info();
+        if info.what == "C" {
+            return Err(CaptureError::new(
+                path,
+                "C function",
+                "only Lua functions and standard or sloth-module functions can be sent",
+            ));
+        }
+        let getupvalue = ctx.getupvalue.clone();
+        let upvalueid = ctx.upvalueid.clone();
+        self.enter(path, "function")?;
+        let bytecode = f.dump(false);
+        let next_proto = self.protos.len() as u32;
+        let proto = *self.protos.entry(bytecode).or_insert(next_proto);
+        if proto == next_proto {
+            // The map owns the key; keep a copy in order in the graph.
+            self.graph.protos.push(f.dump(false));
+        }
+        let idx = self.graph.functions.len() as u32;
+        self.functions.insert(ptr, idx);
+        self.graph.functions.push(FunctionDef {
+            proto,
+            upvalues: Vec::new(),
+        });
+        let mut upvalues = Vec::with_capacity(info.num_upvalues as usize);
+        for i in 1..=info.num_upvalues as i64 {
+            let (name, value): (Option<String>, LV) = getupvalue
+                .call((f.clone(), i))
+                .map_err(|e| CaptureError::new(path, "function", e.to_string()))?;
+            let id: LV = upvalueid
+                .call((f.clone(), i))
+                .map_err(|e| CaptureError::new(path, "function", e.to_string()))?;
+            let id_ptr = id.to_pointer() as usize;
+            let next_cell = self.cells.len() as u32;
+            let cell = *self.cells.entry(id_ptr).or_insert(next_cell);
+            let name = name.unwrap_or_else(|| format!("#{i}"));
+            let value = if name == "_ENV" {
+                match &value {
+                    LV::Table(t) if t.to_pointer() as usize == self.globals_ptr => Value::Env,
+                    other => self.encode(other, "upvalue '_ENV'")?,
+                }
+            } else {
+                let upath = if path == "upvalue" {
+                    format!("upvalue '{name}'")
+                } else {
+                    format!("{path} (upvalue '{name}')")
+                };
+                self.encode(&value, &upath)?
+            };
+            upvalues.push(Upvalue { value, cell });
+        }
+        self.graph.functions[idx as usize].upvalues = upvalues;
+        self.depth -= 1;
+        Ok(Value::Function(idx))
+    }
+}
+
+fn ctx(lua: &Lua) -> Result<mlua::AppDataRef<'_, CaptureCtx>, CaptureError> {
+    lua.app_data_ref::<CaptureCtx>().ok_or_else(|| {
+        CaptureError::new(
+            "value",
+            "state",
+            "internal: capture context not installed in this Lua state",
+        )
+    })
+}
+
+/// Encode a list of values (arguments, results, a channel message) as one graph.
+pub fn encode_values(lua: &Lua, values: &[LV], what: &str) -> Result<Graph, CaptureError> {
+    let mut enc = Encoder::new(lua);
+    for (i, v) in values.iter().enumerate() {
+        enc.push_root(v, &format!("{what} #{}", i + 1))?;
+    }
+    Ok(enc.finish())
+}
+
+/// Restore a graph into `lua`, binding `_ENV` to `env`; returns the roots in order.
+/// Script globals carried by the graph are set in `env` too.
+pub fn restore(lua: &Lua, graph: &Graph, env: &Table) -> mlua::Result<Vec<LV>> {
+    graph.validate().map_err(mlua::Error::runtime)?;
+    let (setupvalue, upvaluejoin, backend) = {
+        let ctx = lua
+            .app_data_ref::<CaptureCtx>()
+            .ok_or_else(|| mlua::Error::runtime("capture context not installed"))?;
+        (
+            ctx.setupvalue.clone(),
+            ctx.upvaluejoin.clone(),
+            ctx.backend.clone(),
+        )
+    };
+    let tables: Vec<Table> = (0..graph.tables.len())
+        .map(|_| lua.create_table())
+        .collect::<mlua::Result<_>>()?;
+    let mut functions = Vec::with_capacity(graph.functions.len());
+    for f in &graph.functions {
+        let code = &graph.protos[f.proto as usize];
+        let func = lua
+            .load(code.as_slice())
+            .set_mode(mlua::chunk::ChunkMode::Binary)
+            .into_function()?;
+        functions.push(func);
+    }
+    let r = Restorer {
+        lua,
+        env,
+        tables: &tables,
+        functions: &functions,
+        backend,
+    };
+    for (def, t) in graph.tables.iter().zip(&tables) {
+        for (k, v) in &def.entries {
+            let k = r.value(k)?;
+            if k.is_nil() || matches!(k, LV::Number(n) if n.is_nan()) {
+                continue;
+            }
+            t.raw_set(k, r.value(v)?)?;
+        }
+    }
+    let mut cells: HashMap<u32, (usize, usize)> = HashMap::new();
+    for (fi, def) in graph.functions.iter().enumerate() {
+        for (ui, up) in def.upvalues.iter().enumerate() {
+            let n = ui + 1;
+            if let Some(&(ofi, on)) = cells.get(&up.cell) {
+                upvaluejoin.call::<()>((functions[fi].clone(), n, functions[ofi].clone(), on))?;
+            } else {
+                cells.insert(up.cell, (fi, n));
+                setupvalue.call::<LV>((functions[fi].clone(), n, r.value(&up.value)?))?;
+            }
+        }
+    }
+    for (name, v) in &graph.globals {
+        env.raw_set(name.as_str(), r.value(v)?)?;
+    }
+    if !graph.unsendable_globals.is_empty() {
+        let reasons = lua.create_table()?;
+        for u in &graph.unsendable_globals {
+            reasons.raw_set(u.name.as_str(), u.reason.as_str())?;
+        }
+        let mt = match env.metatable() {
+            Some(mt) => mt,
+            None => lua.create_table()?,
+        };
+        let prev_index: LV = mt.raw_get("__index")?;
+        let index = lua.create_function(move |_, (t, key): (Table, LV)| {
+            if let LV::String(k) = &key {
+                if let Ok(Some(reason)) = reasons.raw_get::<Option<String>>(k.clone()) {
+                    return Err(mlua::Error::runtime(format!(
+                        "this task could not receive the script's global: {reason}"
+                    )));
+                }
+            }
+            match &prev_index {
+                LV::Table(p) => p.get::<LV>(key),
+                LV::Function(f) => f.call::<LV>((t, key)),
+                _ => Ok(LV::Nil),
+            }
+        })?;
+        mt.raw_set("__index", index)?;
+        env.set_metatable(Some(mt))?;
+    }
+    graph.roots.iter().map(|v| r.value(v)).collect()
+}
+
+struct Restorer<'a> {
+    lua: &'a Lua,
+    env: &'a Table,
+    tables: &'a [Table],
+    functions: &'a [Function],
+    backend: Arc<dyn SharedBackend>,
+}
+
+impl Restorer<'_> {
+    fn value(&self, v: &Value) -> mlua::Result<LV> {
+        Ok(match v {
+            Value::Nil => LV::Nil,
+            Value::Bool(b) => LV::Boolean(*b),
+            Value::Int(i) => LV::Integer(*i),
+            Value::Float(f) => LV::Number(*f),
+            Value::Str(s) => LV::String(self.lua.create_string(s)?),
+            Value::Table(i) => LV::Table(self.tables[*i as usize].clone()),
+            Value::Function(i) => LV::Function(self.functions[*i as usize].clone()),
+            Value::Env => LV::Table(self.env.clone()),
+            Value::Builtin(name) => resolve_builtin(self.env, name)?,
+            Value::Shared(r) => LV::UserData(
+                self.lua
+                    .create_userdata(SharedObj::new(*r, self.backend.clone()))?,
+            ),
+        })
+    }
+}
+
+fn resolve_builtin(env: &Table, name: &str) -> mlua::Result<LV> {
+    let mut cur = LV::Table(env.clone());
+    for part in name.split('.') {
+        cur = match cur {
+            LV::Table(t) => t.raw_get(part)?,
+            _ => LV::Nil,
+        };
+    }
+    if cur.is_nil() {
+        return Err(mlua::Error::runtime(format!(
+            "'{name}' is not available here (it exists only in the master's main script)"
+        )));
+    }
+    Ok(cur)
+}
+
+/// Restore a plain value list (arguments, results, messages) into `lua`.
+pub fn restore_values(lua: &Lua, graph: &Graph) -> mlua::Result<Vec<LV>> {
+    let env = lua.globals();
+    restore(lua, graph, &env)
+}

@@ -1,0 +1,246 @@
+//! Runs one task in a fresh, isolated Lua state. The same code runs on agents and
+//! on the master's worker threads, so local and remote tasks behave identically.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mlua::{HookTriggers, Lua, LuaOptions, StdLib, Table, Value as LV, VmState};
+
+use crate::cancel::{CancelToken, StopReason};
+use crate::capture;
+use crate::graph::Graph;
+use crate::modules;
+use crate::protocol::{ErrorKind, LogLevel, TaskError, TaskRequest};
+use crate::shared_obj::SharedBackend;
+
+/// What a running task can reach outside its own state.
+pub trait TaskIo: Send + Sync {
+    /// A log line or `print` output, streamed to the master as it happens.
+    fn log(&self, level: LogLevel, line: &str);
+    /// Where calls on shared objects (channels, wait groups, ...) go.
+    fn backend(&self) -> Arc<dyn SharedBackend>;
+}
+
+/// Everything module functions need, stored in each state's app data.
+#[derive(Clone)]
+pub struct TaskContext {
+    /// The name tasks see as `host.name` (`local` on the master).
+    pub host: String,
+    pub task_name: String,
+    pub io: Arc<dyn TaskIo>,
+    pub cancel: CancelToken,
+}
+
+/// How often (in VM instructions) the hook checks for a stop.
+const HOOK_EVERY: u32 = 1000;
+/// Marker in the error raised by the hook.
+const STOP_MARKER: &str = "sloth: task stopped";
+
+/// Make a state with the standard library, the task modules and the capture codec.
+pub fn new_state(ctx: &TaskContext) -> mlua::Result<Lua> {
+    // SAFETY: the `debug` library is needed to read and set upvalues of shipped
+    // closures; tasks are trusted code from an authenticated master (docs/security.md).
+    let lua = unsafe { Lua::unsafe_new_with(StdLib::ALL, LuaOptions::new()) };
+    modules::install_task_modules(&lua, ctx)?;
+    capture::install(&lua, ctx.io.backend())?;
+    lua.set_app_data(ctx.clone());
+    Ok(lua)
+}
+
+/// Arm the instruction hook that stops runaway Lua when the token says so.
+pub fn arm_stop_hook(lua: &Lua, cancel: CancelToken) -> mlua::Result<()> {
+    lua.set_hook(
+        HookTriggers::new().every_nth_instruction(HOOK_EVERY),
+        move |_, _| match cancel.stopped() {
+            Some(_) => Err(mlua::Error::runtime(STOP_MARKER)),
+            None => Ok(VmState::Continue),
+        },
+    )
+}
+
+pub struct Limits {
+    pub memory_limit: Option<usize>,
+}
+
+/// Run one task to completion. Never panics on task input; every failure is a
+/// [`TaskError`] whose message does not yet name the host.
+pub fn run_task(req: &TaskRequest, ctx: TaskContext, limits: &Limits) -> Result<Graph, TaskError> {
+    let cancel = ctx.cancel.clone();
+    let lua = new_state(&ctx)
+        .map_err(|e| TaskError::new(ErrorKind::Lua, format!("setting up the task state: {e}")))?;
+    let env = lua.globals();
+    let host_tbl = host_table(&lua, &ctx.host, &req.host_vars)
+        .map_err(|e| TaskError::new(ErrorKind::Capture, format!("host vars: {e}")))?;
+    env.raw_set("host", host_tbl)
+        .map_err(|e| TaskError::new(ErrorKind::Lua, e.to_string()))?;
+    let roots = capture::restore(&lua, &req.payload, &env).map_err(|e| {
+        TaskError::new(
+            ErrorKind::Capture,
+            format!("restoring the task: {}", error_text(&e)),
+        )
+    })?;
+    let mut roots = roots.into_iter();
+    let Some(LV::Function(f)) = roots.next() else {
+        return Err(TaskError::new(
+            ErrorKind::Capture,
+            "the task carries no function",
+        ));
+    };
+    let args: mlua::MultiValue = roots.collect();
+    if let Some(limit) = limits.memory_limit {
+        let used = lua.used_memory();
+        let _ = lua.set_memory_limit(used.saturating_add(limit));
+    }
+    arm_stop_hook(&lua, cancel.clone())
+        .map_err(|e| TaskError::new(ErrorKind::Lua, e.to_string()))?;
+    let result = f.call::<mlua::MultiValue>(args);
+    lua.remove_hook();
+    let _ = lua.set_memory_limit(0);
+    if let Some(reason) = cancel.stopped() {
+        return Err(stop_error(reason, &cancel));
+    }
+    match result {
+        Ok(values) => {
+            let values: Vec<LV> = values.into_iter().collect();
+            capture::encode_values(&lua, &values, "return value")
+                .map_err(|e| TaskError::new(ErrorKind::Capture, format!("{e} back to the master")))
+        }
+        Err(e) => Err(lua_error(&e, limits.memory_limit)),
+    }
+}
+
+fn stop_error(reason: StopReason, cancel: &CancelToken) -> TaskError {
+    match reason {
+        StopReason::Cancelled => TaskError::new(ErrorKind::Cancelled, "task cancelled"),
+        StopReason::Timeout => {
+            let _ = cancel;
+            TaskError::new(
+                ErrorKind::Timeout,
+                "the task ran past its time limit and was stopped",
+            )
+        }
+    }
+}
+
+/// Classify an error raised by task code.
+pub fn lua_error(e: &mlua::Error, memory_limit: Option<usize>) -> TaskError {
+    if is_memory_error(e) {
+        let limit = memory_limit
+            .map(|l| format!(" of {} MiB", l / (1024 * 1024)))
+            .unwrap_or_default();
+        return TaskError::new(
+            ErrorKind::Lua,
+            format!("out of memory: the task exceeded its memory limit{limit} and was stopped"),
+        );
+    }
+    TaskError::new(ErrorKind::Lua, error_text(e))
+}
+
+fn is_memory_error(e: &mlua::Error) -> bool {
+    match e {
+        mlua::Error::MemoryError(_) => true,
+        mlua::Error::CallbackError { cause, .. } => is_memory_error(cause),
+        mlua::Error::WithContext { cause, .. } => is_memory_error(cause),
+        _ => false,
+    }
+}
+
+/// The message of a Lua error without mlua's wrapping and without the traceback.
+pub fn error_text(e: &mlua::Error) -> String {
+    let s = match e {
+        mlua::Error::RuntimeError(s) => s.clone(),
+        mlua::Error::CallbackError { cause, .. } => return error_text(cause),
+        mlua::Error::WithContext { context, cause } => {
+            return format!("{context}: {}", error_text(cause))
+        }
+        mlua::Error::ExternalError(ext) => ext.to_string(),
+        other => other.to_string(),
+    };
+    match s.find("\nstack traceback:") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// `host = {name = ..., vars = {...}}` for the task.
+fn host_table(lua: &Lua, name: &str, vars: &Graph) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    t.raw_set("name", name)?;
+    let vars_v = if vars.roots.is_empty() {
+        LV::Table(lua.create_table()?)
+    } else {
+        capture::restore_values(lua, vars)?
+            .into_iter()
+            .next()
+            .unwrap_or(LV::Nil)
+    };
+    t.raw_set("vars", vars_v)?;
+    Ok(t)
+}
+
+/// Wall-clock helper shared by master and agent.
+pub fn elapsed_us(start: Instant) -> u64 {
+    start.elapsed().as_micros() as u64
+}
+
+/// Parse a duration given to the Lua API: a number of milliseconds, or a string
+/// like `"30s"`, `"500ms"`, `"2m"`, `"1h"`.
+pub fn parse_duration(v: &LV) -> Result<Option<Duration>, String> {
+    match v {
+        LV::Nil => Ok(None),
+        LV::Integer(i) if *i >= 0 => Ok(Some(Duration::from_millis(*i as u64))),
+        LV::Number(n) if *n >= 0.0 && n.is_finite() => {
+            Ok(Some(Duration::from_micros((*n * 1000.0) as u64)))
+        }
+        LV::String(s) => parse_duration_str(&s.to_string_lossy()).map(Some),
+        other => Err(format!(
+            "expected a duration in ms or a string like \"30s\", got {}",
+            match other {
+                LV::Integer(i) => i.to_string(),
+                LV::Number(n) => n.to_string(),
+                o => o.type_name().to_string(),
+            }
+        )),
+    }
+}
+
+pub fn parse_duration_str(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration '{s}' (use e.g. \"500ms\", \"30s\", \"2m\")"))?;
+    let ms = match unit.trim() {
+        "" | "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        "h" => n * 3_600_000.0,
+        "us" => n / 1000.0,
+        _ => return Err(format!("bad duration unit in '{s}' (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_micros((ms * 1000.0) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration_str("500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(parse_duration_str("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration_str("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(
+            parse_duration_str("1.5s").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert!(parse_duration_str("5 parsecs").is_err());
+        assert!(parse_duration_str("").is_err());
+    }
+}

@@ -1,0 +1,189 @@
+//! The value tree that carries Lua data between states and hosts.
+//!
+//! A [`Graph`] is a self-contained snapshot of some Lua values: tables and functions
+//! are stored once in side tables and referred to by index, so cycles and shared
+//! sub-tables keep their identity. This module is plain data (serde), with no Lua and
+//! no I/O; [`crate::capture`] converts between it and live Lua states.
+
+use serde::{Deserialize, Serialize};
+
+/// The kinds of objects that are passed by reference instead of being copied.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SharedKind {
+    Handle,
+    Channel,
+    WaitGroup,
+    Mutex,
+    Semaphore,
+    Atomic,
+    Once,
+    Artifact,
+}
+
+impl SharedKind {
+    pub fn type_name(self) -> &'static str {
+        match self {
+            SharedKind::Handle => "handle",
+            SharedKind::Channel => "channel",
+            SharedKind::WaitGroup => "wait_group",
+            SharedKind::Mutex => "mutex",
+            SharedKind::Semaphore => "semaphore",
+            SharedKind::Atomic => "atomic_int",
+            SharedKind::Once => "once",
+            SharedKind::Artifact => "artifact",
+        }
+    }
+}
+
+/// A reference to an object that lives in the master.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SharedRef {
+    pub kind: SharedKind,
+    pub id: u64,
+}
+
+/// One Lua value inside a [`Graph`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum Value {
+    Nil,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(Vec<u8>),
+    /// Index into [`Graph::tables`].
+    Table(u32),
+    /// Index into [`Graph::functions`].
+    Function(u32),
+    /// A standard-library or sloth-module value, resolved by name where it is restored
+    /// (`"string.format"`, `"string"`, `"print"`).
+    Builtin(String),
+    /// The globals table of the state (`_ENV`/`_G`), re-bound where it is restored.
+    Env,
+    /// An object passed by reference.
+    Shared(SharedRef),
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct TableDef {
+    pub entries: Vec<(Value, Value)>,
+}
+
+/// A Lua closure: which prototype it instantiates, and its upvalues.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct FunctionDef {
+    /// Index into [`Graph::protos`].
+    pub proto: u32,
+    /// One entry per upvalue, in order.
+    pub upvalues: Vec<Upvalue>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Upvalue {
+    pub value: Value,
+    /// Closures that shared one upvalue cell share it again after restore.
+    pub cell: u32,
+}
+
+/// A script global that could not be copied: reading it inside a task raises this reason.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Unsendable {
+    pub name: String,
+    pub reason: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Graph {
+    /// The values this graph carries (a function and its arguments, or results).
+    pub roots: Vec<Value>,
+    pub tables: Vec<TableDef>,
+    pub functions: Vec<FunctionDef>,
+    /// Bytecode (`string.dump`, with debug info), deduplicated.
+    pub protos: Vec<Vec<u8>>,
+    /// Globals the script defined, available inside the task.
+    pub globals: Vec<(String, Value)>,
+    pub unsendable_globals: Vec<Unsendable>,
+}
+
+impl Graph {
+    /// A graph of plain values only (no tables or functions).
+    pub fn from_roots(roots: Vec<Value>) -> Graph {
+        Graph {
+            roots,
+            ..Graph::default()
+        }
+    }
+
+    /// Append a table made of the given entries and return its value.
+    pub fn push_table(&mut self, entries: Vec<(Value, Value)>) -> Value {
+        self.tables.push(TableDef { entries });
+        Value::Table((self.tables.len() - 1) as u32)
+    }
+
+    /// A one-line, human description of a root value (for logs and errors).
+    pub fn describe(&self, v: &Value) -> String {
+        match v {
+            Value::Nil => "nil".into(),
+            Value::Bool(b) => b.to_string(),
+            Value::Int(i) => i.to_string(),
+            Value::Float(f) => format!("{f:?}"),
+            Value::Str(s) => String::from_utf8_lossy(s).into_owned(),
+            Value::Table(i) => format!("table#{i}"),
+            Value::Function(i) => format!("function#{i}"),
+            Value::Builtin(n) => n.clone(),
+            Value::Env => "_ENV".into(),
+            Value::Shared(r) => format!("{}#{}", r.kind.type_name(), r.id),
+        }
+    }
+
+    /// Check that every index refers to something that exists, so a restore from a
+    /// graph received over the network never indexes out of bounds.
+    pub fn validate(&self) -> Result<(), String> {
+        let check = |v: &Value| -> Result<(), String> {
+            match v {
+                Value::Table(i) if *i as usize >= self.tables.len() => {
+                    Err(format!("table index {i} out of range"))
+                }
+                Value::Function(i) if *i as usize >= self.functions.len() => {
+                    Err(format!("function index {i} out of range"))
+                }
+                _ => Ok(()),
+            }
+        };
+        for v in &self.roots {
+            check(v)?;
+        }
+        for t in &self.tables {
+            for (k, v) in &t.entries {
+                check(k)?;
+                check(v)?;
+            }
+        }
+        for f in &self.functions {
+            if f.proto as usize >= self.protos.len() {
+                return Err(format!("prototype index {} out of range", f.proto));
+            }
+            for u in &f.upvalues {
+                check(&u.value)?;
+            }
+        }
+        for (_, v) in &self.globals {
+            check(v)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_rejects_dangling_indexes() {
+        let mut g = Graph::from_roots(vec![Value::Table(0)]);
+        assert!(g.validate().is_err());
+        g.push_table(vec![(Value::Int(1), Value::Function(3))]);
+        assert!(g.validate().unwrap_err().contains("function index 3"));
+        g.tables[0].entries.clear();
+        assert!(g.validate().is_ok());
+    }
+}

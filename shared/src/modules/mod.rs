@@ -1,0 +1,99 @@
+//! The modules every task has, on agents and on the master: `log`, `print`, `json`,
+//! `goroutine.sleep`, and the system modules. Module functions find the running
+//! task's [`TaskContext`] (host, log sink, stop token) in the state's app data.
+
+use std::time::Duration;
+
+use mlua::{Lua, MultiValue, Table, Value as LV};
+
+use crate::cancel::StopReason;
+use crate::executor::{parse_duration, TaskContext};
+use crate::protocol::LogLevel;
+
+pub mod json;
+
+/// The context of the task this state runs.
+pub fn task_ctx(lua: &Lua) -> mlua::Result<TaskContext> {
+    lua.app_data_ref::<TaskContext>()
+        .map(|c| c.clone())
+        .ok_or_else(|| mlua::Error::runtime("no task context in this Lua state"))
+}
+
+/// Turn a stop of the running task into the Lua error that unwinds it.
+pub fn stop_to_lua(r: StopReason) -> mlua::Error {
+    mlua::Error::runtime(match r {
+        StopReason::Cancelled => "sloth: task stopped (cancelled)",
+        StopReason::Timeout => "sloth: task stopped (timeout exceeded)",
+    })
+}
+
+/// Install every task module into `lua`'s globals.
+pub fn install_task_modules(lua: &Lua, ctx: &TaskContext) -> mlua::Result<()> {
+    let g = lua.globals();
+    install_log(lua, &g)?;
+    json::install(lua, &g)?;
+    let goroutine = lua.create_table()?;
+    install_sleep(lua, &goroutine)?;
+    g.raw_set("goroutine", goroutine.clone())?;
+    let loaded: Table = lua.named_registry_value::<Table>("_LOADED")?;
+    loaded.raw_set("goroutine", goroutine)?;
+    for name in ["log", "json"] {
+        let v: LV = g.raw_get(name)?;
+        loaded.raw_set(name, v)?;
+    }
+    let _ = ctx;
+    Ok(())
+}
+
+/// `goroutine.sleep(ms)`: sleeps, and wakes at once when the task is stopped.
+pub fn install_sleep(lua: &Lua, goroutine: &Table) -> mlua::Result<()> {
+    goroutine.raw_set(
+        "sleep",
+        lua.create_function(|lua, ms: LV| {
+            let d = parse_duration(&ms)
+                .map_err(|e| mlua::Error::runtime(format!("goroutine.sleep: {e}")))?
+                .unwrap_or(Duration::ZERO);
+            let ctx = task_ctx(lua)?;
+            ctx.cancel.sleep(d).map_err(stop_to_lua)
+        })?,
+    )
+}
+
+fn join_args(lua: &Lua, args: MultiValue) -> mlua::Result<String> {
+    let tostring: mlua::Function = lua.globals().raw_get("tostring")?;
+    let mut parts = Vec::with_capacity(args.len());
+    for a in args {
+        let s: mlua::LuaString = tostring.call(a)?;
+        parts.push(s.to_string_lossy().to_string());
+    }
+    Ok(parts.join("\t"))
+}
+
+fn install_log(lua: &Lua, g: &Table) -> mlua::Result<()> {
+    let log = lua.create_table()?;
+    for (name, level) in [
+        ("debug", LogLevel::Debug),
+        ("info", LogLevel::Info),
+        ("warn", LogLevel::Warn),
+        ("error", LogLevel::Error),
+    ] {
+        log.raw_set(
+            name,
+            lua.create_function(move |lua, args: MultiValue| {
+                let line = join_args(lua, args)?;
+                task_ctx(lua)?.io.log(level, &line);
+                Ok(())
+            })?,
+        )?;
+    }
+    g.raw_set("log", log)?;
+    g.raw_set(
+        "print",
+        lua.create_function(|lua, args: MultiValue| {
+            let line = join_args(lua, args)?;
+            task_ctx(lua)?.io.log(LogLevel::Print, &line);
+            Ok(())
+        })?,
+    )?;
+    Ok(())
+}

@@ -1,0 +1,365 @@
+//! Messages between master and agent, and their framing. Pure: no sockets here.
+//!
+//! Every frame is a 4-byte big-endian length followed by a bincode body. A frame
+//! longer than [`MAX_FRAME`] is refused before any allocation. See
+//! ARCHITECTURE.md ("Wire protocol") for the stream layout.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::graph::{Graph, SharedRef};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Lua version and bytecode format must match exactly: bytecode is shipped.
+pub const LUA_VERSION: &str = "Lua 5.4";
+pub const BYTECODE_FORMAT: u32 = 0x54;
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Hard limit on one frame (a task with its captures, or one result).
+pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+
+/// Application error codes used to close streams and connections.
+pub mod codes {
+    pub const BAD_FRAME: u32 = 1;
+    pub const CANCELLED: u32 = 2;
+    pub const VERSION_MISMATCH: u32 = 3;
+    pub const SHUTDOWN: u32 = 4;
+    pub const PROTOCOL: u32 = 5;
+}
+
+/// First message on a connection's control stream, master to agent.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Hello {
+    pub protocol: u32,
+    pub lua_version: String,
+    pub bytecode_format: u32,
+    pub master_version: String,
+}
+
+impl Hello {
+    pub fn current() -> Hello {
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            lua_version: LUA_VERSION.to_string(),
+            bytecode_format: BYTECODE_FORMAT,
+            master_version: AGENT_VERSION.to_string(),
+        }
+    }
+
+    /// `Err` with a sentence naming both sides' versions when they cannot talk.
+    pub fn check_compatible(&self) -> Result<(), String> {
+        if self.protocol != PROTOCOL_VERSION
+            || self.lua_version != LUA_VERSION
+            || self.bytecode_format != BYTECODE_FORMAT
+        {
+            return Err(format!(
+                "version mismatch: master speaks protocol {} ({}, bytecode {:#x}), agent speaks protocol {} ({}, bytecode {:#x})",
+                self.protocol,
+                self.lua_version,
+                self.bytecode_format,
+                PROTOCOL_VERSION,
+                LUA_VERSION,
+                BYTECODE_FORMAT
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A snapshot of an agent's machine.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct Facts {
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub kernel: String,
+    pub cpus: u32,
+    pub mem_total: u64,
+    pub mem_available: u64,
+    pub load: [f64; 3],
+    pub uptime: u64,
+    pub disk_total: u64,
+    pub disk_available: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Control {
+    Hello(Hello),
+    Welcome {
+        agent_name: String,
+        agent_version: String,
+        max_tasks: u32,
+        facts: Facts,
+    },
+    Reject {
+        reason: String,
+    },
+    Ping {
+        seq: u64,
+    },
+    Pong {
+        seq: u64,
+        facts: Option<Facts>,
+    },
+    /// Ask for fresh facts in the next Pong.
+    PingFacts {
+        seq: u64,
+    },
+}
+
+/// One task, master to agent, first frame of a task stream.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct TaskRequest {
+    pub task_id: u64,
+    pub name: String,
+    /// roots[0] is the function, roots[1..] its arguments; script globals ride along.
+    pub payload: Graph,
+    /// The host's inventory vars (a graph whose root is one table).
+    pub host_vars: Graph,
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    Lua,
+    Timeout,
+    Cancelled,
+    AgentLost,
+    Unreachable,
+    Capture,
+    Refused,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Lua => "lua",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::AgentLost => "agent_lost",
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::Capture => "capture",
+            ErrorKind::Refused => "refused",
+        }
+    }
+}
+
+/// A task failure as it travels; the host is added by whoever reports it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct TaskError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl TaskError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        TaskError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The user-facing string: starts with the kind, always names the host.
+    pub fn display_for(&self, host: &str) -> String {
+        match self.kind {
+            ErrorKind::Timeout => format!("timeout exceeded: {host}: {}", self.message),
+            k => format!("{}: {host}: {}", k.as_str(), self.message),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+    Print,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+            LogLevel::Print => "print",
+        }
+    }
+}
+
+/// Agent to master, on a task stream.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum ToMaster {
+    /// The task left the agent's queue and runs now.
+    Started,
+    Log {
+        level: LogLevel,
+        line: String,
+    },
+    /// A call on a shared object that lives in the master.
+    Call {
+        call_id: u64,
+        obj: SharedRef,
+        method: String,
+        args: Graph,
+    },
+    Done {
+        result: Result<Graph, TaskError>,
+        duration_us: u64,
+    },
+}
+
+/// Master to agent, on a task stream after the request.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum ToAgent {
+    Task(Box<TaskRequest>),
+    Reply {
+        call_id: u64,
+        result: Result<Graph, String>,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum FrameError {
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_FRAME>()
+}
+
+/// Encode a message as one frame (length prefix included).
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let mut out = vec![0u8; 4];
+    bincode::serde::encode_into_std_write(msg, &mut out, config())
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let len = out.len() - 4;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    out[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(out)
+}
+
+/// Decode one frame body (without its length prefix).
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    let (msg, used) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if used != body.len() {
+        return Err(FrameError::Malformed(format!(
+            "{} trailing bytes after message",
+            body.len() - used
+        )));
+    }
+    Ok(msg)
+}
+
+/// Read the length from a frame header, refusing oversized frames.
+pub fn frame_len(header: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+/// Incremental decoder for a byte stream of frames (used by tests and fuzzing).
+#[derive(Default)]
+pub struct FrameBuffer {
+    buf: Vec<u8>,
+}
+
+impl FrameBuffer {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame body, if one has arrived.
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = frame_len([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])?;
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let body = self.buf[4..4 + len].to_vec();
+        self.buf.drain(..4 + len);
+        Ok(Some(body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{SharedKind, Value};
+
+    #[test]
+    fn roundtrip_through_frame_buffer_in_pieces() {
+        let mut g = Graph::from_roots(vec![Value::Int(1), Value::Float(1.0)]);
+        g.push_table(vec![(Value::Str(b"a\0b".to_vec()), Value::Bool(true))]);
+        let msgs = vec![
+            ToMaster::Log {
+                level: LogLevel::Info,
+                line: "hi".into(),
+            },
+            ToMaster::Call {
+                call_id: 7,
+                obj: SharedRef {
+                    kind: SharedKind::Channel,
+                    id: 3,
+                },
+                method: "send".into(),
+                args: g.clone(),
+            },
+            ToMaster::Done {
+                result: Ok(g),
+                duration_us: 5,
+            },
+        ];
+        let mut bytes = Vec::new();
+        for m in &msgs {
+            bytes.extend(encode(m).unwrap());
+        }
+        let mut fb = FrameBuffer::default();
+        let mut out = Vec::new();
+        for chunk in bytes.chunks(3) {
+            fb.push(chunk);
+            while let Some(body) = fb.next_frame().unwrap() {
+                out.push(decode::<ToMaster>(&body).unwrap());
+            }
+        }
+        assert_eq!(out, msgs);
+    }
+
+    #[test]
+    fn oversized_and_garbage_frames_are_errors() {
+        let mut fb = FrameBuffer::default();
+        fb.push(&u32::MAX.to_be_bytes());
+        assert!(matches!(fb.next_frame(), Err(FrameError::TooLarge(_))));
+        assert!(decode::<ToAgent>(&[0xff, 0xfe, 0x01, 0x02]).is_err());
+        assert!(decode::<Control>(&[]).is_err());
+    }
+
+    #[test]
+    fn version_mismatch_names_both_sides() {
+        let mut h = Hello::current();
+        assert!(h.check_compatible().is_ok());
+        h.protocol = 99;
+        let e = h.check_compatible().unwrap_err();
+        assert!(e.contains("protocol 99") && e.contains(&format!("protocol {PROTOCOL_VERSION}")));
+    }
+
+    #[test]
+    fn timeout_errors_start_with_timeout() {
+        let e = TaskError::new(ErrorKind::Timeout, "after 5 ms");
+        assert!(e
+            .display_for("web-01")
+            .starts_with("timeout exceeded: web-01"));
+        let e = TaskError::new(ErrorKind::Lua, "x.lua:1: boom");
+        assert_eq!(e.display_for("db-01"), "lua: db-01: x.lua:1: boom");
+    }
+}

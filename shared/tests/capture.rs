@@ -1,0 +1,156 @@
+//! The capture codec between two real Lua states (no network).
+
+use std::sync::Arc;
+
+use mlua::{Function, Lua, Value as LV};
+use sloth_shared::cancel::CancelToken;
+use sloth_shared::capture::{self, Encoder};
+use sloth_shared::executor::{self, TaskContext, TaskIo};
+use sloth_shared::protocol::{self, LogLevel};
+use sloth_shared::shared_obj::{NoBackend, SharedBackend};
+
+struct Quiet;
+impl TaskIo for Quiet {
+    fn log(&self, _: LogLevel, _: &str) {}
+    fn backend(&self) -> Arc<dyn SharedBackend> {
+        Arc::new(NoBackend)
+    }
+}
+
+fn state() -> Lua {
+    let ctx = TaskContext {
+        host: "test".into(),
+        task_name: "t".into(),
+        io: Arc::new(Quiet),
+        cancel: CancelToken::default(),
+    };
+    executor::new_state(&ctx).unwrap()
+}
+
+/// Capture `fn_src` (an expression returning a function) in one state, ship it
+/// through the wire encoding, run it in another, and return its results there.
+fn ship(setup: &str, fn_src: &str) -> (Lua, Vec<LV>) {
+    let a = state();
+    a.load(setup).set_name("@main.sloth").exec().unwrap();
+    let f: Function = a.load(fn_src).set_name("@main.sloth").eval().unwrap();
+    let mut enc = Encoder::new(&a);
+    enc.push_function_root(&f).unwrap();
+    enc.push_script_globals().unwrap();
+    let graph = enc.finish();
+    let bytes = protocol::encode(&graph).unwrap();
+    let graph: sloth_shared::graph::Graph = protocol::decode(&bytes[4..]).unwrap();
+    let b = state();
+    let env = b.globals();
+    let roots = capture::restore(&b, &graph, &env).unwrap();
+    let LV::Function(g) = roots[0].clone() else {
+        panic!("not a function")
+    };
+    let out: mlua::MultiValue = g.call(()).unwrap();
+    (b, out.into_iter().collect())
+}
+
+#[test]
+fn scalars_keep_their_types() {
+    let (_l, v) = ship("", "local a, b, c = 1, 1.0, 'x\\0y' return function() return a, b, c, true, nil, math.maxinteger end");
+    assert!(matches!(v[0], LV::Integer(1)));
+    assert!(matches!(v[1], LV::Number(f) if f == 1.0));
+    assert_eq!(v[2].as_string().unwrap().as_bytes().as_ref(), b"x\0y");
+    assert!(matches!(v[3], LV::Boolean(true)));
+    assert!(v[4].is_nil());
+    assert!(matches!(v[5], LV::Integer(i64::MAX)));
+}
+
+#[test]
+fn cycles_and_shared_subtables_keep_identity() {
+    let (_l, v) = ship(
+        "",
+        "local t = {name='t'}; t.self = t; local s = {1,2}; local u = {a=s, b=s}
+         return function() return t.self == t, u.a == u.b, u.a[2], t.self.self.name end",
+    );
+    assert!(matches!(v[0], LV::Boolean(true)));
+    assert!(matches!(v[1], LV::Boolean(true)));
+    assert!(matches!(v[2], LV::Integer(2)));
+    assert_eq!(v[3].as_string().unwrap().to_str().unwrap(), "t");
+}
+
+#[test]
+fn local_functions_globals_and_builtins_travel() {
+    let (_l, v) = ship(
+        "function greet(n) return 'hi ' .. n end
+         counter = 41",
+        "local fmt = string.format
+         local function double(x) return x * 2 end
+         return function() return fmt('%s=%d', greet('bob'), double(counter) + 1 - 41) end",
+    );
+    assert_eq!(v[0].as_string().unwrap().to_str().unwrap(), "hi bob=42");
+}
+
+#[test]
+fn shared_upvalue_cells_stay_shared() {
+    let (_l, v) = ship(
+        "",
+        "local n = 0
+         local function inc() n = n + 1 end
+         local function get() return n end
+         return function() inc(); inc(); return get() end",
+    );
+    assert!(matches!(v[0], LV::Integer(2)));
+}
+
+#[test]
+fn errors_keep_file_and_line() {
+    let a = state();
+    let f: Function = a
+        .load("return function()\n  error('boom')\nend")
+        .set_name("@deploy.sloth")
+        .eval()
+        .unwrap();
+    let mut enc = Encoder::new(&a);
+    enc.push_function_root(&f).unwrap();
+    let graph = enc.finish();
+    let b = state();
+    let roots = capture::restore(&b, &graph, &b.globals()).unwrap();
+    let LV::Function(g) = roots[0].clone() else {
+        panic!()
+    };
+    let err = g.call::<()>(()).unwrap_err();
+    assert_eq!(executor::error_text(&err), "deploy.sloth:2: boom");
+}
+
+#[test]
+fn coroutine_is_refused_naming_the_variable() {
+    let a = state();
+    let f: Function = a
+        .load("local worker = coroutine.create(function() end) return function() return worker end")
+        .eval()
+        .unwrap();
+    let mut enc = Encoder::new(&a);
+    let err = enc.push_function_root(&f).unwrap_err();
+    assert_eq!(err.to_string(), "cannot send upvalue 'worker' (coroutine)");
+    let f: Function = a
+        .load(
+            "local cfg = {conn = {co = coroutine.create(print)}} return function() return cfg end",
+        )
+        .eval()
+        .unwrap();
+    let err = Encoder::new(&a).push_function_root(&f).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cannot send upvalue 'cfg'.conn.co (coroutine)"
+    );
+}
+
+#[test]
+fn unsendable_globals_fail_only_when_used() {
+    let (_l, v) = ship(
+        "bad = coroutine.create(print); good = 7",
+        "return function() local ok, e = pcall(function() return bad end) return good, ok, e end",
+    );
+    assert!(matches!(v[0], LV::Integer(7)));
+    assert!(matches!(v[1], LV::Boolean(false)));
+    let msg = v[2].to_string().unwrap();
+    assert!(
+        msg.contains("global 'bad'") && msg.contains("coroutine"),
+        "{msg}"
+    );
+}
