@@ -1,1 +1,44 @@
-fn main() {}
+//! `sloth-agent`: serves tasks from authenticated masters over QUIC.
+
+mod config;
+mod server;
+mod worker;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let args = config::Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLOTH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cfg = match config::Config::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sloth-agent: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(cfg.max_tasks as usize + 16)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sloth-agent: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match rt.block_on(server::serve(cfg)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sloth-agent: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

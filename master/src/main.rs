@@ -1,1 +1,28 @@
-fn main() {}
+//! `sloth-master`: runs deploy scripts across a fleet of `sloth-agent`s.
+
+mod certs_cmd;
+mod cli;
+mod dispatch;
+mod fleet;
+mod inventory;
+mod local_fleet;
+mod mesh;
+mod objects;
+mod output;
+mod registry;
+mod runtime;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLOTH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let args = cli::Cli::parse();
+    let code = cli::main(args);
+    std::process::ExitCode::from(code as u8)
+}

@@ -10,7 +10,13 @@ use crate::cancel::StopReason;
 use crate::executor::{parse_duration, TaskContext};
 use crate::protocol::LogLevel;
 
+pub mod exec;
+pub mod fs;
+pub mod http;
 pub mod json;
+pub mod net;
+pub mod sys;
+pub mod template;
 
 /// The context of the task this state runs.
 pub fn task_ctx(lua: &Lua) -> mlua::Result<TaskContext> {
@@ -32,12 +38,20 @@ pub fn install_task_modules(lua: &Lua, ctx: &TaskContext) -> mlua::Result<()> {
     let g = lua.globals();
     install_log(lua, &g)?;
     json::install(lua, &g)?;
+    exec::install(lua, &g)?;
+    fs::install(lua, &g)?;
+    http::install(lua, &g)?;
+    net::install(lua, &g)?;
+    sys::install(lua, &g)?;
+    template::install(lua, &g)?;
     let goroutine = lua.create_table()?;
     install_sleep(lua, &goroutine)?;
     g.raw_set("goroutine", goroutine.clone())?;
     let loaded: Table = lua.named_registry_value::<Table>("_LOADED")?;
     loaded.raw_set("goroutine", goroutine)?;
-    for name in ["log", "json"] {
+    for name in [
+        "log", "json", "exec", "fs", "http", "net", "sys", "template",
+    ] {
         let v: LV = g.raw_get(name)?;
         loaded.raw_set(name, v)?;
     }

@@ -1,0 +1,177 @@
+//! Command line and config file of the agent.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde::Deserialize;
+
+#[derive(Parser, Debug, Default)]
+#[command(
+    name = "sloth-agent",
+    version,
+    about = "Runs sloth tasks sent by an authenticated master"
+)]
+pub struct Args {
+    /// Address to listen on (UDP), e.g. 0.0.0.0:7447 or 127.0.0.1:0.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// This agent's certificate (signed by the fleet CA; `sloth-master certs issue NAME`).
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// This agent's private key.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// The fleet CA certificate; only masters signed by it are served.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// The agent's name as tasks see it (`host.name`); default: the certificate file's stem.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Tasks run at once; more wait in a queue.
+    #[arg(long)]
+    pub max_tasks: Option<u32>,
+    /// Tasks that may wait for a worker before new ones are refused.
+    #[arg(long)]
+    pub queue: Option<u32>,
+    /// Memory limit per task's Lua state, e.g. 256MiB, 1G.
+    #[arg(long)]
+    pub memory_limit: Option<String>,
+    /// Time limit for a task that sets none, e.g. 1h, 30m.
+    #[arg(long)]
+    pub task_timeout: Option<String>,
+    /// Read settings from a TOML file (same keys as the flags, with underscores).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    name: Option<String>,
+    max_tasks: Option<u32>,
+    queue: Option<u32>,
+    memory_limit: Option<String>,
+    task_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    pub name: String,
+    pub max_tasks: u32,
+    pub queue: u32,
+    pub memory_limit: usize,
+    pub task_timeout: Duration,
+}
+
+impl Config {
+    pub fn from_args(a: Args) -> anyhow::Result<Config> {
+        let f = match &a.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config {}", p.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("parsing config {}", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let base = a
+            .config
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf);
+        let rel = |p: PathBuf| match (&base, p.is_relative()) {
+            (Some(b), true) => b.join(p),
+            _ => p,
+        };
+        let listen = a
+            .listen
+            .or(f.listen)
+            .unwrap_or_else(|| "0.0.0.0:7447".to_string());
+        let listen: SocketAddr = listen
+            .parse()
+            .with_context(|| format!("--listen '{listen}' is not an address like 0.0.0.0:7447"))?;
+        let need =
+            |v: Option<PathBuf>, fv: Option<PathBuf>, what: &str| -> anyhow::Result<PathBuf> {
+                match (v, fv) {
+                    (Some(p), _) => Ok(p),
+                    (None, Some(p)) => Ok(rel(p)),
+                    (None, None) => bail!("--{what} is required (or `{what} = ...` in --config)"),
+                }
+            };
+        let cert = need(a.cert, f.cert, "cert")?;
+        let key = need(a.key, f.key, "key")?;
+        let ca = need(a.ca, f.ca, "ca")?;
+        let name = match a.name.or(f.name) {
+            Some(n) => n,
+            None => cert
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .context("cannot derive the agent name from the certificate path; pass --name")?,
+        };
+        let max_tasks = a.max_tasks.or(f.max_tasks).unwrap_or(64).max(1);
+        let queue = a.queue.or(f.queue).unwrap_or(4096);
+        let memory_limit = match a.memory_limit.or(f.memory_limit) {
+            Some(s) => parse_size(&s)?,
+            None => 512 * 1024 * 1024,
+        };
+        let task_timeout = match a.task_timeout.or(f.task_timeout) {
+            Some(s) => sloth_shared::executor::parse_duration_str(&s)
+                .map_err(|e| anyhow::anyhow!("--task-timeout: {e}"))?,
+            None => Duration::from_secs(3600),
+        };
+        Ok(Config {
+            listen,
+            cert,
+            key,
+            ca,
+            name,
+            max_tasks,
+            queue,
+            memory_limit,
+            task_timeout,
+        })
+    }
+}
+
+/// `512MiB`, `1G`, `64m`, `1048576` -> bytes.
+pub fn parse_size(s: &str) -> anyhow::Result<usize> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num
+        .parse()
+        .with_context(|| format!("bad size '{s}' (use e.g. 256MiB, 1G)"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        other => bail!("bad size unit '{other}' in '{s}' (use KiB, MiB or GiB)"),
+    };
+    Ok(n.saturating_mul(mult))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+    }
+}

@@ -1,0 +1,235 @@
+//! The QUIC server: accepts connections from masters, answers the control-stream
+//! handshake, and runs one task per bidirectional stream.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use quinn::{Connection, RecvStream, SendStream};
+use sloth_shared::protocol::{self, codes, Control, ErrorKind, TaskError, ToAgent, ToMaster};
+use sloth_shared::{tls, wire};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::worker;
+
+/// State shared by every connection of this agent.
+pub struct Agent {
+    pub cfg: Config,
+    pub workers: Arc<Semaphore>,
+    pub waiting: AtomicU32,
+}
+
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let own = tls::read_pem_files(&cfg.cert, &cfg.key)?;
+    let ca = std::fs::read_to_string(&cfg.ca)
+        .with_context(|| format!("reading CA certificate {}", cfg.ca.display()))?;
+    let transport = tls::transport_config(Duration::from_secs(1), Duration::from_secs(4));
+    let server_cfg = tls::agent_server_config(&own, &ca, transport)?;
+    let endpoint = quinn::Endpoint::server(server_cfg, cfg.listen)
+        .with_context(|| format!("listening on {}", cfg.listen))?;
+    let addr = endpoint.local_addr().context("reading the bound address")?;
+    // The local fleet reads this line to learn the port; keep its shape.
+    println!("sloth-agent {} listening on {addr}", cfg.name);
+    {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+    info!(name = %cfg.name, %addr, "agent ready");
+    let agent = Arc::new(Agent {
+        workers: Arc::new(Semaphore::new(cfg.max_tasks as usize)),
+        waiting: AtomicU32::new(0),
+        cfg,
+    });
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        }
+    };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let agent = agent.clone();
+                tokio::spawn(async move {
+                    let peer = incoming.remote_address();
+                    match incoming.await {
+                        Ok(conn) => handle_connection(agent, conn).await,
+                        Err(e) => warn!("{}", tls::explain_incoming_error(&peer.to_string(), &e)),
+                    }
+                });
+            }
+            _ = &mut shutdown => {
+                info!("shutting down");
+                endpoint.close(codes::SHUTDOWN.into(), b"agent shutting down");
+                break;
+            }
+        }
+    }
+    endpoint.wait_idle().await;
+    Ok(())
+}
+
+async fn handle_connection(agent: Arc<Agent>, conn: Connection) {
+    let peer = conn.remote_address();
+    // The control stream comes first; a peer that never opens it is dropped.
+    let control = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi()).await;
+    let (mut csend, mut crecv) = match control {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            warn!("{}", tls::explain_incoming_error(&peer.to_string(), &e));
+            return;
+        }
+        Err(_) => {
+            conn.close(codes::PROTOCOL.into(), b"no control stream");
+            return;
+        }
+    };
+    let hello = match tokio::time::timeout(
+        Duration::from_secs(10),
+        wire::read_frame::<_, Control>(&mut crecv),
+    )
+    .await
+    {
+        Ok(Ok(Some(Control::Hello(h)))) => h,
+        Ok(Ok(_)) | Err(_) => {
+            conn.close(
+                codes::PROTOCOL.into(),
+                b"expected a hello on the control stream",
+            );
+            return;
+        }
+        Ok(Err(e)) => {
+            warn!(%peer, "bad control frame: {e}");
+            conn.close(codes::BAD_FRAME.into(), b"bad frame");
+            return;
+        }
+    };
+    if let Err(why) = hello.check_compatible() {
+        let _ = wire::write_frame(
+            &mut csend,
+            &Control::Reject {
+                reason: why.clone(),
+            },
+        )
+        .await;
+        let _ = csend.finish();
+        warn!(%peer, "{why}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        conn.close(codes::VERSION_MISMATCH.into(), b"version mismatch");
+        return;
+    }
+    let facts = tokio::task::spawn_blocking(worker::facts)
+        .await
+        .unwrap_or_default();
+    let welcome = Control::Welcome {
+        agent_name: agent.cfg.name.clone(),
+        agent_version: protocol::AGENT_VERSION.to_string(),
+        max_tasks: agent.cfg.max_tasks,
+        facts,
+    };
+    if wire::write_frame(&mut csend, &welcome).await.is_err() {
+        return;
+    }
+    debug!(%peer, "master connected");
+    tokio::spawn(control_loop(csend, crecv));
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                let agent = agent.clone();
+                tokio::spawn(async move { task_stream(agent, send, recv).await });
+            }
+            Err(e) => {
+                debug!(%peer, "connection ended: {e}");
+                break;
+            }
+        }
+    }
+}
+
+/// Answers pings (and fact requests) for as long as the connection lives.
+async fn control_loop(mut send: SendStream, mut recv: RecvStream) {
+    loop {
+        match wire::read_frame::<_, Control>(&mut recv).await {
+            Ok(Some(Control::Ping { seq })) => {
+                if wire::write_frame(&mut send, &Control::Pong { seq, facts: None })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(Some(Control::PingFacts { seq })) => {
+                let facts = tokio::task::spawn_blocking(worker::facts).await.ok();
+                if wire::write_frame(&mut send, &Control::Pong { seq, facts })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+/// One task: read the request, wait for a worker, run it, stream events back.
+async fn task_stream(agent: Arc<Agent>, mut send: SendStream, mut recv: RecvStream) {
+    let req = match wire::read_frame::<_, ToAgent>(&mut recv).await {
+        Ok(Some(ToAgent::Task(req))) => *req,
+        Ok(Some(_)) => {
+            let _ = send.reset(codes::PROTOCOL.into());
+            let _ = recv.stop(codes::PROTOCOL.into());
+            return;
+        }
+        Ok(None) => return,
+        Err(e) => {
+            warn!("refusing a task stream: {e}");
+            let _ = send.reset(codes::BAD_FRAME.into());
+            let _ = recv.stop(codes::BAD_FRAME.into());
+            return;
+        }
+    };
+    let done = |result: Result<_, TaskError>, duration_us| ToMaster::Done {
+        result,
+        duration_us,
+    };
+    // Admission: run now, wait in the bounded queue, or refuse.
+    let permit = match agent.workers.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => {
+            if agent.waiting.fetch_add(1, Ordering::SeqCst) >= agent.cfg.queue {
+                agent.waiting.fetch_sub(1, Ordering::SeqCst);
+                let msg = format!(
+                    "agent {} is at capacity ({} running, {} queued)",
+                    agent.cfg.name, agent.cfg.max_tasks, agent.cfg.queue
+                );
+                let _ = wire::write_frame(
+                    &mut send,
+                    &done(Err(TaskError::new(ErrorKind::Refused, msg)), 0),
+                )
+                .await;
+                let _ = send.finish();
+                return;
+            }
+            let acquired = tokio::select! {
+                p = agent.workers.clone().acquire_owned() => p.ok(),
+                // The master gave up (cancel) while the task waited.
+                _ = recv.read_chunk(1, true) => None,
+            };
+            agent.waiting.fetch_sub(1, Ordering::SeqCst);
+            match acquired {
+                Some(p) => p,
+                None => return,
+            }
+        }
+    };
+    worker::run(agent, req, send, recv, permit).await;
+}

@@ -1,0 +1,186 @@
+//! Runs a task on a blocking worker thread and bridges it to its stream: log
+//! lines and shared-object calls go out, replies and cancellation come in.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use quinn::{RecvStream, SendStream};
+use sloth_shared::cancel::CancelToken;
+use sloth_shared::executor::{self, Limits, TaskContext, TaskIo};
+use sloth_shared::graph::{Graph, SharedRef};
+use sloth_shared::protocol::{codes, Facts, LogLevel, TaskRequest, ToAgent, ToMaster};
+use sloth_shared::shared_obj::SharedBackend;
+use sloth_shared::wire;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tracing::debug;
+
+use crate::server::Agent;
+
+type Replies = Arc<Mutex<HashMap<u64, std::sync::mpsc::Sender<Result<Graph, String>>>>>;
+
+/// The task's view of its stream.
+struct StreamIo {
+    out: mpsc::UnboundedSender<ToMaster>,
+    replies: Replies,
+    next_call: Arc<AtomicU64>,
+    cancel: CancelToken,
+}
+
+impl TaskIo for StreamIo {
+    fn log(&self, level: LogLevel, line: &str) {
+        let _ = self.out.send(ToMaster::Log {
+            level,
+            line: line.to_string(),
+        });
+    }
+
+    fn backend(&self) -> Arc<dyn SharedBackend> {
+        Arc::new(Proxy {
+            out: self.out.clone(),
+            replies: self.replies.clone(),
+            next_call: self.next_call.clone(),
+            cancel: self.cancel.clone(),
+        })
+    }
+}
+
+/// Shared objects on an agent: every call goes to the master and waits for its reply.
+struct Proxy {
+    out: mpsc::UnboundedSender<ToMaster>,
+    replies: Replies,
+    next_call: Arc<AtomicU64>,
+    cancel: CancelToken,
+}
+
+impl SharedBackend for Proxy {
+    fn call(&self, obj: SharedRef, method: &str, args: Graph) -> Result<Graph, String> {
+        let call_id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.replies.lock().insert(call_id, tx);
+        let sent = self.out.send(ToMaster::Call {
+            call_id,
+            obj,
+            method: method.to_string(),
+            args,
+        });
+        if sent.is_err() {
+            self.replies.lock().remove(&call_id);
+            return Err("the master connection is gone".into());
+        }
+        loop {
+            if self.cancel.stopped().is_some() {
+                self.replies.lock().remove(&call_id);
+                return Err("sloth: task stopped".into());
+            }
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(r) => return r,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err("the master connection is gone".into())
+                }
+            }
+        }
+    }
+}
+
+pub fn facts() -> Facts {
+    sloth_shared::modules::sys::collect_facts()
+}
+
+pub async fn run(
+    agent: Arc<Agent>,
+    req: TaskRequest,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    permit: OwnedSemaphorePermit,
+) {
+    let start = Instant::now();
+    let limit = req
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(agent.cfg.task_timeout)
+        .min(agent.cfg.task_timeout);
+    let cancel = CancelToken::new(Some(limit));
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    let replies: Replies = Arc::new(Mutex::new(HashMap::new()));
+    let io = Arc::new(StreamIo {
+        out: out_tx.clone(),
+        replies: replies.clone(),
+        next_call: Arc::new(AtomicU64::new(1)),
+        cancel: cancel.clone(),
+    });
+    let ctx = TaskContext {
+        host: agent.cfg.name.clone(),
+        task_name: req.name.clone(),
+        io,
+        cancel: cancel.clone(),
+    };
+    drop(out_tx);
+    let limits = Limits {
+        memory_limit: Some(agent.cfg.memory_limit),
+    };
+    if wire::write_frame(&mut send, &ToMaster::Started)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut job = tokio::task::spawn_blocking(move || {
+        let r = executor::run_task(&req, ctx, &limits);
+        drop(permit);
+        r
+    });
+    let mut reading = true;
+    let result = loop {
+        tokio::select! {
+            r = &mut job => break r,
+            Some(msg) = out_rx.recv() => {
+                if wire::write_frame(&mut send, &msg).await.is_err() {
+                    cancel.cancel();
+                }
+            }
+            frame = wire::read_frame::<_, ToAgent>(&mut recv), if reading => match frame {
+                Ok(Some(ToAgent::Reply { call_id, result })) => {
+                    if let Some(tx) = replies.lock().remove(&call_id) {
+                        let _ = tx.send(result);
+                    }
+                }
+                Ok(Some(ToAgent::Task(_))) => {}
+                Ok(None) => reading = false,
+                Err(e) => {
+                    // The master reset the stream (cancel) or the connection died.
+                    debug!("task stream closed by the master: {e}");
+                    reading = false;
+                    cancel.cancel();
+                }
+            }
+        }
+    };
+    // Flush what the task said before it ended.
+    while let Ok(msg) = out_rx.try_recv() {
+        if wire::write_frame(&mut send, &msg).await.is_err() {
+            break;
+        }
+    }
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => Err(sloth_shared::protocol::TaskError::new(
+            sloth_shared::protocol::ErrorKind::Lua,
+            format!("the task's worker thread failed: {e}"),
+        )),
+    };
+    let done = ToMaster::Done {
+        result,
+        duration_us: executor::elapsed_us(start),
+    };
+    if wire::write_frame(&mut send, &done).await.is_ok() {
+        let _ = send.finish();
+        // Let the frame reach the master before the stream is dropped.
+        let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    } else {
+        let _ = send.reset(codes::CANCELLED.into());
+    }
+}

@@ -1,0 +1,305 @@
+//! Command-line commands. Exit codes: 0 success, 1 a task or the script failed,
+//! 2 usage or configuration error.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+use crate::inventory::{Inventory, DEFAULT_PORT};
+use crate::local_fleet::{self, LocalFleet};
+use crate::mesh::{MasterCerts, Mesh, MeshConfig};
+use crate::output::Output;
+use crate::runtime::{self, Runtime};
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sloth-master",
+    version,
+    about = "Run Lua deploy scripts across a fleet of sloth agents"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct FleetArgs {
+    /// Inventory file (TOML).
+    #[arg(short = 'i', long = "inventory")]
+    pub inventory: Option<PathBuf>,
+    /// Start a local agent per inventory host (or N agents local-01.. without one).
+    #[arg(long = "local-fleet", num_args = 0..=1, default_missing_value = "3", value_name = "N")]
+    pub local_fleet: Option<usize>,
+    /// Only these hosts may be reached (a host pattern).
+    #[arg(long)]
+    pub limit: Option<String>,
+    /// Directory with ca.crt, master.crt and master.key.
+    #[arg(long, default_value = "certs")]
+    pub certs: PathBuf,
+    /// Connect timeout per agent, e.g. 3s.
+    #[arg(long, default_value = "3s")]
+    pub connect_timeout: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run a script.
+    Run {
+        script: PathBuf,
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Set vars.KEY = VALUE in the script (repeatable).
+        #[arg(short = 'e', long = "extra-var", value_name = "KEY=VALUE")]
+        vars: Vec<String>,
+        /// Print one JSON document on stdout and nothing else there.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Certificates for the fleet.
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCmd {
+    /// Create the fleet CA and the master certificate.
+    Init {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Replace an existing CA (every agent certificate must then be re-issued).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue an agent certificate signed by the fleet CA.
+    Issue {
+        name: String,
+        /// Extra subject alternative names (IP addresses or DNS names).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Where to write NAME.crt and NAME.key (default: --dir).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+pub fn main(cli: Cli) -> i32 {
+    match cli.cmd {
+        Cmd::Certs { cmd } => {
+            let r = match cmd {
+                CertsCmd::Init { dir, force } => crate::certs_cmd::init(&dir, force),
+                CertsCmd::Issue {
+                    name,
+                    sans,
+                    dir,
+                    out,
+                } => crate::certs_cmd::issue(&dir, &name, &sans, out.as_deref()),
+            };
+            match r {
+                Ok(()) => EXIT_OK,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    EXIT_USAGE
+                }
+            }
+        }
+        Cmd::Run {
+            script,
+            fleet,
+            vars,
+            json,
+        } => run(&script, &fleet, &vars, json),
+    }
+}
+
+/// Everything a command needs to reach the fleet.
+pub struct Fleet {
+    pub inventory: Inventory,
+    pub local: Option<LocalFleet>,
+    pub certs: Option<MasterCerts>,
+    pub mesh_cfg: MeshConfig,
+}
+
+/// Load the inventory, start the local fleet if asked, find the certificates.
+pub fn prepare_fleet(a: &FleetArgs) -> Result<Fleet, String> {
+    let mut inventory = match &a.inventory {
+        Some(p) => Inventory::load(p).map_err(|e| e.to_string())?,
+        None => match a.local_fleet {
+            Some(n) => {
+                let names: Vec<String> = (1..=n.max(1)).map(|i| format!("local-{i:02}")).collect();
+                Inventory::from_local(&names)
+            }
+            None => Inventory::from_local(&[]),
+        },
+    };
+    if let Some(limit) = &a.limit {
+        let keep = inventory
+            .resolve(limit)
+            .map_err(|e| format!("--limit: {e}"))?;
+        inventory.hosts.retain(|h| keep.contains(&h.name));
+    }
+    let mut mesh_cfg = MeshConfig::default();
+    mesh_cfg.connect_timeout = sloth_shared::executor::parse_duration_str(&a.connect_timeout)
+        .map_err(|e| format!("--connect-timeout: {e}"))?;
+    let (local, certs) = if a.local_fleet.is_some() {
+        let names: Vec<String> = inventory.hosts.iter().map(|h| h.name.clone()).collect();
+        let lf = LocalFleet::start(&names, &[]).map_err(|e| format!("--local-fleet: {e:#}"))?;
+        for h in &mut inventory.hosts {
+            if let Some(addr) = lf.addresses.get(&h.name) {
+                h.address = addr.clone();
+            }
+        }
+        let certs = MasterCerts {
+            own: lf.certs.own.clone(),
+            ca: lf.certs.ca.clone(),
+        };
+        (Some(lf), Some(certs))
+    } else if inventory.hosts.is_empty() {
+        (None, None)
+    } else {
+        (
+            None,
+            Some(MasterCerts::load(&a.certs).map_err(|e| format!("{e:#}"))?),
+        )
+    };
+    let _ = DEFAULT_PORT;
+    Ok(Fleet {
+        inventory,
+        local,
+        certs,
+        mesh_cfg,
+    })
+}
+
+pub fn tokio_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4096)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// Ctrl-C / SIGTERM: stop local agents, then exit 130.
+pub fn install_signal_handler(rt: &tokio::runtime::Runtime) {
+    rt.spawn(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        }
+        eprintln!("interrupted: stopping local agents");
+        local_fleet::kill_all();
+        std::process::exit(130);
+    });
+}
+
+fn parse_vars(vars: &[String]) -> Result<Vec<(String, String)>, String> {
+    vars.iter()
+        .map(|v| match v.split_once('=') {
+            Some((k, val)) if !k.is_empty() => Ok((k.to_string(), val.to_string())),
+            _ => Err(format!("-e '{v}': expected KEY=VALUE")),
+        })
+        .collect()
+}
+
+fn run(script: &std::path::Path, fa: &FleetArgs, vars: &[String], json: bool) -> i32 {
+    let out = Arc::new(Output::new(json));
+    let usage = |out: &Output, msg: String| {
+        out.error(&msg);
+        out.print_json(
+            &script.display().to_string(),
+            false,
+            EXIT_USAGE,
+            Some(&msg),
+            std::time::Duration::ZERO,
+        );
+        EXIT_USAGE
+    };
+    let vars = match parse_vars(vars) {
+        Ok(v) => v,
+        Err(e) => return usage(&out, e),
+    };
+    if !script.is_file() {
+        return usage(&out, format!("cannot read script {}", script.display()));
+    }
+    let rt = match tokio_runtime() {
+        Ok(r) => r,
+        Err(e) => return usage(&out, e),
+    };
+    install_signal_handler(&rt);
+    let mut fleet = match prepare_fleet(fa) {
+        Ok(f) => f,
+        Err(e) => return usage(&out, e),
+    };
+    let start = Instant::now();
+    let mesh = match &fleet.certs {
+        Some(c) => {
+            let _g = rt.enter();
+            match Mesh::new(&fleet.inventory, c, fleet.mesh_cfg.clone()) {
+                Ok(m) => Some(Arc::new(m)),
+                Err(e) => return usage(&out, format!("{e:#}")),
+            }
+        }
+        None => None,
+    };
+    let runtime = Runtime::new(
+        rt.handle().clone(),
+        mesh.clone(),
+        fleet.inventory.clone(),
+        out.clone(),
+    );
+    let script_path = script.to_path_buf();
+    let rt2 = runtime.clone();
+    let th = std::thread::Builder::new()
+        .name("sloth-script".into())
+        .stack_size(64 << 20)
+        .spawn(move || {
+            let r = runtime::run_script(&rt2, &script_path, &vars);
+            rt2.wait_unfinished();
+            r
+        });
+    let result = match th {
+        Ok(h) => h
+            .join()
+            .unwrap_or_else(|_| Err("the script thread panicked".into())),
+        Err(e) => Err(format!("cannot start the script thread: {e}")),
+    };
+    if let Some(m) = &mesh {
+        rt.block_on(m.close());
+    }
+    if let Some(lf) = fleet.local.as_mut() {
+        lf.stop();
+    }
+    let wall = start.elapsed();
+    let failed = out.failed_tasks();
+    let code = match (&result, failed) {
+        (Err(_), _) => EXIT_FAILED,
+        (Ok(()), 0) => EXIT_OK,
+        _ => EXIT_FAILED,
+    };
+    if let Err(e) = &result {
+        out.error(&format!("script failed: {e}"));
+    }
+    out.print_recap(wall);
+    if code == EXIT_FAILED && result.is_ok() && !json {
+        eprintln!("{failed} task(s) failed");
+    }
+    out.print_json(
+        &script.display().to_string(),
+        code == EXIT_OK,
+        code,
+        result.as_ref().err().map(|s| s.as_str()),
+        wall,
+    );
+    code
+}

@@ -1,0 +1,259 @@
+//! Runs a captured task where it belongs: on a master worker thread (no target)
+//! or on an agent over its QUIC connection; applies retries; records outcomes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sloth_shared::cancel::CancelToken;
+use sloth_shared::executor::{self, Limits, TaskContext, TaskIo};
+use sloth_shared::graph::Graph;
+use sloth_shared::protocol::{
+    codes, ErrorKind, LogLevel, TaskError, TaskRequest, ToAgent, ToMaster,
+};
+use sloth_shared::shared_obj::SharedBackend;
+use sloth_shared::{tls, wire};
+
+use crate::registry::{self, Caller, MasterBackend, TaskRecord};
+use crate::runtime::Runtime;
+
+/// Where and how to run one task.
+#[derive(Clone, Debug, Default)]
+pub struct TaskOpts {
+    pub target: Option<String>,
+    pub timeout: Option<Duration>,
+    pub retries: u32,
+    pub retry_errors: bool,
+    pub name: Option<String>,
+}
+
+pub const LOCAL: &str = "local";
+
+/// Create the task's record and start it; returns at once.
+pub fn start(rt: &Arc<Runtime>, payload: Graph, opts: &TaskOpts) -> Arc<TaskRecord> {
+    let host = opts.target.clone().unwrap_or_else(|| LOCAL.to_string());
+    let rec = rt.registry.new_task(opts.name.clone(), &host, opts.timeout);
+    let rt2 = rt.clone();
+    let rec2 = rec.clone();
+    let opts = opts.clone();
+    rt.handle.spawn(async move {
+        let mut attempt = 0;
+        let result = loop {
+            let r = match &opts.target {
+                None => run_local(&rt2, &rec2, &payload).await,
+                Some(host) => run_remote(&rt2, &rec2, host, &payload).await,
+            };
+            let retryable = match &r {
+                Err(e) => match e.kind {
+                    ErrorKind::AgentLost | ErrorKind::Unreachable => true,
+                    ErrorKind::Lua => opts.retry_errors,
+                    _ => false,
+                },
+                Ok(_) => false,
+            };
+            if retryable && attempt < opts.retries && rec2.cancel.stopped().is_none() {
+                attempt += 1;
+                rt2.registry.note_retry();
+                if let Err(e) = &r {
+                    rt2.out.task_log(
+                        &rec2.host,
+                        &rec2.name,
+                        LogLevel::Warn,
+                        &format!(
+                            "retrying ({attempt}/{}) after: {}",
+                            opts.retries,
+                            e.display_for(&rec2.host)
+                        ),
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+                continue;
+            }
+            break r;
+        };
+        rt2.registry.complete(&rec2, result);
+    });
+    rec
+}
+
+struct LocalIo {
+    rt: Arc<Runtime>,
+    name: String,
+    backend: Arc<dyn SharedBackend>,
+}
+
+impl TaskIo for LocalIo {
+    fn log(&self, level: LogLevel, line: &str) {
+        self.rt.out.task_log(LOCAL, &self.name, level, line);
+    }
+    fn backend(&self) -> Arc<dyn SharedBackend> {
+        self.backend.clone()
+    }
+}
+
+async fn run_local(
+    rt: &Arc<Runtime>,
+    rec: &Arc<TaskRecord>,
+    payload: &Graph,
+) -> Result<Graph, TaskError> {
+    let req = TaskRequest {
+        task_id: rec.id,
+        name: rec.name.clone(),
+        payload: payload.clone(),
+        host_vars: Graph::default(),
+        timeout_ms: None,
+    };
+    let caller = Caller {
+        task: Some(rec.id),
+        cancel: rec.cancel.clone(),
+        host: LOCAL.to_string(),
+    };
+    let backend: Arc<dyn SharedBackend> = Arc::new(MasterBackend {
+        registry: rt.registry.clone(),
+        caller,
+    });
+    let ctx = TaskContext {
+        host: LOCAL.to_string(),
+        task_name: rec.name.clone(),
+        io: Arc::new(LocalIo {
+            rt: rt.clone(),
+            name: rec.name.clone(),
+            backend,
+        }),
+        cancel: rec.cancel.clone(),
+    };
+    let limits = Limits {
+        memory_limit: rt.local_memory_limit,
+    };
+    match tokio::task::spawn_blocking(move || executor::run_task(&req, ctx, &limits)).await {
+        Ok(r) => r,
+        Err(e) => Err(TaskError::new(
+            ErrorKind::Lua,
+            format!("worker thread failed: {e}"),
+        )),
+    }
+}
+
+async fn run_remote(
+    rt: &Arc<Runtime>,
+    rec: &Arc<TaskRecord>,
+    host: &str,
+    payload: &Graph,
+) -> Result<Graph, TaskError> {
+    let mesh = rt.mesh.as_ref().ok_or_else(|| {
+        TaskError::new(
+            ErrorKind::Unreachable,
+            "no fleet is configured (use -i INVENTORY or --local-fleet)",
+        )
+    })?;
+    let conn = tokio::select! {
+        c = mesh.connect(host) => c?,
+        _ = rec.cancel_notify.notified() => return Err(TaskError::new(ErrorKind::Cancelled, "task cancelled")),
+    };
+    let lost = |e: String| TaskError::new(ErrorKind::AgentLost, e);
+    let explain = |fallback: String| match conn.conn.close_reason() {
+        Some(r) => lost(tls::explain_connection_error(host, &r)),
+        None => lost(fallback),
+    };
+    let (mut send, mut recv) = conn
+        .conn
+        .open_bi()
+        .await
+        .map_err(|e| lost(tls::explain_connection_error(host, &e)))?;
+    let req = TaskRequest {
+        task_id: rec.id,
+        name: rec.name.clone(),
+        payload: payload.clone(),
+        host_vars: rt.host_vars(host),
+        timeout_ms: rec.cancel.remaining().map(|d| d.as_millis() as u64),
+    };
+    wire::write_frame(&mut send, &ToAgent::Task(Box::new(req)))
+        .await
+        .map_err(|e| explain(format!("sending the task: {e}")))?;
+    // The master enforces the deadline too, in case the agent goes silent.
+    let deadline = rec
+        .cancel
+        .deadline()
+        .map(|d| tokio::time::Instant::from_std(d) + Duration::from_secs(2));
+    // Blocking calls made for this attempt stop with it (a lost agent must not
+    // leave a thread waiting on a channel), without stopping a retry.
+    let attempt = CancelToken::new(rec.cancel.remaining());
+    let caller = Caller {
+        task: Some(rec.id),
+        cancel: attempt.clone(),
+        host: host.to_string(),
+    };
+    let _stop_calls = StopOnDrop(attempt.clone());
+    loop {
+        let frame = tokio::select! {
+            f = wire::read_frame::<_, ToMaster>(&mut recv) => f,
+            _ = rec.cancel_notify.notified() => {
+                let _ = send.reset(codes::CANCELLED.into());
+                let _ = recv.stop(codes::CANCELLED.into());
+                return Err(TaskError::new(ErrorKind::Cancelled, "task cancelled"));
+            }
+            _ = sleep_until(deadline) => {
+                let _ = send.reset(codes::CANCELLED.into());
+                return Err(TaskError::new(ErrorKind::Timeout, "the agent did not stop the task at its deadline"));
+            }
+        };
+        match frame {
+            Ok(Some(ToMaster::Started)) => {}
+            Ok(Some(ToMaster::Log { level, line })) => {
+                rt.out.task_log(host, &rec.name, level, &line)
+            }
+            Ok(Some(ToMaster::Call {
+                call_id,
+                obj,
+                method,
+                args,
+            })) => {
+                let reg = rt.registry.clone();
+                let c2 = caller.clone();
+                let work = tokio::task::spawn_blocking(move || {
+                    registry::call(&reg, &c2, obj, &method, args)
+                });
+                let result = tokio::select! {
+                    r = work => r.unwrap_or_else(|e| Err(format!("call failed: {e}"))),
+                    _ = conn.conn.closed() => {
+                        return Err(explain("connection lost".into()));
+                    }
+                    _ = rec.cancel_notify.notified() => {
+                        let _ = send.reset(codes::CANCELLED.into());
+                        return Err(TaskError::new(ErrorKind::Cancelled, "task cancelled"));
+                    }
+                };
+                if let Err(e) =
+                    wire::write_frame(&mut send, &ToAgent::Reply { call_id, result }).await
+                {
+                    return Err(explain(format!("replying to the task: {e}")));
+                }
+            }
+            Ok(Some(ToMaster::Done { result, .. })) => {
+                let _ = send.finish();
+                return result;
+            }
+            Ok(None) => {
+                return Err(explain(
+                    "the agent closed the task stream without a result".into(),
+                ))
+            }
+            Err(e) => return Err(explain(format!("task stream failed: {e}"))),
+        }
+    }
+}
+
+async fn sleep_until(d: Option<tokio::time::Instant>) {
+    match d {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Stops an attempt's blocking calls however the attempt ends.
+struct StopOnDrop(CancelToken);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}

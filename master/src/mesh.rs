@@ -1,0 +1,298 @@
+//! Connections to agents: one QUIC connection per agent, dialed lazily and
+//! concurrently, reused by every task, re-dialed after it is lost.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use sloth_shared::protocol::{Control, ErrorKind, Facts, Hello, TaskError};
+use sloth_shared::tls::{self, Pem};
+use sloth_shared::wire;
+
+use crate::inventory::Inventory;
+
+/// Tunables for talking to agents.
+#[derive(Clone, Debug)]
+pub struct MeshConfig {
+    pub connect_timeout: Duration,
+    pub keep_alive: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            connect_timeout: Duration::from_secs(3),
+            keep_alive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(4),
+        }
+    }
+}
+
+/// A connected, handshaken agent.
+pub struct AgentConn {
+    pub conn: Connection,
+    pub name: String,
+    pub agent_version: String,
+    pub max_tasks: u32,
+    pub facts: Facts,
+    pub handshake: Duration,
+    control: tokio::sync::Mutex<(SendStream, RecvStream, u64)>,
+}
+
+impl AgentConn {
+    pub fn is_alive(&self) -> bool {
+        self.conn.close_reason().is_none()
+    }
+}
+
+struct Slot {
+    address: String,
+    conn: tokio::sync::Mutex<Option<Arc<AgentConn>>>,
+}
+
+pub struct Mesh {
+    endpoint: Endpoint,
+    client: quinn::ClientConfig,
+    slots: HashMap<String, Slot>,
+    pub cfg: MeshConfig,
+}
+
+/// The master's certificate material.
+pub struct MasterCerts {
+    pub own: Pem,
+    pub ca: String,
+}
+
+impl MasterCerts {
+    pub fn load(dir: &std::path::Path) -> anyhow::Result<MasterCerts> {
+        let own = tls::read_pem_files(&dir.join("master.crt"), &dir.join("master.key")).with_context(|| {
+            format!(
+                "no master certificate in {} (run `sloth-master certs init --dir {}` or use --local-fleet)",
+                dir.display(),
+                dir.display()
+            )
+        })?;
+        let ca_path = dir.join("ca.crt");
+        let ca = std::fs::read_to_string(&ca_path)
+            .with_context(|| format!("reading {}", ca_path.display()))?;
+        Ok(MasterCerts { own, ca })
+    }
+}
+
+impl Mesh {
+    /// Must be called inside the tokio runtime.
+    pub fn new(
+        inventory: &Inventory,
+        certs: &MasterCerts,
+        cfg: MeshConfig,
+    ) -> anyhow::Result<Mesh> {
+        let transport = tls::transport_config(cfg.keep_alive, cfg.idle_timeout);
+        let client = tls::master_client_config(&certs.own, &certs.ca, transport)?;
+        let endpoint = client_endpoint()?;
+        let slots = inventory
+            .hosts
+            .iter()
+            .map(|h| {
+                (
+                    h.name.clone(),
+                    Slot {
+                        address: h.address.clone(),
+                        conn: tokio::sync::Mutex::new(None),
+                    },
+                )
+            })
+            .collect();
+        Ok(Mesh {
+            endpoint,
+            client,
+            slots,
+            cfg,
+        })
+    }
+
+    /// The live connection to `host`, dialing (and handshaking) if needed.
+    pub async fn connect(&self, host: &str) -> Result<Arc<AgentConn>, TaskError> {
+        let slot = self.slots.get(host).ok_or_else(|| {
+            TaskError::new(
+                ErrorKind::Unreachable,
+                format!("'{host}' is not in the inventory"),
+            )
+        })?;
+        let mut guard = slot.conn.lock().await;
+        if let Some(c) = guard.as_ref() {
+            if c.is_alive() {
+                return Ok(c.clone());
+            }
+        }
+        let conn = tokio::time::timeout(self.cfg.connect_timeout, self.dial(host, &slot.address))
+            .await
+            .unwrap_or_else(|_| {
+                Err(TaskError::new(
+                    ErrorKind::Unreachable,
+                    format!(
+                        "no answer from {} within {} ms (agent down or address wrong?)",
+                        slot.address,
+                        self.cfg.connect_timeout.as_millis()
+                    ),
+                ))
+            })?;
+        let conn = Arc::new(conn);
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn dial(&self, host: &str, address: &str) -> Result<AgentConn, TaskError> {
+        let unreachable = |m: String| TaskError::new(ErrorKind::Unreachable, m);
+        let addr = resolve(address).await.map_err(unreachable)?;
+        let start = Instant::now();
+        let connecting = self
+            .endpoint
+            .connect_with(self.client.clone(), addr, host)
+            .map_err(|e| unreachable(tls::explain_connect_error(host, &e)))?;
+        let conn = connecting
+            .await
+            .map_err(|e| unreachable(tls::explain_connection_error(host, &e)))?;
+        // With TLS 1.3 a refused client certificate shows up only now, on the first stream.
+        let explain = |conn: &Connection, fallback: String| match conn.close_reason() {
+            Some(r) => unreachable(tls::explain_connection_error(host, &r)),
+            None => unreachable(fallback),
+        };
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| unreachable(tls::explain_connection_error(host, &e)))?;
+        wire::write_frame(&mut send, &Control::Hello(Hello::current()))
+            .await
+            .map_err(|e| explain(&conn, format!("handshake: {e}")))?;
+        match wire::read_frame::<_, Control>(&mut recv).await {
+            Ok(Some(Control::Welcome {
+                agent_name,
+                agent_version,
+                max_tasks,
+                facts,
+            })) => {
+                if agent_name != host {
+                    conn.close(0u32.into(), b"wrong agent");
+                    return Err(unreachable(format!(
+                        "the agent at {address} says it is '{agent_name}', not '{host}'"
+                    )));
+                }
+                Ok(AgentConn {
+                    conn,
+                    name: agent_name,
+                    agent_version,
+                    max_tasks,
+                    facts,
+                    handshake: start.elapsed(),
+                    control: tokio::sync::Mutex::new((send, recv, 0)),
+                })
+            }
+            Ok(Some(Control::Reject { reason })) => Err(TaskError::new(
+                ErrorKind::Refused,
+                format!("the agent refused us: {reason}"),
+            )),
+            Ok(Some(other)) => Err(unreachable(format!(
+                "unexpected handshake answer {other:?}"
+            ))),
+            Ok(None) => Err(explain(&conn, "the agent closed the handshake".into())),
+            Err(e) => Err(explain(&conn, format!("handshake: {e}"))),
+        }
+    }
+
+    /// Round trip on the control stream; with `facts`, also fetch fresh facts.
+    pub async fn ping(
+        &self,
+        host: &str,
+        facts: bool,
+    ) -> Result<(Duration, Option<Facts>), TaskError> {
+        let c = self.connect(host).await?;
+        let mut g = c.control.lock().await;
+        g.2 += 1;
+        let seq = g.2;
+        let start = Instant::now();
+        let msg = if facts {
+            Control::PingFacts { seq }
+        } else {
+            Control::Ping { seq }
+        };
+        let lost = |m: String| TaskError::new(ErrorKind::AgentLost, m);
+        let io = async {
+            wire::write_frame(&mut g.0, &msg)
+                .await
+                .map_err(|e| lost(e.to_string()))?;
+            loop {
+                match wire::read_frame::<_, Control>(&mut g.1).await {
+                    Ok(Some(Control::Pong { seq: s, facts })) if s == seq => return Ok(facts),
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Err(lost("control stream closed".into())),
+                    Err(e) => return Err(lost(e.to_string())),
+                }
+            }
+        };
+        let facts = tokio::time::timeout(self.cfg.connect_timeout, io)
+            .await
+            .map_err(|_| {
+                lost(format!(
+                    "no answer to ping within {} ms",
+                    self.cfg.connect_timeout.as_millis()
+                ))
+            })??;
+        Ok((start.elapsed(), facts))
+    }
+
+    /// The connection if one is up right now (no dialing).
+    pub async fn current(&self, host: &str) -> Option<Arc<AgentConn>> {
+        let slot = self.slots.get(host)?;
+        let g = slot.conn.lock().await;
+        g.as_ref().filter(|c| c.is_alive()).cloned()
+    }
+
+    pub fn address(&self, host: &str) -> Option<&str> {
+        self.slots.get(host).map(|s| s.address.as_str())
+    }
+
+    pub async fn close(&self) {
+        self.endpoint.close(0u32.into(), b"master done");
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
+    }
+}
+
+async fn resolve(address: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = address.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let mut addrs = tokio::net::lookup_host(address)
+        .await
+        .map_err(|e| format!("cannot resolve '{address}': {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("'{address}' resolves to no address"))
+}
+
+/// A client endpoint with large socket buffers, so that hundreds of simultaneous
+/// handshakes do not overflow the receive queue.
+fn client_endpoint() -> anyhow::Result<Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
+        .context("creating UDP socket")?;
+    let _ = socket.set_recv_buffer_size(8 << 20);
+    let _ = socket.set_send_buffer_size(8 << 20);
+    let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
+    socket.bind(&bind.into()).context("binding UDP socket")?;
+    socket
+        .set_nonblocking(true)
+        .context("UDP socket non-blocking")?;
+    let runtime = quinn::default_runtime().context("no async runtime for quinn")?;
+    let endpoint = Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket.into(),
+        runtime,
+    )
+    .context("creating QUIC endpoint")?;
+    Ok(endpoint)
+}

@@ -1,0 +1,247 @@
+//! What the user sees: task logs prefixed by host, the script's own prints,
+//! the per-host recap, and the `--json` document.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use sloth_shared::protocol::{ErrorKind, LogLevel};
+
+use crate::registry::{Outcome, TaskRecord};
+
+#[derive(Default, Serialize, Clone, Debug)]
+pub struct HostRecap {
+    pub ok: u64,
+    pub failed: u64,
+    pub unreachable: u64,
+    pub cancelled: u64,
+    pub duration_ms: u64,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct TaskReport {
+    pub id: u64,
+    pub name: String,
+    pub host: String,
+    pub success: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+pub struct Output {
+    pub json: bool,
+    color: bool,
+    recap: Mutex<BTreeMap<String, HostRecap>>,
+    tasks: Mutex<Vec<TaskReport>>,
+    errors: Mutex<Vec<String>>,
+}
+
+impl Output {
+    pub fn new(json: bool) -> Output {
+        let color =
+            !json && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        Output {
+            json,
+            color,
+            recap: Mutex::new(BTreeMap::new()),
+            tasks: Mutex::new(Vec::new()),
+            errors: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Human output goes to stdout, or to stderr when stdout carries JSON.
+    fn line(&self, s: &str) {
+        if self.json {
+            let mut e = std::io::stderr().lock();
+            let _ = writeln!(e, "{s}");
+        } else {
+            let mut o = std::io::stdout().lock();
+            let _ = writeln!(o, "{s}");
+        }
+    }
+
+    fn paint(&self, code: &str, s: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    }
+
+    /// A line a task logged or printed, as it happens.
+    pub fn task_log(&self, host: &str, task: &str, level: LogLevel, text: &str) {
+        let prefix = self.paint("36", &format!("[{host} {task}]"));
+        for l in text.split('\n') {
+            match level {
+                LogLevel::Print | LogLevel::Info => self.line(&format!("{prefix} {l}")),
+                LogLevel::Debug => {
+                    if std::env::var_os("SLOTH_DEBUG").is_some() {
+                        self.line(&format!("{prefix} debug: {l}"))
+                    }
+                }
+                LogLevel::Warn => self.line(&format!("{prefix} {} {l}", self.paint("33", "warn:"))),
+                LogLevel::Error => {
+                    self.line(&format!("{prefix} {} {l}", self.paint("31", "error:")))
+                }
+            }
+        }
+    }
+
+    /// `print` and `log.*` in the main script.
+    pub fn script_log(&self, level: LogLevel, text: &str) {
+        match level {
+            LogLevel::Print | LogLevel::Info => self.line(text),
+            LogLevel::Debug => {
+                if std::env::var_os("SLOTH_DEBUG").is_some() {
+                    self.line(&format!("debug: {text}"))
+                }
+            }
+            LogLevel::Warn => self.line(&format!("{} {text}", self.paint("33", "warn:"))),
+            LogLevel::Error => self.line(&format!("{} {text}", self.paint("31", "error:"))),
+        }
+    }
+
+    /// A failure nobody awaited (spawned tasks): shown at once, never lost.
+    pub fn unawaited_failure(&self, msg: &str) {
+        self.line(&format!("{} {msg}", self.paint("31", "task failed:")));
+    }
+
+    pub fn error(&self, msg: &str) {
+        self.errors.lock().push(msg.to_string());
+        if self.json {
+            eprintln!("error: {msg}");
+        } else {
+            eprintln!("{} {msg}", self.paint("31", "error:"));
+        }
+    }
+
+    pub fn record(&self, rec: &TaskRecord, o: &Outcome) {
+        let ms = o.duration.as_millis() as u64;
+        {
+            let mut r = self.recap.lock();
+            let h = r.entry(rec.host.clone()).or_default();
+            h.duration_ms += ms;
+            match &o.result {
+                Ok(_) => h.ok += 1,
+                Err(e) if e.kind == ErrorKind::Unreachable => h.unreachable += 1,
+                Err(e) if e.kind == ErrorKind::Cancelled => h.cancelled += 1,
+                Err(_) => h.failed += 1,
+            }
+        }
+        self.tasks.lock().push(TaskReport {
+            id: rec.id,
+            name: rec.name.clone(),
+            host: rec.host.clone(),
+            success: o.result.is_ok(),
+            kind: o.result.as_ref().err().map(|e| e.kind.as_str()),
+            error: o.result.as_ref().err().map(|e| e.display_for(&rec.host)),
+            duration_ms: ms,
+        });
+    }
+
+    /// Tasks that failed (not counting cancelled ones, which the script asked for).
+    pub fn failed_tasks(&self) -> u64 {
+        self.recap
+            .lock()
+            .values()
+            .map(|h| h.failed + h.unreachable)
+            .sum()
+    }
+
+    pub fn recap(&self) -> BTreeMap<String, HostRecap> {
+        self.recap.lock().clone()
+    }
+
+    /// The closing recap: one line per host, or a summary plus failures when long.
+    pub fn print_recap(&self, wall: Duration) {
+        if self.json {
+            return;
+        }
+        let recap = self.recap.lock().clone();
+        if recap.is_empty() {
+            return;
+        }
+        let screen = 40;
+        self.line("");
+        self.line(&self.paint("1", "RECAP"));
+        let width = recap.keys().map(|k| k.len()).max().unwrap_or(5).max(5);
+        let bad = |h: &HostRecap| h.failed + h.unreachable > 0;
+        let show_all = recap.len() <= screen;
+        for (host, h) in &recap {
+            if !show_all && !bad(h) {
+                continue;
+            }
+            let status = if h.unreachable > 0 {
+                self.paint("31", "unreachable")
+            } else if h.failed > 0 {
+                self.paint("31", "failed")
+            } else {
+                self.paint("32", "ok")
+            };
+            let mut l = format!(
+                "  {host:<width$}  ok={:<4} failed={:<3} unreachable={:<3}",
+                h.ok, h.failed, h.unreachable
+            );
+            if h.cancelled > 0 {
+                l.push_str(&format!(" cancelled={:<3}", h.cancelled));
+            }
+            l.push_str(&format!(" {:>8}  {status}", fmt_ms(h.duration_ms)));
+            self.line(&l);
+        }
+        let hosts = recap.len();
+        let failed_hosts = recap.values().filter(|h| bad(h)).count();
+        let tasks: u64 = recap
+            .values()
+            .map(|h| h.ok + h.failed + h.unreachable + h.cancelled)
+            .sum();
+        self.line(&format!(
+            "  {hosts} host(s), {tasks} task(s), {failed_hosts} host(s) with failures, {} wall time",
+            fmt_ms(wall.as_millis() as u64)
+        ));
+    }
+
+    /// The one document `--json` prints on stdout.
+    pub fn print_json(
+        &self,
+        script: &str,
+        success: bool,
+        exit_code: i32,
+        script_error: Option<&str>,
+        wall: Duration,
+    ) {
+        if !self.json {
+            return;
+        }
+        let mut tasks = self.tasks.lock().clone();
+        tasks.sort_by_key(|t| t.id);
+        let doc = serde_json::json!({
+            "script": script,
+            "success": success,
+            "exit_code": exit_code,
+            "duration_ms": wall.as_millis() as u64,
+            "script_error": script_error,
+            "hosts": self.recap(),
+            "tasks": tasks,
+            "errors": self.errors.lock().clone(),
+        });
+        match serde_json::to_string_pretty(&doc) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("error: cannot encode the JSON report: {e}"),
+        }
+    }
+}
+
+pub fn fmt_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.2}s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}

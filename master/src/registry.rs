@@ -1,0 +1,344 @@
+//! The master's objects that tasks share by reference: task records (behind
+//! handles) and, for later calls, channels, wait groups and locks. Implements
+//! [`SharedBackend`] for the main script, local tasks, and (through the task
+//! stream) remote tasks.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use sloth_shared::cancel::CancelToken;
+use sloth_shared::graph::{Graph, SharedKind, SharedRef, Value};
+use sloth_shared::protocol::{ErrorKind, TaskError};
+use sloth_shared::shared_obj::SharedBackend;
+
+use crate::objects::Object;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Running,
+    Ok,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Ok => "ok",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The outcome of a task, kept so that re-awaiting returns the same result.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub result: Result<Graph, TaskError>,
+    pub duration: Duration,
+}
+
+pub struct TaskRecord {
+    pub id: u64,
+    pub name: String,
+    /// Where it runs: an agent's name, or `local`.
+    pub host: String,
+    pub cancel: CancelToken,
+    /// Wakes the remote driver when the task is cancelled.
+    pub cancel_notify: tokio::sync::Notify,
+    pub started: Instant,
+    state: Mutex<Option<Outcome>>,
+    cv: Condvar,
+}
+
+impl TaskRecord {
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.state.lock().clone()
+    }
+
+    pub fn status(&self) -> Status {
+        match &*self.state.lock() {
+            None => Status::Running,
+            Some(o) => match &o.result {
+                Ok(_) => Status::Ok,
+                Err(e) if e.kind == ErrorKind::Cancelled => Status::Cancelled,
+                Err(_) => Status::Failed,
+            },
+        }
+    }
+
+    /// Ask the task to stop wherever it runs.
+    pub fn request_cancel(&self) {
+        self.cancel.cancel();
+        self.cancel_notify.notify_one();
+    }
+
+    /// Wait for the outcome; `None` when `timeout` passes or `caller` is stopped first.
+    pub fn wait(&self, timeout: Option<Duration>, caller: Option<&CancelToken>) -> Option<Outcome> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut g = self.state.lock();
+        loop {
+            if let Some(o) = &*g {
+                return Some(o.clone());
+            }
+            if caller.is_some_and(|c| c.stopped().is_some()) {
+                return None;
+            }
+            let mut wake = Instant::now() + Duration::from_millis(50);
+            if let Some(d) = deadline {
+                if Instant::now() >= d {
+                    return None;
+                }
+                wake = wake.min(d);
+            }
+            self.cv.wait_until(&mut g, wake);
+        }
+    }
+}
+
+pub struct Registry {
+    next_id: AtomicU64,
+    retried: AtomicU64,
+    tasks: Mutex<HashMap<u64, Arc<TaskRecord>>>,
+    objects: Mutex<HashMap<u64, Arc<Object>>>,
+    /// Signalled whenever any task finishes (await_any, pools).
+    any_done: (Mutex<u64>, Condvar),
+    /// Called once per finished task (recap, progress).
+    on_done: Mutex<Vec<Box<dyn Fn(&TaskRecord, &Outcome) + Send + Sync>>>,
+}
+
+impl Registry {
+    pub fn new() -> Arc<Registry> {
+        Arc::new(Registry {
+            next_id: AtomicU64::new(1),
+            retried: AtomicU64::new(0),
+            tasks: Mutex::new(HashMap::new()),
+            objects: Mutex::new(HashMap::new()),
+            any_done: (Mutex::new(0), Condvar::new()),
+            on_done: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Count a re-run after a lost agent (or a retried error).
+    pub fn note_retry(&self) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn retried(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
+    }
+
+    pub fn on_done(&self, f: impl Fn(&TaskRecord, &Outcome) + Send + Sync + 'static) {
+        self.on_done.lock().push(Box::new(f));
+    }
+
+    pub fn new_task(
+        &self,
+        name: Option<String>,
+        host: &str,
+        timeout: Option<Duration>,
+    ) -> Arc<TaskRecord> {
+        let id = self.next_id();
+        let rec = Arc::new(TaskRecord {
+            id,
+            name: name.unwrap_or_else(|| format!("task-{id}")),
+            host: host.to_string(),
+            cancel: CancelToken::new(timeout),
+            cancel_notify: tokio::sync::Notify::new(),
+            started: Instant::now(),
+            state: Mutex::new(None),
+            cv: Condvar::new(),
+        });
+        self.tasks.lock().insert(id, rec.clone());
+        rec
+    }
+
+    pub fn task(&self, id: u64) -> Option<Arc<TaskRecord>> {
+        self.tasks.lock().get(&id).cloned()
+    }
+
+    /// Record a task's outcome (first one wins), release what it held, wake waiters.
+    pub fn complete(&self, rec: &TaskRecord, result: Result<Graph, TaskError>) {
+        let outcome = Outcome {
+            result,
+            duration: rec.started.elapsed(),
+        };
+        {
+            let mut g = rec.state.lock();
+            if g.is_some() {
+                return;
+            }
+            *g = Some(outcome.clone());
+            rec.cv.notify_all();
+        }
+        self.release_owner(rec.id);
+        for f in self.on_done.lock().iter() {
+            f(rec, &outcome);
+        }
+        let (m, cv) = &self.any_done;
+        *m.lock() += 1;
+        cv.notify_all();
+    }
+
+    /// Block until some task finishes after `seen` (a value from [`Registry::done_count`]).
+    pub fn wait_any_done(&self, seen: u64, until: Instant) {
+        let (m, cv) = &self.any_done;
+        let mut g = m.lock();
+        if *g == seen {
+            cv.wait_until(&mut g, until);
+        }
+    }
+
+    pub fn done_count(&self) -> u64 {
+        *self.any_done.0.lock()
+    }
+
+    pub fn add_object(&self, obj: Object) -> SharedRef {
+        let id = self.next_id();
+        let kind = obj.kind();
+        self.objects.lock().insert(id, Arc::new(obj));
+        SharedRef { kind, id }
+    }
+
+    pub fn object(&self, id: u64) -> Option<Arc<Object>> {
+        self.objects.lock().get(&id).cloned()
+    }
+
+    /// Locks and permits held by a task are released when it ends, however it ends.
+    pub fn release_owner(&self, task: u64) {
+        let objs: Vec<Arc<Object>> = self.objects.lock().values().cloned().collect();
+        for o in objs {
+            o.release_owner(task);
+        }
+    }
+
+    /// Every task that has not finished yet.
+    pub fn running(&self) -> Vec<Arc<TaskRecord>> {
+        self.tasks
+            .lock()
+            .values()
+            .filter(|t| t.status() == Status::Running)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Who is calling: the main script (task `None`) or a task, with its stop token.
+#[derive(Clone)]
+pub struct Caller {
+    pub task: Option<u64>,
+    pub cancel: CancelToken,
+    pub host: String,
+}
+
+/// The master-side implementation of every shared-object method.
+pub struct MasterBackend {
+    pub registry: Arc<Registry>,
+    pub caller: Caller,
+}
+
+impl SharedBackend for MasterBackend {
+    fn call(&self, obj: SharedRef, method: &str, args: Graph) -> Result<Graph, String> {
+        call(&self.registry, &self.caller, obj, method, args)
+    }
+}
+
+/// Dispatch one shared-object call (also used for calls proxied from agents).
+pub fn call(
+    reg: &Arc<Registry>,
+    caller: &Caller,
+    obj: SharedRef,
+    method: &str,
+    args: Graph,
+) -> Result<Graph, String> {
+    match obj.kind {
+        SharedKind::Handle => handle_call(reg, caller, obj.id, method, args),
+        _ => match reg.object(obj.id) {
+            Some(o) => o.call(caller, method, args),
+            None => Err(format!(
+                "{}#{} no longer exists",
+                obj.kind.type_name(),
+                obj.id
+            )),
+        },
+    }
+}
+
+/// `true, v1, v2...` or `false, err` as one graph.
+pub fn outcome_graph(rec: &TaskRecord, o: &Outcome) -> Graph {
+    match &o.result {
+        Ok(g) => {
+            let mut g = g.clone();
+            g.roots.insert(0, Value::Bool(true));
+            g
+        }
+        Err(e) => Graph::from_roots(vec![
+            Value::Bool(false),
+            Value::Str(e.display_for(&rec.host).into_bytes()),
+        ]),
+    }
+}
+
+fn first_duration(args: &Graph) -> Result<Option<Duration>, String> {
+    match args.roots.first() {
+        None | Some(Value::Nil) => Ok(None),
+        Some(Value::Int(i)) if *i >= 0 => Ok(Some(Duration::from_millis(*i as u64))),
+        Some(Value::Float(f)) if *f >= 0.0 => Ok(Some(Duration::from_micros((*f * 1000.0) as u64))),
+        Some(Value::Str(s)) => {
+            sloth_shared::executor::parse_duration_str(&String::from_utf8_lossy(s)).map(Some)
+        }
+        Some(_) => Err("timeout must be milliseconds or a string like \"30s\"".into()),
+    }
+}
+
+fn handle_call(
+    reg: &Arc<Registry>,
+    caller: &Caller,
+    id: u64,
+    method: &str,
+    args: Graph,
+) -> Result<Graph, String> {
+    let rec = reg
+        .task(id)
+        .ok_or_else(|| format!("no task with id {id}"))?;
+    let s = |v: &str| Graph::from_roots(vec![Value::Str(v.as_bytes().to_vec())]);
+    match method {
+        "await" | "result" => {
+            let timeout = first_duration(&args)?;
+            match rec.wait(timeout, Some(&caller.cancel)) {
+                Some(o) => Ok(outcome_graph(&rec, &o)),
+                None => {
+                    if let Some(r) = caller.cancel.stopped() {
+                        return Err(format!("sloth: task stopped ({r:?})"));
+                    }
+                    let ms = timeout.map(|t| t.as_millis()).unwrap_or(0);
+                    Ok(Graph::from_roots(vec![
+                        Value::Bool(false),
+                        Value::Str(
+                            format!("timeout exceeded: {}: await gave up after {ms} ms (the task is still running)", rec.host)
+                                .into_bytes(),
+                        ),
+                    ]))
+                }
+            }
+        }
+        "status" => Ok(s(rec.status().as_str())),
+        "host" => Ok(s(&rec.host)),
+        "cancel" => {
+            let running = rec.status() == Status::Running;
+            if running {
+                rec.request_cancel();
+            }
+            Ok(Graph::from_roots(vec![Value::Bool(running)]))
+        }
+        other => Err(format!("handle has no method '{other}'")),
+    }
+}

@@ -1,0 +1,695 @@
+//! `exec`: child processes for tasks.
+//!
+//! - `exec.run(cmd [, opts])` runs a command to completion and returns
+//!   `{stdout, stderr, code, success, duration_ms, timed_out}` (plus `signal` when the
+//!   child died of a signal it was not sent by us). `cmd` is a string run with
+//!   `/bin/sh -c` or an array `{"ls", "-l"}` run directly. Options: `cwd`, `env`
+//!   (variables added to the agent's environment; `false` removes one), `timeout` (ms or
+//!   `"30s"`), `stdin` (a string fed to the child), `stream` (forward each output line to
+//!   the task's log as it arrives), `shell` (`false`: split a string command on
+//!   whitespace and run it directly; a string: the shell to use instead of `/bin/sh`).
+//!   A non-zero exit is data; a command that cannot start is `nil, err`.
+//!   The child runs in its own process group. When the task is stopped (cancelled or past
+//!   its deadline) the whole group is killed and the call raises the stop; when the
+//!   per-call `timeout` expires the group is killed and the table comes back with
+//!   `timed_out = true`, `code = nil` and the output read so far.
+//! - `exec.spawn(cmd [, {cwd, env, log}])` starts a long-running service detached from
+//!   the task (own session, stdin from /dev/null, output appended to `log` or discarded)
+//!   and returns `{pid = N}`; it outlives the task.
+//! - `exec.kill(pid [, signal])` sends `signal` (default `"TERM"`; a name like `"KILL"`,
+//!   `"SIGHUP"` or a number). A process that leads its own session (what `exec.spawn`
+//!   starts) is signalled with its whole process group. Returns `true` or `nil, err`.
+//! - `exec.alive(pid)` is true while the process exists and is not a zombie.
+
+use std::ffi::{OsStr, OsString};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mlua::{Lua, LuaString, MultiValue, Table, Value as LV};
+use parking_lot::Mutex;
+
+use super::{stop_to_lua, task_ctx};
+use crate::cancel::{CancelToken, StopReason};
+use crate::executor::{parse_duration, TaskIo};
+use crate::protocol::LogLevel;
+
+/// How often the child is polled while waiting.
+const POLL: Duration = Duration::from_millis(10);
+/// After the child is gone, how long the output pipes may stay silent before the
+/// remaining readers are abandoned (a background grandchild can hold them open).
+const DRAIN_IDLE: Duration = Duration::from_millis(250);
+/// Most output kept per stream; the rest is read and dropped (`truncated = true`).
+const MAX_OUTPUT: usize = 64 * 1024 * 1024;
+/// A streamed line longer than this is forwarded in pieces.
+const MAX_LINE: usize = 64 * 1024;
+
+pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
+    let exec = lua.create_table()?;
+    exec.raw_set(
+        "run",
+        lua.create_function(|lua, (cmd, opts): (LV, Option<Table>)| run(lua, cmd, opts))?,
+    )?;
+    exec.raw_set(
+        "spawn",
+        lua.create_function(|lua, (cmd, opts): (LV, Option<Table>)| spawn(lua, cmd, opts))?,
+    )?;
+    exec.raw_set(
+        "kill",
+        lua.create_function(|lua, (pid, sig): (i64, Option<LV>)| kill(lua, pid, sig))?,
+    )?;
+    exec.raw_set("alive", lua.create_function(|_, pid: i64| Ok(alive(pid)))?)?;
+    g.raw_set("exec", exec)
+}
+
+/// `nil, "<msg>"` as a Lua return.
+fn fail(lua: &Lua, msg: impl AsRef<str>) -> mlua::Result<MultiValue> {
+    Ok(MultiValue::from_vec(vec![
+        LV::Nil,
+        LV::String(lua.create_string(msg.as_ref())?),
+    ]))
+}
+
+/// An `io::Error` without std's " (os error N)" suffix.
+pub(crate) fn os_reason(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) if s.ends_with(')') => s[..i].to_string(),
+        _ => s,
+    }
+}
+
+fn os(s: &LuaString) -> OsString {
+    OsStr::from_bytes(&s.as_bytes()).to_os_string()
+}
+
+/// The program and arguments of a command given as a string or an array.
+struct CmdSpec {
+    argv: Vec<OsString>,
+    /// For messages.
+    display: String,
+}
+
+fn command_spec(fname: &str, cmd: &LV, shell: &LV) -> mlua::Result<CmdSpec> {
+    match cmd {
+        LV::String(s) => {
+            let display = s.to_string_lossy().to_string();
+            match shell {
+                LV::Nil | LV::Boolean(true) => Ok(CmdSpec {
+                    argv: vec!["/bin/sh".into(), "-c".into(), os(s)],
+                    display,
+                }),
+                LV::String(sh) => Ok(CmdSpec {
+                    argv: vec![os(sh), "-c".into(), os(s)],
+                    display,
+                }),
+                LV::Boolean(false) => {
+                    let argv: Vec<OsString> = s
+                        .as_bytes()
+                        .split(|b| b.is_ascii_whitespace())
+                        .filter(|w| !w.is_empty())
+                        .map(|w| OsStr::from_bytes(w).to_os_string())
+                        .collect();
+                    if argv.is_empty() {
+                        return Err(mlua::Error::runtime(format!("{fname}: empty command")));
+                    }
+                    Ok(CmdSpec { argv, display })
+                }
+                other => Err(mlua::Error::runtime(format!(
+                    "{fname}: option 'shell' must be a boolean or a shell path, got {}",
+                    other.type_name()
+                ))),
+            }
+        }
+        LV::Table(t) => {
+            let mut argv = Vec::new();
+            for v in t.sequence_values::<LV>() {
+                match v? {
+                    LV::String(s) => argv.push(os(&s)),
+                    LV::Integer(i) => argv.push(i.to_string().into()),
+                    LV::Number(n) => argv.push(n.to_string().into()),
+                    other => {
+                        return Err(mlua::Error::runtime(format!(
+                            "{fname}: command arguments must be strings, got {}",
+                            other.type_name()
+                        )))
+                    }
+                }
+            }
+            if argv.is_empty() {
+                return Err(mlua::Error::runtime(format!("{fname}: empty command")));
+            }
+            let display = argv
+                .iter()
+                .map(|a| a.to_string_lossy().to_string())
+                .collect::<Vec<_>>()
+                .join(" ");
+            Ok(CmdSpec { argv, display })
+        }
+        other => Err(mlua::Error::runtime(format!(
+            "{fname}: command must be a string or an array of strings, got {}",
+            other.type_name()
+        ))),
+    }
+}
+
+/// Build the `Command` with `cwd` and `env` from the options.
+fn base_command(fname: &str, spec: &CmdSpec, opts: Option<&Table>) -> mlua::Result<Command> {
+    let mut c = Command::new(&spec.argv[0]);
+    c.args(&spec.argv[1..]);
+    let Some(opts) = opts else { return Ok(c) };
+    match opts.get::<LV>("cwd")? {
+        LV::Nil => {}
+        LV::String(s) => {
+            c.current_dir(os(&s));
+        }
+        other => {
+            return Err(mlua::Error::runtime(format!(
+                "{fname}: option 'cwd' must be a string, got {}",
+                other.type_name()
+            )))
+        }
+    }
+    match opts.get::<LV>("env")? {
+        LV::Nil => {}
+        LV::Table(env) => {
+            for pair in env.pairs::<LuaString, LV>() {
+                let (k, v) = pair?;
+                let key = os(&k);
+                match v {
+                    LV::String(s) => {
+                        c.env(key, os(&s));
+                    }
+                    LV::Integer(i) => {
+                        c.env(key, i.to_string());
+                    }
+                    LV::Number(n) => {
+                        c.env(key, n.to_string());
+                    }
+                    LV::Boolean(true) => {
+                        c.env(key, "1");
+                    }
+                    LV::Boolean(false) => {
+                        c.env_remove(key);
+                    }
+                    other => {
+                        return Err(mlua::Error::runtime(format!(
+                            "{fname}: env value for '{}' must be a string, got {}",
+                            k.to_string_lossy(),
+                            other.type_name()
+                        )))
+                    }
+                }
+            }
+        }
+        other => {
+            return Err(mlua::Error::runtime(format!(
+                "{fname}: option 'env' must be a table, got {}",
+                other.type_name()
+            )))
+        }
+    }
+    Ok(c)
+}
+
+/// Output of one stream, shared between its reader thread and the waiting task.
+struct Capture {
+    buf: Mutex<Vec<u8>>,
+    truncated: AtomicBool,
+    done: AtomicBool,
+}
+
+/// State shared by both readers of one child.
+struct Readers {
+    /// Set once the call returned: readers keep draining but drop what they read.
+    detached: AtomicBool,
+    /// Bytes read so far by either reader (progress marker).
+    activity: AtomicU64,
+}
+
+fn spawn_reader<R: Read + Send + 'static>(
+    mut pipe: R,
+    cap: Arc<Capture>,
+    shared: Arc<Readers>,
+    stream: Option<(Arc<dyn TaskIo>, LogLevel)>,
+) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("sloth-exec-pipe".into())
+        .spawn(move || {
+            let mut chunk = vec![0u8; 8192];
+            let mut pending: Vec<u8> = Vec::new();
+            let emit = |line: &[u8]| {
+                if let Some((io, level)) = &stream {
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    io.log(*level, &String::from_utf8_lossy(line));
+                }
+            };
+            loop {
+                let n = match pipe.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                };
+                shared.activity.fetch_add(n as u64, Ordering::SeqCst);
+                if shared.detached.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let data = &chunk[..n];
+                {
+                    let mut buf = cap.buf.lock();
+                    let room = MAX_OUTPUT.saturating_sub(buf.len());
+                    if room < data.len() {
+                        cap.truncated.store(true, Ordering::SeqCst);
+                    }
+                    buf.extend_from_slice(&data[..room.min(data.len())]);
+                }
+                if stream.is_some() {
+                    pending.extend_from_slice(data);
+                    while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+                        let rest = pending.split_off(pos + 1);
+                        let line = std::mem::replace(&mut pending, rest);
+                        emit(&line[..line.len() - 1]);
+                    }
+                    if pending.len() > MAX_LINE {
+                        emit(&pending);
+                        pending.clear();
+                    }
+                }
+            }
+            if !pending.is_empty() && !shared.detached.load(Ordering::SeqCst) {
+                emit(&pending);
+            }
+            cap.done.store(true, Ordering::SeqCst);
+        })
+}
+
+/// Signal a whole process group.
+fn kill_group(pgid: u32, sig: libc::c_int) {
+    if let Ok(p) = libc::pid_t::try_from(pgid) {
+        if p > 1 {
+            // SAFETY: plain syscall; a negative pid addresses the process group.
+            unsafe {
+                libc::kill(-p, sig);
+            }
+        }
+    }
+}
+
+/// Kill the child's process group and reap the child.
+fn kill_and_reap(child: &mut Child) {
+    kill_group(child.id(), libc::SIGKILL);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+enum Ended {
+    Exited(ExitStatus),
+    TimedOut,
+    Stopped(StopReason),
+}
+
+fn run(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
+    const F: &str = "exec.run";
+    let ctx = task_ctx(lua)?;
+    let cancel = ctx.cancel.clone();
+    let shell: LV = match &opts {
+        Some(o) => o.get("shell")?,
+        None => LV::Nil,
+    };
+    let spec = command_spec(F, &cmd, &shell)?;
+    let mut command = base_command(F, &spec, opts.as_ref())?;
+    let (timeout, stdin_data, stream) = match &opts {
+        Some(o) => {
+            let timeout = parse_duration(&o.get::<LV>("timeout")?)
+                .map_err(|e| mlua::Error::runtime(format!("{F}: option 'timeout': {e}")))?;
+            let stdin: Option<LuaString> = match o.get::<LV>("stdin")? {
+                LV::Nil => None,
+                LV::String(s) => Some(s),
+                other => {
+                    return Err(mlua::Error::runtime(format!(
+                        "{F}: option 'stdin' must be a string, got {}",
+                        other.type_name()
+                    )))
+                }
+            };
+            let stream = match o.get::<LV>("stream")? {
+                LV::Nil | LV::Boolean(false) => false,
+                LV::Boolean(true) => true,
+                other => {
+                    return Err(mlua::Error::runtime(format!(
+                        "{F}: option 'stream' must be a boolean, got {}",
+                        other.type_name()
+                    )))
+                }
+            };
+            (timeout, stdin.map(|s| s.as_bytes().to_vec()), stream)
+        }
+        None => (None, None, false),
+    };
+    if let Some(r) = cancel.stopped() {
+        return Err(stop_to_lua(r));
+    }
+    command
+        .stdin(if stdin_data.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let start = Instant::now();
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => return fail(lua, format!("{F}: {}: {}", spec.display, os_reason(&e))),
+    };
+
+    let shared = Arc::new(Readers {
+        detached: AtomicBool::new(false),
+        activity: AtomicU64::new(0),
+    });
+    let out = Arc::new(Capture {
+        buf: Mutex::new(Vec::new()),
+        truncated: AtomicBool::new(false),
+        done: AtomicBool::new(false),
+    });
+    let err = Arc::new(Capture {
+        buf: Mutex::new(Vec::new()),
+        truncated: AtomicBool::new(false),
+        done: AtomicBool::new(false),
+    });
+    let mut handles = Vec::new();
+    let mut setup_error = None;
+    if let Some(pipe) = child.stdout.take() {
+        let s = stream.then(|| (ctx.io.clone(), LogLevel::Print));
+        match spawn_reader(pipe, out.clone(), shared.clone(), s) {
+            Ok(h) => handles.push(h),
+            Err(e) => setup_error = Some(e),
+        }
+    } else {
+        out.done.store(true, Ordering::SeqCst);
+    }
+    if let Some(pipe) = child.stderr.take() {
+        let s = stream.then(|| (ctx.io.clone(), LogLevel::Info));
+        match spawn_reader(pipe, err.clone(), shared.clone(), s) {
+            Ok(h) => handles.push(h),
+            Err(e) => setup_error = Some(e),
+        }
+    } else {
+        err.done.store(true, Ordering::SeqCst);
+    }
+    if let (Some(data), Some(mut pipe)) = (stdin_data, child.stdin.take()) {
+        let spawned = std::thread::Builder::new()
+            .name("sloth-exec-stdin".into())
+            .spawn(move || {
+                // A child that exits without reading its input is not an error.
+                let _ = pipe.write_all(&data);
+            });
+        if let Err(e) = spawned {
+            setup_error = Some(e);
+        }
+    }
+    if let Some(e) = setup_error {
+        kill_and_reap(&mut child);
+        shared.detached.store(true, Ordering::SeqCst);
+        return fail(
+            lua,
+            format!(
+                "{F}: {}: starting an I/O thread: {}",
+                spec.display,
+                os_reason(&e)
+            ),
+        );
+    }
+
+    let deadline = timeout.map(|t| start + t);
+    let ended = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ended::Exited(status),
+            Ok(None) => {}
+            Err(e) => {
+                kill_and_reap(&mut child);
+                shared.detached.store(true, Ordering::SeqCst);
+                return fail(
+                    lua,
+                    format!(
+                        "{F}: {}: waiting for the child: {}",
+                        spec.display,
+                        os_reason(&e)
+                    ),
+                );
+            }
+        }
+        if let Some(r) = cancel.stopped() {
+            kill_and_reap(&mut child);
+            break Ended::Stopped(r);
+        }
+        let mut nap = POLL;
+        if let Some(d) = deadline {
+            let now = Instant::now();
+            if now >= d {
+                kill_and_reap(&mut child);
+                break Ended::TimedOut;
+            }
+            nap = nap.min(d - now);
+        }
+        if let Err(r) = cancel.sleep(nap) {
+            kill_and_reap(&mut child);
+            break Ended::Stopped(r);
+        }
+    };
+
+    // Collect what the pipes still hold; stop waiting once they go quiet.
+    let stop = match ended {
+        Ended::Stopped(r) => Some(r),
+        _ => drain(&out, &err, &shared, &cancel, child.id()),
+    };
+    shared.detached.store(true, Ordering::SeqCst);
+    for h in handles {
+        if h.is_finished() {
+            let _ = h.join();
+        }
+    }
+    if let Some(r) = stop {
+        return Err(stop_to_lua(r));
+    }
+
+    let duration_ms = start.elapsed().as_millis() as i64;
+    let t = lua.create_table()?;
+    let stdout = std::mem::take(&mut *out.buf.lock());
+    let stderr = std::mem::take(&mut *err.buf.lock());
+    t.raw_set("stdout", lua.create_string(&stdout)?)?;
+    t.raw_set("stderr", lua.create_string(&stderr)?)?;
+    match ended {
+        Ended::Exited(status) => {
+            t.raw_set("code", status.code())?;
+            t.raw_set("success", status.success())?;
+            if let Some(sig) = status.signal() {
+                t.raw_set("signal", sig)?;
+            }
+            t.raw_set("timed_out", false)?;
+        }
+        Ended::TimedOut | Ended::Stopped(_) => {
+            t.raw_set("code", LV::Nil)?;
+            t.raw_set("success", false)?;
+            t.raw_set("timed_out", true)?;
+        }
+    }
+    if out.truncated.load(Ordering::SeqCst) || err.truncated.load(Ordering::SeqCst) {
+        t.raw_set("truncated", true)?;
+    }
+    t.raw_set("duration_ms", duration_ms)?;
+    Ok(MultiValue::from_vec(vec![LV::Table(t)]))
+}
+
+/// Wait for both readers to reach end of file, giving up once the pipes stay silent
+/// for [`DRAIN_IDLE`]. A stop of the task during the wait kills the rest of the group.
+fn drain(
+    out: &Capture,
+    err: &Capture,
+    shared: &Readers,
+    cancel: &CancelToken,
+    pgid: u32,
+) -> Option<StopReason> {
+    let mut seen = shared.activity.load(Ordering::SeqCst);
+    let mut quiet_since = Instant::now();
+    loop {
+        if out.done.load(Ordering::SeqCst) && err.done.load(Ordering::SeqCst) {
+            return None;
+        }
+        let now_seen = shared.activity.load(Ordering::SeqCst);
+        if now_seen != seen {
+            seen = now_seen;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= DRAIN_IDLE {
+            return None;
+        }
+        if let Err(r) = cancel.sleep(POLL) {
+            kill_group(pgid, libc::SIGKILL);
+            return Some(r);
+        }
+    }
+}
+
+fn spawn(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
+    const F: &str = "exec.spawn";
+    let ctx = task_ctx(lua)?;
+    if let Some(r) = ctx.cancel.stopped() {
+        return Err(stop_to_lua(r));
+    }
+    let spec = command_spec(F, &cmd, &LV::Nil)?;
+    let mut command = base_command(F, &spec, opts.as_ref())?;
+    let log: Option<LuaString> = match &opts {
+        Some(o) => match o.get::<LV>("log")? {
+            LV::Nil => None,
+            LV::String(s) => Some(s),
+            other => {
+                return Err(mlua::Error::runtime(format!(
+                    "{F}: option 'log' must be a file path, got {}",
+                    other.type_name()
+                )))
+            }
+        },
+        None => None,
+    };
+    let (stdout, stderr) = match log {
+        None => (Stdio::null(), Stdio::null()),
+        Some(path) => {
+            let path = os(&path);
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .and_then(|f| Ok((f.try_clone()?, f)));
+            match file {
+                Ok((a, b)) => (Stdio::from(a), Stdio::from(b)),
+                Err(e) => {
+                    return fail(
+                        lua,
+                        format!(
+                            "{F}: log file {}: {}",
+                            path.to_string_lossy(),
+                            os_reason(&e)
+                        ),
+                    )
+                }
+            }
+        }
+    };
+    command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+    // SAFETY: `setsid` is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => return fail(lua, format!("{F}: {}: {}", spec.display, os_reason(&e))),
+    };
+    let pid = child.id();
+    // Reap the service when it exits so it never lingers as a zombie of this process.
+    let _ = std::thread::Builder::new()
+        .name("sloth-exec-reaper".into())
+        .spawn(move || {
+            let _ = child.wait();
+        });
+    let t = lua.create_table()?;
+    t.raw_set("pid", pid)?;
+    Ok(MultiValue::from_vec(vec![LV::Table(t)]))
+}
+
+fn signal_number(v: &LV) -> Result<libc::c_int, String> {
+    let name = match v {
+        LV::Integer(i) => {
+            return libc::c_int::try_from(*i)
+                .ok()
+                .filter(|n| (0..=64).contains(n))
+                .ok_or_else(|| format!("bad signal number {i}"))
+        }
+        LV::String(s) => s.to_string_lossy().to_ascii_uppercase(),
+        other => {
+            return Err(format!(
+                "signal must be a name or a number, got {}",
+                other.type_name()
+            ))
+        }
+    };
+    let short = name.strip_prefix("SIG").unwrap_or(&name);
+    Ok(match short {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "TERM" => libc::SIGTERM,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        "ALRM" => libc::SIGALRM,
+        "WINCH" => libc::SIGWINCH,
+        "PIPE" => libc::SIGPIPE,
+        "ABRT" => libc::SIGABRT,
+        _ => return Err(format!("unknown signal '{name}'")),
+    })
+}
+
+fn kill(lua: &Lua, pid: i64, sig: Option<LV>) -> mlua::Result<MultiValue> {
+    const F: &str = "exec.kill";
+    let signo = match sig {
+        None | Some(LV::Nil) => libc::SIGTERM,
+        Some(v) => match signal_number(&v) {
+            Ok(n) => n,
+            Err(e) => return Err(mlua::Error::runtime(format!("{F}: {e}"))),
+        },
+    };
+    let Some(p) = libc::pid_t::try_from(pid).ok().filter(|p| *p > 0) else {
+        return fail(lua, format!("{F}: {pid}: not a process id"));
+    };
+    // SAFETY: plain syscalls on a process id. pid 1 is never widened to a group
+    // (`kill(-1)` would address every process).
+    let target = unsafe {
+        if p > 1 && libc::getsid(p) == p && libc::getpgid(p) == p {
+            -p
+        } else {
+            p
+        }
+    };
+    // SAFETY: plain syscall; `target` is never 0 or -1.
+    let rc = unsafe { libc::kill(target, signo) };
+    if rc == 0 {
+        return Ok(MultiValue::from_vec(vec![LV::Boolean(true)]));
+    }
+    let e = io::Error::last_os_error();
+    fail(lua, format!("{F}: {pid}: {}", os_reason(&e)))
+}
+
+/// True while `pid` exists and has not exited (zombies count as gone).
+pub(crate) fn alive(pid: i64) -> bool {
+    let Some(p) = libc::pid_t::try_from(pid).ok().filter(|p| *p > 0) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(p, 0) };
+    if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{p}/stat")) {
+        // The state follows the parenthesised command name, which may contain spaces.
+        Ok(stat) => match stat.rfind(')') {
+            Some(i) => !matches!(stat[i + 1..].trim_start().chars().next(), Some('Z' | 'X')),
+            None => true,
+        },
+        // SAFETY: as above.
+        Err(_) => (unsafe { libc::kill(p, 0) }) == 0,
+    }
+}
