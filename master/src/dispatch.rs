@@ -55,13 +55,13 @@ pub fn start(rt: &Arc<Runtime>, payload: Graph, opts: &TaskOpts) -> Arc<TaskReco
                 rt2.registry.note_retry();
                 if let Err(e) = &r {
                     rt2.out.task_log(
-                        &rec2.host,
+                        &rec2.host(),
                         &rec2.name,
                         LogLevel::Warn,
                         &format!(
                             "retrying ({attempt}/{}) after: {}",
                             opts.retries,
-                            e.display_for(&rec2.host)
+                            e.display_for(&rec2.host())
                         ),
                     );
                 }
@@ -90,7 +90,7 @@ impl TaskIo for LocalIo {
     }
 }
 
-async fn run_local(
+pub(crate) async fn run_local(
     rt: &Arc<Runtime>,
     rec: &Arc<TaskRecord>,
     payload: &Graph,
@@ -133,7 +133,7 @@ async fn run_local(
     }
 }
 
-async fn run_remote(
+pub(crate) async fn run_remote(
     rt: &Arc<Runtime>,
     rec: &Arc<TaskRecord>,
     host: &str,
@@ -145,6 +145,7 @@ async fn run_remote(
             "no fleet is configured (use -i INVENTORY or --local-fleet)",
         )
     })?;
+    rec.set_host(host);
     let conn = tokio::select! {
         c = mesh.connect(host) => c?,
         _ = rec.cancel_notify.notified() => return Err(TaskError::new(ErrorKind::Cancelled, "task cancelled")),

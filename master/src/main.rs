@@ -9,6 +9,7 @@ mod local_fleet;
 mod mesh;
 mod objects;
 mod output;
+mod pools;
 mod registry;
 mod runtime;
 

@@ -124,7 +124,7 @@ impl Output {
         let ms = o.duration.as_millis() as u64;
         {
             let mut r = self.recap.lock();
-            let h = r.entry(rec.host.clone()).or_default();
+            let h = r.entry(rec.host()).or_default();
             h.duration_ms += ms;
             match &o.result {
                 Ok(_) => h.ok += 1,
@@ -136,10 +136,10 @@ impl Output {
         self.tasks.lock().push(TaskReport {
             id: rec.id,
             name: rec.name.clone(),
-            host: rec.host.clone(),
+            host: rec.host(),
             success: o.result.is_ok(),
             kind: o.result.as_ref().err().map(|e| e.kind.as_str()),
-            error: o.result.as_ref().err().map(|e| e.display_for(&rec.host)),
+            error: o.result.as_ref().err().map(|e| e.display_for(&rec.host())),
             duration_ms: ms,
         });
     }

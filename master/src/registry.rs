@@ -45,8 +45,10 @@ pub struct Outcome {
 pub struct TaskRecord {
     pub id: u64,
     pub name: String,
-    /// Where it runs: an agent's name, or `local`.
-    pub host: String,
+    /// Where it was sent: an agent's name, `local`, or `pool:NAME` until a pool
+    /// picks an agent (see [`TaskRecord::host`]).
+    pub target: String,
+    ran_on: Mutex<Option<String>>,
     pub cancel: CancelToken,
     /// Wakes the remote driver when the task is cancelled.
     pub cancel_notify: tokio::sync::Notify,
@@ -56,6 +58,18 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
+    /// Where the task runs (or last ran).
+    pub fn host(&self) -> String {
+        self.ran_on
+            .lock()
+            .clone()
+            .unwrap_or_else(|| self.target.clone())
+    }
+
+    pub fn set_host(&self, host: &str) {
+        *self.ran_on.lock() = Some(host.to_string());
+    }
+
     pub fn outcome(&self) -> Option<Outcome> {
         self.state.lock().clone()
     }
@@ -150,7 +164,8 @@ impl Registry {
         let rec = Arc::new(TaskRecord {
             id,
             name: name.unwrap_or_else(|| format!("task-{id}")),
-            host: host.to_string(),
+            target: host.to_string(),
+            ran_on: Mutex::new(None),
             cancel: CancelToken::new(timeout),
             cancel_notify: tokio::sync::Notify::new(),
             started: Instant::now(),
@@ -282,7 +297,7 @@ pub fn outcome_graph(rec: &TaskRecord, o: &Outcome) -> Graph {
         }
         Err(e) => Graph::from_roots(vec![
             Value::Bool(false),
-            Value::Str(e.display_for(&rec.host).into_bytes()),
+            Value::Str(e.display_for(&rec.host()).into_bytes()),
         ]),
     }
 }
@@ -323,7 +338,7 @@ fn handle_call(
                     Ok(Graph::from_roots(vec![
                         Value::Bool(false),
                         Value::Str(
-                            format!("timeout exceeded: {}: await gave up after {ms} ms (the task is still running)", rec.host)
+                            format!("timeout exceeded: {}: await gave up after {ms} ms (the task is still running)", rec.host())
                                 .into_bytes(),
                         ),
                     ]))
@@ -331,7 +346,7 @@ fn handle_call(
             }
         }
         "status" => Ok(s(rec.status().as_str())),
-        "host" => Ok(s(&rec.host)),
+        "host" => Ok(s(&rec.host())),
         "cancel" => {
             let running = rec.status() == Status::Running;
             if running {

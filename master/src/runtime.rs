@@ -60,7 +60,7 @@ impl Runtime {
                 if rt.spawned.lock().contains(&rec.id) {
                     rt.out.unawaited_failure(&format!(
                         "{} ({})",
-                        e.display_for(&rec.host),
+                        e.display_for(&rec.host()),
                         rec.name
                     ));
                 }
@@ -316,7 +316,7 @@ pub fn handle_arg(rt: &Runtime, v: &LV, what: &str) -> mlua::Result<Arc<TaskReco
 /// One `await_all`-shaped result table.
 pub fn result_table(lua: &Lua, rec: &TaskRecord, o: Option<&Outcome>) -> mlua::Result<Table> {
     let t = lua.create_table()?;
-    t.raw_set("host", rec.host.as_str())?;
+    t.raw_set("host", rec.host().as_str())?;
     t.raw_set("name", rec.name.as_str())?;
     t.raw_set("id", rec.id)?;
     match o {
@@ -330,7 +330,7 @@ pub fn result_table(lua: &Lua, rec: &TaskRecord, o: Option<&Outcome>) -> mlua::R
                 }
                 Err(e) => {
                     t.raw_set("success", false)?;
-                    t.raw_set("error", e.display_for(&rec.host))?;
+                    t.raw_set("error", e.display_for(&rec.host()))?;
                     t.raw_set("kind", e.kind.as_str())?;
                 }
             }
@@ -342,7 +342,7 @@ pub fn result_table(lua: &Lua, rec: &TaskRecord, o: Option<&Outcome>) -> mlua::R
                 "error",
                 format!(
                     "timeout exceeded: {}: not finished when the wait ended (still running)",
-                    rec.host
+                    rec.host()
                 ),
             )?;
             t.raw_set("kind", "timeout")?;
@@ -543,7 +543,13 @@ fn install_goroutine(
     object_ctor("atomic_int", |n| {
         Ok(Object::atomic(if n == i64::MIN { 0 } else { n }))
     })?;
+    crate::pools::install(lua, g, rt, backend)?;
     Ok(())
+}
+
+/// A duration option (ms number or "30s" string) as a Rust error string.
+pub fn parse_duration_opt(v: &LV) -> Result<Option<Duration>, String> {
+    parse_duration(v)
 }
 
 fn duration_value(v: &LV, what: &str) -> mlua::Result<Value> {
@@ -569,6 +575,6 @@ pub fn spawn_task(rt: &Arc<Runtime>, payload: Graph, opts: &TaskOpts) {
     // It may already have failed before it was marked as spawned.
     if let Some(Outcome { result: Err(e), .. }) = rec.outcome() {
         rt.out
-            .unawaited_failure(&format!("{} ({})", e.display_for(&rec.host), rec.name));
+            .unawaited_failure(&format!("{} ({})", e.display_for(&rec.host()), rec.name));
     }
 }

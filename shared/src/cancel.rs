@@ -19,7 +19,7 @@ const TIMED_OUT: u8 = 2;
 
 struct Inner {
     state: AtomicU8,
-    deadline: Option<Instant>,
+    deadline: Mutex<Option<Instant>>,
     lock: Mutex<()>,
     cv: Condvar,
 }
@@ -38,7 +38,7 @@ impl CancelToken {
     pub fn new(timeout: Option<Duration>) -> Self {
         CancelToken(Arc::new(Inner {
             state: AtomicU8::new(RUNNING),
-            deadline: timeout.map(|t| Instant::now() + t),
+            deadline: Mutex::new(timeout.map(|t| Instant::now() + t)),
             lock: Mutex::new(()),
             cv: Condvar::new(),
         }))
@@ -46,7 +46,12 @@ impl CancelToken {
 
     /// The time limit this token was created with, if any.
     pub fn deadline(&self) -> Option<Instant> {
-        self.0.deadline
+        *self.0.deadline.lock()
+    }
+
+    /// (Re)start the time limit from now (a queued task starts its clock when it runs).
+    pub fn set_timeout(&self, timeout: Option<Duration>) {
+        *self.0.deadline.lock() = timeout.map(|t| Instant::now() + t);
     }
 
     /// Stop the task (idempotent; the first reason wins).
@@ -79,7 +84,7 @@ impl CancelToken {
             TIMED_OUT => return Some(StopReason::Timeout),
             _ => {}
         }
-        if let Some(d) = self.0.deadline {
+        if let Some(d) = self.deadline() {
             if Instant::now() >= d {
                 self.stop_with(TIMED_OUT, notify);
                 return self.poll(false);
@@ -117,7 +122,7 @@ impl CancelToken {
                 return Ok(());
             }
             let mut wake = until;
-            if let Some(d) = self.0.deadline {
+            if let Some(d) = self.deadline() {
                 wake = wake.min(d);
             }
             self.0.cv.wait_until(&mut g, wake);
@@ -126,8 +131,7 @@ impl CancelToken {
 
     /// Time left before the deadline (None: no deadline).
     pub fn remaining(&self) -> Option<Duration> {
-        self.0
-            .deadline
+        self.deadline()
             .map(|d| d.saturating_duration_since(Instant::now()))
     }
 }

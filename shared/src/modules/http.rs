@@ -70,10 +70,13 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
 }
 
 /// Run `f` on a helper thread and wait for it, checking `cancel` every [`POLL`].
-/// On a stop the thread is abandoned (it must end on its own) and the reason returned.
+/// On a stop the thread is abandoned (it must end on its own) and the reason returned;
+/// past `limit` (a backstop for calls that cannot time out themselves, like name
+/// resolution) it is abandoned too and the result is the error "timed out".
 pub(crate) fn run_cancellable<T, F>(
     cancel: &CancelToken,
     name: &str,
+    limit: Option<Duration>,
     f: F,
 ) -> Result<Result<T, String>, StopReason>
 where
@@ -92,6 +95,7 @@ where
     if let Err(e) = spawned {
         return Ok(Err(format!("starting a helper thread: {e}")));
     }
+    let until = limit.map(|l| Instant::now() + l);
     loop {
         match rx.recv_timeout(POLL) {
             Ok(v) => return Ok(Ok(v)),
@@ -102,6 +106,9 @@ where
         }
         if let Some(r) = cancel.stopped() {
             return Err(r);
+        }
+        if until.is_some_and(|u| Instant::now() >= u) {
+            return Ok(Err("timed out".into()));
         }
     }
 }
@@ -291,8 +298,11 @@ fn perform(lua: &Lua, mut req: Req) -> mlua::Result<MultiValue> {
     }
     let fname = req.fname;
     let url = req.url.clone();
+    // ureq enforces the timeout itself; the backstop only covers what it cannot
+    // interrupt (a hanging name lookup).
+    let limit = req.timeout + Duration::from_millis(500);
     let start = Instant::now();
-    let outcome = run_cancellable(&ctx.cancel, "sloth-http", move || req.send());
+    let outcome = run_cancellable(&ctx.cancel, "sloth-http", Some(limit), move || req.send());
     let res = match outcome {
         Err(r) => return Err(stop_to_lua(r)),
         Ok(Err(msg)) | Ok(Ok(Err(msg))) => {

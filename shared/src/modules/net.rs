@@ -33,9 +33,10 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
             }
             let host = host.to_str()?.to_string();
             let what = format!("{host}:{port}");
-            let outcome = run_cancellable(&ctx.cancel, "sloth-tcp-check", move || {
-                check(&host, port, timeout)
-            });
+            let outcome =
+                run_cancellable(&ctx.cancel, "sloth-tcp-check", Some(timeout), move || {
+                    check(&host, port, timeout)
+                });
             let res = match outcome {
                 Err(r) => return Err(stop_to_lua(r)),
                 Ok(Err(msg)) | Ok(Ok(Err(msg))) => Err(msg),

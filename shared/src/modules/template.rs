@@ -1,9 +1,10 @@
 //! `template.render(text, vars [, opts])`: Jinja2 templates (minijinja).
 //!
 //! `vars` is a Lua table (functions and other values JSON cannot hold are skipped).
-//! Defaults follow Ansible's `template` module: an undefined variable is an error
-//! (`{{ x | default("y") }}` and `{% if x is defined %}` still work), `trim_blocks`
-//! is on, the trailing newline of the template is kept, nothing is HTML-escaped.
+//! Defaults follow Ansible's `template` module: printing or iterating an undefined
+//! variable is an error (`{{ x | default("y") }}` works), while a test like
+//! `{% if h.backup %}` treats a missing key as false, as Lua tables omit nil fields;
+//! `trim_blocks` is on, the trailing newline of the template is kept, nothing is HTML-escaped.
 //! Options: `strict` (default true), `trim_blocks` (true), `lstrip_blocks` (false),
 //! `keep_trailing_newline` (true), `name` (used in error messages, default
 //! "template").
@@ -72,7 +73,7 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
                 env.set_syntax(syntax);
                 env.set_auto_escape_callback(|_| AutoEscape::None);
                 env.set_undefined_behavior(if strict {
-                    UndefinedBehavior::Strict
+                    UndefinedBehavior::SemiStrict
                 } else {
                     UndefinedBehavior::Lenient
                 });

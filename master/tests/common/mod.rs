@@ -1,0 +1,594 @@
+//! Test harness: a fleet of real `sloth-agent` processes on 127.0.0.1, with real
+//! certificates made by `sloth-master certs`, and a way to run scripts against it.
+//!
+//! Every test binary includes this module but not every one uses all of it.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Hard limit for one `sloth-master` invocation: a hang fails the test instead of CI.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn master_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sloth-master"))
+}
+
+/// `target/debug/sloth-agent`, next to the master binary.
+pub fn agent_bin() -> PathBuf {
+    let p = master_bin().with_file_name("sloth-agent");
+    assert!(
+        p.exists(),
+        "{} does not exist: build it with `cargo build` or run `cargo test --workspace`",
+        p.display()
+    );
+    p
+}
+
+/// The result of one finished `sloth-master` run.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Exit code; -1 when killed by a signal (or by the harness after [`RUN_TIMEOUT`]).
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub timed_out: bool,
+    pub elapsed: Duration,
+}
+
+impl Output {
+    /// Fields (tab separated, as Lua's `print` writes them) of every stdout line whose
+    /// first field is `tag`, tag excluded.
+    pub fn all(&self, tag: &str) -> Vec<Vec<String>> {
+        self.stdout
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split('\t');
+                (f.next() == Some(tag)).then(|| f.map(str::to_string).collect())
+            })
+            .collect()
+    }
+
+    /// The fields of the single stdout line tagged `tag` (panics with the whole output
+    /// when there is not exactly one).
+    pub fn one(&self, tag: &str) -> Vec<String> {
+        let all = self.all(tag);
+        assert_eq!(all.len(), 1, "expected one line tagged {tag:?}\n{self}");
+        all.into_iter().next().unwrap()
+    }
+
+    /// `one(tag)` joined back with tabs.
+    pub fn line(&self, tag: &str) -> String {
+        self.one(tag).join("\t")
+    }
+
+    pub fn assert_code(&self, code: i32) {
+        assert_eq!(self.code, code, "unexpected exit code\n{self}");
+    }
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "--- exit code {} (timed out: {}, {:?}) ---\n--- stdout ---\n{}\n--- stderr ---\n{}\n---",
+            self.code, self.timed_out, self.elapsed, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A `sloth-master` process still running; stdout is readable line by line.
+pub struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stdout: Vec<String>,
+    stderr_thread: Option<std::thread::JoinHandle<String>>,
+    started: Instant,
+}
+
+impl Running {
+    pub fn spawn(mut cmd: Command) -> Running {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("NO_COLOR", "1")
+            .env_remove("SLOTH_AGENT_BIN");
+        let started = Instant::now();
+        let mut child = cmd.spawn().expect("starting sloth-master");
+        let out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr_thread = std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = err.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).to_string()
+        });
+        Running {
+            child,
+            lines: rx,
+            stdout: Vec::new(),
+            stderr_thread: Some(stderr_thread),
+            started,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait (at most `timeout`) for a stdout line whose first tab-separated field is
+    /// `tag` (or that equals it); returns it, or None.
+    pub fn wait_for(&mut self, tag: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let matches = |l: &str| l == tag || l.split('\t').next() == Some(tag) || l.ends_with(tag);
+        if let Some(l) = self.stdout.iter().find(|l| matches(l)) {
+            return Some(l.clone());
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.stdout.push(l.clone());
+                    if matches(&l) {
+                        return Some(l);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Wait for the process to end (killing it after `timeout`) and collect its output.
+    pub fn finish(mut self, timeout: Duration) -> Output {
+        let deadline = Instant::now() + timeout;
+        let mut timed_out = false;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => break Some(s),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => {
+                    timed_out = true;
+                    let _ = self.child.kill();
+                    break self.child.wait().ok();
+                }
+            }
+        };
+        let elapsed = self.started.elapsed();
+        // The reader thread ends when the pipe closes (local agents may hold it a
+        // little longer; do not wait forever for them).
+        let drain_until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = drain_until.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.stdout.push(l),
+                Err(_) => break,
+            }
+        }
+        let stderr = self
+            .stderr_thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default();
+        Output {
+            code: status.and_then(|s| s.code()).unwrap_or(-1),
+            stdout: self.stdout.join("\n"),
+            stderr,
+            timed_out,
+            elapsed,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `sloth-master ARGS` in `cwd`, to completion (or [`RUN_TIMEOUT`]).
+pub fn sloth_master(cwd: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(master_bin());
+    cmd.current_dir(cwd).args(args);
+    Running::spawn(cmd).finish(RUN_TIMEOUT)
+}
+
+/// `sloth-master certs init --dir DIR`.
+pub fn certs_init(dir: &Path) {
+    let out = sloth_master(
+        Path::new("/"),
+        &["certs", "init", "--dir", dir.to_str().unwrap()],
+    );
+    out.assert_code(0);
+}
+
+/// `sloth-master certs issue NAME --dir DIR`.
+pub fn certs_issue(dir: &Path, name: &str) {
+    let out = sloth_master(
+        Path::new("/"),
+        &["certs", "issue", name, "--dir", dir.to_str().unwrap()],
+    );
+    out.assert_code(0);
+}
+
+/// A running agent process.
+pub struct Agent {
+    pub name: String,
+    pub addr: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+/// How to start one agent.
+pub struct AgentSpec<'a> {
+    /// `--name`
+    pub name: &'a str,
+    /// Certificate and key: `DIR/STEM.crt`, `DIR/STEM.key`.
+    pub cert_dir: &'a Path,
+    pub cert_stem: &'a str,
+    /// `--ca`
+    pub ca: &'a Path,
+    pub extra_args: &'a [&'a str],
+}
+
+/// Start `sloth-agent` and wait for its `listening on` line.
+pub fn start_agent(spec: &AgentSpec, log_dir: &Path) -> Agent {
+    let log = log_dir.join(format!("agent-{}-{}.log", spec.name, unique()));
+    let err = File::create(&log).unwrap();
+    let mut cmd = Command::new(agent_bin());
+    cmd.arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--cert")
+        .arg(spec.cert_dir.join(format!("{}.crt", spec.cert_stem)))
+        .arg("--key")
+        .arg(spec.cert_dir.join(format!("{}.key", spec.cert_stem)))
+        .arg("--ca")
+        .arg(spec.ca)
+        .arg("--name")
+        .arg(spec.name)
+        .args(spec.extra_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(err));
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl(2) is async-signal-safe. If the test process dies, so do its agents.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().expect("starting sloth-agent");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(out).lines();
+        let _ = tx.send(lines.next().and_then(Result::ok));
+        for _ in lines {}
+    });
+    let first = rx.recv_timeout(Duration::from_secs(20)).ok().flatten();
+    let Some(first) = first else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "agent {} did not start: {}",
+            spec.name,
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    };
+    let prefix = format!("sloth-agent {} listening on ", spec.name);
+    let addr = first
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("unexpected first agent line: {first:?}"))
+        .trim()
+        .to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    Agent {
+        name: spec.name.to_string(),
+        addr,
+        child,
+        log,
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+/// One inventory host.
+#[derive(Clone, Debug)]
+pub struct Host {
+    pub address: String,
+    pub groups: Vec<String>,
+    /// Raw TOML inline table for `vars`, e.g. `{ role = "web" }`.
+    pub vars: Option<String>,
+}
+
+/// A fleet of real agents with certificates from `sloth-master certs`.
+pub struct TestFleet {
+    pub dir: tempfile::TempDir,
+    /// The certificate directory (`ca.crt`, `master.crt`, `NAME.crt`, ...).
+    pub certs: PathBuf,
+    pub agents: Vec<Agent>,
+    pub hosts: BTreeMap<String, Host>,
+}
+
+impl TestFleet {
+    /// Certificates, no agents yet.
+    pub fn empty() -> TestFleet {
+        let dir = tempfile::Builder::new()
+            .prefix("sloth-test-")
+            .tempdir()
+            .unwrap();
+        let certs = dir.path().join("certs");
+        certs_init(&certs);
+        TestFleet {
+            dir,
+            certs,
+            agents: Vec::new(),
+            hosts: BTreeMap::new(),
+        }
+    }
+
+    /// One agent per name, each in the groups given.
+    pub fn start(hosts: &[(&str, &[&str])]) -> TestFleet {
+        let mut f = TestFleet::empty();
+        for (name, groups) in hosts {
+            f.add_agent(name, groups);
+        }
+        f
+    }
+
+    /// `web-01..web-N`, all in group `web`.
+    pub fn web(n: usize) -> TestFleet {
+        let names: Vec<String> = (1..=n).map(|i| format!("web-{i:02}")).collect();
+        let hosts: Vec<(&str, &[&str])> = names.iter().map(|n| (n.as_str(), &["web"][..])).collect();
+        TestFleet::start(&hosts)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Issue a certificate for `name`, start its agent, add it to the inventory.
+    pub fn add_agent(&mut self, name: &str, groups: &[&str]) {
+        self.add_agent_with(name, groups, &[]);
+    }
+
+    pub fn add_agent_with(&mut self, name: &str, groups: &[&str], extra_args: &[&str]) {
+        certs_issue(&self.certs, name);
+        let certs = self.certs.clone();
+        let ca = certs.join("ca.crt");
+        self.add_custom_agent(
+            &AgentSpec {
+                name,
+                cert_dir: &certs,
+                cert_stem: name,
+                ca: &ca,
+                extra_args,
+            },
+            name,
+            groups,
+        );
+    }
+
+    /// Start an agent from `spec` and list it in the inventory as `inventory_name`.
+    pub fn add_custom_agent(&mut self, spec: &AgentSpec, inventory_name: &str, groups: &[&str]) {
+        let a = start_agent(spec, self.dir.path());
+        self.add_host(inventory_name, &a.addr, groups);
+        self.agents.push(a);
+    }
+
+    /// An inventory entry (no agent started).
+    pub fn add_host(&mut self, name: &str, address: &str, groups: &[&str]) {
+        self.hosts.insert(
+            name.to_string(),
+            Host {
+                address: address.to_string(),
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+                vars: None,
+            },
+        );
+    }
+
+    pub fn set_vars(&mut self, name: &str, vars: &str) {
+        self.hosts.get_mut(name).unwrap().vars = Some(vars.to_string());
+    }
+
+    pub fn inventory_text(&self) -> String {
+        let mut s = String::new();
+        for (name, h) in &self.hosts {
+            s += &format!("[hosts.{name}]\naddress = \"{}\"\n", h.address);
+            let groups: Vec<String> = h.groups.iter().map(|g| format!("\"{g}\"")).collect();
+            s += &format!("groups = [{}]\n", groups.join(", "));
+            if let Some(v) = &h.vars {
+                s += &format!("vars = {v}\n");
+            }
+            s += "\n";
+        }
+        s
+    }
+
+    /// Write the inventory, return its path.
+    pub fn inventory(&self) -> PathBuf {
+        let p = self.dir.path().join("inventory.toml");
+        std::fs::write(&p, self.inventory_text()).unwrap();
+        p
+    }
+
+    fn agent(&self, name: &str) -> &Agent {
+        self.agents
+            .iter()
+            .find(|a| a.name == name)
+            .unwrap_or_else(|| panic!("no agent {name}"))
+    }
+
+    fn agent_mut(&mut self, name: &str) -> &mut Agent {
+        self.agents
+            .iter_mut()
+            .find(|a| a.name == name)
+            .unwrap_or_else(|| panic!("no agent {name}"))
+    }
+
+    pub fn pid(&self, name: &str) -> u32 {
+        self.agent(name).child.id()
+    }
+
+    pub fn addr(&self, name: &str) -> String {
+        self.agent(name).addr.clone()
+    }
+
+    /// The agent's stderr so far.
+    pub fn agent_log(&self, name: &str) -> String {
+        std::fs::read_to_string(&self.agent(name).log).unwrap_or_default()
+    }
+
+    /// Is the agent process still running (not exited)?
+    pub fn alive(&mut self, name: &str) -> bool {
+        matches!(self.agent_mut(name).child.try_wait(), Ok(None))
+    }
+
+    fn signal(&self, name: &str, sig: i32) {
+        // SAFETY: kill(2) on a child process we started and have not reaped.
+        let r = unsafe { libc::kill(self.pid(name) as i32, sig) };
+        assert_eq!(r, 0, "kill({name}, {sig})");
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self, name: &str) {
+        self.signal(name, libc::SIGKILL);
+        let _ = self.agent_mut(name).child.wait();
+    }
+
+    /// SIGSTOP (freeze).
+    pub fn stop(&self, name: &str) {
+        self.signal(name, libc::SIGSTOP);
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self, name: &str) {
+        self.signal(name, libc::SIGCONT);
+    }
+
+    fn script_path(&self, file_name: &str, script: &str) -> PathBuf {
+        let p = self.dir.path().join(file_name);
+        std::fs::write(&p, script).unwrap();
+        p
+    }
+
+    fn command(&self, file_name: &str, script: &str, extra_args: &[&str]) -> Command {
+        let script = self.script_path(file_name, script);
+        let inv = self.inventory();
+        let mut cmd = Command::new(master_bin());
+        cmd.current_dir(self.dir.path())
+            .arg("run")
+            .arg(&script)
+            .arg("-i")
+            .arg(&inv)
+            .arg("--certs")
+            .arg(&self.certs)
+            .args(extra_args);
+        cmd
+    }
+
+    /// `sloth-master run t.sloth -i INV --certs D EXTRA...`, to completion.
+    pub fn run(&self, script: &str, extra_args: &[&str]) -> Output {
+        self.run_named("t.sloth", script, extra_args)
+    }
+
+    pub fn run_named(&self, file_name: &str, script: &str, extra_args: &[&str]) -> Output {
+        Running::spawn(self.command(file_name, script, extra_args)).finish(RUN_TIMEOUT)
+    }
+
+    /// Start a run and return at once; read its stdout with [`Running::wait_for`].
+    pub fn spawn_run(&self, script: &str, extra_args: &[&str]) -> Running {
+        Running::spawn(self.command("t.sloth", script, extra_args))
+    }
+}
+
+impl Drop for TestFleet {
+    fn drop(&mut self) {
+        for a in &mut self.agents {
+            let _ = a.child.kill();
+            let _ = a.child.wait();
+        }
+    }
+}
+
+/// A UDP port on 127.0.0.1 with nothing listening (bound, then closed).
+pub fn dead_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().port()
+}
+
+/// Process ids whose parent is `ppid` and whose command name is `comm`.
+pub fn children_named(ppid: u32, comm: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+        };
+        if field("PPid:").and_then(|p| p.parse::<u32>().ok()) == Some(ppid)
+            && field("Name:").as_deref() == Some(comm)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Is `pid` a live (not zombie) process?
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            // "pid (comm) S ..."; comm may contain spaces, the state follows the last ')'.
+            let state = s.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next());
+            !matches!(state, Some(Some('Z')) | Some(Some('X')))
+        }
+        Err(_) => false,
+    }
+}
+
+/// The command line of `pid`, arguments joined with spaces.
+pub fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .split('\0')
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}

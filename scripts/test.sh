@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every test: unit and integration tests (real agents over real QUIC), then
+# every example in examples/ on a local fleet with its output checked.
+# Builds once (debug profile) and reuses the binaries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --workspace --all-targets
+cargo test --workspace -- --test-threads=2
+bash scripts/run-examples.sh target/debug

@@ -1,0 +1,929 @@
+//! The task modules against the real system: real child processes, real files, a real
+//! HTTP server on 127.0.0.1.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mlua::{Lua, Value as LV};
+use parking_lot::Mutex;
+use sloth_shared::cancel::CancelToken;
+use sloth_shared::executor::{self, TaskContext, TaskIo};
+use sloth_shared::protocol::LogLevel;
+use sloth_shared::shared_obj::{NoBackend, SharedBackend};
+
+/// Records every log line with the moment it arrived.
+#[derive(Default)]
+struct Sink {
+    lines: Mutex<Vec<(LogLevel, String, Instant)>>,
+}
+
+impl TaskIo for Sink {
+    fn log(&self, level: LogLevel, line: &str) {
+        self.lines
+            .lock()
+            .push((level, line.to_string(), Instant::now()));
+    }
+    fn backend(&self) -> Arc<dyn SharedBackend> {
+        Arc::new(NoBackend)
+    }
+}
+
+fn state_with(cancel: CancelToken) -> (Lua, Arc<Sink>) {
+    let sink = Arc::new(Sink::default());
+    let ctx = TaskContext {
+        host: "test".into(),
+        task_name: "t".into(),
+        io: sink.clone(),
+        cancel,
+    };
+    (executor::new_state(&ctx).unwrap(), sink)
+}
+
+fn state() -> Lua {
+    state_with(CancelToken::default()).0
+}
+
+fn eval<T: mlua::FromLuaMulti>(lua: &Lua, src: &str) -> T {
+    match lua.load(src).set_name("@test").eval::<T>() {
+        Ok(v) => v,
+        Err(e) => panic!("{}", executor::error_text(&e)),
+    }
+}
+
+/// Pids of live (non-zombie) processes whose command line starts with `marker`.
+fn procs_with(marker: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if !cmdline.starts_with(marker) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].trim_start().chars().next());
+        if !matches!(state, Some('Z') | Some('X') | None) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Kills a process this test started (and its group, when it leads one) when the
+/// test ends, passed or not.
+struct KillOnDrop(i64);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(p) = libc::pid_t::try_from(self.0) {
+            if p > 1 {
+                // SAFETY: plain syscalls on a process this test started.
+                unsafe {
+                    if libc::getpgid(p) == p {
+                        libc::kill(-p, libc::SIGKILL);
+                    }
+                    libc::kill(p, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+/// Wait (bounded) until no live process carries `marker`.
+fn assert_gone(marker: &str) {
+    let until = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left = procs_with(marker);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "processes with '{marker}' still alive: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------- exec
+
+#[test]
+fn exec_run_captures_output_and_exit_code() {
+    let lua = state();
+    let (out, err, code, success, dur, timed_out): (String, String, i64, bool, i64, bool) = eval(
+        &lua,
+        r#"local r = exec.run("echo hi; echo oops >&2; exit 3")
+           return r.stdout, r.stderr, r.code, r.success, r.duration_ms, r.timed_out"#,
+    );
+    assert_eq!(out, "hi\n");
+    assert_eq!(err, "oops\n");
+    assert_eq!(code, 3);
+    assert!(!success);
+    assert!((0..5000).contains(&dur));
+    assert!(!timed_out);
+
+    let (code, success): (i64, bool) = eval(
+        &lua,
+        r#"local r = exec.run("true") return r.code, r.success"#,
+    );
+    assert_eq!((code, success), (0, true));
+    let (code, out): (i64, String) = eval(
+        &lua,
+        r#"local r = exec.run("no-such-command-sloth-xyz") return r.code, r.stderr"#,
+    );
+    assert_eq!(code, 127, "command not found is data: {out}");
+}
+
+#[test]
+fn exec_run_argv_cwd_env_stdin_shell() {
+    let lua = state();
+    let dir = tempfile::tempdir().unwrap();
+    lua.globals()
+        .set("DIR", dir.path().to_str().unwrap())
+        .unwrap();
+    let (a, b, c, d, e): (String, String, String, String, String) = eval(
+        &lua,
+        r#"local a = exec.run({"printf", "%s|", "a b", "c"}).stdout
+           local b = exec.run("pwd", {cwd = DIR}).stdout
+           local c = exec.run("echo $SLOTH_A-$SLOTH_B", {env = {SLOTH_A = "x", SLOTH_B = 42}}).stdout
+           local d = exec.run("tr a-z A-Z", {stdin = "hello\nworld\n"}).stdout
+           local e = exec.run("echo  $HOME  x", {shell = false}).stdout
+           return a, b, c, d, e"#,
+    );
+    assert_eq!(a, "a b|c|");
+    assert_eq!(
+        std::fs::canonicalize(b.trim()).unwrap(),
+        std::fs::canonicalize(dir.path()).unwrap()
+    );
+    assert_eq!(c, "x-42\n");
+    assert_eq!(d, "HELLO\nWORLD\n");
+    assert_eq!(e, "$HOME x\n", "shell = false runs the words directly");
+
+    // Binary-safe output.
+    let n: i64 = eval(&lua, r#"return #exec.run("printf 'a\\000b'").stdout"#);
+    assert_eq!(n, 3);
+}
+
+#[test]
+fn exec_run_that_cannot_start_returns_nil_err() {
+    let lua = state();
+    let (v, err): (LV, String) = eval(&lua, r#"return exec.run({"/nonexistent/sloth-prog"})"#);
+    assert!(v.is_nil());
+    assert!(
+        err.starts_with("exec.run: /nonexistent/sloth-prog: No such file or directory"),
+        "{err}"
+    );
+    let (v, err): (LV, String) = eval(
+        &lua,
+        r#"return exec.run("true", {cwd = "/nonexistent-dir-sloth"})"#,
+    );
+    assert!(v.is_nil());
+    assert!(err.contains("No such file or directory"), "{err}");
+    // Wrong argument types raise.
+    let bad = lua.load("exec.run(42 == 42)").exec().unwrap_err();
+    assert!(executor::error_text(&bad).contains("exec.run"), "{bad}");
+    let bad = lua
+        .load(r#"exec.run("true", {timeout = "soon"})"#)
+        .exec()
+        .unwrap_err();
+    assert!(executor::error_text(&bad).contains("timeout"), "{bad}");
+}
+
+#[test]
+fn exec_run_timeout_kills_the_process_group() {
+    let lua = state();
+    let start = Instant::now();
+    let (timed_out, code, success, out): (bool, LV, bool, String) = eval(
+        &lua,
+        r#"local r = exec.run("echo partial; sleep 30.1111; echo never", {timeout = 1000})
+           return r.timed_out, r.code, r.success, r.stdout"#,
+    );
+    let took = start.elapsed();
+    assert!(timed_out);
+    assert!(code.is_nil());
+    assert!(!success);
+    assert_eq!(out, "partial\n");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "took {took:?}"
+    );
+    assert_gone("sleep 30.1111");
+
+    // String durations work too.
+    let timed_out: bool = eval(
+        &lua,
+        r#"return exec.run("sleep 30.1112", {timeout = "200ms"}).timed_out"#,
+    );
+    assert!(timed_out);
+    assert_gone("sleep 30.1112");
+}
+
+#[test]
+fn exec_run_pid_of_background_child_is_killed_on_timeout() {
+    let lua = state();
+    let (pid_line, timed_out): (String, bool) = eval(
+        &lua,
+        r#"local r = exec.run("sleep 30.1113 & echo $!; wait", {timeout = 500})
+           return r.stdout, r.timed_out"#,
+    );
+    assert!(timed_out);
+    let pid: u32 = pid_line.trim().parse().unwrap();
+    let until = Instant::now() + Duration::from_secs(3);
+    while procs_with("sleep 30.1113").contains(&pid) {
+        assert!(Instant::now() < until, "background sleep {pid} survived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn exec_run_returns_when_a_background_child_keeps_the_pipes_open() {
+    let lua = state();
+    let start = Instant::now();
+    let (out, code): (String, i64) = eval(
+        &lua,
+        r#"local r = exec.run("sleep 30.5555 & echo $!")
+           return r.stdout, r.code"#,
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(code, 0);
+    let pid: i64 = out.trim().parse().unwrap();
+    let _guard = KillOnDrop(pid);
+    assert_eq!(
+        procs_with("sleep 30.5555"),
+        vec![pid as u32],
+        "not killed on a normal exit"
+    );
+    // SAFETY: the test's own background child.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+    assert_gone("sleep 30.5555");
+}
+
+#[test]
+fn exec_run_raises_when_the_task_is_cancelled() {
+    let cancel = CancelToken::new(None);
+    let (lua, _sink) = state_with(cancel.clone());
+    let c2 = cancel.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        c2.cancel();
+    });
+    let start = Instant::now();
+    let err = lua
+        .load(r#"exec.run("sleep 30.2222; echo never")"#)
+        .exec()
+        .unwrap_err();
+    let took = start.elapsed();
+    t.join().unwrap();
+    assert!(
+        executor::error_text(&err).contains("cancelled"),
+        "{}",
+        executor::error_text(&err)
+    );
+    assert!(took < Duration::from_millis(1300), "took {took:?}");
+    assert_gone("sleep 30.2222");
+}
+
+#[test]
+fn exec_run_raises_at_the_task_deadline() {
+    let (lua, _sink) = state_with(CancelToken::new(Some(Duration::from_millis(400))));
+    let start = Instant::now();
+    // pcall cannot swallow the stop for good: the next call raises again.
+    let err = lua
+        .load(r#"pcall(exec.run, "sleep 30.3333"); exec.run("true")"#)
+        .exec()
+        .unwrap_err();
+    assert!(
+        executor::error_text(&err).contains("timeout exceeded"),
+        "{}",
+        executor::error_text(&err)
+    );
+    assert!(start.elapsed() < Duration::from_millis(1500));
+    assert_gone("sleep 30.3333");
+}
+
+#[test]
+fn exec_run_streams_lines_while_the_command_runs() {
+    let (lua, sink) = state_with(CancelToken::default());
+    let (out, err): (String, String) = eval(
+        &lua,
+        r#"local r = exec.run("echo one; echo warn-line >&2; sleep 1; printf two", {stream = true})
+           return r.stdout, r.stderr"#,
+    );
+    let returned = Instant::now();
+    assert_eq!(out, "one\ntwo");
+    assert_eq!(err, "warn-line\n");
+    let lines = sink.lines.lock();
+    let one = lines
+        .iter()
+        .find(|(_, l, _)| l == "one")
+        .expect("line 'one' streamed");
+    assert_eq!(one.0, LogLevel::Print);
+    assert!(
+        returned.duration_since(one.2) > Duration::from_millis(700),
+        "'one' arrived only {:?} before the command ended",
+        returned.duration_since(one.2)
+    );
+    let warn = lines
+        .iter()
+        .find(|(_, l, _)| l == "warn-line")
+        .expect("stderr streamed");
+    assert_eq!(warn.0, LogLevel::Info);
+    assert!(
+        lines.iter().any(|(_, l, _)| l == "two"),
+        "unterminated last line streamed"
+    );
+
+    // Without stream nothing reaches the log.
+    drop(lines);
+    let before = sink.lines.lock().len();
+    let _: mlua::Value = eval(&lua, r#"return exec.run("echo quiet")"#);
+    assert_eq!(sink.lines.lock().len(), before);
+}
+
+#[test]
+fn exec_spawn_kill_alive() {
+    let lua = state();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("svc.log");
+    lua.globals().set("LOG", log.to_str().unwrap()).unwrap();
+    let pid: i64 = eval(
+        &lua,
+        r#"local p = exec.spawn("echo started; echo err >&2; sleep 30.4444", {log = LOG, env = {X = "1"}})
+           return p.pid"#,
+    );
+    assert!(pid > 1);
+    let _guard = KillOnDrop(pid);
+    // The service leads its own session.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    assert_eq!(fields[3], pid.to_string(), "session id is the pid: {stat}");
+    let until = Instant::now() + Duration::from_secs(3);
+    while procs_with("sleep 30.4444").is_empty() {
+        assert!(Instant::now() < until, "service did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let alive: bool = eval(&lua, &format!("return exec.alive({pid})"));
+    assert!(alive);
+    let until = Instant::now() + Duration::from_secs(3);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("started") && text.contains("err") {
+            break;
+        }
+        assert!(Instant::now() < until, "log holds only {text:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let ok: bool = eval(&lua, &format!("return exec.kill({pid})"));
+    assert!(ok);
+    assert_gone("sleep 30.4444");
+    let until = Instant::now() + Duration::from_secs(3);
+    loop {
+        let alive: bool = eval(&lua, &format!("return exec.alive({pid})"));
+        if !alive {
+            break;
+        }
+        assert!(Instant::now() < until, "spawned pid {pid} still alive");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Signals by name, errors as data.
+    let pid: i64 = eval(&lua, r#"return exec.spawn({"sleep", "30.4445"}).pid"#);
+    let _guard2 = KillOnDrop(pid);
+    let ok: bool = eval(&lua, &format!(r#"return exec.kill({pid}, "SIGKILL")"#));
+    assert!(ok);
+    assert_gone("sleep 30.4445");
+    let (v, err): (LV, String) = eval(&lua, "return exec.kill(2147483000)");
+    assert!(v.is_nil());
+    assert!(err.contains("No such process"), "{err}");
+    let (v, err): (LV, String) = eval(&lua, r#"return exec.spawn({"/nonexistent/sloth-svc"})"#);
+    assert!(v.is_nil());
+    assert!(err.contains("No such file or directory"), "{err}");
+    let (v, _err): (LV, String) = eval(&lua, "return exec.kill(0)");
+    assert!(v.is_nil());
+    assert!(lua.load(r#"exec.kill(1, "NOPE")"#).exec().is_err());
+    let alive: bool = eval(&lua, "return exec.alive(2147483000)");
+    assert!(!alive);
+}
+
+// ---------------------------------------------------------------- fs
+
+#[test]
+fn fs_roundtrip() {
+    let lua = state();
+    let dir = tempfile::tempdir().unwrap();
+    lua.globals()
+        .set("D", dir.path().to_str().unwrap())
+        .unwrap();
+    let v: mlua::Table = eval(
+        &lua,
+        r#"local r = {}
+           r.mkdir = fs.mkdir(D .. "/a/b/c")
+           r.mkdir_again = fs.mkdir(D .. "/a/b/c")
+           r.write = fs.write(D .. "/a/f.txt", "hello\0world")
+           r.append = fs.append(D .. "/a/f.txt", "!")
+           r.read = fs.read(D .. "/a/f.txt")
+           r.exists = fs.exists(D .. "/a/f.txt")
+           r.missing = fs.exists(D .. "/nope")
+           fs.write(D .. "/a/z", "z")
+           r.ls = table.concat(fs.ls(D .. "/a"), ",")
+           local st = fs.stat(D .. "/a/f.txt")
+           r.size, r.is_file, r.is_dir, r.is_symlink, r.mtime = st.size, st.is_file, st.is_dir, st.is_symlink, st.mtime
+           r.dir_is_dir = fs.stat(D .. "/a/b").is_dir
+           r.copy = fs.copy(D .. "/a/f.txt", D .. "/a/b")
+           r.copied = fs.read(D .. "/a/b/f.txt")
+           r.chmod = fs.chmod(D .. "/a/z", "0600")
+           r.mode = fs.stat(D .. "/a/z").mode
+           fs.chmod(D .. "/a/z", 420)
+           r.mode2 = fs.stat(D .. "/a/z").mode
+           fs.write(D .. "/a/secret", "s", "0640")
+           r.mode3 = fs.stat(D .. "/a/secret").mode
+           r.rm_file = fs.rm(D .. "/a/z")
+           r.rm_tree = fs.rm(D .. "/a/b", {recursive = true})
+           r.gone = fs.exists(D .. "/a/b")
+           r.rm_forced = fs.rm(D .. "/a/b", {force = true})
+           return r"#,
+    );
+    for k in [
+        "mkdir",
+        "mkdir_again",
+        "write",
+        "append",
+        "exists",
+        "copy",
+        "chmod",
+        "rm_file",
+        "rm_tree",
+        "rm_forced",
+    ] {
+        assert!(v.get::<bool>(k).unwrap(), "{k}");
+    }
+    assert_eq!(
+        v.get::<mlua::LuaString>("read")
+            .unwrap()
+            .as_bytes()
+            .as_ref(),
+        b"hello\0world!"
+    );
+    assert!(!v.get::<bool>("missing").unwrap());
+    assert_eq!(v.get::<String>("ls").unwrap(), "b,f.txt,z");
+    assert_eq!(v.get::<i64>("size").unwrap(), 12);
+    assert!(v.get::<bool>("is_file").unwrap());
+    assert!(!v.get::<bool>("is_dir").unwrap());
+    assert!(!v.get::<bool>("is_symlink").unwrap());
+    assert!(v.get::<i64>("mtime").unwrap() > 1_600_000_000);
+    assert!(v.get::<bool>("dir_is_dir").unwrap());
+    assert_eq!(
+        v.get::<mlua::LuaString>("copied")
+            .unwrap()
+            .as_bytes()
+            .as_ref(),
+        b"hello\0world!"
+    );
+    assert_eq!(v.get::<i64>("mode").unwrap(), 0o600);
+    assert_eq!(v.get::<i64>("mode2").unwrap(), 0o644);
+    assert_eq!(v.get::<i64>("mode3").unwrap(), 0o640);
+    assert!(!v.get::<bool>("gone").unwrap());
+}
+
+#[test]
+fn fs_failures_return_nil_and_reason() {
+    let lua = state();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    lua.globals().set("D", d.as_str()).unwrap();
+    let cases = [
+        (
+            r#"return fs.read(D .. "/missing")"#,
+            format!("fs.read: {d}/missing: No such file or directory"),
+        ),
+        (
+            r#"return fs.write(D .. "/no/dir/f", "x")"#,
+            format!("fs.write: {d}/no/dir/f: No such file or directory"),
+        ),
+        (
+            r#"return fs.ls(D .. "/missing")"#,
+            format!("fs.ls: {d}/missing: No such file or directory"),
+        ),
+        (
+            r#"return fs.stat(D .. "/missing")"#,
+            format!("fs.stat: {d}/missing: No such file or directory"),
+        ),
+        (
+            r#"return fs.rm(D .. "/missing")"#,
+            format!("fs.rm: {d}/missing: No such file or directory"),
+        ),
+        (
+            r#"return fs.copy(D .. "/missing", D .. "/x")"#,
+            format!("fs.copy: {d}/missing: No such file or directory"),
+        ),
+        (
+            r#"return fs.chmod(D .. "/missing", "0644")"#,
+            format!("fs.chmod: {d}/missing: No such file or directory"),
+        ),
+        (
+            r#"return fs.readlink(D .. "/missing")"#,
+            format!("fs.readlink: {d}/missing: No such file or directory"),
+        ),
+        (
+            r#"fs.mkdir(D .. "/full"); fs.write(D .. "/full/f", "x"); return fs.rm(D .. "/full")"#,
+            format!("fs.rm: {d}/full: Directory not empty"),
+        ),
+        (
+            r#"fs.write(D .. "/file", "x"); return fs.mkdir(D .. "/file/sub")"#,
+            format!("fs.mkdir: {d}/file/sub: Not a directory"),
+        ),
+    ];
+    for (src, want) in cases {
+        let (v, err): (LV, String) = eval(&lua, src);
+        assert!(v.is_nil(), "{src}");
+        assert_eq!(err, want, "{src}");
+    }
+    // Wrong types and malformed modes raise.
+    assert!(lua.load(r#"fs.read({})"#).exec().is_err());
+    assert!(lua.load(r#"fs.chmod(D .. "/file", "rwx")"#).exec().is_err());
+}
+
+#[test]
+fn fs_symlink_force_replaces_atomically() {
+    let lua = state();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    lua.globals().set("D", d.as_str()).unwrap();
+    let (a, again, err, b, forced, c, is_link, leftovers): (
+        bool,
+        LV,
+        String,
+        String,
+        bool,
+        String,
+        bool,
+        i64,
+    ) = eval(
+        &lua,
+        r#"fs.mkdir(D .. "/releases/v1"); fs.mkdir(D .. "/releases/v2")
+           fs.write(D .. "/releases/v2/VERSION", "2")
+           local a = fs.symlink(D .. "/releases/v1", D .. "/current")
+           local again, err = fs.symlink(D .. "/releases/v2", D .. "/current")
+           local b = fs.readlink(D .. "/current")
+           local forced = fs.symlink(D .. "/releases/v2", D .. "/current", {force = true})
+           local c = fs.readlink(D .. "/current")
+           local is_link = fs.stat(D .. "/current").is_symlink
+           return a, again, err, b, forced, c, is_link, #fs.ls(D)"#,
+    );
+    assert!(a);
+    assert!(again.is_nil());
+    assert_eq!(err, format!("fs.symlink: {d}/current: File exists"));
+    assert_eq!(b, format!("{d}/releases/v1"));
+    assert!(forced);
+    assert_eq!(c, format!("{d}/releases/v2"));
+    assert!(is_link);
+    assert_eq!(leftovers, 2, "no temporary links left behind");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("current/VERSION")).unwrap(),
+        "2"
+    );
+    // force onto a path that does not exist yet also works; onto a directory it fails.
+    let (ok, v, err): (bool, LV, String) = eval(
+        &lua,
+        r#"local ok = fs.symlink("target", D .. "/fresh", {force = true})
+           return ok, fs.symlink("x", D .. "/releases/v1", {force = true})"#,
+    );
+    assert!(ok);
+    assert!(v.is_nil());
+    assert!(
+        err.starts_with(&format!("fs.symlink: {d}/releases/v1: ")),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_link(dir.path().join("fresh")).unwrap(),
+        std::path::PathBuf::from("target")
+    );
+}
+
+// ---------------------------------------------------------------- http / net
+
+/// A tiny HTTP/1.1 server: `/hello` 200, `/missing` 404, `/echo` echoes method, content
+/// type and body, `/slow` answers after 5 s.
+fn http_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            std::thread::spawn(move || serve(conn));
+        }
+    });
+    port
+}
+
+fn serve(mut conn: TcpStream) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        let n = match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut lines = head.lines();
+    let mut first = lines.next().unwrap_or("").split(' ');
+    let method = first.next().unwrap_or("").to_string();
+    let path = first.next().unwrap_or("").to_string();
+    let mut content_length = 0usize;
+    let mut content_type = String::new();
+    let mut custom = String::new();
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-length" => content_length = v.trim().parse().unwrap_or(0),
+                "content-type" => content_type = v.trim().to_string(),
+                "x-custom" => custom = v.trim().to_string(),
+                _ => {}
+            }
+        }
+    }
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < content_length {
+        let n = match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        body.extend_from_slice(&chunk[..n]);
+    }
+    let (status, reply): (&str, Vec<u8>) = match path.as_str() {
+        "/hello" => ("200 OK", b"hello".to_vec()),
+        "/missing" => ("404 Not Found", b"no such page".to_vec()),
+        "/echo" => {
+            let mut r = format!("{method}|{content_type}|{custom}|").into_bytes();
+            r.extend_from_slice(&body);
+            ("200 OK", r)
+        }
+        "/slow" => {
+            std::thread::sleep(Duration::from_secs(5));
+            ("200 OK", b"late".to_vec())
+        }
+        _ => ("500 Internal Server Error", b"?".to_vec()),
+    };
+    let mut resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nX-Test: yes\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nConnection: close\r\n\r\n",
+        reply.len()
+    )
+    .into_bytes();
+    resp.extend_from_slice(&reply);
+    let _ = conn.write_all(&resp);
+}
+
+fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn http_get_post_request_and_status_as_data() {
+    let lua = state();
+    let port = http_server();
+    lua.globals()
+        .set("BASE", format!("http://127.0.0.1:{port}"))
+        .unwrap();
+    let (status, ok, body, xtest, cookies, dur): (i64, bool, String, String, String, i64) = eval(
+        &lua,
+        r#"local r = http.get(BASE .. "/hello")
+           return r.status, r.ok, r.body, r.headers["x-test"], r.headers["set-cookie"], r.duration_ms"#,
+    );
+    assert_eq!((status, ok, body.as_str()), (200, true, "hello"));
+    assert_eq!(xtest, "yes");
+    assert_eq!(cookies, "a=1, b=2");
+    assert!((0..5000).contains(&dur));
+
+    let (status, ok, body): (i64, bool, String) = eval(
+        &lua,
+        r#"local r = http.get(BASE .. "/missing") return r.status, r.ok, r.body"#,
+    );
+    assert_eq!((status, ok, body.as_str()), (404, false, "no such page"));
+
+    let body: String = eval(
+        &lua,
+        r#"return http.post(BASE .. "/echo", "payload", {headers = {["Content-Type"] = "text/plain", ["X-Custom"] = "c1"}}).body"#,
+    );
+    assert_eq!(body, "POST|text/plain|c1|payload");
+
+    let body: String = eval(
+        &lua,
+        r#"return http.post(BASE .. "/echo", {name = "web", n = 2}).body"#,
+    );
+    let (prefix, json) = body.split_at("POST|application/json||".len());
+    assert_eq!(prefix, "POST|application/json||");
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(v, serde_json::json!({"name": "web", "n": 2}));
+
+    let body: String = eval(
+        &lua,
+        r#"return http.request{method = "put", url = BASE .. "/echo", body = "x", headers = {["X-Custom"] = 7}}.body"#,
+    );
+    assert_eq!(body, "PUT||7|x");
+    let body: String = eval(&lua, r#"return http.request{url = BASE .. "/echo"}.body"#);
+    assert_eq!(body, "GET|||");
+}
+
+#[test]
+fn http_failures_return_nil_err() {
+    let lua = state();
+    let port = http_server();
+    let dead = closed_port();
+    lua.globals()
+        .set("BASE", format!("http://127.0.0.1:{port}"))
+        .unwrap();
+    lua.globals()
+        .set("DEAD", format!("http://127.0.0.1:{dead}/x"))
+        .unwrap();
+    let (v, err): (LV, String) = eval(&lua, "return http.get(DEAD)");
+    assert!(v.is_nil());
+    assert!(
+        err.starts_with(&format!("http.get: http://127.0.0.1:{dead}/x: "))
+            && err.to_lowercase().contains("refused"),
+        "{err}"
+    );
+
+    let start = Instant::now();
+    let (v, err): (LV, String) = eval(&lua, r#"return http.get(BASE .. "/slow", {timeout = 300})"#);
+    assert!(v.is_nil());
+    assert!(err.contains("timed out"), "{err}");
+    assert!(start.elapsed() < Duration::from_millis(2000));
+
+    let (v, err): (LV, String) = eval(&lua, r#"return http.get("not a url")"#);
+    assert!(v.is_nil());
+    assert!(err.starts_with("http.get: not a url: "), "{err}");
+    assert!(
+        lua.load("http.get(BASE, 5)").exec().is_err(),
+        "bad opts raise"
+    );
+}
+
+#[test]
+fn http_honours_task_cancellation() {
+    let cancel = CancelToken::new(None);
+    let (lua, _sink) = state_with(cancel.clone());
+    let port = http_server();
+    lua.globals()
+        .set("URL", format!("http://127.0.0.1:{port}/slow"))
+        .unwrap();
+    let c2 = cancel.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        c2.cancel();
+    });
+    let start = Instant::now();
+    let err = lua.load("http.get(URL)").exec().unwrap_err();
+    assert!(executor::error_text(&err).contains("cancelled"));
+    assert!(start.elapsed() < Duration::from_millis(1000));
+}
+
+#[test]
+fn net_tcp_check_open_and_closed() {
+    let lua = state();
+    let open = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = open.local_addr().unwrap().port();
+    let dead = closed_port();
+    let (ok, latency): (bool, f64) = eval(
+        &lua,
+        &format!(r#"return net.tcp_check("127.0.0.1", {port})"#),
+    );
+    assert!(ok);
+    assert!((0.0..3000.0).contains(&latency), "{latency}");
+    let (ok, err): (bool, String) = eval(
+        &lua,
+        &format!(r#"return net.tcp_check("127.0.0.1", {dead}, 500)"#),
+    );
+    assert!(!ok);
+    assert_eq!(
+        err,
+        format!("net.tcp_check: 127.0.0.1:{dead}: Connection refused")
+    );
+    let (ok, err): (bool, String) = eval(
+        &lua,
+        r#"return net.tcp_check("no-such-host.invalid", 80, 1000)"#,
+    );
+    assert!(!ok);
+    assert!(err.contains("cannot resolve"), "{err}");
+    let (ok, _): (bool, f64) = eval(
+        &lua,
+        &format!(r#"return net.tcp_check("localhost", {port}, "2s")"#),
+    );
+    assert!(ok);
+    assert!(lua
+        .load("net.tcp_check('127.0.0.1', 70000)")
+        .exec()
+        .is_err());
+}
+
+// ---------------------------------------------------------------- template / sys
+
+#[test]
+fn template_render_and_errors() {
+    let lua = state();
+    let out: String = eval(
+        &lua,
+        r#"local r, e = template.render([[
+server {{ name }}:{{ port }}
+{% for h in hosts %}
+  upstream {{ h.addr }}{% if h.backup %} backup{% endif %};
+{% endfor %}
+tls={{ tls | default("off") }}
+]], {name = "web", port = 8080, hosts = {{addr = "10.0.0.1"}, {addr = "10.0.0.2", backup = true}}, fn = print})
+           return assert(r, e)"#,
+    );
+    assert_eq!(
+        out,
+        "server web:8080\n  upstream 10.0.0.1;\n  upstream 10.0.0.2 backup;\ntls=off\n"
+    );
+
+    let (v, err): (LV, String) = eval(
+        &lua,
+        r#"return template.render("line one\n{% if x %}\nyes\n{% endfor %}\n", {x = true})"#,
+    );
+    assert!(v.is_nil());
+    assert!(
+        err.starts_with("template.render: template, line 4: syntax error"),
+        "{err}"
+    );
+
+    let (v, err): (LV, String) = eval(
+        &lua,
+        r#"return template.render("a\n{{ missing.field }}", {}, {name = "app.conf.j2"})"#,
+    );
+    assert!(v.is_nil());
+    assert!(
+        err.starts_with("template.render: app.conf.j2, line 2: undefined value"),
+        "{err}"
+    );
+    let lenient: String = eval(
+        &lua,
+        r#"return template.render("[{{ missing }}]", nil, {strict = false})"#,
+    );
+    assert_eq!(lenient, "[]");
+    assert!(lua.load(r#"template.render("x", 5)"#).exec().is_err());
+}
+
+#[test]
+fn sys_hostname_and_facts() {
+    let lua = state();
+    let host: String = eval(&lua, "return sys.hostname()");
+    let want = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(host, want.trim());
+
+    let f: mlua::Table = eval(&lua, "return sys.facts()");
+    assert_eq!(f.get::<String>("os").unwrap(), "linux");
+    assert_eq!(f.get::<String>("arch").unwrap(), std::env::consts::ARCH);
+    assert!(!f.get::<String>("kernel").unwrap().is_empty());
+    assert!(f.get::<i64>("cpus").unwrap() >= 1);
+    let total = f.get::<i64>("mem_total").unwrap();
+    let avail = f.get::<i64>("mem_available").unwrap();
+    assert!(total > 16 * 1024 * 1024 && avail > 0 && avail <= total);
+    let load: mlua::Table = f.get("load").unwrap();
+    let l1: f64 = load.get("1m").unwrap();
+    assert!(l1 >= 0.0);
+    assert_eq!(load.get::<f64>(1).unwrap(), l1);
+    assert!(load.get::<f64>("15m").unwrap() >= 0.0);
+    assert!(f.get::<i64>("uptime").unwrap() > 0);
+    let disk: mlua::Table = f.get("disk").unwrap();
+    let dt: i64 = disk.get("total").unwrap();
+    let da: i64 = disk.get("available").unwrap();
+    assert!(dt > 0 && da >= 0 && da <= dt);
+    assert_eq!(disk.get::<String>("path").unwrap(), "/");
+
+    let facts = sloth_shared::modules::sys::collect_facts();
+    assert_eq!(facts.hostname, host);
+    assert_eq!(facts.os, "linux");
+    assert!(facts.cpus >= 1 && facts.mem_total > 0 && facts.disk_total > 0);
+}
+
+#[test]
+fn modules_are_requirable() {
+    let lua = state();
+    let same: bool = eval(
+        &lua,
+        r#"return require("exec") == exec and require("fs") == fs and require("http") == http
+           and require("net") == net and require("sys") == sys and require("template") == template"#,
+    );
+    assert!(same);
+}
