@@ -61,6 +61,31 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Health of every matched agent: a table (or --json); exit 1 if any is down.
+    Health {
+        /// Host pattern (default: all).
+        #[arg(default_value = "all")]
+        pattern: String,
+        #[command(flatten)]
+        fleet: FleetArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a shell command on every matched agent, output streamed with host prefixes.
+    Exec {
+        /// Host pattern.
+        pattern: String,
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Per-host time limit, e.g. 30s.
+        #[arg(long)]
+        timeout: Option<String>,
+        #[arg(long)]
+        json: bool,
+        /// The command (after --).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Certificates for the fleet.
     Certs {
         #[command(subcommand)]
@@ -118,7 +143,140 @@ pub fn main(cli: Cli) -> i32 {
             vars,
             json,
         } => run(&script, &fleet, &vars, json),
+        Cmd::Health {
+            pattern,
+            fleet,
+            json,
+        } => health(&pattern, &fleet, json),
+        Cmd::Exec {
+            pattern,
+            fleet,
+            timeout,
+            json,
+            command,
+        } => exec(&pattern, &fleet, timeout.as_deref(), json, &command),
     }
+}
+
+fn health(pattern: &str, fa: &FleetArgs, json: bool) -> i32 {
+    let rt = match tokio_runtime() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    install_signal_handler(&rt);
+    let mut fleet = match prepare_fleet(fa) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let hosts = match fleet.inventory.resolve(pattern) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let Some(certs) = &fleet.certs else {
+        eprintln!("error: no hosts to check (use -i INVENTORY or --local-fleet)");
+        return EXIT_USAGE;
+    };
+    let mesh = {
+        let _g = rt.enter();
+        match Mesh::new(&fleet.inventory, certs, fleet.mesh_cfg.clone()) {
+            Ok(m) => Arc::new(m),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return EXIT_USAGE;
+            }
+        }
+    };
+    let start = Instant::now();
+    let rows = rt.block_on(crate::health::check_all(mesh.clone(), hosts));
+    let took = start.elapsed();
+    rt.block_on(mesh.close());
+    if let Some(lf) = fleet.local.as_mut() {
+        lf.stop();
+    }
+    let down = rows.iter().filter(|r| !r.up).count();
+    if json {
+        let doc = serde_json::json!({
+            "hosts": rows,
+            "up": rows.len() - down,
+            "down": down,
+            "duration_ms": took.as_millis() as u64,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        println!("{}", crate::health::render_table(&rows));
+        println!(
+            "{} up, {down} down, checked in {}",
+            rows.len() - down,
+            crate::output::fmt_ms(took.as_millis() as u64)
+        );
+    }
+    if down > 0 {
+        EXIT_FAILED
+    } else {
+        EXIT_OK
+    }
+}
+
+/// The script `exec` runs: one streaming task per host, then a summary.
+const EXEC_SCRIPT: &str = r#"
+local hosts = fleet.hosts(vars.pattern)
+local handles = {}
+for _, h in ipairs(hosts) do
+  handles[#handles + 1] = goroutine.async(function()
+    local r, err = exec.run(vars.command, { stream = true })
+    if not r then error(err, 0) end
+    if not r.success then
+      error(string.format("exit code %s", tostring(r.code or ("killed (" .. tostring(r.signal or "timeout") .. ")"))), 0)
+    end
+    return r.code
+  end, { delegate_to = h, name = "exec", timeout = vars.timeout ~= "" and vars.timeout or nil })
+end
+local failed = 0
+for _, r in ipairs(goroutine.await_all(handles)) do
+  if r.success then
+    print(string.format("%-12s exit 0", r.host))
+  else
+    failed = failed + 1
+    print(string.format("%-12s FAILED  %s", r.host, r.error))
+  end
+end
+print(string.format("%d host(s), %d failed", #handles, failed))
+"#;
+
+fn exec(
+    pattern: &str,
+    fa: &FleetArgs,
+    timeout: Option<&str>,
+    json: bool,
+    command: &[String],
+) -> i32 {
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let path = dir.path().join("exec.sloth");
+    if let Err(e) = std::fs::write(&path, EXEC_SCRIPT) {
+        eprintln!("error: {e}");
+        return EXIT_USAGE;
+    }
+    let vars = vec![
+        format!("pattern={pattern}"),
+        format!("command={}", command.join(" ")),
+        format!("timeout={}", timeout.unwrap_or("")),
+    ];
+    run(&path, fa, &vars, json)
 }
 
 /// Everything a command needs to reach the fleet.

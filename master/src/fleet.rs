@@ -2,10 +2,12 @@
 
 use std::sync::Arc;
 
-use mlua::{Lua, LuaSerdeExt, Table};
-use sloth_shared::protocol::Facts;
+use mlua::{Function, Lua, LuaSerdeExt, Table, Value as LV};
+use sloth_shared::protocol::{Facts, LogLevel};
 
-use crate::runtime::Runtime;
+use crate::dispatch;
+use crate::rollout::{self, Serial};
+use crate::runtime::{capture_call, parse_opts, result_table, Runtime};
 
 fn rt_err(msg: impl Into<String>) -> mlua::Error {
     mlua::Error::runtime(msg.into())
@@ -124,5 +126,124 @@ pub fn install(lua: &Lua, rt: Arc<Runtime>) -> mlua::Result<()> {
             })?,
         )?;
     }
+    {
+        let rt = rt.clone();
+        fleet.raw_set(
+            "run",
+            lua.create_function(
+                move |lua, (pattern, f, opts): (String, Function, Option<Table>)| {
+                    fleet_run(lua, &rt, &pattern, &f, opts)
+                },
+            )?,
+        )?;
+    }
     lua.globals().raw_set("fleet", fleet)
+}
+
+fn serial_of(v: &LV) -> mlua::Result<Vec<Serial>> {
+    let one = |v: &LV| -> mlua::Result<Serial> {
+        match v {
+            LV::Integer(n) if *n >= 1 => Ok(Serial::Count(*n as usize)),
+            LV::Number(n) if *n >= 1.0 => Ok(Serial::Count(*n as usize)),
+            LV::String(s) => Serial::parse_str(&s.to_string_lossy()).map_err(rt_err),
+            other => Err(rt_err(format!(
+                "fleet.run: serial entries must be numbers >= 1 or strings like \"25%\", got {}",
+                other.type_name()
+            ))),
+        }
+    };
+    match v {
+        LV::Nil => Ok(Vec::new()),
+        LV::Table(t) => t.sequence_values::<LV>().map(|x| one(&x?)).collect(),
+        other => Ok(vec![one(other)?]),
+    }
+}
+
+/// `fleet.run(pattern, fn, opts)`: run `fn` on every matched host, in rolling
+/// batches when `serial` is given; stop when a batch fails too much.
+fn fleet_run(
+    lua: &Lua,
+    rt: &Arc<Runtime>,
+    pattern: &str,
+    f: &Function,
+    opts: Option<Table>,
+) -> mlua::Result<Table> {
+    let hosts = rt
+        .inventory
+        .resolve(pattern)
+        .map_err(|e| rt_err(format!("fleet.run: {e}")))?;
+    let (serial, max_fail, fatal, task_opts_tbl) = match &opts {
+        Some(t) => {
+            let serial = serial_of(&t.raw_get::<LV>("serial")?)?;
+            let max_fail: Option<f64> = t.raw_get("max_fail_percentage")?;
+            let fatal = t
+                .raw_get::<Option<bool>>("any_errors_fatal")?
+                .unwrap_or(false);
+            // The task options proper (timeout, retries, name...).
+            let task = lua.create_table()?;
+            for key in ["timeout", "retries", "retry_errors", "name"] {
+                task.raw_set(key, t.raw_get::<LV>(key)?)?;
+            }
+            (serial, max_fail, fatal, Some(task))
+        }
+        None => (Vec::new(), None, false, None),
+    };
+    let base = parse_opts(rt, task_opts_tbl.as_ref(), "fleet.run")?;
+    let plan = rollout::batches(&hosts, &serial);
+    let results = lua.create_table()?;
+    let total = plan.len();
+    for (bi, batch) in plan.iter().enumerate() {
+        if total > 1 {
+            rt.out.script_log(
+                LogLevel::Info,
+                &format!("fleet.run: batch {}/{total}: {}", bi + 1, batch.join(", ")),
+            );
+        }
+        let mut recs = Vec::new();
+        for h in batch {
+            let mut o = base.clone();
+            o.target = Some(h.clone());
+            if o.name.is_none() {
+                o.name = Some("fleet.run".into());
+            }
+            let payload = capture_call(lua, f, &[], "fleet.run", &o)?;
+            recs.push(dispatch::start(rt, payload, &o));
+        }
+        let mut failed = 0;
+        for (h, rec) in batch.iter().zip(&recs) {
+            let o = rec.wait(None, None);
+            if !matches!(&o, Some(x) if x.result.is_ok()) {
+                failed += 1;
+            }
+            results.raw_set(h.as_str(), result_table(lua, rec, o.as_ref())?)?;
+        }
+        if rollout::should_stop(failed, batch.len(), max_fail, fatal) && bi + 1 < total {
+            let untouched: Vec<String> = plan[bi + 1..].iter().flatten().cloned().collect();
+            let why = if fatal {
+                "any_errors_fatal".to_string()
+            } else {
+                match max_fail {
+                    Some(m) => format!(
+                        "{failed} of {} failed ({:.0}% > max_fail_percentage {m})",
+                        batch.len(),
+                        failed as f64 * 100.0 / batch.len() as f64
+                    ),
+                    None => "every host of the batch failed".into(),
+                }
+            };
+            rt.out.script_log(
+                LogLevel::Error,
+                &format!(
+                    "fleet.run: rollout stopped after batch {}/{total}: {why}; not touched: {}",
+                    bi + 1,
+                    untouched.join(", ")
+                ),
+            );
+            for h in &untouched {
+                rt.out.skipped(h);
+            }
+            break;
+        }
+    }
+    Ok(results)
 }

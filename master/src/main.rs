@@ -4,6 +4,7 @@ mod certs_cmd;
 mod cli;
 mod dispatch;
 mod fleet;
+mod health;
 mod inventory;
 mod local_fleet;
 mod mesh;
@@ -11,6 +12,7 @@ mod objects;
 mod output;
 mod pools;
 mod registry;
+mod rollout;
 mod runtime;
 
 use clap::Parser;

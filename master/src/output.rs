@@ -17,6 +17,8 @@ pub struct HostRecap {
     pub failed: u64,
     pub unreachable: u64,
     pub cancelled: u64,
+    /// Hosts a stopped rollout never touched.
+    pub skipped: u64,
     pub duration_ms: u64,
 }
 
@@ -145,6 +147,15 @@ impl Output {
     }
 
     /// Tasks that failed (not counting cancelled ones, which the script asked for).
+    /// A host a stopped rollout did not touch.
+    pub fn skipped(&self, host: &str) {
+        self.recap
+            .lock()
+            .entry(host.to_string())
+            .or_default()
+            .skipped += 1;
+    }
+
     pub fn failed_tasks(&self) -> u64 {
         self.recap
             .lock()
@@ -180,6 +191,12 @@ impl Output {
                 self.paint("31", "unreachable")
             } else if h.failed > 0 {
                 self.paint("31", "failed")
+            } else if h.skipped > 0 && h.ok == 0 {
+                self.paint("33", "skipped (rollout stopped)")
+            } else if h.unreachable > 0 {
+                self.paint("31", "unreachable")
+            } else if h.failed > 0 {
+                self.paint("31", "failed")
             } else {
                 self.paint("32", "ok")
             };
@@ -190,7 +207,7 @@ impl Output {
             if h.cancelled > 0 {
                 l.push_str(&format!(" cancelled={:<3}", h.cancelled));
             }
-            l.push_str(&format!(" {:>8}  {status}", fmt_ms(h.duration_ms)));
+            l.push_str(&format!(" busy={:>8}  {status}", fmt_ms(h.duration_ms)));
             self.line(&l);
         }
         let hosts = recap.len();

@@ -779,6 +779,70 @@ fn http_failures_return_nil_err() {
     );
 }
 
+/// An HTTPS server with a self-signed certificate answering "secure" to every request.
+fn https_server() -> u16 {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let chain = vec![ck.cert.der().clone()];
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+        ck.signing_key.serialize_der(),
+    ));
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let config = Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(sock) = conn else { continue };
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let Ok(tls) = rustls::ServerConnection::new(config) else {
+                    return;
+                };
+                let mut stream = rustls::StreamOwned::new(tls, sock);
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nsecure",
+                );
+                stream.conn.send_close_notify();
+                let _ = stream.flush();
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn https_works_through_rustls() {
+    let lua = state();
+    let port = https_server();
+    lua.globals()
+        .set("URL", format!("https://127.0.0.1:{port}/"))
+        .unwrap();
+    let (status, body): (i64, String) = eval(
+        &lua,
+        r#"local r = assert(http.get(URL, {insecure = true})) return r.status, r.body"#,
+    );
+    assert_eq!((status, body.as_str()), (200, "secure"));
+    // Without `insecure` the self-signed certificate is refused: an error, not a raise.
+    let (v, err): (LV, String) = eval(&lua, "return http.get(URL)");
+    assert!(v.is_nil());
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+}
+
 #[test]
 fn http_honours_task_cancellation() {
     let cancel = CancelToken::new(None);

@@ -104,9 +104,18 @@ impl Running {
         let mut err = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            for l in BufReader::new(out).lines() {
-                let Ok(l) = l else { break };
-                if tx.send(l).is_err() {
+            let mut r = BufReader::new(out);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                }
+                if tx.send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
                     break;
                 }
             }
@@ -363,7 +372,8 @@ impl TestFleet {
     /// `web-01..web-N`, all in group `web`.
     pub fn web(n: usize) -> TestFleet {
         let names: Vec<String> = (1..=n).map(|i| format!("web-{i:02}")).collect();
-        let hosts: Vec<(&str, &[&str])> = names.iter().map(|n| (n.as_str(), &["web"][..])).collect();
+        let hosts: Vec<(&str, &[&str])> =
+            names.iter().map(|n| (n.as_str(), &["web"][..])).collect();
         TestFleet::start(&hosts)
     }
 
@@ -574,7 +584,9 @@ pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => {
             // "pid (comm) S ..."; comm may contain spaces, the state follows the last ')'.
-            let state = s.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next());
+            let state = s
+                .rsplit_once(')')
+                .map(|(_, r)| r.trim_start().chars().next());
             !matches!(state, Some(Some('Z')) | Some(Some('X')))
         }
         Err(_) => false,

@@ -1,0 +1,147 @@
+//! `sloth-master health [PATTERN]`: every matched agent checked concurrently,
+//! each bounded by the connect timeout, so one dead host never stalls the rest.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use serde::Serialize;
+
+use crate::mesh::Mesh;
+
+#[derive(Serialize, Debug, Clone)]
+pub struct HostHealth {
+    pub host: String,
+    pub address: String,
+    pub up: bool,
+    pub status: String,
+    pub latency_ms: Option<f64>,
+    pub agent_version: Option<String>,
+    pub load: Option<[f64; 3]>,
+    pub cpus: Option<u32>,
+    pub mem_used_percent: Option<f64>,
+    pub disk_used_percent: Option<f64>,
+    pub uptime_s: Option<u64>,
+    pub error: Option<String>,
+}
+
+pub async fn check_all(mesh: Arc<Mesh>, hosts: Vec<String>) -> Vec<HostHealth> {
+    let overall = mesh.cfg.connect_timeout * 2 + Duration::from_millis(500);
+    let mut set = tokio::task::JoinSet::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let (m, h) = (mesh.clone(), h.clone());
+        set.spawn(async move {
+            let start = Instant::now();
+            let r = tokio::time::timeout(overall, async {
+                m.connect(&h).await?;
+                m.ping(&h, true).await
+            })
+            .await;
+            let address = m.address(&h).unwrap_or("").to_string();
+            let mut hh = HostHealth {
+                host: h.clone(),
+                address,
+                up: false,
+                status: "down".into(),
+                latency_ms: None,
+                agent_version: None,
+                load: None,
+                cpus: None,
+                mem_used_percent: None,
+                disk_used_percent: None,
+                uptime_s: None,
+                error: None,
+            };
+            match r {
+                Ok(Ok((rtt, facts))) => {
+                    hh.up = true;
+                    hh.status = "up".into();
+                    hh.latency_ms = Some(rtt.as_secs_f64() * 1000.0);
+                    if let Some(c) = m.current(&h).await {
+                        hh.agent_version = Some(c.agent_version.clone());
+                    }
+                    if let Some(f) = facts {
+                        hh.load = Some(f.load);
+                        hh.cpus = Some(f.cpus);
+                        if f.mem_total > 0 {
+                            hh.mem_used_percent = Some(
+                                100.0 * (f.mem_total - f.mem_available.min(f.mem_total)) as f64
+                                    / f.mem_total as f64,
+                            );
+                        }
+                        if f.disk_total > 0 {
+                            hh.disk_used_percent = Some(
+                                100.0 * (f.disk_total - f.disk_available.min(f.disk_total)) as f64
+                                    / f.disk_total as f64,
+                            );
+                        }
+                        hh.uptime_s = Some(f.uptime);
+                    }
+                }
+                Ok(Err(e)) => hh.error = Some(e.display_for(&h)),
+                Err(_) => {
+                    hh.error = Some(format!(
+                        "unreachable: {h}: no answer within {} ms",
+                        start.elapsed().as_millis()
+                    ))
+                }
+            }
+            (i, hh)
+        });
+    }
+    let mut out: Vec<(usize, HostHealth)> = Vec::new();
+    while let Some(r) = set.join_next().await {
+        if let Ok(x) = r {
+            out.push(x);
+        }
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, h)| h).collect()
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_else(|| "-".into())
+}
+
+pub fn render_table(rows: &[HostHealth]) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "host", "status", "latency", "version", "load", "memory", "disk", "uptime", "error",
+    ]);
+    for r in rows {
+        t.add_row(vec![
+            r.host.clone(),
+            r.status.clone(),
+            r.latency_ms
+                .map(|l| format!("{l:.1} ms"))
+                .unwrap_or_else(|| "-".into()),
+            opt(r.agent_version.clone()),
+            r.load
+                .map(|l| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]))
+                .unwrap_or_else(|| "-".into()),
+            r.mem_used_percent
+                .map(|m| format!("{m:.0}% used"))
+                .unwrap_or_else(|| "-".into()),
+            r.disk_used_percent
+                .map(|m| format!("{m:.0}% used"))
+                .unwrap_or_else(|| "-".into()),
+            r.uptime_s.map(fmt_uptime).unwrap_or_else(|| "-".into()),
+            opt(r.error.clone()),
+        ]);
+    }
+    t.to_string()
+}
+
+fn fmt_uptime(s: u64) -> String {
+    let d = s / 86_400;
+    let h = (s % 86_400) / 3600;
+    let m = (s % 3600) / 60;
+    if d > 0 {
+        format!("{d}d{h}h")
+    } else if h > 0 {
+        format!("{h}h{m:02}m")
+    } else {
+        format!("{m}m")
+    }
+}
