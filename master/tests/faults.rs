@@ -1,0 +1,364 @@
+//! Faults: unreachable and dying agents, refused certificates, hostile bytes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// An inventory host with nothing listening: `false, "unreachable: ..."` in seconds.
+#[test]
+fn unreachable_agent_fails_fast_with_its_name() {
+    let mut fleet = TestFleet::web(1);
+    fleet.add_host("web-02", &format!("127.0.0.1:{}", dead_udp_port()), &["web"]);
+    let out = fleet.run(
+        r#"
+local t0 = os.time()
+local clock = require("goroutine") and os.clock
+local start = goroutine.await
+local h = goroutine.async(function() return 1 end, { delegate_to = "web-02" })
+local ok, err = goroutine.await(h)
+print("R", tostring(ok), err)
+local r = goroutine.await_all({ h })[1]
+print("KIND", tostring(r.success), r.kind, r.host)
+-- the reachable agent is not affected
+print("OTHER", goroutine.await(goroutine.async(function() return host.name end, { delegate_to = "web-01" })))
+"#,
+        &[],
+    );
+    let r = out.one("R");
+    assert_eq!(r[0], "false", "{out}");
+    assert!(r[1].starts_with("unreachable"), "{out}");
+    assert!(r[1].contains("web-02"), "{out}");
+    assert_eq!(out.line("KIND"), "false\tunreachable\tweb-02", "{out}");
+    assert_eq!(out.line("OTHER"), "true\tweb-01", "{out}");
+    assert!(
+        out.elapsed < Duration::from_secs(5),
+        "took {:?}\n{out}",
+        out.elapsed
+    );
+    out.assert_code(1);
+    // The recap counts it as unreachable.
+    let recap = out
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("web-02"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(recap.contains("unreachable=1"), "{recap}\n{out}");
+}
+
+/// An agent SIGKILLed while its task sleeps: `agent_lost` within 5 s.
+#[test]
+fn agent_killed_mid_task_is_agent_lost() {
+    let mut fleet = TestFleet::web(2);
+    let mut run = fleet.spawn_run(
+        r#"
+local h = goroutine.async(function()
+  print("IN_TASK")
+  goroutine.sleep(30000)
+  return "finished?"
+end, { delegate_to = "web-01" })
+local r = goroutine.await_all({ h })[1]
+print("R", tostring(r.success), r.kind, r.host, r.error)
+print("STATUS", h:status())
+-- the other agent still works
+print("OTHER", goroutine.await(goroutine.async(function() return host.name end, { delegate_to = "web-02" })))
+"#,
+        &[],
+    );
+    assert!(
+        run.wait_for("IN_TASK", Duration::from_secs(20)).is_some(),
+        "the task never started"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    fleet.kill("web-01");
+    let killed = Instant::now();
+    let line = run.wait_for("R", Duration::from_secs(20));
+    let detected = killed.elapsed();
+    let out = run.finish(RUN_TIMEOUT);
+    assert!(line.is_some(), "no result\n{out}");
+    let r = out.one("R");
+    assert_eq!(&r[..3], ["false", "agent_lost", "web-01"], "{out}");
+    assert!(r[3].starts_with("agent_lost"), "{out}");
+    assert!(r[3].contains("web-01"), "{out}");
+    assert!(
+        detected < Duration::from_secs(5),
+        "agent loss noticed after {detected:?}\n{out}"
+    );
+    assert_eq!(out.line("STATUS"), "failed", "{out}");
+    assert_eq!(out.line("OTHER"), "true\tweb-02", "{out}");
+    out.assert_code(1);
+}
+
+const CERT_PROBE: &str = r#"
+local h = goroutine.async(function() return "served" end, { delegate_to = "web-09" })
+local ok, err = goroutine.await(h)
+print("R", tostring(ok), tostring(err))
+"#;
+
+fn assert_refused(out: &Output, host: &str, cause: &[&str]) {
+    let r = out.one("R");
+    assert_eq!(r[0], "false", "the task must not run\n{out}");
+    let err = &r[1];
+    assert!(err.contains(host), "the error must name {host}: {err}\n{out}");
+    for c in cause {
+        assert!(
+            err.contains(c),
+            "the error must explain the cause ({c:?}): {err}\n{out}"
+        );
+    }
+    out.assert_code(1);
+}
+
+/// The agent's certificate comes from another CA.
+#[test]
+fn agent_from_another_ca_is_refused() {
+    let mut fleet = TestFleet::empty();
+    let other = fleet.path().join("other-ca");
+    certs_init(&other);
+    certs_issue(&other, "web-09");
+    let ca = other.join("ca.crt");
+    fleet.add_custom_agent(
+        &AgentSpec {
+            name: "web-09",
+            cert_dir: &other,
+            cert_stem: "web-09",
+            ca: &ca,
+            extra_args: &[],
+        },
+        "web-09",
+        &["web"],
+    );
+    let out = fleet.run(CERT_PROBE, &[]);
+    assert_refused(&out, "web-09", &["CA"]);
+    assert!(out.one("R")[1].starts_with("unreachable"), "{out}");
+}
+
+/// The agent trusts another CA: it refuses our master certificate.
+#[test]
+fn agent_trusting_another_ca_refuses_the_master() {
+    let mut fleet = TestFleet::empty();
+    certs_issue(&fleet.certs, "web-09");
+    let other = fleet.path().join("other-ca");
+    certs_init(&other);
+    let ca = other.join("ca.crt");
+    let certs = fleet.certs.clone();
+    fleet.add_custom_agent(
+        &AgentSpec {
+            name: "web-09",
+            cert_dir: &certs,
+            cert_stem: "web-09",
+            ca: &ca,
+            extra_args: &[],
+        },
+        "web-09",
+        &["web"],
+    );
+    let out = fleet.run(CERT_PROBE, &[]);
+    assert_refused(&out, "web-09", &["refused our certificate"]);
+}
+
+/// An agent certificate presented by the master is refused by the agent.
+#[test]
+fn agent_certificate_used_as_master_is_refused() {
+    let mut fleet = TestFleet::empty();
+    fleet.add_agent("web-09", &["web"]);
+    certs_issue(&fleet.certs, "web-05");
+    let stolen = fleet.path().join("stolen");
+    std::fs::create_dir(&stolen).unwrap();
+    std::fs::copy(fleet.certs.join("ca.crt"), stolen.join("ca.crt")).unwrap();
+    std::fs::copy(fleet.certs.join("web-05.crt"), stolen.join("master.crt")).unwrap();
+    std::fs::copy(fleet.certs.join("web-05.key"), stolen.join("master.key")).unwrap();
+    let out = fleet.run(CERT_PROBE, &["--certs", stolen.to_str().unwrap()]);
+    assert_refused(&out, "web-09", &["master certificate"]);
+    // And the agent says why in its own log.
+    let log = fleet.agent_log("web-09");
+    assert!(
+        log.contains("not a master certificate") || log.contains("master"),
+        "agent log: {log}"
+    );
+}
+
+/// The inventory says web-09 but the agent there holds web-01's certificate.
+#[test]
+fn agent_with_another_hosts_certificate_is_refused() {
+    let mut fleet = TestFleet::empty();
+    certs_issue(&fleet.certs, "web-01");
+    let certs = fleet.certs.clone();
+    let ca = certs.join("ca.crt");
+    fleet.add_custom_agent(
+        &AgentSpec {
+            name: "web-01",
+            cert_dir: &certs,
+            cert_stem: "web-01",
+            ca: &ca,
+            extra_args: &[],
+        },
+        "web-09",
+        &["web"],
+    );
+    let out = fleet.run(CERT_PROBE, &[]);
+    assert_refused(&out, "web-09", &["web-01", "name"]);
+}
+
+/// The agent holds the right certificate but is started with another `--name`.
+#[test]
+fn agent_with_another_name_is_refused() {
+    let mut fleet = TestFleet::empty();
+    certs_issue(&fleet.certs, "web-09");
+    let certs = fleet.certs.clone();
+    let ca = certs.join("ca.crt");
+    fleet.add_custom_agent(
+        &AgentSpec {
+            name: "db-01",
+            cert_dir: &certs,
+            cert_stem: "web-09",
+            ca: &ca,
+            extra_args: &[],
+        },
+        "web-09",
+        &["web"],
+    );
+    let out = fleet.run(CERT_PROBE, &[]);
+    assert_refused(&out, "web-09", &["db-01"]);
+}
+
+fn pseudo_random_bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+const SIMPLE: &str = r#"
+print("R", goroutine.await(goroutine.async(function() return host.name, 6 * 7 end, { delegate_to = "web-01" })))
+"#;
+
+/// Raw UDP garbage, oversized datagrams and QUIC-looking junk at the agent's port.
+#[test]
+fn agent_survives_udp_garbage() {
+    let mut fleet = TestFleet::web(1);
+    let target = fleet.addr("web-01");
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..300u64 {
+        let len = [1, 7, 21, 64, 1200, 1350, 1500, 9000, 65000][(i % 9) as usize];
+        let mut b = pseudo_random_bytes(i + 1, len);
+        if i % 3 == 0 {
+            // Long-header Initial packet of QUIC v1, then junk.
+            b[0] = 0xc3;
+            if b.len() > 5 {
+                b[1..5].copy_from_slice(&1u32.to_be_bytes());
+            }
+        }
+        let _ = sock.send_to(&b, &target);
+    }
+    // An all-zero and an all-0xff datagram of the maximum size.
+    let _ = sock.send_to(&vec![0u8; 65507], &target);
+    let _ = sock.send_to(&vec![0xffu8; 65507], &target);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(fleet.alive("web-01"), "{}", fleet.agent_log("web-01"));
+    let out = fleet.run(SIMPLE, &[]);
+    out.assert_code(0);
+    assert_eq!(out.line("R"), "true\tweb-01\t42", "{out}");
+}
+
+/// An authenticated master that sends garbage and oversized frames on real QUIC streams.
+#[test]
+fn agent_survives_bad_frames_from_an_authenticated_master() {
+    use sloth_shared::protocol::{Control, Hello};
+    use sloth_shared::{tls, wire};
+
+    let mut fleet = TestFleet::web(1);
+    let addr: std::net::SocketAddr = fleet.addr("web-01").parse().unwrap();
+    let certs = fleet.certs.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let own = tls::read_pem_files(&certs.join("master.crt"), &certs.join("master.key")).unwrap();
+        let ca = std::fs::read_to_string(certs.join("ca.crt")).unwrap();
+        let transport = tls::transport_config(Duration::from_secs(1), Duration::from_secs(4));
+        let client = tls::master_client_config(&own, &ca, transport).unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(client);
+
+        // 1. Garbage instead of a hello on the control stream.
+        let conn = ep.connect(addr, "web-01").unwrap().await.unwrap();
+        let (mut s, _r) = conn.open_bi().await.unwrap();
+        s.write_all(&[0, 0, 0, 16]).await.unwrap();
+        s.write_all(&pseudo_random_bytes(7, 16)).await.unwrap();
+        let _ = s.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(3), conn.closed()).await;
+
+        // 2. A proper hello, then hostile task streams.
+        let conn = ep.connect(addr, "web-01").unwrap().await.unwrap();
+        let (mut cs, mut cr) = conn.open_bi().await.unwrap();
+        wire::write_frame(&mut cs, &Control::Hello(Hello::current()))
+            .await
+            .unwrap();
+        let welcome = wire::read_frame::<_, Control>(&mut cr).await.unwrap();
+        assert!(
+            matches!(welcome, Some(Control::Welcome { .. })),
+            "{welcome:?}"
+        );
+        let bad: Vec<Vec<u8>> = vec![
+            // length far over the limit
+            u32::MAX.to_be_bytes().to_vec(),
+            // just over the limit
+            ((64u32 << 20) + 1).to_be_bytes().to_vec(),
+            // a length that promises more than is sent, then end of stream
+            [&1000u32.to_be_bytes()[..], &pseudo_random_bytes(3, 10)].concat(),
+            // a complete frame of garbage
+            [&64u32.to_be_bytes()[..], &pseudo_random_bytes(4, 64)].concat(),
+            // a zero-length frame
+            0u32.to_be_bytes().to_vec(),
+            // half a header
+            vec![0, 0],
+            // a valid control message where a task is expected
+            sloth_shared::protocol::encode(&Control::Ping { seq: 1 }).unwrap(),
+        ];
+        for b in &bad {
+            let (mut s, mut r) = conn.open_bi().await.unwrap();
+            let _ = s.write_all(b).await;
+            let _ = s.finish();
+            // The agent answers by resetting or finishing the stream, never by hanging
+            // or dying.
+            let _ = tokio::time::timeout(Duration::from_secs(3), r.read_to_end(1 << 20)).await;
+        }
+        // A large garbage frame within the limit, streamed.
+        let (mut s, mut r) = conn.open_bi().await.unwrap();
+        let _ = s.write_all(&(8u32 << 20).to_be_bytes()).await;
+        let _ = s.write_all(&pseudo_random_bytes(9, 8 << 20)).await;
+        let _ = s.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(5), r.read_to_end(1 << 20)).await;
+        // The connection still answers pings.
+        wire::write_frame(&mut cs, &Control::Ping { seq: 77 })
+            .await
+            .unwrap();
+        let pong = tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                match wire::read_frame::<_, Control>(&mut cr).await {
+                    Ok(Some(Control::Pong { seq, .. })) => return Some(seq),
+                    Ok(Some(_)) => continue,
+                    _ => return None,
+                }
+            }
+        })
+        .await;
+        assert_eq!(pong.ok().flatten(), Some(77), "no pong after bad frames");
+        conn.close(0u32.into(), b"done");
+        ep.wait_idle().await;
+    });
+    assert!(fleet.alive("web-01"), "{}", fleet.agent_log("web-01"));
+    let out = fleet.run(SIMPLE, &[]);
+    out.assert_code(0);
+    assert_eq!(out.line("R"), "true\tweb-01\t42", "{out}");
+}
