@@ -18,6 +18,46 @@ pub enum Object {
     Semaphore(Semaphore),
     Atomic(Mutex<i64>),
     Once(Once),
+    Artifact(Artifact),
+}
+
+/// Content shipped to hosts by `a:save()`: a file read in chunks on demand (never
+/// held whole in memory), or bytes given by the script.
+pub struct Artifact {
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+    pub source: ArtifactSource,
+}
+
+pub enum ArtifactSource {
+    File(std::path::PathBuf),
+    Bytes(Vec<u8>),
+}
+
+impl Artifact {
+    fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+        let len = len.min(sloth_shared::artifact::CHUNK * 4);
+        match &self.source {
+            ArtifactSource::Bytes(b) => {
+                let start = (offset as usize).min(b.len());
+                let end = (start + len).min(b.len());
+                Ok(b[start..end].to_vec())
+            }
+            ArtifactSource::File(p) => {
+                use std::io::{Read, Seek, SeekFrom};
+                let mut f =
+                    std::fs::File::open(p).map_err(|e| format!("artifact {}: {e}", p.display()))?;
+                f.seek(SeekFrom::Start(offset))
+                    .map_err(|e| format!("artifact {}: {e}", p.display()))?;
+                let mut buf = Vec::with_capacity(len);
+                f.take(len as u64)
+                    .read_to_end(&mut buf)
+                    .map_err(|e| format!("artifact {}: {e}", p.display()))?;
+                Ok(buf)
+            }
+        }
+    }
 }
 
 /// A value and how to wait for changes to it.
@@ -139,6 +179,7 @@ impl Object {
             Object::Semaphore(_) => SharedKind::Semaphore,
             Object::Atomic(_) => SharedKind::Atomic,
             Object::Once(_) => SharedKind::Once,
+            Object::Artifact(_) => SharedKind::Artifact,
         }
     }
 
@@ -324,6 +365,25 @@ impl Object {
                     _ => unknown(),
                 }
             }
+            Object::Artifact(art) => match method {
+                "sha256" => Ok(Graph::from_roots(vec![Value::Str(
+                    art.sha256.clone().into_bytes(),
+                )])),
+                "size" => i(art.size as i64),
+                "name" => Ok(Graph::from_roots(vec![Value::Str(
+                    art.name.clone().into_bytes(),
+                )])),
+                "read" => {
+                    let off = int_arg(a, 0, 0, "artifact:read")?;
+                    let len = int_arg(a, 1, sloth_shared::artifact::CHUNK as i64, "artifact:read")?;
+                    if off < 0 || len < 0 {
+                        return Err("artifact:read: negative offset or length".into());
+                    }
+                    let bytes = art.read(off as u64, len as usize)?;
+                    Ok(Graph::from_roots(vec![Value::Str(bytes)]))
+                }
+                _ => unknown(),
+            },
             Object::Once(o) => match method {
                 "begin" => {
                     {

@@ -543,6 +543,7 @@ fn install_goroutine(
     object_ctor("atomic_int", |n| {
         Ok(Object::atomic(if n == i64::MIN { 0 } else { n }))
     })?;
+    install_artifact(lua, rt.clone(), backend.clone())?;
     crate::pools::install(lua, g, rt, backend)?;
     Ok(())
 }
@@ -559,6 +560,60 @@ fn duration_value(v: &LV, what: &str) -> mlua::Result<Value> {
             None => Value::Nil,
         },
     )
+}
+
+/// `artifact.file(path)` and `artifact.bytes(s [, name])` (master only).
+fn install_artifact(
+    lua: &Lua,
+    rt: Arc<Runtime>,
+    backend: Arc<dyn SharedBackend>,
+) -> mlua::Result<()> {
+    use crate::objects::{Artifact, ArtifactSource};
+    use sloth_shared::artifact::{hash_bytes, hash_file};
+    let t = lua.create_table()?;
+    {
+        let (rt, backend) = (rt.clone(), backend.clone());
+        t.raw_set(
+            "file",
+            lua.create_function(move |lua, path: String| {
+                let p = std::path::PathBuf::from(&path);
+                let (sha256, size) = match hash_file(&p) {
+                    Ok(x) => x,
+                    Err(e) => return Ok((LV::Nil, Some(format!("artifact.file: {path}: {e}")))),
+                };
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or(path.clone());
+                let r = rt.registry.add_object(Object::Artifact(Artifact {
+                    name,
+                    sha256,
+                    size,
+                    source: ArtifactSource::File(p),
+                }));
+                Ok((
+                    LV::UserData(lua.create_userdata(SharedObj::new(r, backend.clone()))?),
+                    None,
+                ))
+            })?,
+        )?;
+    }
+    t.raw_set(
+        "bytes",
+        lua.create_function(
+            move |lua, (data, name): (mlua::LuaString, Option<String>)| {
+                let bytes = data.as_bytes().to_vec();
+                let r = rt.registry.add_object(Object::Artifact(Artifact {
+                    name: name.unwrap_or_else(|| "bytes".into()),
+                    sha256: hash_bytes(&bytes),
+                    size: bytes.len() as u64,
+                    source: ArtifactSource::Bytes(bytes),
+                }));
+                lua.create_userdata(SharedObj::new(r, backend.clone()))
+            },
+        )?,
+    )?;
+    lua.globals().raw_set("artifact", t)
 }
 
 fn handles_of(rt: &Runtime, hs: &Table, what: &str) -> mlua::Result<Vec<Arc<TaskRecord>>> {

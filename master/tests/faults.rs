@@ -10,7 +10,11 @@ use common::*;
 #[test]
 fn unreachable_agent_fails_fast_with_its_name() {
     let mut fleet = TestFleet::web(1);
-    fleet.add_host("web-02", &format!("127.0.0.1:{}", dead_udp_port()), &["web"]);
+    fleet.add_host(
+        "web-02",
+        &format!("127.0.0.1:{}", dead_udp_port()),
+        &["web"],
+    );
     let out = fleet.run(
         r#"
 local t0 = os.time()
@@ -74,8 +78,11 @@ print("OTHER", goroutine.await(goroutine.async(function() return host.name end, 
     std::thread::sleep(Duration::from_millis(300));
     fleet.kill("web-01");
     let killed = Instant::now();
-    let line = run.wait_for("R", Duration::from_secs(20));
-    let detected = killed.elapsed();
+    let line = run.wait_for_at("R", Duration::from_secs(20));
+    let detected = line
+        .as_ref()
+        .map(|(t, _)| t.saturating_duration_since(killed))
+        .unwrap_or(Duration::MAX);
     let out = run.finish(RUN_TIMEOUT);
     assert!(line.is_some(), "no result\n{out}");
     let r = out.one("R");
@@ -101,7 +108,10 @@ fn assert_refused(out: &Output, host: &str, cause: &[&str]) {
     let r = out.one("R");
     assert_eq!(r[0], "false", "the task must not run\n{out}");
     let err = &r[1];
-    assert!(err.contains(host), "the error must name {host}: {err}\n{out}");
+    assert!(
+        err.contains(host),
+        "the error must name {host}: {err}\n{out}"
+    );
     for c in cause {
         assert!(
             err.contains(c),
@@ -156,7 +166,9 @@ fn agent_trusting_another_ca_refuses_the_master() {
         &["web"],
     );
     let out = fleet.run(CERT_PROBE, &[]);
-    assert_refused(&out, "web-09", &["refused our certificate"]);
+    // Expected something like "the agent refused our certificate: it is not signed by
+    // the CA the agent trusts (wrong CA? ...)".
+    assert_refused(&out, "web-09", &["refused our certificate", "CA"]);
 }
 
 /// An agent certificate presented by the master is refused by the agent.
@@ -200,6 +212,34 @@ fn agent_with_another_hosts_certificate_is_refused() {
     );
     let out = fleet.run(CERT_PROBE, &[]);
     assert_refused(&out, "web-09", &["web-01", "name"]);
+}
+
+/// Connection errors name the host once: `unreachable: web-09: ...`, not
+/// `unreachable: web-09: web-09: ...`.
+#[test]
+fn connection_errors_name_the_host_once() {
+    let mut fleet = TestFleet::empty();
+    certs_issue(&fleet.certs, "web-01");
+    let certs = fleet.certs.clone();
+    let ca = certs.join("ca.crt");
+    fleet.add_custom_agent(
+        &AgentSpec {
+            name: "web-01",
+            cert_dir: &certs,
+            cert_stem: "web-01",
+            ca: &ca,
+            extra_args: &[],
+        },
+        "web-09",
+        &["web"],
+    );
+    let out = fleet.run(CERT_PROBE, &[]);
+    let err = out.one("R")[1].clone();
+    assert!(err.starts_with("unreachable: web-09: "), "{out}");
+    assert!(
+        !err.contains("web-09: web-09:"),
+        "host named twice: {err}\n{out}"
+    );
 }
 
 /// The agent holds the right certificate but is started with another `--name`.
@@ -283,7 +323,8 @@ fn agent_survives_bad_frames_from_an_authenticated_master() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let own = tls::read_pem_files(&certs.join("master.crt"), &certs.join("master.key")).unwrap();
+        let own =
+            tls::read_pem_files(&certs.join("master.crt"), &certs.join("master.key")).unwrap();
         let ca = std::fs::read_to_string(certs.join("ca.crt")).unwrap();
         let transport = tls::transport_config(Duration::from_secs(1), Duration::from_secs(4));
         let client = tls::master_client_config(&own, &ca, transport).unwrap();

@@ -3,6 +3,7 @@
 //! has, TLS helpers, and the stop token. Nothing here opens a socket except the
 //! thin async helpers in [`wire`].
 
+pub mod artifact;
 pub mod cancel;
 pub mod capture;
 pub mod executor;

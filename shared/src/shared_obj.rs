@@ -83,7 +83,7 @@ pub fn methods_of(kind: SharedKind) -> &'static [&'static str] {
             "swap",
         ],
         SharedKind::Once => &["done"],
-        SharedKind::Artifact => &["save", "sha256", "size", "name"],
+        SharedKind::Artifact => &["sha256", "size", "name"],
     }
 }
 
@@ -165,6 +165,16 @@ impl UserData for SharedObj {
             let res = f.call::<MultiValue>(());
             this.invoke(lua, "finish", MultiValue::new())?;
             res
+        });
+        // `artifact:save(dest [, mode])`: content-addressed copy onto this host.
+        methods.add_method("save", |lua, this, (dest, mode): (String, LV)| {
+            if this.r.kind != SharedKind::Artifact {
+                return Err(mlua::Error::runtime(format!(
+                    "{} has no method 'save'",
+                    this.name()
+                )));
+            }
+            crate::artifact::save(lua, this.r, this.backend.as_ref(), dest, mode)
         });
         methods.add_meta_method(mlua::MetaMethod::ToString, |_, this, ()| {
             Ok(match this.r.kind {

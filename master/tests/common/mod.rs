@@ -39,6 +39,8 @@ pub struct Output {
     pub stderr: String,
     pub timed_out: bool,
     pub elapsed: Duration,
+    /// Every stdout line with the time it arrived (since the start of the run).
+    pub timed_lines: Vec<(Duration, String)>,
 }
 
 impl Output {
@@ -60,6 +62,18 @@ impl Output {
         let all = self.all(tag);
         assert_eq!(all.len(), 1, "expected one line tagged {tag:?}\n{self}");
         all.into_iter().next().unwrap()
+    }
+
+    /// When the single line tagged `tag` arrived (since the start of the run).
+    pub fn time_of(&self, tag: &str) -> Duration {
+        let hits: Vec<Duration> = self
+            .timed_lines
+            .iter()
+            .filter(|(_, l)| l.split('\t').next() == Some(tag))
+            .map(|(t, _)| *t)
+            .collect();
+        assert_eq!(hits.len(), 1, "expected one line tagged {tag:?}\n{self}");
+        hits[0]
     }
 
     /// `one(tag)` joined back with tabs.
@@ -85,8 +99,8 @@ impl std::fmt::Display for Output {
 /// A `sloth-master` process still running; stdout is readable line by line.
 pub struct Running {
     child: Child,
-    lines: mpsc::Receiver<String>,
-    stdout: Vec<String>,
+    lines: mpsc::Receiver<(Instant, String)>,
+    stdout: Vec<(Instant, String)>,
     stderr_thread: Option<std::thread::JoinHandle<String>>,
     started: Instant,
 }
@@ -115,7 +129,8 @@ impl Running {
                 if buf.last() == Some(&b'\n') {
                     buf.pop();
                 }
-                if tx.send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
+                let line = String::from_utf8_lossy(&buf).into_owned();
+                if tx.send((Instant::now(), line)).is_err() {
                     break;
                 }
             }
@@ -139,20 +154,26 @@ impl Running {
     }
 
     /// Wait (at most `timeout`) for a stdout line whose first tab-separated field is
-    /// `tag` (or that equals it); returns it, or None.
+    /// `tag` (or that equals it, or ends with it: a task's `print` comes prefixed with
+    /// `[host task]`); returns it, or None.
     pub fn wait_for(&mut self, tag: &str, timeout: Duration) -> Option<String> {
+        self.wait_for_at(tag, timeout).map(|(_, l)| l)
+    }
+
+    /// [`Running::wait_for`], with the time the line arrived.
+    pub fn wait_for_at(&mut self, tag: &str, timeout: Duration) -> Option<(Instant, String)> {
         let deadline = Instant::now() + timeout;
         let matches = |l: &str| l == tag || l.split('\t').next() == Some(tag) || l.ends_with(tag);
-        if let Some(l) = self.stdout.iter().find(|l| matches(l)) {
-            return Some(l.clone());
+        if let Some(hit) = self.stdout.iter().find(|(_, l)| matches(l)) {
+            return Some(hit.clone());
         }
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.stdout.push(l.clone());
+                Ok((t, l)) => {
+                    self.stdout.push((t, l.clone()));
                     if matches(&l) {
-                        return Some(l);
+                        return Some((t, l));
                     }
                 }
                 Err(_) => return None,
@@ -193,12 +214,23 @@ impl Running {
             .take()
             .and_then(|t| t.join().ok())
             .unwrap_or_default();
+        let started = self.started;
         Output {
             code: status.and_then(|s| s.code()).unwrap_or(-1),
-            stdout: self.stdout.join("\n"),
+            stdout: self
+                .stdout
+                .iter()
+                .map(|(_, l)| l.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
             stderr,
             timed_out,
             elapsed,
+            timed_lines: self
+                .stdout
+                .iter()
+                .map(|(t, l)| (t.saturating_duration_since(started), l.clone()))
+                .collect(),
         }
     }
 }
@@ -511,14 +543,15 @@ impl TestFleet {
         let script = self.script_path(file_name, script);
         let inv = self.inventory();
         let mut cmd = Command::new(master_bin());
-        cmd.current_dir(self.dir.path())
-            .arg("run")
-            .arg(&script)
-            .arg("-i")
-            .arg(&inv)
-            .arg("--certs")
-            .arg(&self.certs)
-            .args(extra_args);
+        cmd.current_dir(self.dir.path()).arg("run").arg(&script);
+        // Extra arguments may replace the inventory or the certificate directory.
+        if !extra_args.iter().any(|a| *a == "-i" || *a == "--inventory") {
+            cmd.arg("-i").arg(&inv);
+        }
+        if !extra_args.contains(&"--certs") {
+            cmd.arg("--certs").arg(&self.certs);
+        }
+        cmd.args(extra_args);
         cmd
     }
 

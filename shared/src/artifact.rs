@@ -1,0 +1,216 @@
+//! `a:save(dest [, mode])` inside a task: content-addressed copies of an artifact
+//! that lives on the master. The content is fetched in chunks through the task's
+//! shared-object backend (over its QUIC stream on an agent), hashed as it arrives,
+//! kept in a per-host cache keyed by sha256, and copied to `dest` atomically. A
+//! second save of the same content on the same host transfers nothing.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mlua::{Lua, MultiValue, Value as LV};
+use sha2::{Digest, Sha256};
+
+use crate::graph::{Graph, SharedRef, Value};
+use crate::modules::{stop_to_lua, task_ctx};
+use crate::shared_obj::SharedBackend;
+
+/// Bytes per fetch call.
+pub const CHUNK: usize = 1 << 20;
+
+/// Transfers (cache misses) completed by this process; tests and stats read it.
+pub static TRANSFERS: AtomicU64 = AtomicU64::new(0);
+
+/// The cache directory for `host`: $SLOTH_CACHE_DIR, else a per-host temp directory.
+pub fn cache_dir(host: &str) -> PathBuf {
+    match std::env::var_os("SLOTH_CACHE_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::temp_dir().join(format!("sloth-artifacts-{host}")),
+    }
+}
+
+fn call(b: &dyn SharedBackend, r: SharedRef, m: &str, args: Vec<Value>) -> Result<Graph, String> {
+    b.call(r, m, Graph::from_roots(args))
+}
+
+fn first_str(g: &Graph) -> Option<Vec<u8>> {
+    match g.roots.first() {
+        Some(Value::Str(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn first_int(g: &Graph) -> Option<i64> {
+    match g.roots.first() {
+        Some(Value::Int(i)) => Some(*i),
+        _ => None,
+    }
+}
+
+/// Copy `src` to `dest` through a temporary file in dest's directory, then rename.
+fn install_copy(src: &Path, dest: &Path, mode: Option<u32>) -> Result<(), String> {
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.sloth-tmp-{}",
+        dest.file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let res = (|| {
+        std::fs::copy(src, &tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        if let Some(m) = mode {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(m))
+                .map_err(|e| format!("chmod {}: {e}", tmp.display()))?;
+        }
+        std::fs::rename(&tmp, dest).map_err(|e| format!("{}: {e}", dest.display()))
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+fn parse_mode(v: &LV) -> Result<Option<u32>, String> {
+    match v {
+        LV::Nil => Ok(None),
+        LV::Integer(i) if *i >= 0 => Ok(Some(*i as u32)),
+        LV::String(s) => u32::from_str_radix(s.to_string_lossy().trim_start_matches("0o"), 8)
+            .map(Some)
+            .map_err(|_| format!("bad mode '{}' (use e.g. \"0644\")", s.to_string_lossy())),
+        _ => Err("mode must be an integer or an octal string".into()),
+    }
+}
+
+/// Returns `true, "cached" | "transferred"` or `nil, err`.
+pub fn save(
+    lua: &Lua,
+    r: SharedRef,
+    backend: &dyn SharedBackend,
+    dest: String,
+    mode: LV,
+) -> mlua::Result<MultiValue> {
+    let fail = |m: String| {
+        Ok(MultiValue::from_iter([
+            LV::Nil,
+            LV::String(lua.create_string(format!("artifact:save: {m}"))?),
+        ]))
+    };
+    let mode = match parse_mode(&mode) {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    let ctx = task_ctx(lua)?;
+    let sha = match call(backend, r, "sha256", vec![]).map(|g| first_str(&g)) {
+        Ok(Some(s)) => String::from_utf8_lossy(&s).to_string(),
+        Ok(None) => return fail("the master sent no checksum".into()),
+        Err(e) => return fail(e),
+    };
+    let size = match call(backend, r, "size", vec![]).map(|g| first_int(&g)) {
+        Ok(Some(s)) if s >= 0 => s as u64,
+        Ok(_) => return fail("the master sent no size".into()),
+        Err(e) => return fail(e),
+    };
+    let dir = cache_dir(&ctx.host);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return fail(format!("cache {}: {e}", dir.display()));
+    }
+    let cached = dir.join(&sha);
+    let status = if std::fs::metadata(&cached)
+        .map(|m| m.len() == size)
+        .unwrap_or(false)
+    {
+        "cached"
+    } else {
+        let tmp = dir.join(format!(
+            "{sha}.part-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let fetched = (|| -> Result<(), String> {
+            let mut f =
+                std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+            let mut hasher = Sha256::new();
+            let mut offset: u64 = 0;
+            while offset < size {
+                if let Some(reason) = ctx.cancel.stopped() {
+                    return Err(format!("\u{0}{reason:?}"));
+                }
+                let want = CHUNK.min((size - offset) as usize);
+                let g = call(
+                    backend,
+                    r,
+                    "read",
+                    vec![Value::Int(offset as i64), Value::Int(want as i64)],
+                )?;
+                let chunk = first_str(&g).ok_or("the master sent no data")?;
+                if chunk.is_empty() {
+                    return Err(format!("transfer truncated at {offset} of {size} bytes"));
+                }
+                hasher.update(&chunk);
+                f.write_all(&chunk)
+                    .map_err(|e| format!("{}: {e}", tmp.display()))?;
+                offset += chunk.len() as u64;
+            }
+            if offset != size {
+                return Err(format!(
+                    "transfer size mismatch: got {offset} bytes, expected {size}"
+                ));
+            }
+            f.sync_all().map_err(|e| e.to_string())?;
+            let got = hex(&hasher.finalize());
+            if got != sha {
+                return Err(format!(
+                    "checksum mismatch (got {got}, expected {sha}): corrupted transfer"
+                ));
+            }
+            std::fs::rename(&tmp, &cached).map_err(|e| format!("{}: {e}", cached.display()))
+        })();
+        if let Err(e) = fetched {
+            let _ = std::fs::remove_file(&tmp);
+            if let Some(reason) = ctx.cancel.stopped() {
+                return Err(stop_to_lua(reason));
+            }
+            return fail(e);
+        }
+        TRANSFERS.fetch_add(1, Ordering::Relaxed);
+        "transferred"
+    };
+    match install_copy(&cached, Path::new(&dest), mode) {
+        Ok(()) => Ok(MultiValue::from_iter([
+            LV::Boolean(true),
+            LV::String(lua.create_string(status)?),
+        ])),
+        Err(e) => fail(e),
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// sha256 and size of a file, streamed (never held in memory whole).
+pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut n_total = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        n_total += n as u64;
+    }
+    Ok((hex(&h.finalize()), n_total))
+}
+
+pub fn hash_bytes(b: &[u8]) -> String {
+    hex(&Sha256::digest(b))
+}
