@@ -305,9 +305,11 @@ pub fn prepare_fleet(a: &FleetArgs) -> Result<Fleet, String> {
             .map_err(|e| format!("--limit: {e}"))?;
         inventory.hosts.retain(|h| keep.contains(&h.name));
     }
-    let mut mesh_cfg = MeshConfig::default();
-    mesh_cfg.connect_timeout = sloth_shared::executor::parse_duration_str(&a.connect_timeout)
-        .map_err(|e| format!("--connect-timeout: {e}"))?;
+    let mesh_cfg = MeshConfig {
+        connect_timeout: sloth_shared::executor::parse_duration_str(&a.connect_timeout)
+            .map_err(|e| format!("--connect-timeout: {e}"))?,
+        ..MeshConfig::default()
+    };
     let (local, certs) = if a.local_fleet.is_some() {
         let names: Vec<String> = inventory.hosts.iter().map(|h| h.name.clone()).collect();
         let lf = LocalFleet::start(&names, &[]).map_err(|e| format!("--local-fleet: {e:#}"))?;

@@ -105,7 +105,6 @@ pub(crate) async fn run_local(
     let caller = Caller {
         task: Some(rec.id),
         cancel: rec.cancel.clone(),
-        host: LOCAL.to_string(),
     };
     let backend: Arc<dyn SharedBackend> = Arc::new(MasterBackend {
         registry: rt.registry.clone(),
@@ -181,7 +180,6 @@ pub(crate) async fn run_remote(
     let caller = Caller {
         task: Some(rec.id),
         cancel: attempt.clone(),
-        host: host.to_string(),
     };
     let _stop_calls = StopOnDrop(attempt.clone());
     loop {

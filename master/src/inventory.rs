@@ -254,6 +254,7 @@ impl Inventory {
     }
 
     /// Where this inventory came from (file path or label).
+    #[allow(dead_code)] // used by tests and error reports
     pub fn origin(&self) -> &str {
         &self.origin
     }

@@ -138,14 +138,6 @@ impl LocalFleet {
         Ok(fleet)
     }
 
-    /// The agent process of `name` (tests and fault drills).
-    pub fn pid(&self, name: &str) -> Option<u32> {
-        self.children
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, c)| c.id())
-    }
-
     pub fn stop(&mut self) {
         for (_, c) in &mut self.children {
             // SAFETY: plain kill(2) on a child we started and have not reaped.

@@ -35,11 +35,8 @@ impl Default for MeshConfig {
 /// A connected, handshaken agent.
 pub struct AgentConn {
     pub conn: Connection,
-    pub name: String,
     pub agent_version: String,
-    pub max_tasks: u32,
     pub facts: Facts,
-    pub handshake: Duration,
     control: tokio::sync::Mutex<(SendStream, RecvStream, u64)>,
 }
 
@@ -181,13 +178,16 @@ impl Mesh {
                         "the agent at {address} says it is '{agent_name}', not '{host}'"
                     )));
                 }
+                tracing::debug!(
+                    host,
+                    handshake_ms = start.elapsed().as_millis() as u64,
+                    max_tasks,
+                    "agent connected"
+                );
                 Ok(AgentConn {
                     conn,
-                    name: agent_name,
                     agent_version,
-                    max_tasks,
                     facts,
-                    handshake: start.elapsed(),
                     control: tokio::sync::Mutex::new((send, recv, 0)),
                 })
             }

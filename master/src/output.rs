@@ -193,10 +193,6 @@ impl Output {
                 self.paint("31", "failed")
             } else if h.skipped > 0 && h.ok == 0 {
                 self.paint("33", "skipped (rollout stopped)")
-            } else if h.unreachable > 0 {
-                self.paint("31", "unreachable")
-            } else if h.failed > 0 {
-                self.paint("31", "failed")
             } else {
                 self.paint("32", "ok")
             };

@@ -114,6 +114,8 @@ impl TaskRecord {
     }
 }
 
+type DoneHook = Box<dyn Fn(&TaskRecord, &Outcome) + Send + Sync>;
+
 pub struct Registry {
     next_id: AtomicU64,
     retried: AtomicU64,
@@ -122,7 +124,7 @@ pub struct Registry {
     /// Signalled whenever any task finishes (await_any, pools).
     any_done: (Mutex<u64>, Condvar),
     /// Called once per finished task (recap, progress).
-    on_done: Mutex<Vec<Box<dyn Fn(&TaskRecord, &Outcome) + Send + Sync>>>,
+    on_done: Mutex<Vec<DoneHook>>,
 }
 
 impl Registry {
@@ -144,10 +146,6 @@ impl Registry {
     /// Count a re-run after a lost agent (or a retried error).
     pub fn note_retry(&self) {
         self.retried.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn retried(&self) -> u64 {
-        self.retried.load(Ordering::Relaxed)
     }
 
     pub fn on_done(&self, f: impl Fn(&TaskRecord, &Outcome) + Send + Sync + 'static) {
@@ -251,7 +249,6 @@ impl Registry {
 pub struct Caller {
     pub task: Option<u64>,
     pub cancel: CancelToken,
-    pub host: String,
 }
 
 /// The master-side implementation of every shared-object method.

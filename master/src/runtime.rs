@@ -164,7 +164,6 @@ pub fn main_state(rt: &Arc<Runtime>, vars: &[(String, String)]) -> mlua::Result<
     let caller = Caller {
         task: None,
         cancel: CancelToken::new(None),
-        host: "master".into(),
     };
     let backend: Arc<dyn SharedBackend> = Arc::new(MasterBackend {
         registry: rt.registry.clone(),
@@ -360,7 +359,6 @@ fn install_goroutine(
     let main_caller = Caller {
         task: None,
         cancel: CancelToken::new(None),
-        host: "master".into(),
     };
     {
         let (rt, backend) = (rt.clone(), backend.clone());

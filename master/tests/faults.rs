@@ -85,6 +85,7 @@ print("OTHER", goroutine.await(goroutine.async(function() return host.name end, 
         .unwrap_or(Duration::MAX);
     let out = run.finish(RUN_TIMEOUT);
     assert!(line.is_some(), "no result\n{out}");
+    eprintln!("agent loss noticed {detected:?} after the kill");
     let r = out.one("R");
     assert_eq!(&r[..3], ["false", "agent_lost", "web-01"], "{out}");
     assert!(r[3].starts_with("agent_lost"), "{out}");

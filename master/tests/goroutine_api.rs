@@ -1,0 +1,299 @@
+//! The goroutine API, locally and on real agents: spawn, wait groups, channels,
+//! timeout, cancel, await_any, handles, atomics and mutexes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// `spawn` + `wait_group`: remote tasks call `wg:done()` on the master's wait group.
+#[test]
+fn spawn_and_wait_group_locally_and_remotely() {
+    let fleet = TestFleet::web(2);
+    let out = fleet.run(
+        r#"
+for _, target in ipairs({ "local", "web-01", "web-02" }) do
+  local wg = goroutine.wait_group()
+  local results = goroutine.channel(100)
+  local opts = target ~= "local" and { delegate_to = target } or nil
+  wg:add(10)
+  for i = 1, 10 do
+    goroutine.spawn(function()
+      goroutine.sleep(10 * (i % 3))
+      results:send(i * 3)
+      wg:done()
+    end, opts)
+  end
+  local ok = wg:wait(10000)
+  local sum, n = 0, 0
+  while results:len() > 0 do
+    local v = results:receive()
+    sum, n = sum + v, n + 1
+  end
+  print("WG", target, tostring(ok), wg:count(), n, sum)
+end
+"#,
+        &[],
+    );
+    out.assert_code(0);
+    assert_eq!(
+        out.all("WG"),
+        vec![
+            vec!["local", "true", "0", "10", "165"],
+            vec!["web-01", "true", "0", "10", "165"],
+            vec!["web-02", "true", "0", "10", "165"],
+        ],
+        "{out}"
+    );
+}
+
+/// Remote tasks send on a master channel; main receives everything, then sees it closed.
+#[test]
+fn channel_from_remote_tasks_to_main() {
+    let fleet = TestFleet::web(3);
+    let out = fleet.run(
+        r#"
+local ch = goroutine.channel()          -- unbuffered: every send waits for main
+local hosts = fleet.hosts("web")
+local hs = {}
+for k, name in ipairs(hosts) do
+  hs[k] = goroutine.async(function()
+    for j = 1, 5 do ch:send({ from = host.name, v = j }) end
+    return "sent"
+  end, { delegate_to = name })
+end
+local got, per = 0, {}
+for _ = 1, 15 do
+  local msg, ok = ch:receive()
+  if ok then
+    got = got + msg.v
+    per[msg.from] = (per[msg.from] or 0) + 1
+  end
+end
+for k, h in ipairs(hs) do assert(select(2, goroutine.await(h)) == "sent") end
+ch:close()
+local v, ok = ch:receive()
+print("CH", got, per["web-01"], per["web-02"], per["web-03"], tostring(v), tostring(ok),
+      tostring(ch:is_closed()))
+"#,
+        &[],
+    );
+    out.assert_code(0);
+    assert_eq!(out.line("CH"), "45\t5\t5\t5\tnil\tfalse\ttrue", "{out}");
+}
+
+/// `goroutine.timeout(200, <infinite loop>)` gives up in well under 2 s, both ways.
+#[test]
+fn timeout_stops_an_infinite_loop_locally_and_remotely() {
+    let fleet = TestFleet::web(1);
+    let out = fleet.run(
+        r#"
+print("T0")
+local ok, err = goroutine.timeout(200, function() while true do end end)
+print("LOCAL", tostring(ok), err)
+print("T1")
+local ok2, err2 = goroutine.timeout(200, function() while true do end end, { delegate_to = "web-01" })
+print("REMOTE", tostring(ok2), err2)
+print("T2")
+local ok3, v = goroutine.timeout(2000, function() return "quick" end, { delegate_to = "web-01" })
+print("QUICK", tostring(ok3), v)
+local ok4, err4 = goroutine.timeout(200, function() goroutine.sleep(30000) end, { delegate_to = "web-01" })
+print("SLEEP", tostring(ok4), err4)
+print("T3")
+"#,
+        &[],
+    );
+    let local = out.one("LOCAL");
+    assert_eq!(local[0], "false", "{out}");
+    assert!(local[1].starts_with("timeout exceeded"), "{out}");
+    let remote = out.one("REMOTE");
+    assert_eq!(remote[0], "false", "{out}");
+    assert!(remote[1].starts_with("timeout exceeded"), "{out}");
+    assert!(remote[1].contains("web-01"), "{out}");
+    assert_eq!(out.line("QUICK"), "true\tquick", "{out}");
+    let sleep = out.one("SLEEP");
+    assert_eq!(sleep[0], "false", "{out}");
+    assert!(sleep[1].starts_with("timeout exceeded"), "{out}");
+    let local_t = out.time_of("T1") - out.time_of("T0");
+    let remote_t = out.time_of("T2") - out.time_of("T1");
+    assert!(
+        local_t < Duration::from_millis(1500),
+        "local took {local_t:?}"
+    );
+    assert!(
+        remote_t < Duration::from_millis(1500),
+        "remote took {remote_t:?}"
+    );
+    assert!(
+        local_t >= Duration::from_millis(190),
+        "local took {local_t:?}"
+    );
+    assert!(
+        remote_t >= Duration::from_millis(190),
+        "remote took {remote_t:?}"
+    );
+    // Timeouts are failures of the run.
+    out.assert_code(1);
+}
+
+/// Cancelling a remote infinite loop frees the agent's only worker at once.
+#[test]
+fn cancel_frees_the_agent_for_the_next_task() {
+    let mut fleet = TestFleet::empty();
+    fleet.add_agent_with("web-01", &["web"], &["--max-tasks", "1"]);
+    let out = fleet.run(
+        r#"
+local h = goroutine.async(function() while true do end end, { delegate_to = "web-01" })
+goroutine.sleep(300)
+print("BEFORE", h:status())
+h:cancel()
+print("CANCELLED")
+local h2 = goroutine.async(function() return "next", host.name end, { delegate_to = "web-01" })
+local r = goroutine.await_all({ h2 }, 5000)[1]
+print("NEXT", tostring(r.success), tostring(r.values and r.values[1]), tostring(r.values and r.values[2]))
+print("AFTER", h:status())
+local ok, err = goroutine.await(h)
+print("AWAIT", tostring(ok), err)
+local r1 = goroutine.await_all({ h })[1]
+print("KIND", r1.kind)
+"#,
+        &[],
+    );
+    assert_eq!(out.line("BEFORE"), "running", "{out}");
+    assert_eq!(out.line("NEXT"), "true\tnext\tweb-01", "{out}");
+    let waited = out.time_of("NEXT") - out.time_of("CANCELLED");
+    assert!(
+        waited < Duration::from_secs(1),
+        "the next task ran {waited:?} after the cancel\n{out}"
+    );
+    assert_eq!(out.line("AFTER"), "cancelled", "{out}");
+    let aw = out.one("AWAIT");
+    assert_eq!(aw[0], "false", "{out}");
+    assert!(aw[1].starts_with("cancelled"), "{out}");
+    assert!(aw[1].contains("web-01"), "{out}");
+    assert_eq!(out.line("KIND"), "cancelled", "{out}");
+}
+
+/// `await_any`, `h:status()`, `h.id`, `h.host`, and re-awaiting.
+#[test]
+fn handles_await_any_status_and_reawait() {
+    let fleet = TestFleet::web(2);
+    let out = fleet.run(
+        r#"
+local slow = goroutine.async(function() goroutine.sleep(3000) return "slow" end, { delegate_to = "web-01" })
+local fast = goroutine.async(function() goroutine.sleep(100) return "fast", 2 end, { delegate_to = "web-02" })
+local failing = goroutine.async(function() error("nope", 0) end, { delegate_to = "web-02", name = "failer" })
+local loc = goroutine.async(function() return 5 end)
+print("IDS", type(slow.id), tostring(slow.id ~= fast.id), tostring(fast.id ~= failing.id))
+print("HOSTS", slow.host, fast.host, loc.host)
+print("STATUS0", slow:status())
+local i, ok, a, b = goroutine.await_any({ slow, fast })
+print("ANY", i, tostring(ok), a, b)
+print("STATUS1", slow:status(), fast:status())
+print("AWAIT1", goroutine.await(fast))
+print("AWAIT2", fast:await())
+print("AWAIT3", goroutine.await(fast))
+goroutine.await(failing)
+print("FAIL1", goroutine.await(failing))
+print("FAIL2", failing:await())
+goroutine.await(loc)
+print("STATUS2", failing:status(), loc:status())
+local n, ok2, err = goroutine.await_any({ failing })
+print("ANYFAIL", n, tostring(ok2), err)
+local ti, tok, terr = goroutine.await_any({ slow }, 100)
+print("ANYTIMEOUT", tostring(ti), tostring(tok), terr)
+slow:cancel()
+"#,
+        &[],
+    );
+    let ids = out.one("IDS");
+    assert_eq!(ids, ["number", "true", "true"], "{out}");
+    assert_eq!(out.line("HOSTS"), "web-01\tweb-02\tlocal", "{out}");
+    assert_eq!(out.line("STATUS0"), "running", "{out}");
+    assert_eq!(out.line("ANY"), "2\ttrue\tfast\t2", "{out}");
+    let any_at = out.time_of("ANY");
+    assert!(
+        any_at < Duration::from_millis(2500),
+        "await_any waited for the slow one\n{out}"
+    );
+    assert_eq!(out.line("STATUS1"), "running\tok", "{out}");
+    assert_eq!(out.line("AWAIT1"), "true\tfast\t2", "{out}");
+    assert_eq!(out.line("AWAIT2"), "true\tfast\t2", "{out}");
+    assert_eq!(out.line("AWAIT3"), "true\tfast\t2", "{out}");
+    assert_eq!(out.line("FAIL1"), "false\tlua: web-02: nope", "{out}");
+    assert_eq!(out.line("FAIL2"), "false\tlua: web-02: nope", "{out}");
+    assert_eq!(out.line("STATUS2"), "failed\tok", "{out}");
+    assert_eq!(out.line("ANYFAIL"), "1\tfalse\tlua: web-02: nope", "{out}");
+    let t = out.one("ANYTIMEOUT");
+    assert_eq!(t[..2], ["nil", "false"], "{out}");
+    assert!(t[2].starts_with("timeout exceeded"), "{out}");
+    out.assert_code(1);
+}
+
+/// 50 remote tasks increment one master atomic.
+#[test]
+fn atomic_int_incremented_by_fifty_remote_tasks() {
+    let fleet = TestFleet::web(2);
+    let out = fleet.run(
+        r#"
+local counter = goroutine.atomic_int(0)
+local hs = {}
+for i = 1, 50 do
+  hs[i] = goroutine.async(function()
+    counter:incr()
+    return counter:get() > 0
+  end, { delegate_to = (i % 2 == 0) and "web-01" or "web-02" })
+end
+local okc = 0
+for _, r in ipairs(goroutine.await_all(hs)) do
+  if r.success and r.values[1] == true then okc = okc + 1 end
+end
+print("ATOMIC", counter:get(), okc)
+"#,
+        &[],
+    );
+    out.assert_code(0);
+    assert_eq!(out.line("ATOMIC"), "50\t50", "{out}");
+}
+
+/// A mutex held by a remote task is released when its agent is SIGKILLed.
+#[test]
+fn mutex_of_a_killed_agent_becomes_free() {
+    let mut fleet = TestFleet::web(1);
+    let mut run = fleet.spawn_run(
+        r#"
+local m = goroutine.mutex()
+local h = goroutine.async(function()
+  m:lock()
+  print("LOCKED")
+  goroutine.sleep(30000)
+end, { delegate_to = "web-01" })
+goroutine.sleep(800)
+print("HELD", tostring(m:is_locked()), tostring(m:try_lock()))
+local got = m:lock(5000)
+print("GOT", tostring(got))
+print("STATUS", h:status())
+m:unlock()
+"#,
+        &[],
+    );
+    assert!(
+        run.wait_for("LOCKED", Duration::from_secs(20)).is_some(),
+        "the task never took the lock"
+    );
+    fleet.kill("web-01");
+    let killed = Instant::now();
+    let got = run.wait_for_at("GOT", Duration::from_secs(20));
+    let out = run.finish(RUN_TIMEOUT);
+    assert!(got.is_some(), "{out}");
+    assert_eq!(out.line("HELD"), "true\tfalse", "{out}");
+    assert_eq!(out.line("GOT"), "true", "{out}");
+    let after = got.unwrap().0.saturating_duration_since(killed);
+    eprintln!("lock freed {after:?} after the kill");
+    assert!(
+        after < Duration::from_secs(6),
+        "freed {after:?} after the kill\n{out}"
+    );
+    assert_eq!(out.line("STATUS"), "failed", "{out}");
+}
