@@ -46,6 +46,7 @@ pub fn install_task_modules(lua: &Lua, ctx: &TaskContext) -> mlua::Result<()> {
     template::install(lua, &g)?;
     let goroutine = lua.create_table()?;
     install_sleep(lua, &goroutine)?;
+    install_select(lua, &goroutine)?;
     g.raw_set("goroutine", goroutine.clone())?;
     let loaded: Table = lua.named_registry_value::<Table>("_LOADED")?;
     loaded.raw_set("goroutine", goroutine)?;
@@ -69,6 +70,76 @@ pub fn install_sleep(lua: &Lua, goroutine: &Table) -> mlua::Result<()> {
                 .unwrap_or(Duration::ZERO);
             let ctx = task_ctx(lua)?;
             ctx.cancel.sleep(d).map_err(stop_to_lua)
+        })?,
+    )
+}
+
+/// `goroutine.select(cases [, timeout])`: the first ready case wins; returns its
+/// index and the received value (`index, value, ok`), or `default`'s index at once,
+/// or `nil, "timeout exceeded"`. Works on any channel, local or proxied.
+pub fn install_select(lua: &Lua, goroutine: &Table) -> mlua::Result<()> {
+    use mlua::{AnyUserData, ObjectLike};
+    goroutine.raw_set(
+        "select",
+        lua.create_function(|lua, (cases, timeout): (Table, LV)| {
+            let limit = parse_duration(&timeout)
+                .map_err(|e| mlua::Error::runtime(format!("goroutine.select: {e}")))?;
+            let deadline = limit.map(|d| std::time::Instant::now() + d);
+            let ctx = task_ctx(lua)?;
+            let mut default_idx = None;
+            let mut parsed: Vec<(i64, AnyUserData, Option<LV>)> = Vec::new();
+            for (i, c) in cases.sequence_values::<Table>().enumerate() {
+                let c = c.map_err(|_| {
+                    mlua::Error::runtime(format!(
+                        "goroutine.select: case #{} must be a table",
+                        i + 1
+                    ))
+                })?;
+                let idx = i as i64 + 1;
+                if c.raw_get::<Option<bool>>("default")?.unwrap_or(false) {
+                    default_idx = Some(idx);
+                    continue;
+                }
+                let ch: AnyUserData = c.raw_get("channel").map_err(|_| {
+                    mlua::Error::runtime(format!("goroutine.select: case #{idx} has no channel"))
+                })?;
+                let send: LV = c.raw_get("send")?;
+                let is_send =
+                    !send.is_nil() || c.raw_get::<Option<bool>>("receive")? == Some(false);
+                parsed.push((idx, ch, if is_send { Some(send) } else { None }));
+            }
+            let mut pause = Duration::from_micros(500);
+            loop {
+                for (idx, ch, send) in &parsed {
+                    match send {
+                        Some(v) => {
+                            let ok: bool = ch.call_method("try_send", v.clone())?;
+                            if ok {
+                                return Ok((LV::Integer(*idx), LV::Nil, LV::Boolean(true)));
+                            }
+                        }
+                        None => {
+                            let (v, ok): (LV, bool) = ch.call_method("try_receive", ())?;
+                            if ok {
+                                return Ok((LV::Integer(*idx), v, LV::Boolean(true)));
+                            }
+                            let closed: bool = ch.call_method("is_closed", ())?;
+                            if closed {
+                                return Ok((LV::Integer(*idx), LV::Nil, LV::Boolean(false)));
+                            }
+                        }
+                    }
+                }
+                if let Some(d) = default_idx {
+                    return Ok((LV::Integer(d), LV::Nil, LV::Boolean(false)));
+                }
+                if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                    let msg = lua.create_string("timeout exceeded: select: no case was ready")?;
+                    return Ok((LV::Nil, LV::String(msg), LV::Boolean(false)));
+                }
+                ctx.cancel.sleep(pause).map_err(stop_to_lua)?;
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
         })?,
     )
 }
