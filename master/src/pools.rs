@@ -465,14 +465,15 @@ pub fn install(
         let pools = pools.clone();
         g.raw_set(
             "pool_close",
-            lua.create_function(move |_, name: String| {
+            lua.create_function(move |lua, name: String| {
                 let Some(pool) = pools.get(&name) else {
-                    return Ok((false, Some(format!("pool_close: no pool named '{name}'"))));
+                    let err = lua.create_string(format!("pool_close: no pool named '{name}'"))?;
+                    return Ok(MultiValue::from_iter([LV::Boolean(false), LV::String(err)]));
                 };
                 pool.state.lock().closed = true;
                 pool.changed.notify_all();
                 pool.wake.notify_one();
-                Ok((true, None))
+                Ok(MultiValue::from_iter([LV::Boolean(true)]))
             })?,
         )?;
     }

@@ -5,6 +5,9 @@
 //!   load = {1m=, 5m=, 15m=, [1]=, [2]=, [3]=}, uptime, disk = {total, available,
 //!   path = "/"}}` (bytes and seconds), read from /proc, uname and statvfs. A value the
 //!   system does not provide is 0.
+//! - `sys.monotonic_ms()` → float: milliseconds of a monotonic clock (`CLOCK_MONOTONIC`,
+//!   sub-millisecond resolution) for timing inside scripts; only differences mean
+//!   something (comparable between processes of one machine, not between machines).
 //!
 //! [`collect_facts`] gives the same numbers as a [`Facts`] for the agent's handshake.
 
@@ -17,6 +20,10 @@ use crate::protocol::Facts;
 pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
     let t = lua.create_table()?;
     t.raw_set("hostname", lua.create_function(|_, ()| Ok(hostname()))?)?;
+    t.raw_set(
+        "monotonic_ms",
+        lua.create_function(|_, ()| Ok(monotonic_ms()))?,
+    )?;
     t.raw_set(
         "facts",
         lua.create_function(|lua, ()| {
@@ -64,6 +71,26 @@ pub fn collect_facts() -> Facts {
         disk_total,
         disk_available,
     }
+}
+
+/// Milliseconds of `CLOCK_MONOTONIC` (never goes back, unaffected by clock changes).
+pub fn monotonic_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        // Not expected on Linux; fall back to a process-local monotonic clock.
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        return EPOCH
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_secs_f64()
+            * 1000.0;
+    }
+    ts.tv_sec as f64 * 1000.0 + ts.tv_nsec as f64 / 1_000_000.0
 }
 
 pub fn hostname() -> String {
