@@ -259,6 +259,16 @@ fn exec(
     json: bool,
     command: &[String],
 ) -> i32 {
+    // A bad pattern is a usage error, found before any agent is started.
+    if let Some(inv) = &fa.inventory {
+        let checked = Inventory::load(inv)
+            .map_err(|e| e.to_string())
+            .and_then(|i| i.resolve(pattern).map_err(|e| e.to_string()));
+        if let Err(e) = checked {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    }
     let dir = match tempfile::tempdir() {
         Ok(d) => d,
         Err(e) => {

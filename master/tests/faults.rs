@@ -404,3 +404,94 @@ fn agent_survives_bad_frames_from_an_authenticated_master() {
     out.assert_code(0);
     assert_eq!(out.line("R"), "true\tweb-01\t42", "{out}");
 }
+
+/// A frozen (SIGSTOPped) agent mid-task is lost like a dead one; once thawed it serves
+/// again.
+#[test]
+fn frozen_agent_mid_task_is_agent_lost() {
+    let fleet = TestFleet::web(1);
+    let mut run = fleet.spawn_run(
+        r#"
+local h = goroutine.async(function()
+  print("IN_TASK")
+  goroutine.sleep(30000)
+end, { delegate_to = "web-01" })
+local r = goroutine.await_all({ h })[1]
+print("R", tostring(r.success), r.kind, r.host)
+"#,
+        &[],
+    );
+    assert!(run.wait_for("IN_TASK", Duration::from_secs(20)).is_some());
+    fleet.stop("web-01");
+    let stopped = Instant::now();
+    let line = run.wait_for_at("R", Duration::from_secs(20));
+    fleet.resume("web-01");
+    let out = run.finish(RUN_TIMEOUT);
+    let (at, _) = line.unwrap_or_else(|| panic!("no result\n{out}"));
+    assert_eq!(out.line("R"), "false\tagent_lost\tweb-01", "{out}");
+    let after = at.saturating_duration_since(stopped);
+    assert!(
+        after < Duration::from_secs(6),
+        "noticed after {after:?}\n{out}"
+    );
+    out.assert_code(1);
+    let again = fleet.run(SIMPLE, &[]);
+    again.assert_code(0);
+    assert_eq!(again.line("R"), "true\tweb-01\t42", "{again}");
+}
+
+/// A frozen agent never answers the handshake: `unreachable` within the connect timeout.
+#[test]
+fn frozen_agent_is_unreachable_within_the_connect_timeout() {
+    let fleet = TestFleet::web(1);
+    fleet.stop("web-01");
+    let out = fleet.run(
+        r#"
+print("T0")
+local ok, err = goroutine.await(goroutine.async(function() return 1 end, { delegate_to = "web-01" }))
+print("R", tostring(ok), err)
+print("T1")
+"#,
+        &["--connect-timeout", "1s"],
+    );
+    fleet.resume("web-01");
+    let r = out.one("R");
+    assert_eq!(r[0], "false", "{out}");
+    assert!(r[1].starts_with("unreachable: web-01"), "{out}");
+    let took = out.time_of("T1") - out.time_of("T0");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "took {took:?}\n{out}"
+    );
+    out.assert_code(1);
+}
+
+/// After an agent is lost and comes back on the same address, the same run re-dials it.
+#[test]
+fn lost_agent_that_comes_back_is_redialed() {
+    let mut fleet = TestFleet::web(1);
+    let mut run = fleet.spawn_run(
+        r#"
+local h = goroutine.async(function()
+  print("IN_TASK")
+  goroutine.sleep(30000)
+end, { delegate_to = "web-01" })
+local ok, err = goroutine.await(h)
+print("LOST", tostring(ok), err)
+goroutine.sleep(1500)
+local ok2, v = goroutine.await(goroutine.async(function() return "back", host.name end, { delegate_to = "web-01" }))
+print("BACK", tostring(ok2), v)
+"#,
+        &[],
+    );
+    assert!(run.wait_for("IN_TASK", Duration::from_secs(20)).is_some());
+    fleet.kill("web-01");
+    let lost = run.wait_for("LOST", Duration::from_secs(20));
+    fleet.restart("web-01");
+    let out = run.finish(RUN_TIMEOUT);
+    assert!(lost.is_some(), "{out}");
+    let l = out.one("LOST");
+    assert_eq!(l[0], "false", "{out}");
+    assert!(l[1].starts_with("agent_lost: web-01"), "{out}");
+    assert_eq!(out.line("BACK"), "true\tback", "{out}");
+}

@@ -275,6 +275,8 @@ pub struct Agent {
     pub addr: String,
     pub child: Child,
     pub log: PathBuf,
+    /// Everything but `--listen`, to restart it.
+    args: Vec<std::ffi::OsString>,
 }
 
 /// How to start one agent.
@@ -289,22 +291,29 @@ pub struct AgentSpec<'a> {
     pub extra_args: &'a [&'a str],
 }
 
-/// Start `sloth-agent` and wait for its `listening on` line.
+/// Start `sloth-agent` on a free port and wait for its `listening on` line.
 pub fn start_agent(spec: &AgentSpec, log_dir: &Path) -> Agent {
-    let log = log_dir.join(format!("agent-{}-{}.log", spec.name, unique()));
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--cert".into(),
+        spec.cert_dir.join(format!("{}.crt", spec.cert_stem)).into(),
+        "--key".into(),
+        spec.cert_dir.join(format!("{}.key", spec.cert_stem)).into(),
+        "--ca".into(),
+        spec.ca.into(),
+        "--name".into(),
+        spec.name.into(),
+    ];
+    args.extend(spec.extra_args.iter().map(|a| a.into()));
+    spawn_agent(spec.name, args, "127.0.0.1:0", log_dir)
+}
+
+fn spawn_agent(name: &str, args: Vec<std::ffi::OsString>, listen: &str, log_dir: &Path) -> Agent {
+    let log = log_dir.join(format!("agent-{}-{}.log", name, unique()));
     let err = File::create(&log).unwrap();
     let mut cmd = Command::new(agent_bin());
     cmd.arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--cert")
-        .arg(spec.cert_dir.join(format!("{}.crt", spec.cert_stem)))
-        .arg("--key")
-        .arg(spec.cert_dir.join(format!("{}.key", spec.cert_stem)))
-        .arg("--ca")
-        .arg(spec.ca)
-        .arg("--name")
-        .arg(spec.name)
-        .args(spec.extra_args)
+        .arg(listen)
+        .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(err));
@@ -332,11 +341,11 @@ pub fn start_agent(spec: &AgentSpec, log_dir: &Path) -> Agent {
         let _ = child.wait();
         panic!(
             "agent {} did not start: {}",
-            spec.name,
+            name,
             std::fs::read_to_string(&log).unwrap_or_default()
         );
     };
-    let prefix = format!("sloth-agent {} listening on ", spec.name);
+    let prefix = format!("sloth-agent {name} listening on ");
     let addr = first
         .strip_prefix(&prefix)
         .unwrap_or_else(|| panic!("unexpected first agent line: {first:?}"))
@@ -344,10 +353,11 @@ pub fn start_agent(spec: &AgentSpec, log_dir: &Path) -> Agent {
         .to_string();
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
     Agent {
-        name: spec.name.to_string(),
+        name: name.to_string(),
         addr,
         child,
         log,
+        args,
     }
 }
 
@@ -521,6 +531,17 @@ impl TestFleet {
     pub fn kill(&mut self, name: &str) {
         self.signal(name, libc::SIGKILL);
         let _ = self.agent_mut(name).child.wait();
+    }
+
+    /// Start a killed agent again on the same address.
+    pub fn restart(&mut self, name: &str) {
+        let dir = self.dir.path().to_path_buf();
+        let a = self.agent_mut(name);
+        let _ = a.child.kill();
+        let _ = a.child.wait();
+        let fresh = spawn_agent(name, a.args.clone(), &a.addr.clone(), &dir);
+        assert_eq!(fresh.addr, a.addr);
+        *a = fresh;
     }
 
     /// SIGSTOP (freeze).
