@@ -38,6 +38,9 @@ pub struct TaskReport {
 pub struct Output {
     pub json: bool,
     color: bool,
+    /// Progress bars only on a terminal (never when piped or with --json).
+    interactive: bool,
+    bar: Mutex<Option<indicatif::ProgressBar>>,
     recap: Mutex<BTreeMap<String, HostRecap>>,
     tasks: Mutex<Vec<TaskReport>>,
     errors: Mutex<Vec<String>>,
@@ -47,9 +50,12 @@ impl Output {
     pub fn new(json: bool) -> Output {
         let color =
             !json && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        let interactive = !json && std::io::stdout().is_terminal();
         Output {
             json,
             color,
+            interactive,
+            bar: Mutex::new(None),
             recap: Mutex::new(BTreeMap::new()),
             tasks: Mutex::new(Vec::new()),
             errors: Mutex::new(Vec::new()),
@@ -58,6 +64,14 @@ impl Output {
 
     /// Human output goes to stdout, or to stderr when stdout carries JSON.
     fn line(&self, s: &str) {
+        if let Some(bar) = self.bar.lock().as_ref() {
+            // Print above the bar instead of through it.
+            bar.suspend(|| {
+                let mut o = std::io::stdout().lock();
+                let _ = writeln!(o, "{s}");
+            });
+            return;
+        }
         if self.json {
             let mut e = std::io::stderr().lock();
             let _ = writeln!(e, "{s}");
@@ -65,6 +79,24 @@ impl Output {
             let mut o = std::io::stdout().lock();
             let _ = writeln!(o, "{s}");
         }
+    }
+
+    /// Show a progress bar for a fan-out or pool of `len` tasks (terminal only).
+    /// The bar lives until [`Progress`] is dropped.
+    pub fn progress(&self, len: u64, what: &str) -> Progress<'_> {
+        if self.interactive && len > 1 {
+            let bar = indicatif::ProgressBar::new(len);
+            let style = indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed}",
+            )
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar.set_message(what.to_string());
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            *self.bar.lock() = Some(bar);
+        }
+        Progress { out: self }
     }
 
     fn paint(&self, code: &str, s: &str) -> String {
@@ -245,6 +277,27 @@ impl Output {
         match serde_json::to_string_pretty(&doc) {
             Ok(s) => println!("{s}"),
             Err(e) => eprintln!("error: cannot encode the JSON report: {e}"),
+        }
+    }
+}
+
+/// A live progress bar (a no-op when not on a terminal).
+pub struct Progress<'a> {
+    out: &'a Output,
+}
+
+impl Progress<'_> {
+    pub fn set(&self, done: u64) {
+        if let Some(b) = self.out.bar.lock().as_ref() {
+            b.set_position(done);
+        }
+    }
+}
+
+impl Drop for Progress<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.out.bar.lock().take() {
+            b.finish_and_clear();
         }
     }
 }

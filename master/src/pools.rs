@@ -149,6 +149,9 @@ async fn run_one(rt: Arc<Runtime>, pool: Arc<Pool>, mut q: Queued, host: Option<
         ))
     } else {
         rec.cancel.set_timeout(pool.timeout);
+        if q.attempts == 0 {
+            rec.restart_clock();
+        }
         match &host {
             None => dispatch::run_local(&rt, &rec, &q.payload).await,
             Some(h) => dispatch::run_remote(&rt, &rec, h, &q.payload).await,
@@ -425,7 +428,7 @@ pub fn install(
         )?;
     }
     {
-        let pools = pools.clone();
+        let (pools, rt) = (pools.clone(), rt.clone());
         g.raw_set(
             "pool_wait",
             lua.create_function(move |lua, (name, timeout): (String, LV)| {
@@ -443,11 +446,17 @@ pub fn install(
                 let recs: Vec<Arc<TaskRecord>> = pool.state.lock().submitted.clone();
                 let out = lua.create_table()?;
                 let mut timed_out = false;
+                {
+                    let progress = rt.out.progress(recs.len() as u64, &format!("pool {name}"));
+                    for rec in &recs {
+                        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                        timed_out |= rec.wait(left, None).is_none();
+                        let st = pool.state.lock();
+                        progress.set(st.completed + st.failed);
+                    }
+                }
                 for (i, rec) in recs.iter().enumerate() {
-                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                    let o = rec.wait(left, None);
-                    timed_out |= o.is_none();
-                    out.raw_set(i + 1, result_table(lua, rec, o.as_ref())?)?;
+                    out.raw_set(i + 1, result_table(lua, rec, rec.outcome().as_ref())?)?;
                 }
                 if timed_out {
                     return Ok((

@@ -52,7 +52,8 @@ pub struct TaskRecord {
     pub cancel: CancelToken,
     /// Wakes the remote driver when the task is cancelled.
     pub cancel_notify: tokio::sync::Notify,
-    pub started: Instant,
+    /// When the task started running (a pool task: when it left the queue).
+    started: Mutex<Instant>,
     state: Mutex<Option<Outcome>>,
     cv: Condvar,
 }
@@ -64,6 +65,15 @@ impl TaskRecord {
             .lock()
             .clone()
             .unwrap_or_else(|| self.target.clone())
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.lock().elapsed()
+    }
+
+    /// Start the duration clock now (a queued task starts when it is dispatched).
+    pub fn restart_clock(&self) {
+        *self.started.lock() = Instant::now();
     }
 
     pub fn set_host(&self, host: &str) {
@@ -166,7 +176,7 @@ impl Registry {
             ran_on: Mutex::new(None),
             cancel: CancelToken::new(timeout),
             cancel_notify: tokio::sync::Notify::new(),
-            started: Instant::now(),
+            started: Mutex::new(Instant::now()),
             state: Mutex::new(None),
             cv: Condvar::new(),
         });
@@ -182,7 +192,7 @@ impl Registry {
     pub fn complete(&self, rec: &TaskRecord, result: Result<Graph, TaskError>) {
         let outcome = Outcome {
             result,
-            duration: rec.started.elapsed(),
+            duration: rec.elapsed(),
         };
         {
             let mut g = rec.state.lock();

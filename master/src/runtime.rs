@@ -336,7 +336,7 @@ pub fn result_table(lua: &Lua, rec: &TaskRecord, o: Option<&Outcome>) -> mlua::R
         }
         None => {
             t.raw_set("success", false)?;
-            t.raw_set("duration_ms", rec.started.elapsed().as_millis() as u64)?;
+            t.raw_set("duration_ms", rec.elapsed().as_millis() as u64)?;
             t.raw_set(
                 "error",
                 format!(
@@ -404,10 +404,34 @@ fn install_goroutine(
                 let deadline = timeout.map(|t| Instant::now() + t);
                 let recs = handles_of(&rt, &hs, "goroutine.await_all")?;
                 let out = lua.create_table()?;
+                let progress = rt.out.progress(recs.len() as u64, "await_all");
+                let mut outcomes = vec![None; recs.len()];
+                // Wait in completion order so the bar moves as tasks finish.
+                loop {
+                    let seen = rt.registry.done_count();
+                    let mut pending = 0;
+                    for (i, rec) in recs.iter().enumerate() {
+                        if outcomes[i].is_none() {
+                            outcomes[i] = rec.outcome();
+                            if outcomes[i].is_none() {
+                                pending += 1;
+                            }
+                        }
+                    }
+                    progress.set((recs.len() - pending) as u64);
+                    let now = Instant::now();
+                    if pending == 0 || deadline.is_some_and(|d| now >= d) {
+                        break;
+                    }
+                    let mut until = now + Duration::from_millis(100);
+                    if let Some(d) = deadline {
+                        until = until.min(d);
+                    }
+                    rt.registry.wait_any_done(seen, until);
+                }
+                drop(progress);
                 for (i, rec) in recs.iter().enumerate() {
-                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                    let o = rec.wait(left, None);
-                    out.raw_set(i + 1, result_table(lua, rec, o.as_ref())?)?;
+                    out.raw_set(i + 1, result_table(lua, rec, outcomes[i].as_ref())?)?;
                 }
                 Ok(out)
             })?,

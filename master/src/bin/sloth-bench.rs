@@ -1,0 +1,1637 @@
+//! `sloth-bench`: the benchmark table of issue #6.
+//!
+//! A benchmark here is a program that prints one table, not a timed test. The machine
+//! is noisy, so every figure is measured beside its baseline in the same run, with the
+//! repetitions of a measurement and of its baseline interleaved; medians and ratios
+//! are what count.
+//!
+//! The sloth figures drive the real `sloth-master` and `sloth-agent` binaries (from
+//! `--bin-dir`, default: the directory of this executable): the agents are started
+//! here like a real deployment (certificates from `sloth-master certs init/issue` in a
+//! temporary directory, an inventory TOML), and the scripts in `scripts/bench/` time
+//! themselves with `sys.monotonic_ms` and print `BENCH name value` lines that are
+//! parsed here. The baselines (a bare quinn request/response with the same mTLS and
+//! transport configuration, and the sloth control protocol spoken directly over quinn)
+//! run inside this process.
+//!
+//! Usage: `sloth-bench [--agents N] [--reps R] [--quick]` from the repository root
+//! (`scripts/bench.sh` builds and runs it). See docs/benchmarks.md.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use clap::Parser;
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use sloth_shared::protocol::{Control, Hello};
+use sloth_shared::tls::{self, Pem};
+use sloth_shared::wire;
+
+/// Bytes of each request and each response of the bare quinn baseline.
+const MSG_BYTES: usize = 100;
+/// Tasks (or requests) in flight for the throughput rows.
+const IN_FLIGHT: usize = 64;
+/// Keep-alive and idle timeout: what the agent and the master use.
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sloth-bench",
+    about = "Benchmarks of sloth against bare quinn baselines; prints one table"
+)]
+struct Args {
+    /// Agents for the fan-out rows (health, fleet.ping, master memory); default 200
+    /// (8 with --quick).
+    #[arg(long)]
+    agents: Option<usize>,
+    /// Repetitions of every measurement (interleaved with its baseline); default 5
+    /// (1 with --quick).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Seconds-scale run with small N and few samples (what CI runs).
+    #[arg(long)]
+    quick: bool,
+    /// Where sloth-master and sloth-agent are; default: next to this executable.
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// The repository root (scripts/bench/, examples/); default: the current directory.
+    #[arg(long)]
+    repo: Option<PathBuf>,
+}
+
+/// Sizes of one run.
+#[derive(Debug, Clone)]
+struct Params {
+    agents: usize,
+    reps: usize,
+    quick: bool,
+    quinn_seq: usize,
+    quinn_warmup: usize,
+    quinn_conc: usize,
+    await_n: usize,
+    await_warmup: usize,
+    pool_n: usize,
+    pool_warmup: usize,
+    local_n: usize,
+    ping_rounds: usize,
+    hold_ms: u64,
+    timeout: Duration,
+}
+
+impl Params {
+    fn new(a: &Args) -> Params {
+        let q = a.quick;
+        Params {
+            agents: a.agents.unwrap_or(if q { 8 } else { 200 }).max(4),
+            reps: a.reps.unwrap_or(if q { 1 } else { 5 }).max(1),
+            quick: q,
+            quinn_seq: if q { 300 } else { 2000 },
+            quinn_warmup: if q { 50 } else { 200 },
+            quinn_conc: if q { 3000 } else { 20000 },
+            await_n: if q { 200 } else { 1000 },
+            await_warmup: if q { 20 } else { 100 },
+            pool_n: if q { 300 } else { 2000 },
+            pool_warmup: if q { 64 } else { 256 },
+            local_n: if q { 300 } else { 2000 },
+            ping_rounds: if q { 3 } else { 5 },
+            hold_ms: if q { 800 } else { 1500 },
+            timeout: Duration::from_secs(if q { 60 } else { 300 }),
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match real_main(&args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sloth-bench: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+fn real_main(args: &Args) -> anyhow::Result<()> {
+    let p = Params::new(args);
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()
+            .context("locating sloth-bench")?
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| anyhow!("sloth-bench has no parent directory"))?,
+    };
+    let repo = match &args.repo {
+        Some(r) => r.clone(),
+        None => std::env::current_dir().context("reading the current directory")?,
+    };
+    let bins = Bins {
+        master: bin_dir.join("sloth-master"),
+        agent: bin_dir.join("sloth-agent"),
+        repo: repo.clone(),
+    };
+    for b in [&bins.master, &bins.agent] {
+        if !b.is_file() {
+            bail!(
+                "{} not found (build with `cargo build --release --workspace`, or pass --bin-dir)",
+                b.display()
+            );
+        }
+    }
+    if !repo.join("scripts/bench/await.sloth").is_file() {
+        bail!(
+            "{} is not the repository root (no scripts/bench/await.sloth); run from it or pass --repo",
+            repo.display()
+        );
+    }
+    let started = Instant::now();
+    let mut b = Bench::new(p.clone(), bins)?;
+    let table = b.run_all();
+    b.stop_agents();
+    let took = started.elapsed();
+    println!();
+    println!(
+        "sloth benchmarks: {} agents, {} rep(s){}, {} CPU(s), Linux {}, {}",
+        p.agents,
+        p.reps,
+        if p.quick { ", --quick" } else { "" },
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        kernel_release(),
+        unix_date()
+    );
+    println!();
+    print!("{}", table.render());
+    println!();
+    for n in &table.notes {
+        println!("note: {n}");
+    }
+    println!("bench took {:.1} s", took.as_secs_f64());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Statistics and the table
+// ---------------------------------------------------------------------------------------
+
+fn median(v: &[f64]) -> Option<f64> {
+    percentile(v, 50.0)
+}
+
+/// Nearest-rank percentile; `None` on no samples.
+fn percentile(v: &[f64], pct: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if pct == 50.0 && s.len() % 2 == 0 {
+        let m = s.len() / 2;
+        return Some((s[m - 1] + s[m]) / 2.0);
+    }
+    let rank = ((pct / 100.0) * s.len() as f64).ceil() as usize;
+    Some(s[rank.clamp(1, s.len()) - 1])
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Unit {
+    Ms,
+    PerSec,
+    Bytes,
+}
+
+fn fmt_value(v: f64, u: Unit) -> String {
+    match u {
+        Unit::Ms => {
+            if v < 1.0 {
+                format!("{:.0} µs", v * 1000.0)
+            } else if v < 10.0 {
+                format!("{v:.2} ms")
+            } else if v < 1000.0 {
+                format!("{v:.1} ms")
+            } else {
+                format!("{:.2} s", v / 1000.0)
+            }
+        }
+        Unit::PerSec => format!("{v:.0}/s"),
+        Unit::Bytes => {
+            if v.abs() < 1024.0 * 1024.0 {
+                format!("{:.0} KB", v / 1024.0)
+            } else {
+                format!("{:.1} MB", v / (1024.0 * 1024.0))
+            }
+        }
+    }
+}
+
+/// How a row is judged against its target.
+#[derive(Clone, Debug)]
+enum Target {
+    None,
+    /// ratio <= x
+    RatioAtMost(f64),
+    /// ratio >= x
+    RatioAtLeast(f64),
+    /// median <= x (in the row's unit)
+    AtMost(f64),
+}
+
+#[derive(Clone, Debug)]
+struct Row {
+    id: String,
+    name: String,
+    unit: Unit,
+    median: Option<f64>,
+    p99: Option<f64>,
+    /// Row id of the baseline, and the value the ratio is taken against.
+    baseline: Option<(String, Option<f64>)>,
+    target: Target,
+    /// Why the row has no value.
+    na: Option<String>,
+}
+
+impl Row {
+    fn new(id: &str, name: impl Into<String>, unit: Unit) -> Row {
+        Row {
+            id: id.to_string(),
+            name: name.into(),
+            unit,
+            median: None,
+            p99: None,
+            baseline: None,
+            target: Target::None,
+            na: None,
+        }
+    }
+
+    fn samples(mut self, v: &[f64], with_p99: bool) -> Row {
+        self.median = median(v);
+        if with_p99 {
+            self.p99 = percentile(v, 99.0);
+        }
+        self
+    }
+
+    fn against(mut self, base: &Row) -> Row {
+        self.baseline = Some((base.id.clone(), base.median));
+        self
+    }
+
+    fn target(mut self, t: Target) -> Row {
+        self.target = t;
+        self
+    }
+
+    fn na(mut self, why: impl Into<String>) -> Row {
+        self.na = Some(why.into());
+        self
+    }
+
+    fn ratio(&self) -> Option<f64> {
+        let (_, b) = self.baseline.as_ref()?;
+        let (m, b) = (self.median?, (*b)?);
+        (b != 0.0).then_some(m / b)
+    }
+
+    fn verdict(&self) -> (String, String) {
+        let (target, ok) = match &self.target {
+            Target::None => return (String::new(), String::new()),
+            Target::RatioAtMost(x) => (format!("≤ {x}×"), self.ratio().map(|r| r <= *x)),
+            Target::RatioAtLeast(x) => (format!("≥ {x}×"), self.ratio().map(|r| r >= *x)),
+            Target::AtMost(x) => (
+                format!("≤ {}", fmt_value(*x, self.unit)),
+                self.median.map(|m| m <= *x),
+            ),
+        };
+        let ok = match ok {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "n/a",
+        };
+        (target, ok.to_string())
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+impl Table {
+    fn push(&mut self, r: Row) -> Row {
+        self.rows.push(r.clone());
+        r
+    }
+
+    fn render(&self) -> String {
+        let header = [
+            "#",
+            "measurement",
+            "median",
+            "p99",
+            "baseline",
+            "ratio",
+            "target",
+            "met",
+        ];
+        let mut lines: Vec<[String; 8]> = Vec::new();
+        for r in &self.rows {
+            let (target, ok) = r.verdict();
+            let (median, p99) = match &r.na {
+                Some(why) => (format!("n/a: {why}"), String::new()),
+                None => (
+                    r.median
+                        .map(|v| fmt_value(v, r.unit))
+                        .unwrap_or_else(|| "n/a".into()),
+                    r.p99.map(|v| fmt_value(v, r.unit)).unwrap_or_default(),
+                ),
+            };
+            lines.push([
+                r.id.clone(),
+                r.name.clone(),
+                median,
+                p99,
+                r.baseline
+                    .as_ref()
+                    .map(|(id, _)| format!("#{id}"))
+                    .unwrap_or_default(),
+                r.ratio().map(|x| format!("{x:.2}×")).unwrap_or_default(),
+                target,
+                ok,
+            ]);
+        }
+        let mut width = header.map(|h| h.chars().count());
+        for l in &lines {
+            for (w, c) in width.iter_mut().zip(l) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let fmt_line = |cells: &[String]| {
+            let mut s = String::from("|");
+            for (c, w) in cells.iter().zip(width) {
+                let pad = w - c.chars().count();
+                s.push(' ');
+                s.push_str(c);
+                s.push_str(&" ".repeat(pad));
+                s.push_str(" |");
+            }
+            s.push('\n');
+            s
+        };
+        let mut out = fmt_line(&header.map(String::from));
+        out.push('|');
+        for w in width {
+            out.push_str(&"-".repeat(w + 2));
+            out.push('|');
+        }
+        out.push('\n');
+        for l in &lines {
+            out.push_str(&fmt_line(l));
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------------
+
+struct Bins {
+    master: PathBuf,
+    agent: PathBuf,
+    repo: PathBuf,
+}
+
+/// What a finished `sloth-master` run left.
+struct MasterRun {
+    stdout: String,
+    stderr: String,
+    wall: Duration,
+    code: Option<i32>,
+}
+
+impl MasterRun {
+    /// The value of the `BENCH key value` line.
+    fn bench(&self, key: &str) -> anyhow::Result<&str> {
+        self.stdout
+            .lines()
+            .find_map(|l| {
+                let rest = l.strip_prefix("BENCH ")?;
+                let (k, v) = rest.split_once(' ')?;
+                (k == key).then_some(v.trim())
+            })
+            .ok_or_else(|| anyhow!("no 'BENCH {key}' line in the output{}", self.tail()))
+    }
+
+    fn bench_f64(&self, key: &str) -> anyhow::Result<f64> {
+        let v = self.bench(key)?;
+        v.parse()
+            .map_err(|_| anyhow!("BENCH {key}: not a number: {v}"))
+    }
+
+    fn bench_list(&self, key: &str) -> anyhow::Result<Vec<f64>> {
+        self.bench(key)?
+            .split(',')
+            .map(|s| {
+                s.trim()
+                    .parse::<f64>()
+                    .map_err(|_| anyhow!("BENCH {key}: not a number: {s}"))
+            })
+            .collect()
+    }
+
+    fn tail(&self) -> String {
+        let pick = |s: &str| {
+            let v: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+            v[v.len().saturating_sub(3)..].join(" / ")
+        };
+        let (o, e) = (pick(&self.stdout), pick(&self.stderr));
+        format!(
+            " (exit {:?}; stderr: {}; stdout: {})",
+            self.code,
+            if e.is_empty() { "-" } else { &e },
+            if o.is_empty() { "-" } else { &o }
+        )
+    }
+}
+
+/// Spawn `cmd` with its output captured; wait at most `timeout`.
+fn run_captured(mut cmd: Command, timeout: Duration) -> anyhow::Result<MasterRun> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().context("spawning sloth-master")?;
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let (code, wall) = wait_timeout(child, start, timeout)?;
+    Ok(MasterRun {
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+        wall,
+        code,
+    })
+}
+
+fn drain<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut r) = r {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            s = String::from_utf8_lossy(&buf).into_owned();
+        }
+        s
+    })
+}
+
+/// Wait for `child` on a helper thread (exact exit time); kill it after `timeout`.
+fn wait_timeout(
+    mut child: Child,
+    start: Instant,
+    timeout: Duration,
+) -> anyhow::Result<(Option<i32>, Duration)> {
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let r = child.wait();
+        let _ = tx.send((r, Instant::now()));
+    });
+    let (status, at) = match rx.recv_timeout(timeout.saturating_sub(start.elapsed())) {
+        Ok(x) => x,
+        Err(_) => {
+            // SAFETY: kill(2) on our own child, not yet reaped (the waiter still waits).
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+            let _ = rx.recv();
+            bail!("timed out after {} s", timeout.as_secs());
+        }
+    };
+    let status = status.context("waiting for sloth-master")?;
+    Ok((status.code(), at.duration_since(start)))
+}
+
+/// VmRSS of a process, in bytes.
+fn rss_bytes(pid: u32) -> anyhow::Result<f64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let kb: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))?;
+    Ok(kb * 1024.0)
+}
+
+fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn unix_date() -> String {
+    Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The agents of the run: real `sloth-agent` processes on 127.0.0.1.
+struct Agent {
+    name: String,
+    addr: SocketAddr,
+    child: Child,
+}
+
+struct Bench {
+    p: Params,
+    bins: Bins,
+    dir: tempfile::TempDir,
+    agents: Vec<Agent>,
+    /// Idle RSS of each agent, read right after it started.
+    idle_rss: Vec<f64>,
+    master_pem: Pem,
+    ca_pem: String,
+    inventory: PathBuf,
+}
+
+impl Bench {
+    fn new(p: Params, bins: Bins) -> anyhow::Result<Bench> {
+        let dir = tempfile::Builder::new()
+            .prefix("sloth-bench-")
+            .tempdir()
+            .context("creating a temporary directory")?;
+        let certs = dir.path().join("certs");
+        eprintln!(
+            "[bench] certificates for {} agents (sloth-master certs init/issue) in {}",
+            p.agents,
+            certs.display()
+        );
+        let init = Command::new(&bins.master)
+            .args(["certs", "init", "--dir"])
+            .arg(&certs)
+            .stdout(Stdio::null())
+            .output()
+            .context("running sloth-master certs init")?;
+        if !init.status.success() {
+            bail!(
+                "sloth-master certs init failed: {}",
+                String::from_utf8_lossy(&init.stderr)
+            );
+        }
+        let names: Vec<String> = (1..=p.agents).map(|i| format!("bench-{i:03}")).collect();
+        // Issue in parallel, a few processes at a time.
+        for chunk in names.chunks(8) {
+            let mut kids = Vec::new();
+            for n in chunk {
+                let c = Command::new(&bins.master)
+                    .args(["certs", "issue", n, "--san", "127.0.0.1", "--dir"])
+                    .arg(&certs)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .context("running sloth-master certs issue")?;
+                kids.push((n, c));
+            }
+            for (n, c) in kids {
+                let o = c.wait_with_output()?;
+                if !o.status.success() {
+                    bail!(
+                        "sloth-master certs issue {n} failed: {}",
+                        String::from_utf8_lossy(&o.stderr)
+                    );
+                }
+            }
+        }
+        let master_pem = tls::read_pem_files(&certs.join("master.crt"), &certs.join("master.key"))?;
+        let ca_pem = fs::read_to_string(certs.join("ca.crt"))?;
+        let mut b = Bench {
+            p,
+            bins,
+            inventory: dir.path().join("inventory.toml"),
+            dir,
+            agents: Vec::new(),
+            idle_rss: Vec::new(),
+            master_pem,
+            ca_pem,
+        };
+        b.start_agents(&names)?;
+        let mut inv = String::from("# sloth-bench: local agents\n");
+        for a in &b.agents {
+            inv.push_str(&format!(
+                "\n[hosts.{}]\naddress = \"{}\"\ngroups = [\"bench\"]\n",
+                a.name, a.addr
+            ));
+        }
+        fs::write(&b.inventory, inv)?;
+        Ok(b)
+    }
+
+    fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    fn start_agents(&mut self, names: &[String]) -> anyhow::Result<()> {
+        eprintln!("[bench] starting {} agents", names.len());
+        let log = fs::File::create(self.dir.path().join("agents.log"))?;
+        let certs = self.certs();
+        let (tx, rx) = mpsc::channel::<(usize, Result<SocketAddr, String>)>();
+        let mut pending: Vec<Option<Child>> = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let mut cmd = Command::new(&self.bins.agent);
+            cmd.args(["--listen", "127.0.0.1:0", "--name", name])
+                .arg("--cert")
+                .arg(certs.join(format!("{name}.crt")))
+                .arg("--key")
+                .arg(certs.join(format!("{name}.key")))
+                .arg("--ca")
+                .arg(certs.join("ca.crt"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::from(log.try_clone()?));
+            // SAFETY: prctl is async-signal-safe; the agents die with this process.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let mut child = cmd.spawn().context("starting sloth-agent")?;
+            let out = child.stdout.take();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let Some(out) = out else { return };
+                let mut lines = BufReader::new(out).lines();
+                let first = match lines.next() {
+                    Some(Ok(l)) => l
+                        .rsplit_once(" listening on ")
+                        .and_then(|(_, a)| a.trim().parse::<SocketAddr>().ok())
+                        .ok_or_else(|| format!("unexpected first line: {l}")),
+                    _ => Err("the agent exited before it was ready".into()),
+                };
+                let _ = tx.send((i, first));
+                for _ in lines {}
+            });
+            pending.push(Some(child));
+        }
+        drop(tx);
+        let mut addrs: Vec<Option<SocketAddr>> = vec![None; names.len()];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut ready = 0;
+        while ready < names.len() {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok((i, Ok(a))) => {
+                    addrs[i] = Some(a);
+                    ready += 1;
+                }
+                Ok((i, Err(e))) => bail!("agent {} failed to start: {e}", names[i]),
+                Err(_) => bail!("agents did not start within 60 s"),
+            }
+        }
+        for (i, name) in names.iter().enumerate() {
+            if let (Some(child), Some(addr)) = (pending[i].take(), addrs[i]) {
+                self.agents.push(Agent {
+                    name: name.clone(),
+                    addr,
+                    child,
+                });
+            }
+        }
+        // Let them settle, then read their idle RSS.
+        std::thread::sleep(Duration::from_millis(300));
+        self.idle_rss = self
+            .agents
+            .iter()
+            .filter_map(|a| rss_bytes(a.child.id()).ok())
+            .collect();
+        Ok(())
+    }
+
+    fn stop_agents(&mut self) {
+        for a in &self.agents {
+            // SAFETY: kill(2) on a child we started and have not reaped.
+            unsafe {
+                libc::kill(a.child.id() as i32, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for a in &mut self.agents {
+            loop {
+                match a.child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    _ => {
+                        let _ = a.child.kill();
+                        let _ = a.child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        self.agents.clear();
+    }
+
+    fn master_cmd(&self, script: &str, vars: &[(&str, String)]) -> Command {
+        let mut c = Command::new(&self.bins.master);
+        c.current_dir(&self.bins.repo)
+            .arg("run")
+            .arg(format!("scripts/bench/{script}"))
+            .arg("-i")
+            .arg(&self.inventory)
+            .arg("--certs")
+            .arg(self.certs());
+        for (k, v) in vars {
+            c.arg("-e").arg(format!("{k}={v}"));
+        }
+        c.env("NO_COLOR", "1");
+        c
+    }
+
+    /// Run a bench script to completion; an error unless it exited 0.
+    fn script(&self, script: &str, vars: &[(&str, String)]) -> anyhow::Result<MasterRun> {
+        let r = run_captured(self.master_cmd(script, vars), self.p.timeout)
+            .with_context(|| format!("sloth-master run {script}"))?;
+        if r.code != Some(0) {
+            bail!("sloth-master run {script} failed{}", r.tail());
+        }
+        Ok(r)
+    }
+
+    fn agent_names(&self, n: usize) -> String {
+        self.agents
+            .iter()
+            .take(n)
+            .map(|a| a.name.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    // -----------------------------------------------------------------------------------
+
+    fn run_all(&mut self) -> Table {
+        let mut t = Table::default();
+        let reps = self.p.reps;
+        let fail = |what: &str, e: &anyhow::Error| {
+            eprintln!("[bench] {what} failed: {e:#}");
+            format!("{e:#}")
+        };
+
+        // --- Latency and throughput against bare quinn --------------------------------
+        let quinn = match QuinnBaseline::start(self) {
+            Ok(q) => Some(q),
+            Err(e) => {
+                fail("bare quinn baseline", &e);
+                None
+            }
+        };
+        let (mut q_seq, mut q_rate) = (Vec::new(), Vec::new());
+        let (mut aw_remote, mut aw_local) = (Vec::new(), Vec::new());
+        let (mut pool1, mut pool4, mut local_rate) = (Vec::new(), Vec::new(), Vec::new());
+        let mut errs: std::collections::HashMap<&str, String> = Default::default();
+        let first = self.agents[0].name.clone();
+        for rep in 1..=reps {
+            eprintln!("[bench] latency and throughput, rep {rep}/{reps}");
+            if let Some(q) = &quinn {
+                match q.sequential(self.p.quinn_warmup, self.p.quinn_seq) {
+                    Ok(v) => q_seq.extend(v),
+                    Err(e) => {
+                        errs.insert("q_seq", fail("bare quinn sequential", &e));
+                    }
+                }
+            }
+            let vars = |host: &str| {
+                vec![
+                    ("host", host.to_string()),
+                    ("n", self.p.await_n.to_string()),
+                    ("warmup", self.p.await_warmup.to_string()),
+                ]
+            };
+            match self
+                .script("await.sloth", &vars(&first))
+                .and_then(|r| r.bench_list("await_ms"))
+            {
+                Ok(v) => aw_remote.extend(v),
+                Err(e) => {
+                    errs.insert("aw_remote", fail("remote await", &e));
+                }
+            }
+            match self
+                .script("await.sloth", &vars("local"))
+                .and_then(|r| r.bench_list("await_ms"))
+            {
+                Ok(v) => aw_local.extend(v),
+                Err(e) => {
+                    errs.insert("aw_local", fail("local await", &e));
+                }
+            }
+            if let Some(q) = &quinn {
+                match q.concurrent(IN_FLIGHT, self.p.quinn_conc) {
+                    Ok(v) => q_rate.push(v),
+                    Err(e) => {
+                        errs.insert("q_rate", fail("bare quinn concurrent", &e));
+                    }
+                }
+            }
+            for (hosts, out, key) in [(1, &mut pool1, "pool1"), (4, &mut pool4, "pool4")] {
+                let vars = vec![
+                    ("hosts", self.agent_names(hosts)),
+                    ("n", self.p.pool_n.to_string()),
+                    ("workers", IN_FLIGHT.to_string()),
+                    ("warmup", self.p.pool_warmup.to_string()),
+                ];
+                match self
+                    .script("pool.sloth", &vars)
+                    .and_then(|r| r.bench_f64("pool_tasks_per_s"))
+                {
+                    Ok(v) => out.push(v),
+                    Err(e) => {
+                        errs.insert(key, fail("remote pool", &e));
+                    }
+                }
+            }
+            let vars = vec![
+                ("n", self.p.local_n.to_string()),
+                ("window", IN_FLIGHT.to_string()),
+            ];
+            match self
+                .script("local_async.sloth", &vars)
+                .and_then(|r| r.bench_f64("local_tasks_per_s"))
+            {
+                Ok(v) => local_rate.push(v),
+                Err(e) => {
+                    errs.insert("local", fail("local async", &e));
+                }
+            }
+        }
+        drop(quinn);
+        let with_err = |r: Row, key: &str, v: &[f64]| match (v.is_empty(), errs.get(key)) {
+            (true, Some(e)) => r.na(e.clone()),
+            (true, None) => r.na("no samples"),
+            _ => r,
+        };
+        let r1 = t.push(with_err(
+            Row::new(
+                "1",
+                format!("baseline: bare quinn req/resp ({MSG_BYTES} B each way, new stream, mTLS), sequential"),
+                Unit::Ms,
+            )
+            .samples(&q_seq, true),
+            "q_seq",
+            &q_seq,
+        ));
+        let r2 = t.push(with_err(
+            Row::new(
+                "2",
+                format!("baseline: bare quinn req/resp, {IN_FLIGHT} in flight"),
+                Unit::PerSec,
+            )
+            .samples(&q_rate, false),
+            "q_rate",
+            &q_rate,
+        ));
+        t.push(with_err(
+            Row::new(
+                "3",
+                "remote await of a trivial closure, warm connection, sequential",
+                Unit::Ms,
+            )
+            .samples(&aw_remote, true)
+            .against(&r1)
+            .target(Target::RatioAtMost(1.3)),
+            "aw_remote",
+            &aw_remote,
+        ));
+        t.push(with_err(
+            Row::new(
+                "4",
+                "local await of a trivial closure (master thread, no network), sequential",
+                Unit::Ms,
+            )
+            .samples(&aw_local, true)
+            .against(&r1),
+            "aw_local",
+            &aw_local,
+        ));
+        t.push(with_err(
+            Row::new(
+                "5",
+                format!("remote tasks/s, fleet pool, {IN_FLIGHT} in flight, 1 agent"),
+                Unit::PerSec,
+            )
+            .samples(&pool1, false)
+            .against(&r2)
+            .target(Target::RatioAtLeast(0.7)),
+            "pool1",
+            &pool1,
+        ));
+        t.push(with_err(
+            Row::new(
+                "6",
+                format!("remote tasks/s, fleet pool, {IN_FLIGHT} in flight, 4 agents"),
+                Unit::PerSec,
+            )
+            .samples(&pool4, false)
+            .against(&r2),
+            "pool4",
+            &pool4,
+        ));
+        t.push(with_err(
+            Row::new(
+                "7",
+                format!("local async tasks/s, {IN_FLIGHT} in flight (no network)"),
+                Unit::PerSec,
+            )
+            .samples(&local_rate, false)
+            .against(&r2),
+            "local",
+            &local_rate,
+        ));
+
+        // --- Fan-out over N agents -----------------------------------------------------
+        let n = self.agents.len();
+        let (mut floor_cold, mut floor_warm) = (Vec::new(), Vec::new());
+        let (mut health_wall, mut health_check) = (Vec::new(), Vec::new());
+        let (mut ping_cold, mut ping_warm) = (Vec::new(), Vec::new());
+        for rep in 1..=reps {
+            eprintln!("[bench] fan-out over {n} agents, rep {rep}/{reps}");
+            match self.fanout_floor() {
+                Ok((c, w)) => {
+                    floor_cold.push(c);
+                    floor_warm.extend(w);
+                }
+                Err(e) => {
+                    errs.insert("floor", fail("fan-out floor", &e));
+                }
+            }
+            match self.health() {
+                Ok((wall, check)) => {
+                    health_wall.push(wall);
+                    health_check.push(check);
+                }
+                Err(e) => {
+                    errs.insert("health", fail("health", &e));
+                }
+            }
+            let vars = vec![("rounds", self.p.ping_rounds.to_string())];
+            match self.script("ping.sloth", &vars).and_then(|r| {
+                let up = r.bench_f64("ping_up")? as usize;
+                if up != n {
+                    bail!("only {up} of {n} agents answered the warm ping");
+                }
+                Ok((r.bench_f64("ping_cold_ms")?, r.bench_list("ping_warm_ms")?))
+            }) {
+                Ok((c, w)) => {
+                    ping_cold.push(c);
+                    ping_warm.extend(w);
+                }
+                Err(e) => {
+                    errs.insert("ping", fail("fleet.ping", &e));
+                }
+            }
+        }
+        let r8 = t.push(with_err(
+            Row::new(
+                "8",
+                format!("floor: in-process quinn dial + Hello + PingFacts to {n} agents, cold"),
+                Unit::Ms,
+            )
+            .samples(&floor_cold, false),
+            "floor",
+            &floor_cold,
+        ));
+        t.push(with_err(
+            Row::new(
+                "9",
+                format!("`sloth-master health` over {n} agents, cold (process start to exit)"),
+                Unit::Ms,
+            )
+            .samples(&health_wall, false)
+            .against(&r8)
+            .target(Target::AtMost(1000.0)),
+            "health",
+            &health_wall,
+        ));
+        t.push(with_err(
+            Row::new(
+                "10",
+                format!("`sloth-master health` over {n} agents, its own \"checked in\" time"),
+                Unit::Ms,
+            )
+            .samples(&health_check, false)
+            .against(&r8),
+            "health",
+            &health_check,
+        ));
+        t.push(with_err(
+            Row::new(
+                "11",
+                format!("fleet.ping over {n} agents, first call (dials, in-script)"),
+                Unit::Ms,
+            )
+            .samples(&ping_cold, false)
+            .against(&r8),
+            "ping",
+            &ping_cold,
+        ));
+        let r12 = t.push(with_err(
+            Row::new(
+                "12",
+                format!("floor: in-process Ping/Pong on {n} open control streams, warm"),
+                Unit::Ms,
+            )
+            .samples(&floor_warm, true),
+            "floor",
+            &floor_warm,
+        ));
+        t.push(with_err(
+            Row::new(
+                "13",
+                format!("fleet.ping over {n} agents, warm (in-script)"),
+                Unit::Ms,
+            )
+            .samples(&ping_warm, true)
+            .against(&r12)
+            .target(Target::AtMost(100.0)),
+            "ping",
+            &ping_warm,
+        ));
+
+        // --- Memory ---------------------------------------------------------------------
+        t.push(if self.idle_rss.is_empty() {
+            Row::new("14", "idle agent RSS", Unit::Bytes).na("could not read /proc")
+        } else {
+            Row::new(
+                "14",
+                format!("idle agent RSS (fresh, no connection; over {n} agents)"),
+                Unit::Bytes,
+            )
+            .samples(&self.idle_rss, true)
+            .target(Target::AtMost(10.0 * 1024.0 * 1024.0))
+        });
+        let used: Vec<f64> = self
+            .agents
+            .iter()
+            .take(4)
+            .filter_map(|a| rss_bytes(a.child.id()).ok())
+            .collect();
+        t.push(
+            Row::new(
+                "15",
+                "agent RSS after serving the tasks above (agents 1-4, idle again)",
+                Unit::Bytes,
+            )
+            .samples(&used, false),
+        );
+        let (mut rss0, mut rss_n) = (Vec::new(), Vec::new());
+        for rep in 1..=reps {
+            eprintln!("[bench] master memory, rep {rep}/{reps}");
+            for (connect, out) in [("0", &mut rss0), ("1", &mut rss_n)] {
+                match self.hold(connect) {
+                    Ok(v) => out.push(v),
+                    Err(e) => {
+                        errs.insert("hold", fail("master memory", &e));
+                    }
+                }
+            }
+        }
+        let r16 = t.push(with_err(
+            Row::new(
+                "16",
+                format!("master RSS, script holding 0 connections ({n}-host inventory)"),
+                Unit::Bytes,
+            )
+            .samples(&rss0, false),
+            "hold",
+            &rss0,
+        ));
+        let r17 = t.push(with_err(
+            Row::new(
+                "17",
+                format!("master RSS, script holding {n} connections"),
+                Unit::Bytes,
+            )
+            .samples(&rss_n, false)
+            .against(&r16),
+            "hold",
+            &rss_n,
+        ));
+        let mut growth = Row::new(
+            "18",
+            "master RSS growth per connected agent ((#17 - #16) / N)",
+            Unit::Bytes,
+        )
+        .target(Target::AtMost(200.0 * 1024.0));
+        match (r16.median, r17.median) {
+            (Some(a), Some(b)) => growth.median = Some((b - a) / n as f64),
+            _ => growth = growth.na("master RSS not measured"),
+        }
+        t.push(growth);
+        let stopped = Instant::now();
+        self.stop_agents();
+        let _ = stopped;
+
+        // --- The parallel deployment example --------------------------------------------
+        let (mut par, mut seq) = (Vec::new(), Vec::new());
+        let mut deploy_err = None;
+        let example = self.bins.repo.join("examples/parallel_deployment.sloth");
+        if !example.is_file() {
+            deploy_err = Some("examples/parallel_deployment.sloth does not exist".to_string());
+        } else {
+            for rep in 1..=reps {
+                eprintln!("[bench] parallel_deployment, rep {rep}/{reps}");
+                let r = self
+                    .deploy(rep, "sequential")
+                    .and_then(|s| Ok((s, self.deploy(rep, "parallel")?)));
+                match r {
+                    Ok((s, p)) => {
+                        seq.push(s);
+                        par.push(p);
+                    }
+                    Err(e) => {
+                        deploy_err = Some(fail("parallel_deployment", &e));
+                        break;
+                    }
+                }
+            }
+        }
+        let mut r19 = Row::new(
+            "19",
+            "examples/parallel_deployment.sloth, 6 local hosts, -e mode=sequential",
+            Unit::Ms,
+        )
+        .samples(&seq, false);
+        let mut r20 = Row::new(
+            "20",
+            "examples/parallel_deployment.sloth, 6 local hosts, parallel",
+            Unit::Ms,
+        )
+        .samples(&par, false)
+        .against(&r19)
+        .target(Target::RatioAtMost(0.25));
+        if let Some(e) = &deploy_err {
+            if seq.is_empty() || par.is_empty() {
+                r19 = r19.na(e.clone());
+                r20 = r20.na(e.clone());
+                r20.baseline = None;
+            }
+        }
+        t.push(r19);
+        t.push(r20);
+
+        t.notes.push(format!(
+            "ratios are median / median of the baseline row; rows 3-7 per rep: {} awaits, {} pool tasks, {} local tasks; \
+             row 1: {} requests per rep, row 2: {} requests per rep",
+            self.p.await_n, self.p.pool_n, self.p.local_n, self.p.quinn_seq, self.p.quinn_conc
+        ));
+        t.notes.push(
+            "rows 19-20 use the script's own \"total time (MODE)\" line (deploy phase only)"
+                .to_string(),
+        );
+        t
+    }
+
+    /// `sloth-master health --json` over every agent: (process wall ms, its own ms).
+    fn health(&self) -> anyhow::Result<(f64, f64)> {
+        let mut c = Command::new(&self.bins.master);
+        c.current_dir(&self.bins.repo)
+            .args(["health", "-i"])
+            .arg(&self.inventory)
+            .arg("--certs")
+            .arg(self.certs())
+            .arg("--json");
+        let r = run_captured(c, self.p.timeout)?;
+        if r.code != Some(0) {
+            bail!("sloth-master health failed{}", r.tail());
+        }
+        let doc: serde_json::Value = serde_json::from_str(&r.stdout)
+            .map_err(|e| anyhow!("health --json: {e}{}", r.tail()))?;
+        let up = doc["up"].as_u64().unwrap_or(0) as usize;
+        if up != self.agents.len() {
+            bail!("health: only {up} of {} agents up", self.agents.len());
+        }
+        let check = doc["duration_ms"]
+            .as_f64()
+            .ok_or_else(|| anyhow!("health --json has no duration_ms"))?;
+        Ok((r.wall.as_secs_f64() * 1000.0, check))
+    }
+
+    /// Master VmRSS while `hold.sloth` holds `connect` ("0" or "1") connections.
+    fn hold(&self, connect: &str) -> anyhow::Result<f64> {
+        let vars = vec![
+            ("connect", connect.to_string()),
+            ("hold_ms", self.p.hold_ms.to_string()),
+        ];
+        let mut cmd = self.master_cmd("hold.sloth", &vars);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let start = Instant::now();
+        let mut child = cmd.spawn().context("spawning sloth-master")?;
+        let pid = child.id();
+        let err = drain(child.stderr.take());
+        let (tx, rx) = mpsc::channel::<String>();
+        let out = child.stdout.take();
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            if let Some(out) = out {
+                for l in BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = tx.send(l.clone());
+                    all.push_str(&l);
+                    all.push('\n');
+                }
+            }
+            all
+        });
+        let mut ready = None;
+        let deadline = Instant::now() + self.p.timeout;
+        while ready.is_none() {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(l) => {
+                    if let Some(v) = l.strip_prefix("BENCH hold_ready ") {
+                        ready = Some(v.trim().parse::<usize>().unwrap_or(0));
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let mut rss = Vec::new();
+        if ready.is_some() {
+            // Settle, then a few readings while the script sleeps.
+            std::thread::sleep(Duration::from_millis(self.p.hold_ms / 4));
+            for _ in 0..3 {
+                if let Ok(v) = rss_bytes(pid) {
+                    rss.push(v);
+                }
+                std::thread::sleep(Duration::from_millis(self.p.hold_ms / 10));
+            }
+        }
+        let (code, _) = wait_timeout(child, start, self.p.timeout)?;
+        let run = MasterRun {
+            stdout: reader.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+            wall: start.elapsed(),
+            code,
+        };
+        let _ = run.wall;
+        let Some(up) = ready else {
+            bail!("hold.sloth never got ready{}", run.tail());
+        };
+        let want = if connect == "0" { 0 } else { self.agents.len() };
+        if up != want {
+            bail!("hold.sloth connected {up} agents, expected {want}");
+        }
+        if code != Some(0) {
+            bail!("hold.sloth failed{}", run.tail());
+        }
+        rss.iter()
+            .copied()
+            .reduce(f64::max)
+            .ok_or_else(|| anyhow!("could not read the master's VmRSS"))
+    }
+
+    /// One run of the parallel deployment example on 6 local hosts; its "total time" in ms.
+    fn deploy(&self, rep: usize, mode: &str) -> anyhow::Result<f64> {
+        let inv = self.deploy_inventory()?;
+        let site = self.bins.repo.join("examples/site");
+        let mut c = Command::new(&self.bins.master);
+        c.current_dir(&self.bins.repo)
+            .args(["run", "examples/parallel_deployment.sloth", "-i"])
+            .arg(&inv)
+            .arg("--local-fleet")
+            .arg("-e")
+            .arg(format!("version=bench-{rep}-{mode}"))
+            .arg("-e")
+            .arg("cleanup=1")
+            .arg("-e")
+            .arg(format!("site={}", site.display()))
+            .env("NO_COLOR", "1");
+        if mode == "sequential" {
+            c.arg("-e").arg("mode=sequential");
+        }
+        let r = run_captured(c, self.p.timeout)?;
+        if r.code != Some(0) {
+            bail!("the example failed ({mode}){}", r.tail());
+        }
+        let prefix = format!("total time ({mode}): ");
+        r.stdout
+            .lines()
+            .find_map(|l| {
+                let rest = l.trim().strip_prefix(&prefix)?;
+                rest.split_whitespace().next()?.parse::<f64>().ok()
+            })
+            .ok_or_else(|| anyhow!("no \"{prefix}N ms\" line in its output{}", r.tail()))
+    }
+
+    /// examples/fleet.toml with the app directories in our temp dir and HTTP ports
+    /// shifted by 10000, so that the benchmark never touches a demo somebody runs.
+    fn deploy_inventory(&self) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join("deploy.toml");
+        if path.is_file() {
+            return Ok(path);
+        }
+        let src = self.bins.repo.join("examples/fleet.toml");
+        let text =
+            fs::read_to_string(&src).with_context(|| format!("reading {}", src.display()))?;
+        let mut doc: toml::Table = text
+            .parse()
+            .with_context(|| format!("parsing {}", src.display()))?;
+        let apps = self.dir.path().join("deploy");
+        if let Some(toml::Value::Table(hosts)) = doc.get_mut("hosts") {
+            for (name, h) in hosts.iter_mut() {
+                let Some(toml::Value::Table(vars)) =
+                    h.as_table_mut().and_then(|h| h.get_mut("vars"))
+                else {
+                    continue;
+                };
+                if let Some(toml::Value::Integer(port)) = vars.get_mut("http_port") {
+                    *port += 10000;
+                }
+                if vars.contains_key("app_dir") {
+                    vars.insert(
+                        "app_dir".into(),
+                        toml::Value::String(apps.join(name).display().to_string()),
+                    );
+                }
+            }
+        }
+        fs::write(&path, toml::to_string(&doc)?)?;
+        Ok(path)
+    }
+
+    /// The protocol floor of the fan-out rows: from this process, dial every agent
+    /// concurrently with the master's TLS and transport configuration, send Hello,
+    /// read Welcome, PingFacts/Pong (what `health` does); then `ping_rounds` rounds of
+    /// Ping/Pong on the open control streams. Returns (cold ms, warm ms per round).
+    fn fanout_floor(&self) -> anyhow::Result<(f64, Vec<f64>)> {
+        let rt = runtime(2)?;
+        let targets: Vec<(String, SocketAddr)> = self
+            .agents
+            .iter()
+            .map(|a| (a.name.clone(), a.addr))
+            .collect();
+        let client = tls::master_client_config(
+            &self.master_pem,
+            &self.ca_pem,
+            tls::transport_config(KEEP_ALIVE, IDLE_TIMEOUT),
+        )?;
+        let rounds = self.p.ping_rounds;
+        rt.block_on(async move {
+            let endpoint = big_buffer_endpoint()?;
+            let start = Instant::now();
+            let mut set = tokio::task::JoinSet::new();
+            for (i, (name, addr)) in targets.into_iter().enumerate() {
+                let (ep, cfg) = (endpoint.clone(), client.clone());
+                set.spawn(async move {
+                    let r = async {
+                        let conn = ep.connect_with(cfg, addr, &name)?.await?;
+                        let (mut send, mut recv) = conn.open_bi().await?;
+                        wire::write_frame(&mut send, &Control::Hello(Hello::current())).await?;
+                        match wire::read_frame::<_, Control>(&mut recv).await? {
+                            Some(Control::Welcome { .. }) => {}
+                            other => bail!("{name}: expected Welcome, got {other:?}"),
+                        }
+                        control_rtt(&mut send, &mut recv, Control::PingFacts { seq: 1 }, 1).await?;
+                        anyhow::Ok((conn, send, recv))
+                    }
+                    .await;
+                    (i, r)
+                });
+            }
+            let mut conns: Vec<Option<(Connection, SendStream, RecvStream)>> = Vec::new();
+            while let Some(j) = set.join_next().await {
+                let (i, r) = j?;
+                if conns.len() <= i {
+                    conns.resize_with(i + 1, || None);
+                }
+                conns[i] = Some(r?);
+            }
+            let cold = start.elapsed().as_secs_f64() * 1000.0;
+            let mut conns: Vec<_> = conns.into_iter().flatten().collect();
+            let mut warm = Vec::new();
+            for round in 0..rounds {
+                let seq = round as u64 + 2;
+                let start = Instant::now();
+                let mut set = tokio::task::JoinSet::new();
+                for (conn, mut send, mut recv) in conns.drain(..) {
+                    set.spawn(async move {
+                        control_rtt(&mut send, &mut recv, Control::Ping { seq }, seq).await?;
+                        anyhow::Ok((conn, send, recv))
+                    });
+                }
+                while let Some(j) = set.join_next().await {
+                    conns.push(j??);
+                }
+                warm.push(start.elapsed().as_secs_f64() * 1000.0);
+            }
+            for (conn, _, _) in &conns {
+                conn.close(0u32.into(), b"bench done");
+            }
+            endpoint.close(0u32.into(), b"bench done");
+            let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
+            anyhow::Ok((cold, warm))
+        })
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        self.stop_agents();
+    }
+}
+
+/// One request on a control stream, waiting for the Pong with `seq`.
+async fn control_rtt(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    msg: Control,
+    seq: u64,
+) -> anyhow::Result<()> {
+    wire::write_frame(send, &msg).await?;
+    loop {
+        match wire::read_frame::<_, Control>(recv).await? {
+            Some(Control::Pong { seq: s, .. }) if s == seq => return Ok(()),
+            Some(_) => continue,
+            None => bail!("control stream closed"),
+        }
+    }
+}
+
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("starting a tokio runtime")
+}
+
+/// A client endpoint with 8 MiB socket buffers, like the master's.
+fn big_buffer_endpoint() -> anyhow::Result<Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = socket.set_recv_buffer_size(8 << 20);
+    let _ = socket.set_send_buffer_size(8 << 20);
+    let bind: SocketAddr = ([127, 0, 0, 1], 0).into();
+    socket.bind(&bind.into())?;
+    socket.set_nonblocking(true)?;
+    let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
+    Ok(Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket.into(),
+        runtime,
+    )?)
+}
+
+// ---------------------------------------------------------------------------------------
+// The bare quinn baseline
+// ---------------------------------------------------------------------------------------
+
+/// An echo-style server and a client in this process, each on its own runtime with
+/// two worker threads (like the agent and the master), with the fleet's mTLS
+/// (agent_server_config / master_client_config) and transport configuration.
+struct QuinnBaseline {
+    server_rt: tokio::runtime::Runtime,
+    client_rt: tokio::runtime::Runtime,
+    server: Endpoint,
+    addr: SocketAddr,
+    client_cfg: quinn::ClientConfig,
+    server_name: String,
+}
+
+impl QuinnBaseline {
+    fn start(b: &Bench) -> anyhow::Result<QuinnBaseline> {
+        let name = b.agents[0].name.clone();
+        let certs = b.certs();
+        let own = tls::read_pem_files(
+            &certs.join(format!("{name}.crt")),
+            &certs.join(format!("{name}.key")),
+        )?;
+        let transport = || tls::transport_config(KEEP_ALIVE, IDLE_TIMEOUT);
+        let server_cfg = tls::agent_server_config(&own, &b.ca_pem, transport())?;
+        let client_cfg = tls::master_client_config(&b.master_pem, &b.ca_pem, transport())?;
+        let server_rt = runtime(2)?;
+        let client_rt = runtime(2)?;
+        let server = {
+            let _g = server_rt.enter();
+            Endpoint::server(server_cfg, ([127, 0, 0, 1], 0).into())?
+        };
+        let addr = server.local_addr()?;
+        let ep = server.clone();
+        server_rt.spawn(async move {
+            while let Some(incoming) = ep.accept().await {
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        tokio::spawn(async move {
+                            if recv.read_to_end(64 * 1024).await.is_ok() {
+                                let _ = send.write_all(&[7u8; MSG_BYTES]).await;
+                                let _ = send.finish();
+                            }
+                        });
+                    }
+                });
+            }
+        });
+        Ok(QuinnBaseline {
+            server_rt,
+            client_rt,
+            server,
+            addr,
+            client_cfg,
+            server_name: name,
+        })
+    }
+
+    /// A fresh client endpoint and connection (handshake done).
+    async fn connect(&self) -> anyhow::Result<(Endpoint, Connection)> {
+        let ep = Endpoint::client(([127, 0, 0, 1], 0).into())?;
+        let conn = ep
+            .connect_with(self.client_cfg.clone(), self.addr, &self.server_name)?
+            .await?;
+        Ok((ep, conn))
+    }
+
+    /// Per-request latencies (ms) of `n` sequential requests after `warmup`.
+    fn sequential(&self, warmup: usize, n: usize) -> anyhow::Result<Vec<f64>> {
+        self.client_rt.block_on(async {
+            let (ep, conn) = self.connect().await?;
+            for _ in 0..warmup {
+                request(&conn).await?;
+            }
+            let mut out = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t0 = Instant::now();
+                request(&conn).await?;
+                out.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+            conn.close(0u32.into(), b"done");
+            ep.wait_idle().await;
+            Ok(out)
+        })
+    }
+
+    /// Requests/s with `in_flight` concurrent requesters, `total` requests.
+    fn concurrent(&self, in_flight: usize, total: usize) -> anyhow::Result<f64> {
+        self.client_rt.block_on(async {
+            let (ep, conn) = self.connect().await?;
+            for _ in 0..in_flight {
+                request(&conn).await?;
+            }
+            let next = Arc::new(AtomicUsize::new(0));
+            let start = Instant::now();
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..in_flight {
+                let (conn, next) = (conn.clone(), next.clone());
+                set.spawn(async move {
+                    while next.fetch_add(1, Ordering::Relaxed) < total {
+                        request(&conn).await?;
+                    }
+                    anyhow::Ok(())
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                r??;
+            }
+            let rate = total as f64 / start.elapsed().as_secs_f64();
+            conn.close(0u32.into(), b"done");
+            ep.wait_idle().await;
+            Ok(rate)
+        })
+    }
+}
+
+impl Drop for QuinnBaseline {
+    fn drop(&mut self) {
+        self.server.close(0u32.into(), b"done");
+        let _ = &self.server_rt;
+    }
+}
+
+/// One request/response on a new bidirectional stream.
+async fn request(conn: &Connection) -> anyhow::Result<()> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&[1u8; MSG_BYTES]).await?;
+    send.finish()?;
+    let resp = recv.read_to_end(64 * 1024).await?;
+    if resp.len() != MSG_BYTES {
+        bail!("bare quinn: got {} bytes back", resp.len());
+    }
+    Ok(())
+}
