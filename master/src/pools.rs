@@ -94,7 +94,13 @@ impl Pool {
         }
         candidates
             .into_iter()
-            .min_by_key(|h| st.hosts.get(*h).map(|s| s.active).unwrap_or(0))
+            // Least active first; among equals, the one that has done the least so far.
+            .min_by_key(|h| {
+                st.hosts
+                    .get(*h)
+                    .map(|s| (s.active, s.completed + s.failed))
+                    .unwrap_or((0, 0))
+            })
             .cloned()
     }
 }

@@ -17,6 +17,7 @@
 //! Usage: `sloth-bench [--agents N] [--reps R] [--quick]` from the repository root
 //! (`scripts/bench.sh` builds and runs it). See docs/benchmarks.md.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -804,7 +805,7 @@ impl Bench {
         let (mut q_seq, mut q_rate) = (Vec::new(), Vec::new());
         let (mut aw_remote, mut aw_local) = (Vec::new(), Vec::new());
         let (mut pool1, mut pool4, mut local_rate) = (Vec::new(), Vec::new(), Vec::new());
-        let mut errs: std::collections::HashMap<&str, String> = Default::default();
+        let mut errs: HashMap<&str, String> = HashMap::new();
         let first = self.agents[0].name.clone();
         for rep in 1..=reps {
             eprintln!("[bench] latency and throughput, rep {rep}/{reps}");
@@ -881,7 +882,10 @@ impl Bench {
             }
         }
         drop(quinn);
-        let with_err = |r: Row, key: &str, v: &[f64]| match (v.is_empty(), errs.get(key)) {
+        let with_err = |r: Row, key: &str, v: &[f64], errs: &HashMap<&str, String>| match (
+            v.is_empty(),
+            errs.get(key),
+        ) {
             (true, Some(e)) => r.na(e.clone()),
             (true, None) => r.na("no samples"),
             _ => r,
@@ -895,6 +899,7 @@ impl Bench {
             .samples(&q_seq, true),
             "q_seq",
             &q_seq,
+            &errs,
         ));
         let r2 = t.push(with_err(
             Row::new(
@@ -905,6 +910,7 @@ impl Bench {
             .samples(&q_rate, false),
             "q_rate",
             &q_rate,
+            &errs,
         ));
         t.push(with_err(
             Row::new(
@@ -917,6 +923,7 @@ impl Bench {
             .target(Target::RatioAtMost(1.3)),
             "aw_remote",
             &aw_remote,
+            &errs,
         ));
         t.push(with_err(
             Row::new(
@@ -928,6 +935,7 @@ impl Bench {
             .against(&r1),
             "aw_local",
             &aw_local,
+            &errs,
         ));
         t.push(with_err(
             Row::new(
@@ -940,6 +948,7 @@ impl Bench {
             .target(Target::RatioAtLeast(0.7)),
             "pool1",
             &pool1,
+            &errs,
         ));
         t.push(with_err(
             Row::new(
@@ -951,6 +960,7 @@ impl Bench {
             .against(&r2),
             "pool4",
             &pool4,
+            &errs,
         ));
         t.push(with_err(
             Row::new(
@@ -962,6 +972,7 @@ impl Bench {
             .against(&r2),
             "local",
             &local_rate,
+            &errs,
         ));
 
         // --- Fan-out over N agents -----------------------------------------------------
@@ -1015,6 +1026,7 @@ impl Bench {
             .samples(&floor_cold, false),
             "floor",
             &floor_cold,
+            &errs,
         ));
         t.push(with_err(
             Row::new(
@@ -1027,6 +1039,7 @@ impl Bench {
             .target(Target::AtMost(1000.0)),
             "health",
             &health_wall,
+            &errs,
         ));
         t.push(with_err(
             Row::new(
@@ -1038,6 +1051,7 @@ impl Bench {
             .against(&r8),
             "health",
             &health_check,
+            &errs,
         ));
         t.push(with_err(
             Row::new(
@@ -1049,6 +1063,7 @@ impl Bench {
             .against(&r8),
             "ping",
             &ping_cold,
+            &errs,
         ));
         let r12 = t.push(with_err(
             Row::new(
@@ -1059,6 +1074,7 @@ impl Bench {
             .samples(&floor_warm, true),
             "floor",
             &floor_warm,
+            &errs,
         ));
         t.push(with_err(
             Row::new(
@@ -1071,6 +1087,7 @@ impl Bench {
             .target(Target::AtMost(100.0)),
             "ping",
             &ping_warm,
+            &errs,
         ));
 
         // --- Memory ---------------------------------------------------------------------
@@ -1120,6 +1137,7 @@ impl Bench {
             .samples(&rss0, false),
             "hold",
             &rss0,
+            &errs,
         ));
         let r17 = t.push(with_err(
             Row::new(
@@ -1131,6 +1149,7 @@ impl Bench {
             .against(&r16),
             "hold",
             &rss_n,
+            &errs,
         ));
         let mut growth = Row::new(
             "18",
@@ -1143,9 +1162,7 @@ impl Bench {
             _ => growth = growth.na("master RSS not measured"),
         }
         t.push(growth);
-        let stopped = Instant::now();
         self.stop_agents();
-        let _ = stopped;
 
         // --- The parallel deployment example --------------------------------------------
         let (mut par, mut seq) = (Vec::new(), Vec::new());
@@ -1289,7 +1306,6 @@ impl Bench {
             wall: start.elapsed(),
             code,
         };
-        let _ = run.wall;
         let Some(up) = ready else {
             bail!("hold.sloth never got ready{}", run.tail());
         };
