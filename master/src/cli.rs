@@ -422,6 +422,7 @@ fn run(script: &std::path::Path, fa: &FleetArgs, vars: &[String], json: bool) ->
         }
         None => None,
     };
+    sloth_shared::executor::enable_prewarm(2);
     let runtime = Runtime::new(
         rt.handle().clone(),
         mesh.clone(),

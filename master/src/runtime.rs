@@ -178,7 +178,7 @@ pub fn main_state(rt: &Arc<Runtime>, vars: &[(String, String)]) -> mlua::Result<
         }),
         cancel: caller.cancel.clone(),
     };
-    modules::install_task_modules(&lua, &ctx)?;
+    modules::install_task_modules(&lua)?;
     let g = lua.globals();
     let goroutine: Table = g.raw_get("goroutine")?;
     install_goroutine(&lua, &goroutine, rt.clone(), backend.clone())?;

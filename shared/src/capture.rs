@@ -101,6 +101,14 @@ pub fn install(lua: &Lua, backend: Arc<dyn SharedBackend>) -> mlua::Result<()> {
     Ok(())
 }
 
+/// Point the shared objects restored from now on at `backend` (a pre-warmed
+/// state is created before it knows which task it will run).
+pub fn set_backend(lua: &Lua, backend: Arc<dyn SharedBackend>) {
+    if let Some(mut ctx) = lua.app_data_mut::<CaptureCtx>() {
+        ctx.backend = backend;
+    }
+}
+
 /// Why a value could not be captured: `path` names the variable, as the user wrote it.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot send {path} ({type_name}){detail}")]

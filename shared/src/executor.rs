@@ -1,7 +1,9 @@
 //! Runs one task in a fresh, isolated Lua state. The same code runs on agents and
 //! on the master's worker threads, so local and remote tasks behave identically.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use mlua::{HookTriggers, Lua, LuaOptions, StdLib, Table, Value as LV, VmState};
@@ -36,15 +38,78 @@ const HOOK_EVERY: u32 = 1000;
 /// Marker in the error raised by the hook.
 const STOP_MARKER: &str = "sloth: task stopped";
 
-/// Make a state with the standard library, the task modules and the capture codec.
+/// Make a state with the standard library, the task modules and the capture codec,
+/// bound to the task `ctx`.
 pub fn new_state(ctx: &TaskContext) -> mlua::Result<Lua> {
+    let lua = blank_state()?;
+    bind(&lua, ctx);
+    Ok(lua)
+}
+
+/// A fresh state with everything but a task: what the pre-warm pool keeps ready.
+pub fn blank_state() -> mlua::Result<Lua> {
     // SAFETY: the `debug` library is needed to read and set upvalues of shipped
     // closures; tasks are trusted code from an authenticated master (docs/security.md).
     let lua = unsafe { Lua::unsafe_new_with(StdLib::ALL, LuaOptions::new()) };
-    modules::install_task_modules(&lua, ctx)?;
-    capture::install(&lua, ctx.io.backend())?;
-    lua.set_app_data(ctx.clone());
+    modules::install_task_modules(&lua)?;
+    capture::install(&lua, Arc::new(crate::shared_obj::NoBackend))?;
     Ok(lua)
+}
+
+/// Give a blank state its task: module calls and shared objects now reach `ctx`.
+pub fn bind(lua: &Lua, ctx: &TaskContext) {
+    capture::set_backend(lua, ctx.io.backend());
+    lua.set_app_data(ctx.clone());
+}
+
+/// Fresh (never used) states made ahead of time on a background thread, so that a
+/// task does not pay for building its state. Every task still gets its own state.
+pub struct StatePool {
+    ready: Mutex<Vec<Lua>>,
+    want: usize,
+    cv: Condvar,
+}
+
+static POOL: OnceLock<Arc<StatePool>> = OnceLock::new();
+
+/// Keep `n` fresh states ready for [`run_task`] (call once, at start-up).
+pub fn enable_prewarm(n: usize) {
+    let pool = Arc::new(StatePool {
+        ready: Mutex::new(Vec::with_capacity(n)),
+        want: n,
+        cv: Condvar::new(),
+    });
+    if POOL.set(pool.clone()).is_err() {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("sloth-prewarm".into())
+        .spawn(move || loop {
+            {
+                let mut g = pool.ready.lock();
+                while g.len() >= pool.want {
+                    pool.cv.wait(&mut g);
+                }
+            }
+            match blank_state() {
+                Ok(l) => pool.ready.lock().push(l),
+                Err(e) => {
+                    tracing::warn!("cannot pre-build a Lua state: {e}");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        });
+}
+
+fn take_state() -> mlua::Result<Lua> {
+    if let Some(p) = POOL.get() {
+        let got = p.ready.lock().pop();
+        p.cv.notify_one();
+        if let Some(l) = got {
+            return Ok(l);
+        }
+    }
+    blank_state()
 }
 
 /// Arm the instruction hook that stops runaway Lua when the token says so.
@@ -66,7 +131,11 @@ pub struct Limits {
 /// [`TaskError`] whose message does not yet name the host.
 pub fn run_task(req: &TaskRequest, ctx: TaskContext, limits: &Limits) -> Result<Graph, TaskError> {
     let cancel = ctx.cancel.clone();
-    let lua = new_state(&ctx)
+    let lua = take_state()
+        .map(|l| {
+            bind(&l, &ctx);
+            l
+        })
         .map_err(|e| TaskError::new(ErrorKind::Lua, format!("setting up the task state: {e}")))?;
     let env = lua.globals();
     let host_tbl = host_table(&lua, &ctx.host, &req.host_vars)

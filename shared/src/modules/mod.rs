@@ -34,7 +34,7 @@ pub fn stop_to_lua(r: StopReason) -> mlua::Error {
 }
 
 /// Install every task module into `lua`'s globals.
-pub fn install_task_modules(lua: &Lua, ctx: &TaskContext) -> mlua::Result<()> {
+pub fn install_task_modules(lua: &Lua) -> mlua::Result<()> {
     let g = lua.globals();
     install_log(lua, &g)?;
     json::install(lua, &g)?;
@@ -56,7 +56,6 @@ pub fn install_task_modules(lua: &Lua, ctx: &TaskContext) -> mlua::Result<()> {
         let v: LV = g.raw_get(name)?;
         loaded.raw_set(name, v)?;
     }
-    let _ = ctx;
     Ok(())
 }
 
