@@ -183,6 +183,7 @@ pub fn main_state(rt: &Arc<Runtime>, vars: &[(String, String)]) -> mlua::Result<
     let goroutine: Table = g.raw_get("goroutine")?;
     install_goroutine(&lua, &goroutine, rt.clone(), backend.clone())?;
     crate::fleet::install(&lua, rt.clone())?;
+    modules::wrap_errors(&lua, modules::ERROR_WRAPPED)?;
     capture::install(&lua, backend)?;
     lua.set_app_data(ctx);
     let v = lua.create_table()?;

@@ -52,6 +52,7 @@ pub fn blank_state() -> mlua::Result<Lua> {
     // closures; tasks are trusted code from an authenticated master (docs/security.md).
     let lua = unsafe { Lua::unsafe_new_with(StdLib::ALL, LuaOptions::new()) };
     modules::install_task_modules(&lua)?;
+    modules::wrap_errors(&lua, modules::ERROR_WRAPPED)?;
     capture::install(&lua, Arc::new(crate::shared_obj::NoBackend))?;
     Ok(lua)
 }

@@ -159,9 +159,15 @@ impl TaskError {
 
     /// The user-facing string: starts with the kind, always names the host.
     pub fn display_for(&self, host: &str) -> String {
+        // Messages that already start with the host name do not repeat it.
+        let msg = self
+            .message
+            .strip_prefix(host)
+            .and_then(|m| m.strip_prefix(": "))
+            .unwrap_or(&self.message);
         match self.kind {
-            ErrorKind::Timeout => format!("timeout exceeded: {host}: {}", self.message),
-            k => format!("{}: {host}: {}", k.as_str(), self.message),
+            ErrorKind::Timeout => format!("timeout exceeded: {host}: {msg}"),
+            k => format!("{}: {host}: {msg}", k.as_str()),
         }
     }
 }

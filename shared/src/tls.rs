@@ -641,7 +641,7 @@ fn explain_local_tls(side: Perspective, host: &str, alert: u8, reason: &str) -> 
     } else if has("Revoked") {
         format!("the {peer}'s certificate has been revoked")
     } else if has("BadSignature") || has("BadEncoding") {
-        format!("the {peer}'s certificate is damaged or its signature does not verify")
+        format!("the {peer}'s certificate does not verify against this fleet's CA (wrong CA, or a damaged certificate?)")
     } else if has("peer sent no certificates") || has("NoCertificatesPresented") {
         format!("the {peer} presented no certificate")
     } else if has("NoApplicationProtocol") || alert == ALERT_NO_APPLICATION_PROTOCOL {
@@ -708,8 +708,10 @@ fn explain_peer_alert(side: Perspective, alert: u8) -> String {
         ALERT_CERTIFICATE_REQUIRED => {
             format!("the {peer} requires a certificate and we sent none")
         }
+        // rustls answers a certificate whose signature does not verify against the
+        // trusted CA (same CA name, other key) with decrypt_error too.
         ALERT_DECRYPT_ERROR => format!(
-            "the {peer} could not verify our handshake signature (certificate and key do not match?)"
+            "the {peer} refused our certificate: its signature does not verify against the CA the {peer} trusts (wrong CA? {peer} of another fleet? or certificate and key do not match)"
         ),
         ALERT_NO_APPLICATION_PROTOCOL => format!(
             "the {peer} does not speak {} (ALPN mismatch: not a sloth {peer}, or an incompatible version?)",

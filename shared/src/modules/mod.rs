@@ -59,6 +59,57 @@ pub fn install_task_modules(lua: &Lua) -> mlua::Result<()> {
     Ok(())
 }
 
+/// Module tables whose functions raise plain-string errors (see [`wrap_errors`]).
+pub const ERROR_WRAPPED: &[&str] = &[
+    "goroutine",
+    "fleet",
+    "artifact",
+    "json",
+    "exec",
+    "fs",
+    "http",
+    "net",
+    "sys",
+    "template",
+];
+
+/// Make every function of the named global tables raise a plain string (without
+/// mlua's "runtime error:" prefix and traceback) located at the caller's line, so
+/// `pcall(goroutine.async, ...)` gives a message a script can `match`. Must run
+/// before `capture::install`, so the wrappers are what travels by name.
+pub fn wrap_errors(lua: &Lua, tables: &[&str]) -> mlua::Result<()> {
+    let wrap: mlua::Function = lua
+        .load(
+            r#"
+local names = ...
+local function clean(e)
+  if type(e) ~= "userdata" then return e end
+  local s = tostring(e)
+  s = s:gsub("^runtime error: ", ""):gsub("\nstack traceback:.*$", "")
+  return s
+end
+local pack, unpack, pcall, error = table.pack, table.unpack, pcall, error
+for _, name in ipairs(names) do
+  local t = _G[name]
+  if type(t) == "table" then
+    for k, f in pairs(t) do
+      if type(f) == "function" then
+        t[k] = function(...)
+          local r = pack(pcall(f, ...))
+          if r[1] then return unpack(r, 2, r.n) end
+          error(clean(r[2]), 2)
+        end
+      end
+    end
+  end
+end
+"#,
+        )
+        .set_name("=sloth")
+        .into_function()?;
+    wrap.call::<()>(lua.create_sequence_from(tables.iter().copied())?)
+}
+
 /// `goroutine.sleep(ms)`: sleeps, and wakes at once when the task is stopped.
 pub fn install_sleep(lua: &Lua, goroutine: &Table) -> mlua::Result<()> {
     goroutine.raw_set(
