@@ -238,6 +238,25 @@ impl Output {
             l.push_str(&format!(" busy={:>8}  {status}", fmt_ms(h.duration_ms)));
             self.line(&l);
         }
+        // Why each failed host failed (its first failure), so the recap is enough to act on.
+        let tasks = self.tasks.lock().clone();
+        let mut shown = 0;
+        for (host, h) in &recap {
+            if !bad(h) || shown >= screen {
+                continue;
+            }
+            if let Some(t) = tasks
+                .iter()
+                .filter(|t| &t.host == host && !t.success)
+                .min_by_key(|t| t.id)
+            {
+                if let Some(e) = &t.error {
+                    let first = e.lines().next().unwrap_or_default();
+                    self.line(&format!("  {} {first}", self.paint("31", "!")));
+                    shown += 1;
+                }
+            }
+        }
         let hosts = recap.len();
         let failed_hosts = recap.values().filter(|h| bad(h)).count();
         let tasks: u64 = recap

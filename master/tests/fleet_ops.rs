@@ -232,3 +232,35 @@ print("RESULTS", table.concat(names, ","))
         );
     }
 }
+
+/// `--json`: stdout is exactly one JSON document with per-task results, the per-host
+/// recap and errors; human output goes to stderr.
+#[test]
+fn json_output_is_one_document() {
+    let fleet = TestFleet::web(2);
+    let out = fleet.run(
+        r#"
+print("hello from the script")
+local a = goroutine.async(function() return 1 end, { delegate_to = "web-01", name = "good" })
+local b = goroutine.async(function() error("bad thing") end, { delegate_to = "web-02", name = "bad" })
+goroutine.await_all({ a, b })
+"#,
+        &["--json"],
+    );
+    assert_eq!(out.code, 1, "{out}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&out.stdout).expect("stdout is one JSON document");
+    assert_eq!(doc["success"], false);
+    assert_eq!(doc["exit_code"], 1);
+    assert_eq!(doc["hosts"]["web-01"]["ok"], 1);
+    assert_eq!(doc["hosts"]["web-02"]["failed"], 1);
+    let tasks = doc["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 2);
+    let bad = tasks.iter().find(|t| t["name"] == "bad").unwrap();
+    assert_eq!(bad["kind"], "lua");
+    assert!(
+        bad["error"].as_str().unwrap().contains("web-02")
+            && bad["error"].as_str().unwrap().contains("bad thing")
+    );
+    assert!(out.stderr.contains("hello from the script"), "{out}");
+}
