@@ -70,6 +70,10 @@ pub enum Cmd {
         fleet: FleetArgs,
         #[arg(long)]
         json: bool,
+        /// Also run this script as a custom check (its exit code counts), e.g.
+        /// examples/parallel_health_check.sloth.
+        #[arg(long, value_name = "SCRIPT")]
+        check: Option<PathBuf>,
     },
     /// Run a shell command on every matched agent, output streamed with host prefixes.
     Exec {
@@ -147,7 +151,20 @@ pub fn main(cli: Cli) -> i32 {
             pattern,
             fleet,
             json,
-        } => health(&pattern, &fleet, json),
+            check,
+        } => {
+            let code = health(&pattern, &fleet, json);
+            match check {
+                Some(script) if code != EXIT_USAGE => {
+                    let limited = FleetArgs {
+                        limit: Some(pattern.clone()),
+                        ..fleet.clone()
+                    };
+                    code.max(run(&script, &limited, &[], json))
+                }
+                _ => code,
+            }
+        }
         Cmd::Exec {
             pattern,
             fleet,
