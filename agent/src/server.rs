@@ -203,6 +203,7 @@ async fn task_stream(agent: Arc<Agent>, mut send: SendStream, mut recv: RecvStre
         duration_us,
     };
     // Admission: run now, wait in the bounded queue, or refuse.
+    let mut queued = false;
     let permit = match agent.workers.clone().try_acquire_owned() {
         Ok(p) => p,
         Err(_) => {
@@ -226,11 +227,12 @@ async fn task_stream(agent: Arc<Agent>, mut send: SendStream, mut recv: RecvStre
                 _ = recv.read_chunk(1, true) => None,
             };
             agent.waiting.fetch_sub(1, Ordering::SeqCst);
+            queued = true;
             match acquired {
                 Some(p) => p,
                 None => return,
             }
         }
     };
-    worker::run(agent, req, send, recv, permit).await;
+    worker::run(agent, req, send, recv, permit, queued).await;
 }

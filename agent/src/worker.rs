@@ -96,6 +96,7 @@ pub async fn run(
     mut send: SendStream,
     mut recv: RecvStream,
     permit: OwnedSemaphorePermit,
+    queued: bool,
 ) {
     let start = Instant::now();
     let limit = req
@@ -122,9 +123,12 @@ pub async fn run(
     let limits = Limits {
         memory_limit: Some(agent.cfg.memory_limit),
     };
-    if wire::write_frame(&mut send, &ToMaster::Started)
-        .await
-        .is_err()
+    // Tell the master when a task that waited in the queue starts (an immediate
+    // start needs no extra frame on the latency path).
+    if queued
+        && wire::write_frame(&mut send, &ToMaster::Started)
+            .await
+            .is_err()
     {
         return;
     }

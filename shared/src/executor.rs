@@ -85,21 +85,32 @@ pub fn enable_prewarm(n: usize) {
     }
     let _ = std::thread::Builder::new()
         .name("sloth-prewarm".into())
-        .spawn(move || loop {
-            {
-                let mut g = pool.ready.lock();
-                while g.len() >= pool.want {
-                    pool.cv.wait(&mut g);
-                }
+        .spawn(move || {
+            // Refilling must never compete with running tasks for the CPU.
+            // SAFETY: setpriority on this thread's own id.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
             }
-            match blank_state() {
-                Ok(l) => pool.ready.lock().push(l),
-                Err(e) => {
-                    tracing::warn!("cannot pre-build a Lua state: {e}");
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            }
+            prewarm_loop(&pool)
         });
+}
+
+fn prewarm_loop(pool: &StatePool) {
+    loop {
+        {
+            let mut g = pool.ready.lock();
+            while g.len() >= pool.want {
+                pool.cv.wait(&mut g);
+            }
+        }
+        match blank_state() {
+            Ok(l) => pool.ready.lock().push(l),
+            Err(e) => {
+                tracing::warn!("cannot pre-build a Lua state: {e}");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
 }
 
 fn take_state() -> mlua::Result<Lua> {
