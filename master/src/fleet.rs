@@ -7,11 +7,7 @@ use sloth_shared::protocol::{Facts, LogLevel};
 
 use crate::dispatch;
 use crate::rollout::{self, Serial};
-use crate::runtime::{capture_call, parse_opts, result_table, Runtime};
-
-fn rt_err(msg: impl Into<String>) -> mlua::Error {
-    mlua::Error::runtime(msg.into())
-}
+use crate::runtime::{capture_call, parse_opts, result_table, rt_err, Runtime};
 
 pub fn facts_table(lua: &Lua, f: &Facts) -> mlua::Result<Table> {
     let t = lua.create_table()?;

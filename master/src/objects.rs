@@ -546,7 +546,8 @@ fn int_arg(a: &[Value], i: usize, default: i64, what: &str) -> Result<i64, Strin
     }
 }
 
-fn duration_arg(a: &[Value], i: usize) -> Result<Option<Duration>, String> {
+/// Argument `i` as a timeout: milliseconds, or a string like "30s".
+pub fn duration_arg(a: &[Value], i: usize) -> Result<Option<Duration>, String> {
     match a.get(i) {
         None | Some(Value::Nil) => Ok(None),
         Some(Value::Int(n)) if *n >= 0 => Ok(Some(Duration::from_millis(*n as u64))),

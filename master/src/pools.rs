@@ -16,7 +16,7 @@ use sloth_shared::shared_obj::{SharedBackend, SharedObj};
 
 use crate::dispatch::{self, TaskOpts};
 use crate::registry::{Status, TaskRecord};
-use crate::runtime::{capture_call, parse_duration_opt, result_table, Runtime};
+use crate::runtime::{capture_call, parse_duration_opt, result_table, rt_err, Runtime};
 
 #[derive(Default, Clone)]
 struct HostStats {
@@ -63,10 +63,6 @@ pub struct Pool {
 #[derive(Default)]
 pub struct Pools {
     pools: Mutex<HashMap<String, Arc<Pool>>>,
-}
-
-fn rt_err(m: impl Into<String>) -> mlua::Error {
-    mlua::Error::runtime(m.into())
 }
 
 impl Pool {

@@ -309,18 +309,6 @@ pub fn outcome_graph(rec: &TaskRecord, o: &Outcome) -> Graph {
     }
 }
 
-fn first_duration(args: &Graph) -> Result<Option<Duration>, String> {
-    match args.roots.first() {
-        None | Some(Value::Nil) => Ok(None),
-        Some(Value::Int(i)) if *i >= 0 => Ok(Some(Duration::from_millis(*i as u64))),
-        Some(Value::Float(f)) if *f >= 0.0 => Ok(Some(Duration::from_micros((*f * 1000.0) as u64))),
-        Some(Value::Str(s)) => {
-            sloth_shared::executor::parse_duration_str(&String::from_utf8_lossy(s)).map(Some)
-        }
-        Some(_) => Err("timeout must be milliseconds or a string like \"30s\"".into()),
-    }
-}
-
 fn handle_call(
     reg: &Arc<Registry>,
     caller: &Caller,
@@ -334,7 +322,7 @@ fn handle_call(
     let s = |v: &str| Graph::from_roots(vec![Value::Str(v.as_bytes().to_vec())]);
     match method {
         "await" | "result" => {
-            let timeout = first_duration(&args)?;
+            let timeout = crate::objects::duration_arg(&args.roots, 0)?;
             match rec.wait(timeout, Some(&caller.cancel)) {
                 Some(o) => Ok(outcome_graph(&rec, &o)),
                 None => {

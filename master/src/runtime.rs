@@ -198,7 +198,8 @@ pub fn main_state(rt: &Arc<Runtime>, vars: &[(String, String)]) -> mlua::Result<
     Ok(lua)
 }
 
-fn rt_err(msg: impl Into<String>) -> mlua::Error {
+/// A Lua runtime error with this message.
+pub fn rt_err(msg: impl Into<String>) -> mlua::Error {
     mlua::Error::runtime(msg.into())
 }
 
