@@ -8,3 +8,4 @@ cd "$(dirname "$0")/.."
 cargo build --workspace --all-targets
 cargo test --workspace -- --test-threads=2
 bash scripts/run-examples.sh target/debug
+bash docs/examples/check.sh target/debug

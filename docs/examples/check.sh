@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Runs every example of the documentation and checks it.
 #
-#   bash docs/examples/check.sh [BIN_DIR] [NAME...]   (BIN_DIR default: target/debug)
+#   bash docs/examples/check.sh [BIN_DIR] [NAME...]
+#
+# BIN_DIR (default target/debug) holds sloth-master and sloth-agent (`cargo build`).
+# NAMEs (async.sloth, fleet.md) restrict the run to those examples / docs; without
+# names everything runs, including the command-line checks.
 #
 # Each docs/examples/NAME.sloth declares in its header comment:
 #   -- expect: REGEX        a line of the output (stdout+stderr) must match (grep -E);
@@ -19,9 +23,12 @@
 # the security drills).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-BIN_DIR="${1:-target/debug}"
-shift || true
-ONLY=("$@")
+BIN_DIR=target/debug
+if [ $# -gt 0 ] && [ -d "$1" ]; then
+  BIN_DIR=$1
+  shift
+fi
+ONLY=("$@")   # example or doc file names (async.sloth, fleet.md): run only those
 MASTER="$BIN_DIR/sloth-master"
 AGENT="$BIN_DIR/sloth-agent"
 if [ ! -x "$MASTER" ] || [ ! -x "$AGENT" ]; then
@@ -150,12 +157,16 @@ if [ ${#ONLY[@]} -eq 0 ]; then
     "$MASTER" health web -i examples/fleet.toml --local-fleet --json
   run_cmd "health --limit" 0 "2 up, 0 down" -- \
     "$MASTER" health web --limit 'web:!web-03' -i examples/fleet.toml --local-fleet
+  run_cmd "health --check" 0 "all 2 host\(s\) healthy" -- \
+    "$MASTER" health --local-fleet 2 --check docs/examples/health_check.sloth
   run_cmd "exec" 0 "\[web-02 exec\] Linux" -- \
     "$MASTER" exec web -i examples/fleet.toml --local-fleet -- uname -s
   run_cmd "exec failure" 1 "web-01 +FAILED +lua: web-01: exit code 3" -- \
     "$MASTER" exec web-01 -i examples/fleet.toml --local-fleet -- 'exit 3'
   run_cmd "exec --timeout" 1 "timeout exceeded: web-01: the task ran past its time limit" -- \
     "$MASTER" exec web-01 -i examples/fleet.toml --local-fleet --timeout 200ms -- sleep 5
+  run_cmd "exec: bad pattern is a usage error" 2 "unknown host or group 'nope'" -- \
+    "$MASTER" exec nope -i examples/fleet.toml --local-fleet -- true
   run_cmd "run -e / --limit / --json" 0 '"success": true' -- \
     "$MASTER" run docs/examples/vars.sloth -i examples/fleet.toml --local-fleet --limit web --json -e version=2.1.0
   run_cmd "usage error: exit 2" 2 "expected KEY=VALUE" -- \

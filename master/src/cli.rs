@@ -276,6 +276,10 @@ fn exec(
     json: bool,
     command: &[String],
 ) -> i32 {
+    if fa.inventory.is_none() && fa.local_fleet.is_none() {
+        eprintln!("error: no hosts to run on (use -i INVENTORY or --local-fleet)");
+        return EXIT_USAGE;
+    }
     // A bad pattern is a usage error, found before any agent is started.
     if let Some(inv) = &fa.inventory {
         let checked = Inventory::load(inv)

@@ -1,12 +1,13 @@
 //! Runs a captured task where it belongs: on a master worker thread (no target)
 //! or on an agent over its QUIC connection; applies retries; records outcomes.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sloth_shared::cancel::CancelToken;
 use sloth_shared::executor::{self, Limits, TaskContext, TaskIo};
-use sloth_shared::graph::Graph;
+use sloth_shared::graph::{Graph, SharedRef};
 use sloth_shared::protocol::{
     codes, ErrorKind, LogLevel, TaskError, TaskRequest, ToAgent, ToMaster,
 };
@@ -182,6 +183,9 @@ pub(crate) async fn run_remote(
         cancel: attempt.clone(),
     };
     let _stop_calls = StopOnDrop(attempt.clone());
+    // An agent may call only the objects its task was given (in its payload, or
+    // in a reply since): ids of other objects of the run are refused.
+    let mut allowed: HashSet<SharedRef> = payload.shared_refs().into_iter().collect();
     loop {
         let frame = tokio::select! {
             f = wire::read_frame::<_, ToMaster>(&mut recv) => f,
@@ -206,6 +210,25 @@ pub(crate) async fn run_remote(
                 method,
                 args,
             })) => {
+                let result = if allowed.contains(&obj) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{}#{} was not shared with this task",
+                        obj.kind.type_name(),
+                        obj.id
+                    ))
+                };
+                if let Err(refused) = result {
+                    let reply = ToAgent::Reply {
+                        call_id,
+                        result: Err(refused),
+                    };
+                    if let Err(e) = wire::write_frame(&mut send, &reply).await {
+                        return Err(explain(format!("replying to the task: {e}")));
+                    }
+                    continue;
+                }
                 let reg = rt.registry.clone();
                 let c2 = caller.clone();
                 let work = tokio::task::spawn_blocking(move || {
@@ -221,6 +244,9 @@ pub(crate) async fn run_remote(
                         return Err(TaskError::new(ErrorKind::Cancelled, "task cancelled"));
                     }
                 };
+                if let Ok(g) = &result {
+                    allowed.extend(g.shared_refs());
+                }
                 if let Err(e) =
                     wire::write_frame(&mut send, &ToAgent::Reply { call_id, result }).await
                 {

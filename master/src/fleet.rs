@@ -170,6 +170,19 @@ fn fleet_run(
         .map_err(|e| rt_err(format!("fleet.run: {e}")))?;
     let (serial, max_fail, fatal, task_opts_tbl) = match &opts {
         Some(t) => {
+            crate::runtime::check_keys(
+                t,
+                &[
+                    "serial",
+                    "max_fail_percentage",
+                    "any_errors_fatal",
+                    "timeout",
+                    "retries",
+                    "retry_errors",
+                    "name",
+                ],
+                "fleet.run",
+            )?;
             let serial = serial_of(&t.raw_get::<LV>("serial")?)?;
             let max_fail: Option<f64> = t.raw_get("max_fail_percentage")?;
             let fatal = t

@@ -306,6 +306,18 @@ pub fn install(
                     Some(t) => t,
                     None => lua.create_table()?,
                 };
+                crate::runtime::check_keys(
+                    &opts,
+                    &[
+                        "workers",
+                        "delegate_to",
+                        "retries",
+                        "retry_errors",
+                        "timeout",
+                        "queue",
+                    ],
+                    "goroutine.pool_create",
+                )?;
                 let targets = match pool_targets(&rt, &opts.raw_get::<LV>("delegate_to")?) {
                     Ok(t) => t,
                     Err(e) => return fail(e),

@@ -55,6 +55,8 @@ pub struct TaskRecord {
     /// When the task started running (a pool task: when it left the queue).
     started: Mutex<Instant>,
     state: Mutex<Option<Outcome>>,
+    /// Set once the outcome is recorded *and* what the task held is released.
+    published: std::sync::atomic::AtomicBool,
     cv: Condvar,
 }
 
@@ -80,7 +82,11 @@ impl TaskRecord {
         *self.ran_on.lock() = Some(host.to_string());
     }
 
+    /// The outcome, once it is published (after the task's locks were released).
     pub fn outcome(&self) -> Option<Outcome> {
+        if !self.published.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
         self.state.lock().clone()
     }
 
@@ -107,7 +113,9 @@ impl TaskRecord {
         let mut g = self.state.lock();
         loop {
             if let Some(o) = &*g {
-                return Some(o.clone());
+                if self.published.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Some(o.clone());
+                }
             }
             if caller.is_some_and(|c| c.stopped().is_some()) {
                 return None;
@@ -178,6 +186,7 @@ impl Registry {
             cancel_notify: tokio::sync::Notify::new(),
             started: Mutex::new(Instant::now()),
             state: Mutex::new(None),
+            published: std::sync::atomic::AtomicBool::new(false),
             cv: Condvar::new(),
         });
         self.tasks.lock().insert(id, rec.clone());
@@ -200,9 +209,16 @@ impl Registry {
                 return;
             }
             *g = Some(outcome.clone());
+        }
+        // The status says "failed" from here on; waiters are woken only after the
+        // task's locks are free, so after `await` returns they are.
+        self.release_owner(rec.id);
+        {
+            let _g = rec.state.lock();
+            rec.published
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             rec.cv.notify_all();
         }
-        self.release_owner(rec.id);
         for f in self.on_done.lock().iter() {
             f(rec, &outcome);
         }

@@ -205,18 +205,20 @@ pub fn rt_err(msg: impl Into<String>) -> mlua::Error {
 
 /// Parse an options table (`delegate_to`, `timeout`, `retries`, `retry_errors`, `name`).
 pub fn parse_opts(rt: &Runtime, opts: Option<&Table>, what: &str) -> mlua::Result<TaskOpts> {
-    let mut o = TaskOpts::default();
+    let o = TaskOpts::default();
     let Some(t) = opts else { return Ok(o) };
+    check_keys(
+        t,
+        &["delegate_to", "timeout", "retries", "retry_errors", "name"],
+        what,
+    )?;
+    parse_opts_checked(rt, t, what, o)
+}
+
+/// Refuse option tables with keys other than `known` (a typo must not be ignored).
+pub fn check_keys(t: &Table, known: &[&str], what: &str) -> mlua::Result<()> {
     for pair in t.pairs::<LV, LV>() {
         let (k, _) = pair?;
-        let known = [
-            "delegate_to",
-            "timeout",
-            "retries",
-            "retry_errors",
-            "name",
-            "workers",
-        ];
         match &k {
             LV::String(s) if known.contains(&s.to_string_lossy().as_str()) => {}
             other => {
@@ -228,6 +230,15 @@ pub fn parse_opts(rt: &Runtime, opts: Option<&Table>, what: &str) -> mlua::Resul
             }
         }
     }
+    Ok(())
+}
+
+fn parse_opts_checked(
+    rt: &Runtime,
+    t: &Table,
+    what: &str,
+    mut o: TaskOpts,
+) -> mlua::Result<TaskOpts> {
     let target: LV = t.raw_get("delegate_to")?;
     match target {
         LV::Nil => {}

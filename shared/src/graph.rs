@@ -135,6 +135,28 @@ impl Graph {
         }
     }
 
+    /// Every shared object this graph refers to.
+    pub fn shared_refs(&self) -> Vec<SharedRef> {
+        let mut out = Vec::new();
+        let mut see = |v: &Value| {
+            if let Value::Shared(r) = v {
+                out.push(*r);
+            }
+        };
+        self.roots.iter().for_each(&mut see);
+        for t in &self.tables {
+            for (k, v) in &t.entries {
+                see(k);
+                see(v);
+            }
+        }
+        for f in &self.functions {
+            f.upvalues.iter().for_each(|u| see(&u.value));
+        }
+        self.globals.iter().for_each(|(_, v)| see(v));
+        out
+    }
+
     /// Check that every index refers to something that exists, so a restore from a
     /// graph received over the network never indexes out of bounds.
     pub fn validate(&self) -> Result<(), String> {

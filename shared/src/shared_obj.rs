@@ -150,22 +150,25 @@ impl UserData for SharedObj {
                 }
             }
         });
-        // `once:do(fn)`: the first caller runs fn; the others wait until it finished.
-        methods.add_method("do", |lua, this, f: mlua::Function| {
-            if this.r.kind != SharedKind::Once {
-                return Err(mlua::Error::runtime(format!(
-                    "{} has no method 'do'",
-                    this.name()
-                )));
-            }
-            let first = this.invoke(lua, "begin", MultiValue::new())?;
-            if !matches!(first.into_iter().next(), Some(LV::Boolean(true))) {
-                return Ok(MultiValue::new());
-            }
-            let res = f.call::<MultiValue>(());
-            this.invoke(lua, "finish", MultiValue::new())?;
-            res
-        });
+        // `once:run(fn)` (also `once["do"](once, fn)`, the original name, which is a
+        // Lua keyword): the first caller runs fn; the others wait until it finished.
+        for name in ["run", "do"] {
+            methods.add_method(name, |lua, this, f: mlua::Function| {
+                if this.r.kind != SharedKind::Once {
+                    return Err(mlua::Error::runtime(format!(
+                        "{} has no method 'run'",
+                        this.name()
+                    )));
+                }
+                let first = this.invoke(lua, "begin", MultiValue::new())?;
+                if !matches!(first.into_iter().next(), Some(LV::Boolean(true))) {
+                    return Ok(MultiValue::new());
+                }
+                let res = f.call::<MultiValue>(());
+                this.invoke(lua, "finish", MultiValue::new())?;
+                res
+            });
+        }
         // `artifact:save(dest [, mode])`: content-addressed copy onto this host.
         methods.add_method("save", |lua, this, (dest, mode): (String, LV)| {
             if this.r.kind != SharedKind::Artifact {

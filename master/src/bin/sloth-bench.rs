@@ -160,7 +160,7 @@ fn real_main(args: &Args) -> anyhow::Result<()> {
     let took = started.elapsed();
     println!();
     println!(
-        "sloth benchmarks: {} agents, {} rep(s){}, {} CPU(s), Linux {}, {}",
+        "sloth benchmarks: {} agents, {} rep(s){}, {} CPU(s), Linux {}, {}, commit {}",
         p.agents,
         p.reps,
         if p.quick { ", --quick" } else { "" },
@@ -168,7 +168,8 @@ fn real_main(args: &Args) -> anyhow::Result<()> {
             .map(|n| n.get())
             .unwrap_or(0),
         kernel_release(),
-        unix_date()
+        unix_date(),
+        git_describe(&repo)
     );
     println!();
     print!("{}", table.render());
@@ -195,7 +196,7 @@ fn percentile(v: &[f64], pct: f64) -> Option<f64> {
     }
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
-    if pct == 50.0 && s.len() % 2 == 0 {
+    if pct == 50.0 && s.len().is_multiple_of(2) {
         let m = s.len() / 2;
         return Some((s[m - 1] + s[m]) / 2.0);
     }
@@ -540,6 +541,19 @@ fn kernel_release() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "?".into())
+}
+
+fn git_describe(repo: &Path) -> String {
+    Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["describe", "--always", "--dirty"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "?".into())
 }
 
 fn unix_date() -> String {
@@ -1111,7 +1125,7 @@ impl Bench {
         t.push(
             Row::new(
                 "15",
-                "agent RSS after serving the tasks above (agents 1-4, idle again)",
+                "agent RSS after serving the tasks above (agents 1-4, read after the fan-out rows)",
                 Unit::Bytes,
             )
             .samples(&used, false),

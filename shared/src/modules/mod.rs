@@ -167,6 +167,12 @@ pub fn install_select(lua: &Lua, goroutine: &Table) -> mlua::Result<()> {
                             if ok {
                                 return Ok((LV::Integer(*idx), LV::Nil, LV::Boolean(true)));
                             }
+                            let closed: bool = ch.call_method("is_closed", ())?;
+                            if closed {
+                                return Err(mlua::Error::runtime(format!(
+                                    "goroutine.select: case #{idx}: send on a closed channel"
+                                )));
+                            }
                         }
                         None => {
                             let (v, ok): (LV, bool) = ch.call_method("try_receive", ())?;
