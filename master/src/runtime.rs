@@ -183,6 +183,10 @@ pub fn main_state(rt: &Arc<Runtime>, vars: &[(String, String)]) -> mlua::Result<
     let goroutine: Table = g.raw_get("goroutine")?;
     install_goroutine(&lua, &goroutine, rt.clone(), backend.clone())?;
     crate::fleet::install(&lua, rt.clone())?;
+    // The original project's task DSL, written in Lua on top of goroutine.
+    lua.load(include_str!("lua/dsl.lua"))
+        .set_name("=sloth-dsl")
+        .exec()?;
     modules::wrap_errors(&lua, modules::ERROR_WRAPPED)?;
     capture::install(&lua, backend)?;
     lua.set_app_data(ctx);
