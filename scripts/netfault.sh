@@ -420,7 +420,7 @@ ip netns exec "${NS[1]}" nft delete table netdev sloth_silent 2>/dev/null
 # would otherwise have written $ORPHAN 20 s after it started.
 if [ -n "$S3_TASK_START" ]; then
   left=$(awk -v s="$S3_TASK_START" -v n="$(now)" 'BEGIN { d = s + 22 - n; printf "%.2f", (d > 0 ? d : 0) }')
-  sleep "$left" & wait $!          # (wait: a TERM is handled at once)
+  sleep "$left" 9>&- & wait $!    # (wait: a TERM is handled at once)
   if [ ! -e "$ORPHAN" ]; then
     ok "link down: the agent stopped a1's orphaned task (22 s later it has not finished its sleep)"
   else

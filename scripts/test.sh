@@ -9,3 +9,5 @@ cargo build --workspace --all-targets
 cargo test --workspace -- --test-threads=2
 bash scripts/run-examples.sh target/debug
 bash docs/examples/check.sh target/debug
+# Network faults on real links (network namespaces, veth, nftables, tbf): needs root.
+bash scripts/netfault.sh target/debug

@@ -48,7 +48,15 @@ impl AgentConn {
 
 struct Slot {
     address: String,
-    conn: tokio::sync::Mutex<Option<Arc<AgentConn>>>,
+    conn: tokio::sync::Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    conn: Option<Arc<AgentConn>>,
+    /// The last failed dial: tasks that waited for it share its error instead of
+    /// each dialing again (N tasks to a dead host fail together, not one by one).
+    failed: Option<(Instant, TaskError)>,
 }
 
 pub struct Mesh {
@@ -98,7 +106,7 @@ impl Mesh {
                     h.name.clone(),
                     Slot {
                         address: h.address.clone(),
-                        conn: tokio::sync::Mutex::new(None),
+                        conn: tokio::sync::Mutex::new(SlotState::default()),
                     },
                 )
             })
@@ -119,13 +127,19 @@ impl Mesh {
                 format!("'{host}' is not in the inventory"),
             )
         })?;
+        let arrived = Instant::now();
         let mut guard = slot.conn.lock().await;
-        if let Some(c) = guard.as_ref() {
+        if let Some(c) = guard.conn.as_ref() {
             if c.is_alive() {
                 return Ok(c.clone());
             }
         }
-        let conn = tokio::time::timeout(self.cfg.connect_timeout, self.dial(host, &slot.address))
+        if let Some((at, err)) = &guard.failed {
+            if *at >= arrived {
+                return Err(err.clone());
+            }
+        }
+        let dialed = tokio::time::timeout(self.cfg.connect_timeout, self.dial(host, &slot.address))
             .await
             .unwrap_or_else(|_| {
                 Err(TaskError::new(
@@ -136,10 +150,19 @@ impl Mesh {
                         self.cfg.connect_timeout.as_millis()
                     ),
                 ))
-            })?;
-        let conn = Arc::new(conn);
-        *guard = Some(conn.clone());
-        Ok(conn)
+            });
+        match dialed {
+            Ok(conn) => {
+                let conn = Arc::new(conn);
+                guard.conn = Some(conn.clone());
+                guard.failed = None;
+                Ok(conn)
+            }
+            Err(e) => {
+                guard.failed = Some((Instant::now(), e.clone()));
+                Err(e)
+            }
+        }
     }
 
     async fn dial(&self, host: &str, address: &str) -> Result<AgentConn, TaskError> {
@@ -248,7 +271,7 @@ impl Mesh {
     pub async fn current(&self, host: &str) -> Option<Arc<AgentConn>> {
         let slot = self.slots.get(host)?;
         let g = slot.conn.lock().await;
-        g.as_ref().filter(|c| c.is_alive()).cloned()
+        g.conn.as_ref().filter(|c| c.is_alive()).cloned()
     }
 
     pub fn address(&self, host: &str) -> Option<&str> {

@@ -174,7 +174,7 @@ async fn run_one(rt: Arc<Runtime>, pool: Arc<Pool>, mut q: Queued, host: Option<
         hs.active = hs.active.saturating_sub(1);
         if let Err(e) = &result {
             if matches!(e.kind, ErrorKind::AgentLost | ErrorKind::Unreachable) {
-                hs.down_until = Some(Instant::now() + Duration::from_secs(2));
+                hs.down_until = Some(Instant::now() + Duration::from_secs(5));
             }
         }
     }

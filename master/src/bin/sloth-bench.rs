@@ -178,6 +178,14 @@ fn real_main(args: &Args) -> anyhow::Result<()> {
         println!("note: {n}");
     }
     println!("bench took {:.1} s", took.as_secs_f64());
+    if !table.failed.is_empty() {
+        // Missed targets are results; a measurement that could not run is a failure.
+        bail!(
+            "{} measurement(s) could not run: {}",
+            table.failed.len(),
+            table.failed.join("; ")
+        );
+    }
     Ok(())
 }
 
@@ -327,6 +335,8 @@ impl Row {
 struct Table {
     rows: Vec<Row>,
     notes: Vec<String>,
+    /// Measurements that failed to run (the parallel deployment example excepted).
+    failed: Vec<String>,
 }
 
 impl Table {
@@ -350,7 +360,12 @@ impl Table {
         for r in &self.rows {
             let (target, ok) = r.verdict();
             let (median, p99) = match &r.na {
-                Some(why) => (format!("n/a: {why}"), String::new()),
+                Some(why) => {
+                    // The full reason is on stderr; keep the table readable.
+                    let short: String = why.chars().take(90).collect();
+                    let more = if short.len() < why.len() { "…" } else { "" };
+                    (format!("n/a: {short}{more}"), String::new())
+                }
                 None => (
                     r.median
                         .map(|v| fmt_value(v, r.unit))
@@ -991,15 +1006,17 @@ impl Bench {
 
         // --- Fan-out over N agents -----------------------------------------------------
         let n = self.agents.len();
-        let (mut floor_cold, mut floor_warm) = (Vec::new(), Vec::new());
+        let (mut floor_cold, mut floor_warm, mut floor_close) =
+            (Vec::new(), Vec::new(), Vec::new());
         let (mut health_wall, mut health_check) = (Vec::new(), Vec::new());
         let (mut ping_cold, mut ping_warm) = (Vec::new(), Vec::new());
         for rep in 1..=reps {
             eprintln!("[bench] fan-out over {n} agents, rep {rep}/{reps}");
             match self.fanout_floor() {
-                Ok((c, w)) => {
+                Ok((c, w, close)) => {
                     floor_cold.push(c);
                     floor_warm.extend(w);
+                    floor_close.push(close);
                 }
                 Err(e) => {
                     errs.insert("floor", fail("fan-out floor", &e));
@@ -1226,6 +1243,15 @@ impl Bench {
         t.push(r19);
         t.push(r20);
 
+        if let Some(c) = median(&floor_close) {
+            t.notes.push(format!(
+                "closing the {n} floor connections (endpoint.close + wait_idle, capped at 500 ms as in Mesh::close) took {} (median)",
+                fmt_value(c, Unit::Ms)
+            ));
+        }
+        let mut failed: Vec<String> = errs.iter().map(|(k, e)| format!("{k}: {e}")).collect();
+        failed.sort();
+        t.failed = failed;
         t.notes.push(format!(
             "ratios are median / median of the baseline row; rows 3-7 per rep: {} awaits, {} pool tasks, {} local tasks; \
              row 1: {} requests per rep, row 2: {} requests per rep",
@@ -1408,8 +1434,9 @@ impl Bench {
     /// The protocol floor of the fan-out rows: from this process, dial every agent
     /// concurrently with the master's TLS and transport configuration, send Hello,
     /// read Welcome, PingFacts/Pong (what `health` does); then `ping_rounds` rounds of
-    /// Ping/Pong on the open control streams. Returns (cold ms, warm ms per round).
-    fn fanout_floor(&self) -> anyhow::Result<(f64, Vec<f64>)> {
+    /// Ping/Pong on the open control streams. Returns (cold ms, warm ms per round,
+    /// ms to close the endpoint and wait for it to drain, capped at 500 ms).
+    fn fanout_floor(&self) -> anyhow::Result<(f64, Vec<f64>, f64)> {
         let rt = runtime(2)?;
         let targets: Vec<(String, SocketAddr)> = self
             .agents
@@ -1473,9 +1500,13 @@ impl Bench {
             for (conn, _, _) in &conns {
                 conn.close(0u32.into(), b"bench done");
             }
+            // What Mesh::close does at the end of every command: close, then wait (at
+            // most 500 ms) for the connections to drain.
+            let closing = Instant::now();
             endpoint.close(0u32.into(), b"bench done");
             let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
-            anyhow::Ok((cold, warm))
+            let close = closing.elapsed().as_secs_f64() * 1000.0;
+            anyhow::Ok((cold, warm, close))
         })
     }
 }
