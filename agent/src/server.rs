@@ -38,7 +38,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         let _ = std::io::stdout().flush();
     }
     info!(name = %cfg.name, %addr, "agent ready");
-    sloth_shared::executor::enable_prewarm(4);
+    sloth_shared::executor::enable_prewarm(8);
     let agent = Arc::new(Agent {
         workers: Arc::new(Semaphore::new(cfg.max_tasks as usize)),
         waiting: AtomicU32::new(0),

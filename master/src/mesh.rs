@@ -95,7 +95,13 @@ impl Mesh {
         certs: &MasterCerts,
         cfg: MeshConfig,
     ) -> anyhow::Result<Mesh> {
-        let transport = tls::transport_config(cfg.keep_alive, cfg.idle_timeout);
+        let mut transport = tls::transport_config(cfg.keep_alive, cfg.idle_timeout);
+        // Agents never open streams towards the master: advertising none saves the
+        // per-stream state quinn would pre-allocate for each connection.
+        if let Some(t) = Arc::get_mut(&mut transport) {
+            t.max_concurrent_bidi_streams(0u32.into());
+            t.max_concurrent_uni_streams(0u32.into());
+        }
         let client = tls::master_client_config(&certs.own, &certs.ca, transport)?;
         let endpoint = client_endpoint()?;
         let slots = inventory
@@ -280,7 +286,7 @@ impl Mesh {
 
     pub async fn close(&self) {
         self.endpoint.close(0u32.into(), b"master done");
-        let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(Duration::from_millis(100), self.endpoint.wait_idle()).await;
     }
 }
 

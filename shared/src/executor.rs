@@ -67,6 +67,8 @@ pub fn bind(lua: &Lua, ctx: &TaskContext) {
 /// task does not pay for building its state. Every task still gets its own state.
 pub struct StatePool {
     ready: Mutex<Vec<Lua>>,
+    /// Used states waiting to be dropped by the pool's thread, off the task's path.
+    retired: Mutex<Vec<Lua>>,
     want: usize,
     cv: Condvar,
 }
@@ -77,6 +79,7 @@ static POOL: OnceLock<Arc<StatePool>> = OnceLock::new();
 pub fn enable_prewarm(n: usize) {
     let pool = Arc::new(StatePool {
         ready: Mutex::new(Vec::with_capacity(n)),
+        retired: Mutex::new(Vec::new()),
         want: n,
         cv: Condvar::new(),
     });
@@ -99,9 +102,14 @@ fn prewarm_loop(pool: &StatePool) {
     loop {
         {
             let mut g = pool.ready.lock();
-            while g.len() >= pool.want {
+            while g.len() >= pool.want && pool.retired.lock().is_empty() {
                 pool.cv.wait(&mut g);
             }
+        }
+        let old: Vec<Lua> = std::mem::take(&mut *pool.retired.lock());
+        drop(old);
+        if pool.ready.lock().len() >= pool.want {
+            continue;
         }
         match blank_state() {
             Ok(l) => pool.ready.lock().push(l),
@@ -110,6 +118,17 @@ fn prewarm_loop(pool: &StatePool) {
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
+    }
+}
+
+/// Hand a used state to the pool's thread to drop (dropping costs tens of µs).
+fn retire_state(lua: Lua) {
+    match POOL.get() {
+        Some(p) => {
+            p.retired.lock().push(lua);
+            p.cv.notify_one();
+        }
+        None => drop(lua),
     }
 }
 
@@ -142,13 +161,23 @@ pub struct Limits {
 /// Run one task to completion. Never panics on task input; every failure is a
 /// [`TaskError`] whose message does not yet name the host.
 pub fn run_task(req: &TaskRequest, ctx: TaskContext, limits: &Limits) -> Result<Graph, TaskError> {
-    let cancel = ctx.cancel.clone();
     let lua = take_state()
-        .map(|l| {
-            bind(&l, &ctx);
-            l
-        })
+        .inspect(|l| bind(l, &ctx))
         .map_err(|e| TaskError::new(ErrorKind::Lua, format!("setting up the task state: {e}")))?;
+    let outcome = execute(&lua, req, &ctx, limits);
+    // Every value of the state is gone by now; the state itself is dropped elsewhere.
+    retire_state(lua);
+    outcome
+}
+
+fn execute(
+    lua: &Lua,
+    req: &TaskRequest,
+    ctx: &TaskContext,
+    limits: &Limits,
+) -> Result<Graph, TaskError> {
+    let lua = lua.clone();
+    let cancel = ctx.cancel.clone();
     let env = lua.globals();
     let host_tbl = host_table(&lua, &ctx.host, &req.host_vars)
         .map_err(|e| TaskError::new(ErrorKind::Capture, format!("host vars: {e}")))?;

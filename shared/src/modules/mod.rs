@@ -59,28 +59,7 @@ pub fn install_task_modules(lua: &Lua) -> mlua::Result<()> {
     Ok(())
 }
 
-/// Module tables whose functions raise plain-string errors (see [`wrap_errors`]).
-pub const ERROR_WRAPPED: &[&str] = &[
-    "goroutine",
-    "fleet",
-    "artifact",
-    "json",
-    "exec",
-    "fs",
-    "http",
-    "net",
-    "sys",
-    "template",
-];
-
-/// Make every function of the named global tables raise a plain string (without
-/// mlua's "runtime error:" prefix and traceback) located at the caller's line, so
-/// `pcall(goroutine.async, ...)` gives a message a script can `match`. Must run
-/// before `capture::install`, so the wrappers are what travels by name.
-pub fn wrap_errors(lua: &Lua, tables: &[&str]) -> mlua::Result<()> {
-    let wrap: mlua::Function = lua
-        .load(
-            r#"
+const WRAP_ERRORS_SRC: &str = r#"
 local names = ...
 local function clean(e)
   if type(e) ~= "userdata" then return e end
@@ -103,9 +82,42 @@ for _, name in ipairs(names) do
     end
   end
 end
-"#,
-        )
-        .set_name("=sloth")
+"#;
+
+/// Module tables whose functions raise plain-string errors (see [`wrap_errors`]).
+pub const ERROR_WRAPPED: &[&str] = &[
+    "goroutine",
+    "fleet",
+    "artifact",
+    "json",
+    "exec",
+    "fs",
+    "http",
+    "net",
+    "sys",
+    "template",
+];
+
+/// Make every function of the named global tables raise a plain string (without
+/// mlua's "runtime error:" prefix and traceback) located at the caller's line, so
+/// `pcall(goroutine.async, ...)` gives a message a script can `match`. Must run
+/// before `capture::install`, so the wrappers are what travels by name.
+pub fn wrap_errors(lua: &Lua, tables: &[&str]) -> mlua::Result<()> {
+    // Compiled once per process; every state loads the same bytecode.
+    static CODE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let code = match CODE.get() {
+        Some(c) => c,
+        None => {
+            let f = lua
+                .load(WRAP_ERRORS_SRC)
+                .set_name("=sloth")
+                .into_function()?;
+            CODE.get_or_init(|| f.dump(true))
+        }
+    };
+    let wrap: mlua::Function = lua
+        .load(code.as_slice())
+        .set_mode(mlua::chunk::ChunkMode::Binary)
         .into_function()?;
     wrap.call::<()>(lua.create_sequence_from(tables.iter().copied())?)
 }
