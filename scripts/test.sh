@@ -9,6 +9,9 @@ cargo build --workspace --all-targets
 cargo test --workspace -- --test-threads=2
 bash scripts/run-examples.sh target/debug
 bash docs/examples/check.sh target/debug
+# The benchmark in its quick mode, on the debug build, so that it keeps working
+# (real figures: scripts/bench.sh, release build; see docs/benchmarks.md).
+target/debug/sloth-bench --quick
 # Network faults on real links (network namespaces, veth, nftables, tbf): needs root.
 if [ "$(id -u)" = 0 ]; then
   bash scripts/netfault.sh target/debug
