@@ -125,7 +125,16 @@ fn prewarm_loop(pool: &StatePool) {
 fn retire_state(lua: Lua) {
     match POOL.get() {
         Some(p) => {
-            p.retired.lock().push(lua);
+            let mut r = p.retired.lock();
+            // Under sustained load the (lowest-priority) pool thread may lag: never
+            // let dead states pile up, drop inline past a small bound.
+            if r.len() >= 16 {
+                drop(r);
+                drop(lua);
+                return;
+            }
+            r.push(lua);
+            drop(r);
             p.cv.notify_one();
         }
         None => drop(lua),
