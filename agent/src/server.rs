@@ -10,7 +10,7 @@ use quinn::{Connection, RecvStream, SendStream};
 use sloth_shared::protocol::{self, codes, Control, ErrorKind, TaskError, ToAgent, ToMaster};
 use sloth_shared::{tls, wire};
 use tokio::sync::Semaphore;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::worker;
@@ -138,7 +138,7 @@ async fn handle_connection(agent: Arc<Agent>, conn: Connection) {
     if wire::write_frame(&mut csend, &welcome).await.is_err() {
         return;
     }
-    debug!(%peer, "master connected");
+    info!(%peer, "master connected");
     tokio::spawn(control_loop(csend, crecv));
     loop {
         match conn.accept_bi().await {
@@ -147,7 +147,7 @@ async fn handle_connection(agent: Arc<Agent>, conn: Connection) {
                 tokio::spawn(async move { task_stream(agent, send, recv).await });
             }
             Err(e) => {
-                debug!(%peer, "connection ended: {e}");
+                info!(%peer, "master connection ended: {e}");
                 break;
             }
         }

@@ -15,7 +15,6 @@ use sloth_shared::protocol::{codes, Facts, LogLevel, TaskRequest, ToAgent, ToMas
 use sloth_shared::shared_obj::SharedBackend;
 use sloth_shared::wire;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
-use tracing::debug;
 
 use crate::server::Agent;
 
@@ -99,6 +98,7 @@ pub async fn run(
     queued: bool,
 ) {
     let start = Instant::now();
+    let task_id = req.task_id;
     let limit = req
         .timeout_ms
         .map(Duration::from_millis)
@@ -156,7 +156,7 @@ pub async fn run(
                 Ok(None) => reading = false,
                 Err(e) => {
                     // The master reset the stream (cancel) or the connection died.
-                    debug!("task stream closed by the master: {e}");
+                    tracing::info!(task = task_id, "stopping the task: its stream closed ({e})");
                     reading = false;
                     cancel.cancel();
                 }

@@ -34,7 +34,7 @@ pub struct FleetArgs {
     #[arg(short = 'i', long = "inventory")]
     pub inventory: Option<PathBuf>,
     /// Start a local agent per inventory host (or N agents local-01.. without one).
-    #[arg(long = "local-fleet", num_args = 0..=1, default_missing_value = "3", value_name = "N")]
+    #[arg(long = "local-fleet", num_args = 0..=1, default_missing_value = "3", value_name = "N", value_parser = parse_fleet_size)]
     pub local_fleet: Option<usize>,
     /// Only these hosts may be reached (a host pattern).
     #[arg(long)]
@@ -45,6 +45,18 @@ pub struct FleetArgs {
     /// Connect timeout per agent, e.g. 3s.
     #[arg(long, default_value = "3s")]
     pub connect_timeout: String,
+}
+
+/// `--local-fleet [N]`: a clearer message when the script path landed here.
+fn parse_fleet_size(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(_) => Err("the local fleet needs at least one agent".into()),
+        Err(_) => Err(format!(
+            "'{v}' is not a number of agents; put --local-fleet after the script \
+             (`sloth-master run SCRIPT --local-fleet`) or write --local-fleet=N"
+        )),
+    }
 }
 
 #[derive(Subcommand, Debug)]

@@ -84,6 +84,11 @@ impl LocalFleet {
                 .arg("--name")
                 .arg(name)
                 .args(extra_args)
+                // Local agents share the master's terminal: only their warnings.
+                .env(
+                    "SLOTH_LOG",
+                    std::env::var("SLOTH_LOG").unwrap_or_else(|_| "warn".into()),
+                )
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit());
