@@ -17,6 +17,8 @@ use crate::mesh::MasterCerts;
 
 /// Pids of every agent this process started, so a signal handler can stop them.
 static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// Their throw-away certificate directories, removed by [`kill_all`] too.
+static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 pub struct LocalFleet {
     _dir: tempfile::TempDir,
@@ -58,6 +60,7 @@ impl LocalFleet {
         tls::write_pem_files(dir.path(), "ca", &ca)?;
         let master = tls::issue_master(&ca, "master")?;
         tls::write_pem_files(dir.path(), "master", &master)?;
+        DIRS.lock().push(dir.path().to_path_buf());
         let bin = agent_binary()?;
         let mut fleet = LocalFleet {
             children: Vec::new(),
@@ -185,5 +188,8 @@ pub fn kill_all() {
         unsafe {
             libc::kill(pid as i32, libc::SIGKILL);
         }
+    }
+    for dir in DIRS.lock().drain(..) {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
