@@ -24,7 +24,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .max_blocking_threads(cfg.max_tasks as usize + 16)
         .enable_all()
         .build()

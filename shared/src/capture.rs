@@ -309,11 +309,14 @@ impl<'l> Encoder<'l> {
         self.enter(path, "function")?;
         let bytecode = f.dump(false);
         let next_proto = self.protos.len() as u32;
-        let proto = *self.protos.entry(bytecode).or_insert(next_proto);
-        if proto == next_proto {
-            // The map owns the key; keep a copy in order in the graph.
-            self.graph.protos.push(f.dump(false));
-        }
+        let proto = match self.protos.get(&bytecode) {
+            Some(p) => *p,
+            None => {
+                self.protos.insert(bytecode.clone(), next_proto);
+                self.graph.protos.push(bytecode);
+                next_proto
+            }
+        };
         let idx = self.graph.functions.len() as u32;
         self.functions.insert(ptr, idx);
         self.graph.functions.push(FunctionDef {
