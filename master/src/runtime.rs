@@ -188,6 +188,7 @@ pub fn main_state(rt: &Arc<Runtime>, vars: &[(String, String)]) -> mlua::Result<
         .set_name("=sloth-dsl")
         .exec()?;
     modules::wrap_errors(&lua, modules::ERROR_WRAPPED)?;
+    sloth_shared::shared_obj::install_methods(&lua)?;
     capture::install(&lua, backend)?;
     lua.set_app_data(ctx);
     let v = lua.create_table()?;

@@ -53,6 +53,7 @@ pub fn blank_state() -> mlua::Result<Lua> {
     let lua = unsafe { Lua::unsafe_new_with(StdLib::ALL, LuaOptions::new()) };
     modules::install_task_modules(&lua)?;
     modules::wrap_errors(&lua, modules::ERROR_WRAPPED)?;
+    crate::shared_obj::install_methods(&lua)?;
     capture::install(&lua, Arc::new(crate::shared_obj::NoBackend))?;
     Ok(lua)
 }

@@ -112,72 +112,11 @@ impl UserData for SharedObj {
     }
 
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        let mut seen = std::collections::HashSet::new();
-        for kind in ALL_METHODS {
-            for &name in methods_of(*kind) {
-                if !seen.insert(name) {
-                    continue;
-                }
-                methods.add_method(name, move |lua, this, args: MultiValue| {
-                    if !methods_of(this.r.kind).contains(&name) {
-                        return Err(mlua::Error::runtime(format!(
-                            "{} has no method '{name}'",
-                            this.name()
-                        )));
-                    }
-                    this.invoke(lua, name, args)
-                });
-            }
-        }
-        // `ch:range(fn)`: receive until the channel is closed and drained.
-        methods.add_method("range", |lua, this, f: mlua::Function| {
-            if this.r.kind != SharedKind::Channel {
-                return Err(mlua::Error::runtime(format!(
-                    "{} has no method 'range'",
-                    this.name()
-                )));
-            }
-            loop {
-                let out: Vec<LV> = this.invoke(lua, "receive", MultiValue::new())?.into_vec();
-                let ok = matches!(out.get(1), Some(LV::Boolean(true)));
-                if !ok {
-                    return Ok(());
-                }
-                let v = out.into_iter().next().unwrap_or(LV::Nil);
-                let keep: LV = f.call(v)?;
-                if keep == LV::Boolean(false) {
-                    return Ok(());
-                }
-            }
-        });
-        // `once:run(fn)` (also `once["do"](once, fn)`, the original name, which is a
-        // Lua keyword): the first caller runs fn; the others wait until it finished.
-        for name in ["run", "do"] {
-            methods.add_method(name, |lua, this, f: mlua::Function| {
-                if this.r.kind != SharedKind::Once {
-                    return Err(mlua::Error::runtime(format!(
-                        "{} has no method 'run'",
-                        this.name()
-                    )));
-                }
-                let first = this.invoke(lua, "begin", MultiValue::new())?;
-                if !matches!(first.into_iter().next(), Some(LV::Boolean(true))) {
-                    return Ok(MultiValue::new());
-                }
-                let res = f.call::<MultiValue>(());
-                this.invoke(lua, "finish", MultiValue::new())?;
-                res
-            });
-        }
-        // `artifact:save(dest [, mode])`: content-addressed copy onto this host.
-        methods.add_method("save", |lua, this, (dest, mode): (String, LV)| {
-            if this.r.kind != SharedKind::Artifact {
-                return Err(mlua::Error::runtime(format!(
-                    "{} has no method 'save'",
-                    this.name()
-                )));
-            }
-            crate::artifact::save(lua, this.r, this.backend.as_ref(), dest, mode)
+        // Methods are looked up through `__index` in a per-state table of Lua wrappers
+        // (see [`install_methods`]), so that their errors reach scripts as plain strings.
+        methods.add_meta_method(mlua::MetaMethod::Index, |lua, _this, key: LV| {
+            let table: mlua::Table = lua.named_registry_value(METHODS_KEY)?;
+            table.raw_get::<LV>(key)
         });
         methods.add_meta_method(mlua::MetaMethod::ToString, |_, this, ()| {
             Ok(match this.r.kind {
@@ -191,6 +130,137 @@ impl UserData for SharedObj {
                 .map(|o| o.r == this.r)
                 .unwrap_or(false))
         });
+    }
+}
+
+const METHODS_KEY: &str = "sloth.shared_methods";
+
+/// Every method name a shared object may answer.
+fn all_method_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for kind in ALL_METHODS {
+        for &n in methods_of(*kind) {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+    }
+    names.extend(["range", "run", "do", "save"]);
+    names
+}
+
+const METHOD_WRAPPER_SRC: &str = r#"
+local raw, names = ...
+local pack, unpack, pcall, error, type, tostring = table.pack, table.unpack, pcall, error, type, tostring
+local function clean(e)
+  if type(e) ~= "userdata" then return e end
+  local s = tostring(e)
+  s = s:gsub("^runtime error: ", ""):gsub("\nstack traceback:.*$", "")
+  return s
+end
+local methods = {}
+for _, name in ipairs(names) do
+  methods[name] = function(self, ...)
+    local r = pack(pcall(raw, self, name, ...))
+    if r[1] then return unpack(r, 2, r.n) end
+    error(clean(r[2]), 2)
+  end
+end
+return methods
+"#;
+
+/// Install the method table shared objects use in this state (every state that may
+/// hold them: the main script's and every task's).
+pub fn install_methods(lua: &Lua) -> mlua::Result<()> {
+    static CODE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let code = match CODE.get() {
+        Some(c) => c,
+        None => {
+            let f = lua
+                .load(METHOD_WRAPPER_SRC)
+                .set_name("=sloth")
+                .into_function()?;
+            CODE.get_or_init(|| f.dump(true))
+        }
+    };
+    let make: mlua::Function = lua
+        .load(code.as_slice())
+        .set_mode(mlua::chunk::ChunkMode::Binary)
+        .into_function()?;
+    let raw = lua.create_function(
+        |lua, (ud, name, args): (mlua::AnyUserData, String, MultiValue)| {
+            let this = {
+                let t = ud.borrow::<SharedObj>()?;
+                SharedObj::new(t.r, t.backend.clone())
+            };
+            call_method(lua, &this, &name, args)
+        },
+    )?;
+    let table: mlua::Table = make.call((raw, lua.create_sequence_from(all_method_names())?))?;
+    lua.set_named_registry_value(METHODS_KEY, table)
+}
+
+fn no_method(this: &SharedObj, name: &str) -> mlua::Error {
+    mlua::Error::runtime(format!("{} has no method '{name}'", this.name()))
+}
+
+/// One method call on a shared object.
+fn call_method(
+    lua: &Lua,
+    this: &SharedObj,
+    name: &str,
+    args: MultiValue,
+) -> mlua::Result<MultiValue> {
+    let mut args = args.into_iter();
+    match (name, this.r.kind) {
+        // `ch:range(fn)`: receive until the channel is closed and drained.
+        ("range", SharedKind::Channel) => {
+            let Some(LV::Function(f)) = args.next() else {
+                return Err(mlua::Error::runtime(
+                    "channel:range(fn): fn must be a function",
+                ));
+            };
+            loop {
+                let out: Vec<LV> = this.invoke(lua, "receive", MultiValue::new())?.into_vec();
+                if !matches!(out.get(1), Some(LV::Boolean(true))) {
+                    return Ok(MultiValue::new());
+                }
+                let v = out.into_iter().next().unwrap_or(LV::Nil);
+                let keep: LV = f.call(v)?;
+                if keep == LV::Boolean(false) {
+                    return Ok(MultiValue::new());
+                }
+            }
+        }
+        // `once:run(fn)` (also `once["do"](once, fn)`, the original name, a Lua
+        // keyword): the first caller runs fn; the others wait until it finished.
+        ("run" | "do", SharedKind::Once) => {
+            let Some(LV::Function(f)) = args.next() else {
+                return Err(mlua::Error::runtime("once:run(fn): fn must be a function"));
+            };
+            let first = this.invoke(lua, "begin", MultiValue::new())?;
+            if !matches!(first.into_iter().next(), Some(LV::Boolean(true))) {
+                return Ok(MultiValue::new());
+            }
+            let res = f.call::<MultiValue>(());
+            this.invoke(lua, "finish", MultiValue::new())?;
+            res
+        }
+        // `artifact:save(dest [, mode])`: content-addressed copy onto this host.
+        ("save", SharedKind::Artifact) => {
+            let dest = match args.next() {
+                Some(LV::String(s)) => s.to_string_lossy().to_string(),
+                _ => {
+                    return Err(mlua::Error::runtime(
+                        "artifact:save(dest [, mode]): dest must be a path",
+                    ))
+                }
+            };
+            let mode = args.next().unwrap_or(LV::Nil);
+            crate::artifact::save(lua, this.r, this.backend.as_ref(), dest, mode)
+        }
+        (n, kind) if methods_of(kind).contains(&n) => this.invoke(lua, n, args.collect()),
+        (n, _) => Err(no_method(this, n)),
     }
 }
 
