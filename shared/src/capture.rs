@@ -6,7 +6,7 @@
 //! module functions travel by name; `_ENV` is re-bound to the receiving state's globals;
 //! shared objects travel as references. No I/O happens here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use mlua::{Function, Lua, Table, Value as LV};
@@ -43,38 +43,47 @@ const MAX_DEPTH: usize = 400;
 
 /// Per-state data the codec needs, stored in the state's app data by [`install`].
 pub struct CaptureCtx {
-    /// Pointer of a builtin function or library table -> its dotted name.
-    builtins: HashMap<usize, String>,
+    /// Pointer of a builtin function or library table -> its dotted name; built at
+    /// install (main state) or on first need (task states, see [`install_lazy`]).
+    builtins: std::sync::OnceLock<HashMap<usize, String>>,
+    /// Task states: only these global names count as builtins (never the script's
+    /// globals restored into the state).
+    only: Option<&'static HashSet<String>>,
     getupvalue: Function,
     setupvalue: Function,
     upvalueid: Function,
     upvaluejoin: Function,
     /// Global names present before the script ran (not "script globals").
-    baseline: std::collections::HashSet<String>,
+    baseline: HashSet<String>,
     /// Where shared objects restored in this state send their calls.
     pub backend: Arc<dyn SharedBackend>,
 }
 
-/// Record the state's builtins and debug accessors. Call once the state's modules are
-/// installed and before any user code runs. The state must have the `debug` library.
-pub fn install(lua: &Lua, backend: Arc<dyn SharedBackend>) -> mlua::Result<()> {
-    let globals = lua.globals();
-    let debug: Table = globals.raw_get("debug")?;
+impl CaptureCtx {
+    fn builtins(&self, lua: &Lua) -> &HashMap<usize, String> {
+        self.builtins.get_or_init(|| scan(lua, self.only).0)
+    }
+}
+
+/// The builtins of the state (pointer -> dotted name) and its global names.
+fn scan(lua: &Lua, only: Option<&HashSet<String>>) -> (HashMap<usize, String>, HashSet<String>) {
     let mut builtins = HashMap::new();
-    let mut baseline = std::collections::HashSet::new();
-    for pair in globals.pairs::<LV, LV>() {
-        let (k, v) = pair?;
-        let LV::String(name) = k else { continue };
-        let name = name.to_string_lossy().to_string();
-        baseline.insert(name.clone());
+    let mut names = HashSet::new();
+    for pair in lua.globals().pairs::<LV, LV>() {
+        let Ok((LV::String(k), v)) = pair else {
+            continue;
+        };
+        let name = k.to_string_lossy().to_string();
+        if only.is_some_and(|o| !o.contains(&name)) {
+            continue;
+        }
         match &v {
             LV::Function(f) => {
-                builtins.insert(f.to_pointer() as usize, name);
+                builtins.insert(f.to_pointer() as usize, name.clone());
             }
             LV::Table(t) if LIBRARY_TABLES.contains(&name.as_str()) => {
                 builtins.insert(t.to_pointer() as usize, name.clone());
-                for pair in t.pairs::<LV, LV>() {
-                    let (fk, fv) = pair?;
+                for (fk, fv) in t.pairs::<LV, LV>().flatten() {
                     if let (LV::String(fname), LV::Function(f)) = (fk, fv) {
                         builtins
                             .entry(f.to_pointer() as usize)
@@ -84,19 +93,68 @@ pub fn install(lua: &Lua, backend: Arc<dyn SharedBackend>) -> mlua::Result<()> {
             }
             _ => {}
         }
+        names.insert(name);
     }
+    (builtins, names)
+}
+
+fn debug_fn(lua: &Lua, name: &str) -> mlua::Result<Function> {
+    let debug: Table = lua.globals().raw_get("debug")?;
+    debug.raw_get(name)
+}
+
+fn make_ctx(
+    lua: &Lua,
+    builtins: std::sync::OnceLock<HashMap<usize, String>>,
+    only: Option<&'static HashSet<String>>,
+    baseline: HashSet<String>,
+    backend: Arc<dyn SharedBackend>,
+) -> mlua::Result<CaptureCtx> {
+    Ok(CaptureCtx {
+        builtins,
+        only,
+        getupvalue: debug_fn(lua, "getupvalue")?,
+        setupvalue: debug_fn(lua, "setupvalue")?,
+        upvalueid: debug_fn(lua, "upvalueid")?,
+        upvaluejoin: debug_fn(lua, "upvaluejoin")?,
+        baseline,
+        backend,
+    })
+}
+
+/// Record the state's builtins, its baseline globals and the debug accessors. Call
+/// once the state's modules are installed and before any user code runs (the main
+/// script's state). The state must have the `debug` library.
+pub fn install(lua: &Lua, backend: Arc<dyn SharedBackend>) -> mlua::Result<()> {
+    let (builtins, mut baseline) = scan(lua, None);
     // The host description is set per task; never treat it as a script global.
     baseline.insert("host".to_string());
     baseline.insert("_G".to_string());
-    let ctx = CaptureCtx {
-        builtins,
-        getupvalue: debug.raw_get("getupvalue")?,
-        setupvalue: debug.raw_get("setupvalue")?,
-        upvalueid: debug.raw_get("upvalueid")?,
-        upvaluejoin: debug.raw_get("upvaluejoin")?,
-        baseline,
-        backend,
+    let cell = std::sync::OnceLock::new();
+    let _ = cell.set(builtins);
+    let ctx = make_ctx(lua, cell, None, baseline, backend)?;
+    lua.set_app_data(ctx);
+    Ok(())
+}
+
+/// Names of a fresh task state's globals (every task state is built alike).
+static TASK_STATE_NAMES: std::sync::OnceLock<HashSet<String>> = std::sync::OnceLock::new();
+
+/// Like [`install`] for task states, which rarely send functions or tables back:
+/// the builtin map is built only when first needed, and script globals are never
+/// captured from them.
+pub fn install_lazy(lua: &Lua, backend: Arc<dyn SharedBackend>) -> mlua::Result<()> {
+    let only = match TASK_STATE_NAMES.get() {
+        Some(n) => n,
+        None => TASK_STATE_NAMES.get_or_init(|| scan(lua, None).1),
     };
+    let ctx = make_ctx(
+        lua,
+        std::sync::OnceLock::new(),
+        Some(only),
+        HashSet::new(),
+        backend,
+    )?;
     lua.set_app_data(ctx);
     Ok(())
 }
@@ -182,7 +240,11 @@ impl<'l> Encoder<'l> {
                     continue;
                 };
                 let name = k.to_string_lossy().to_string();
-                if !ctx.baseline.contains(&name) {
+                let builtin = ctx.baseline.contains(&name)
+                    || ctx.only.is_some_and(|o| o.contains(&name))
+                    || name == "host"
+                    || name == "_G";
+                if !builtin {
                     found.push((name, v));
                 }
             }
@@ -260,7 +322,7 @@ impl<'l> Encoder<'l> {
         if ptr == self.globals_ptr {
             return Ok(Value::Env);
         }
-        if let Some(name) = ctx(self.lua)?.builtins.get(&ptr) {
+        if let Some(name) = ctx(self.lua)?.builtins(self.lua).get(&ptr) {
             return Ok(Value::Builtin(name.clone()));
         }
         if let Some(idx) = self.tables.get(&ptr) {
@@ -290,7 +352,7 @@ impl<'l> Encoder<'l> {
     fn encode_function(&mut self, f: &Function, path: &str) -> Result<Value, CaptureError> {
         let ptr = f.to_pointer() as usize;
         let ctx = ctx(self.lua)?;
-        if let Some(name) = ctx.builtins.get(&ptr) {
+        if let Some(name) = ctx.builtins(self.lua).get(&ptr) {
             return Ok(Value::Builtin(name.clone()));
         }
         if let Some(idx) = self.functions.get(&ptr) {

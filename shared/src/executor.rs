@@ -54,7 +54,7 @@ pub fn blank_state() -> mlua::Result<Lua> {
     modules::install_task_modules(&lua)?;
     modules::wrap_errors(&lua, modules::ERROR_WRAPPED)?;
     crate::shared_obj::install_methods(&lua)?;
-    capture::install(&lua, Arc::new(crate::shared_obj::NoBackend))?;
+    capture::install_lazy(&lua, Arc::new(crate::shared_obj::NoBackend))?;
     Ok(lua)
 }
 
