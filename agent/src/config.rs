@@ -120,7 +120,7 @@ impl Config {
                 .context("cannot derive the agent name from the certificate path; pass --name")?,
         };
         let max_tasks = a.max_tasks.or(f.max_tasks).unwrap_or(64).max(1);
-        let queue = a.queue.or(f.queue).unwrap_or(4096);
+        let queue = a.queue.or(f.queue).unwrap_or(1024);
         let memory_limit = match a.memory_limit.or(f.memory_limit) {
             Some(s) => parse_size(&s)?,
             None => 512 * 1024 * 1024,

@@ -176,11 +176,36 @@ pub async fn run(
             format!("the task's worker thread failed: {e}"),
         )),
     };
+    let duration_us = executor::elapsed_us(start);
     let done = ToMaster::Done {
         result,
-        duration_us: executor::elapsed_us(start),
+        duration_us,
     };
-    if wire::write_frame(&mut send, &done).await.is_ok() {
+    // A result over the frame limit is the task's failure (kind capture, never
+    // retried), not a lost agent.
+    let bytes = match sloth_shared::protocol::encode(&done) {
+        Ok(b) => b,
+        Err(e) => {
+            let failed = ToMaster::Done {
+                result: Err(sloth_shared::protocol::TaskError::new(
+                    sloth_shared::protocol::ErrorKind::Capture,
+                    format!("the result cannot be sent back: {e}"),
+                )),
+                duration_us,
+            };
+            match sloth_shared::protocol::encode(&failed) {
+                Ok(b) => b,
+                Err(_) => {
+                    let _ = send.reset(codes::BAD_FRAME.into());
+                    return;
+                }
+            }
+        }
+    };
+    if tokio::io::AsyncWriteExt::write_all(&mut send, &bytes)
+        .await
+        .is_ok()
+    {
         let _ = send.finish();
         // Let the frame reach the master before the stream is dropped.
         let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;

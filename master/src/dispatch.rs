@@ -25,6 +25,8 @@ pub struct TaskOpts {
     pub retries: u32,
     pub retry_errors: bool,
     pub name: Option<String>,
+    /// Fire and forget: a failure is printed as it happens (nobody awaits it).
+    pub spawned: bool,
 }
 
 pub const LOCAL: &str = "local";
@@ -32,7 +34,9 @@ pub const LOCAL: &str = "local";
 /// Create the task's record and start it; returns at once.
 pub fn start(rt: &Arc<Runtime>, payload: Graph, opts: &TaskOpts) -> Arc<TaskRecord> {
     let host = opts.target.clone().unwrap_or_else(|| LOCAL.to_string());
-    let rec = rt.registry.new_task(opts.name.clone(), &host, opts.timeout);
+    let rec = rt
+        .registry
+        .new_task(opts.name.clone(), &host, opts.timeout, opts.spawned);
     let rt2 = rt.clone();
     let rec2 = rec.clone();
     let opts = opts.clone();
@@ -53,7 +57,6 @@ pub fn start(rt: &Arc<Runtime>, payload: Graph, opts: &TaskOpts) -> Arc<TaskReco
             };
             if retryable && attempt < opts.retries && rec2.cancel.stopped().is_none() {
                 attempt += 1;
-                rt2.registry.note_retry();
                 if let Err(e) = &r {
                     rt2.out.task_log(
                         &rec2.host(),
@@ -155,11 +158,11 @@ pub(crate) async fn run_remote(
         Some(r) => lost(tls::explain_connection_error(host, &r)),
         None => lost(fallback),
     };
-    let (mut send, mut recv) = conn
-        .conn
-        .open_bi()
-        .await
-        .map_err(|e| lost(tls::explain_connection_error(host, &e)))?;
+    // The master enforces the deadline too, in case the agent goes silent.
+    let deadline = rec
+        .cancel
+        .deadline()
+        .map(|d| tokio::time::Instant::from_std(d) + Duration::from_secs(2));
     let req = TaskRequest {
         task_id: rec.id,
         name: rec.name.clone(),
@@ -167,14 +170,28 @@ pub(crate) async fn run_remote(
         host_vars: rt.host_vars(host),
         timeout_ms: rec.cancel.remaining().map(|d| d.as_millis() as u64),
     };
-    wire::write_frame(&mut send, &ToAgent::Task(Box::new(req)))
-        .await
-        .map_err(|e| explain(format!("sending the task: {e}")))?;
-    // The master enforces the deadline too, in case the agent goes silent.
-    let deadline = rec
-        .cancel
-        .deadline()
-        .map(|d| tokio::time::Instant::from_std(d) + Duration::from_secs(2));
+    let frame = sloth_shared::protocol::encode(&ToAgent::Task(Box::new(req)))
+        .map_err(|e| TaskError::new(ErrorKind::Capture, format!("the task cannot be sent: {e}")))?;
+    // Opening the stream waits while the agent has no stream credit left: that wait
+    // honours cancel and the deadline like the rest of the task.
+    let opened = async {
+        let (mut send, recv) = conn
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| lost(tls::explain_connection_error(host, &e)))?;
+        tokio::io::AsyncWriteExt::write_all(&mut send, &frame)
+            .await
+            .map_err(|e| explain(format!("sending the task: {e}")))?;
+        Ok::<_, TaskError>((send, recv))
+    };
+    let (mut send, mut recv) = tokio::select! {
+        r = opened => r?,
+        _ = rec.cancel_notify.notified() => return Err(TaskError::new(ErrorKind::Cancelled, "task cancelled")),
+        _ = sleep_until(deadline.map(|d| d - Duration::from_secs(2))) => {
+            return Err(TaskError::new(ErrorKind::Timeout, "the agent accepted no new task before the deadline"))
+        }
+    };
     // Blocking calls made for this attempt stop with it (a lost agent must not
     // leave a thread waiting on a channel), without stopping a retry.
     let attempt = CancelToken::new(rec.cancel.remaining());
@@ -210,15 +227,17 @@ pub(crate) async fn run_remote(
                 method,
                 args,
             })) => {
-                let result = if allowed.contains(&obj) {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "{}#{} was not shared with this task",
-                        obj.kind.type_name(),
-                        obj.id
-                    ))
-                };
+                let result = check_from_agent(&args, &allowed).and_then(|()| {
+                    if allowed.contains(&obj) {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "{}#{} was not shared with this task",
+                            obj.kind.type_name(),
+                            obj.id
+                        ))
+                    }
+                });
                 if let Err(refused) = result {
                     let reply = ToAgent::Reply {
                         call_id,
@@ -234,12 +253,19 @@ pub(crate) async fn run_remote(
                 let work = tokio::task::spawn_blocking(move || {
                     registry::call(&reg, &c2, obj, &method, args)
                 });
+                let mut work = work;
                 let result = tokio::select! {
-                    r = work => r.unwrap_or_else(|e| Err(format!("call failed: {e}"))),
+                    r = &mut work => r.unwrap_or_else(|e| Err(format!("call failed: {e}"))),
                     _ = conn.conn.closed() => {
+                        // Let the call see the stop and return before the task is
+                        // recorded as over (and its locks released).
+                        attempt.cancel();
+                        let _ = work.await;
                         return Err(explain("connection lost".into()));
                     }
                     _ = rec.cancel_notify.notified() => {
+                        attempt.cancel();
+                        let _ = work.await;
                         let _ = send.reset(codes::CANCELLED.into());
                         return Err(TaskError::new(ErrorKind::Cancelled, "task cancelled"));
                     }
@@ -255,7 +281,16 @@ pub(crate) async fn run_remote(
             }
             Ok(Some(ToMaster::Done { result, .. })) => {
                 let _ = send.finish();
-                return result;
+                return match result {
+                    Ok(g) => match check_from_agent(&g, &allowed) {
+                        Ok(()) => Ok(g),
+                        Err(e) => Err(TaskError::new(
+                            ErrorKind::Capture,
+                            format!("the result was refused: {e}"),
+                        )),
+                    },
+                    Err(e) => Err(e),
+                };
             }
             Ok(None) => {
                 return Err(explain(
@@ -272,6 +307,34 @@ async fn sleep_until(d: Option<tokio::time::Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// What the master accepts in a graph that comes from an agent: plain data only
+/// (no bytecode: the master never loads code an agent produced), referring only to
+/// objects the task was given, and of bounded size.
+fn check_from_agent(g: &Graph, allowed: &HashSet<SharedRef>) -> Result<(), String> {
+    if !g.functions.is_empty() || !g.protos.is_empty() {
+        return Err("functions cannot be sent from an agent to the master (the master never loads code an agent made); return data instead".into());
+    }
+    if g.roots
+        .iter()
+        .chain(
+            g.tables
+                .iter()
+                .flat_map(|t| t.entries.iter().flat_map(|(k, v)| [k, v])),
+        )
+        .any(|v| matches!(v, sloth_shared::graph::Value::Env))
+    {
+        return Err("the globals table cannot be sent from an agent".into());
+    }
+    if let Some(r) = g.shared_refs().into_iter().find(|r| !allowed.contains(r)) {
+        return Err(format!(
+            "{}#{} was not shared with this task",
+            r.kind.type_name(),
+            r.id
+        ));
+    }
+    Ok(())
 }
 
 /// Stops an attempt's blocking calls however the attempt ends.

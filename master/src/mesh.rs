@@ -306,12 +306,27 @@ async fn resolve(address: &str) -> Result<SocketAddr, String> {
 /// handshakes do not overflow the receive queue.
 fn client_endpoint() -> anyhow::Result<Endpoint> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
-        .context("creating UDP socket")?;
+    // Dual-stack where the machine has IPv6 (agents may have v4 or v6 addresses),
+    // IPv4 only otherwise.
+    let dual = || -> std::io::Result<Socket> {
+        let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_only_v6(false)?;
+        let any: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, 0).into();
+        s.bind(&any.into())?;
+        Ok(s)
+    };
+    let socket = match dual() {
+        Ok(s) => s,
+        Err(_) => {
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
+                .context("creating UDP socket")?;
+            let any: SocketAddr = ([0, 0, 0, 0], 0).into();
+            s.bind(&any.into()).context("binding UDP socket")?;
+            s
+        }
+    };
     let _ = socket.set_recv_buffer_size(8 << 20);
     let _ = socket.set_send_buffer_size(8 << 20);
-    let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
-    socket.bind(&bind.into()).context("binding UDP socket")?;
     socket
         .set_nonblocking(true)
         .context("UDP socket non-blocking")?;

@@ -83,11 +83,13 @@ impl<T> Guarded<T> {
     ) -> Result<MutexGuard<'a, T>, WaitEnd> {
         let mut g = self.m.lock();
         loop {
-            if ready(&mut g) {
-                return Ok(g);
-            }
+            // A stopped caller never takes anything (a message, a lock): its task is
+            // over, and what it took would be lost or held forever.
             if caller.cancel.stopped().is_some() {
                 return Err(WaitEnd::Stopped);
+            }
+            if ready(&mut g) {
+                return Ok(g);
             }
             let mut wake = Instant::now() + Duration::from_millis(50);
             if let Some(d) = deadline {
@@ -229,13 +231,16 @@ impl Object {
                         int_arg(a, 0, 1, "wg:add")?
                     };
                     let mut g = c.0.m.lock();
-                    if *g + n < 0 {
+                    let Some(next) = g.checked_add(n) else {
+                        return Err(format!("wait_group: counter overflow ({} {n:+})", *g));
+                    };
+                    if next < 0 {
                         return Err(format!(
                             "wait_group: counter would go negative ({} {n:+}): more done() than add()",
                             *g
                         ));
                     }
-                    *g += n;
+                    *g = next;
                     c.0.notify();
                     Ok(Graph::default())
                 }

@@ -186,7 +186,6 @@ async fn run_one(rt: Arc<Runtime>, pool: Arc<Pool>, mut q: Queued, host: Option<
         q.attempts += 1;
         q.avoid = host.clone();
         st.retried += 1;
-        rt.registry.note_retry();
         if let Err(e) = &result {
             rt.out.task_log(
                 &rec.host(),
@@ -417,9 +416,12 @@ pub fn install(
                     } else {
                         dispatch::LOCAL.to_string()
                     };
-                    let rec = rt
-                        .registry
-                        .new_task(Some(format!("{name}#{n}")), &target_name, None);
+                    let rec = rt.registry.new_task(
+                        Some(format!("{name}#{n}")),
+                        &target_name,
+                        None,
+                        false,
+                    );
                     st.submitted.push(rec.clone());
                     st.queue.push_back(Queued {
                         rec: rec.clone(),

@@ -50,6 +50,8 @@ pub struct TaskRecord {
     pub target: String,
     ran_on: Mutex<Option<String>>,
     pub cancel: CancelToken,
+    /// Started by `spawn`: nobody awaits it, so its failure is printed at once.
+    pub spawned: bool,
     /// Wakes the remote driver when the task is cancelled.
     pub cancel_notify: tokio::sync::Notify,
     /// When the task started running (a pool task: when it left the queue).
@@ -136,7 +138,6 @@ type DoneHook = Box<dyn Fn(&TaskRecord, &Outcome) + Send + Sync>;
 
 pub struct Registry {
     next_id: AtomicU64,
-    retried: AtomicU64,
     tasks: Mutex<HashMap<u64, Arc<TaskRecord>>>,
     objects: Mutex<HashMap<u64, Arc<Object>>>,
     /// Signalled whenever any task finishes (await_any, pools).
@@ -149,7 +150,6 @@ impl Registry {
     pub fn new() -> Arc<Registry> {
         Arc::new(Registry {
             next_id: AtomicU64::new(1),
-            retried: AtomicU64::new(0),
             tasks: Mutex::new(HashMap::new()),
             objects: Mutex::new(HashMap::new()),
             any_done: (Mutex::new(0), Condvar::new()),
@@ -161,11 +161,6 @@ impl Registry {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Count a re-run after a lost agent (or a retried error).
-    pub fn note_retry(&self) {
-        self.retried.fetch_add(1, Ordering::Relaxed);
-    }
-
     pub fn on_done(&self, f: impl Fn(&TaskRecord, &Outcome) + Send + Sync + 'static) {
         self.on_done.lock().push(Box::new(f));
     }
@@ -175,6 +170,7 @@ impl Registry {
         name: Option<String>,
         host: &str,
         timeout: Option<Duration>,
+        spawned: bool,
     ) -> Arc<TaskRecord> {
         let id = self.next_id();
         let rec = Arc::new(TaskRecord {
@@ -183,6 +179,7 @@ impl Registry {
             target: host.to_string(),
             ran_on: Mutex::new(None),
             cancel: CancelToken::new(timeout),
+            spawned,
             cancel_notify: tokio::sync::Notify::new(),
             started: Mutex::new(Instant::now()),
             state: Mutex::new(None),

@@ -53,7 +53,7 @@ pub fn batches(hosts: &[String], serial: &[Serial]) -> Vec<Vec<String>> {
     while i < total {
         let s = &serial[k.min(serial.len() - 1)];
         let n = s.size(total).max(1);
-        let end = (i + n).min(total);
+        let end = i.saturating_add(n).min(total);
         out.push(hosts[i..end].to_vec());
         i = end;
         k += 1;

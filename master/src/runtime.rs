@@ -1,7 +1,7 @@
 //! The master's script runtime: the main Lua state, and the `goroutine` functions
 //! that capture closures and hand them to [`crate::dispatch`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +32,6 @@ pub struct Runtime {
     pub out: Arc<Output>,
     pub local_memory_limit: Option<usize>,
     vars_cache: Mutex<HashMap<String, Graph>>,
-    spawned: Mutex<HashSet<u64>>,
 }
 
 impl Runtime {
@@ -51,14 +50,12 @@ impl Runtime {
             out: out.clone(),
             local_memory_limit: Some(1 << 30),
             vars_cache: Mutex::new(HashMap::new()),
-            spawned: Mutex::new(HashSet::new()),
         });
-        let weak = Arc::downgrade(&rt);
         registry.on_done(move |rec, o| {
             out.record(rec, o);
-            if let (Some(rt), Err(e)) = (weak.upgrade(), &o.result) {
-                if rt.spawned.lock().contains(&rec.id) {
-                    rt.out.unawaited_failure(&format!(
+            if let Err(e) = &o.result {
+                if rec.spawned {
+                    out.unawaited_failure(&format!(
                         "{} ({})",
                         e.display_for(&rec.host()),
                         rec.name
@@ -665,11 +662,9 @@ fn handles_of(rt: &Runtime, hs: &Table, what: &str) -> mlua::Result<Vec<Arc<Task
 
 /// Start a fire-and-forget task: its failure is printed with its host and counted.
 pub fn spawn_task(rt: &Arc<Runtime>, payload: Graph, opts: &TaskOpts) {
-    let rec = dispatch::start(rt, payload, opts);
-    rt.spawned.lock().insert(rec.id);
-    // It may already have failed before it was marked as spawned.
-    if let Some(Outcome { result: Err(e), .. }) = rec.outcome() {
-        rt.out
-            .unawaited_failure(&format!("{} ({})", e.display_for(&rec.host()), rec.name));
-    }
+    let opts = TaskOpts {
+        spawned: true,
+        ..opts.clone()
+    };
+    dispatch::start(rt, payload, &opts);
 }

@@ -21,12 +21,38 @@ pub const CHUNK: usize = 1 << 20;
 /// Transfers (cache misses) completed by this process; tests and stats read it.
 pub static TRANSFERS: AtomicU64 = AtomicU64::new(0);
 
-/// The cache directory for `host`: $SLOTH_CACHE_DIR, else a per-host temp directory.
-pub fn cache_dir(host: &str) -> PathBuf {
-    match std::env::var_os("SLOTH_CACHE_DIR") {
+/// The cache directory for `host`: $SLOTH_CACHE_DIR, else a per-host directory
+/// under the temp directory. Either way it must be a real directory (not a
+/// symlink) owned by this user and closed to others (0700), created so if missing:
+/// a cache in a world-writable place must not be something others can plant files in.
+pub fn cache_dir(host: &str) -> Result<PathBuf, String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let dir = match std::env::var_os("SLOTH_CACHE_DIR") {
         Some(d) => PathBuf::from(d),
         None => std::env::temp_dir().join(format!("sloth-artifacts-{host}")),
+    };
+    if let Err(e) = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+    {
+        return Err(format!("cache {}: {e}", dir.display()));
     }
+    let meta =
+        std::fs::symlink_metadata(&dir).map_err(|e| format!("cache {}: {e}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != me {
+        return Err(format!(
+            "cache {} is not a directory owned by this user (uid {me}): refusing to use it",
+            dir.display()
+        ));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cache {}: {e}", dir.display()))?;
+    }
+    Ok(dir)
 }
 
 fn call(b: &dyn SharedBackend, r: SharedRef, m: &str, args: Vec<Value>) -> Result<Graph, String> {
@@ -54,26 +80,23 @@ fn install_copy(src: &Path, dest: &Path, mode: Option<u32>) -> Result<(), String
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.sloth-tmp-{}",
-        dest.file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let res = (|| {
-        std::fs::copy(src, &tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        if let Some(m) = mode {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(m))
-                .map_err(|e| format!("chmod {}: {e}", tmp.display()))?;
-        }
-        std::fs::rename(&tmp, dest).map_err(|e| format!("{}: {e}", dest.display()))
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    // A fresh, unpredictable temporary name per save (concurrent saves to one dest
+    // each land whole; nothing planted at a guessable name is followed).
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".sloth-save")
+        .tempfile_in(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut from = std::fs::File::open(src).map_err(|e| format!("{}: {e}", src.display()))?;
+    std::io::copy(&mut from, tmp.as_file_mut()).map_err(|e| format!("{}: {e}", dest.display()))?;
+    let m = mode.unwrap_or(0o644);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(m))
+            .map_err(|e| format!("chmod {}: {e}", dest.display()))?;
     }
-    res
+    tmp.persist(dest)
+        .map_err(|e| format!("{}: {}", dest.display(), e.error))?;
+    Ok(())
 }
 
 fn parse_mode(v: &LV) -> Result<Option<u32>, String> {
@@ -116,25 +139,32 @@ pub fn save(
         Ok(_) => return fail("the master sent no size".into()),
         Err(e) => return fail(e),
     };
-    let dir = cache_dir(&ctx.host);
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        return fail(format!("cache {}: {e}", dir.display()));
-    }
+    let dir = match cache_dir(&ctx.host) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
     let cached = dir.join(&sha);
-    let status = if std::fs::metadata(&cached)
-        .map(|m| m.len() == size)
+    // A hit must still hash to its name (a damaged cache entry is fetched again).
+    let hit = std::fs::symlink_metadata(&cached)
+        .map(|m| m.is_file() && m.len() == size)
         .unwrap_or(false)
-    {
+        && hash_file(&cached).map(|(h, _)| h == sha).unwrap_or(false);
+    let status = if hit {
         "cached"
     } else {
-        let tmp = dir.join(format!(
-            "{sha}.part-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
+        let part = match tempfile::Builder::new()
+            .prefix(&format!("{sha}.part"))
+            .tempfile_in(&dir)
+        {
+            Ok(p) => p,
+            Err(e) => return fail(format!("cache {}: {e}", dir.display())),
+        };
+        let tmp = part.path().to_path_buf();
         let fetched = (|| -> Result<(), String> {
-            let mut f =
-                std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+            let mut f = part
+                .as_file()
+                .try_clone()
+                .map_err(|e| format!("{}: {e}", tmp.display()))?;
             let mut hasher = Sha256::new();
             let mut offset: u64 = 0;
             while offset < size {

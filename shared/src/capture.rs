@@ -252,6 +252,7 @@ impl<'l> Encoder<'l> {
         for (name, v) in found {
             // A failed global must not leave half-registered tables behind: encode into
             // a scratch copy of the identity maps and commit only on success.
+            let depth = self.depth;
             let snapshot = (
                 self.tables.clone(),
                 self.functions.clone(),
@@ -264,6 +265,7 @@ impl<'l> Encoder<'l> {
             match self.encode(&v, &format!("global '{name}'")) {
                 Ok(enc) => self.graph.globals.push((name, enc)),
                 Err(e) => {
+                    self.depth = depth;
                     self.tables = snapshot.0;
                     self.functions = snapshot.1;
                     self.protos = snapshot.2;

@@ -217,7 +217,7 @@ fn execute(
     lua.remove_hook();
     let _ = lua.set_memory_limit(0);
     if let Some(reason) = cancel.stopped() {
-        return Err(stop_error(reason, &cancel));
+        return Err(stop_error(reason));
     }
     match result {
         Ok(values) => {
@@ -229,16 +229,13 @@ fn execute(
     }
 }
 
-fn stop_error(reason: StopReason, cancel: &CancelToken) -> TaskError {
+fn stop_error(reason: StopReason) -> TaskError {
     match reason {
         StopReason::Cancelled => TaskError::new(ErrorKind::Cancelled, "task cancelled"),
-        StopReason::Timeout => {
-            let _ = cancel;
-            TaskError::new(
-                ErrorKind::Timeout,
-                "the task ran past its time limit and was stopped",
-            )
-        }
+        StopReason::Timeout => TaskError::new(
+            ErrorKind::Timeout,
+            "the task ran past its time limit and was stopped",
+        ),
     }
 }
 

@@ -160,6 +160,14 @@ impl Graph {
     /// Check that every index refers to something that exists, so a restore from a
     /// graph received over the network never indexes out of bounds.
     pub fn validate(&self) -> Result<(), String> {
+        // Bound what a restore may allocate (a frame of empty tables is cheap to send).
+        const MAX_OBJECTS: usize = 1_000_000;
+        if self.tables.len() + self.functions.len() > MAX_OBJECTS {
+            return Err(format!(
+                "{} tables and functions exceed the limit of {MAX_OBJECTS}",
+                self.tables.len() + self.functions.len()
+            ));
+        }
         let check = |v: &Value| -> Result<(), String> {
             match v {
                 Value::Table(i) if *i as usize >= self.tables.len() => {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use mlua::{Lua, MultiValue, UserData, UserDataFields, UserDataMethods, Value as LV};
 
 use crate::capture;
-use crate::graph::{Graph, SharedKind, SharedRef, Value};
+use crate::graph::{Graph, SharedKind, SharedRef};
 
 /// Where calls on shared objects go. Calls block the calling (task) thread and must
 /// return early when that task is stopped.
@@ -262,9 +262,4 @@ fn call_method(
         (n, kind) if methods_of(kind).contains(&n) => this.invoke(lua, n, args.collect()),
         (n, _) => Err(no_method(this, n)),
     }
-}
-
-/// Convenience for backends: a result graph of plain values.
-pub fn plain(values: Vec<Value>) -> Graph {
-    Graph::from_roots(values)
 }

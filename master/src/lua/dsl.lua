@@ -138,25 +138,33 @@ local function run_dag(name, tasks)
     if #running == 0 then
       check(progressed or remaining == 0, "workflow " .. name .. ": dependency cycle")
     else
-      -- Wait for whichever running task finishes first.
-      local handles, owner = {}, {}
-      for i, r in ipairs(running) do
-        for _, s in ipairs(r.started) do handles[#handles + 1] = s.handle; owner[#handles] = i end
+      -- Finish every running task whose handles are all done; otherwise wait for
+      -- one of the handles still running (never for one already finished).
+      local finished_any = false
+      for i = #running, 1, -1 do
+        local r = running[i]
+        local all_done = true
+        for _, s in ipairs(r.started) do
+          if s.handle:status() == "running" then all_done = false; break end
+        end
+        if all_done then
+          local ok, value, err = finish(r.task, r.started)
+          state[r.task._name] = ok and "ok" or "failed"
+          results[r.task._name] = { success = ok, value = value, error = ok and nil or err }
+          if not ok then all_ok = false end
+          table.remove(running, i)
+          remaining = remaining - 1
+          finished_any = true
+        end
       end
-      local idx = goroutine.await_any(handles)
-      local i = owner[idx]
-      local r = running[i]
-      local all_done = true
-      for _, s in ipairs(r.started) do
-        if s.handle:status() == "running" then all_done = false end
-      end
-      if all_done then
-        local ok, value, err = finish(r.task, r.started)
-        state[r.task._name] = ok and "ok" or "failed"
-        results[r.task._name] = { success = ok, value = value, error = ok and nil or err }
-        if not ok then all_ok = false end
-        table.remove(running, i)
-        remaining = remaining - 1
+      if not finished_any then
+        local handles = {}
+        for _, r in ipairs(running) do
+          for _, s in ipairs(r.started) do
+            if s.handle:status() == "running" then handles[#handles + 1] = s.handle end
+          end
+        end
+        if #handles > 0 then goroutine.await_any(handles) end
       end
     end
   end
