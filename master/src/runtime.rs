@@ -434,15 +434,9 @@ fn install_goroutine(
                         }
                     }
                     progress.set((recs.len() - pending) as u64);
-                    let now = Instant::now();
-                    if pending == 0 || deadline.is_some_and(|d| now >= d) {
+                    if pending == 0 || !wait_for_progress(&rt, seen, deadline) {
                         break;
                     }
-                    let mut until = now + Duration::from_millis(100);
-                    if let Some(d) = deadline {
-                        until = until.min(d);
-                    }
-                    rt.registry.wait_any_done(seen, until);
                 }
                 drop(progress);
                 for (i, rec) in recs.iter().enumerate() {
@@ -474,8 +468,7 @@ fn install_goroutine(
                             return Ok(MultiValue::from_iter(vals));
                         }
                     }
-                    let now = Instant::now();
-                    if deadline.is_some_and(|d| now >= d) {
+                    if !wait_for_progress(&rt, seen, deadline) {
                         return Ok(MultiValue::from_iter([
                             LV::Nil,
                             LV::Boolean(false),
@@ -484,11 +477,6 @@ fn install_goroutine(
                             )?),
                         ]));
                     }
-                    let mut until = now + Duration::from_millis(100);
-                    if let Some(d) = deadline {
-                        until = until.min(d);
-                    }
-                    rt.registry.wait_any_done(seen, until);
                 }
             })?,
         )?;
@@ -651,6 +639,21 @@ fn install_artifact(
         )?,
     )?;
     lua.globals().raw_set("artifact", t)
+}
+
+/// Wait until some task finishes after `seen` (or 100 ms pass); `false` once the
+/// deadline has passed.
+fn wait_for_progress(rt: &Runtime, seen: u64, deadline: Option<Instant>) -> bool {
+    let now = Instant::now();
+    if deadline.is_some_and(|d| now >= d) {
+        return false;
+    }
+    let mut until = now + Duration::from_millis(100);
+    if let Some(d) = deadline {
+        until = until.min(d);
+    }
+    rt.registry.wait_any_done(seen, until);
+    true
 }
 
 fn handles_of(rt: &Runtime, hs: &Table, what: &str) -> mlua::Result<Vec<Arc<TaskRecord>>> {

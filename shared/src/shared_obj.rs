@@ -173,20 +173,7 @@ return methods
 /// hold them: the main script's and every task's).
 pub fn install_methods(lua: &Lua) -> mlua::Result<()> {
     static CODE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    let code = match CODE.get() {
-        Some(c) => c,
-        None => {
-            let f = lua
-                .load(METHOD_WRAPPER_SRC)
-                .set_name("=sloth")
-                .into_function()?;
-            CODE.get_or_init(|| f.dump(true))
-        }
-    };
-    let make: mlua::Function = lua
-        .load(code.as_slice())
-        .set_mode(mlua::chunk::ChunkMode::Binary)
-        .into_function()?;
+    let make = crate::modules::load_compiled_once(lua, &CODE, METHOD_WRAPPER_SRC)?;
     let raw = lua.create_function(
         |lua, (ud, name, args): (mlua::AnyUserData, String, MultiValue)| {
             let this = {

@@ -98,27 +98,32 @@ pub const ERROR_WRAPPED: &[&str] = &[
     "template",
 ];
 
+/// Load a Lua chunk of sloth's own, compiled once per process: every state loads the
+/// same (stripped) bytecode instead of parsing the source again.
+pub fn load_compiled_once(
+    lua: &Lua,
+    cache: &'static std::sync::OnceLock<Vec<u8>>,
+    src: &str,
+) -> mlua::Result<mlua::Function> {
+    let code = match cache.get() {
+        Some(c) => c,
+        None => {
+            let f = lua.load(src).set_name("=sloth").into_function()?;
+            cache.get_or_init(|| f.dump(true))
+        }
+    };
+    lua.load(code.as_slice())
+        .set_mode(mlua::chunk::ChunkMode::Binary)
+        .into_function()
+}
+
 /// Make every function of the named global tables raise a plain string (without
 /// mlua's "runtime error:" prefix and traceback) located at the caller's line, so
 /// `pcall(goroutine.async, ...)` gives a message a script can `match`. Must run
 /// before `capture::install`, so the wrappers are what travels by name.
 pub fn wrap_errors(lua: &Lua, tables: &[&str]) -> mlua::Result<()> {
-    // Compiled once per process; every state loads the same bytecode.
     static CODE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    let code = match CODE.get() {
-        Some(c) => c,
-        None => {
-            let f = lua
-                .load(WRAP_ERRORS_SRC)
-                .set_name("=sloth")
-                .into_function()?;
-            CODE.get_or_init(|| f.dump(true))
-        }
-    };
-    let wrap: mlua::Function = lua
-        .load(code.as_slice())
-        .set_mode(mlua::chunk::ChunkMode::Binary)
-        .into_function()?;
+    let wrap = load_compiled_once(lua, &CODE, WRAP_ERRORS_SRC)?;
     wrap.call::<()>(lua.create_sequence_from(tables.iter().copied())?)
 }
 
