@@ -505,5 +505,8 @@ fn run(script: &std::path::Path, fa: &FleetArgs, vars: &[String], json: bool) ->
         result.as_ref().err().map(|s| s.as_str()),
         wall,
     );
+    // Threads abandoned in a C call (a local task past its deadline) must not hold
+    // the exit.
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
     code
 }

@@ -127,11 +127,24 @@ pub(crate) async fn run_local(
     let limits = Limits {
         memory_limit: rt.local_memory_limit,
     };
-    match tokio::task::spawn_blocking(move || executor::run_task(&req, ctx, &limits)).await {
-        Ok(r) => r,
-        Err(e) => Err(TaskError::new(
-            ErrorKind::Lua,
-            format!("worker thread failed: {e}"),
+    // Like a remote task, a local one is given up at its deadline (plus a grace) even
+    // if it is stuck where the stop hook cannot reach (a C call such as os.execute).
+    let deadline = rec
+        .cancel
+        .deadline()
+        .map(|d| tokio::time::Instant::from_std(d) + Duration::from_secs(2));
+    let job = tokio::task::spawn_blocking(move || executor::run_task(&req, ctx, &limits));
+    tokio::select! {
+        r = job => match r {
+            Ok(r) => r,
+            Err(e) => Err(TaskError::new(
+                ErrorKind::Lua,
+                format!("worker thread failed: {e}"),
+            )),
+        },
+        _ = sleep_until(deadline) => Err(TaskError::new(
+            ErrorKind::Timeout,
+            "the task did not stop at its deadline (blocked in a C call?) and was abandoned",
         )),
     }
 }

@@ -129,17 +129,52 @@ async fn dispatcher(rt: Arc<Runtime>, pool: Arc<Pool>) {
                 tokio::spawn(async move { run_one(rt2, pool2, q, host).await });
             }
             None => {
-                if pool.state.lock().closed
-                    && pool.state.lock().queue.is_empty()
-                    && pool.state.lock().in_flight == 0
                 {
-                    return;
+                    let st = pool.state.lock();
+                    if st.closed && st.queue.is_empty() && st.in_flight == 0 {
+                        return;
+                    }
                 }
-                let _ =
+                let woken =
                     tokio::time::timeout(Duration::from_millis(200), pool.wake.notified()).await;
+                if woken.is_err() {
+                    drop_cancelled(&rt, &pool);
+                }
             }
         }
     }
+}
+
+/// Queued tasks whose handle was cancelled end now, not when a worker frees up.
+/// (Checked when the dispatcher is idle or the pool is full, every 200 ms.)
+fn drop_cancelled(rt: &Runtime, pool: &Pool) {
+    let cancelled: Vec<Arc<TaskRecord>> = {
+        let mut st = pool.state.lock();
+        let mut out = Vec::new();
+        st.queue.retain(|q| {
+            if q.rec.cancel.stopped().is_some() {
+                out.push(q.rec.clone());
+                false
+            } else {
+                true
+            }
+        });
+        st.failed += out.len() as u64;
+        out
+    };
+    if cancelled.is_empty() {
+        return;
+    }
+    for rec in cancelled {
+        rt.registry.complete(
+            &rec,
+            Err(TaskError::new(
+                ErrorKind::Cancelled,
+                "task cancelled before it started",
+            )),
+        );
+    }
+    pool.changed.notify_all();
 }
 
 async fn run_one(rt: Arc<Runtime>, pool: Arc<Pool>, mut q: Queued, host: Option<String>) {
