@@ -26,7 +26,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let own = tls::read_pem_files(&cfg.cert, &cfg.key)?;
     let ca = std::fs::read_to_string(&cfg.ca)
         .with_context(|| format!("reading CA certificate {}", cfg.ca.display()))?;
-    let transport = tls::transport_config(Duration::from_secs(1), Duration::from_secs(4));
+    let transport = tls::transport_config(Duration::from_secs(1), Duration::from_secs(3));
     let server_cfg = tls::agent_server_config(&own, &ca, transport)?;
     let endpoint = quinn::Endpoint::server(server_cfg, cfg.listen)
         .with_context(|| format!("listening on {}", cfg.listen))?;

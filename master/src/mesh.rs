@@ -27,7 +27,7 @@ impl Default for MeshConfig {
         MeshConfig {
             connect_timeout: Duration::from_secs(3),
             keep_alive: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(4),
+            idle_timeout: Duration::from_secs(3),
         }
     }
 }

@@ -149,41 +149,22 @@ fn all_method_names() -> Vec<&'static str> {
     names
 }
 
-const METHOD_WRAPPER_SRC: &str = r#"
-local raw, names = ...
-local pack, unpack, pcall, error, type, tostring = table.pack, table.unpack, pcall, error, type, tostring
-local function clean(e)
-  if type(e) ~= "userdata" then return e end
-  local s = tostring(e)
-  s = s:gsub("^runtime error: ", ""):gsub("\nstack traceback:.*$", "")
-  return s
-end
-local methods = {}
-for _, name in ipairs(names) do
-  methods[name] = function(self, ...)
-    local r = pack(pcall(raw, self, name, ...))
-    if r[1] then return unpack(r, 2, r.n) end
-    error(clean(r[2]), 2)
-  end
-end
-return methods
-"#;
-
 /// Install the method table shared objects use in this state (every state that may
 /// hold them: the main script's and every task's).
 pub fn install_methods(lua: &Lua) -> mlua::Result<()> {
-    static CODE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    let make = crate::modules::load_compiled_once(lua, &CODE, METHOD_WRAPPER_SRC)?;
-    let raw = lua.create_function(
-        |lua, (ud, name, args): (mlua::AnyUserData, String, MultiValue)| {
-            let this = {
-                let t = ud.borrow::<SharedObj>()?;
-                SharedObj::new(t.r, t.backend.clone())
-            };
-            call_method(lua, &this, &name, args)
-        },
-    )?;
-    let table: mlua::Table = make.call((raw, lua.create_sequence_from(all_method_names())?))?;
+    let protect = crate::modules::protector(lua)?;
+    let table = lua.create_table()?;
+    for name in all_method_names() {
+        let raw =
+            lua.create_function(move |lua, (ud, args): (mlua::AnyUserData, MultiValue)| {
+                let this = {
+                    let t = ud.borrow::<SharedObj>()?;
+                    SharedObj::new(t.r, t.backend.clone())
+                };
+                call_method(lua, &this, name, args)
+            })?;
+        table.raw_set(name, protect.call::<mlua::Function>(raw)?)?;
+    }
     lua.set_named_registry_value(METHODS_KEY, table)
 }
 

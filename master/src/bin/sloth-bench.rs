@@ -41,7 +41,7 @@ const MSG_BYTES: usize = 100;
 const IN_FLIGHT: usize = 64;
 /// Keep-alive and idle timeout: what the agent and the master use.
 const KEEP_ALIVE: Duration = Duration::from_secs(1);
-const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Parser, Debug)]
 #[command(

@@ -59,30 +59,30 @@ pub fn install_task_modules(lua: &Lua) -> mlua::Result<()> {
     Ok(())
 }
 
-const WRAP_ERRORS_SRC: &str = r#"
-local names = ...
+/// `protect(f)`: a function that calls `f` and re-raises its errors as plain strings
+/// (without mlua's "runtime error:" prefix and traceback) at the caller's line.
+const PROTECT_SRC: &str = r#"
+local pack, unpack, pcall, error, type, tostring = table.pack, table.unpack, pcall, error, type, tostring
 local function clean(e)
   if type(e) ~= "userdata" then return e end
   local s = tostring(e)
   s = s:gsub("^runtime error: ", ""):gsub("\nstack traceback:.*$", "")
   return s
 end
-local pack, unpack, pcall, error = table.pack, table.unpack, pcall, error
-for _, name in ipairs(names) do
-  local t = _G[name]
-  if type(t) == "table" then
-    for k, f in pairs(t) do
-      if type(f) == "function" then
-        t[k] = function(...)
-          local r = pack(pcall(f, ...))
-          if r[1] then return unpack(r, 2, r.n) end
-          error(clean(r[2]), 2)
-        end
-      end
-    end
+return function(f)
+  return function(...)
+    local r = pack(pcall(f, ...))
+    if r[1] then return unpack(r, 2, r.n) end
+    error(clean(r[2]), 2)
   end
 end
 "#;
+
+/// The state's `protect` function (see [`PROTECT_SRC`]).
+pub fn protector(lua: &Lua) -> mlua::Result<mlua::Function> {
+    static CODE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    load_compiled_once(lua, &CODE, PROTECT_SRC)?.call(())
+}
 
 /// Module tables whose functions raise plain-string errors (see [`wrap_errors`]).
 pub const ERROR_WRAPPED: &[&str] = &[
@@ -122,9 +122,24 @@ pub fn load_compiled_once(
 /// `pcall(goroutine.async, ...)` gives a message a script can `match`. Must run
 /// before `capture::install`, so the wrappers are what travels by name.
 pub fn wrap_errors(lua: &Lua, tables: &[&str]) -> mlua::Result<()> {
-    static CODE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    let wrap = load_compiled_once(lua, &CODE, WRAP_ERRORS_SRC)?;
-    wrap.call::<()>(lua.create_sequence_from(tables.iter().copied())?)
+    let protect = protector(lua)?;
+    let g = lua.globals();
+    for name in tables {
+        let LV::Table(t) = g.raw_get::<LV>(*name)? else {
+            continue;
+        };
+        let funcs: Vec<(LV, mlua::Function)> = t
+            .pairs::<LV, LV>()
+            .filter_map(|p| match p {
+                Ok((k, LV::Function(f))) => Some((k, f)),
+                _ => None,
+            })
+            .collect();
+        for (k, f) in funcs {
+            t.raw_set(k, protect.call::<mlua::Function>(f)?)?;
+        }
+    }
+    Ok(())
 }
 
 /// `goroutine.sleep(ms)`: sleeps, and wakes at once when the task is stopped.
