@@ -6,6 +6,11 @@ mod worker;
 
 use clap::Parser;
 
+/// Lua states allocate and free many small objects; mimalloc is faster at it than
+/// the system allocator (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let args = config::Args::parse();
     tracing_subscriber::fmt()

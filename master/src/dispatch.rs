@@ -37,6 +37,17 @@ pub fn start(rt: &Arc<Runtime>, payload: Graph, opts: &TaskOpts) -> Arc<TaskReco
     let rec = rt
         .registry
         .new_task(opts.name.clone(), &host, opts.timeout, opts.spawned);
+    if opts.target.is_none() && opts.retries == 0 && rec.cancel.deadline().is_none() {
+        // The common local task (no deadline to race, nothing to retry) goes straight
+        // to a worker thread: one thread hand-off instead of three.
+        let (rt2, rec2) = (rt.clone(), rec.clone());
+        rt.handle.spawn_blocking(move || {
+            let (req, ctx, limits) = local_job(&rt2, &rec2, &payload);
+            let result = executor::run_task(&req, ctx, &limits);
+            rt2.registry.complete(&rec2, result);
+        });
+        return rec;
+    }
     let rt2 = rt.clone();
     let rec2 = rec.clone();
     let opts = opts.clone();
@@ -94,11 +105,12 @@ impl TaskIo for LocalIo {
     }
 }
 
-pub(crate) async fn run_local(
+/// What a local task needs to run on a worker thread.
+fn local_job(
     rt: &Arc<Runtime>,
     rec: &Arc<TaskRecord>,
     payload: &Graph,
-) -> Result<Graph, TaskError> {
+) -> (TaskRequest, TaskContext, Limits) {
     let req = TaskRequest {
         task_id: rec.id,
         name: rec.name.clone(),
@@ -127,6 +139,15 @@ pub(crate) async fn run_local(
     let limits = Limits {
         memory_limit: rt.local_memory_limit,
     };
+    (req, ctx, limits)
+}
+
+pub(crate) async fn run_local(
+    rt: &Arc<Runtime>,
+    rec: &Arc<TaskRecord>,
+    payload: &Graph,
+) -> Result<Graph, TaskError> {
+    let (req, ctx, limits) = local_job(rt, rec, payload);
     // Like a remote task, a local one is given up at its deadline (plus a grace) even
     // if it is stuck where the stop hook cannot reach (a C call such as os.execute).
     let deadline = rec

@@ -17,6 +17,11 @@ mod runtime;
 
 use clap::Parser;
 
+/// Lua states allocate and free many small objects; mimalloc is faster at it than
+/// the system allocator (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

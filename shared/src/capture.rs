@@ -49,10 +49,9 @@ pub struct CaptureCtx {
     /// Task states: only these global names count as builtins (never the script's
     /// globals restored into the state).
     only: Option<&'static HashSet<String>>,
-    getupvalue: Function,
-    setupvalue: Function,
-    upvalueid: Function,
-    upvaluejoin: Function,
+    /// The `debug` functions the codec uses; a task state loads its `debug` library
+    /// only when a closure with upvalues first travels (see [`debug_fns`]).
+    debug: std::sync::OnceLock<DebugFns>,
     /// Global names present before the script ran (not "script globals").
     baseline: HashSet<String>,
     /// Where shared objects restored in this state send their calls.
@@ -98,13 +97,51 @@ fn scan(lua: &Lua, only: Option<&HashSet<String>>) -> (HashMap<usize, String>, H
     (builtins, names)
 }
 
-fn debug_fn(lua: &Lua, name: &str) -> mlua::Result<Function> {
-    let debug: Table = lua.globals().raw_get("debug")?;
-    debug.raw_get(name)
+#[derive(Clone)]
+struct DebugFns {
+    getupvalue: Function,
+    setupvalue: Function,
+    upvalueid: Function,
+    upvaluejoin: Function,
+}
+
+/// The state's `debug.getupvalue`/`setupvalue`/`upvalueid`/`upvaluejoin`, as they
+/// were when first needed (scripts cannot swap them under the codec). Never call it
+/// while holding the [`CaptureCtx`]: it may load the `debug` library.
+fn debug_fns(lua: &Lua) -> mlua::Result<DebugFns> {
+    let missing = || mlua::Error::runtime("capture context not installed");
+    if let Some(d) = lua
+        .app_data_ref::<CaptureCtx>()
+        .ok_or_else(missing)?
+        .debug
+        .get()
+    {
+        return Ok(d.clone());
+    }
+    let debug: Table = match lua.globals().raw_get::<LV>("debug")? {
+        LV::Table(t) => t,
+        // A task state whose `debug` library is not loaded yet (loaded on first use).
+        LV::Nil => {
+            lua.load_std_libs(mlua::StdLib::DEBUG)?;
+            lua.globals().raw_get("debug")?
+        }
+        _ => {
+            return Err(mlua::Error::runtime(
+                "the global 'debug' is not the debug library",
+            ))
+        }
+    };
+    let d = DebugFns {
+        getupvalue: debug.raw_get("getupvalue")?,
+        setupvalue: debug.raw_get("setupvalue")?,
+        upvalueid: debug.raw_get("upvalueid")?,
+        upvaluejoin: debug.raw_get("upvaluejoin")?,
+    };
+    let ctx = lua.app_data_ref::<CaptureCtx>().ok_or_else(missing)?;
+    Ok(ctx.debug.get_or_init(|| d).clone())
 }
 
 fn make_ctx(
-    lua: &Lua,
     builtins: std::sync::OnceLock<HashMap<usize, String>>,
     only: Option<&'static HashSet<String>>,
     baseline: HashSet<String>,
@@ -113,10 +150,7 @@ fn make_ctx(
     Ok(CaptureCtx {
         builtins,
         only,
-        getupvalue: debug_fn(lua, "getupvalue")?,
-        setupvalue: debug_fn(lua, "setupvalue")?,
-        upvalueid: debug_fn(lua, "upvalueid")?,
-        upvaluejoin: debug_fn(lua, "upvaluejoin")?,
+        debug: std::sync::OnceLock::new(),
         baseline,
         backend,
     })
@@ -132,8 +166,10 @@ pub fn install(lua: &Lua, backend: Arc<dyn SharedBackend>) -> mlua::Result<()> {
     baseline.insert("_G".to_string());
     let cell = std::sync::OnceLock::new();
     let _ = cell.set(builtins);
-    let ctx = make_ctx(lua, cell, None, baseline, backend)?;
+    let ctx = make_ctx(cell, None, baseline, backend)?;
     lua.set_app_data(ctx);
+    // Taken now, before the script runs and could replace them.
+    debug_fns(lua)?;
     Ok(())
 }
 
@@ -146,10 +182,15 @@ static TASK_STATE_NAMES: std::sync::OnceLock<HashSet<String>> = std::sync::OnceL
 pub fn install_lazy(lua: &Lua, backend: Arc<dyn SharedBackend>) -> mlua::Result<()> {
     let only = match TASK_STATE_NAMES.get() {
         Some(n) => n,
-        None => TASK_STATE_NAMES.get_or_init(|| scan(lua, None).1),
+        None => TASK_STATE_NAMES.get_or_init(|| {
+            let mut names = scan(lua, None).1;
+            // Modules a task state builds on first use (modules::install_task_modules_lazy).
+            names.extend(crate::modules::MODULES.iter().map(|m| m.to_string()));
+            names.extend(crate::modules::LAZY_STD_LIBS.iter().map(|m| m.to_string()));
+            names
+        }),
     };
     let ctx = make_ctx(
-        lua,
         std::sync::OnceLock::new(),
         Some(only),
         HashSet::new(),
@@ -157,6 +198,17 @@ pub fn install_lazy(lua: &Lua, backend: Arc<dyn SharedBackend>) -> mlua::Result<
     )?;
     lua.set_app_data(ctx);
     Ok(())
+}
+
+/// Drop the state's builtin map so that it is built again on next use (a module
+/// was added to the state after the map was made).
+pub fn forget_builtins(lua: &Lua) {
+    // The codec never runs Lua while it holds its context, so the borrow is free; if it
+    // were not, the map would only miss the new module (its functions could not be
+    // sent back by name), never name a wrong one.
+    if let Ok(Some(mut ctx)) = lua.try_app_data_mut::<CaptureCtx>() {
+        ctx.builtins = std::sync::OnceLock::new();
+    }
 }
 
 /// Point the shared objects restored from now on at `backend` (a pre-warmed
@@ -353,8 +405,7 @@ impl<'l> Encoder<'l> {
 
     fn encode_function(&mut self, f: &Function, path: &str) -> Result<Value, CaptureError> {
         let ptr = f.to_pointer() as usize;
-        let ctx = ctx(self.lua)?;
-        if let Some(name) = ctx.builtins(self.lua).get(&ptr) {
+        if let Some(name) = ctx(self.lua)?.builtins(self.lua).get(&ptr) {
             return Ok(Value::Builtin(name.clone()));
         }
         if let Some(idx) = self.functions.get(&ptr) {
@@ -368,8 +419,11 @@ impl<'l> Encoder<'l> {
                 "only Lua functions and standard or sloth-module functions can be sent",
             ));
         }
-        let getupvalue = ctx.getupvalue.clone();
-        let upvalueid = ctx.upvalueid.clone();
+        let DebugFns {
+            getupvalue,
+            upvalueid,
+            ..
+        } = debug_fns(self.lua).map_err(|e| CaptureError::new(path, "function", e.to_string()))?;
         self.enter(path, "function")?;
         let bytecode = f.dump(false);
         let next_proto = self.protos.len() as u32;
@@ -443,15 +497,15 @@ pub fn encode_values(lua: &Lua, values: &[LV], what: &str) -> Result<Graph, Capt
 /// Script globals carried by the graph are set in `env` too.
 pub fn restore(lua: &Lua, graph: &Graph, env: &Table) -> mlua::Result<Vec<LV>> {
     graph.validate().map_err(mlua::Error::runtime)?;
-    let (setupvalue, upvaluejoin, backend) = {
-        let ctx = lua
-            .app_data_ref::<CaptureCtx>()
-            .ok_or_else(|| mlua::Error::runtime("capture context not installed"))?;
-        (
-            ctx.setupvalue.clone(),
-            ctx.upvaluejoin.clone(),
-            ctx.backend.clone(),
-        )
+    let backend = lua
+        .app_data_ref::<CaptureCtx>()
+        .ok_or_else(|| mlua::Error::runtime("capture context not installed"))?
+        .backend
+        .clone();
+    let debug = if graph.functions.iter().any(|f| !f.upvalues.is_empty()) {
+        Some(debug_fns(lua)?)
+    } else {
+        None
     };
     let tables: Vec<Table> = (0..graph.tables.len())
         .map(|_| lua.create_table())
@@ -483,6 +537,14 @@ pub fn restore(lua: &Lua, graph: &Graph, env: &Table) -> mlua::Result<Vec<LV>> {
     }
     let mut cells: HashMap<u32, (usize, usize)> = HashMap::new();
     for (fi, def) in graph.functions.iter().enumerate() {
+        let Some(DebugFns {
+            setupvalue,
+            upvaluejoin,
+            ..
+        }) = &debug
+        else {
+            break;
+        };
         for (ui, up) in def.upvalues.iter().enumerate() {
             let n = ui + 1;
             if let Some(&(ofi, on)) = cells.get(&up.cell) {
@@ -555,8 +617,14 @@ impl Restorer<'_> {
 }
 
 fn resolve_builtin(env: &Table, name: &str) -> mlua::Result<LV> {
-    let mut cur = LV::Table(env.clone());
-    for part in name.split('.') {
+    let mut parts = name.split('.');
+    // The first step may build a module a task state loads lazily (it honours the
+    // globals' `__index`); the rest are plain fields of library tables.
+    let mut cur = match parts.next() {
+        Some(first) => env.get::<LV>(first)?,
+        None => LV::Nil,
+    };
+    for part in parts {
         cur = match cur {
             LV::Table(t) => t.raw_get(part)?,
             _ => LV::Nil,

@@ -50,11 +50,20 @@ pub fn new_state(ctx: &TaskContext) -> mlua::Result<Lua> {
 pub fn blank_state() -> mlua::Result<Lua> {
     // SAFETY: the `debug` library is needed to read and set upvalues of shipped
     // closures; tasks are trusted code from an authenticated master (docs/security.md).
-    let lua = unsafe { Lua::unsafe_new_with(StdLib::ALL, LuaOptions::new()) };
-    modules::install_task_modules(&lua)?;
-    modules::wrap_errors(&lua, modules::ERROR_WRAPPED)?;
-    crate::shared_obj::install_methods(&lua)?;
+    // Only the libraries nearly every task uses are opened here; the others open on
+    // first use (modules::install_task_modules_lazy).
+    let lua = unsafe {
+        Lua::unsafe_new_with(
+            StdLib::STRING | StdLib::TABLE | StdLib::MATH,
+            LuaOptions::new(),
+        )
+    };
+    // Nothing built here is garbage: collecting while building is wasted work.
+    lua.gc_stop();
+    modules::install_task_modules_lazy(&lua)?;
     capture::install_lazy(&lua, Arc::new(crate::shared_obj::NoBackend))?;
+    lua.gc_restart();
+    lua.gc_collect()?;
     Ok(lua)
 }
 

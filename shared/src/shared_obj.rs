@@ -115,7 +115,11 @@ impl UserData for SharedObj {
         // Methods are looked up through `__index` in a per-state table of Lua wrappers
         // (see [`install_methods`]), so that their errors reach scripts as plain strings.
         methods.add_meta_method(mlua::MetaMethod::Index, |lua, _this, key: LV| {
-            let table: mlua::Table = lua.named_registry_value(METHODS_KEY)?;
+            let table = match lua.named_registry_value::<Option<mlua::Table>>(METHODS_KEY)? {
+                Some(t) => t,
+                // Task states build the table when their first shared object is used.
+                None => install_methods(lua)?,
+            };
             table.raw_get::<LV>(key)
         });
         methods.add_meta_method(mlua::MetaMethod::ToString, |_, this, ()| {
@@ -151,7 +155,7 @@ fn all_method_names() -> Vec<&'static str> {
 
 /// Install the method table shared objects use in this state (every state that may
 /// hold them: the main script's and every task's).
-pub fn install_methods(lua: &Lua) -> mlua::Result<()> {
+pub fn install_methods(lua: &Lua) -> mlua::Result<mlua::Table> {
     let protect = crate::modules::protector(lua)?;
     let table = lua.create_table()?;
     for name in all_method_names() {
@@ -165,7 +169,8 @@ pub fn install_methods(lua: &Lua) -> mlua::Result<()> {
             })?;
         table.raw_set(name, protect.call::<mlua::Function>(raw)?)?;
     }
-    lua.set_named_registry_value(METHODS_KEY, table)
+    lua.set_named_registry_value(METHODS_KEY, &table)?;
+    Ok(table)
 }
 
 fn no_method(this: &SharedObj, name: &str) -> mlua::Error {

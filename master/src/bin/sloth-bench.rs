@@ -35,6 +35,11 @@ use sloth_shared::protocol::{Control, Hello};
 use sloth_shared::tls::{self, Pem};
 use sloth_shared::wire;
 
+/// The same allocator as `sloth-master` and `sloth-agent`, so that the bare quinn
+/// baselines measured in this process are not slowed by a different one.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Bytes of each request and each response of the bare quinn baseline.
 const MSG_BYTES: usize = 100;
 /// Tasks (or requests) in flight for the throughput rows.

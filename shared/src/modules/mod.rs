@@ -33,29 +33,140 @@ pub fn stop_to_lua(r: StopReason) -> mlua::Error {
     })
 }
 
-/// Install every task module into `lua`'s globals.
+/// The module tables every task state has. The main state builds them all at start;
+/// a task state builds each one the first time the task names it (see
+/// [`install_task_modules_lazy`]), so a task pays only for what it uses.
+pub const MODULES: &[&str] = &[
+    "goroutine",
+    "json",
+    "exec",
+    "fs",
+    "http",
+    "net",
+    "sys",
+    "template",
+];
+
+/// Build the module table `name` (one of [`MODULES`]), or `None` for another name.
+fn build_module(lua: &Lua, name: &str) -> mlua::Result<Option<Table>> {
+    let scratch = lua.create_table()?;
+    match name {
+        "goroutine" => {
+            let goroutine = lua.create_table()?;
+            install_sleep(lua, &goroutine)?;
+            install_select(lua, &goroutine)?;
+            scratch.raw_set("goroutine", goroutine)?;
+        }
+        "json" => json::install(lua, &scratch)?,
+        "exec" => exec::install(lua, &scratch)?,
+        "fs" => fs::install(lua, &scratch)?,
+        "http" => http::install(lua, &scratch)?,
+        "net" => net::install(lua, &scratch)?,
+        "sys" => sys::install(lua, &scratch)?,
+        "template" => template::install(lua, &scratch)?,
+        _ => return Ok(None),
+    }
+    scratch.raw_get(name)
+}
+
+/// Install every task module into `lua`'s globals at once (the main script's state).
 pub fn install_task_modules(lua: &Lua) -> mlua::Result<()> {
     let g = lua.globals();
     install_log(lua, &g)?;
-    json::install(lua, &g)?;
-    exec::install(lua, &g)?;
-    fs::install(lua, &g)?;
-    http::install(lua, &g)?;
-    net::install(lua, &g)?;
-    sys::install(lua, &g)?;
-    template::install(lua, &g)?;
-    let goroutine = lua.create_table()?;
-    install_sleep(lua, &goroutine)?;
-    install_select(lua, &goroutine)?;
-    g.raw_set("goroutine", goroutine.clone())?;
     let loaded: Table = lua.named_registry_value::<Table>("_LOADED")?;
-    loaded.raw_set("goroutine", goroutine)?;
-    for name in [
-        "log", "json", "exec", "fs", "http", "net", "sys", "template",
-    ] {
-        let v: LV = g.raw_get(name)?;
-        loaded.raw_set(name, v)?;
+    for name in MODULES {
+        if let Some(t) = build_module(lua, name)? {
+            g.raw_set(*name, &t)?;
+            loaded.raw_set(*name, t)?;
+        }
     }
+    loaded.raw_set("log", g.raw_get::<LV>("log")?)?;
+    Ok(())
+}
+
+/// Standard libraries a task state opens on first use: `string`, `table` and `math`
+/// (and the base library) are always there; these cost more to open than most tasks
+/// spend running, and most never touch them.
+pub const LAZY_STD_LIBS: &[&str] = &[
+    "io",
+    "os",
+    "utf8",
+    "coroutine",
+    "debug",
+    "package",
+    "require",
+];
+
+fn lazy_std_lib(name: &str) -> Option<mlua::StdLib> {
+    use mlua::StdLib;
+    Some(match name {
+        "io" => StdLib::IO,
+        "os" => StdLib::OS,
+        "utf8" => StdLib::UTF8,
+        "coroutine" => StdLib::COROUTINE,
+        "debug" => StdLib::DEBUG,
+        "package" | "require" => StdLib::PACKAGE,
+        _ => return None,
+    })
+}
+
+/// Install the task modules into a task state lazily: `log` and `print` at once, and
+/// each of [`MODULES`] on first use, through an `__index` metamethod on the globals
+/// (and on `package.loaded`, for `require`). A loaded module is a plain global from
+/// then on, with its functions already wrapped as [`wrap_errors`] does. Building all
+/// of them costs more than the rest of a small task, so most tasks never pay for it.
+pub fn install_task_modules_lazy(lua: &Lua) -> mlua::Result<()> {
+    let g = lua.globals();
+    install_log(lua, &g)?;
+    let loaded: Table = lua.named_registry_value::<Table>("_LOADED")?;
+    loaded.raw_set("log", g.raw_get::<LV>("log")?)?;
+    let index = lua.create_function(|lua, (_t, key): (LV, LV)| {
+        let LV::String(k) = &key else {
+            return Ok(LV::Nil);
+        };
+        let Ok(name) = k.to_str().map(|n| n.to_string()) else {
+            return Ok(LV::Nil);
+        };
+        let g = lua.globals();
+        if let Some(lib) = lazy_std_lib(&name) {
+            thread_local! {
+                static OPENING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+            }
+            // Opening a library looks it up in package.loaded first, which lands here
+            // again: answer nil to that inner lookup.
+            if OPENING.get() {
+                return Ok(LV::Nil);
+            }
+            if g.raw_get::<LV>(name.as_str())?.is_nil() {
+                OPENING.set(true);
+                let opened = lua.load_std_libs(lib);
+                OPENING.set(false);
+                opened?;
+                crate::capture::forget_builtins(lua);
+            }
+            return g.raw_get::<LV>(name.as_str());
+        }
+        if !MODULES.contains(&name.as_str()) {
+            return Ok(LV::Nil);
+        }
+        if let LV::Table(t) = g.raw_get::<LV>(name.as_str())? {
+            return Ok(LV::Table(t));
+        }
+        let Some(t) = build_module(lua, &name)? else {
+            return Ok(LV::Nil);
+        };
+        wrap_table(lua, &t)?;
+        g.raw_set(name.as_str(), &t)?;
+        let loaded: Table = lua.named_registry_value::<Table>("_LOADED")?;
+        loaded.raw_set(name.as_str(), &t)?;
+        // The state's builtin map (if already built) does not know this module yet.
+        crate::capture::forget_builtins(lua);
+        Ok(LV::Table(t))
+    })?;
+    let mt = lua.create_table()?;
+    mt.raw_set("__index", index)?;
+    g.set_metatable(Some(mt.clone()))?;
+    loaded.set_metatable(Some(mt))?;
     Ok(())
 }
 
@@ -80,8 +191,14 @@ end
 
 /// The state's `protect` function (see [`PROTECT_SRC`]).
 pub fn protector(lua: &Lua) -> mlua::Result<mlua::Function> {
+    const KEY: &str = "sloth.protect";
+    if let Some(f) = lua.named_registry_value::<Option<mlua::Function>>(KEY)? {
+        return Ok(f);
+    }
     static CODE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    load_compiled_once(lua, &CODE, PROTECT_SRC)?.call(())
+    let f: mlua::Function = load_compiled_once(lua, &CODE, PROTECT_SRC)?.call(())?;
+    lua.set_named_registry_value(KEY, &f)?;
+    Ok(f)
 }
 
 /// Module tables whose functions raise plain-string errors (see [`wrap_errors`]).
@@ -122,22 +239,27 @@ pub fn load_compiled_once(
 /// `pcall(goroutine.async, ...)` gives a message a script can `match`. Must run
 /// before `capture::install`, so the wrappers are what travels by name.
 pub fn wrap_errors(lua: &Lua, tables: &[&str]) -> mlua::Result<()> {
-    let protect = protector(lua)?;
     let g = lua.globals();
     for name in tables {
-        let LV::Table(t) = g.raw_get::<LV>(*name)? else {
-            continue;
-        };
-        let funcs: Vec<(LV, mlua::Function)> = t
-            .pairs::<LV, LV>()
-            .filter_map(|p| match p {
-                Ok((k, LV::Function(f))) => Some((k, f)),
-                _ => None,
-            })
-            .collect();
-        for (k, f) in funcs {
-            t.raw_set(k, protect.call::<mlua::Function>(f)?)?;
+        if let LV::Table(t) = g.raw_get::<LV>(*name)? {
+            wrap_table(lua, &t)?;
         }
+    }
+    Ok(())
+}
+
+/// Wrap every function of one module table (see [`wrap_errors`]).
+fn wrap_table(lua: &Lua, t: &Table) -> mlua::Result<()> {
+    let protect = protector(lua)?;
+    let funcs: Vec<(LV, mlua::Function)> = t
+        .pairs::<LV, LV>()
+        .filter_map(|p| match p {
+            Ok((k, LV::Function(f))) => Some((k, f)),
+            _ => None,
+        })
+        .collect();
+    for (k, f) in funcs {
+        t.raw_set(k, protect.call::<mlua::Function>(f)?)?;
     }
     Ok(())
 }

@@ -1,0 +1,121 @@
+//! Micro-benchmark of the task executor, without any network: what building a task
+//! state, capturing a closure and running a task cost on this machine.
+//!
+//!     cargo run --release -p sloth-shared --example exec_bench
+//!
+//! It prints one line per step (mean µs over 5,000 runs). `scripts/bench.sh` is the
+//! benchmark of record; this is the tool for finding where a task's time goes.
+
+#[global_allocator]
+static GA: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use mlua::{Function, Lua};
+use sloth_shared::cancel::CancelToken;
+use sloth_shared::capture::Encoder;
+use sloth_shared::executor::{self, Limits, TaskContext, TaskIo};
+use sloth_shared::graph::Graph;
+use sloth_shared::protocol::{self, LogLevel, TaskRequest};
+use sloth_shared::shared_obj::{NoBackend, SharedBackend};
+use std::sync::Arc;
+use std::time::Instant;
+
+struct Quiet;
+impl TaskIo for Quiet {
+    fn log(&self, _: LogLevel, _: &str) {}
+    fn backend(&self) -> Arc<dyn SharedBackend> {
+        Arc::new(NoBackend)
+    }
+}
+fn ctx() -> TaskContext {
+    TaskContext {
+        host: "t".into(),
+        task_name: "t".into(),
+        io: Arc::new(Quiet),
+        cancel: CancelToken::default(),
+    }
+}
+
+fn time<F: FnMut()>(name: &str, n: u32, mut f: F) {
+    for _ in 0..n / 10 {
+        f();
+    }
+    let t = Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    println!(
+        "{name:40} {:8.2} us",
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
+}
+
+fn main() {
+    let n = 5000;
+    time("Lua::new (all libs, safe)", n, || {
+        let l = Lua::new();
+        drop(l);
+    });
+    time("unsafe_new ALL", n, || {
+        let l = unsafe { Lua::unsafe_new_with(mlua::StdLib::ALL, mlua::LuaOptions::new()) };
+        drop(l);
+    });
+    time("new_with NONE", n, || {
+        let l = Lua::new_with(mlua::StdLib::NONE, mlua::LuaOptions::new()).unwrap();
+        drop(l);
+    });
+    time("new_with STRING|TABLE|MATH", n, || {
+        let l = Lua::new_with(
+            mlua::StdLib::STRING | mlua::StdLib::TABLE | mlua::StdLib::MATH,
+            mlua::LuaOptions::new(),
+        )
+        .unwrap();
+        drop(l);
+    });
+    time("blank_state + drop", n, || {
+        let l = executor::blank_state().unwrap();
+        drop(l);
+    });
+    let states: Vec<Lua> = (0..n).map(|_| executor::blank_state().unwrap()).collect();
+    let t = Instant::now();
+    drop(states);
+    println!(
+        "{:40} {:8.2} us",
+        "drop only",
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
+    let main = executor::new_state(&ctx()).unwrap();
+    sloth_shared::capture::install(&main, Arc::new(NoBackend)).unwrap();
+    let f: Function = main
+        .load("local i = 1 return function() return i end")
+        .set_name("@main.sloth")
+        .eval()
+        .unwrap();
+    let mut g = Graph::default();
+    time("encode trivial closure", n, || {
+        let mut e = Encoder::new(&main);
+        e.push_function_root(&f).unwrap();
+        e.push_script_globals().unwrap();
+        g = e.finish();
+    });
+    let req = TaskRequest {
+        task_id: 1,
+        name: "x".into(),
+        payload: g.clone(),
+        host_vars: Graph::default(),
+        timeout_ms: None,
+    };
+    time("bincode encode+decode req", n, || {
+        let b = protocol::encode(&req).unwrap();
+        let _r: TaskRequest = protocol::decode(&b[4..]).unwrap();
+    });
+    let lim = Limits {
+        memory_limit: Some(512 << 20),
+    };
+    time("run_task (no prewarm)", n, || {
+        executor::run_task(&req, ctx(), &lim).unwrap();
+    });
+    executor::enable_prewarm(8);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    time("run_task (prewarm, serial)", n, || {
+        executor::run_task(&req, ctx(), &lim).unwrap();
+    });
+}
