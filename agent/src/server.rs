@@ -14,13 +14,21 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::worker;
+use sloth_shared::runner::Runner;
 
 /// State shared by every connection of this agent.
 pub struct Agent {
     pub cfg: Config,
     pub workers: Arc<Semaphore>,
     pub waiting: AtomicU32,
+    /// The threads tasks run on (at most `max_tasks` run at once: `workers`).
+    pub runner: Runner,
 }
+
+/// How long an idle task thread watches for the next task before it sleeps: longer
+/// than a round trip to the master, so a script that awaits task after task finds
+/// it awake.
+pub const RUNNER_SPIN: Duration = Duration::from_micros(500);
 
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let own = tls::read_pem_files(&cfg.cert, &cfg.key)?;
@@ -42,6 +50,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let agent = Arc::new(Agent {
         workers: Arc::new(Semaphore::new(cfg.max_tasks as usize)),
         waiting: AtomicU32::new(0),
+        runner: Runner::new(
+            "sloth-task",
+            cfg.max_tasks as usize,
+            RUNNER_SPIN,
+            Duration::from_secs(30),
+        ),
         cfg,
     });
     let shutdown = async {

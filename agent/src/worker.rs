@@ -132,10 +132,11 @@ pub async fn run(
     {
         return;
     }
-    let mut job = tokio::task::spawn_blocking(move || {
+    let (done_tx, mut job) = tokio::sync::oneshot::channel();
+    agent.runner.execute(move || {
         let r = executor::run_task(&req, ctx, &limits);
         drop(permit);
-        r
+        let _ = done_tx.send(r);
     });
     let mut reading = true;
     let result = loop {
@@ -171,9 +172,9 @@ pub async fn run(
     }
     let result = match result {
         Ok(r) => r,
-        Err(e) => Err(sloth_shared::protocol::TaskError::new(
+        Err(_) => Err(sloth_shared::protocol::TaskError::new(
             sloth_shared::protocol::ErrorKind::Lua,
-            format!("the task's worker thread failed: {e}"),
+            "the task's worker thread failed (a panic in the executor)",
         )),
     };
     let duration_us = executor::elapsed_us(start);

@@ -41,7 +41,7 @@ pub fn start(rt: &Arc<Runtime>, payload: Graph, opts: &TaskOpts) -> Arc<TaskReco
         // The common local task (no deadline to race, nothing to retry) goes straight
         // to a worker thread: one thread hand-off instead of three.
         let (rt2, rec2) = (rt.clone(), rec.clone());
-        rt.handle.spawn_blocking(move || {
+        rt.runner.execute(move || {
             let (req, ctx, limits) = local_job(&rt2, &rec2, &payload);
             let result = executor::run_task(&req, ctx, &limits);
             rt2.registry.complete(&rec2, result);
@@ -154,13 +154,16 @@ pub(crate) async fn run_local(
         .cancel
         .deadline()
         .map(|d| tokio::time::Instant::from_std(d) + Duration::from_secs(2));
-    let job = tokio::task::spawn_blocking(move || executor::run_task(&req, ctx, &limits));
+    let (tx, job) = tokio::sync::oneshot::channel();
+    rt.runner.execute(move || {
+        let _ = tx.send(executor::run_task(&req, ctx, &limits));
+    });
     tokio::select! {
         r = job => match r {
             Ok(r) => r,
-            Err(e) => Err(TaskError::new(
+            Err(_) => Err(TaskError::new(
                 ErrorKind::Lua,
-                format!("worker thread failed: {e}"),
+                "the task's worker thread failed (a panic in the executor)",
             )),
         },
         _ = sleep_until(deadline) => Err(TaskError::new(

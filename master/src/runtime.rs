@@ -31,6 +31,8 @@ pub struct Runtime {
     pub inventory: Inventory,
     pub out: Arc<Output>,
     pub local_memory_limit: Option<usize>,
+    /// The threads local tasks run on.
+    pub runner: sloth_shared::runner::Runner,
     vars_cache: Mutex<HashMap<String, Graph>>,
 }
 
@@ -49,6 +51,14 @@ impl Runtime {
             inventory,
             out: out.clone(),
             local_memory_limit: Some(1 << 30),
+            // As many threads as local tasks may block at once; an idle one watches for
+            // the next task for 200 µs before sleeping (sequential awaits find it awake).
+            runner: sloth_shared::runner::Runner::new(
+                "sloth-local",
+                4096,
+                Duration::from_micros(200),
+                Duration::from_secs(10),
+            ),
             vars_cache: Mutex::new(HashMap::new()),
         });
         registry.on_done(move |rec, o| {

@@ -10,6 +10,7 @@ pub mod executor;
 pub mod graph;
 pub mod modules;
 pub mod protocol;
+pub mod runner;
 pub mod shared_obj;
 pub mod tls;
 pub mod wire;

@@ -1,0 +1,183 @@
+//! The threads that run Lua tasks (on agents, and local tasks on the master).
+//!
+//! Like tokio's blocking pool, with one difference: a thread that runs out of work
+//! watches the queue for a short while (yielding the CPU to anything else that wants
+//! it) before it goes to sleep. Waking a sleeping thread costs tens of µs on a
+//! virtual machine, more than a small task runs, and tasks tend to come in series.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// A growable pool of task threads. Cloning gives another handle to the same pool.
+#[derive(Clone)]
+pub struct Runner {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    cv: Condvar,
+    /// Length of the queue, readable without the lock by spinning threads.
+    queued: AtomicUsize,
+    name: String,
+    max_threads: usize,
+    spin: Duration,
+    idle_exit: Duration,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Job>,
+    threads: usize,
+    /// Threads watching the queue (they take new work without being woken).
+    spinning: usize,
+    sleeping: usize,
+    /// Wake-ups sent and not yet taken by a sleeping thread.
+    wakeups: usize,
+}
+
+impl Runner {
+    /// A pool of at most `max_threads` threads named `name`; an idle thread watches
+    /// for work for `spin` before sleeping, and exits after `idle_exit` asleep.
+    pub fn new(name: &str, max_threads: usize, spin: Duration, idle_exit: Duration) -> Runner {
+        Runner {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                cv: Condvar::new(),
+                queued: AtomicUsize::new(0),
+                name: name.to_string(),
+                max_threads: max_threads.max(1),
+                spin,
+                idle_exit,
+            }),
+        }
+    }
+
+    /// Run `job` on a pool thread. It starts at once if a thread is free or the pool
+    /// may grow; otherwise it waits in the queue for the next free thread.
+    pub fn execute(&self, job: impl FnOnce() + Send + 'static) {
+        let inner = &self.inner;
+        let mut st = inner.state.lock();
+        st.queue.push_back(Box::new(job));
+        inner.queued.store(st.queue.len(), Ordering::Release);
+        if st.queue.len() <= st.spinning + st.wakeups {
+            return;
+        }
+        if st.sleeping > st.wakeups {
+            st.wakeups += 1;
+            inner.cv.notify_one();
+        } else if st.threads < inner.max_threads {
+            st.threads += 1;
+            st.spinning += 1;
+            let me = self.inner.clone();
+            let spawned = std::thread::Builder::new()
+                .name(inner.name.clone())
+                .spawn(move || me.work());
+            if let Err(e) = spawned {
+                st.threads -= 1;
+                st.spinning -= 1;
+                tracing::warn!("cannot start a {} thread: {e}", inner.name);
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// One pool thread; it starts counted as spinning.
+    fn work(&self) {
+        loop {
+            let job = {
+                let mut st = self.state.lock();
+                let job = st.queue.pop_front();
+                self.queued.store(st.queue.len(), Ordering::Release);
+                if job.is_some() {
+                    st.spinning -= 1;
+                }
+                job
+            };
+            if let Some(job) = job {
+                job();
+                self.state.lock().spinning += 1;
+                continue;
+            }
+            let until = Instant::now() + self.spin;
+            while self.queued.load(Ordering::Acquire) == 0 && Instant::now() < until {
+                std::thread::yield_now();
+            }
+            if self.queued.load(Ordering::Acquire) > 0 {
+                continue;
+            }
+            let mut st = self.state.lock();
+            if !st.queue.is_empty() {
+                continue;
+            }
+            st.spinning -= 1;
+            st.sleeping += 1;
+            let deadline = Instant::now() + self.idle_exit;
+            while st.wakeups == 0 {
+                if self.cv.wait_until(&mut st, deadline).timed_out() && st.wakeups == 0 {
+                    st.sleeping -= 1;
+                    st.threads -= 1;
+                    return;
+                }
+            }
+            st.wakeups -= 1;
+            st.sleeping -= 1;
+            st.spinning += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    #[test]
+    fn runs_every_job_and_grows_to_its_limit() {
+        let r = Runner::new("t", 4, Duration::from_micros(200), Duration::from_secs(5));
+        let (tx, rx) = mpsc::channel();
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        for i in 0..40 {
+            let (tx, running, peak) = (tx.clone(), running.clone(), peak.clone());
+            r.execute(move || {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(5));
+                running.fetch_sub(1, Ordering::SeqCst);
+                tx.send(i).unwrap();
+            });
+        }
+        let mut got: Vec<i32> = (0..40)
+            .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        got.sort();
+        assert_eq!(got, (0..40).collect::<Vec<_>>());
+        let p = peak.load(Ordering::SeqCst);
+        assert!(p > 1 && p <= 4, "peak concurrency {p}");
+    }
+
+    #[test]
+    fn sleeping_threads_are_woken_and_idle_ones_exit() {
+        let r = Runner::new("t", 2, Duration::ZERO, Duration::from_millis(100));
+        let (tx, rx) = mpsc::channel();
+        for round in 0..3 {
+            let tx = tx.clone();
+            r.execute(move || tx.send(round).unwrap());
+            assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), round);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(r.inner.state.lock().threads, 0);
+        let tx2 = tx.clone();
+        r.execute(move || tx2.send(9).unwrap());
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 9);
+    }
+}
