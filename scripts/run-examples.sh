@@ -3,7 +3,7 @@
 # Usage: scripts/run-examples.sh [BIN_DIR]   (default: target/debug)
 #
 # The deployment and health-check examples are run as one scripted scenario (see
-# "deployment scenario" below): they start real web services (python3 http.server)
+# "deployment scenario" below): they start real web services (the release's serve.pl)
 # on the local fleet, under /tmp/sloth-demo/<host>/. Every service this script may
 # have started is stopped when it exits, however it exits.
 set -uo pipefail
@@ -40,13 +40,13 @@ check() { # name expected_exit grep_pattern... -- command...
 proc_state() { sed -n 's/^.*) \(.\).*/\1/p' "/proc/$1/stat" 2>/dev/null; }
 alive() { local s; s=$(proc_state "$1"); [ -n "$s" ] && [ "$s" != Z ] && [ "$s" != X ]; }
 
-# Stop the demo service whose pid is in FILE (only if it is still our http.server).
+# Stop the demo service whose pid is in FILE (only if it is still our serve.pl).
 stop_service() {
   local f=$1 pid
   [ -f "$f" ] || return 0
   pid=$(tr -dc 0-9 <"$f")
   [ -n "$pid" ] || return 0
-  grep -qa http.server "/proc/$pid/cmdline" 2>/dev/null || return 0
+  grep -qa serve.pl "/proc/$pid/cmdline" 2>/dev/null || return 0
   kill "$pid" 2>/dev/null
   for _ in $(seq 20); do alive "$pid" || return 0; sleep 0.1; done
   kill -9 "$pid" 2>/dev/null
@@ -72,7 +72,7 @@ per_host() { # PATTERN [EXCEPT_HOST]: one pattern per host, each @ replaced by i
 # A clean machine has nothing in its artifact caches ($TMPDIR/sloth-artifacts-<host>),
 # so the first deployment transfers the release; a machine that ran this before still
 # has the same bytes cached (the same version packs to the same sha256): accept either.
-mapfile -t deployed_100 < <(per_host '^@ +1\.0\.0 +deployed +artifact (transferred|cached) +release unpacked \(3 files\)')
+mapfile -t deployed_100 < <(per_host '^@ +1\.0\.0 +deployed +artifact (transferred|cached) +release unpacked \(4 files\)')
 check "deployment (parallel, 1.0.0)" 0 "${deployed_100[@]}" \
   "deploying 1\.0\.0 to 6 host\(s\), parallel" \
   "http://127\.0\.0\.1:18081/" \
@@ -155,7 +155,7 @@ check "health check after the rollback" 0 "${healthy[@]}" "all 6 host\(s\) healt
 # unpacked under releases/1.3.0 with the good one and moves on from 1.2.0.
 mapfile -t unchanged_130 < <(per_host '^@ +1\.3\.0 +unchanged +artifact cached +release already present' web-03)
 check "deployment of 1.3.0 again, fixed (web-03 catches up)" 0 "${unchanged_130[@]}" \
-  "^web-03 +1\.3\.0 +deployed +artifact (transferred|cached) +release unpacked \(3 files\)" \
+  "^web-03 +1\.3\.0 +deployed +artifact (transferred|cached) +release unpacked \(4 files\)" \
   "deployment of 1\.3\.0: 6/6 host\(s\) ok" -- \
   "$BIN" run "$DEPLOY" "${FLEET[@]}" -e version=1.3.0
 
@@ -163,7 +163,7 @@ check "deployment of 1.3.0 again, fixed (web-03 catches up)" 0 "${unchanged_130[
 mapfile -t stopped < <(per_host '^@ +service stopped \(pid [0-9]+\)')
 check "stop every service" 0 "${stopped[@]}" "stopped 6 service\(s\) on 6 host\(s\)" -- \
   "$BIN" run "$DEPLOY" "${FLEET[@]}" -e stop=1
-left=$(pgrep -f "http.server .*--directory $DEMO/" || true)
+left=$(pgrep -f "serve.pl .* $DEMO/" || true)
 if [ -n "$left" ]; then
   echo "example FAILED: services left running after stop: $left"; fail=$((fail+1))
 fi
