@@ -194,7 +194,9 @@ pub fn main_state(rt: &Arc<Runtime>, vars: &[(String, String)]) -> mlua::Result<
     lua.load(include_str!("lua/dsl.lua"))
         .set_name("=sloth-dsl")
         .exec()?;
-    modules::wrap_errors(&lua, modules::ERROR_WRAPPED)?;
+    // The task modules, and the master's own: their errors reach scripts as plain strings.
+    modules::wrap_errors(&lua, modules::MODULES)?;
+    modules::wrap_errors(&lua, &["fleet", "artifact"])?;
     sloth_shared::shared_obj::install_methods(&lua)?;
     capture::install(&lua, backend)?;
     lua.set_app_data(ctx);

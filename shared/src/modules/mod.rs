@@ -201,20 +201,6 @@ pub fn protector(lua: &Lua) -> mlua::Result<mlua::Function> {
     Ok(f)
 }
 
-/// Module tables whose functions raise plain-string errors (see [`wrap_errors`]).
-pub const ERROR_WRAPPED: &[&str] = &[
-    "goroutine",
-    "fleet",
-    "artifact",
-    "json",
-    "exec",
-    "fs",
-    "http",
-    "net",
-    "sys",
-    "template",
-];
-
 /// Load a Lua chunk of sloth's own, compiled once per process: every state loads the
 /// same (stripped) bytecode instead of parsing the source again.
 pub fn load_compiled_once(
