@@ -426,10 +426,8 @@ fn install_goroutine(
         g.raw_set(
             "await_all",
             lua.create_function(move |lua, (hs, timeout): (Table, LV)| {
-                let timeout = parse_duration(&timeout)
-                    .map_err(|e| rt_err(format!("goroutine.await_all: {e}")))?;
-                let deadline = timeout.map(|t| Instant::now() + t);
-                let recs = handles_of(&rt, &hs, "goroutine.await_all")?;
+                let (recs, deadline) =
+                    handles_and_deadline(&rt, &hs, &timeout, "goroutine.await_all")?;
                 let out = lua.create_table()?;
                 let progress = rt.out.progress(recs.len() as u64, "await_all");
                 let mut outcomes = vec![None; recs.len()];
@@ -463,10 +461,8 @@ fn install_goroutine(
         g.raw_set(
             "await_any",
             lua.create_function(move |lua, (hs, timeout): (Table, LV)| {
-                let timeout = parse_duration(&timeout)
-                    .map_err(|e| rt_err(format!("goroutine.await_any: {e}")))?;
-                let deadline = timeout.map(|t| Instant::now() + t);
-                let recs = handles_of(&rt, &hs, "goroutine.await_any")?;
+                let (recs, deadline) =
+                    handles_and_deadline(&rt, &hs, &timeout, "goroutine.await_any")?;
                 if recs.is_empty() {
                     return Err(rt_err("goroutine.await_any: no handles given"));
                 }
@@ -666,6 +662,18 @@ fn wait_for_progress(rt: &Runtime, seen: u64, deadline: Option<Instant>) -> bool
     }
     rt.registry.wait_any_done(seen, until);
     true
+}
+
+/// The handles of a table and the deadline of an optional timeout (await_all/await_any).
+fn handles_and_deadline(
+    rt: &Runtime,
+    hs: &Table,
+    timeout: &LV,
+    what: &str,
+) -> mlua::Result<(Vec<Arc<TaskRecord>>, Option<Instant>)> {
+    let timeout = parse_duration(timeout).map_err(|e| rt_err(format!("{what}: {e}")))?;
+    let deadline = timeout.map(|t| Instant::now() + t);
+    Ok((handles_of(rt, hs, what)?, deadline))
 }
 
 fn handles_of(rt: &Runtime, hs: &Table, what: &str) -> mlua::Result<Vec<Arc<TaskRecord>>> {

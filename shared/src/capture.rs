@@ -146,14 +146,14 @@ fn make_ctx(
     only: Option<&'static HashSet<String>>,
     baseline: HashSet<String>,
     backend: Arc<dyn SharedBackend>,
-) -> mlua::Result<CaptureCtx> {
-    Ok(CaptureCtx {
+) -> CaptureCtx {
+    CaptureCtx {
         builtins,
         only,
         debug: std::sync::OnceLock::new(),
         baseline,
         backend,
-    })
+    }
 }
 
 /// Record the state's builtins, its baseline globals and the debug accessors. Call
@@ -166,7 +166,7 @@ pub fn install(lua: &Lua, backend: Arc<dyn SharedBackend>) -> mlua::Result<()> {
     baseline.insert("_G".to_string());
     let cell = std::sync::OnceLock::new();
     let _ = cell.set(builtins);
-    let ctx = make_ctx(cell, None, baseline, backend)?;
+    let ctx = make_ctx(cell, None, baseline, backend);
     lua.set_app_data(ctx);
     // Taken now, before the script runs and could replace them.
     debug_fns(lua)?;
@@ -186,7 +186,11 @@ pub fn install_lazy(lua: &Lua, backend: Arc<dyn SharedBackend>) -> mlua::Result<
             let mut names = scan(lua, None).1;
             // Modules a task state builds on first use (modules::install_task_modules_lazy).
             names.extend(crate::modules::MODULES.iter().map(|m| m.to_string()));
-            names.extend(crate::modules::LAZY_STD_LIBS.iter().map(|m| m.to_string()));
+            names.extend(
+                crate::modules::LAZY_STD_LIBS
+                    .iter()
+                    .map(|(m, _)| m.to_string()),
+            );
             names
         }),
     };
@@ -195,7 +199,7 @@ pub fn install_lazy(lua: &Lua, backend: Arc<dyn SharedBackend>) -> mlua::Result<
         Some(only),
         HashSet::new(),
         backend,
-    )?;
+    );
     lua.set_app_data(ctx);
     Ok(())
 }

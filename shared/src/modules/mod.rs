@@ -87,28 +87,16 @@ pub fn install_task_modules(lua: &Lua) -> mlua::Result<()> {
 /// Standard libraries a task state opens on first use: `string`, `table` and `math`
 /// (and the base library) are always there; these cost more to open than most tasks
 /// spend running, and most never touch them.
-pub const LAZY_STD_LIBS: &[&str] = &[
-    "io",
-    "os",
-    "utf8",
-    "coroutine",
-    "debug",
-    "package",
-    "require",
+pub const LAZY_STD_LIBS: &[(&str, mlua::StdLib)] = &[
+    ("io", mlua::StdLib::IO),
+    ("os", mlua::StdLib::OS),
+    ("utf8", mlua::StdLib::UTF8),
+    ("coroutine", mlua::StdLib::COROUTINE),
+    ("debug", mlua::StdLib::DEBUG),
+    ("package", mlua::StdLib::PACKAGE),
+    // `require` comes with the package library.
+    ("require", mlua::StdLib::PACKAGE),
 ];
-
-fn lazy_std_lib(name: &str) -> Option<mlua::StdLib> {
-    use mlua::StdLib;
-    Some(match name {
-        "io" => StdLib::IO,
-        "os" => StdLib::OS,
-        "utf8" => StdLib::UTF8,
-        "coroutine" => StdLib::COROUTINE,
-        "debug" => StdLib::DEBUG,
-        "package" | "require" => StdLib::PACKAGE,
-        _ => return None,
-    })
-}
 
 /// Install the task modules into a task state lazily: `log` and `print` at once, and
 /// each of [`MODULES`] on first use, through an `__index` metamethod on the globals
@@ -124,11 +112,21 @@ pub fn install_task_modules_lazy(lua: &Lua) -> mlua::Result<()> {
         let LV::String(k) = &key else {
             return Ok(LV::Nil);
         };
-        let Ok(name) = k.to_str().map(|n| n.to_string()) else {
-            return Ok(LV::Nil);
+        // Any global a task reads and has not set lands here: no allocation for those.
+        let name: &'static str = match k.to_str() {
+            Ok(n) => match LAZY_STD_LIBS
+                .iter()
+                .map(|(l, _)| *l)
+                .chain(MODULES.iter().copied())
+                .find(|l| *l == &*n)
+            {
+                Some(l) => l,
+                None => return Ok(LV::Nil),
+            },
+            Err(_) => return Ok(LV::Nil),
         };
         let g = lua.globals();
-        if let Some(lib) = lazy_std_lib(&name) {
+        if let Some(&(_, lib)) = LAZY_STD_LIBS.iter().find(|(l, _)| *l == name) {
             thread_local! {
                 static OPENING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
             }
@@ -137,28 +135,26 @@ pub fn install_task_modules_lazy(lua: &Lua) -> mlua::Result<()> {
             if OPENING.get() {
                 return Ok(LV::Nil);
             }
-            if g.raw_get::<LV>(name.as_str())?.is_nil() {
+            if g.raw_get::<LV>(name)?.is_nil() {
                 OPENING.set(true);
                 let opened = lua.load_std_libs(lib);
                 OPENING.set(false);
                 opened?;
                 crate::capture::forget_builtins(lua);
             }
-            return g.raw_get::<LV>(name.as_str());
+            return g.raw_get::<LV>(name);
         }
-        if !MODULES.contains(&name.as_str()) {
-            return Ok(LV::Nil);
-        }
-        if let LV::Table(t) = g.raw_get::<LV>(name.as_str())? {
+        // Reached through package.loaded (require) when the global is already built.
+        if let LV::Table(t) = g.raw_get::<LV>(name)? {
             return Ok(LV::Table(t));
         }
-        let Some(t) = build_module(lua, &name)? else {
+        let Some(t) = build_module(lua, name)? else {
             return Ok(LV::Nil);
         };
         wrap_table(lua, &t)?;
-        g.raw_set(name.as_str(), &t)?;
+        g.raw_set(name, &t)?;
         let loaded: Table = lua.named_registry_value::<Table>("_LOADED")?;
-        loaded.raw_set(name.as_str(), &t)?;
+        loaded.raw_set(name, &t)?;
         // The state's builtin map (if already built) does not know this module yet.
         crate::capture::forget_builtins(lua);
         Ok(LV::Table(t))
