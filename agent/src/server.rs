@@ -238,7 +238,7 @@ async fn task_stream(agent: Arc<Agent>, mut send: SendStream, mut recv: RecvStre
             let acquired = tokio::select! {
                 p = agent.workers.clone().acquire_owned() => p.ok(),
                 // The master gave up (cancel) while the task waited.
-                _ = recv.read_chunk(1, true) => None,
+                () = worker::master_gave_up(&mut recv, &send) => None,
             };
             agent.waiting.fetch_sub(1, Ordering::SeqCst);
             queued = true;

@@ -139,9 +139,20 @@ pub async fn run(
         let _ = done_tx.send(r);
     });
     let mut reading = true;
+    // The master cancels by resetting its side of the stream or, when it has already
+    // finished that side (a task that cannot call it back), by stopping ours.
+    let mut stopped = std::pin::pin!(send.stopped());
+    let mut watching = true;
     let result = loop {
         tokio::select! {
             r = &mut job => break r,
+            s = &mut stopped, if watching => {
+                watching = false;
+                if !matches!(s, Ok(None)) {
+                    tracing::info!(task = task_id, "stopping the task: the master stopped its stream");
+                    cancel.cancel();
+                }
+            }
             Some(msg) = out_rx.recv() => {
                 if wire::write_frame(&mut send, &msg).await.is_err() {
                     cancel.cancel();
@@ -207,10 +218,37 @@ pub async fn run(
         .await
         .is_ok()
     {
+        // quinn keeps delivering a finished stream's data after the handle is
+        // dropped, for as long as the connection lives.
         let _ = send.finish();
-        // Let the frame reach the master before the stream is dropped.
-        let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
     } else {
         let _ = send.reset(codes::CANCELLED.into());
+    }
+    if reading {
+        wire::take_fin(&mut recv);
+    }
+}
+
+/// Resolves when the master gives up on a task that has not started: it reset its
+/// side of the stream, stopped ours, or the connection is gone. A clean end of the
+/// master's side is not giving up (it finishes early when it has nothing more to send).
+pub async fn master_gave_up(recv: &mut RecvStream, send: &SendStream) {
+    let stopped = send.stopped();
+    tokio::pin!(stopped);
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            r = recv.read_chunk(64 * 1024, true), if reading => match r {
+                Ok(Some(_)) => {}
+                Ok(None) => reading = false,
+                Err(_) => return,
+            },
+            s = &mut stopped => {
+                if !matches!(s, Ok(None)) {
+                    return;
+                }
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }

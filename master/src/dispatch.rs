@@ -207,6 +207,7 @@ pub(crate) async fn run_remote(
         host_vars: rt.host_vars(host),
         timeout_ms: rec.cancel.remaining().map(|d| d.as_millis() as u64),
     };
+    let no_calls = payload.shared_refs().is_empty();
     let frame = sloth_shared::protocol::encode(&ToAgent::Task(Box::new(req)))
         .map_err(|e| TaskError::new(ErrorKind::Capture, format!("the task cannot be sent: {e}")))?;
     // Opening the stream waits while the agent has no stream credit left: that wait
@@ -220,6 +221,13 @@ pub(crate) async fn run_remote(
         tokio::io::AsyncWriteExt::write_all(&mut send, &frame)
             .await
             .map_err(|e| explain(format!("sending the task: {e}")))?;
+        // A task given no shared object cannot call the master, so nothing more goes
+        // to the agent on this stream: finish it now and the FIN usually travels in
+        // the task's own packet instead of one more packet at the end. Cancelling
+        // such a task stops the agent's side of the stream (STOP_SENDING).
+        if no_calls {
+            let _ = send.finish();
+        }
         Ok::<_, TaskError>((send, recv))
     };
     let (mut send, mut recv) = tokio::select! {
@@ -250,6 +258,7 @@ pub(crate) async fn run_remote(
             }
             _ = sleep_until(deadline) => {
                 let _ = send.reset(codes::CANCELLED.into());
+                let _ = recv.stop(codes::CANCELLED.into());
                 return Err(TaskError::new(ErrorKind::Timeout, "the agent did not stop the task at its deadline"));
             }
         };
@@ -318,6 +327,10 @@ pub(crate) async fn run_remote(
             }
             Ok(Some(ToMaster::Done { result, .. })) => {
                 let _ = send.finish();
+                // The agent finishes its side with the result, usually in the same
+                // packet: take the FIN now, or dropping the stream would send the
+                // agent a needless STOP_SENDING.
+                wire::take_fin(&mut recv);
                 return match result {
                     Ok(g) => match check_from_agent(&g, &allowed) {
                         Ok(()) => Ok(g),

@@ -175,6 +175,53 @@ print("KIND", r1.kind)
     assert_eq!(out.line("KIND"), "cancelled", "{out}");
 }
 
+/// A task waiting in a full agent's queue and then cancelled never runs: the agent
+/// drops it when the master stops the stream, whether or not the master had already
+/// finished its side of it.
+#[test]
+fn cancel_of_a_task_queued_on_the_agent_drops_it() {
+    let mut fleet = TestFleet::empty();
+    fleet.add_agent_with("web-01", &["web"], &["--max-tasks", "1"]);
+    let marker = tempfile::tempdir().expect("tempdir");
+    let path = marker.path().join("ran");
+    let out = fleet.run(
+        &format!(
+            r#"
+local path = "{}"
+local busy = goroutine.async(function() while true do end end, {{ delegate_to = "web-01" }})
+goroutine.sleep(200)
+local queued = goroutine.async(function() fs.write(path, "ran") return "ran" end, {{ delegate_to = "web-01" }})
+goroutine.sleep(200)
+print("QUEUED", queued:status())
+queued:cancel()
+busy:cancel()
+local r = goroutine.await_all({{ goroutine.async(function() return "next" end, {{ delegate_to = "web-01" }}) }}, 5000)[1]
+print("NEXT", tostring(r.success), tostring(r.values and r.values[1]))
+goroutine.sleep(300)
+print("KIND", goroutine.await_all({{ queued }})[1].kind)
+print("RAN", tostring(fs.exists(path)))
+-- Tasks that wait in the agent's queue and are not cancelled all run, in turn.
+local hs = {{}}
+for i = 1, 4 do
+  hs[i] = goroutine.async(function() goroutine.sleep(50) return i end, {{ delegate_to = "web-01" }})
+end
+local sum = 0
+for _, r in ipairs(goroutine.await_all(hs, 5000)) do
+  if r.success then sum = sum + r.values[1] end
+end
+print("SUM", sum)
+"#,
+            path.display()
+        ),
+        &[],
+    );
+    assert_eq!(out.line("QUEUED"), "running", "{out}");
+    assert_eq!(out.line("NEXT"), "true\tnext", "{out}");
+    assert_eq!(out.line("KIND"), "cancelled", "{out}");
+    assert_eq!(out.line("RAN"), "false", "{out}");
+    assert_eq!(out.line("SUM"), "10", "{out}");
+}
+
 /// `await_any`, `h:status()`, `h.id`, `h.host`, and re-awaiting.
 #[test]
 fn handles_await_any_status_and_reawait() {

@@ -288,24 +288,15 @@ impl<'l> Encoder<'l> {
     /// task raises an error that says why.
     pub fn push_script_globals(&mut self) -> Result<(), CaptureError> {
         let globals = self.lua.globals();
-        let mut found: Vec<(String, LV)> = Vec::new();
-        {
+        let names = {
             let ctx = ctx(self.lua)?;
-            for pair in globals.pairs::<LV, LV>() {
-                let Ok((LV::String(k), v)) = pair else {
-                    continue;
-                };
-                let name = k.to_string_lossy().to_string();
-                let builtin = ctx.baseline.contains(&name)
-                    || ctx.only.is_some_and(|o| o.contains(&name))
-                    || name == "host"
-                    || name == "_G";
-                if !builtin {
-                    found.push((name, v));
-                }
+            script_global_names(self.lua, &ctx)
+        };
+        for name in names {
+            let v: LV = globals.raw_get(name.as_str()).unwrap_or(LV::Nil);
+            if v.is_nil() {
+                continue;
             }
-        }
-        for (name, v) in found {
             // A failed global must not leave half-registered tables behind: encode into
             // a scratch copy of the identity maps and commit only on success.
             let depth = self.depth;
@@ -476,6 +467,58 @@ impl<'l> Encoder<'l> {
         self.depth -= 1;
         Ok(Value::Function(idx))
     }
+}
+
+/// Names of the globals that are not builtins of the state, in table order. This runs
+/// before every capture from the main state, which has some fifty builtin globals, so
+/// it walks the table with the C API and looks at keys only: no value is converted and
+/// nothing is allocated for a builtin.
+fn script_global_names(lua: &Lua, ctx: &CaptureCtx) -> Vec<String> {
+    use mlua::ffi;
+    let is_builtin = |name: &str| {
+        ctx.baseline.contains(name)
+            || ctx.only.is_some_and(|o| o.contains(name))
+            || name == "host"
+            || name == "_G"
+    };
+    let mut names = Vec::new();
+    // SAFETY: the closure keeps the stack balanced, only reads string keys (so
+    // lua_tolstring never converts a key in place, which would break lua_next) and
+    // does not modify the table while walking it.
+    let walked = unsafe {
+        lua.exec_raw::<()>((), |l| {
+            ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, ffi::LUA_RIDX_GLOBALS);
+            ffi::lua_pushnil(l);
+            while ffi::lua_next(l, -2) != 0 {
+                if ffi::lua_type(l, -2) == ffi::LUA_TSTRING {
+                    let mut len = 0usize;
+                    let p = ffi::lua_tolstring(l, -2, &mut len);
+                    if !p.is_null() {
+                        let bytes = std::slice::from_raw_parts(p as *const u8, len);
+                        let name = String::from_utf8_lossy(bytes);
+                        if !is_builtin(&name) {
+                            names.push(name.into_owned());
+                        }
+                    }
+                }
+                ffi::lua_pop(l, 1);
+            }
+            ffi::lua_pop(l, 1);
+        })
+    };
+    if walked.is_err() {
+        // Not reachable (nothing above raises); fall back to the safe walk.
+        names.clear();
+        for (k, _) in lua.globals().pairs::<LV, LV>().flatten() {
+            if let LV::String(k) = k {
+                let name = k.to_string_lossy().to_string();
+                if !is_builtin(&name) {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    names
 }
 
 fn ctx(lua: &Lua) -> Result<mlua::AppDataRef<'_, CaptureCtx>, CaptureError> {

@@ -4,6 +4,7 @@
 //! watches the queue for a short while (yielding the CPU to anything else that wants
 //! it) before it goes to sleep. Waking a sleeping thread costs tens of µs on a
 //! virtual machine, more than a small task runs, and tasks tend to come in series.
+//! Only one thread watches at a time, so a busy pool does not spend its CPU watching.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,6 +14,9 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// At most this many idle threads watch the queue at once; the others sleep.
+const MAX_SPINNING: usize = 1;
 
 /// A growable pool of task threads. Cloning gives another handle to the same pool.
 #[derive(Clone)]
@@ -103,7 +107,16 @@ impl Inner {
             };
             if let Some(job) = job {
                 job();
-                self.state.lock().spinning += 1;
+                let mut st = self.state.lock();
+                if st.queue.is_empty() && st.spinning >= MAX_SPINNING {
+                    // Enough threads already watch the queue: more of them would only
+                    // take CPU from the tasks still running.
+                    st.sleeping += 1;
+                    if !self.sleep(&mut st) {
+                        return;
+                    }
+                }
+                st.spinning += 1;
                 continue;
             }
             let until = Instant::now() + self.spin;
@@ -119,18 +132,27 @@ impl Inner {
             }
             st.spinning -= 1;
             st.sleeping += 1;
-            let deadline = Instant::now() + self.idle_exit;
-            while st.wakeups == 0 {
-                if self.cv.wait_until(&mut st, deadline).timed_out() && st.wakeups == 0 {
-                    st.sleeping -= 1;
-                    st.threads -= 1;
-                    return;
-                }
+            if !self.sleep(&mut st) {
+                return;
             }
-            st.wakeups -= 1;
-            st.sleeping -= 1;
             st.spinning += 1;
         }
+    }
+
+    /// Sleep (counted in `sleeping`) until woken; false when the thread should exit
+    /// instead, after `idle_exit` without work (it is then no longer counted).
+    fn sleep(&self, st: &mut parking_lot::MutexGuard<'_, State>) -> bool {
+        let deadline = Instant::now() + self.idle_exit;
+        while st.wakeups == 0 {
+            if self.cv.wait_until(st, deadline).timed_out() && st.wakeups == 0 {
+                st.sleeping -= 1;
+                st.threads -= 1;
+                return false;
+            }
+        }
+        st.wakeups -= 1;
+        st.sleeping -= 1;
+        true
     }
 }
 
@@ -162,6 +184,41 @@ mod tests {
         assert_eq!(got, (0..40).collect::<Vec<_>>());
         let p = peak.load(Ordering::SeqCst);
         assert!(p > 1 && p <= 4, "peak concurrency {p}");
+    }
+
+    #[test]
+    fn one_idle_thread_watches_the_queue_the_others_sleep() {
+        let r = Runner::new("t", 8, Duration::from_secs(2), Duration::from_secs(5));
+        let (tx, rx) = mpsc::channel();
+        for i in 0..8 {
+            let tx = tx.clone();
+            r.execute(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                tx.send(i).unwrap();
+            });
+        }
+        for _ in 0..8 {
+            rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        {
+            let st = r.inner.state.lock();
+            assert_eq!(st.threads, 8);
+            assert_eq!(st.spinning, 1, "threads watching the queue");
+            assert_eq!(st.sleeping, 7);
+        }
+        // Work still reaches every thread: 8 jobs that wait for each other.
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        for i in 0..8 {
+            let (tx, barrier) = (tx.clone(), barrier.clone());
+            r.execute(move || {
+                barrier.wait();
+                tx.send(i).unwrap();
+            });
+        }
+        for _ in 0..8 {
+            rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
     }
 
     #[test]

@@ -46,3 +46,16 @@ where
     w.write_all(&bytes).await?;
     Ok(())
 }
+
+/// Take the end of a quinn receive stream if it has already arrived, without waiting.
+///
+/// Dropping a receive stream whose FIN was never read makes quinn send the peer a
+/// STOP_SENDING frame (one more packet per task) even when every byte is in. Call this
+/// once the last expected frame has been read and before the stream is dropped.
+pub fn take_fin(recv: &mut quinn::RecvStream) {
+    let mut byte = [0u8; 1];
+    let fut = std::pin::pin!(recv.read(&mut byte));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    // Pending (FIN not here yet) or extra bytes: nothing to do, the drop stops it.
+    let _ = std::future::Future::poll(fut, &mut cx);
+}
