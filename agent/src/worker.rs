@@ -18,6 +18,9 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::server::Agent;
 
+/// How long the async thread stays awake after handing a task to a task thread.
+const KEEP_AWAKE: Duration = Duration::from_micros(300);
+
 type Replies = Arc<Mutex<HashMap<u64, std::sync::mpsc::Sender<Result<Graph, String>>>>>;
 
 /// The task's view of its stream.
@@ -133,11 +136,15 @@ pub async fn run(
         return;
     }
     let (done_tx, mut job) = tokio::sync::oneshot::channel();
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let finished2 = finished.clone();
     agent.runner.execute(move || {
         let r = executor::run_task(&req, ctx, &limits);
         drop(permit);
+        finished2.store(true, Ordering::Release);
         let _ = done_tx.send(r);
     });
+    sloth_shared::runner::keep_awake(finished, KEEP_AWAKE);
     let mut reading = true;
     // The master cancels by resetting its side of the stream or, when it has already
     // finished that side (a task that cannot call it back), by stopping ours.

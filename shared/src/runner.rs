@@ -156,6 +156,26 @@ impl Inner {
     }
 }
 
+/// Keep the calling tokio runtime from putting its thread to sleep for up to `spin`,
+/// or until `finished` is set: a watcher task yields in a loop (tokio polls the
+/// network and runs other tasks between its turns). Use it when a reply is expected
+/// within microseconds (a small task's result), because waking a sleeping thread on
+/// a virtual machine costs more than that. One watcher runs at a time per process.
+/// Must be called inside a tokio runtime.
+pub fn keep_awake(finished: Arc<std::sync::atomic::AtomicBool>, spin: Duration) {
+    static WATCHING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if spin.is_zero() || WATCHING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    tokio::spawn(async move {
+        let until = Instant::now() + spin;
+        while !finished.load(Ordering::Acquire) && Instant::now() < until {
+            tokio::task::yield_now().await;
+        }
+        WATCHING.store(false, Ordering::Release);
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +239,32 @@ mod tests {
         for _ in 0..8 {
             rx.recv_timeout(Duration::from_secs(10)).unwrap();
         }
+    }
+
+    #[test]
+    fn keep_awake_watches_one_at_a_time_and_stops_by_itself() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let metrics = tokio::runtime::Handle::current().metrics();
+            // Set when the job ends: the watcher leaves at its next turn.
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            keep_awake(done.clone(), Duration::from_secs(30));
+            // A second call while one watches starts nothing.
+            keep_awake(done.clone(), Duration::from_secs(30));
+            assert_eq!(metrics.num_alive_tasks(), 1);
+            done.store(true, Ordering::Release);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(metrics.num_alive_tasks(), 0);
+            // Not set: it gives up after its time.
+            keep_awake(Arc::default(), Duration::from_millis(5));
+            assert_eq!(metrics.num_alive_tasks(), 1);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(metrics.num_alive_tasks(), 0);
+        });
     }
 
     #[test]
