@@ -385,7 +385,7 @@ pub fn prepare_fleet(a: &FleetArgs) -> Result<Fleet, String> {
 
 pub fn tokio_runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .max_blocking_threads(4096)
         .enable_all()
         .build()

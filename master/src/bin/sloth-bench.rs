@@ -1442,7 +1442,7 @@ impl Bench {
     /// Ping/Pong on the open control streams. Returns (cold ms, warm ms per round,
     /// ms to close the endpoint and wait for it to drain, capped at 500 ms).
     fn fanout_floor(&self) -> anyhow::Result<(f64, Vec<f64>, f64)> {
-        let rt = runtime(2)?;
+        let rt = runtime(1)?;
         let targets: Vec<(String, SocketAddr)> = self
             .agents
             .iter()
@@ -1592,8 +1592,8 @@ impl QuinnBaseline {
         let transport = || tls::transport_config(KEEP_ALIVE, IDLE_TIMEOUT);
         let server_cfg = tls::agent_server_config(&own, &b.ca_pem, transport())?;
         let client_cfg = tls::master_client_config(&b.master_pem, &b.ca_pem, transport())?;
-        let server_rt = runtime(2)?;
-        let client_rt = runtime(2)?;
+        let server_rt = runtime(1)?;
+        let client_rt = runtime(1)?;
         let server = {
             let _g = server_rt.enter();
             Endpoint::server(server_cfg, ([127, 0, 0, 1], 0).into())?
