@@ -39,8 +39,12 @@ use crate::cancel::{CancelToken, StopReason};
 use crate::executor::{parse_duration, TaskIo};
 use crate::protocol::LogLevel;
 
-/// How often the child is polled while waiting.
+/// Longest wait between two checks of the child (and of a stop of the task).
 const POLL: Duration = Duration::from_millis(10);
+/// First wait between two checks where the exit cannot be waited for directly (no
+/// pidfd), and while the output pipes drain; it doubles up to [`POLL`], so a short
+/// command is not held up by the polling.
+const FIRST_NAP: Duration = Duration::from_micros(50);
 /// After the child is gone, how long the output pipes may stay silent before the
 /// remaining readers are abandoned (a background grandchild can hold them open).
 const DRAIN_IDLE: Duration = Duration::from_millis(250);
@@ -429,6 +433,8 @@ fn run(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
     }
 
     let deadline = timeout.map(|t| start + t);
+    let exit_fd = ExitFd::open(child.id());
+    let mut backoff = FIRST_NAP;
     let ended = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Ended::Exited(status),
@@ -450,7 +456,8 @@ fn run(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
             kill_and_reap(&mut child);
             break Ended::Stopped(r);
         }
-        let mut nap = POLL;
+        let mut nap = if exit_fd.is_some() { POLL } else { backoff };
+        backoff = (backoff * 2).min(POLL);
         if let Some(d) = deadline {
             let now = Instant::now();
             if now >= d {
@@ -459,7 +466,15 @@ fn run(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
             }
             nap = nap.min(d - now);
         }
-        if let Err(r) = cancel.sleep(nap) {
+        let waited = match &exit_fd {
+            // Returns as soon as the child exits; a stop is seen within POLL.
+            Some(fd) => {
+                fd.wait(nap);
+                cancel.stopped().map_or(Ok(()), Err)
+            }
+            None => cancel.sleep(nap),
+        };
+        if let Err(r) = waited {
             kill_and_reap(&mut child);
             break Ended::Stopped(r);
         }
@@ -519,6 +534,7 @@ fn drain(
 ) -> Option<StopReason> {
     let mut seen = shared.activity.load(Ordering::SeqCst);
     let mut quiet_since = Instant::now();
+    let mut nap = FIRST_NAP;
     loop {
         if out.done.load(Ordering::SeqCst) && err.done.load(Ordering::SeqCst) {
             return None;
@@ -530,10 +546,45 @@ fn drain(
         } else if quiet_since.elapsed() >= DRAIN_IDLE {
             return None;
         }
-        if let Err(r) = cancel.sleep(POLL) {
+        if let Err(r) = cancel.sleep(nap) {
             kill_group(pgid, libc::SIGKILL);
             return Some(r);
         }
+        nap = (nap * 2).min(POLL);
+    }
+}
+
+/// A pidfd: readable once the process has exited, so the wait for a child ends the
+/// moment it exits instead of at the next poll. `None` where the kernel has no
+/// pidfd_open (before Linux 5.3); the caller then polls.
+struct ExitFd(std::os::fd::OwnedFd);
+
+impl ExitFd {
+    fn open(pid: u32) -> Option<ExitFd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: the descriptor was just created and is owned by nobody else.
+        Some(ExitFd(unsafe {
+            std::os::fd::OwnedFd::from_raw_fd(fd as i32)
+        }))
+    }
+
+    /// Wait until the process exits or `max` passes.
+    fn wait(&self, max: Duration) {
+        use std::os::fd::AsRawFd;
+        let mut p = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = max.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd for the duration of the call. An error (EINTR)
+        // just ends this wait early; the caller checks the child again.
+        unsafe { libc::poll(&mut p, 1, ms) };
     }
 }
 
