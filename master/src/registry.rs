@@ -140,6 +140,9 @@ pub struct Registry {
     next_id: AtomicU64,
     tasks: Mutex<HashMap<u64, Arc<TaskRecord>>>,
     objects: Mutex<HashMap<u64, Arc<Object>>>,
+    /// The objects a task can hold (mutexes, semaphores, onces): what a finished task
+    /// may have to release, without walking every channel and counter of the run.
+    holdable: Mutex<Vec<Arc<Object>>>,
     /// Signalled whenever any task finishes (await_any, pools).
     any_done: (Mutex<u64>, Condvar),
     /// Called once per finished task (recap, progress).
@@ -152,6 +155,7 @@ impl Registry {
             next_id: AtomicU64::new(1),
             tasks: Mutex::new(HashMap::new()),
             objects: Mutex::new(HashMap::new()),
+            holdable: Mutex::new(Vec::new()),
             any_done: (Mutex::new(0), Condvar::new()),
             on_done: Mutex::new(Vec::new()),
         })
@@ -240,7 +244,14 @@ impl Registry {
     pub fn add_object(&self, obj: Object) -> SharedRef {
         let id = self.next_id();
         let kind = obj.kind();
-        self.objects.lock().insert(id, Arc::new(obj));
+        let obj = Arc::new(obj);
+        if matches!(
+            &*obj,
+            Object::Mutex(_) | Object::Semaphore(_) | Object::Once(_)
+        ) {
+            self.holdable.lock().push(obj.clone());
+        }
+        self.objects.lock().insert(id, obj);
         SharedRef { kind, id }
     }
 
@@ -250,7 +261,7 @@ impl Registry {
 
     /// Locks and permits held by a task are released when it ends, however it ends.
     pub fn release_owner(&self, task: u64) {
-        let objs: Vec<Arc<Object>> = self.objects.lock().values().cloned().collect();
+        let objs: Vec<Arc<Object>> = self.holdable.lock().clone();
         for o in objs {
             o.release_owner(task);
         }
