@@ -167,6 +167,12 @@ impl Output {
                 Err(_) => h.failed += 1,
             }
         }
+        // Without --json only failures are listed (the recap names each failed host's
+        // first error); successes are counted above. A long run of small tasks then
+        // keeps no per-task report.
+        if !self.json && o.result.is_ok() {
+            return;
+        }
         self.tasks.lock().push(TaskReport {
             id: rec.id,
             name: rec.name.clone(),

@@ -59,6 +59,8 @@ pub struct TaskRecord {
     state: Mutex<Option<Outcome>>,
     /// Set once the outcome is recorded *and* what the task held is released.
     published: std::sync::atomic::AtomicBool,
+    /// A handle (userdata) was made for this task at some point.
+    handed_out: std::sync::atomic::AtomicBool,
     cv: Condvar,
 }
 
@@ -147,6 +149,18 @@ pub struct Registry {
     any_done: (Mutex<u64>, Condvar),
     /// Called once per finished task (recap, progress).
     on_done: Mutex<Vec<DoneHook>>,
+    /// Task handles (userdata) alive in the master's states, per task. A finished task
+    /// whose handles are all gone, and were never copied into a graph, can no longer
+    /// be named: its record is forgotten, so a long run does not keep every result.
+    handles: Mutex<HashMap<u64, HandleRefs>>,
+}
+
+#[derive(Default)]
+struct HandleRefs {
+    live: u32,
+    /// Copied into a task, a message or a result: it may be named from anywhere, so
+    /// the record is kept for the whole run.
+    pinned: bool,
 }
 
 impl Registry {
@@ -158,6 +172,7 @@ impl Registry {
             holdable: Mutex::new(Vec::new()),
             any_done: (Mutex::new(0), Condvar::new()),
             on_done: Mutex::new(Vec::new()),
+            handles: Mutex::new(HashMap::new()),
         })
     }
 
@@ -188,6 +203,7 @@ impl Registry {
             started: Mutex::new(Instant::now()),
             state: Mutex::new(None),
             published: std::sync::atomic::AtomicBool::new(false),
+            handed_out: std::sync::atomic::AtomicBool::new(false),
             cv: Condvar::new(),
         });
         self.tasks.lock().insert(id, rec.clone());
@@ -196,6 +212,47 @@ impl Registry {
 
     pub fn task(&self, id: u64) -> Option<Arc<TaskRecord>> {
         self.tasks.lock().get(&id).cloned()
+    }
+
+    /// Records kept (finished tasks included).
+    #[cfg(test)]
+    fn task_count(&self) -> usize {
+        self.tasks.lock().len()
+    }
+
+    fn handle_retained(&self, id: u64) {
+        // Under the handles lock, like the check in `complete`: a task that ends
+        // between the two steps must not see "handed out, no handle alive".
+        let mut h = self.handles.lock();
+        if let Some(rec) = self.task(id) {
+            rec.handed_out.store(true, Ordering::SeqCst);
+        }
+        h.entry(id).or_default().live += 1;
+    }
+
+    fn handle_pinned(&self, id: u64) {
+        self.handles.lock().entry(id).or_default().pinned = true;
+    }
+
+    fn handle_released(&self, id: u64) {
+        {
+            let mut h = self.handles.lock();
+            let Some(e) = h.get_mut(&id) else { return };
+            e.live = e.live.saturating_sub(1);
+            if e.live > 0 || e.pinned {
+                return;
+            }
+            h.remove(&id);
+        }
+        // The last handle is gone: forget the task if it is over (if not, `complete`
+        // forgets it when it ends).
+        let mut tasks = self.tasks.lock();
+        if tasks
+            .get(&id)
+            .is_some_and(|r| r.published.load(Ordering::SeqCst))
+        {
+            tasks.remove(&id);
+        }
     }
 
     /// Record a task's outcome (first one wins), release what it held, wake waiters.
@@ -222,6 +279,15 @@ impl Registry {
         }
         for f in self.on_done.lock().iter() {
             f(rec, &outcome);
+        }
+        // Handles were made for it and all are gone (and none was copied anywhere):
+        // nothing can name this task any more.
+        let forget = {
+            let h = self.handles.lock();
+            rec.handed_out.load(Ordering::SeqCst) && !h.contains_key(&rec.id)
+        };
+        if forget {
+            self.tasks.lock().remove(&rec.id);
         }
         let (m, cv) = &self.any_done;
         *m.lock() += 1;
@@ -294,6 +360,24 @@ pub struct MasterBackend {
 impl SharedBackend for MasterBackend {
     fn call(&self, obj: SharedRef, method: &str, args: Graph) -> Result<Graph, String> {
         call(&self.registry, &self.caller, obj, method, args)
+    }
+
+    fn retain(&self, obj: SharedRef) {
+        if obj.kind == SharedKind::Handle {
+            self.registry.handle_retained(obj.id);
+        }
+    }
+
+    fn release(&self, obj: SharedRef) {
+        if obj.kind == SharedKind::Handle {
+            self.registry.handle_released(obj.id);
+        }
+    }
+
+    fn pin(&self, obj: SharedRef) {
+        if obj.kind == SharedKind::Handle {
+            self.registry.handle_pinned(obj.id);
+        }
     }
 }
 
@@ -374,5 +458,65 @@ fn handle_call(
             Ok(Graph::from_roots(vec![Value::Bool(running)]))
         }
         other => Err(format!("handle has no method '{other}'")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sloth_shared::shared_obj::SharedObj;
+
+    fn backend(reg: &Arc<Registry>) -> Arc<dyn SharedBackend> {
+        Arc::new(MasterBackend {
+            registry: reg.clone(),
+            caller: Caller {
+                task: None,
+                cancel: CancelToken::new(None),
+            },
+        })
+    }
+
+    fn handle(reg: &Arc<Registry>, rec: &TaskRecord) -> SharedObj {
+        let r = SharedRef {
+            kind: SharedKind::Handle,
+            id: rec.id,
+        };
+        SharedObj::new(r, backend(reg))
+    }
+
+    #[test]
+    fn a_finished_task_whose_handles_are_gone_is_forgotten() {
+        let reg = Registry::new();
+        // Handles dropped after the end.
+        let a = reg.new_task(None, "local", None, false);
+        let (h1, h2) = (handle(&reg, &a), handle(&reg, &a));
+        reg.complete(&a, Ok(Graph::default()));
+        drop(h1);
+        assert!(reg.task(a.id).is_some(), "one handle is still alive");
+        drop(h2);
+        assert!(reg.task(a.id).is_none());
+        // Handle dropped before the end: forgotten when it ends, not before.
+        let b = reg.new_task(None, "local", None, false);
+        drop(handle(&reg, &b));
+        assert!(reg.task(b.id).is_some(), "still running");
+        reg.complete(&b, Ok(Graph::default()));
+        assert!(reg.task(b.id).is_none());
+        // No handle was ever made (internal tasks): kept.
+        let c = reg.new_task(None, "local", None, false);
+        reg.complete(&c, Ok(Graph::default()));
+        assert!(reg.task(c.id).is_some());
+        assert_eq!(reg.task_count(), 1);
+    }
+
+    #[test]
+    fn a_handle_copied_into_a_graph_keeps_its_task() {
+        let reg = Registry::new();
+        let a = reg.new_task(None, "local", None, false);
+        let h = handle(&reg, &a);
+        let copied = h.to_graph_ref();
+        reg.complete(&a, Ok(Graph::default()));
+        drop(h);
+        // Some task or message may still name it.
+        assert_eq!(reg.task(copied.id).map(|r| r.id), Some(a.id));
     }
 }

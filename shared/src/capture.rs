@@ -345,7 +345,7 @@ impl<'l> Encoder<'l> {
             LV::Table(t) => self.encode_table(t, path)?,
             LV::Function(f) => self.encode_function(f, path)?,
             LV::UserData(ud) => match ud.borrow::<SharedObj>() {
-                Ok(obj) => Value::Shared(obj.r),
+                Ok(obj) => Value::Shared(obj.to_graph_ref()),
                 Err(_) => return Err(CaptureError::new(path, "userdata", "")),
             },
             LV::Error(e) => Value::Str(e.to_string().into_bytes()),

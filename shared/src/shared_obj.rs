@@ -15,6 +15,16 @@ use crate::graph::{Graph, SharedKind, SharedRef};
 pub trait SharedBackend: Send + Sync {
     /// `Ok`: the method's return values; `Err`: raised as a Lua error in the caller.
     fn call(&self, obj: SharedRef, method: &str, args: Graph) -> Result<Graph, String>;
+
+    /// A [`SharedObj`] for `obj` was made in a state of this backend.
+    fn retain(&self, _obj: SharedRef) {}
+
+    /// A [`SharedObj`] for `obj` was dropped (collected by its state's GC).
+    fn release(&self, _obj: SharedRef) {}
+
+    /// `obj` was copied into a graph (a task, a message, a result): from now on it can
+    /// be named where this process cannot count it.
+    fn pin(&self, _obj: SharedRef) {}
 }
 
 /// A backend for states that have no master to talk to.
@@ -36,7 +46,14 @@ pub struct SharedObj {
 
 impl SharedObj {
     pub fn new(r: SharedRef, backend: Arc<dyn SharedBackend>) -> Self {
+        backend.retain(r);
         SharedObj { r, backend }
+    }
+
+    /// The reference, for copying into a graph (which pins the object).
+    pub fn to_graph_ref(&self) -> SharedRef {
+        self.backend.pin(self.r);
+        self.r
     }
 
     fn invoke(&self, lua: &Lua, method: &str, args: MultiValue) -> mlua::Result<MultiValue> {
@@ -52,6 +69,12 @@ impl SharedObj {
 
     fn name(&self) -> &'static str {
         self.r.kind.type_name()
+    }
+}
+
+impl Drop for SharedObj {
+    fn drop(&mut self) {
+        self.backend.release(self.r);
     }
 }
 
