@@ -143,6 +143,49 @@ fn exec_run_captures_output_and_exit_code() {
 }
 
 #[test]
+fn json_encode_keeps_every_key() {
+    let lua = state();
+    let (mixed, sparse, seq, empty, arr, nested, null): (
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+    ) = eval(
+        &lua,
+        r#"return json.encode({1, 2, x = 3}), json.encode({[1] = "a", [3] = "c"}),
+                  json.encode({10, 20, 30}), json.encode({}), json.encode(json.decode("[]")),
+                  json.encode({a = {b = {1.5, true}}}), json.encode({v = json.null})"#,
+    );
+    assert_eq!(mixed, r#"{"1":1,"2":2,"x":3}"#);
+    assert_eq!(sparse, r#"{"1":"a","3":"c"}"#);
+    assert_eq!(seq, "[10,20,30]");
+    assert_eq!(empty, "{}");
+    assert_eq!(arr, "[]");
+    assert_eq!(nested, r#"{"a":{"b":[1.5,true]}}"#);
+    assert_eq!(null, r#"{"v":null}"#);
+    let errs: (String, String, String) = eval(
+        &lua,
+        r#"local t = {} t.self = t
+           local function err(v) local ok, e = pcall(json.encode, v) return e end
+           return err({f = print}), err(t), err({[true] = 1})"#,
+    );
+    assert_eq!(errs.0, "json.encode: cannot serialize <function>");
+    assert!(
+        errs.1
+            .starts_with("json.encode: tables nested more than 128 deep"),
+        "{}",
+        errs.1
+    );
+    assert_eq!(
+        errs.2,
+        "json.encode: a table key of type boolean cannot be a JSON object key"
+    );
+}
+
+#[test]
 fn exec_run_returns_when_the_child_exits_not_at_the_next_poll() {
     let lua = state();
     // The quickest of five runs of `true`, measured around the call: the wait ends

@@ -1,19 +1,25 @@
 //! `json.encode(value [, {pretty=true}])` and `json.decode(text)`.
 
 use mlua::{Lua, LuaSerdeExt, Table, Value as LV};
+use serde_json::Value as J;
+
+/// Tables nested deeper than this are refused (a cycle ends here too).
+const MAX_DEPTH: usize = 128;
 
 pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
     let json = lua.create_table()?;
     json.raw_set(
         "encode",
-        lua.create_function(|_, (v, opts): (LV, Option<Table>)| {
+        lua.create_function(|lua, (v, opts): (LV, Option<Table>)| {
             let pretty = opts
                 .map(|o| o.get::<bool>("pretty").unwrap_or(false))
                 .unwrap_or(false);
+            let value = to_json(lua, &v, 0)
+                .map_err(|e| mlua::Error::runtime(format!("json.encode: {e}")))?;
             let res = if pretty {
-                serde_json::to_string_pretty(&v)
+                serde_json::to_string_pretty(&value)
             } else {
-                serde_json::to_string(&v)
+                serde_json::to_string(&value)
             };
             res.map_err(|e| mlua::Error::runtime(format!("json.encode: {e}")))
         })?,
@@ -32,4 +38,76 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
     )?;
     json.raw_set("null", LV::NULL)?;
     g.raw_set("json", json)
+}
+
+/// A Lua value as JSON. A table is an array when its keys are exactly 1..n (or it is
+/// an empty array decoded by `json.decode`), otherwise an object; integer and float
+/// keys of an object become strings, so nothing is dropped (`{1, x = 2}` is
+/// `{"1":1,"x":2}`).
+fn to_json(lua: &Lua, v: &LV, depth: usize) -> Result<J, String> {
+    Ok(match v {
+        LV::Nil => J::Null,
+        LV::LightUserData(p) if p.0.is_null() => J::Null,
+        LV::Boolean(b) => J::Bool(*b),
+        LV::Integer(i) => J::from(*i),
+        LV::Number(n) => serde_json::Number::from_f64(*n)
+            .map(J::Number)
+            .ok_or_else(|| format!("cannot encode the number {n} (JSON has no NaN or infinity)"))?,
+        LV::String(s) => J::String(
+            s.to_str()
+                .map_err(|_| "cannot encode a string that is not valid UTF-8".to_string())?
+                .to_string(),
+        ),
+        LV::Table(t) => {
+            if depth >= MAX_DEPTH {
+                return Err(format!(
+                    "tables nested more than {MAX_DEPTH} deep (is there a cycle?)"
+                ));
+            }
+            table_to_json(lua, t, depth)?
+        }
+        other => return Err(format!("cannot serialize <{}>", other.type_name())),
+    })
+}
+
+fn table_to_json(lua: &Lua, t: &Table, depth: usize) -> Result<J, String> {
+    let n = t.raw_len();
+    let mut count = 0usize;
+    let mut sequence = true;
+    for pair in t.pairs::<LV, LV>() {
+        let (k, _) = pair.map_err(|e| e.to_string())?;
+        count += 1;
+        if !matches!(k, LV::Integer(i) if i >= 1 && (i as usize) <= n) {
+            sequence = false;
+        }
+    }
+    let decoded_array = t.metatable().is_some_and(|m| m == lua.array_metatable());
+    if (count > 0 && sequence && count == n) || (count == 0 && decoded_array) {
+        let mut items = Vec::with_capacity(n);
+        for i in 1..=n {
+            let v: LV = t.raw_get(i).map_err(|e| e.to_string())?;
+            items.push(to_json(lua, &v, depth + 1)?);
+        }
+        return Ok(J::Array(items));
+    }
+    let mut map = serde_json::Map::new();
+    for pair in t.pairs::<LV, LV>() {
+        let (k, v) = pair.map_err(|e| e.to_string())?;
+        let key = match &k {
+            LV::String(s) => s
+                .to_str()
+                .map_err(|_| "cannot encode a table key that is not valid UTF-8".to_string())?
+                .to_string(),
+            LV::Integer(i) => i.to_string(),
+            LV::Number(f) => f.to_string(),
+            other => {
+                return Err(format!(
+                    "a table key of type {} cannot be a JSON object key",
+                    other.type_name()
+                ))
+            }
+        };
+        map.insert(key, to_json(lua, &v, depth + 1)?);
+    }
+    Ok(J::Object(map))
 }
