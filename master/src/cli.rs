@@ -165,16 +165,31 @@ pub fn main(cli: Cli) -> i32 {
             json,
             check,
         } => {
-            let code = health(&pattern, &fleet, json);
+            let (code, doc) = health(&pattern, &fleet, json);
             match check {
                 Some(script) if code != EXIT_USAGE => {
                     let limited = FleetArgs {
                         limit: Some(pattern.clone()),
                         ..fleet.clone()
                     };
-                    code.max(run(&script, &limited, &[], json))
+                    if !json {
+                        return code.max(run(&script, &limited, &[], false));
+                    }
+                    // One document: the health part and the check script's run.
+                    let out = Arc::new(Output::keeping_json());
+                    let rc = run_with(out.clone(), &script, &limited, &[]);
+                    print_doc(&serde_json::json!({
+                        "health": doc,
+                        "check": out.take_json(),
+                    }));
+                    code.max(rc)
                 }
-                _ => code,
+                _ => {
+                    if let Some(d) = &doc {
+                        print_doc(d);
+                    }
+                    code
+                }
             }
         }
         Cmd::Exec {
@@ -187,12 +202,21 @@ pub fn main(cli: Cli) -> i32 {
     }
 }
 
-fn health(pattern: &str, fa: &FleetArgs, json: bool) -> i32 {
+fn print_doc(doc: &serde_json::Value) {
+    match serde_json::to_string_pretty(doc) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("error: cannot encode the JSON report: {e}"),
+    }
+}
+
+/// Check the hosts; the exit code, and with `json` the document (not printed here).
+fn health(pattern: &str, fa: &FleetArgs, json: bool) -> (i32, Option<serde_json::Value>) {
+    let code = |c: i32| (c, None);
     let rt = match tokio_runtime() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
-            return EXIT_USAGE;
+            return code(EXIT_USAGE);
         }
     };
     install_signal_handler(&rt);
@@ -200,19 +224,19 @@ fn health(pattern: &str, fa: &FleetArgs, json: bool) -> i32 {
         Ok(f) => f,
         Err(e) => {
             eprintln!("error: {e}");
-            return EXIT_USAGE;
+            return code(EXIT_USAGE);
         }
     };
     let hosts = match fleet.inventory.resolve(pattern) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("error: {e}");
-            return EXIT_USAGE;
+            return code(EXIT_USAGE);
         }
     };
     let Some(certs) = &fleet.certs else {
         eprintln!("error: no hosts to check (use -i INVENTORY or --local-fleet)");
-        return EXIT_USAGE;
+        return code(EXIT_USAGE);
     };
     let mesh = {
         let _g = rt.enter();
@@ -220,7 +244,7 @@ fn health(pattern: &str, fa: &FleetArgs, json: bool) -> i32 {
             Ok(m) => Arc::new(m),
             Err(e) => {
                 eprintln!("error: {e:#}");
-                return EXIT_USAGE;
+                return code(EXIT_USAGE);
             }
         }
     };
@@ -232,6 +256,7 @@ fn health(pattern: &str, fa: &FleetArgs, json: bool) -> i32 {
         lf.stop();
     }
     let down = rows.iter().filter(|r| !r.up).count();
+    let exit = if down > 0 { EXIT_FAILED } else { EXIT_OK };
     if json {
         let doc = serde_json::json!({
             "hosts": rows,
@@ -239,7 +264,7 @@ fn health(pattern: &str, fa: &FleetArgs, json: bool) -> i32 {
             "down": down,
             "duration_ms": took.as_millis() as u64,
         });
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return (exit, Some(doc));
     } else {
         println!("{}", crate::health::render_table(&rows));
         println!(
@@ -248,11 +273,7 @@ fn health(pattern: &str, fa: &FleetArgs, json: bool) -> i32 {
             crate::output::fmt_ms(took.as_millis() as u64)
         );
     }
-    if down > 0 {
-        EXIT_FAILED
-    } else {
-        EXIT_OK
-    }
+    (exit, None)
 }
 
 /// The script `exec` runs: one streaming task per host, then a summary.
@@ -416,7 +437,11 @@ fn parse_vars(vars: &[String]) -> Result<Vec<(String, String)>, String> {
 }
 
 fn run(script: &std::path::Path, fa: &FleetArgs, vars: &[String], json: bool) -> i32 {
-    let out = Arc::new(Output::new(json));
+    run_with(Arc::new(Output::new(json)), script, fa, vars)
+}
+
+fn run_with(out: Arc<Output>, script: &std::path::Path, fa: &FleetArgs, vars: &[String]) -> i32 {
+    let json = out.json;
     let usage = |out: &Output, msg: String| {
         out.error(&msg);
         out.print_json(

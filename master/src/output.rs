@@ -44,6 +44,10 @@ pub struct Output {
     recap: Mutex<BTreeMap<String, HostRecap>>,
     tasks: Mutex<Vec<TaskReport>>,
     errors: Mutex<Vec<String>>,
+    /// Keep the `--json` document for the caller instead of printing it (a command
+    /// that prints one document made of several parts).
+    keep_json: bool,
+    kept: Mutex<Option<serde_json::Value>>,
 }
 
 impl Output {
@@ -59,7 +63,23 @@ impl Output {
             recap: Mutex::new(BTreeMap::new()),
             tasks: Mutex::new(Vec::new()),
             errors: Mutex::new(Vec::new()),
+            keep_json: false,
+            kept: Mutex::new(None),
         }
+    }
+
+    /// Like [`Output::new`] with `--json`, but [`Output::print_json`] keeps the
+    /// document for [`Output::take_json`] instead of printing it.
+    pub fn keeping_json() -> Output {
+        Output {
+            keep_json: true,
+            ..Output::new(true)
+        }
+    }
+
+    /// The document [`Output::print_json`] kept (see [`Output::keeping_json`]).
+    pub fn take_json(&self) -> Option<serde_json::Value> {
+        self.kept.lock().take()
     }
 
     /// Human output goes to stdout, or to stderr when stdout carries JSON.
@@ -299,6 +319,10 @@ impl Output {
             "tasks": tasks,
             "errors": self.errors.lock().clone(),
         });
+        if self.keep_json {
+            *self.kept.lock() = Some(doc);
+            return;
+        }
         match serde_json::to_string_pretty(&doc) {
             Ok(s) => println!("{s}"),
             Err(e) => eprintln!("error: cannot encode the JSON report: {e}"),

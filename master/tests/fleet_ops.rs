@@ -68,6 +68,55 @@ fn health_over_twenty_agents() {
     }
 }
 
+/// `health --check SCRIPT --json` prints one document: the health part and the check
+/// script's run, whose failure names the host and sets the exit code.
+#[test]
+fn health_check_json_is_one_document() {
+    let fleet = TestFleet::web(2);
+    let inv = fleet.inventory();
+    let check = fleet.path().join("check.sloth");
+    std::fs::write(
+        &check,
+        r#"
+local hs = {}
+for _, h in ipairs(fleet.hosts("all")) do
+  hs[#hs + 1] = goroutine.async(function()
+    if host.name == "web-02" then error("disk full", 0) end
+    return "fine"
+  end, { delegate_to = h })
+end
+goroutine.await_all(hs)
+"#,
+    )
+    .unwrap();
+    let out = sloth_master(
+        fleet.path(),
+        &[
+            "health",
+            "-i",
+            inv.to_str().unwrap(),
+            "--certs",
+            fleet.certs.to_str().unwrap(),
+            "--check",
+            check.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(out.code, 1, "{out}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&out.stdout).expect("health --check --json is one JSON document");
+    assert_eq!(doc["health"]["up"], 2, "{doc}");
+    assert_eq!(doc["check"]["success"], false, "{doc}");
+    let tasks = doc["check"]["tasks"].as_array().unwrap();
+    let failed: Vec<_> = tasks.iter().filter(|t| t["success"] == false).collect();
+    assert_eq!(failed.len(), 1, "{doc}");
+    assert_eq!(failed[0]["host"], "web-02", "{doc}");
+    assert!(
+        failed[0]["error"].as_str().unwrap().contains("disk full"),
+        "{doc}"
+    );
+}
+
 /// `exec` over 6 hosts with one failing command: every host's output appears
 /// prefixed, exit code 1, and the summary names the failed host.
 #[test]
