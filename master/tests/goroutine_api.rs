@@ -344,3 +344,93 @@ m:unlock()
     );
     assert_eq!(out.line("STATUS"), "failed", "{out}");
 }
+
+/// A task's `os.execute` stops with the task (its process group is killed at the
+/// deadline) and keeps Lua's return values; its output comes back as log lines.
+/// Locally and on an agent alike.
+#[test]
+fn os_execute_in_a_task_is_stopped_at_its_deadline() {
+    let fleet = TestFleet::web(1);
+    let out = fleet.run(
+        r#"
+for _, target in ipairs({ "local", "web-01" }) do
+  local opts = target ~= "local" and { delegate_to = target } or {}
+  print("RES", target, goroutine.await(goroutine.async(function()
+    local a, b, c = os.execute("echo hello-from-sh; exit 3")
+    local d, e, f = os.execute("true")
+    local g, h, i = os.execute("kill -9 $$")
+    return table.concat({ tostring(a), b, c, tostring(d), e, f, tostring(g), h, i }, " "), os.execute()
+  end, opts)))
+  local t0 = sys.monotonic_ms()
+  opts.timeout = "300ms"
+  local ok, err = goroutine.await(goroutine.async(function()
+    os.execute("sleep 30.4321")
+    return "slept"
+  end, opts))
+  print("TIMEOUT", target, tostring(ok), err:match("^timeout exceeded") and "timeout" or err,
+    string.format("%.0f", sys.monotonic_ms() - t0))
+end
+goroutine.sleep(200)
+print("SLEEPERS", (exec.run("pgrep -fc '^sleep 30.4321' || true").stdout:gsub("%s", "")))
+"#,
+        &[],
+    );
+    for target in ["local", "web-01"] {
+        let res = out
+            .all("RES")
+            .into_iter()
+            .find(|f| f[0] == target)
+            .unwrap_or_else(|| panic!("no line for {target}\n{out}"));
+        assert_eq!(
+            res[1..],
+            ["true", "nil exit 3 true exit 0 nil signal 9", "true"],
+            "{out}"
+        );
+        let t = out
+            .all("TIMEOUT")
+            .into_iter()
+            .find(|f| f[0] == target)
+            .unwrap_or_else(|| panic!("no line for {target}\n{out}"));
+        assert_eq!(t[1..3], ["false", "timeout"], "{out}");
+        let ms: u64 = t[3].parse().unwrap();
+        assert!(
+            ms < 1500,
+            "{target}: os.execute stopped after {ms} ms\n{out}"
+        );
+    }
+    assert!(
+        out.stdout.contains("hello-from-sh") || out.stderr.contains("hello-from-sh"),
+        "{out}"
+    );
+    assert_eq!(out.line("SLEEPERS"), "0", "{out}");
+}
+
+/// A task stuck in a C call the stop hook cannot reach (`io.popen(...):read`) is given
+/// up 2 s after its deadline, locally and on an agent, with an error that says so.
+#[test]
+fn a_task_blocked_in_a_c_call_is_abandoned_after_its_deadline() {
+    let fleet = TestFleet::web(1);
+    let out = fleet.run(
+        r#"
+for _, target in ipairs({ "local", "web-01" }) do
+  local t0 = sys.monotonic_ms()
+  local ok, err = goroutine.await(goroutine.async(function()
+    return io.popen("sleep 4.321"):read("a")
+  end, { delegate_to = target ~= "local" and target or nil, timeout = "300ms" }))
+  print("STUCK", target, tostring(ok), err:match("did not stop the task at its deadline") and "abandoned" or err:match("did not stop at its deadline") and "abandoned" or err,
+    string.format("%.0f", sys.monotonic_ms() - t0))
+end
+"#,
+        &[],
+    );
+    for f in out.all("STUCK") {
+        assert_eq!(f[1..3], ["false", "abandoned"], "{out}");
+        let ms: u64 = f[3].parse().unwrap();
+        assert!(
+            (2000..4000).contains(&ms),
+            "{}: given up after {ms} ms\n{out}",
+            f[0]
+        );
+    }
+    assert_eq!(out.all("STUCK").len(), 2, "{out}");
+}

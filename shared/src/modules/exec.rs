@@ -71,6 +71,48 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
     g.raw_set("exec", exec)
 }
 
+/// `os.execute` for task states: the standard one blocks in `system()`, where neither
+/// a cancel nor the task's deadline can reach it. This one runs the command like
+/// `exec.run(cmd, {stream = true})` (its output goes to the master as the task's log
+/// lines, its process group is killed when the task stops) and returns what Lua's
+/// `os.execute` returns: `true, "exit", 0`, `nil, "exit", code` or `nil, "signal", n`.
+pub(crate) fn install_os_execute(lua: &Lua, os_lib: &Table) -> mlua::Result<()> {
+    let f = lua.create_function(|lua, cmd: Option<LuaString>| {
+        let Some(cmd) = cmd else {
+            // `os.execute()`: is a shell available?
+            return Ok(MultiValue::from_vec(vec![LV::Boolean(true)]));
+        };
+        let opts = lua.create_table()?;
+        opts.raw_set("stream", true)?;
+        let mut out = run(lua, LV::String(cmd), Some(opts))?.into_iter();
+        let first = out.next().unwrap_or(LV::Nil);
+        let LV::Table(r) = first else {
+            // It could not start: nil and the reason, like a failed system().
+            let why = out.next().unwrap_or(LV::Nil);
+            return Ok(MultiValue::from_vec(vec![LV::Nil, why, LV::Integer(127)]));
+        };
+        let (code, signal): (Option<i64>, Option<i64>) = (r.get("code")?, r.get("signal")?);
+        Ok(MultiValue::from_vec(match (signal, code) {
+            (Some(sig), _) => vec![
+                LV::Nil,
+                LV::String(lua.create_string("signal")?),
+                LV::Integer(sig),
+            ],
+            (None, Some(0)) => vec![
+                LV::Boolean(true),
+                LV::String(lua.create_string("exit")?),
+                LV::Integer(0),
+            ],
+            (None, c) => vec![
+                LV::Nil,
+                LV::String(lua.create_string("exit")?),
+                LV::Integer(c.unwrap_or(1)),
+            ],
+        }))
+    })?;
+    os_lib.raw_set("execute", f)
+}
+
 /// `nil, "<msg>"` as a Lua return.
 fn fail(lua: &Lua, msg: impl AsRef<str>) -> mlua::Result<MultiValue> {
     Ok(MultiValue::from_vec(vec![

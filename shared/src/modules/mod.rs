@@ -142,6 +142,12 @@ pub fn install_task_modules_lazy(lua: &Lua) -> mlua::Result<()> {
                 let opened = lua.load_std_libs(lib);
                 OPENING.set(false);
                 opened?;
+                if name == "os" {
+                    // A task's os.execute stops with the task (exec.rs).
+                    if let LV::Table(os_lib) = g.raw_get::<LV>("os")? {
+                        exec::install_os_execute(lua, &os_lib)?;
+                    }
+                }
                 crate::capture::forget_builtins(lua);
             }
             return g.raw_get::<LV>(name);
