@@ -87,6 +87,7 @@ struct Params {
     pool_n: usize,
     pool_warmup: usize,
     local_n: usize,
+    state_n: usize,
     ping_rounds: usize,
     hold_ms: u64,
     timeout: Duration,
@@ -107,6 +108,7 @@ impl Params {
             pool_n: if q { 300 } else { 2000 },
             pool_warmup: if q { 64 } else { 256 },
             local_n: if q { 300 } else { 2000 },
+            state_n: if q { 500 } else { 5000 },
             ping_rounds: if q { 3 } else { 5 },
             hold_ms: if q { 800 } else { 1500 },
             timeout: Duration::from_secs(if q { 60 } else { 300 }),
@@ -839,6 +841,7 @@ impl Bench {
         let (mut q_seq, mut q_rate) = (Vec::new(), Vec::new());
         let (mut aw_remote, mut aw_local) = (Vec::new(), Vec::new());
         let (mut pool1, mut pool4, mut local_rate) = (Vec::new(), Vec::new(), Vec::new());
+        let mut state_rate = Vec::new();
         let mut errs: HashMap<&str, String> = HashMap::new();
         let first = self.agents[0].name.clone();
         for rep in 1..=reps {
@@ -914,6 +917,12 @@ impl Bench {
                     errs.insert("local", fail("local async", &e));
                 }
             }
+            match executor_floor(self.p.state_n) {
+                Ok(v) => state_rate.push(v),
+                Err(e) => {
+                    errs.insert("states", fail("executor floor", &e));
+                }
+            }
         }
         drop(quinn);
         let with_err = |r: Row, key: &str, v: &[f64], errs: &HashMap<&str, String>| match (
@@ -982,6 +991,18 @@ impl Bench {
             .target(Target::RatioAtLeast(0.7)),
             "pool1",
             &pool1,
+            &errs,
+        ));
+        t.push(with_err(
+            Row::new(
+                "5f",
+                "floor: the executor alone, tasks/s on 2 threads (fresh state, run, drop; no network)",
+                Unit::PerSec,
+            )
+            .samples(&state_rate, false)
+            .against(&r2),
+            "states",
+            &state_rate,
             &errs,
         ));
         t.push(with_err(
@@ -1688,6 +1709,69 @@ impl Drop for QuinnBaseline {
         self.server.close(0u32.into(), b"done");
         let _ = &self.server_rt;
     }
+}
+
+/// Tasks per second that `executor::run_task` alone sustains on 2 threads: a fresh
+/// Lua state for each (built inline, as an agent does once its pre-warmed states are
+/// used up), the trivial closure of rows 3-7 restored and called, the result encoded,
+/// the state dropped. Nothing else: no capture, network or scheduling. On 2 cores this
+/// is a ceiling for row 5.
+fn executor_floor(per_thread: usize) -> anyhow::Result<f64> {
+    use sloth_shared::cancel::CancelToken;
+    use sloth_shared::executor::{self, Limits, TaskContext, TaskIo};
+    use sloth_shared::protocol::{LogLevel, TaskRequest};
+    use sloth_shared::shared_obj::{NoBackend, SharedBackend};
+
+    struct Quiet;
+    impl TaskIo for Quiet {
+        fn log(&self, _: LogLevel, _: &str) {}
+        fn backend(&self) -> Arc<dyn SharedBackend> {
+            Arc::new(NoBackend)
+        }
+    }
+    let ctx = || TaskContext {
+        host: "bench".into(),
+        task_name: "floor".into(),
+        io: Arc::new(Quiet),
+        cancel: CancelToken::default(),
+    };
+    let main = executor::new_state(&ctx()).map_err(|e| anyhow!("main state: {e}"))?;
+    sloth_shared::capture::install(&main, Arc::new(NoBackend))
+        .map_err(|e| anyhow!("capture: {e}"))?;
+    let f: mlua::Function = main
+        .load("return function() return 1 end")
+        .eval()
+        .map_err(|e| anyhow!("closure: {e}"))?;
+    let mut enc = sloth_shared::capture::Encoder::new(&main);
+    enc.push_function_root(&f)
+        .map_err(|e| anyhow!("capture: {e}"))?;
+    let req = Arc::new(TaskRequest {
+        task_id: 1,
+        name: "floor".into(),
+        payload: enc.finish(),
+        host_vars: Default::default(),
+        timeout_ms: None,
+    });
+    let start = Instant::now();
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let req = req.clone();
+            std::thread::spawn(move || {
+                let lim = Limits {
+                    memory_limit: Some(512 << 20),
+                };
+                for _ in 0..per_thread {
+                    executor::run_task(&req, ctx(), &lim)
+                        .map_err(|e| anyhow!("run_task: {}", e.message))?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().map_err(|_| anyhow!("a floor thread panicked"))??;
+    }
+    Ok((2 * per_thread) as f64 / start.elapsed().as_secs_f64())
 }
 
 /// One request/response on a new bidirectional stream.
