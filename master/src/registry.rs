@@ -280,9 +280,9 @@ impl Registry {
         for f in self.on_done.lock().iter() {
             f(rec, &outcome);
         }
-        // Handles were made for it and all are gone (and none was copied anywhere):
-        // nothing can name this task any more.
-        let forget = {
+        // Handles were made for it and all are gone (and none was copied anywhere), or
+        // it was spawned (no handle ever exists): nothing can name this task any more.
+        let forget = rec.spawned || {
             let h = self.handles.lock();
             rec.handed_out.load(Ordering::SeqCst) && !h.contains_key(&rec.id)
         };
@@ -505,6 +505,11 @@ mod tests {
         let c = reg.new_task(None, "local", None, false);
         reg.complete(&c, Ok(Graph::default()));
         assert!(reg.task(c.id).is_some());
+        // Spawned (fire and forget): no handle can exist, forgotten when it ends.
+        let d = reg.new_task(None, "local", None, true);
+        assert!(reg.task(d.id).is_some(), "running");
+        reg.complete(&d, Ok(Graph::default()));
+        assert!(reg.task(d.id).is_none());
         assert_eq!(reg.task_count(), 1);
     }
 
