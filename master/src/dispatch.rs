@@ -289,9 +289,10 @@ pub(crate) async fn run_remote(
                         call_id,
                         result: Err(refused),
                     };
-                    if let Err(e) = wire::write_frame(&mut send, &reply).await {
-                        return Err(explain(format!("replying to the task: {e}")));
-                    }
+                    // A failed write means the agent stopped reading: its task is over
+                    // (the result follows) or the connection is gone (the next read
+                    // says so). Either way the outcome comes from the read side.
+                    let _ = wire::write_frame(&mut send, &reply).await;
                     continue;
                 }
                 let reg = rt.registry.clone();
@@ -319,11 +320,8 @@ pub(crate) async fn run_remote(
                 if let Ok(g) = &result {
                     allowed.extend(g.shared_refs());
                 }
-                if let Err(e) =
-                    wire::write_frame(&mut send, &ToAgent::Reply { call_id, result }).await
-                {
-                    return Err(explain(format!("replying to the task: {e}")));
-                }
+                // As above: a failed write is answered by the next read.
+                let _ = wire::write_frame(&mut send, &ToAgent::Reply { call_id, result }).await;
             }
             Ok(Some(ToMaster::Done { result, .. })) => {
                 let _ = send.finish();

@@ -434,3 +434,30 @@ end
     }
     assert_eq!(out.all("STUCK").len(), 2, "{out}");
 }
+
+/// A task that replaces the metatable of `_G` ("strict globals") still has `table`,
+/// `math` and `string`, and its shared objects still work.
+#[test]
+fn strict_globals_in_a_task_keep_the_core_libraries() {
+    let fleet = TestFleet::web(1);
+    let out = fleet.run(
+        r#"
+local ch = goroutine.channel(1)
+for _, target in ipairs({ "local", "web-01" }) do
+  local ok, v = goroutine.await(goroutine.async(function()
+    setmetatable(_G, { __index = function(_, k) error("undefined global " .. k, 2) end })
+    ch:send(math.max(2, 3))
+    local bad = pcall(function() return undefined_thing end)
+    return table.concat({ string.format("%d", ch:receive()), tostring(bad) }, " ")
+  end, { delegate_to = target ~= "local" and target or nil }))
+  print("STRICT", target, tostring(ok), v)
+end
+"#,
+        &[],
+    );
+    out.assert_code(0);
+    for f in out.all("STRICT") {
+        assert_eq!(f[1..], ["true", "3 false"], "{out}");
+    }
+    assert_eq!(out.all("STRICT").len(), 2, "{out}");
+}

@@ -50,9 +50,16 @@ pub fn new_state(ctx: &TaskContext) -> mlua::Result<Lua> {
 pub fn blank_state() -> mlua::Result<Lua> {
     // SAFETY: the `debug` library is needed to read and set upvalues of shipped
     // closures; tasks are trusted code from an authenticated master (docs/security.md).
-    // Only `string` (the metatable of every string) is opened here with the base
-    // library; the others open on first use (modules::install_task_modules_lazy).
-    let lua = unsafe { Lua::unsafe_new_with(StdLib::STRING, LuaOptions::new()) };
+    // Only the libraries nearly every task uses are opened here (`table` and `math`
+    // stay eager so that a task replacing `_G`'s metatable, the "strict globals"
+    // idiom, still has them); the others open on first use
+    // (modules::install_task_modules_lazy).
+    let lua = unsafe {
+        Lua::unsafe_new_with(
+            StdLib::STRING | StdLib::TABLE | StdLib::MATH,
+            LuaOptions::new(),
+        )
+    };
     // Nothing built here is garbage: collecting while building is wasted work.
     lua.gc_stop();
     modules::install_task_modules_lazy(&lua)?;

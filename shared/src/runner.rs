@@ -167,12 +167,20 @@ pub fn keep_awake(finished: Arc<std::sync::atomic::AtomicBool>, spin: Duration) 
     if spin.is_zero() || WATCHING.swap(true, Ordering::AcqRel) {
         return;
     }
+    /// Clears the flag however the watcher ends (also when its runtime drops it).
+    struct Watching;
+    impl Drop for Watching {
+        fn drop(&mut self) {
+            WATCHING.store(false, Ordering::Release);
+        }
+    }
+    let watching = Watching;
     tokio::spawn(async move {
+        let _watching = watching;
         let until = Instant::now() + spin;
         while !finished.load(Ordering::Acquire) && Instant::now() < until {
             tokio::task::yield_now().await;
         }
-        WATCHING.store(false, Ordering::Release);
     });
 }
 

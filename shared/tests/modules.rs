@@ -183,6 +183,14 @@ fn json_encode_keeps_every_key() {
         errs.2,
         "json.encode: a table key of type boolean cannot be a JSON object key"
     );
+    let (holes, clash): (String, String) = eval(
+        &lua,
+        r#"local t = json.decode("[1,2,3]") t[2] = nil
+           local ok, e = pcall(json.encode, {[1] = "a", ["1"] = "b"})
+           return json.encode(t), e"#,
+    );
+    assert_eq!(holes, "[1,null,3]");
+    assert!(clash.contains(r#"both become the JSON key "1""#), "{clash}");
 }
 
 #[test]

@@ -82,9 +82,27 @@ fn table_to_json(lua: &Lua, t: &Table, depth: usize) -> Result<J, String> {
         }
     }
     let decoded_array = t.metatable().is_some_and(|m| m == lua.array_metatable());
-    if (count > 0 && sequence && count == n) || (count == 0 && decoded_array) {
-        let mut items = Vec::with_capacity(n);
-        for i in 1..=n {
+    // A decoded array keeps being an array when elements were set to nil (they are
+    // `null`), as long as every key is still a positive integer.
+    let mut array_len = (count > 0 && sequence && count == n).then_some(n);
+    if decoded_array && array_len.is_none() {
+        let mut max = 0usize;
+        let mut all_positive = true;
+        for pair in t.pairs::<LV, LV>() {
+            match pair.map_err(|e| e.to_string())?.0 {
+                LV::Integer(i) if i >= 1 => max = max.max(i as usize),
+                _ => all_positive = false,
+            }
+        }
+        // Not for a few far-apart indexes (t[1e9] = 1): that is an object, not a
+        // billion nulls.
+        if all_positive && max <= count.saturating_mul(2) + 16 {
+            array_len = Some(max);
+        }
+    }
+    if let Some(len) = array_len {
+        let mut items = Vec::with_capacity(len);
+        for i in 1..=len {
             let v: LV = t.raw_get(i).map_err(|e| e.to_string())?;
             items.push(to_json(lua, &v, depth + 1)?);
         }
@@ -107,7 +125,12 @@ fn table_to_json(lua: &Lua, t: &Table, depth: usize) -> Result<J, String> {
                 ))
             }
         };
-        map.insert(key, to_json(lua, &v, depth + 1)?);
+        let value = to_json(lua, &v, depth + 1)?;
+        if map.insert(key.clone(), value).is_some() {
+            return Err(format!(
+                "two keys of a table both become the JSON key \"{key}\" (a number and a string?)"
+            ));
+        }
     }
     Ok(J::Object(map))
 }

@@ -84,12 +84,10 @@ pub fn install_task_modules(lua: &Lua) -> mlua::Result<()> {
     Ok(())
 }
 
-/// Standard libraries a task state opens on first use: `string` (which strings need as
-/// their metatable) and the base library are always there; these cost more to open
-/// than most tasks spend running, and most never touch them.
+/// Standard libraries a task state opens on first use: `string`, `table` and `math`
+/// (and the base library) are always there; these cost more to open than most tasks
+/// spend running, and most never touch them.
 pub const LAZY_STD_LIBS: &[(&str, mlua::StdLib)] = &[
-    ("table", mlua::StdLib::TABLE),
-    ("math", mlua::StdLib::MATH),
     ("io", mlua::StdLib::IO),
     ("os", mlua::StdLib::OS),
     ("utf8", mlua::StdLib::UTF8),
