@@ -87,6 +87,14 @@ impl Runner {
                 st.threads -= 1;
                 st.spinning -= 1;
                 tracing::warn!("cannot start a {} thread: {e}", inner.name);
+                if st.threads == 0 {
+                    // No thread will ever come for it: run it here rather than lose it.
+                    if let Some(job) = st.queue.pop_back() {
+                        inner.queued.store(st.queue.len(), Ordering::Release);
+                        drop(st);
+                        job();
+                    }
+                }
             }
         }
     }
