@@ -178,7 +178,7 @@ pub fn main(cli: Cli) -> i32 {
                     // One document: the health part and the check script's run.
                     let out = Arc::new(Output::keeping_json());
                     let rc = run_with(out.clone(), &script, &limited, &[]);
-                    print_doc(&serde_json::json!({
+                    crate::output::print_doc(&serde_json::json!({
                         "health": doc,
                         "check": out.take_json(),
                     }));
@@ -186,7 +186,7 @@ pub fn main(cli: Cli) -> i32 {
                 }
                 _ => {
                     if let Some(d) = &doc {
-                        print_doc(d);
+                        crate::output::print_doc(d);
                     }
                     code
                 }
@@ -199,13 +199,6 @@ pub fn main(cli: Cli) -> i32 {
             json,
             command,
         } => exec(&pattern, &fleet, timeout.as_deref(), json, &command),
-    }
-}
-
-fn print_doc(doc: &serde_json::Value) {
-    match serde_json::to_string_pretty(doc) {
-        Ok(s) => println!("{s}"),
-        Err(e) => eprintln!("error: cannot encode the JSON report: {e}"),
     }
 }
 

@@ -207,7 +207,10 @@ pub(crate) async fn run_remote(
         host_vars: rt.host_vars(host),
         timeout_ms: rec.cancel.remaining().map(|d| d.as_millis() as u64),
     };
-    let no_calls = payload.shared_refs().is_empty();
+    // An agent may call only the objects its task was given (in its payload, or in a
+    // reply since): ids of other objects of the run are refused.
+    let mut allowed: HashSet<SharedRef> = payload.shared_refs().into_iter().collect();
+    let no_calls = allowed.is_empty();
     let frame = sloth_shared::protocol::encode(&ToAgent::Task(Box::new(req)))
         .map_err(|e| TaskError::new(ErrorKind::Capture, format!("the task cannot be sent: {e}")))?;
     // Opening the stream waits while the agent has no stream credit left: that wait
@@ -245,9 +248,6 @@ pub(crate) async fn run_remote(
         cancel: attempt.clone(),
     };
     let _stop_calls = StopOnDrop(attempt.clone());
-    // An agent may call only the objects its task was given (in its payload, or
-    // in a reply since): ids of other objects of the run are refused.
-    let mut allowed: HashSet<SharedRef> = payload.shared_refs().into_iter().collect();
     loop {
         let frame = tokio::select! {
             f = wire::read_frame::<_, ToMaster>(&mut recv) => f,
@@ -297,10 +297,9 @@ pub(crate) async fn run_remote(
                 }
                 let reg = rt.registry.clone();
                 let c2 = caller.clone();
-                let work = tokio::task::spawn_blocking(move || {
+                let mut work = tokio::task::spawn_blocking(move || {
                     registry::call(&reg, &c2, obj, &method, args)
                 });
-                let mut work = work;
                 let result = tokio::select! {
                     r = &mut work => r.unwrap_or_else(|e| Err(format!("call failed: {e}"))),
                     _ = conn.conn.closed() => {

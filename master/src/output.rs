@@ -323,10 +323,7 @@ impl Output {
             *self.kept.lock() = Some(doc);
             return;
         }
-        match serde_json::to_string_pretty(&doc) {
-            Ok(s) => println!("{s}"),
-            Err(e) => eprintln!("error: cannot encode the JSON report: {e}"),
-        }
+        print_doc(&doc);
     }
 }
 
@@ -358,5 +355,13 @@ pub fn fmt_ms(ms: u64) -> String {
         format!("{:.2}s", ms as f64 / 1000.0)
     } else {
         format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+/// Print a JSON document on stdout (what `--json` gives a machine).
+pub fn print_doc(doc: &serde_json::Value) {
+    match serde_json::to_string_pretty(doc) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("error: cannot encode the JSON report: {e}"),
     }
 }

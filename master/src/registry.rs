@@ -59,8 +59,6 @@ pub struct TaskRecord {
     state: Mutex<Option<Outcome>>,
     /// Set once the outcome is recorded *and* what the task held is released.
     published: std::sync::atomic::AtomicBool,
-    /// A handle (userdata) was made for this task at some point.
-    handed_out: std::sync::atomic::AtomicBool,
     cv: Condvar,
 }
 
@@ -149,9 +147,10 @@ pub struct Registry {
     any_done: (Mutex<u64>, Condvar),
     /// Called once per finished task (recap, progress).
     on_done: Mutex<Vec<DoneHook>>,
-    /// Task handles (userdata) alive in the master's states, per task. A finished task
-    /// whose handles are all gone, and were never copied into a graph, can no longer
-    /// be named: its record is forgotten, so a long run does not keep every result.
+    /// Task handles (userdata) alive in the master's states, per task that ever had
+    /// one. A finished task whose handles are all gone (`live == 0`), and were never
+    /// copied into a graph, can no longer be named: its record is forgotten, so a long
+    /// run does not keep every result.
     handles: Mutex<HashMap<u64, HandleRefs>>,
 }
 
@@ -203,7 +202,6 @@ impl Registry {
             started: Mutex::new(Instant::now()),
             state: Mutex::new(None),
             published: std::sync::atomic::AtomicBool::new(false),
-            handed_out: std::sync::atomic::AtomicBool::new(false),
             cv: Condvar::new(),
         });
         self.tasks.lock().insert(id, rec.clone());
@@ -221,13 +219,7 @@ impl Registry {
     }
 
     fn handle_retained(&self, id: u64) {
-        // Under the handles lock, like the check in `complete`: a task that ends
-        // between the two steps must not see "handed out, no handle alive".
-        let mut h = self.handles.lock();
-        if let Some(rec) = self.task(id) {
-            rec.handed_out.store(true, Ordering::SeqCst);
-        }
-        h.entry(id).or_default().live += 1;
+        self.handles.lock().entry(id).or_default().live += 1;
     }
 
     fn handle_pinned(&self, id: u64) {
@@ -235,23 +227,22 @@ impl Registry {
     }
 
     fn handle_released(&self, id: u64) {
-        {
-            let mut h = self.handles.lock();
-            let Some(e) = h.get_mut(&id) else { return };
-            e.live = e.live.saturating_sub(1);
-            if e.live > 0 || e.pinned {
-                return;
-            }
-            h.remove(&id);
+        let mut h = self.handles.lock();
+        let Some(e) = h.get_mut(&id) else { return };
+        e.live = e.live.saturating_sub(1);
+        if e.live > 0 || e.pinned {
+            return;
         }
-        // The last handle is gone: forget the task if it is over (if not, `complete`
-        // forgets it when it ends).
+        // The last handle is gone: forget the task if it is over. If not, the entry
+        // stays (at zero) and `complete` forgets the task when it ends; both decide
+        // under this lock.
         let mut tasks = self.tasks.lock();
         if tasks
             .get(&id)
             .is_some_and(|r| r.published.load(Ordering::SeqCst))
         {
             tasks.remove(&id);
+            h.remove(&id);
         }
     }
 
@@ -283,8 +274,12 @@ impl Registry {
         // Handles were made for it and all are gone (and none was copied anywhere), or
         // it was spawned (no handle ever exists): nothing can name this task any more.
         let forget = rec.spawned || {
-            let h = self.handles.lock();
-            rec.handed_out.load(Ordering::SeqCst) && !h.contains_key(&rec.id)
+            let mut h = self.handles.lock();
+            let gone = h.get(&rec.id).is_some_and(|e| e.live == 0 && !e.pinned);
+            if gone {
+                h.remove(&rec.id);
+            }
+            gone
         };
         if forget {
             self.tasks.lock().remove(&rec.id);

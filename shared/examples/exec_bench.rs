@@ -9,29 +9,16 @@
 #[global_allocator]
 static GA: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use mlua::{Function, Lua};
-use sloth_shared::cancel::CancelToken;
 use sloth_shared::capture::Encoder;
-use sloth_shared::executor::{self, Limits, TaskContext, TaskIo};
+use sloth_shared::executor::{self, Limits, TaskContext};
 use sloth_shared::graph::Graph;
-use sloth_shared::protocol::{self, LogLevel, TaskRequest};
-use sloth_shared::shared_obj::{NoBackend, SharedBackend};
+use sloth_shared::protocol::{self, TaskRequest};
+use sloth_shared::shared_obj::NoBackend;
 use std::sync::Arc;
 use std::time::Instant;
 
-struct Quiet;
-impl TaskIo for Quiet {
-    fn log(&self, _: LogLevel, _: &str) {}
-    fn backend(&self) -> Arc<dyn SharedBackend> {
-        Arc::new(NoBackend)
-    }
-}
 fn ctx() -> TaskContext {
-    TaskContext {
-        host: "t".into(),
-        task_name: "t".into(),
-        io: Arc::new(Quiet),
-        cancel: CancelToken::default(),
-    }
+    TaskContext::offline("t", "t")
 }
 
 fn time<F: FnMut()>(name: &str, n: u32, mut f: F) {

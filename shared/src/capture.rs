@@ -291,6 +291,7 @@ impl<'l> Encoder<'l> {
         let names = {
             let ctx = ctx(self.lua)?;
             script_global_names(self.lua, &ctx)
+                .map_err(|e| CaptureError::new("globals", "table", e.to_string()))?
         };
         for name in names {
             let v: LV = globals.raw_get(name.as_str()).unwrap_or(LV::Nil);
@@ -473,7 +474,7 @@ impl<'l> Encoder<'l> {
 /// before every capture from the main state, which has some fifty builtin globals, so
 /// it walks the table with the C API and looks at keys only: no value is converted and
 /// nothing is allocated for a builtin.
-fn script_global_names(lua: &Lua, ctx: &CaptureCtx) -> Vec<String> {
+fn script_global_names(lua: &Lua, ctx: &CaptureCtx) -> mlua::Result<Vec<String>> {
     use mlua::ffi;
     let is_builtin = |name: &str| {
         ctx.baseline.contains(name)
@@ -485,7 +486,7 @@ fn script_global_names(lua: &Lua, ctx: &CaptureCtx) -> Vec<String> {
     // SAFETY: the closure keeps the stack balanced, only reads string keys (so
     // lua_tolstring never converts a key in place, which would break lua_next) and
     // does not modify the table while walking it.
-    let walked = unsafe {
+    unsafe {
         lua.exec_raw::<()>((), |l| {
             ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, ffi::LUA_RIDX_GLOBALS);
             ffi::lua_pushnil(l);
@@ -504,21 +505,9 @@ fn script_global_names(lua: &Lua, ctx: &CaptureCtx) -> Vec<String> {
                 ffi::lua_pop(l, 1);
             }
             ffi::lua_pop(l, 1);
-        })
+        })?
     };
-    if walked.is_err() {
-        // Not reachable (nothing above raises); fall back to the safe walk.
-        names.clear();
-        for (k, _) in lua.globals().pairs::<LV, LV>().flatten() {
-            if let LV::String(k) = k {
-                let name = k.to_string_lossy().to_string();
-                if !is_builtin(&name) {
-                    names.push(name);
-                }
-            }
-        }
-    }
-    names
+    Ok(names)
 }
 
 fn ctx(lua: &Lua) -> Result<mlua::AppDataRef<'_, CaptureCtx>, CaptureError> {
@@ -583,22 +572,26 @@ pub fn restore(lua: &Lua, graph: &Graph, env: &Table) -> mlua::Result<Vec<LV>> {
         }
     }
     let mut cells: HashMap<u32, (usize, usize)> = HashMap::new();
-    for (fi, def) in graph.functions.iter().enumerate() {
-        let Some(DebugFns {
-            setupvalue,
-            upvaluejoin,
-            ..
-        }) = &debug
-        else {
-            break;
-        };
-        for (ui, up) in def.upvalues.iter().enumerate() {
-            let n = ui + 1;
-            if let Some(&(ofi, on)) = cells.get(&up.cell) {
-                upvaluejoin.call::<()>((functions[fi].clone(), n, functions[ofi].clone(), on))?;
-            } else {
-                cells.insert(up.cell, (fi, n));
-                setupvalue.call::<LV>((functions[fi].clone(), n, r.value(&up.value)?))?;
+    if let Some(DebugFns {
+        setupvalue,
+        upvaluejoin,
+        ..
+    }) = &debug
+    {
+        for (fi, def) in graph.functions.iter().enumerate() {
+            for (ui, up) in def.upvalues.iter().enumerate() {
+                let n = ui + 1;
+                if let Some(&(ofi, on)) = cells.get(&up.cell) {
+                    upvaluejoin.call::<()>((
+                        functions[fi].clone(),
+                        n,
+                        functions[ofi].clone(),
+                        on,
+                    ))?;
+                } else {
+                    cells.insert(up.cell, (fi, n));
+                    setupvalue.call::<LV>((functions[fi].clone(), n, r.value(&up.value)?))?;
+                }
             }
         }
     }

@@ -13,7 +13,7 @@ use crate::capture;
 use crate::graph::Graph;
 use crate::modules;
 use crate::protocol::{ErrorKind, LogLevel, TaskError, TaskRequest};
-use crate::shared_obj::SharedBackend;
+use crate::shared_obj::{NoBackend, SharedBackend};
 
 /// What a running task can reach outside its own state.
 pub trait TaskIo: Send + Sync {
@@ -31,6 +31,29 @@ pub struct TaskContext {
     pub task_name: String,
     pub io: Arc<dyn TaskIo>,
     pub cancel: CancelToken,
+}
+
+impl TaskContext {
+    /// A context with no master behind it: log lines are dropped and shared objects
+    /// are refused ([`NoBackend`]). For benchmarks and tests of the executor alone.
+    pub fn offline(host: &str, task_name: &str) -> TaskContext {
+        TaskContext {
+            host: host.to_string(),
+            task_name: task_name.to_string(),
+            io: Arc::new(OfflineIo),
+            cancel: CancelToken::default(),
+        }
+    }
+}
+
+/// The [`TaskIo`] of [`TaskContext::offline`].
+struct OfflineIo;
+
+impl TaskIo for OfflineIo {
+    fn log(&self, _: LogLevel, _: &str) {}
+    fn backend(&self) -> Arc<dyn SharedBackend> {
+        Arc::new(NoBackend)
+    }
 }
 
 /// How often (in VM instructions) the hook checks for a stop.
@@ -63,7 +86,7 @@ pub fn blank_state() -> mlua::Result<Lua> {
     // Nothing built here is garbage: collecting while building is wasted work.
     lua.gc_stop();
     modules::install_task_modules_lazy(&lua)?;
-    capture::install_lazy(&lua, Arc::new(crate::shared_obj::NoBackend))?;
+    capture::install_lazy(&lua, Arc::new(NoBackend))?;
     lua.gc_restart();
     lua.gc_collect()?;
     Ok(lua)

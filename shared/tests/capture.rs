@@ -1,30 +1,12 @@
 //! The capture codec between two real Lua states (no network).
 
-use std::sync::Arc;
-
 use mlua::{Function, Lua, Value as LV};
-use sloth_shared::cancel::CancelToken;
 use sloth_shared::capture::{self, Encoder};
-use sloth_shared::executor::{self, TaskContext, TaskIo};
-use sloth_shared::protocol::{self, LogLevel};
-use sloth_shared::shared_obj::{NoBackend, SharedBackend};
-
-struct Quiet;
-impl TaskIo for Quiet {
-    fn log(&self, _: LogLevel, _: &str) {}
-    fn backend(&self) -> Arc<dyn SharedBackend> {
-        Arc::new(NoBackend)
-    }
-}
+use sloth_shared::executor::{self, TaskContext};
+use sloth_shared::protocol;
 
 fn state() -> Lua {
-    let ctx = TaskContext {
-        host: "test".into(),
-        task_name: "t".into(),
-        io: Arc::new(Quiet),
-        cancel: CancelToken::default(),
-    };
-    executor::new_state(&ctx).unwrap()
+    executor::new_state(&TaskContext::offline("test", "t")).unwrap()
 }
 
 /// Capture `fn_src` (an expression returning a function) in one state, ship it

@@ -1717,24 +1717,11 @@ impl Drop for QuinnBaseline {
 /// the state dropped. Nothing else: no capture, network or scheduling. On 2 cores this
 /// is a ceiling for row 5.
 fn executor_floor(per_thread: usize) -> anyhow::Result<f64> {
-    use sloth_shared::cancel::CancelToken;
-    use sloth_shared::executor::{self, Limits, TaskContext, TaskIo};
-    use sloth_shared::protocol::{LogLevel, TaskRequest};
-    use sloth_shared::shared_obj::{NoBackend, SharedBackend};
+    use sloth_shared::executor::{self, Limits, TaskContext};
+    use sloth_shared::protocol::TaskRequest;
+    use sloth_shared::shared_obj::NoBackend;
 
-    struct Quiet;
-    impl TaskIo for Quiet {
-        fn log(&self, _: LogLevel, _: &str) {}
-        fn backend(&self) -> Arc<dyn SharedBackend> {
-            Arc::new(NoBackend)
-        }
-    }
-    let ctx = || TaskContext {
-        host: "bench".into(),
-        task_name: "floor".into(),
-        io: Arc::new(Quiet),
-        cancel: CancelToken::default(),
-    };
+    let ctx = || TaskContext::offline("bench", "floor");
     let main = executor::new_state(&ctx()).map_err(|e| anyhow!("main state: {e}"))?;
     sloth_shared::capture::install(&main, Arc::new(NoBackend))
         .map_err(|e| anyhow!("capture: {e}"))?;

@@ -205,7 +205,7 @@ pub fn protector(lua: &Lua) -> mlua::Result<mlua::Function> {
 
 /// Load a Lua chunk of sloth's own, compiled once per process: every state loads the
 /// same (stripped) bytecode instead of parsing the source again.
-pub fn load_compiled_once(
+fn load_compiled_once(
     lua: &Lua,
     cache: &'static std::sync::OnceLock<Vec<u8>>,
     src: &str,
