@@ -219,9 +219,9 @@ local function batch(n)
   for _, r in ipairs(goroutine.await_all(hs)) do assert(r.success, r.error) end
 end
 local kept = goroutine.async(function() return "kept" end)
-batch(3000)
+batch(4000)
 local before = rss_kb()
-batch(12000)
+batch(40000)
 local after = rss_kb()
 print("GROWTH_KB", after - before)
 print("KEPT", goroutine.await(kept))
@@ -231,10 +231,11 @@ print("KEPT", goroutine.await(kept))
     out.assert_code(0);
     assert_eq!(out.line("KEPT"), "true\tkept", "{out}");
     let growth: i64 = out.line("GROWTH_KB").parse().expect("a number");
-    // About 2 KB per task was kept before (24 MB here); what is left is the
-    // allocator and the Lua heap settling (a few MB, flat after that).
+    // About 1 KB per task was kept before (39 MB here). What is left is the allocator
+    // and the Lua heap settling, and more task threads when the machine is busy: a
+    // few MB, up to ~16 MB seen under a parallel test load; flat after that.
     assert!(
-        growth < 8000,
-        "RSS grew by {growth} KB over 12000 tasks\n{out}"
+        growth < 20000,
+        "RSS grew by {growth} KB over 40000 tasks\n{out}"
     );
 }
