@@ -95,7 +95,7 @@ async fn handle_connection(agent: Arc<Agent>, conn: Connection) {
     let peer = conn.remote_address();
     // The control stream comes first; a peer that never opens it is dropped.
     let control = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi()).await;
-    let (mut csend, mut crecv) = match control {
+    let (mut csend, crecv) = match control {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             warn!("{}", tls::explain_incoming_error(&peer.to_string(), &e));
@@ -106,12 +106,36 @@ async fn handle_connection(agent: Arc<Agent>, conn: Connection) {
             return;
         }
     };
-    let hello = match tokio::time::timeout(
-        Duration::from_secs(10),
-        wire::read_frame::<_, Control>(&mut crecv),
-    )
-    .await
+    let mut crecv = wire::FrameReader::new(crecv);
+    // The preamble (magic, protocol version) comes before any bincode, in both
+    // directions: whatever version the master is, it learns ours.
+    let theirs = match tokio::time::timeout(Duration::from_secs(10), crecv.preamble()).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            warn!(%peer, "bad handshake: {e}");
+            conn.close(codes::PROTOCOL.into(), b"not a sloth master");
+            return;
+        }
+        Err(_) => {
+            conn.close(codes::PROTOCOL.into(), b"no preamble");
+            return;
+        }
+    };
+    if wire::write_preamble(&mut csend, protocol::PROTOCOL_VERSION)
+        .await
+        .is_err()
     {
+        return;
+    }
+    if theirs != protocol::PROTOCOL_VERSION {
+        warn!(%peer, "{}", protocol::version_mismatch(theirs, protocol::PROTOCOL_VERSION));
+        let _ = csend.finish();
+        // Give the master a moment to read our preamble and close first.
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+        conn.close(codes::VERSION_MISMATCH.into(), b"version mismatch");
+        return;
+    }
+    let hello = match tokio::time::timeout(Duration::from_secs(10), crecv.next::<Control>()).await {
         Ok(Ok(Some(Control::Hello(h)))) => h,
         Ok(Ok(_)) | Err(_) => {
             conn.close(
@@ -169,9 +193,9 @@ async fn handle_connection(agent: Arc<Agent>, conn: Connection) {
 }
 
 /// Answers pings (and fact requests) for as long as the connection lives.
-async fn control_loop(mut send: SendStream, mut recv: RecvStream) {
+async fn control_loop(mut send: SendStream, mut recv: wire::FrameReader<RecvStream>) {
     loop {
-        match wire::read_frame::<_, Control>(&mut recv).await {
+        match recv.next::<Control>().await {
             Ok(Some(Control::Ping { seq })) => {
                 if wire::write_frame(&mut send, &Control::Pong { seq, facts: None })
                     .await
@@ -196,19 +220,20 @@ async fn control_loop(mut send: SendStream, mut recv: RecvStream) {
 }
 
 /// One task: read the request, wait for a worker, run it, stream events back.
-async fn task_stream(agent: Arc<Agent>, mut send: SendStream, mut recv: RecvStream) {
-    let req = match wire::read_frame::<_, ToAgent>(&mut recv).await {
+async fn task_stream(agent: Arc<Agent>, mut send: SendStream, recv: RecvStream) {
+    let mut recv = wire::FrameReader::new(recv);
+    let req = match recv.next::<ToAgent>().await {
         Ok(Some(ToAgent::Task(req))) => *req,
         Ok(Some(_)) => {
             let _ = send.reset(codes::PROTOCOL.into());
-            let _ = recv.stop(codes::PROTOCOL.into());
+            let _ = recv.get_mut().stop(codes::PROTOCOL.into());
             return;
         }
         Ok(None) => return,
         Err(e) => {
             warn!("refusing a task stream: {e}");
             let _ = send.reset(codes::BAD_FRAME.into());
-            let _ = recv.stop(codes::BAD_FRAME.into());
+            let _ = recv.get_mut().stop(codes::BAD_FRAME.into());
             return;
         }
     };

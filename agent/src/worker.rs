@@ -9,23 +9,27 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use quinn::{RecvStream, SendStream};
 use sloth_shared::cancel::CancelToken;
+use sloth_shared::data::{Data, Refs};
 use sloth_shared::executor::{self, Limits, TaskContext, TaskIo};
 use sloth_shared::graph::{Graph, SharedRef};
-use sloth_shared::protocol::{codes, Facts, LogLevel, TaskRequest, ToAgent, ToMaster};
+use sloth_shared::protocol::{self, codes, Facts, LogLevel, TaskRequest, ToAgent, ToMaster};
 use sloth_shared::shared_obj::SharedBackend;
-use sloth_shared::wire;
+use sloth_shared::wire::{self, FrameReader};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::server::Agent;
 
 /// How long the async thread stays awake after handing a task to a task thread.
 const KEEP_AWAKE: Duration = Duration::from_micros(300);
+/// Frames (log lines, calls) a task may have waiting for its stream. A task that logs
+/// faster than the master takes its lines waits here: memory stays bounded end to end.
+const OUT_QUEUE: usize = 256;
 
 type Replies = Arc<Mutex<HashMap<u64, std::sync::mpsc::Sender<Result<Graph, String>>>>>;
 
 /// The task's view of its stream.
 struct StreamIo {
-    out: mpsc::UnboundedSender<ToMaster>,
+    out: mpsc::Sender<ToMaster>,
     replies: Replies,
     next_call: Arc<AtomicU64>,
     cancel: CancelToken,
@@ -33,9 +37,10 @@ struct StreamIo {
 
 impl TaskIo for StreamIo {
     fn log(&self, level: LogLevel, line: &str) {
-        let _ = self.out.send(ToMaster::Log {
+        // A task thread, never the async runtime: blocking here is the backpressure.
+        let _ = self.out.blocking_send(ToMaster::Log {
             level,
-            line: line.to_string(),
+            line: protocol::clip_log_line(line).into_owned(),
         });
     }
 
@@ -51,22 +56,22 @@ impl TaskIo for StreamIo {
 
 /// Shared objects on an agent: every call goes to the master and waits for its reply.
 struct Proxy {
-    out: mpsc::UnboundedSender<ToMaster>,
+    out: mpsc::Sender<ToMaster>,
     replies: Replies,
     next_call: Arc<AtomicU64>,
     cancel: CancelToken,
 }
 
 impl SharedBackend for Proxy {
-    fn call(&self, obj: SharedRef, method: &str, args: Graph) -> Result<Graph, String> {
+    fn call(&self, obj: SharedRef, method: &str, args: Data) -> Result<Data, String> {
         let call_id = self.next_call.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = std::sync::mpsc::channel();
         self.replies.lock().insert(call_id, tx);
-        let sent = self.out.send(ToMaster::Call {
+        let sent = self.out.blocking_send(ToMaster::Call {
             call_id,
             obj,
             method: method.to_string(),
-            args,
+            args: args.into_graph(),
         });
         if sent.is_err() {
             self.replies.lock().remove(&call_id);
@@ -78,7 +83,12 @@ impl SharedBackend for Proxy {
                 return Err("sloth: task stopped".into());
             }
             match rx.recv_timeout(Duration::from_millis(20)) {
-                Ok(r) => return r,
+                Ok(r) => {
+                    return r.and_then(|g| {
+                        Data::check(g, Refs::Any)
+                            .map_err(|e| format!("the master's reply is not data: {e}"))
+                    })
+                }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                     return Err("the master connection is gone".into())
@@ -96,7 +106,7 @@ pub async fn run(
     agent: Arc<Agent>,
     req: TaskRequest,
     mut send: SendStream,
-    mut recv: RecvStream,
+    mut recv: FrameReader<RecvStream>,
     permit: OwnedSemaphorePermit,
     queued: bool,
 ) {
@@ -108,7 +118,7 @@ pub async fn run(
         .unwrap_or(agent.cfg.task_timeout)
         .min(agent.cfg.task_timeout);
     let cancel = CancelToken::new(Some(limit));
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    let (out_tx, mut out_rx) = mpsc::channel(OUT_QUEUE);
     let replies: Replies = Arc::new(Mutex::new(HashMap::new()));
     let io = Arc::new(StreamIo {
         out: out_tx.clone(),
@@ -165,7 +175,8 @@ pub async fn run(
                     cancel.cancel();
                 }
             }
-            frame = wire::read_frame::<_, ToAgent>(&mut recv), if reading => match frame {
+            // Cancel-safe: a frame half read when another branch wins stays in `recv`.
+            frame = recv.next::<ToAgent>(), if reading => match frame {
                 Ok(Some(ToAgent::Reply { call_id, result })) => {
                     if let Some(tx) = replies.lock().remove(&call_id) {
                         let _ = tx.send(result);
@@ -197,7 +208,7 @@ pub async fn run(
     };
     let duration_us = executor::elapsed_us(start);
     let done = ToMaster::Done {
-        result,
+        result: result.map(Data::into_graph),
         duration_us,
     };
     // A result over the frame limit is the task's failure (kind capture, never
@@ -232,20 +243,21 @@ pub async fn run(
         let _ = send.reset(codes::CANCELLED.into());
     }
     if reading {
-        wire::take_fin(&mut recv);
+        wire::take_fin(recv.get_mut());
     }
 }
 
 /// Resolves when the master gives up on a task that has not started: it reset its
 /// side of the stream, stopped ours, or the connection is gone. A clean end of the
 /// master's side is not giving up (it finishes early when it has nothing more to send).
-pub async fn master_gave_up(recv: &mut RecvStream, send: &SendStream) {
+pub async fn master_gave_up(recv: &mut FrameReader<RecvStream>, send: &SendStream) {
     let stopped = send.stopped();
     tokio::pin!(stopped);
     let mut reading = true;
     loop {
         tokio::select! {
-            r = recv.read_chunk(64 * 1024, true), if reading => match r {
+            // Nothing is due before the task starts; a frame that comes is dropped.
+            r = recv.next::<ToAgent>(), if reading => match r {
                 Ok(Some(_)) => {}
                 Ok(None) => reading = false,
                 Err(_) => return,

@@ -6,13 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sloth_shared::cancel::CancelToken;
+use sloth_shared::data::{Data, Refs};
 use sloth_shared::executor::{self, Limits, TaskContext, TaskIo};
 use sloth_shared::graph::{Graph, SharedRef};
 use sloth_shared::protocol::{
-    codes, ErrorKind, LogLevel, TaskError, TaskRequest, ToAgent, ToMaster,
+    self, codes, ErrorKind, LogLevel, TaskError, TaskRequest, ToAgent, ToMaster,
 };
-use sloth_shared::shared_obj::SharedBackend;
-use sloth_shared::{tls, wire};
+use sloth_shared::shared_obj::{self, SharedBackend};
+use sloth_shared::wire::{self, FrameReader, WireError};
+use sloth_shared::tls;
 
 use crate::registry::{self, Caller, MasterBackend, TaskRecord};
 use crate::runtime::Runtime;
@@ -146,7 +148,7 @@ pub(crate) async fn run_local(
     rt: &Arc<Runtime>,
     rec: &Arc<TaskRecord>,
     payload: &Graph,
-) -> Result<Graph, TaskError> {
+) -> Result<Data, TaskError> {
     let (req, ctx, limits) = local_job(rt, rec, payload);
     // Like a remote task, a local one is given up at its deadline (plus a grace) even
     // if it is stuck where the stop hook cannot reach (a C call such as os.execute).
@@ -178,7 +180,7 @@ pub(crate) async fn run_remote(
     rec: &Arc<TaskRecord>,
     host: &str,
     payload: &Graph,
-) -> Result<Graph, TaskError> {
+) -> Result<Data, TaskError> {
     let mesh = rt.mesh.as_ref().ok_or_else(|| {
         TaskError::new(
             ErrorKind::Unreachable,
@@ -207,11 +209,11 @@ pub(crate) async fn run_remote(
         host_vars: rt.host_vars(host),
         timeout_ms: rec.cancel.remaining().map(|d| d.as_millis() as u64),
     };
-    // An agent may call only the objects its task was given (in its payload, or in a
+    // An agent may name only the objects its task was given (in its payload, or in a
     // reply since): ids of other objects of the run are refused.
     let mut allowed: HashSet<SharedRef> = payload.shared_refs().into_iter().collect();
     let no_calls = allowed.is_empty();
-    let frame = sloth_shared::protocol::encode(&ToAgent::Task(Box::new(req)))
+    let frame = protocol::encode(&ToAgent::Task(Box::new(req)))
         .map_err(|e| TaskError::new(ErrorKind::Capture, format!("the task cannot be sent: {e}")))?;
     // Opening the stream waits while the agent has no stream credit left: that wait
     // honours cancel and the deadline like the rest of the task.
@@ -231,7 +233,7 @@ pub(crate) async fn run_remote(
         if no_calls {
             let _ = send.finish();
         }
-        Ok::<_, TaskError>((send, recv))
+        Ok::<_, TaskError>((send, FrameReader::new(recv)))
     };
     let (mut send, mut recv) = tokio::select! {
         r = opened => r?,
@@ -239,6 +241,11 @@ pub(crate) async fn run_remote(
         _ = sleep_until(deadline.map(|d| d - Duration::from_secs(2))) => {
             return Err(TaskError::new(ErrorKind::Timeout, "the agent accepted no new task before the deadline"))
         }
+    };
+    // Ends the stream both ways (the task is over for us, whatever the agent does).
+    let abort = |send: &mut quinn::SendStream, recv: &mut FrameReader<quinn::RecvStream>, code: u32| {
+        let _ = send.reset(code.into());
+        let _ = recv.get_mut().stop(code.into());
     };
     // Blocking calls made for this attempt stop with it (a lost agent must not
     // leave a thread waiting on a channel), without stopping a retry.
@@ -249,23 +256,25 @@ pub(crate) async fn run_remote(
     };
     let _stop_calls = StopOnDrop(attempt.clone());
     loop {
+        // Cancel-safe: a frame half read when another branch wins stays in `recv`.
         let frame = tokio::select! {
-            f = wire::read_frame::<_, ToMaster>(&mut recv) => f,
+            f = recv.next::<ToMaster>() => f,
             _ = rec.cancel_notify.notified() => {
-                let _ = send.reset(codes::CANCELLED.into());
-                let _ = recv.stop(codes::CANCELLED.into());
+                abort(&mut send, &mut recv, codes::CANCELLED);
                 return Err(TaskError::new(ErrorKind::Cancelled, "task cancelled"));
             }
             _ = sleep_until(deadline) => {
-                let _ = send.reset(codes::CANCELLED.into());
-                let _ = recv.stop(codes::CANCELLED.into());
+                abort(&mut send, &mut recv, codes::CANCELLED);
                 return Err(TaskError::new(ErrorKind::Timeout, "the agent did not stop the task at its deadline"));
             }
         };
         match frame {
             Ok(Some(ToMaster::Started)) => {}
             Ok(Some(ToMaster::Log { level, line })) => {
-                rt.out.task_log(host, &rec.name, level, &line)
+                // Printing blocks this task's reading while the output is slow: the
+                // agent's queue fills and its task waits (backpressure, not memory).
+                rt.out
+                    .task_log(host, &rec.name, level, &protocol::clip_log_line(&line))
             }
             Ok(Some(ToMaster::Call {
                 call_id,
@@ -273,28 +282,13 @@ pub(crate) async fn run_remote(
                 method,
                 args,
             })) => {
-                let result = check_from_agent(&args, &allowed).and_then(|()| {
-                    if allowed.contains(&obj) {
-                        Ok(())
-                    } else {
-                        Err(format!(
-                            "{}#{} was not shared with this task",
-                            obj.kind.type_name(),
-                            obj.id
-                        ))
+                let args = match check_call(obj, &method, args, &allowed) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        abort(&mut send, &mut recv, codes::PROTOCOL);
+                        return Err(e);
                     }
-                });
-                if let Err(refused) = result {
-                    let reply = ToAgent::Reply {
-                        call_id,
-                        result: Err(refused),
-                    };
-                    // A failed write means the agent stopped reading: its task is over
-                    // (the result follows) or the connection is gone (the next read
-                    // says so). Either way the outcome comes from the read side.
-                    let _ = wire::write_frame(&mut send, &reply).await;
-                    continue;
-                }
+                };
                 let reg = rt.registry.clone();
                 let c2 = caller.clone();
                 let mut work = tokio::task::spawn_blocking(move || {
@@ -312,41 +306,91 @@ pub(crate) async fn run_remote(
                     _ = rec.cancel_notify.notified() => {
                         attempt.cancel();
                         let _ = work.await;
-                        let _ = send.reset(codes::CANCELLED.into());
+                        abort(&mut send, &mut recv, codes::CANCELLED);
                         return Err(TaskError::new(ErrorKind::Cancelled, "task cancelled"));
                     }
                 };
-                if let Ok(g) = &result {
-                    allowed.extend(g.shared_refs());
+                if let Ok(d) = &result {
+                    allowed.extend(d.shared_refs());
                 }
-                // As above: a failed write is answered by the next read.
-                let _ = wire::write_frame(&mut send, &ToAgent::Reply { call_id, result }).await;
+                let reply = ToAgent::Reply {
+                    call_id,
+                    result: result.map(Data::into_graph),
+                };
+                // A failed write means the agent stopped reading: its task is over
+                // (the result follows) or the connection is gone (the next read
+                // says so). Either way the outcome comes from the read side.
+                let _ = wire::write_frame(&mut send, &reply).await;
             }
             Ok(Some(ToMaster::Done { result, .. })) => {
                 let _ = send.finish();
                 // The agent finishes its side with the result, usually in the same
                 // packet: take the FIN now, or dropping the stream would send the
                 // agent a needless STOP_SENDING.
-                wire::take_fin(&mut recv);
+                wire::take_fin(recv.get_mut());
                 return match result {
-                    Ok(g) => match check_from_agent(&g, &allowed) {
-                        Ok(()) => Ok(g),
-                        Err(e) => Err(TaskError::new(
-                            ErrorKind::Capture,
-                            format!("the result was refused: {e}"),
-                        )),
-                    },
+                    Ok(g) => Data::check(g, Refs::Only(&allowed)).map_err(|e| {
+                        TaskError::new(ErrorKind::Capture, format!("the result was refused: {e}"))
+                    }),
                     Err(e) => Err(e),
                 };
+            }
+            // The agent ended its side without a result while the connection lives:
+            // our agent never does that.
+            Ok(None) if conn.conn.close_reason().is_none() => {
+                abort(&mut send, &mut recv, codes::PROTOCOL);
+                return Err(TaskError::new(
+                    ErrorKind::Refused,
+                    "the agent ended the task stream without a result",
+                ));
             }
             Ok(None) => {
                 return Err(explain(
                     "the agent closed the task stream without a result".into(),
                 ))
             }
+            Err(WireError::Frame(e)) => {
+                abort(&mut send, &mut recv, codes::BAD_FRAME);
+                return Err(TaskError::new(
+                    ErrorKind::Refused,
+                    format!("the agent sent a bad frame: {e}"),
+                ));
+            }
             Err(e) => return Err(explain(format!("task stream failed: {e}"))),
         }
     }
+}
+
+/// What the master accepts as a shared-object call from an agent: on an object the
+/// task was given, a method our agents send, and arguments that are data naming only
+/// such objects. Anything else is a hostile or foreign agent: the task ends.
+fn check_call(
+    obj: SharedRef,
+    method: &str,
+    args: Graph,
+    allowed: &HashSet<SharedRef>,
+) -> Result<Data, TaskError> {
+    let refused = |m: String| TaskError::new(ErrorKind::Refused, m);
+    if !allowed.contains(&obj) {
+        return Err(refused(format!(
+            "the agent called {}#{}, which was not shared with this task",
+            obj.kind.type_name(),
+            obj.id
+        )));
+    }
+    if !shared_obj::accepts(obj.kind, method) {
+        return Err(refused(format!(
+            "the agent called an unknown method {}:{}",
+            obj.kind.type_name(),
+            method.escape_debug()
+        )));
+    }
+    Data::check(args, Refs::Only(allowed)).map_err(|e| {
+        TaskError::new(
+            ErrorKind::Capture,
+            format!("the arguments of {}:{method} were refused: {e}", obj.kind.type_name()),
+        )
+    })
 }
 
 async fn sleep_until(d: Option<tokio::time::Instant>) {
@@ -354,34 +398,6 @@ async fn sleep_until(d: Option<tokio::time::Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-/// What the master accepts in a graph that comes from an agent: plain data only
-/// (no bytecode: the master never loads code an agent produced), referring only to
-/// objects the task was given, and of bounded size.
-fn check_from_agent(g: &Graph, allowed: &HashSet<SharedRef>) -> Result<(), String> {
-    if !g.functions.is_empty() || !g.protos.is_empty() {
-        return Err("functions cannot be sent from an agent to the master (the master never loads code an agent made); return data instead".into());
-    }
-    if g.roots
-        .iter()
-        .chain(
-            g.tables
-                .iter()
-                .flat_map(|t| t.entries.iter().flat_map(|(k, v)| [k, v])),
-        )
-        .any(|v| matches!(v, sloth_shared::graph::Value::Env))
-    {
-        return Err("the globals table cannot be sent from an agent".into());
-    }
-    if let Some(r) = g.shared_refs().into_iter().find(|r| !allowed.contains(r)) {
-        return Err(format!(
-            "{}#{} was not shared with this task",
-            r.kind.type_name(),
-            r.id
-        ));
-    }
-    Ok(())
 }
 
 /// Stops an attempt's blocking calls however the attempt ends.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
-use sloth_shared::protocol::{Control, ErrorKind, Facts, Hello, TaskError};
+use sloth_shared::protocol::{codes, Control, ErrorKind, Facts, TaskError};
 use sloth_shared::tls::{self, Pem};
 use sloth_shared::wire;
 
@@ -37,7 +37,7 @@ pub struct AgentConn {
     pub conn: Connection,
     pub agent_version: String,
     pub facts: Facts,
-    control: tokio::sync::Mutex<(SendStream, RecvStream, u64)>,
+    control: tokio::sync::Mutex<(SendStream, wire::FrameReader<RecvStream>, u64)>,
 }
 
 impl AgentConn {
@@ -187,14 +187,12 @@ impl Mesh {
             Some(r) => unreachable(tls::explain_connection_error(host, &r)),
             None => unreachable(fallback),
         };
-        let (mut send, mut recv) = conn
+        let (mut send, recv) = conn
             .open_bi()
             .await
             .map_err(|e| unreachable(tls::explain_connection_error(host, &e)))?;
-        wire::write_frame(&mut send, &Control::Hello(Hello::current()))
-            .await
-            .map_err(|e| explain(&conn, format!("handshake: {e}")))?;
-        match wire::read_frame::<_, Control>(&mut recv).await {
+        let mut recv = wire::FrameReader::new(recv);
+        match wire::master_handshake(&mut send, &mut recv).await {
             Ok(Some(Control::Welcome {
                 agent_name,
                 agent_version,
@@ -228,6 +226,13 @@ impl Mesh {
                 "unexpected handshake answer {other:?}"
             ))),
             Ok(None) => Err(explain(&conn, "the agent closed the handshake".into())),
+            Err(wire::HandshakeError::Version(why)) => {
+                conn.close(codes::VERSION_MISMATCH.into(), b"version mismatch");
+                Err(TaskError::new(
+                    ErrorKind::Refused,
+                    format!("the agent refused us: {why}"),
+                ))
+            }
             Err(e) => Err(explain(&conn, format!("handshake: {e}"))),
         }
     }
@@ -254,7 +259,7 @@ impl Mesh {
                 .await
                 .map_err(|e| lost(e.to_string()))?;
             loop {
-                match wire::read_frame::<_, Control>(&mut g.1).await {
+                match g.1.next::<Control>().await {
                     Ok(Some(Control::Pong { seq: s, facts })) if s == seq => return Ok(facts),
                     Ok(Some(_)) => continue,
                     Ok(None) => return Err(lost("control stream closed".into())),

@@ -7,7 +7,8 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
-use sloth_shared::graph::{Graph, SharedKind, Value};
+use sloth_shared::data::Data;
+use sloth_shared::graph::{SharedKind, Value};
 
 use crate::registry::Caller;
 
@@ -118,7 +119,7 @@ fn stopped() -> String {
 }
 
 pub struct ChanState {
-    buf: VecDeque<Graph>,
+    buf: VecDeque<Data>,
     cap: usize,
     closed: bool,
     /// Receivers blocked in `receive` right now (lets an unbuffered try_send succeed).
@@ -214,12 +215,12 @@ impl Object {
         }
     }
 
-    pub fn call(&self, caller: &Caller, method: &str, args: Graph) -> Result<Graph, String> {
+    pub fn call(&self, caller: &Caller, method: &str, args: Data) -> Result<Data, String> {
         let kind = self.kind().type_name();
         let unknown = || Err(format!("{kind} has no method '{method}'"));
-        let a = &args.roots;
-        let b = |v: bool| Ok(Graph::from_roots(vec![Value::Bool(v)]));
-        let i = |v: i64| Ok(Graph::from_roots(vec![Value::Int(v)]));
+        let a = args.roots();
+        let b = |v: bool| Ok(Data::scalars(vec![Value::Bool(v)]));
+        let i = |v: i64| Ok(Data::scalars(vec![Value::Int(v)]));
         let owner = caller.task;
         match self {
             Object::Channel(ch) => ch.call(caller, method, args),
@@ -242,7 +243,7 @@ impl Object {
                     }
                     *g = next;
                     c.0.notify();
-                    Ok(Graph::default())
+                    Ok(Data::default())
                 }
                 "wait" => {
                     let deadline = duration_arg(a, 0)?.map(|d| Instant::now() + d);
@@ -283,7 +284,7 @@ impl Object {
                         Some(_) => {
                             *g = None;
                             l.0.notify();
-                            Ok(Graph::default())
+                            Ok(Data::default())
                         }
                     }
                 }
@@ -331,7 +332,7 @@ impl Object {
                         g.1.insert(owner, held - n);
                     }
                     s.g.notify();
-                    Ok(Graph::default())
+                    Ok(Data::default())
                 }
                 "available" => i(s.g.m.lock().0),
                 _ => unknown(),
@@ -342,7 +343,7 @@ impl Object {
                     "get" => i(*g),
                     "set" => {
                         *g = int_arg(a, 0, 0, "atomic:set")?;
-                        Ok(Graph::default())
+                        Ok(Data::default())
                     }
                     "add" | "incr" => {
                         *g = g.wrapping_add(int_arg(a, 0, 1, "atomic:add")?);
@@ -371,11 +372,11 @@ impl Object {
                 }
             }
             Object::Artifact(art) => match method {
-                "sha256" => Ok(Graph::from_roots(vec![Value::Str(
+                "sha256" => Ok(Data::scalars(vec![Value::Str(
                     art.sha256.clone().into_bytes(),
                 )])),
                 "size" => i(art.size as i64),
-                "name" => Ok(Graph::from_roots(vec![Value::Str(
+                "name" => Ok(Data::scalars(vec![Value::Str(
                     art.name.clone().into_bytes(),
                 )])),
                 "read" => {
@@ -385,7 +386,7 @@ impl Object {
                         return Err("artifact:read: negative offset or length".into());
                     }
                     let bytes = art.read(off as u64, len as usize)?;
-                    Ok(Graph::from_roots(vec![Value::Str(bytes)]))
+                    Ok(Data::scalars(vec![Value::Str(bytes)]))
                 }
                 _ => unknown(),
             },
@@ -406,7 +407,7 @@ impl Object {
                 "finish" => {
                     *o.0.m.lock() = OnceState::Done;
                     o.0.notify();
-                    Ok(Graph::default())
+                    Ok(Data::default())
                 }
                 "done" => b(*o.0.m.lock() == OnceState::Done),
                 _ => unknown(),
@@ -416,11 +417,11 @@ impl Object {
 }
 
 impl Channel {
-    fn call(&self, caller: &Caller, method: &str, args: Graph) -> Result<Graph, String> {
-        let b = |v: bool| Ok(Graph::from_roots(vec![Value::Bool(v)]));
+    fn call(&self, caller: &Caller, method: &str, args: Data) -> Result<Data, String> {
+        let b = |v: bool| Ok(Data::scalars(vec![Value::Bool(v)]));
         match method {
             "send" | "try_send" => {
-                let msg = one_value(args);
+                let msg = args.first_only();
                 let try_only = method == "try_send";
                 let mut g = self.0.m.lock();
                 if g.closed {
@@ -474,7 +475,7 @@ impl Channel {
                 let deadline = if method == "try_receive" {
                     Some(Instant::now())
                 } else {
-                    duration_arg(&args.roots, 0)?.map(|d| Instant::now() + d)
+                    duration_arg(args.roots(), 0)?.map(|d| Instant::now() + d)
                 };
                 {
                     let mut g = self.0.m.lock();
@@ -488,24 +489,19 @@ impl Channel {
                     Ok(mut g) => {
                         g.receivers -= 1;
                         match g.buf.pop_front() {
-                            Some(mut v) => {
+                            Some(v) => {
                                 g.popped += 1;
                                 self.0.notify();
-                                if v.roots.is_empty() {
-                                    v.roots.push(Value::Nil);
-                                }
-                                v.roots.truncate(1);
-                                v.roots.push(Value::Bool(true));
-                                Ok(v)
+                                Ok(v.first_only().append(Value::Bool(true)))
                             }
-                            None => Ok(Graph::from_roots(vec![Value::Nil, Value::Bool(false)])),
+                            None => Ok(Data::scalars(vec![Value::Nil, Value::Bool(false)])),
                         }
                     }
                     Err(end) => {
                         self.0.m.lock().receivers -= 1;
                         match end {
                             WaitEnd::TimedOut => {
-                                Ok(Graph::from_roots(vec![Value::Nil, Value::Bool(false)]))
+                                Ok(Data::scalars(vec![Value::Nil, Value::Bool(false)]))
                             }
                             WaitEnd::Stopped => Err(stopped()),
                         }
@@ -520,12 +516,12 @@ impl Channel {
                 }
                 g.closed = true;
                 self.0.notify();
-                Ok(Graph::default())
+                Ok(Data::default())
             }
-            "len" => Ok(Graph::from_roots(vec![Value::Int(
+            "len" => Ok(Data::scalars(vec![Value::Int(
                 self.0.m.lock().buf.len() as i64,
             )])),
-            "cap" => Ok(Graph::from_roots(vec![Value::Int(
+            "cap" => Ok(Data::scalars(vec![Value::Int(
                 self.0.m.lock().cap as i64,
             )])),
             "is_closed" => b(self.0.m.lock().closed),
@@ -534,13 +530,6 @@ impl Channel {
     }
 }
 
-fn one_value(mut g: Graph) -> Graph {
-    g.roots.truncate(1);
-    if g.roots.is_empty() {
-        g.roots.push(Value::Nil);
-    }
-    g
-}
 
 fn int_arg(a: &[Value], i: usize, default: i64, what: &str) -> Result<i64, String> {
     match a.get(i) {

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use sloth_shared::cancel::CancelToken;
-use sloth_shared::graph::{Graph, SharedKind, SharedRef, Value};
+use sloth_shared::data::Data;
+use sloth_shared::graph::{SharedKind, SharedRef, Value};
 use sloth_shared::protocol::{ErrorKind, TaskError};
 use sloth_shared::shared_obj::SharedBackend;
 
@@ -38,7 +39,7 @@ impl Status {
 /// The outcome of a task, kept so that re-awaiting returns the same result.
 #[derive(Clone, Debug)]
 pub struct Outcome {
-    pub result: Result<Graph, TaskError>,
+    pub result: Result<Data, TaskError>,
     pub duration: Duration,
 }
 
@@ -247,7 +248,7 @@ impl Registry {
     }
 
     /// Record a task's outcome (first one wins), release what it held, wake waiters.
-    pub fn complete(&self, rec: &TaskRecord, result: Result<Graph, TaskError>) {
+    pub fn complete(&self, rec: &TaskRecord, result: Result<Data, TaskError>) {
         let outcome = Outcome {
             result,
             duration: rec.elapsed(),
@@ -353,7 +354,7 @@ pub struct MasterBackend {
 }
 
 impl SharedBackend for MasterBackend {
-    fn call(&self, obj: SharedRef, method: &str, args: Graph) -> Result<Graph, String> {
+    fn call(&self, obj: SharedRef, method: &str, args: Data) -> Result<Data, String> {
         call(&self.registry, &self.caller, obj, method, args)
     }
 
@@ -382,8 +383,8 @@ pub fn call(
     caller: &Caller,
     obj: SharedRef,
     method: &str,
-    args: Graph,
-) -> Result<Graph, String> {
+    args: Data,
+) -> Result<Data, String> {
     match obj.kind {
         SharedKind::Handle => handle_call(reg, caller, obj.id, method, args),
         _ => match reg.object(obj.id) {
@@ -398,14 +399,10 @@ pub fn call(
 }
 
 /// `true, v1, v2...` or `false, err` as one graph.
-pub fn outcome_graph(rec: &TaskRecord, o: &Outcome) -> Graph {
+pub fn outcome_graph(rec: &TaskRecord, o: &Outcome) -> Data {
     match &o.result {
-        Ok(g) => {
-            let mut g = g.clone();
-            g.roots.insert(0, Value::Bool(true));
-            g
-        }
-        Err(e) => Graph::from_roots(vec![
+        Ok(g) => g.clone().prepend(Value::Bool(true)),
+        Err(e) => Data::scalars(vec![
             Value::Bool(false),
             Value::Str(e.display_for(&rec.host()).into_bytes()),
         ]),
@@ -417,15 +414,15 @@ fn handle_call(
     caller: &Caller,
     id: u64,
     method: &str,
-    args: Graph,
-) -> Result<Graph, String> {
+    args: Data,
+) -> Result<Data, String> {
     let rec = reg
         .task(id)
         .ok_or_else(|| format!("no task with id {id}"))?;
-    let s = |v: &str| Graph::from_roots(vec![Value::Str(v.as_bytes().to_vec())]);
+    let s = |v: &str| Data::string(v);
     match method {
         "await" | "result" => {
-            let timeout = crate::objects::duration_arg(&args.roots, 0)?;
+            let timeout = crate::objects::duration_arg(args.roots(), 0)?;
             match rec.wait(timeout, Some(&caller.cancel)) {
                 Some(o) => Ok(outcome_graph(&rec, &o)),
                 None => {
@@ -433,7 +430,7 @@ fn handle_call(
                         return Err(format!("sloth: task stopped ({r:?})"));
                     }
                     let ms = timeout.map(|t| t.as_millis()).unwrap_or(0);
-                    Ok(Graph::from_roots(vec![
+                    Ok(Data::scalars(vec![
                         Value::Bool(false),
                         Value::Str(
                             format!("timeout exceeded: {}: await gave up after {ms} ms (the task is still running)", rec.host())
@@ -450,7 +447,7 @@ fn handle_call(
             if running {
                 rec.request_cancel();
             }
-            Ok(Graph::from_roots(vec![Value::Bool(running)]))
+            Ok(Data::scalars(vec![Value::Bool(running)]))
         }
         other => Err(format!("handle has no method '{other}'")),
     }
@@ -485,7 +482,7 @@ mod tests {
         // Handles dropped after the end.
         let a = reg.new_task(None, "local", None, false);
         let (h1, h2) = (handle(&reg, &a), handle(&reg, &a));
-        reg.complete(&a, Ok(Graph::default()));
+        reg.complete(&a, Ok(Data::default()));
         drop(h1);
         assert!(reg.task(a.id).is_some(), "one handle is still alive");
         drop(h2);
@@ -494,16 +491,16 @@ mod tests {
         let b = reg.new_task(None, "local", None, false);
         drop(handle(&reg, &b));
         assert!(reg.task(b.id).is_some(), "still running");
-        reg.complete(&b, Ok(Graph::default()));
+        reg.complete(&b, Ok(Data::default()));
         assert!(reg.task(b.id).is_none());
         // No handle was ever made (internal tasks): kept.
         let c = reg.new_task(None, "local", None, false);
-        reg.complete(&c, Ok(Graph::default()));
+        reg.complete(&c, Ok(Data::default()));
         assert!(reg.task(c.id).is_some());
         // Spawned (fire and forget): no handle can exist, forgotten when it ends.
         let d = reg.new_task(None, "local", None, true);
         assert!(reg.task(d.id).is_some(), "running");
-        reg.complete(&d, Ok(Graph::default()));
+        reg.complete(&d, Ok(Data::default()));
         assert!(reg.task(d.id).is_none());
         assert_eq!(reg.task_count(), 1);
     }
@@ -514,7 +511,7 @@ mod tests {
         let a = reg.new_task(None, "local", None, false);
         let h = handle(&reg, &a);
         let copied = h.to_graph_ref();
-        reg.complete(&a, Ok(Graph::default()));
+        reg.complete(&a, Ok(Data::default()));
         drop(h);
         // Some task or message may still name it.
         assert_eq!(reg.task(copied.id).map(|r| r.id), Some(a.id));

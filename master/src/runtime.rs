@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use sloth_shared::cancel::CancelToken;
 use sloth_shared::capture::{self, Encoder};
 use sloth_shared::executor::{self, parse_duration, TaskContext, TaskIo};
+use sloth_shared::data::Data;
 use sloth_shared::graph::{Graph, SharedKind, SharedRef, Value};
 use sloth_shared::modules;
 use sloth_shared::protocol::LogLevel;
@@ -351,7 +352,7 @@ pub fn result_table(lua: &Lua, rec: &TaskRecord, o: Option<&Outcome>) -> mlua::R
             match &o.result {
                 Ok(g) => {
                     t.raw_set("success", true)?;
-                    let values = lua.create_sequence_from(capture::restore_values(lua, g)?)?;
+                    let values = lua.create_sequence_from(capture::restore_data(lua, g)?)?;
                     t.raw_set("values", values)?;
                 }
                 Err(e) => {
@@ -405,7 +406,7 @@ fn install_goroutine(
             "await",
             lua.create_function(move |lua, (h, timeout): (LV, LV)| {
                 let rec = handle_arg(&rt, &h, "goroutine.await")?;
-                let args = Graph::from_roots(vec![duration_value(&timeout, "goroutine.await")?]);
+                let args = Data::scalars(vec![duration_value(&timeout, "goroutine.await")?]);
                 let out = registry::call(
                     &rt.registry,
                     &caller,
@@ -417,7 +418,7 @@ fn install_goroutine(
                     args,
                 )
                 .map_err(rt_err)?;
-                Ok(MultiValue::from_iter(capture::restore_values(lua, &out)?))
+                Ok(MultiValue::from_iter(capture::restore_data(lua, &out)?))
             })?,
         )?;
     }
@@ -472,7 +473,7 @@ fn install_goroutine(
                         if let Some(o) = rec.outcome() {
                             let g = registry::outcome_graph(rec, &o);
                             let mut vals = vec![LV::Integer(i as i64 + 1)];
-                            vals.extend(capture::restore_values(lua, &g)?);
+                            vals.extend(capture::restore_data(lua, &g)?);
                             return Ok(MultiValue::from_iter(vals));
                         }
                     }
@@ -537,10 +538,10 @@ fn install_goroutine(
                         id: rec.id,
                     },
                     "await",
-                    Graph::default(),
+                    Data::default(),
                 )
                 .map_err(rt_err)?;
-                Ok(MultiValue::from_iter(capture::restore_values(lua, &out)?))
+                Ok(MultiValue::from_iter(capture::restore_data(lua, &out)?))
             })?,
         )?;
     }

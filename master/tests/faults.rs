@@ -308,7 +308,7 @@ fn agent_survives_udp_garbage() {
 /// An authenticated master that sends garbage and oversized frames on real QUIC streams.
 #[test]
 fn agent_survives_bad_frames_from_an_authenticated_master() {
-    use sloth_shared::protocol::{Control, Hello};
+    use sloth_shared::protocol::Control;
     use sloth_shared::{tls, wire};
 
     let mut fleet = TestFleet::web(1);
@@ -338,11 +338,9 @@ fn agent_survives_bad_frames_from_an_authenticated_master() {
 
         // 2. A proper hello, then hostile task streams.
         let conn = ep.connect(addr, "web-01").unwrap().await.unwrap();
-        let (mut cs, mut cr) = conn.open_bi().await.unwrap();
-        wire::write_frame(&mut cs, &Control::Hello(Hello::current()))
-            .await
-            .unwrap();
-        let welcome = wire::read_frame::<_, Control>(&mut cr).await.unwrap();
+        let (mut cs, cr) = conn.open_bi().await.unwrap();
+        let mut cr = wire::FrameReader::new(cr);
+        let welcome = wire::master_handshake(&mut cs, &mut cr).await.unwrap();
         assert!(
             matches!(welcome, Some(Control::Welcome { .. })),
             "{welcome:?}"
@@ -383,7 +381,7 @@ fn agent_survives_bad_frames_from_an_authenticated_master() {
             .unwrap();
         let pong = tokio::time::timeout(Duration::from_secs(3), async {
             loop {
-                match wire::read_frame::<_, Control>(&mut cr).await {
+                match cr.next::<Control>().await {
                     Ok(Some(Control::Pong { seq, .. })) => return Some(seq),
                     Ok(Some(_)) => continue,
                     _ => return None,

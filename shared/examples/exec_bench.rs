@@ -61,7 +61,7 @@ fn main() {
         let l = executor::blank_state().unwrap();
         drop(l);
     });
-    let states: Vec<Lua> = (0..n).map(|_| executor::blank_state().unwrap()).collect();
+    let states: Vec<_> = (0..n).map(|_| executor::blank_state().unwrap()).collect();
     let t = Instant::now();
     drop(states);
     println!(

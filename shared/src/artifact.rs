@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use mlua::{Lua, MultiValue, Value as LV};
 use sha2::{Digest, Sha256};
 
-use crate::graph::{Graph, SharedRef, Value};
+use crate::data::Data;
+use crate::graph::{SharedRef, Value};
 use crate::modules::{stop_to_lua, task_ctx};
 use crate::shared_obj::SharedBackend;
 
@@ -55,19 +56,19 @@ pub fn cache_dir(host: &str) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-fn call(b: &dyn SharedBackend, r: SharedRef, m: &str, args: Vec<Value>) -> Result<Graph, String> {
-    b.call(r, m, Graph::from_roots(args))
+fn call(b: &dyn SharedBackend, r: SharedRef, m: &str, args: Vec<Value>) -> Result<Data, String> {
+    b.call(r, m, Data::scalars(args))
 }
 
-fn first_str(g: &Graph) -> Option<Vec<u8>> {
-    match g.roots.first() {
+fn first_str(g: &Data) -> Option<Vec<u8>> {
+    match g.roots().first() {
         Some(Value::Str(s)) => Some(s.clone()),
         _ => None,
     }
 }
 
-fn first_int(g: &Graph) -> Option<i64> {
-    match g.roots.first() {
+fn first_int(g: &Data) -> Option<i64> {
+    match g.roots().first() {
         Some(Value::Int(i)) => Some(*i),
         _ => None,
     }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use mlua::{Function, Lua, Table, Value as LV};
 
+use crate::data::{Data, Refs};
 use crate::graph::{FunctionDef, Graph, TableDef, Unsendable, Upvalue, Value};
 use crate::shared_obj::{SharedBackend, SharedObj};
 
@@ -38,8 +39,29 @@ pub const LIBRARY_TABLES: &[&str] = &[
     "fleet",
 ];
 
-/// How deep tables and closures may nest before a capture gives up.
-const MAX_DEPTH: usize = 400;
+/// How deep tables and closures may nest before a capture gives up (the same bound
+/// [`Data::check`] applies to received data).
+const MAX_DEPTH: usize = crate::data::MAX_DEPTH;
+
+/// A Lua state made for one task ([`crate::executor::new_state`]). A task — bytecode,
+/// upvalues, the script's globals — can be restored only into one of these
+/// ([`restore_task`]); no other crate can make one, so the master's main state can
+/// never receive code or globals, whatever a peer sends. Everything else is restored
+/// with [`restore_data`].
+pub struct TaskState(Lua);
+
+impl TaskState {
+    pub(crate) fn new(lua: Lua) -> TaskState {
+        TaskState(lua)
+    }
+}
+
+impl std::ops::Deref for TaskState {
+    type Target = Lua;
+    fn deref(&self) -> &Lua {
+        &self.0
+    }
+}
 
 /// Per-state data the codec needs, stored in the state's app data by [`install`].
 pub struct CaptureCtx {
@@ -253,11 +275,18 @@ pub struct Encoder<'l> {
     cells: HashMap<usize, u32>,
     graph: Graph,
     depth: usize,
+    /// Data mode ([`encode_data`]): functions, builtins and `_ENV` are refused.
+    data_only: bool,
 }
+
+/// What a value that is not data gets told in data mode.
+const DATA_ONLY: &str =
+    "results, channel messages and call arguments carry data only (no functions)";
 
 impl<'l> Encoder<'l> {
     pub fn new(lua: &'l Lua) -> Self {
         Encoder {
+            data_only: false,
             lua,
             globals_ptr: lua.globals().to_pointer() as usize,
             tables: HashMap::new(),
@@ -370,9 +399,15 @@ impl<'l> Encoder<'l> {
     fn encode_table(&mut self, t: &Table, path: &str) -> Result<Value, CaptureError> {
         let ptr = t.to_pointer() as usize;
         if ptr == self.globals_ptr {
+            if self.data_only {
+                return Err(CaptureError::new(path, "table", format!("the globals table: {DATA_ONLY}")));
+            }
             return Ok(Value::Env);
         }
         if let Some(name) = ctx(self.lua)?.builtins(self.lua).get(&ptr) {
+            if self.data_only {
+                return Err(CaptureError::new(path, "table", format!("the library '{name}': {DATA_ONLY}")));
+            }
             return Ok(Value::Builtin(name.clone()));
         }
         if let Some(idx) = self.tables.get(&ptr) {
@@ -400,6 +435,9 @@ impl<'l> Encoder<'l> {
     }
 
     fn encode_function(&mut self, f: &Function, path: &str) -> Result<Value, CaptureError> {
+        if self.data_only {
+            return Err(CaptureError::new(path, "function", DATA_ONLY));
+        }
         let ptr = f.to_pointer() as usize;
         if let Some(name) = ctx(self.lua)?.builtins(self.lua).get(&ptr) {
             return Ok(Value::Builtin(name.clone()));
@@ -520,18 +558,24 @@ fn ctx(lua: &Lua) -> Result<mlua::AppDataRef<'_, CaptureCtx>, CaptureError> {
     })
 }
 
-/// Encode a list of values (arguments, results, a channel message) as one graph.
-pub fn encode_values(lua: &Lua, values: &[LV], what: &str) -> Result<Graph, CaptureError> {
+/// Encode a list of values (arguments, results, a channel message) as [`Data`]:
+/// functions, library tables and the globals table are refused with the path of
+/// the value (`cannot send return value #1 (function): ...`).
+pub fn encode_data(lua: &Lua, values: &[LV], what: &str) -> Result<Data, CaptureError> {
     let mut enc = Encoder::new(lua);
+    enc.data_only = true;
     for (i, v) in values.iter().enumerate() {
         enc.push_root(v, &format!("{what} #{}", i + 1))?;
     }
-    Ok(enc.finish())
+    Data::check(enc.finish(), Refs::Any)
+        .map_err(|e| CaptureError::new(what, "value", e.to_string()))
 }
 
-/// Restore a graph into `lua`, binding `_ENV` to `env`; returns the roots in order.
-/// Script globals carried by the graph are set in `env` too.
-pub fn restore(lua: &Lua, graph: &Graph, env: &Table) -> mlua::Result<Vec<LV>> {
+/// Restore a task into its own state, binding `_ENV` to `env`; returns the roots in
+/// order (the function, then its arguments). Loads the task's bytecode, and sets the
+/// script globals carried by the graph in `env`.
+pub fn restore_task(state: &TaskState, graph: &Graph, env: &Table) -> mlua::Result<Vec<LV>> {
+    let lua: &Lua = state;
     graph.validate().map_err(mlua::Error::runtime)?;
     let backend = lua
         .app_data_ref::<CaptureCtx>()
@@ -557,20 +601,12 @@ pub fn restore(lua: &Lua, graph: &Graph, env: &Table) -> mlua::Result<Vec<LV>> {
     }
     let r = Restorer {
         lua,
-        env,
+        env: Some(env),
         tables: &tables,
         functions: &functions,
         backend,
     };
-    for (def, t) in graph.tables.iter().zip(&tables) {
-        for (k, v) in &def.entries {
-            let k = r.value(k)?;
-            if k.is_nil() || matches!(k, LV::Number(n) if n.is_nan()) {
-                continue;
-            }
-            t.raw_set(k, r.value(v)?)?;
-        }
-    }
+    r.fill_tables(graph)?;
     let mut cells: HashMap<u32, (usize, usize)> = HashMap::new();
     if let Some(DebugFns {
         setupvalue,
@@ -628,26 +664,72 @@ pub fn restore(lua: &Lua, graph: &Graph, env: &Table) -> mlua::Result<Vec<LV>> {
     graph.roots.iter().map(|v| r.value(v)).collect()
 }
 
+/// Restore data (results, messages, call arguments and results, host vars) into any
+/// state. No bytecode is loaded and the state's globals are never read or written:
+/// [`Data`] carries no function, builtin, `_ENV` or global.
+pub fn restore_data(lua: &Lua, data: &Data) -> mlua::Result<Vec<LV>> {
+    let graph = data.graph();
+    let backend = lua
+        .app_data_ref::<CaptureCtx>()
+        .ok_or_else(|| mlua::Error::runtime("capture context not installed"))?
+        .backend
+        .clone();
+    let tables: Vec<Table> = (0..graph.tables.len())
+        .map(|_| lua.create_table())
+        .collect::<mlua::Result<_>>()?;
+    let r = Restorer {
+        lua,
+        env: None,
+        tables: &tables,
+        functions: &[],
+        backend,
+    };
+    r.fill_tables(graph)?;
+    graph.roots.iter().map(|v| r.value(v)).collect()
+}
+
 struct Restorer<'a> {
     lua: &'a Lua,
-    env: &'a Table,
+    /// The task's globals; `None` when restoring data, which never names them.
+    env: Option<&'a Table>,
     tables: &'a [Table],
     functions: &'a [Function],
     backend: Arc<dyn SharedBackend>,
 }
 
 impl Restorer<'_> {
+    fn fill_tables(&self, graph: &Graph) -> mlua::Result<()> {
+        for (def, t) in graph.tables.iter().zip(self.tables) {
+            for (k, v) in &def.entries {
+                let k = self.value(k)?;
+                if k.is_nil() || matches!(k, LV::Number(n) if n.is_nan()) {
+                    continue;
+                }
+                t.raw_set(k, self.value(v)?)?;
+            }
+        }
+        Ok(())
+    }
+
     fn value(&self, v: &Value) -> mlua::Result<LV> {
+        let not_data = || mlua::Error::runtime("internal: code or globals in data");
         Ok(match v {
             Value::Nil => LV::Nil,
             Value::Bool(b) => LV::Boolean(*b),
             Value::Int(i) => LV::Integer(*i),
             Value::Float(f) => LV::Number(*f),
             Value::Str(s) => LV::String(self.lua.create_string(s)?),
-            Value::Table(i) => LV::Table(self.tables[*i as usize].clone()),
-            Value::Function(i) => LV::Function(self.functions[*i as usize].clone()),
-            Value::Env => LV::Table(self.env.clone()),
-            Value::Builtin(name) => resolve_builtin(self.env, name)?,
+            Value::Table(i) => LV::Table(
+                self.tables
+                    .get(*i as usize)
+                    .ok_or_else(|| mlua::Error::runtime("table index out of range"))?
+                    .clone(),
+            ),
+            Value::Function(i) => {
+                LV::Function(self.functions.get(*i as usize).ok_or_else(not_data)?.clone())
+            }
+            Value::Env => LV::Table(self.env.ok_or_else(not_data)?.clone()),
+            Value::Builtin(name) => resolve_builtin(self.env.ok_or_else(not_data)?, name)?,
             Value::Shared(r) => LV::UserData(
                 self.lua
                     .create_userdata(SharedObj::new(*r, self.backend.clone()))?,
@@ -678,8 +760,3 @@ fn resolve_builtin(env: &Table, name: &str) -> mlua::Result<LV> {
     Ok(cur)
 }
 
-/// Restore a plain value list (arguments, results, messages) into `lua`.
-pub fn restore_values(lua: &Lua, graph: &Graph) -> mlua::Result<Vec<LV>> {
-    let env = lua.globals();
-    restore(lua, graph, &env)
-}

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use mlua::{HookTriggers, Lua, LuaOptions, StdLib, Table, Value as LV, VmState};
 
 use crate::cancel::{CancelToken, StopReason};
-use crate::capture;
+use crate::capture::{self, TaskState};
+use crate::data::{Data, Refs};
 use crate::graph::Graph;
 use crate::modules;
 use crate::protocol::{ErrorKind, LogLevel, TaskError, TaskRequest};
@@ -63,14 +64,14 @@ const STOP_MARKER: &str = "sloth: task stopped";
 
 /// Make a state with the standard library, the task modules and the capture codec,
 /// bound to the task `ctx`.
-pub fn new_state(ctx: &TaskContext) -> mlua::Result<Lua> {
+pub fn new_state(ctx: &TaskContext) -> mlua::Result<TaskState> {
     let lua = blank_state()?;
     bind(&lua, ctx);
     Ok(lua)
 }
 
 /// A fresh state with everything but a task: what the pre-warm pool keeps ready.
-pub fn blank_state() -> mlua::Result<Lua> {
+pub fn blank_state() -> mlua::Result<TaskState> {
     // SAFETY: the `debug` library is needed to read and set upvalues of shipped
     // closures; tasks are trusted code from an authenticated master (docs/security.md).
     // Only the libraries nearly every task uses are opened here (`table` and `math`
@@ -89,7 +90,7 @@ pub fn blank_state() -> mlua::Result<Lua> {
     capture::install_lazy(&lua, Arc::new(NoBackend))?;
     lua.gc_restart();
     lua.gc_collect()?;
-    Ok(lua)
+    Ok(TaskState::new(lua))
 }
 
 /// Give a blank state its task: module calls and shared objects now reach `ctx`.
@@ -101,9 +102,9 @@ pub fn bind(lua: &Lua, ctx: &TaskContext) {
 /// Fresh (never used) states made ahead of time on a background thread, so that a
 /// task does not pay for building its state. Every task still gets its own state.
 pub struct StatePool {
-    ready: Mutex<Vec<Lua>>,
+    ready: Mutex<Vec<TaskState>>,
     /// Used states waiting to be dropped by the pool's thread, off the task's path.
-    retired: Mutex<Vec<Lua>>,
+    retired: Mutex<Vec<TaskState>>,
     want: usize,
     cv: Condvar,
 }
@@ -141,7 +142,7 @@ fn prewarm_loop(pool: &StatePool) {
                 pool.cv.wait(&mut g);
             }
         }
-        let old: Vec<Lua> = std::mem::take(&mut *pool.retired.lock());
+        let old: Vec<TaskState> = std::mem::take(&mut *pool.retired.lock());
         drop(old);
         if pool.ready.lock().len() >= pool.want {
             continue;
@@ -157,7 +158,7 @@ fn prewarm_loop(pool: &StatePool) {
 }
 
 /// Hand a used state to the pool's thread to drop (dropping costs tens of µs).
-fn retire_state(lua: Lua) {
+fn retire_state(lua: TaskState) {
     match POOL.get() {
         Some(p) => {
             let mut r = p.retired.lock();
@@ -176,7 +177,7 @@ fn retire_state(lua: Lua) {
     }
 }
 
-fn take_state() -> mlua::Result<Lua> {
+fn take_state() -> mlua::Result<TaskState> {
     if let Some(p) = POOL.get() {
         let got = p.ready.lock().pop();
         p.cv.notify_one();
@@ -204,7 +205,7 @@ pub struct Limits {
 
 /// Run one task to completion. Never panics on task input; every failure is a
 /// [`TaskError`] whose message does not yet name the host.
-pub fn run_task(req: &TaskRequest, ctx: TaskContext, limits: &Limits) -> Result<Graph, TaskError> {
+pub fn run_task(req: &TaskRequest, ctx: TaskContext, limits: &Limits) -> Result<Data, TaskError> {
     let lua = take_state()
         .inspect(|l| bind(l, &ctx))
         .map_err(|e| TaskError::new(ErrorKind::Lua, format!("setting up the task state: {e}")))?;
@@ -215,19 +216,19 @@ pub fn run_task(req: &TaskRequest, ctx: TaskContext, limits: &Limits) -> Result<
 }
 
 fn execute(
-    lua: &Lua,
+    state: &TaskState,
     req: &TaskRequest,
     ctx: &TaskContext,
     limits: &Limits,
-) -> Result<Graph, TaskError> {
-    let lua = lua.clone();
+) -> Result<Data, TaskError> {
+    let lua: Lua = (**state).clone();
     let cancel = ctx.cancel.clone();
     let env = lua.globals();
     let host_tbl = host_table(&lua, &ctx.host, &req.host_vars)
         .map_err(|e| TaskError::new(ErrorKind::Capture, format!("host vars: {e}")))?;
     env.raw_set("host", host_tbl)
         .map_err(|e| TaskError::new(ErrorKind::Lua, e.to_string()))?;
-    let roots = capture::restore(&lua, &req.payload, &env).map_err(|e| {
+    let roots = capture::restore_task(state, &req.payload, &env).map_err(|e| {
         TaskError::new(
             ErrorKind::Capture,
             format!("restoring the task: {}", error_text(&e)),
@@ -256,7 +257,7 @@ fn execute(
     match result {
         Ok(values) => {
             let values: Vec<LV> = values.into_iter().collect();
-            capture::encode_values(&lua, &values, "return value")
+            capture::encode_data(&lua, &values, "return value")
                 .map_err(|e| TaskError::new(ErrorKind::Capture, format!("{e} back to the master")))
         }
         Err(e) => Err(lua_error(&e, limits.memory_limit)),
@@ -320,7 +321,8 @@ fn host_table(lua: &Lua, name: &str, vars: &Graph) -> mlua::Result<Table> {
     let vars_v = if vars.roots.is_empty() {
         LV::Table(lua.create_table()?)
     } else {
-        capture::restore_values(lua, vars)?
+        let vars = Data::check(vars.clone(), Refs::Any).map_err(mlua::Error::runtime)?;
+        capture::restore_data(lua, &vars)?
             .into_iter()
             .next()
             .unwrap_or(LV::Nil)

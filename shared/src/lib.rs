@@ -6,6 +6,7 @@
 pub mod artifact;
 pub mod cancel;
 pub mod capture;
+pub mod data;
 pub mod executor;
 pub mod graph;
 pub mod modules;

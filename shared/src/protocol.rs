@@ -272,30 +272,119 @@ pub fn frame_len(header: [u8; 4]) -> Result<usize, FrameError> {
     Ok(len)
 }
 
-/// Incremental decoder for a byte stream of frames (used by tests and fuzzing).
-#[derive(Default)]
-pub struct FrameBuffer {
-    buf: Vec<u8>,
+/// The bytes that open every connection's control stream, in both directions, before
+/// any bincode: a fixed magic number and the protocol version. They never change, so
+/// builds of any two protocol versions can always tell each other which version they
+/// speak instead of failing on a frame they cannot decode.
+pub const MAGIC: [u8; 4] = *b"SLTH";
+pub const PREAMBLE_LEN: usize = 8;
+
+pub fn preamble(version: u32) -> [u8; PREAMBLE_LEN] {
+    let mut p = [0u8; PREAMBLE_LEN];
+    p[..4].copy_from_slice(&MAGIC);
+    p[4..].copy_from_slice(&version.to_be_bytes());
+    p
 }
 
-impl FrameBuffer {
+/// The protocol version a peer's preamble announces.
+pub fn parse_preamble(p: [u8; PREAMBLE_LEN]) -> Result<u32, FrameError> {
+    if p[..4] != MAGIC {
+        return Err(FrameError::Malformed(format!(
+            "the peer does not speak the sloth protocol (it opened with {:02x?})",
+            &p[..4]
+        )));
+    }
+    Ok(u32::from_be_bytes([p[4], p[5], p[6], p[7]]))
+}
+
+/// The sentence both sides report when their protocol versions differ.
+pub fn version_mismatch(master: u32, agent: u32) -> String {
+    format!("version mismatch: master speaks protocol {master}, agent speaks protocol {agent}")
+}
+
+/// The one decoder of a byte stream of frames: production reads
+/// ([`crate::wire::FrameReader`]), the unit tests and the fuzzer all go through it.
+/// It holds every byte received and not yet decoded, so the future reading into it
+/// can be dropped at any point without losing or splitting a frame. A length prefix
+/// over [`MAX_FRAME`] is refused as soon as its 4 bytes are in; memory grows only with
+/// bytes actually received.
+#[derive(Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    /// Bytes before this offset were consumed.
+    start: usize,
+}
+
+impl FrameDecoder {
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start >= self.buf.len() / 2 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(bytes);
     }
 
-    /// The next complete frame body, if one has arrived.
-    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
-        if self.buf.len() < 4 {
-            return Ok(None);
-        }
-        let len = frame_len([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])?;
-        if self.buf.len() < 4 + len {
-            return Ok(None);
-        }
-        let body = self.buf[4..4 + len].to_vec();
-        self.buf.drain(..4 + len);
-        Ok(Some(body))
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..]
     }
+
+    /// No byte is waiting (a stream may end here cleanly).
+    pub fn is_empty(&self) -> bool {
+        self.pending().is_empty()
+    }
+
+    /// The peer's preamble, once its 8 bytes are in.
+    pub fn preamble(&mut self) -> Result<Option<u32>, FrameError> {
+        let p = self.pending();
+        if p.len() < PREAMBLE_LEN {
+            return Ok(None);
+        }
+        let mut head = [0u8; PREAMBLE_LEN];
+        head.copy_from_slice(&p[..PREAMBLE_LEN]);
+        let v = parse_preamble(head)?;
+        self.start += PREAMBLE_LEN;
+        Ok(Some(v))
+    }
+
+    /// The next complete frame's body, if one has arrived (without copying it).
+    pub fn next_body(&mut self) -> Result<Option<&[u8]>, FrameError> {
+        let p = self.pending();
+        if p.len() < 4 {
+            return Ok(None);
+        }
+        let len = frame_len([p[0], p[1], p[2], p[3]])?;
+        if p.len() < 4 + len {
+            return Ok(None);
+        }
+        let from = self.start + 4;
+        self.start = from + len;
+        Ok(Some(&self.buf[from..from + len]))
+    }
+
+    /// The next complete message, if one has arrived.
+    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        match self.next_body()? {
+            Some(body) => decode(body).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Log lines longer than this are cut (by the agent before sending, and again by the
+/// master on receipt).
+pub const MAX_LOG_LINE: usize = 64 * 1024;
+
+/// `line`, cut to [`MAX_LOG_LINE`] bytes (on a character boundary) with a note of how
+/// much was dropped.
+pub fn clip_log_line(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.len() <= MAX_LOG_LINE {
+        return line.into();
+    }
+    let mut end = MAX_LOG_LINE;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} [... {} bytes cut]", &line[..end], line.len() - end).into()
 }
 
 #[cfg(test)]
@@ -330,24 +419,64 @@ mod tests {
         for m in &msgs {
             bytes.extend(encode(m).unwrap());
         }
-        let mut fb = FrameBuffer::default();
+        let mut fb = FrameDecoder::default();
         let mut out = Vec::new();
         for chunk in bytes.chunks(3) {
             fb.push(chunk);
-            while let Some(body) = fb.next_frame().unwrap() {
-                out.push(decode::<ToMaster>(&body).unwrap());
+            while let Some(m) = fb.next::<ToMaster>().unwrap() {
+                out.push(m);
             }
         }
         assert_eq!(out, msgs);
+        assert!(fb.is_empty());
     }
 
     #[test]
     fn oversized_and_garbage_frames_are_errors() {
-        let mut fb = FrameBuffer::default();
+        let mut fb = FrameDecoder::default();
         fb.push(&u32::MAX.to_be_bytes());
-        assert!(matches!(fb.next_frame(), Err(FrameError::TooLarge(_))));
+        assert!(matches!(fb.next_body(), Err(FrameError::TooLarge(_))));
+        // Just over the limit is refused from the header alone, before any body byte.
+        let mut fb = FrameDecoder::default();
+        fb.push(&((MAX_FRAME + 1) as u32).to_be_bytes());
+        assert_eq!(fb.next_body(), Err(FrameError::TooLarge(MAX_FRAME + 1)));
+        // Trailing bytes inside a frame are malformed.
+        let mut body = encode(&Control::Ping { seq: 1 }).unwrap();
+        body.push(0);
+        let n = (body.len() - 4) as u32;
+        body[..4].copy_from_slice(&n.to_be_bytes());
+        let mut fb = FrameDecoder::default();
+        fb.push(&body);
+        assert!(matches!(fb.next::<Control>(), Err(FrameError::Malformed(_))));
         assert!(decode::<ToAgent>(&[0xff, 0xfe, 0x01, 0x02]).is_err());
         assert!(decode::<Control>(&[]).is_err());
+    }
+
+    #[test]
+    fn preamble_then_frames_in_one_buffer() {
+        let mut fb = FrameDecoder::default();
+        fb.push(&preamble(7)[..5]);
+        assert_eq!(fb.preamble(), Ok(None));
+        fb.push(&preamble(7)[5..]);
+        fb.push(&encode(&Control::Ping { seq: 9 }).unwrap());
+        assert_eq!(fb.preamble(), Ok(Some(7)));
+        assert_eq!(fb.next::<Control>(), Ok(Some(Control::Ping { seq: 9 })));
+        let mut bad = FrameDecoder::default();
+        bad.push(b"GET / HT");
+        assert!(bad.preamble().unwrap_err().to_string().contains("sloth protocol"));
+        assert_eq!(
+            version_mismatch(2, 1),
+            "version mismatch: master speaks protocol 2, agent speaks protocol 1"
+        );
+    }
+
+    #[test]
+    fn long_log_lines_are_cut_on_a_char_boundary() {
+        assert_eq!(clip_log_line("short"), "short");
+        let long = "é".repeat(MAX_LOG_LINE);
+        let cut = clip_log_line(&long);
+        assert!(cut.len() < MAX_LOG_LINE + 40, "{}", cut.len());
+        assert!(cut.ends_with(&format!("[... {} bytes cut]", long.len() - MAX_LOG_LINE)));
     }
 
     #[test]

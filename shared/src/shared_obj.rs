@@ -8,13 +8,14 @@ use std::sync::Arc;
 use mlua::{Lua, MultiValue, UserData, UserDataFields, UserDataMethods, Value as LV};
 
 use crate::capture;
-use crate::graph::{Graph, SharedKind, SharedRef};
+use crate::data::Data;
+use crate::graph::{SharedKind, SharedRef};
 
 /// Where calls on shared objects go. Calls block the calling (task) thread and must
 /// return early when that task is stopped.
 pub trait SharedBackend: Send + Sync {
     /// `Ok`: the method's return values; `Err`: raised as a Lua error in the caller.
-    fn call(&self, obj: SharedRef, method: &str, args: Graph) -> Result<Graph, String>;
+    fn call(&self, obj: SharedRef, method: &str, args: Data) -> Result<Data, String>;
 
     /// A [`SharedObj`] for `obj` was made in a state of this backend.
     fn retain(&self, _obj: SharedRef) {}
@@ -31,7 +32,7 @@ pub trait SharedBackend: Send + Sync {
 pub struct NoBackend;
 
 impl SharedBackend for NoBackend {
-    fn call(&self, obj: SharedRef, method: &str, _args: Graph) -> Result<Graph, String> {
+    fn call(&self, obj: SharedRef, method: &str, _args: Data) -> Result<Data, String> {
         Err(format!(
             "{}:{method}(): shared objects are not available in this state",
             obj.kind.type_name()
@@ -58,13 +59,13 @@ impl SharedObj {
 
     fn invoke(&self, lua: &Lua, method: &str, args: MultiValue) -> mlua::Result<MultiValue> {
         let args: Vec<LV> = args.into_iter().collect();
-        let graph = capture::encode_values(lua, &args, &format!("{method} argument"))
+        let graph = capture::encode_data(lua, &args, &format!("{method} argument"))
             .map_err(|e| mlua::Error::runtime(format!("{}:{method}: {e}", self.name())))?;
         let out = self
             .backend
             .call(self.r, method, graph)
             .map_err(mlua::Error::runtime)?;
-        Ok(MultiValue::from_iter(capture::restore_values(lua, &out)?))
+        Ok(MultiValue::from_iter(capture::restore_data(lua, &out)?))
     }
 
     fn name(&self) -> &'static str {
@@ -108,6 +109,19 @@ pub fn methods_of(kind: SharedKind) -> &'static [&'static str] {
         SharedKind::Once => &["done"],
         SharedKind::Artifact => &["sha256", "size", "name"],
     }
+}
+
+/// Whether a state of ours can send `method` on an object of `kind`: the methods
+/// scripts call, plus the ones the userdata uses itself (`handle.host`,
+/// `once:run`'s begin/finish, `artifact:save`'s read). The master refuses the rest.
+pub fn accepts(kind: SharedKind, method: &str) -> bool {
+    let internal: &[&str] = match kind {
+        SharedKind::Handle => &["host"],
+        SharedKind::Once => &["begin", "finish"],
+        SharedKind::Artifact => &["read"],
+        _ => &[],
+    };
+    methods_of(kind).contains(&method) || internal.contains(&method)
 }
 
 const ALL_METHODS: &[SharedKind] = &[

@@ -3,6 +3,7 @@
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+
 use crate::protocol::{self, FrameError};
 
 #[derive(Debug, thiserror::Error)]
@@ -13,28 +14,105 @@ pub enum WireError {
     Io(#[from] std::io::Error),
 }
 
-/// Read one frame; `Ok(None)` on a clean end of stream before any header byte.
-pub async fn read_frame<R, T>(r: &mut R) -> Result<Option<T>, WireError>
-where
-    R: AsyncRead + Unpin,
-    T: DeserializeOwned,
-{
-    let mut header = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        let n = r.read(&mut header[got..]).await?;
-        if n == 0 {
-            if got == 0 {
-                return Ok(None);
-            }
-            return Err(FrameError::Malformed("stream ended inside a frame header".into()).into());
+/// Reads frames from one stream through a [`protocol::FrameDecoder`]; use one per
+/// stream, for the stream's whole life.
+///
+/// [`FrameReader::next`] is cancel-safe: every byte read is in the decoder before the
+/// future can be dropped, so using it in `tokio::select!` loses nothing and never
+/// splits a frame.
+pub struct FrameReader<R> {
+    inner: R,
+    dec: protocol::FrameDecoder,
+    chunk: Box<[u8]>,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R) -> Self {
+        FrameReader {
+            inner,
+            dec: protocol::FrameDecoder::default(),
+            chunk: vec![0u8; 64 * 1024].into_boxed_slice(),
         }
-        got += n;
     }
-    let len = protocol::frame_len(header)?;
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
-    Ok(Some(protocol::decode(&body)?))
+
+    /// Read more bytes into the decoder; `false` at the end of the stream.
+    async fn fill(&mut self) -> Result<bool, WireError> {
+        let n = self.inner.read(&mut self.chunk).await?;
+        self.dec.push(&self.chunk[..n]);
+        Ok(n > 0)
+    }
+
+    /// The next message; `Ok(None)` on a clean end of the stream between frames.
+    pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, WireError> {
+        loop {
+            if let Some(m) = self.dec.next::<T>()? {
+                return Ok(Some(m));
+            }
+            if !self.fill().await? {
+                if self.dec.is_empty() {
+                    return Ok(None);
+                }
+                return Err(FrameError::Malformed("the stream ended inside a frame".into()).into());
+            }
+        }
+    }
+
+    /// The peer's preamble (magic and protocol version), before any frame.
+    pub async fn preamble(&mut self) -> Result<u32, WireError> {
+        loop {
+            if let Some(v) = self.dec.preamble()? {
+                return Ok(v);
+            }
+            if !self.fill().await? {
+                return Err(FrameError::Malformed(
+                    "the stream ended before the protocol preamble".into(),
+                )
+                .into());
+            }
+        }
+    }
+
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The agent speaks another protocol version (the sentence names both).
+    #[error("{0}")]
+    Version(String),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+}
+
+/// The master's side of the control-stream handshake: our preamble and `Hello` (in
+/// one write), then the agent's preamble and its answer (`Welcome` or `Reject`).
+pub async fn master_handshake<W, R>(
+    send: &mut W,
+    recv: &mut FrameReader<R>,
+) -> Result<Option<protocol::Control>, HandshakeError>
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+{
+    let mut out = protocol::preamble(protocol::PROTOCOL_VERSION).to_vec();
+    out.extend(protocol::encode(&protocol::Control::Hello(protocol::Hello::current())).map_err(WireError::from)?);
+    send.write_all(&out).await.map_err(WireError::from)?;
+    let theirs = recv.preamble().await?;
+    if theirs != protocol::PROTOCOL_VERSION {
+        return Err(HandshakeError::Version(protocol::version_mismatch(
+            protocol::PROTOCOL_VERSION,
+            theirs,
+        )));
+    }
+    Ok(recv.next().await?)
+}
+
+/// Send this side's preamble ([`protocol::preamble`]).
+pub async fn write_preamble<W: AsyncWrite + Unpin>(w: &mut W, version: u32) -> Result<(), WireError> {
+    w.write_all(&protocol::preamble(version)).await?;
+    Ok(())
 }
 
 pub async fn write_frame<W, T>(w: &mut W, msg: &T) -> Result<(), WireError>
@@ -58,4 +136,44 @@ pub fn take_fin(recv: &mut quinn::RecvStream) {
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     // Pending (FIN not here yet) or extra bytes: nothing to do, the drop stops it.
     let _ = std::future::Future::poll(fut, &mut cx);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Control;
+
+    /// A reader future dropped in the middle of a frame (as `select!` does) loses
+    /// nothing: the next call returns the whole frame.
+    #[tokio::test]
+    async fn next_is_cancel_safe() {
+        let (mut w, r) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(r);
+        let frame = protocol::encode(&Control::Ping { seq: 42 }).unwrap();
+        w.write_all(&frame[..3]).await.unwrap();
+        let first = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            reader.next::<Control>(),
+        )
+        .await;
+        assert!(first.is_err(), "no whole frame yet");
+        w.write_all(&frame[3..]).await.unwrap();
+        drop(w);
+        assert_eq!(
+            reader.next::<Control>().await.unwrap(),
+            Some(Control::Ping { seq: 42 })
+        );
+        assert_eq!(reader.next::<Control>().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_inside_a_frame_is_an_error() {
+        let (mut w, r) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(r);
+        let frame = protocol::encode(&Control::Ping { seq: 1 }).unwrap();
+        w.write_all(&frame[..frame.len() - 1]).await.unwrap();
+        drop(w);
+        let e = reader.next::<Control>().await.unwrap_err();
+        assert!(e.to_string().contains("inside a frame"), "{e}");
+    }
 }

@@ -1,17 +1,17 @@
 //! The capture codec between two real Lua states (no network).
 
-use mlua::{Function, Lua, Value as LV};
+use mlua::{Function, Value as LV};
 use sloth_shared::capture::{self, Encoder};
 use sloth_shared::executor::{self, TaskContext};
 use sloth_shared::protocol;
 
-fn state() -> Lua {
+fn state() -> capture::TaskState {
     executor::new_state(&TaskContext::offline("test", "t")).unwrap()
 }
 
 /// Capture `fn_src` (an expression returning a function) in one state, ship it
 /// through the wire encoding, run it in another, and return its results there.
-fn ship(setup: &str, fn_src: &str) -> (Lua, Vec<LV>) {
+fn ship(setup: &str, fn_src: &str) -> (capture::TaskState, Vec<LV>) {
     let a = state();
     a.load(setup).set_name("@main.sloth").exec().unwrap();
     let f: Function = a.load(fn_src).set_name("@main.sloth").eval().unwrap();
@@ -23,7 +23,7 @@ fn ship(setup: &str, fn_src: &str) -> (Lua, Vec<LV>) {
     let graph: sloth_shared::graph::Graph = protocol::decode(&bytes[4..]).unwrap();
     let b = state();
     let env = b.globals();
-    let roots = capture::restore(&b, &graph, &env).unwrap();
+    let roots = capture::restore_task(&b, &graph, &env).unwrap();
     let LV::Function(g) = roots[0].clone() else {
         panic!("not a function")
     };
@@ -91,7 +91,7 @@ fn errors_keep_file_and_line() {
     enc.push_function_root(&f).unwrap();
     let graph = enc.finish();
     let b = state();
-    let roots = capture::restore(&b, &graph, &b.globals()).unwrap();
+    let roots = capture::restore_task(&b, &graph, &b.globals()).unwrap();
     let LV::Function(g) = roots[0].clone() else {
         panic!()
     };

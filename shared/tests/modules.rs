@@ -30,7 +30,7 @@ impl TaskIo for Sink {
     }
 }
 
-fn state_with(cancel: CancelToken) -> (Lua, Arc<Sink>) {
+fn state_with(cancel: CancelToken) -> (sloth_shared::capture::TaskState, Arc<Sink>) {
     let sink = Arc::new(Sink::default());
     let ctx = TaskContext {
         host: "test".into(),
@@ -41,7 +41,7 @@ fn state_with(cancel: CancelToken) -> (Lua, Arc<Sink>) {
     (executor::new_state(&ctx).unwrap(), sink)
 }
 
-fn state() -> Lua {
+fn state() -> sloth_shared::capture::TaskState {
     state_with(CancelToken::default()).0
 }
 

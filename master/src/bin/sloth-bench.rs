@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
-use sloth_shared::protocol::{Control, Hello};
+use sloth_shared::protocol::Control;
 use sloth_shared::tls::{self, Pem};
 use sloth_shared::wire;
 
@@ -1484,9 +1484,9 @@ impl Bench {
                 set.spawn(async move {
                     let r = async {
                         let conn = ep.connect_with(cfg, addr, &name)?.await?;
-                        let (mut send, mut recv) = conn.open_bi().await?;
-                        wire::write_frame(&mut send, &Control::Hello(Hello::current())).await?;
-                        match wire::read_frame::<_, Control>(&mut recv).await? {
+                        let (mut send, recv) = conn.open_bi().await?;
+                        let mut recv = wire::FrameReader::new(recv);
+                        match wire::master_handshake(&mut send, &mut recv).await? {
                             Some(Control::Welcome { .. }) => {}
                             other => bail!("{name}: expected Welcome, got {other:?}"),
                         }
@@ -1497,7 +1497,7 @@ impl Bench {
                     (i, r)
                 });
             }
-            let mut conns: Vec<Option<(Connection, SendStream, RecvStream)>> = Vec::new();
+            let mut conns: Vec<Option<(Connection, SendStream, wire::FrameReader<RecvStream>)>> = Vec::new();
             while let Some(j) = set.join_next().await {
                 let (i, r) = j?;
                 if conns.len() <= i {
@@ -1546,13 +1546,13 @@ impl Drop for Bench {
 /// One request on a control stream, waiting for the Pong with `seq`.
 async fn control_rtt(
     send: &mut SendStream,
-    recv: &mut RecvStream,
+    recv: &mut wire::FrameReader<RecvStream>,
     msg: Control,
     seq: u64,
 ) -> anyhow::Result<()> {
     wire::write_frame(send, &msg).await?;
     loop {
-        match wire::read_frame::<_, Control>(recv).await? {
+        match recv.next::<Control>().await? {
             Some(Control::Pong { seq: s, .. }) if s == seq => return Ok(()),
             Some(_) => continue,
             None => bail!("control stream closed"),

@@ -560,7 +560,7 @@ impl TestFleet {
         p
     }
 
-    fn command(&self, file_name: &str, script: &str, extra_args: &[&str]) -> Command {
+    pub fn command(&self, file_name: &str, script: &str, extra_args: &[&str]) -> Command {
         let script = self.script_path(file_name, script);
         let inv = self.inventory();
         let mut cmd = Command::new(master_bin());
