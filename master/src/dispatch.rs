@@ -13,8 +13,8 @@ use sloth_shared::protocol::{
     self, codes, ErrorKind, LogLevel, TaskError, TaskRequest, ToAgent, ToMaster,
 };
 use sloth_shared::shared_obj::{self, SharedBackend};
-use sloth_shared::wire::{self, FrameReader, WireError};
 use sloth_shared::tls;
+use sloth_shared::wire::{self, FrameReader, WireError};
 
 use crate::registry::{self, Caller, MasterBackend, TaskRecord};
 use crate::runtime::Runtime;
@@ -243,10 +243,11 @@ pub(crate) async fn run_remote(
         }
     };
     // Ends the stream both ways (the task is over for us, whatever the agent does).
-    let abort = |send: &mut quinn::SendStream, recv: &mut FrameReader<quinn::RecvStream>, code: u32| {
-        let _ = send.reset(code.into());
-        let _ = recv.get_mut().stop(code.into());
-    };
+    let abort =
+        |send: &mut quinn::SendStream, recv: &mut FrameReader<quinn::RecvStream>, code: u32| {
+            let _ = send.reset(code.into());
+            let _ = recv.get_mut().stop(code.into());
+        };
     // Blocking calls made for this attempt stop with it (a lost agent must not
     // leave a thread waiting on a channel), without stopping a retry.
     let attempt = CancelToken::new(rec.cancel.remaining());
@@ -388,7 +389,10 @@ fn check_call(
     Data::check(args, Refs::Only(allowed)).map_err(|e| {
         TaskError::new(
             ErrorKind::Capture,
-            format!("the arguments of {}:{method} were refused: {e}", obj.kind.type_name()),
+            format!(
+                "the arguments of {}:{method} were refused: {e}",
+                obj.kind.type_name()
+            ),
         )
     })
 }

@@ -519,17 +519,14 @@ impl Channel {
                 Ok(Data::default())
             }
             "len" => Ok(Data::scalars(vec![Value::Int(
-                self.0.m.lock().buf.len() as i64,
+                self.0.m.lock().buf.len() as i64
             )])),
-            "cap" => Ok(Data::scalars(vec![Value::Int(
-                self.0.m.lock().cap as i64,
-            )])),
+            "cap" => Ok(Data::scalars(vec![Value::Int(self.0.m.lock().cap as i64)])),
             "is_closed" => b(self.0.m.lock().closed),
             other => Err(format!("channel has no method '{other}'")),
         }
     }
 }
-
 
 fn int_arg(a: &[Value], i: usize, default: i64, what: &str) -> Result<i64, String> {
     match a.get(i) {

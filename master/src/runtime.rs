@@ -10,8 +10,8 @@ use mlua::{AnyUserData, Function, Lua, LuaOptions, MultiValue, StdLib, Table, Va
 use parking_lot::Mutex;
 use sloth_shared::cancel::CancelToken;
 use sloth_shared::capture::{self, Encoder};
-use sloth_shared::executor::{self, parse_duration, TaskContext, TaskIo};
 use sloth_shared::data::Data;
+use sloth_shared::executor::{self, parse_duration, TaskContext, TaskIo};
 use sloth_shared::graph::{Graph, SharedKind, SharedRef, Value};
 use sloth_shared::modules;
 use sloth_shared::protocol::LogLevel;

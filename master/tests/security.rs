@@ -27,6 +27,10 @@ print("DATA", tostring(ok2), t.n, t.s, #t.l)
         vec!["false", "capture", "refused"],
         "{out}"
     );
-    assert_eq!(out.one("LOCAL"), vec!["false", "capture", "refused"], "{out}");
+    assert_eq!(
+        out.one("LOCAL"),
+        vec!["false", "capture", "refused"],
+        "{out}"
+    );
     assert_eq!(out.one("DATA"), vec!["true", "1", "x", "2"], "{out}");
 }

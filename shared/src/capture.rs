@@ -277,6 +277,9 @@ pub struct Encoder<'l> {
     depth: usize,
     /// Data mode ([`encode_data`]): functions, builtins and `_ENV` are refused.
     data_only: bool,
+    /// Tables and table entries so far: the receiver decodes at most
+    /// [`crate::graph::MAX_DECODED_ELEMENTS`], so refuse here with the value's path.
+    elements: usize,
 }
 
 /// What a value that is not data gets told in data mode.
@@ -287,6 +290,7 @@ impl<'l> Encoder<'l> {
     pub fn new(lua: &'l Lua) -> Self {
         Encoder {
             data_only: false,
+            elements: 0,
             lua,
             globals_ptr: lua.globals().to_pointer() as usize,
             tables: HashMap::new(),
@@ -400,13 +404,21 @@ impl<'l> Encoder<'l> {
         let ptr = t.to_pointer() as usize;
         if ptr == self.globals_ptr {
             if self.data_only {
-                return Err(CaptureError::new(path, "table", format!("the globals table: {DATA_ONLY}")));
+                return Err(CaptureError::new(
+                    path,
+                    "table",
+                    format!("the globals table: {DATA_ONLY}"),
+                ));
             }
             return Ok(Value::Env);
         }
         if let Some(name) = ctx(self.lua)?.builtins(self.lua).get(&ptr) {
             if self.data_only {
-                return Err(CaptureError::new(path, "table", format!("the library '{name}': {DATA_ONLY}")));
+                return Err(CaptureError::new(
+                    path,
+                    "table",
+                    format!("the library '{name}': {DATA_ONLY}"),
+                ));
             }
             return Ok(Value::Builtin(name.clone()));
         }
@@ -428,6 +440,17 @@ impl<'l> Encoder<'l> {
             let ek = self.encode(&k, &format!("{path} key"))?;
             let ev = self.encode(&v, &kpath)?;
             entries.push((ek, ev));
+            self.elements += 1;
+            if self.elements > crate::graph::MAX_DECODED_ELEMENTS {
+                return Err(CaptureError::new(
+                    path,
+                    "table",
+                    format!(
+                        "more than {} table entries in one value",
+                        crate::graph::MAX_DECODED_ELEMENTS
+                    ),
+                ));
+            }
         }
         self.graph.tables[idx as usize].entries = entries;
         self.depth -= 1;
@@ -725,9 +748,12 @@ impl Restorer<'_> {
                     .ok_or_else(|| mlua::Error::runtime("table index out of range"))?
                     .clone(),
             ),
-            Value::Function(i) => {
-                LV::Function(self.functions.get(*i as usize).ok_or_else(not_data)?.clone())
-            }
+            Value::Function(i) => LV::Function(
+                self.functions
+                    .get(*i as usize)
+                    .ok_or_else(not_data)?
+                    .clone(),
+            ),
             Value::Env => LV::Table(self.env.ok_or_else(not_data)?.clone()),
             Value::Builtin(name) => resolve_builtin(self.env.ok_or_else(not_data)?, name)?,
             Value::Shared(r) => LV::UserData(
@@ -759,4 +785,3 @@ fn resolve_builtin(env: &Table, name: &str) -> mlua::Result<LV> {
     }
     Ok(cur)
 }
-

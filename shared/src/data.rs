@@ -75,9 +75,7 @@ impl Data {
         let mut level: Vec<u32> = Vec::new();
         let mut seen = vec![false; graph.tables.len()];
         let check_value = |v: &Value, next: &mut Vec<u32>, seen: &mut [bool]| match v {
-            Value::Nil | Value::Bool(_) | Value::Int(_) | Value::Float(_) | Value::Str(_) => {
-                Ok(())
-            }
+            Value::Nil | Value::Bool(_) | Value::Int(_) | Value::Float(_) | Value::Str(_) => Ok(()),
             Value::Table(i) => match seen.get_mut(*i as usize) {
                 Some(s) => {
                     if !*s {
@@ -241,12 +239,18 @@ mod tests {
         });
         assert!(Data::check(u, Refs::Any).is_err());
         let b = Graph::from_roots(vec![Value::Builtin("os.execute".into())]);
-        assert!(Data::check(b, Refs::Any).unwrap_err().0.contains("os.execute"));
+        assert!(Data::check(b, Refs::Any)
+            .unwrap_err()
+            .0
+            .contains("os.execute"));
         // Env as a table key, deep inside.
         let mut e = Graph::from_roots(vec![Value::Table(0)]);
         e.push_table(vec![(Value::Int(1), Value::Table(1))]);
         e.push_table(vec![(Value::Env, Value::Int(1))]);
-        assert!(Data::check(e, Refs::Any).unwrap_err().0.contains("globals table"));
+        assert!(Data::check(e, Refs::Any)
+            .unwrap_err()
+            .0
+            .contains("globals table"));
     }
 
     #[test]
@@ -281,10 +285,16 @@ mod tests {
         }
         assert!(Data::check(g, Refs::Any).unwrap_err().0.contains("deeper"));
         let g = Graph::from_roots(vec![Value::Table(3)]);
-        assert!(Data::check(g, Refs::Any).unwrap_err().0.contains("out of range"));
+        assert!(Data::check(g, Refs::Any)
+            .unwrap_err()
+            .0
+            .contains("out of range"));
         let mut g = Graph::from_roots(vec![Value::Nil]);
         g.push_table(vec![]);
-        assert!(Data::check(g, Refs::Any).unwrap_err().0.contains("no value"));
+        assert!(Data::check(g, Refs::Any)
+            .unwrap_err()
+            .0
+            .contains("no value"));
         // Exactly MAX_DEPTH levels is fine.
         let mut g = Graph::from_roots(vec![Value::Table(0)]);
         for i in 0..MAX_DEPTH as u32 {
@@ -300,7 +310,9 @@ mod tests {
 
     #[test]
     fn scalar_helpers() {
-        let d = Data::string("x").prepend(Value::Bool(true)).append(Value::Int(3));
+        let d = Data::string("x")
+            .prepend(Value::Bool(true))
+            .append(Value::Int(3));
         assert_eq!(
             d.roots(),
             &[Value::Bool(true), Value::Str(b"x".to_vec()), Value::Int(3)]

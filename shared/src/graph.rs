@@ -65,6 +65,7 @@ pub enum Value {
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct TableDef {
+    #[serde(deserialize_with = "bounded_vec")]
     pub entries: Vec<(Value, Value)>,
 }
 
@@ -74,6 +75,7 @@ pub struct FunctionDef {
     /// Index into [`Graph::protos`].
     pub proto: u32,
     /// One entry per upvalue, in order.
+    #[serde(deserialize_with = "bounded_vec")]
     pub upvalues: Vec<Upvalue>,
 }
 
@@ -94,14 +96,73 @@ pub struct Unsendable {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct Graph {
     /// The values this graph carries (a function and its arguments, or results).
+    #[serde(deserialize_with = "bounded_vec")]
     pub roots: Vec<Value>,
+    #[serde(deserialize_with = "bounded_vec")]
     pub tables: Vec<TableDef>,
+    #[serde(deserialize_with = "bounded_vec")]
     pub functions: Vec<FunctionDef>,
     /// Bytecode (`string.dump`, with debug info), deduplicated.
+    #[serde(deserialize_with = "bounded_vec")]
     pub protos: Vec<Vec<u8>>,
     /// Globals the script defined, available inside the task.
+    #[serde(deserialize_with = "bounded_vec")]
     pub globals: Vec<(String, Value)>,
+    #[serde(deserialize_with = "bounded_vec")]
     pub unsendable_globals: Vec<Unsendable>,
+}
+
+/// At most this many elements (roots, tables, table entries, functions, upvalues,
+/// globals...) in the graphs of one decoded message. On the wire a `(nil, nil)` entry
+/// is 2 bytes and in memory 64, so the frame limit alone would let a 64 MiB frame
+/// take 2 GiB: this bounds a decoded message to about 128 MiB of elements.
+pub const MAX_DECODED_ELEMENTS: usize = 2_000_000;
+
+thread_local! {
+    static DECODE_BUDGET: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// Run `f` (one message's decode) with [`MAX_DECODED_ELEMENTS`] elements to spend.
+pub fn with_decode_budget<T>(f: impl FnOnce() -> T) -> T {
+    let before = DECODE_BUDGET.with(|b| b.replace(MAX_DECODED_ELEMENTS));
+    let out = f();
+    DECODE_BUDGET.with(|b| b.set(before));
+    out
+}
+
+/// A `Vec` deserializer that spends the decode budget per element and never
+/// pre-allocates from a length the peer claims.
+fn bounded_vec<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a sequence")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+            loop {
+                let left = DECODE_BUDGET.with(|b| b.get());
+                if left == 0 {
+                    return Err(serde::de::Error::custom(format!(
+                        "the value tree has more than {MAX_DECODED_ELEMENTS} elements"
+                    )));
+                }
+                match seq.next_element()? {
+                    Some(v) => {
+                        DECODE_BUDGET.with(|b| b.set(left - 1));
+                        out.push(v);
+                    }
+                    None => return Ok(out),
+                }
+            }
+        }
+    }
+    d.deserialize_seq(V(std::marker::PhantomData))
 }
 
 impl Graph {

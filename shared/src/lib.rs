@@ -8,6 +8,7 @@ pub mod cancel;
 pub mod capture;
 pub mod data;
 pub mod executor;
+pub mod fuzz_targets;
 pub mod graph;
 pub mod modules;
 pub mod protocol;

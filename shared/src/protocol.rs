@@ -251,9 +251,19 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
 }
 
 /// Decode one frame body (without its length prefix).
+///
+/// What a message may allocate while it is decoded is bounded too: value trees spend
+/// a budget of [`crate::graph::MAX_DECODED_ELEMENTS`] elements, and no container is
+/// pre-allocated from a length the peer claims.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
-    let (msg, used) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let decoded =
+        crate::graph::with_decode_budget(|| bincode::serde::decode_from_slice(body, config()));
+    let (msg, used) = decoded.map_err(|e| match e {
+        bincode::error::DecodeError::LimitExceeded => FrameError::Malformed(format!(
+            "the decoded message would take more than {MAX_FRAME} bytes"
+        )),
+        e => FrameError::Malformed(e.to_string()),
+    })?;
     if used != body.len() {
         return Err(FrameError::Malformed(format!(
             "{} trailing bytes after message",
@@ -362,7 +372,7 @@ impl FrameDecoder {
     }
 
     /// The next complete message, if one has arrived.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+    pub fn next_message<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
         match self.next_body()? {
             Some(body) => decode(body).map(Some),
             None => Ok(None),
@@ -423,7 +433,7 @@ mod tests {
         let mut out = Vec::new();
         for chunk in bytes.chunks(3) {
             fb.push(chunk);
-            while let Some(m) = fb.next::<ToMaster>().unwrap() {
+            while let Some(m) = fb.next_message::<ToMaster>().unwrap() {
                 out.push(m);
             }
         }
@@ -447,9 +457,31 @@ mod tests {
         body[..4].copy_from_slice(&n.to_be_bytes());
         let mut fb = FrameDecoder::default();
         fb.push(&body);
-        assert!(matches!(fb.next::<Control>(), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            fb.next_message::<Control>(),
+            Err(FrameError::Malformed(_))
+        ));
         assert!(decode::<ToAgent>(&[0xff, 0xfe, 0x01, 0x02]).is_err());
         assert!(decode::<Control>(&[]).is_err());
+    }
+
+    /// Two bytes per `(nil, nil)` entry on the wire are 64 bytes in memory: a frame
+    /// well under the limit that would decode to far more is refused.
+    #[test]
+    fn decoding_cannot_amplify_past_the_limit() {
+        use crate::graph::TableDef;
+        let mut g = Graph::from_roots(vec![Value::Table(0)]);
+        g.tables = vec![TableDef {
+            entries: vec![(Value::Nil, Value::Nil); 2_000_001],
+        }];
+        let f = encode(&ToMaster::Done {
+            result: Ok(g),
+            duration_us: 0,
+        })
+        .unwrap();
+        assert!(f.len() < MAX_FRAME / 8);
+        let e = decode::<ToMaster>(&f[4..]).map(|_| ()).unwrap_err();
+        assert!(e.to_string().contains("more than 2000000 elements"), "{e}");
     }
 
     #[test]
@@ -460,10 +492,17 @@ mod tests {
         fb.push(&preamble(7)[5..]);
         fb.push(&encode(&Control::Ping { seq: 9 }).unwrap());
         assert_eq!(fb.preamble(), Ok(Some(7)));
-        assert_eq!(fb.next::<Control>(), Ok(Some(Control::Ping { seq: 9 })));
+        assert_eq!(
+            fb.next_message::<Control>(),
+            Ok(Some(Control::Ping { seq: 9 }))
+        );
         let mut bad = FrameDecoder::default();
         bad.push(b"GET / HT");
-        assert!(bad.preamble().unwrap_err().to_string().contains("sloth protocol"));
+        assert!(bad
+            .preamble()
+            .unwrap_err()
+            .to_string()
+            .contains("sloth protocol"));
         assert_eq!(
             version_mismatch(2, 1),
             "version mismatch: master speaks protocol 2, agent speaks protocol 1"

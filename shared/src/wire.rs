@@ -3,7 +3,6 @@
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-
 use crate::protocol::{self, FrameError};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +44,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next message; `Ok(None)` on a clean end of the stream between frames.
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, WireError> {
         loop {
-            if let Some(m) = self.dec.next::<T>()? {
+            if let Some(m) = self.dec.next_message::<T>()? {
                 return Ok(Some(m));
             }
             if !self.fill().await? {
@@ -97,7 +96,10 @@ where
     R: AsyncRead + Unpin,
 {
     let mut out = protocol::preamble(protocol::PROTOCOL_VERSION).to_vec();
-    out.extend(protocol::encode(&protocol::Control::Hello(protocol::Hello::current())).map_err(WireError::from)?);
+    out.extend(
+        protocol::encode(&protocol::Control::Hello(protocol::Hello::current()))
+            .map_err(WireError::from)?,
+    );
     send.write_all(&out).await.map_err(WireError::from)?;
     let theirs = recv.preamble().await?;
     if theirs != protocol::PROTOCOL_VERSION {
@@ -110,7 +112,10 @@ where
 }
 
 /// Send this side's preamble ([`protocol::preamble`]).
-pub async fn write_preamble<W: AsyncWrite + Unpin>(w: &mut W, version: u32) -> Result<(), WireError> {
+pub async fn write_preamble<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    version: u32,
+) -> Result<(), WireError> {
     w.write_all(&protocol::preamble(version)).await?;
     Ok(())
 }

@@ -1497,7 +1497,8 @@ impl Bench {
                     (i, r)
                 });
             }
-            let mut conns: Vec<Option<(Connection, SendStream, wire::FrameReader<RecvStream>)>> = Vec::new();
+            let mut conns: Vec<Option<(Connection, SendStream, wire::FrameReader<RecvStream>)>> =
+                Vec::new();
             while let Some(j) = set.join_next().await {
                 let (i, r) = j?;
                 if conns.len() <= i {

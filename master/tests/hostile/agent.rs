@@ -235,7 +235,8 @@ async fn behave(ctx: &Ctx, req: TaskRequest, mut send: SendStream, mut recv: Rea
         "globals" => {
             let mut g = Graph::from_roots(vec![s(&touch)]);
             for victim in ["tostring", "print", "require", "pcall", "type"] {
-                g.globals.push((victim.into(), Value::Builtin("os.execute".into())));
+                g.globals
+                    .push((victim.into(), Value::Builtin("os.execute".into())));
             }
             g.globals.push(("os".into(), Value::Builtin("io".into())));
             g.unsendable_globals.push(Unsendable {
@@ -287,7 +288,15 @@ async fn behave(ctx: &Ctx, req: TaskRequest, mut send: SendStream, mut recv: Rea
         }
         "unknown_method" => {
             let obj = given(&req, SharedKind::Channel);
-            let r = call(&mut send, &mut recv, 1, obj, "evil\x1b[2J", Graph::default()).await;
+            let r = call(
+                &mut send,
+                &mut recv,
+                1,
+                obj,
+                "evil\x1b[2J",
+                Graph::default(),
+            )
+            .await;
             done(&mut send, Ok(Graph::from_roots(vec![s(&format!("{r:?}"))]))).await;
         }
         // A channel message carrying code and globals: the script's main state
@@ -324,8 +333,24 @@ async fn behave(ctx: &Ctx, req: TaskRequest, mut send: SendStream, mut recv: Rea
                 }));
             }
             let wg = given(&req, SharedKind::WaitGroup);
-            let r = call(&mut send, &mut recv, 2, wg, "add", Graph::from_roots(vec![Value::Int(i64::MAX)])).await;
-            let r2 = call(&mut send, &mut recv, 3, wg, "add", Graph::from_roots(vec![Value::Int(1)])).await;
+            let r = call(
+                &mut send,
+                &mut recv,
+                2,
+                wg,
+                "add",
+                Graph::from_roots(vec![Value::Int(i64::MAX)]),
+            )
+            .await;
+            let r2 = call(
+                &mut send,
+                &mut recv,
+                3,
+                wg,
+                "add",
+                Graph::from_roots(vec![Value::Int(1)]),
+            )
+            .await;
             out.push(s(&format!("{:?}", r.map(|r| r.is_ok()))));
             out.push(s(&format!("{r2:?}")));
             done(&mut send, Ok(Graph::from_roots(out))).await;
@@ -374,7 +399,11 @@ async fn behave(ctx: &Ctx, req: TaskRequest, mut send: SendStream, mut recv: Rea
                     return;
                 }
             }
-            done(&mut send, Ok(Graph::from_roots(vec![Value::Int(lines as i64)]))).await;
+            done(
+                &mut send,
+                Ok(Graph::from_roots(vec![Value::Int(lines as i64)])),
+            )
+            .await;
         }
         "no_done" => {
             let _ = wire::write_frame(&mut send, &ToMaster::Started).await;
@@ -397,7 +426,9 @@ async fn behave(ctx: &Ctx, req: TaskRequest, mut send: SendStream, mut recv: Rea
                 .find(|r| r.kind == SharedKind::Atomic);
             for i in 0..pos {
                 let ok = match (i, atomic) {
-                    (0, _) => wire::write_frame(&mut send, &ToMaster::Started).await.is_ok(),
+                    (0, _) => wire::write_frame(&mut send, &ToMaster::Started)
+                        .await
+                        .is_ok(),
                     (1, _) | (_, None) => wire::write_frame(
                         &mut send,
                         &ToMaster::Log {
@@ -407,9 +438,16 @@ async fn behave(ctx: &Ctx, req: TaskRequest, mut send: SendStream, mut recv: Rea
                     )
                     .await
                     .is_ok(),
-                    (_, Some(obj)) => call(&mut send, &mut recv, i as u64, obj, "incr", Graph::default())
-                        .await
-                        .is_some(),
+                    (_, Some(obj)) => call(
+                        &mut send,
+                        &mut recv,
+                        i as u64,
+                        obj,
+                        "incr",
+                        Graph::default(),
+                    )
+                    .await
+                    .is_some(),
                 };
                 if !ok {
                     return;
@@ -441,7 +479,10 @@ async fn behave(ctx: &Ctx, req: TaskRequest, mut send: SendStream, mut recv: Rea
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
         "deep" => {
-            let depth: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(1_000_000);
+            let depth: u32 = parts
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(1_000_000);
             done(&mut send, Ok(nested(depth))).await;
         }
         // A result made of one string of `mib` MiB, sent whether or not it fits.

@@ -3,9 +3,9 @@
 //! frames) next to a real `sloth-agent` (web-01) that must keep serving. Each claim
 //! of docs/security.md ("What a compromised agent can and cannot do") points here.
 
+mod agent;
 #[path = "../common/mod.rs"]
 mod common;
-mod agent;
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -62,12 +62,28 @@ fn cases(out: &Output) -> std::collections::BTreeMap<String, Case> {
 }
 
 /// Every case failed with `kind`, named the host, and web-01 kept serving.
-fn assert_case(all: &std::collections::BTreeMap<String, Case>, name: &str, kind: &str, needle: &str, out: &Output) {
-    let c = all.get(name).unwrap_or_else(|| panic!("no case {name}\n{out}"));
+fn assert_case(
+    all: &std::collections::BTreeMap<String, Case>,
+    name: &str,
+    kind: &str,
+    needle: &str,
+    out: &Output,
+) {
+    let c = all
+        .get(name)
+        .unwrap_or_else(|| panic!("no case {name}\n{out}"));
     assert_eq!(c.success, "false", "{name}: {}\n{out}", c.error);
     assert_eq!(c.kind, kind, "{name}: {}\n{out}", c.error);
-    assert!(c.error.contains("evil-01"), "{name}: the error must name the host: {}", c.error);
-    assert!(c.error.contains(needle), "{name}: expected {needle:?} in {:?}", c.error);
+    assert!(
+        c.error.contains("evil-01"),
+        "{name}: the error must name the host: {}",
+        c.error
+    );
+    assert!(
+        c.error.contains(needle),
+        "{name}: expected {needle:?} in {:?}",
+        c.error
+    );
     assert_eq!(c.web_ok, "true", "{name}: web-01 stopped serving\n{out}");
 }
 
@@ -95,17 +111,51 @@ print("TOSTRING", tostring("touch {marker}"), type(require), (pcall(function() r
     );
     let out = fleet.run(&script, &[]);
     let all = cases(&out);
-    assert_case(&all, "globals", "capture", "script globals cannot be sent as data", &out);
-    assert_case(&all, "builtin", "capture", "'os.execute' cannot be sent as data", &out);
+    assert_case(
+        &all,
+        "globals",
+        "capture",
+        "script globals cannot be sent as data",
+        &out,
+    );
+    assert_case(
+        &all,
+        "builtin",
+        "capture",
+        "'os.execute' cannot be sent as data",
+        &out,
+    );
     assert_case(&all, "env_root", "capture", "globals table", &out);
     assert_case(&all, "env_deep", "capture", "globals table", &out);
-    assert_case(&all, "function", "capture", "functions cannot be sent as data", &out);
-    assert_case(&all, "guess_result", "capture", "was not shared with this task", &out);
-    assert_case(&all, "deep", "capture", "nested deeper than 400 levels", &out);
+    assert_case(
+        &all,
+        "function",
+        "capture",
+        "functions cannot be sent as data",
+        &out,
+    );
+    assert_case(
+        &all,
+        "guess_result",
+        "capture",
+        "was not shared with this task",
+        &out,
+    );
+    assert_case(
+        &all,
+        "deep",
+        "capture",
+        "nested deeper than 400 levels",
+        &out,
+    );
     assert_eq!(out.one("SAME"), vec!["true"], "{out}");
     assert_eq!(
         out.one("TOSTRING"),
-        vec![format!("touch {}", evil.marker.display()), "function".into(), "true".into()]
+        vec![
+            format!("touch {}", evil.marker.display()),
+            "function".into(),
+            "true".into()
+        ]
     );
     assert!(!evil.marker.exists(), "a command ran on the master");
     // The run failed (tasks failed) and said so, and ended with a recap.
@@ -141,11 +191,39 @@ print("TOSTRING", tostring("touch {marker}"))
     );
     let out = fleet.run(&script, &[]);
     let all = cases(&out);
-    let guess = all.keys().find(|k| k.starts_with("guess_call:")).unwrap().clone();
-    assert_case(&all, &guess, "refused", "which was not shared with this task", &out);
-    assert_case(&all, "unknown_method", "refused", "unknown method channel:evil\\u{1b}[2J", &out);
-    assert_case(&all, "send_code", "capture", "script globals cannot be sent as data", &out);
-    assert_case(&all, "send_builtin", "capture", "'os.execute' cannot be sent as data", &out);
+    let guess = all
+        .keys()
+        .find(|k| k.starts_with("guess_call:"))
+        .unwrap()
+        .clone();
+    assert_case(
+        &all,
+        &guess,
+        "refused",
+        "which was not shared with this task",
+        &out,
+    );
+    assert_case(
+        &all,
+        "unknown_method",
+        "refused",
+        "unknown method channel:evil\\u{1b}[2J",
+        &out,
+    );
+    assert_case(
+        &all,
+        "send_code",
+        "capture",
+        "script globals cannot be sent as data",
+        &out,
+    );
+    assert_case(
+        &all,
+        "send_builtin",
+        "capture",
+        "'os.execute' cannot be sent as data",
+        &out,
+    );
     let wrong = out.one("WRONG");
     assert_eq!(wrong[0], "true", "{out}");
     let replies: Vec<&str> = wrong[1].split('|').collect();
@@ -154,7 +232,11 @@ print("TOSTRING", tostring("touch {marker}"))
     assert!(replies[2].contains("must be an integer"), "{replies:?}");
     assert_eq!(replies[3], "Some(true)", "{replies:?}");
     assert!(replies[4].contains("overflow"), "{replies:?}");
-    assert_eq!(out.one("FLOOD"), vec!["true", "20000", "20000", "true"], "{out}");
+    assert_eq!(
+        out.one("FLOOD"),
+        vec!["true", "20000", "20000", "true"],
+        "{out}"
+    );
     assert_eq!(out.one("CHANNELS"), vec!["0", "0"], "{out}");
     assert!(!evil.marker.exists(), "a command ran on the master");
 }
@@ -166,7 +248,16 @@ print("TOSTRING", tostring("touch {marker}"))
 #[test]
 fn bad_frames_at_every_position() {
     let (fleet, _evil) = fleet();
-    let kinds = ["garbage", "huge", "over", "truncated", "half_header", "zero", "trailing", "dangling"];
+    let kinds = [
+        "garbage",
+        "huge",
+        "over",
+        "truncated",
+        "half_header",
+        "zero",
+        "trailing",
+        "dangling",
+    ];
     let list: Vec<String> = kinds.iter().map(|k| format!("\"{k}\"")).collect();
     let script = format!(
         r#"{PRELUDE}
@@ -199,9 +290,25 @@ print("BIG", tostring(ok), #s)
         }
     }
     assert_case(&all, "no_done", "refused", "without a result", &out);
-    assert_case(&all, "silent", "timeout", "did not stop the task at its deadline", &out);
-    assert_case(&all, "bigstring:64", "refused", "exceeds the 67108864-byte limit", &out);
-    assert_eq!(out.one("BIG"), vec!["true".to_string(), (16 << 20).to_string()], "{out}");
+    assert_case(
+        &all,
+        "silent",
+        "timeout",
+        "did not stop the task at its deadline",
+        &out,
+    );
+    assert_case(
+        &all,
+        "bigstring:64",
+        "refused",
+        "exceeds the 67108864-byte limit",
+        &out,
+    );
+    assert_eq!(
+        out.one("BIG"),
+        vec!["true".to_string(), (16 << 20).to_string()],
+        "{out}"
+    );
 }
 
 /// A flood of log lines is printed in order and bounded end to end: the master reads
@@ -236,7 +343,9 @@ print("PEAK", peak_mib())
 "#
     );
     let mut cmd = fleet.command("t.sloth", &script, &[]);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::null()).env("NO_COLOR", "1");
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .env("NO_COLOR", "1");
     let mut child = cmd.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let (mut lines, mut longest, mut tagged) = (0u64, 0usize, Vec::new());
@@ -254,9 +363,17 @@ print("PEAK", peak_mib())
     }
     let status = child.wait().unwrap();
     assert!(status.success(), "{tagged:?}");
-    assert!(tagged.iter().any(|l| l == "FLOOD\ttrue\t100000\ttrue\ttrue"), "{tagged:?}");
+    assert!(
+        tagged
+            .iter()
+            .any(|l| l == "FLOOD\ttrue\t100000\ttrue\ttrue"),
+        "{tagged:?}"
+    );
     assert!(lines >= 100_200, "{lines} lines");
-    assert!(longest < 64 * 1024 + 200, "a line of {longest} bytes was printed");
+    assert!(
+        longest < 64 * 1024 + 200,
+        "a line of {longest} bytes was printed"
+    );
     let peak: u64 = tagged
         .iter()
         .find_map(|l| l.strip_prefix("PEAK\t"))
@@ -291,12 +408,18 @@ end
     let p = PROTOCOL_VERSION;
     assert_eq!(v[0][..3], ["evil-new", "false", "refused"], "{out}");
     assert!(
-        v[0][3].contains(&format!("master speaks protocol {p}, agent speaks protocol {}", p + 1)),
+        v[0][3].contains(&format!(
+            "master speaks protocol {p}, agent speaks protocol {}",
+            p + 1
+        )),
         "{out}"
     );
     assert_eq!(v[1][..3], ["evil-old", "false", "refused"], "{out}");
     assert!(
-        v[1][3].contains(&format!("master speaks protocol {p}, agent speaks protocol {}", p - 1)),
+        v[1][3].contains(&format!(
+            "master speaks protocol {p}, agent speaks protocol {}",
+            p - 1
+        )),
         "{out}"
     );
     assert_eq!(v[2], ["web-01", "true", "-", "up"], "{out}");
@@ -305,11 +428,15 @@ end
     // A master of another version against the real agent.
     let addr: std::net::SocketAddr = fleet.addr("web-01").parse().unwrap();
     let certs = fleet.certs.clone();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     for theirs in [p + 1, p - 1] {
         let got = rt.block_on(async {
             use sloth_shared::{tls, wire};
-            let own = tls::read_pem_files(&certs.join("master.crt"), &certs.join("master.key")).unwrap();
+            let own =
+                tls::read_pem_files(&certs.join("master.crt"), &certs.join("master.key")).unwrap();
             let ca = std::fs::read_to_string(certs.join("ca.crt")).unwrap();
             let transport = tls::transport_config(Duration::from_secs(1), Duration::from_secs(3));
             let client = tls::master_client_config(&own, &ca, transport).unwrap();
@@ -329,7 +456,8 @@ end
     std::thread::sleep(Duration::from_millis(300));
     let log = fleet.agent_log("web-01");
     for theirs in [p + 1, p - 1] {
-        let line = format!("version mismatch: master speaks protocol {theirs}, agent speaks protocol {p}");
+        let line =
+            format!("version mismatch: master speaks protocol {theirs}, agent speaks protocol {p}");
         assert!(log.contains(&line), "agent log lacks {line:?}:\n{log}");
     }
     let out = fleet.run(
