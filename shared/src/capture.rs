@@ -620,6 +620,17 @@ pub fn restore_task(state: &TaskState, graph: &Graph, env: &Table) -> mlua::Resu
             .load(code.as_slice())
             .set_mode(mlua::chunk::ChunkMode::Binary)
             .into_function()?;
+        // Lua trusts a binary chunk's upvalue counts: the closure gets as many cells as
+        // its header says, the debug library indexes by the prototype's own count, and a
+        // chunk where they differ would make setupvalue read past the closure. Set only
+        // cells the closure has (found by the fuzzer: shared/fuzz/regressions/).
+        let cells = func.info().num_upvalues as usize;
+        if f.upvalues.len() > cells {
+            return Err(mlua::Error::runtime(format!(
+                "a function of the task has {cells} upvalues, the task sets {}",
+                f.upvalues.len()
+            )));
+        }
         functions.push(func);
     }
     let r = Restorer {

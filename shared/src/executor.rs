@@ -223,29 +223,7 @@ fn execute(
 ) -> Result<Data, TaskError> {
     let lua: Lua = (**state).clone();
     let cancel = ctx.cancel.clone();
-    let env = lua.globals();
-    let host_tbl = host_table(&lua, &ctx.host, &req.host_vars)
-        .map_err(|e| TaskError::new(ErrorKind::Capture, format!("host vars: {e}")))?;
-    env.raw_set("host", host_tbl)
-        .map_err(|e| TaskError::new(ErrorKind::Lua, e.to_string()))?;
-    let roots = capture::restore_task(state, &req.payload, &env).map_err(|e| {
-        TaskError::new(
-            ErrorKind::Capture,
-            format!("restoring the task: {}", error_text(&e)),
-        )
-    })?;
-    let mut roots = roots.into_iter();
-    let Some(LV::Function(f)) = roots.next() else {
-        return Err(TaskError::new(
-            ErrorKind::Capture,
-            "the task carries no function",
-        ));
-    };
-    let args: mlua::MultiValue = roots.collect();
-    if let Some(limit) = limits.memory_limit {
-        let used = lua.used_memory();
-        let _ = lua.set_memory_limit(used.saturating_add(limit));
-    }
+    let (f, args) = prepare(state, req, &ctx.host, limits)?;
     arm_stop_hook(&lua, cancel.clone())
         .map_err(|e| TaskError::new(ErrorKind::Lua, e.to_string()))?;
     let result = f.call::<mlua::MultiValue>(args);
@@ -262,6 +240,41 @@ fn execute(
         }
         Err(e) => Err(lua_error(&e, limits.memory_limit)),
     }
+}
+
+/// Everything before a task runs: its memory limit (first, so that a task too large
+/// to restore fails as out of memory instead of taking the process down), `host`, then
+/// the task itself. Returns the function and its arguments.
+pub fn prepare(
+    state: &TaskState,
+    req: &TaskRequest,
+    host: &str,
+    limits: &Limits,
+) -> Result<(mlua::Function, mlua::MultiValue), TaskError> {
+    let lua: &Lua = state;
+    if let Some(limit) = limits.memory_limit {
+        let used = lua.used_memory();
+        let _ = lua.set_memory_limit(used.saturating_add(limit));
+    }
+    let env = lua.globals();
+    let host_tbl = host_table(lua, host, &req.host_vars)
+        .map_err(|e| TaskError::new(ErrorKind::Capture, format!("host vars: {e}")))?;
+    env.raw_set("host", host_tbl)
+        .map_err(|e| TaskError::new(ErrorKind::Lua, e.to_string()))?;
+    let roots = capture::restore_task(state, &req.payload, &env).map_err(|e| {
+        TaskError::new(
+            ErrorKind::Capture,
+            format!("restoring the task: {}", error_text(&e)),
+        )
+    })?;
+    let mut roots = roots.into_iter();
+    let Some(LV::Function(f)) = roots.next() else {
+        return Err(TaskError::new(
+            ErrorKind::Capture,
+            "the task carries no function",
+        ));
+    };
+    Ok((f, roots.collect()))
 }
 
 fn stop_error(reason: StopReason) -> TaskError {

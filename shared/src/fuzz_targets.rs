@@ -50,9 +50,10 @@ pub fn frame_decoder(data: &[u8]) {
     }
 }
 
-/// What an agent does with a task frame before running it: decode, validate the
-/// graph, restore it (bytecode, upvalues, globals) and the host vars into a fresh
-/// task state. The function is not called.
+/// What an agent does with a task frame before running it: decode, then
+/// [`executor::prepare`] — memory limit, host vars, validation and restore of the task
+/// (bytecode, upvalues, globals) into a fresh task state. The function is not called:
+/// agents run the code of an authenticated master by design (docs/security.md).
 pub fn agent_task(data: &[u8]) {
     let Ok(ToAgent::Task(req)) = protocol::decode::<ToAgent>(data) else {
         return;
@@ -60,11 +61,10 @@ pub fn agent_task(data: &[u8]) {
     let Ok(state) = executor::new_state(&TaskContext::offline("fuzz", "fuzz")) else {
         return;
     };
-    let env = state.globals();
-    let _ = capture::restore_task(&state, &req.payload, &env);
-    if let Ok(vars) = Data::check(req.host_vars, Refs::Any) {
-        let _ = capture::restore_data(&state, &vars);
-    }
+    let limits = executor::Limits {
+        memory_limit: Some(64 << 20),
+    };
+    let _ = executor::prepare(&state, &req, "fuzz", &limits);
 }
 
 /// The objects the master target's task was given.
