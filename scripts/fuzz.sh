@@ -23,7 +23,7 @@ targets="frame_decoder agent_task master_data"
 
 if ! cargo afl --version >/dev/null 2>&1; then
   echo "installing cargo-afl (builds AFL++ from source)..."
-  cargo install --locked cargo-afl >/dev/null
+  cargo install --locked cargo-afl --version 0.18.2 >/dev/null
 fi
 (cd shared/fuzz && cargo afl build --release --quiet)
 bin=shared/fuzz/target/release

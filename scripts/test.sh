@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: unit and integration tests (real agents over real QUIC), then
-# every example in examples/ on a local fleet with its output checked.
+# Runs every test: unit and integration tests (real agents over real QUIC, a hostile
+# agent), every example in examples/ on a local fleet with its output checked, a fuzz
+# smoke run, and the network-fault drills.
 # Builds once (debug profile) and reuses the binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,9 @@ bash docs/examples/check.sh target/debug
 # The benchmark in its quick mode, on the debug build, so that it keeps working
 # (real figures: scripts/bench.sh, release build; see docs/benchmarks.md).
 target/debug/sloth-bench --quick
+# Fuzz smoke: every AFL++ target for 20 s from its seed corpus (builds the targets
+# with cargo-afl, installing it when missing; long runs: scripts/fuzz.sh --seconds N).
+bash scripts/fuzz.sh --seconds 20
 # Network faults on real links (network namespaces, veth, nftables, tbf): needs root.
 if [ "$(id -u)" = 0 ]; then
   bash scripts/netfault.sh target/debug

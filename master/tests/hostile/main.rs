@@ -29,6 +29,12 @@ local function web_ok()
   local ok, v = goroutine.await(goroutine.async(function() return "alive" end, { delegate_to = "web-01" }))
   return ok == true and v == "alive"
 end
+local function peak_mib()
+  for l in io.lines("/proc/self/status") do
+    local kb = l:match("^VmHWM:%s*(%d+)")
+    if kb then return math.floor(tonumber(kb) / 1024) end
+  end
+end
 local function case(name, f, opts)
   opts = opts or {}
   opts.name, opts.delegate_to = name, "evil-01"
@@ -106,6 +112,7 @@ print("SAME", tostring(print == orig.print and tostring == orig.tostring and req
   and pcall == orig.pcall and type == orig.type and os == orig.os and os.execute == orig.execute
   and string == orig.string and getmetatable(_G) == nil))
 print("TOSTRING", tostring("touch {marker}"), type(require), (pcall(function() return 1 end)))
+print("PEAK", peak_mib())
 "#,
         marker = evil.marker.display()
     );
@@ -158,6 +165,9 @@ print("TOSTRING", tostring("touch {marker}"), type(require), (pcall(function() r
         ]
     );
     assert!(!evil.marker.exists(), "a command ran on the master");
+    let peak = peak_of(&out);
+    eprintln!("master peak RSS after a 10^6-deep result and the rest: {peak} MiB");
+    assert!(peak < 256, "master peak RSS {peak} MiB");
     // The run failed (tasks failed) and said so, and ended with a recap.
     out.assert_code(1);
     assert!(out.stdout.contains("evil-01"), "{out}");
@@ -272,6 +282,7 @@ case("silent", function() return 1 end, {{ timeout = "1s" }})
 case("bigstring:64", function() return 1 end)
 local ok, s = goroutine.await(goroutine.async(function() return 1 end, {{ name = "bigstring:16", delegate_to = "evil-01" }}))
 print("BIG", tostring(ok), #s)
+print("PEAK", peak_mib())
 "#,
         list = list.join(", ")
     );
@@ -309,6 +320,13 @@ print("BIG", tostring(ok), #s)
         vec!["true".to_string(), (16 << 20).to_string()],
         "{out}"
     );
+    let peak = peak_of(&out);
+    eprintln!("master peak RSS after 35 bad streams, a refused 64 MiB and an accepted 16 MiB string: {peak} MiB");
+    assert!(peak < 256, "master peak RSS {peak} MiB");
+}
+
+fn peak_of(out: &Output) -> u64 {
+    out.one("PEAK")[0].parse().unwrap()
 }
 
 /// A flood of log lines is printed in order and bounded end to end: the master reads
