@@ -181,6 +181,35 @@ pub(crate) async fn run_remote(
     host: &str,
     payload: &Graph,
 ) -> Result<Data, TaskError> {
+    attempt_remote(rt, rec, host, payload).await.result
+}
+
+/// One attempt of a remote task, and whether it may have reached the agent.
+pub(crate) struct Attempt {
+    pub result: Result<Data, TaskError>,
+    /// `false`: the task certainly never ran there (no connection, no stream, or the
+    /// agent refused it at admission), so sending it elsewhere is always safe.
+    pub reached: bool,
+}
+
+pub(crate) async fn attempt_remote(
+    rt: &Arc<Runtime>,
+    rec: &Arc<TaskRecord>,
+    host: &str,
+    payload: &Graph,
+) -> Attempt {
+    let mut reached = false;
+    let result = remote(rt, rec, host, payload, &mut reached).await;
+    Attempt { result, reached }
+}
+
+async fn remote(
+    rt: &Arc<Runtime>,
+    rec: &Arc<TaskRecord>,
+    host: &str,
+    payload: &Graph,
+    reached: &mut bool,
+) -> Result<Data, TaskError> {
     let mesh = rt.mesh.as_ref().ok_or_else(|| {
         TaskError::new(
             ErrorKind::Unreachable,
@@ -223,6 +252,8 @@ pub(crate) async fn run_remote(
             .open_bi()
             .await
             .map_err(|e| lost(tls::explain_connection_error(host, &e)))?;
+        // From the first byte on, the agent may have the task.
+        *reached = true;
         tokio::io::AsyncWriteExt::write_all(&mut send, &frame)
             .await
             .map_err(|e| explain(format!("sending the task: {e}")))?;
@@ -333,6 +364,11 @@ pub(crate) async fn run_remote(
                     Ok(g) => Data::check(g, Refs::Only(&allowed)).map_err(|e| {
                         TaskError::new(ErrorKind::Capture, format!("the result was refused: {e}"))
                     }),
+                    // An agent refuses a task only at admission, before running it.
+                    Err(e) if e.kind == ErrorKind::Refused => {
+                        *reached = false;
+                        Err(e)
+                    }
                     Err(e) => Err(e),
                 };
             }

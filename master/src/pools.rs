@@ -1,8 +1,18 @@
 //! Worker pools: `pool_create/submit/wait/close/stats`. A local pool runs N tasks
 //! at once on master threads; a fleet pool keeps N tasks in flight across its
-//! agents, always sending the next one to the least-loaded connected agent, and
-//! re-queues the tasks of a lost agent (up to `retries`) for the others. Nothing
+//! agents, always sending the next one to the least-loaded *ready* agent. Nothing
 //! is dropped: a full queue blocks `pool_submit`.
+//!
+//! Under churn (see docs/fleet.md, "Pools under churn"):
+//! - a task that never reached an agent (no connection, no stream, refused at
+//!   admission) goes back to the queue at once and does not use up `retries`;
+//! - a task whose agent was lost after it was sent may have run: it is re-queued
+//!   while `retries` last (at-least-once execution, exactly-once results);
+//! - a host that fails is `lost`: out of the rotation, probed in the background with
+//!   back-off (`probing`), never by a real task, and `ready` again when a probe
+//!   connects (after a restart on the same address, say);
+//! - queued tasks fail (`unreachable`, naming the hosts) only when no agent of the
+//!   pool has been reachable for the connect timeout.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -18,19 +28,73 @@ use crate::dispatch::{self, TaskOpts};
 use crate::registry::{Status, TaskRecord};
 use crate::runtime::{capture_call, parse_duration_opt, result_table, rt_err, Runtime};
 
-#[derive(Default, Clone)]
+/// Where a host of a fleet pool stands.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+enum HostState {
+    #[default]
+    Ready,
+    /// Out of the rotation until a probe connects.
+    Lost,
+    /// A probe is dialing it now.
+    Probing,
+}
+
+impl HostState {
+    fn as_str(self) -> &'static str {
+        match self {
+            HostState::Ready => "ready",
+            HostState::Lost => "lost",
+            HostState::Probing => "probing",
+        }
+    }
+}
+
+/// First and longest wait between two probes of a lost host.
+const PROBE_FIRST: Duration = Duration::from_millis(200);
+const PROBE_MAX: Duration = Duration::from_secs(5);
+/// A host that refused a task at admission (at capacity) gets none for this long.
+const BUSY_PAUSE: Duration = Duration::from_millis(50);
+
+#[derive(Clone)]
 struct HostStats {
+    state: HostState,
     active: u64,
     completed: u64,
     failed: u64,
-    /// A host that lost a task is skipped until then (then it may rejoin).
-    down_until: Option<Instant>,
+    /// Tasks sent back to the queue because of this host (never reached it, or lost with it).
+    requeued: u64,
+    /// Lost: when to probe next, and the wait after that.
+    next_probe: Instant,
+    probe_delay: Duration,
+    /// Why it was last lost.
+    last_error: Option<String>,
+    /// At capacity: no task until then.
+    busy_until: Option<Instant>,
+}
+
+impl Default for HostStats {
+    fn default() -> Self {
+        HostStats {
+            state: HostState::Ready,
+            active: 0,
+            completed: 0,
+            failed: 0,
+            requeued: 0,
+            next_probe: Instant::now(),
+            probe_delay: PROBE_FIRST,
+            last_error: None,
+            busy_until: None,
+        }
+    }
 }
 
 struct Queued {
     rec: Arc<TaskRecord>,
     payload: Arc<Graph>,
+    /// Attempts that may have run (they use up `retries`).
     attempts: u32,
+    /// Times it was sent back without reaching an agent (free).
+    requeues: u32,
     /// Host of the last failed attempt (avoid it when another is possible).
     avoid: Option<String>,
 }
@@ -42,8 +106,29 @@ struct State {
     submitted: Vec<Arc<TaskRecord>>,
     completed: u64,
     failed: u64,
+    /// Re-sent after an agent was lost with them (they may have run twice).
     retried: u64,
+    /// Sent back to the queue because they never reached an agent.
+    requeued: u64,
+    /// Since when no host of the pool is ready (fleet pools).
+    none_ready_since: Option<Instant>,
     hosts: BTreeMap<String, HostStats>,
+}
+
+impl State {
+    /// Take `h` out of the rotation (it will be probed).
+    fn lose(&mut self, h: &str, why: &str) {
+        let hs = self.hosts.entry(h.to_string()).or_default();
+        if hs.state == HostState::Ready {
+            hs.state = HostState::Lost;
+            hs.probe_delay = PROBE_FIRST;
+            hs.next_probe = Instant::now() + PROBE_FIRST;
+        }
+        hs.last_error = Some(why.to_string());
+        if !self.hosts.values().any(|s| s.state == HostState::Ready) {
+            self.none_ready_since.get_or_insert_with(Instant::now);
+        }
+    }
 }
 
 pub struct Pool {
@@ -66,27 +151,23 @@ pub struct Pools {
 }
 
 impl Pool {
-    /// Pick where the next task goes: the least-loaded usable agent.
+    /// Pick where the next task goes: the least-loaded ready agent, not the one the
+    /// task just failed on when another is ready. `None`: no agent is ready now.
     fn pick_host(&self, st: &State, avoid: Option<&str>) -> Option<String> {
         let targets = self.targets.as_ref()?;
         let now = Instant::now();
-        let usable = |h: &&String| {
-            st.hosts
-                .get(*h)
-                .and_then(|s| s.down_until)
-                .is_none_or(|t| t <= now)
-        };
-        let mut candidates: Vec<&String> = targets.iter().filter(usable).collect();
+        let mut candidates: Vec<&String> = targets
+            .iter()
+            .filter(|h| {
+                st.hosts.get(*h).is_none_or(|s| {
+                    s.state == HostState::Ready && s.busy_until.is_none_or(|t| t <= now)
+                })
+            })
+            .collect();
         if candidates.len() > 1 {
             if let Some(a) = avoid {
                 candidates.retain(|h| h.as_str() != a);
             }
-        }
-        if candidates.is_empty() {
-            // Every agent is down: try the one that has been down longest.
-            candidates = targets.iter().collect();
-            candidates.sort_by_key(|h| st.hosts.get(*h).and_then(|s| s.down_until));
-            return candidates.first().map(|h| h.to_string());
         }
         candidates
             .into_iter()
@@ -99,44 +180,144 @@ impl Pool {
             })
             .cloned()
     }
+
+    /// Lost hosts whose next probe is due, now marked `probing`.
+    fn due_probes(&self, st: &mut State) -> Vec<String> {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        for (h, s) in st.hosts.iter_mut() {
+            if s.state == HostState::Lost && s.next_probe <= now {
+                s.state = HostState::Probing;
+                due.push(h.clone());
+            }
+        }
+        due
+    }
 }
 
-/// The pool's dispatcher: keeps `workers` tasks in flight.
+/// Dial a lost host in the background; it rejoins when the dial succeeds.
+async fn probe(rt: Arc<Runtime>, pool: Arc<Pool>, host: String) {
+    let outcome = match &rt.mesh {
+        Some(mesh) => mesh.connect(&host).await.map(|_| ()),
+        None => Ok(()),
+    };
+    let mut st = pool.state.lock();
+    let hs = st.hosts.entry(host.clone()).or_default();
+    match outcome {
+        Ok(()) => {
+            hs.state = HostState::Ready;
+            hs.probe_delay = PROBE_FIRST;
+            hs.busy_until = None;
+            st.none_ready_since = None;
+            tracing::info!(pool = %pool.name, %host, "agent is back: rejoins the pool");
+        }
+        Err(e) => {
+            hs.state = HostState::Lost;
+            hs.last_error = Some(e.display_for(&host));
+            hs.probe_delay = (hs.probe_delay * 2).min(PROBE_MAX);
+            hs.next_probe = Instant::now() + hs.probe_delay;
+        }
+    }
+    drop(st);
+    pool.changed.notify_all();
+    pool.wake.notify_one();
+}
+
+/// Every queued task fails: no agent of the pool has been reachable for the connect
+/// timeout.
+fn fail_unreachable(rt: &Runtime, pool: &Pool) {
+    let (failed, why) = {
+        let mut st = pool.state.lock();
+        let failed: Vec<Queued> = st.queue.drain(..).collect();
+        st.failed += failed.len() as u64;
+        let tried: Vec<String> = st
+            .hosts
+            .iter()
+            .map(|(h, s)| match &s.last_error {
+                Some(e) => format!("{h} ({e})"),
+                None => h.clone(),
+            })
+            .collect();
+        (failed, tried.join(", "))
+    };
+    let ms = rt
+        .mesh
+        .as_ref()
+        .map(|m| m.cfg.connect_timeout.as_millis())
+        .unwrap_or(0);
+    for q in failed {
+        rt.registry.complete(
+            &q.rec,
+            Err(TaskError::new(
+                ErrorKind::Unreachable,
+                format!(
+                    "pool {}: no agent has been reachable for {ms} ms; tried {why}",
+                    pool.name
+                ),
+            )),
+        );
+    }
+    pool.changed.notify_all();
+}
+
+/// The pool's dispatcher: keeps `workers` tasks in flight, and probes lost hosts.
 async fn dispatcher(rt: Arc<Runtime>, pool: Arc<Pool>) {
+    let give_up_after = rt
+        .mesh
+        .as_ref()
+        .map(|m| m.cfg.connect_timeout)
+        .unwrap_or(Duration::from_secs(3));
     loop {
-        let next = {
+        let (next, probes, hopeless) = {
             let mut st = pool.state.lock();
-            if st.in_flight < pool.workers {
-                match st.queue.pop_front() {
-                    Some(q) => {
-                        let host = pool.pick_host(&st, q.avoid.as_deref());
+            let probes = pool.due_probes(&mut st);
+            let mut next = None;
+            let mut hopeless = false;
+            if st.in_flight < pool.workers && !st.queue.is_empty() {
+                let avoid = st.queue.front().and_then(|q| q.avoid.clone());
+                let host = pool.pick_host(&st, avoid.as_deref());
+                if host.is_some() || pool.targets.is_none() {
+                    if let Some(q) = st.queue.pop_front() {
                         st.in_flight += 1;
                         if let Some(h) = &host {
                             st.hosts.entry(h.clone()).or_default().active += 1;
                         }
                         pool.changed.notify_all();
-                        Some((q, host))
+                        next = Some((q, host));
                     }
-                    None => None,
+                } else {
+                    hopeless = st
+                        .none_ready_since
+                        .is_some_and(|t| t.elapsed() >= give_up_after)
+                        && st.in_flight == 0;
                 }
-            } else {
-                None
             }
+            (next, probes, hopeless)
         };
+        for h in probes {
+            tokio::spawn(probe(rt.clone(), pool.clone(), h));
+        }
+        if hopeless {
+            fail_unreachable(&rt, &pool);
+            continue;
+        }
         match next {
             Some((q, host)) => {
                 let (rt2, pool2) = (rt.clone(), pool.clone());
                 tokio::spawn(async move { run_one(rt2, pool2, q, host).await });
             }
             None => {
-                {
+                let idle = {
                     let st = pool.state.lock();
                     if st.closed && st.queue.is_empty() && st.in_flight == 0 {
                         return;
                     }
-                }
+                    st.queue.is_empty() && !st.hosts.values().any(|s| s.state != HostState::Ready)
+                };
+                // With lost hosts or tasks waiting for one, look again soon.
+                let nap = if idle { 200 } else { 25 };
                 let woken =
-                    tokio::time::timeout(Duration::from_millis(200), pool.wake.notified()).await;
+                    tokio::time::timeout(Duration::from_millis(nap), pool.wake.notified()).await;
                 if woken.is_err() {
                     drop_cancelled(&rt, &pool);
                 }
@@ -179,48 +360,62 @@ fn drop_cancelled(rt: &Runtime, pool: &Pool) {
 
 async fn run_one(rt: Arc<Runtime>, pool: Arc<Pool>, mut q: Queued, host: Option<String>) {
     let rec = q.rec.clone();
-    let result = if rec.cancel.stopped().is_some() {
-        Err(TaskError::new(
-            ErrorKind::Cancelled,
-            "task cancelled before it started",
-        ))
+    let (result, reached) = if rec.cancel.stopped().is_some() {
+        let e = TaskError::new(ErrorKind::Cancelled, "task cancelled before it started");
+        (Err(e), true)
     } else {
         rec.cancel.set_timeout(pool.timeout);
-        if q.attempts == 0 {
+        if q.attempts == 0 && q.requeues == 0 {
             rec.restart_clock();
         }
         match &host {
-            None => dispatch::run_local(&rt, &rec, &q.payload).await,
-            Some(h) => dispatch::run_remote(&rt, &rec, h, &q.payload).await,
+            None => (dispatch::run_local(&rt, &rec, &q.payload).await, true),
+            Some(h) => {
+                let a = dispatch::attempt_remote(&rt, &rec, h, &q.payload).await;
+                (a.result, a.reached)
+            }
         }
     };
-    let retryable = match &result {
-        Err(e) => match e.kind {
-            ErrorKind::AgentLost | ErrorKind::Unreachable => true,
-            ErrorKind::Lua => pool.retry_errors,
-            _ => false,
-        },
-        Ok(_) => false,
-    };
+    let lost = matches!(
+        &result,
+        Err(e) if matches!(e.kind, ErrorKind::AgentLost | ErrorKind::Unreachable)
+    );
     let mut st = pool.state.lock();
     st.in_flight -= 1;
     if let Some(h) = &host {
         let hs = st.hosts.entry(h.clone()).or_default();
         hs.active = hs.active.saturating_sub(1);
         if let Err(e) = &result {
-            if matches!(e.kind, ErrorKind::AgentLost | ErrorKind::Unreachable) {
-                hs.down_until = Some(Instant::now() + Duration::from_secs(5));
+            if lost {
+                let why = e.display_for(h);
+                st.lose(h, &why);
+            } else if !reached {
+                // At capacity: let it breathe.
+                hs.busy_until = Some(Instant::now() + BUSY_PAUSE);
             }
         }
     }
-    if retryable
-        && q.attempts < pool.retries
-        && rec.status() == Status::Running
-        && rec.cancel.stopped().is_none()
-    {
+    let live = rec.status() == Status::Running && rec.cancel.stopped().is_none();
+    let retryable = match &result {
+        Err(e) => lost || (e.kind == ErrorKind::Lua && pool.retry_errors),
+        Ok(_) => false,
+    };
+    if result.is_err() && !reached && host.is_some() && live {
+        // It never ran there: back to the queue at once, no retry used.
+        q.requeues += 1;
+        q.avoid = host.clone();
+        st.requeued += 1;
+        if let Some(h) = &host {
+            st.hosts.entry(h.clone()).or_default().requeued += 1;
+        }
+        st.queue.push_front(q);
+    } else if retryable && q.attempts < pool.retries && live {
         q.attempts += 1;
         q.avoid = host.clone();
         st.retried += 1;
+        if let Some(h) = &host {
+            st.hosts.entry(h.clone()).or_default().requeued += 1;
+        }
         if let Err(e) = &result {
             rt.out.task_log(
                 &rec.host(),
@@ -246,7 +441,6 @@ async fn run_one(rt: Arc<Runtime>, pool: Arc<Pool>, mut q: Queued, host: Option<
             let hs = st.hosts.entry(h.clone()).or_default();
             if result.is_ok() {
                 hs.completed += 1;
-                hs.down_until = None;
             } else {
                 hs.failed += 1;
             }
@@ -276,6 +470,7 @@ fn stats_table(lua: &Lua, p: &Pool) -> mlua::Result<Table> {
     t.raw_set("failed", st.failed)?;
     t.raw_set("queued", st.queue.len())?;
     t.raw_set("retried", st.retried)?;
+    t.raw_set("requeued", st.requeued)?;
     t.raw_set("submitted", st.submitted.len())?;
     t.raw_set("closed", st.closed)?;
     let hosts = lua.create_table()?;
@@ -284,6 +479,11 @@ fn stats_table(lua: &Lua, p: &Pool) -> mlua::Result<Table> {
         e.raw_set("active", s.active)?;
         e.raw_set("completed", s.completed)?;
         e.raw_set("failed", s.failed)?;
+        e.raw_set("requeued", s.requeued)?;
+        e.raw_set("state", s.state.as_str())?;
+        if let Some(err) = &s.last_error {
+            e.raw_set("last_error", err.as_str())?;
+        }
         hosts.raw_set(h.as_str(), e)?;
     }
     t.raw_set("hosts", hosts)?;
@@ -393,6 +593,8 @@ pub fn install(
                         completed: 0,
                         failed: 0,
                         retried: 0,
+                        requeued: 0,
+                        none_ready_since: None,
                         hosts: BTreeMap::new(),
                     }),
                     changed: Condvar::new(),
@@ -462,6 +664,7 @@ pub fn install(
                         rec: rec.clone(),
                         payload: Arc::new(payload),
                         attempts: 0,
+                        requeues: 0,
                         avoid: None,
                     });
                     drop(st);
