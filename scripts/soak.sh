@@ -92,6 +92,16 @@ local st = goroutine.pool_stats("soak")
 print("SOAK", #res, missing, wrong, dup, st.requeued, st.retried, failed)
 EOF
 
+# Start again the agents whose restart is due (marked by a file).
+restart_due() {
+  for f in "$work"/restart-*; do
+    [ -e "$f" ] || continue
+    local j=${f##*-}
+    rm -f "$f"
+    start_agent "$j" "${addrs[$j]}"
+  done
+}
+
 # Churn: K random events over the first S seconds.
 churn() {
   local gap_ms=$(( seconds * 1000 / (kills + 1) ))
@@ -110,21 +120,11 @@ churn() {
          echo "restart ${names[$i]}" >>"$work/events"
          echo restart >"$work/restart-$i" ;;
     esac
-    for f in "$work"/restart-*; do
-      [ -e "$f" ] || continue
-      local j=${f##*-}
-      rm -f "$f"
-      start_agent "$j" "${addrs[$j]}"
-    done
+    restart_due
   done
   # Restarts still due after the last event.
   sleep 6
-  for f in "$work"/restart-*; do
-    [ -e "$f" ] || continue
-    local j=${f##*-}
-    rm -f "$f"
-    start_agent "$j" "${addrs[$j]}"
-  done
+  restart_due
 }
 
 start=$(date +%s.%N)

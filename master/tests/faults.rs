@@ -309,7 +309,7 @@ fn agent_survives_udp_garbage() {
 #[test]
 fn agent_survives_bad_frames_from_an_authenticated_master() {
     use sloth_shared::protocol::Control;
-    use sloth_shared::{tls, wire};
+    use sloth_shared::wire;
 
     let mut fleet = TestFleet::web(1);
     let addr: std::net::SocketAddr = fleet.addr("web-01").parse().unwrap();
@@ -320,13 +320,7 @@ fn agent_survives_bad_frames_from_an_authenticated_master() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let own =
-            tls::read_pem_files(&certs.join("master.crt"), &certs.join("master.key")).unwrap();
-        let ca = std::fs::read_to_string(certs.join("ca.crt")).unwrap();
-        let transport = tls::transport_config(Duration::from_secs(1), Duration::from_secs(4));
-        let client = tls::master_client_config(&own, &ca, transport).unwrap();
-        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        ep.set_default_client_config(client);
+        let ep = master_endpoint(&certs);
 
         // 1. Garbage instead of a hello on the control stream.
         let conn = ep.connect(addr, "web-01").unwrap().await.unwrap();

@@ -658,3 +658,16 @@ pub fn cmdline(pid: u32) -> String {
         })
         .unwrap_or_default()
 }
+
+/// A QUIC client endpoint that presents the fleet's master certificate from `certs`
+/// (for tests that talk to agents with hand-made frames). Call inside a tokio runtime.
+pub fn master_endpoint(certs: &Path) -> quinn::Endpoint {
+    use sloth_shared::tls;
+    let own = tls::read_pem_files(&certs.join("master.crt"), &certs.join("master.key")).unwrap();
+    let ca = std::fs::read_to_string(certs.join("ca.crt")).unwrap();
+    let transport = tls::transport_config(Duration::from_secs(1), Duration::from_secs(4));
+    let client = tls::master_client_config(&own, &ca, transport).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(client);
+    ep
+}

@@ -24,16 +24,20 @@ fn fleet() -> (TestFleet, HostileAgent) {
 
 /// Lua shared by the scripts: `case(name, fn, opts)` runs one task on evil-01 and
 /// prints `CASE name success kind web01_ok error`.
-const PRELUDE: &str = r#"
-local function web_ok()
-  local ok, v = goroutine.await(goroutine.async(function() return "alive" end, { delegate_to = "web-01" }))
-  return ok == true and v == "alive"
-end
+/// Lua: the master's own peak resident memory in MiB (VmHWM).
+const PEAK_MIB: &str = r#"
 local function peak_mib()
   for l in io.lines("/proc/self/status") do
     local kb = l:match("^VmHWM:%s*(%d+)")
     if kb then return math.floor(tonumber(kb) / 1024) end
   end
+end
+"#;
+
+const PRELUDE: &str = r#"
+local function web_ok()
+  local ok, v = goroutine.await(goroutine.async(function() return "alive" end, { delegate_to = "web-01" }))
+  return ok == true and v == "alive"
 end
 local function case(name, f, opts)
   opts = opts or {}
@@ -100,7 +104,7 @@ fn assert_case(
 fn results_carry_data_only() {
     let (fleet, evil) = fleet();
     let script = format!(
-        r#"{PRELUDE}
+        r#"{PEAK_MIB}{PRELUDE}
 local orig = {{ print = print, tostring = tostring, require = require, pcall = pcall,
   type = type, os = os, execute = os.execute, string = string }}
 local chans = {{}}
@@ -181,7 +185,7 @@ print("PEAK", peak_mib())
 fn calls_are_scoped_and_checked() {
     let (fleet, evil) = fleet();
     let script = format!(
-        r#"{PRELUDE}
+        r#"{PEAK_MIB}{PRELUDE}
 local ch, a, wg = goroutine.channel(10), goroutine.atomic_int(0), goroutine.wait_group()
 local other = goroutine.channel(10)
 local function given() local _ = {{ ch, a, wg }} end
@@ -270,7 +274,7 @@ fn bad_frames_at_every_position() {
     ];
     let list: Vec<String> = kinds.iter().map(|k| format!("\"{k}\"")).collect();
     let script = format!(
-        r#"{PRELUDE}
+        r#"{PEAK_MIB}{PRELUDE}
 local a = goroutine.atomic_int(0)
 for pos = 0, 3 do
   for _, kind in ipairs({{ {list} }}) do
@@ -335,14 +339,7 @@ fn peak_of(out: &Output) -> u64 {
 #[test]
 fn log_floods_are_bounded() {
     let (fleet, _evil) = fleet();
-    let rss = r#"
-local function peak_mib()
-  for l in io.lines("/proc/self/status") do
-    local kb = l:match("^VmHWM:%s*(%d+)")
-    if kb then return math.floor(tonumber(kb) / 1024) end
-  end
-end
-"#;
+    let rss = PEAK_MIB;
     let base_script = format!(
         "{rss}\nlocal ok = goroutine.await(goroutine.async(function() print('x') end, {{ delegate_to = 'web-01' }}))\nprint('PEAK', peak_mib())\n"
     );
@@ -452,14 +449,8 @@ end
         .unwrap();
     for theirs in [p + 1, p - 1] {
         let got = rt.block_on(async {
-            use sloth_shared::{tls, wire};
-            let own =
-                tls::read_pem_files(&certs.join("master.crt"), &certs.join("master.key")).unwrap();
-            let ca = std::fs::read_to_string(certs.join("ca.crt")).unwrap();
-            let transport = tls::transport_config(Duration::from_secs(1), Duration::from_secs(3));
-            let client = tls::master_client_config(&own, &ca, transport).unwrap();
-            let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-            ep.set_default_client_config(client);
+            use sloth_shared::wire;
+            let ep = master_endpoint(&certs);
             let conn = ep.connect(addr, "web-01").unwrap().await.unwrap();
             let (mut s, r) = conn.open_bi().await.unwrap();
             wire::write_preamble(&mut s, theirs).await.unwrap();
