@@ -127,6 +127,7 @@ churn() {
   restart_due
 }
 
+: >"$work/events"
 start=$(date +%s.%N)
 churn &
 churner=$!
