@@ -63,8 +63,18 @@ pub struct Mesh {
     endpoint: Endpoint,
     client: quinn::ClientConfig,
     slots: HashMap<String, Slot>,
+    /// Handshakes under way at once. A burst of hundreds of handshakes on one UDP
+    /// socket overflows its receive buffer, and QUIC's retransmission back-off then
+    /// turns a few dropped packets into seconds: dial in waves instead.
+    handshakes: tokio::sync::Semaphore,
     pub cfg: MeshConfig,
 }
+
+/// How many handshakes run at once (see [`Mesh::handshakes`]): each brings about four
+/// packets of certificates back, well within the receive buffer.
+pub const MAX_HANDSHAKES: usize = 96;
+/// The longest one handshake holds its turn.
+const HANDSHAKE_TURN: Duration = Duration::from_millis(200);
 
 /// The master's certificate material.
 pub struct MasterCerts {
@@ -121,6 +131,7 @@ impl Mesh {
             endpoint,
             client,
             slots,
+            handshakes: tokio::sync::Semaphore::new(MAX_HANDSHAKES),
             cfg,
         })
     }
@@ -145,7 +156,20 @@ impl Mesh {
                 return Err(err.clone());
             }
         }
-        let dialed = tokio::time::timeout(self.cfg.connect_timeout, self.dial(host, &slot.address))
+        // The connect timeout runs from the dial, not from the wait for a turn. A turn
+        // ends when the handshake does, or after HANDSHAKE_TURN: the burst of packets
+        // comes at the start, and a dead host must not hold a turn for seconds.
+        let turn = self.handshakes.acquire().await.ok();
+        let dial = async {
+            let dial = self.dial(host, &slot.address);
+            tokio::pin!(dial);
+            tokio::select! {
+                r = &mut dial => return r,
+                _ = tokio::time::sleep(HANDSHAKE_TURN) => drop(turn),
+            }
+            dial.await
+        };
+        let dialed = tokio::time::timeout(self.cfg.connect_timeout, dial)
             .await
             .unwrap_or_else(|_| {
                 Err(TaskError::new(
@@ -309,6 +333,43 @@ async fn resolve(address: &str) -> Result<SocketAddr, String> {
 
 /// A client endpoint with large socket buffers, so that hundreds of simultaneous
 /// handshakes do not overflow the receive queue.
+/// The UDP buffers the master's socket asks for: room for the answers of
+/// [`MAX_HANDSHAKES`] handshakes and of many agents' results at once.
+const SOCKET_BUFFER: usize = 8 << 20;
+
+/// Size the socket's buffers. The kernel caps a request at `net.core.rmem_max` /
+/// `wmem_max`; as root, `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE` go past the cap. Otherwise
+/// the smaller buffer is used (said at debug level): handshakes are paced by
+/// [`MAX_HANDSHAKES`] either way.
+fn size_buffers(socket: &socket2::Socket) {
+    use std::os::fd::AsRawFd;
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    let force = |opt: libc::c_int| {
+        let v = SOCKET_BUFFER as libc::c_int;
+        // SAFETY: setsockopt on our own socket with a pointer to a live c_int.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
+    };
+    // Linux reports twice the size it grants (bookkeeping included): compare with that.
+    if socket.recv_buffer_size().unwrap_or(0) < 2 * SOCKET_BUFFER && !force(libc::SO_RCVBUFFORCE) {
+        tracing::debug!(
+            bytes = socket.recv_buffer_size().unwrap_or(0),
+            "UDP receive buffer capped by net.core.rmem_max (not root)"
+        );
+    }
+    if socket.send_buffer_size().unwrap_or(0) < 2 * SOCKET_BUFFER {
+        let _ = force(libc::SO_SNDBUFFORCE);
+    }
+}
+
 fn client_endpoint() -> anyhow::Result<Endpoint> {
     use socket2::{Domain, Protocol, Socket, Type};
     // Dual-stack where the machine has IPv6 (agents may have v4 or v6 addresses),
@@ -330,8 +391,7 @@ fn client_endpoint() -> anyhow::Result<Endpoint> {
             s
         }
     };
-    let _ = socket.set_recv_buffer_size(8 << 20);
-    let _ = socket.set_send_buffer_size(8 << 20);
+    size_buffers(&socket);
     socket
         .set_nonblocking(true)
         .context("UDP socket non-blocking")?;

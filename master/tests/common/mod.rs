@@ -308,6 +308,24 @@ pub fn start_agent(spec: &AgentSpec, log_dir: &Path) -> Agent {
 }
 
 fn spawn_agent(name: &str, args: Vec<std::ffi::OsString>, listen: &str, log_dir: &Path) -> Agent {
+    launch_agent(name, args, listen, log_dir).ready()
+}
+
+/// An agent process started, whose `listening on` line has not been read yet.
+struct Launched {
+    name: String,
+    child: Child,
+    log: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    first_line: mpsc::Receiver<Option<String>>,
+}
+
+fn launch_agent(
+    name: &str,
+    args: Vec<std::ffi::OsString>,
+    listen: &str,
+    log_dir: &Path,
+) -> Launched {
     let log = log_dir.join(format!("agent-{}-{}.log", name, unique()));
     let err = File::create(&log).unwrap();
     let mut cmd = Command::new(agent_bin());
@@ -335,29 +353,52 @@ fn spawn_agent(name: &str, args: Vec<std::ffi::OsString>, listen: &str, log_dir:
         let _ = tx.send(lines.next().and_then(Result::ok));
         for _ in lines {}
     });
-    let first = rx.recv_timeout(Duration::from_secs(20)).ok().flatten();
-    let Some(first) = first else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "agent {} did not start: {}",
-            name,
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-    };
-    let prefix = format!("sloth-agent {name} listening on ");
-    let addr = first
-        .strip_prefix(&prefix)
-        .unwrap_or_else(|| panic!("unexpected first agent line: {first:?}"))
-        .trim()
-        .to_string();
-    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
-    Agent {
+    Launched {
         name: name.to_string(),
-        addr,
         child,
         log,
         args,
+        first_line: rx,
+    }
+}
+
+impl Launched {
+    /// Wait for the `listening on` line; the agent's address.
+    fn ready(self) -> Agent {
+        let Launched {
+            name,
+            mut child,
+            log,
+            args,
+            first_line,
+        } = self;
+        let first = first_line
+            .recv_timeout(Duration::from_secs(60))
+            .ok()
+            .flatten();
+        let Some(first) = first else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "agent {} did not start: {}",
+                name,
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        let prefix = format!("sloth-agent {name} listening on ");
+        let addr = first
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("unexpected first agent line: {first:?}"))
+            .trim()
+            .to_string();
+        assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+        Agent {
+            name,
+            addr,
+            child,
+            log,
+            args,
+        }
     }
 }
 
@@ -443,6 +484,39 @@ impl TestFleet {
             name,
             groups,
         );
+    }
+
+    /// Many agents in group `group` at once: certificates issued in-process, every
+    /// process started before any is waited for.
+    pub fn add_agents(&mut self, names: &[String], group: &str) {
+        use sloth_shared::tls;
+        let ca =
+            tls::read_pem_files(&self.certs.join("ca.crt"), &self.certs.join("ca.key")).unwrap();
+        for n in names {
+            let pem = tls::issue_agent(&ca, n, &[]).unwrap();
+            tls::write_pem_files(&self.certs, n, &pem).unwrap();
+        }
+        let launched: Vec<Launched> = names
+            .iter()
+            .map(|n| {
+                let args: Vec<std::ffi::OsString> = vec![
+                    "--cert".into(),
+                    self.certs.join(format!("{n}.crt")).into(),
+                    "--key".into(),
+                    self.certs.join(format!("{n}.key")).into(),
+                    "--ca".into(),
+                    self.certs.join("ca.crt").into(),
+                    "--name".into(),
+                    n.into(),
+                ];
+                launch_agent(n, args, "127.0.0.1:0", self.dir.path())
+            })
+            .collect();
+        for l in launched {
+            let a = l.ready();
+            self.add_host(&a.name.clone(), &a.addr, &[group]);
+            self.agents.push(a);
+        }
     }
 
     /// Start an agent from `spec` and list it in the inventory as `inventory_name`.
