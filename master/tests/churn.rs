@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use common::*;
 
-/// Lua: a fleet pool over every host; prints progress, then a verdict line.
+/// Lua: a fleet pool over every host; prints progress, then a verdict line. Each task
+/// sleeps 50 ms so that the run lasts ~25 s whatever the build: the churn below must
+/// happen while it runs.
 fn soak_script(tasks: u32, marker: &str, watch: &str) -> String {
     format!(
         r#"
@@ -15,7 +17,7 @@ assert(goroutine.pool_create("p", {{ delegate_to = "nodes", workers = 40, retrie
 local N = {tasks}
 local before
 for i = 1, N do
-  assert(goroutine.pool_submit("p", function(x) return x * 2, host.name end, i))
+  assert(goroutine.pool_submit("p", function(x) goroutine.sleep(50); return x * 2, host.name end, i))
   if i % 500 == 0 then
     print("SUBMITTED", i)
     if not before and io.open("{marker}") then
