@@ -29,12 +29,27 @@ pub struct Agent {
 /// than a round trip to the master, so a script that awaits task after task finds
 /// it awake.
 pub const RUNNER_SPIN: Duration = Duration::from_micros(500);
+/// Streams a master may open beyond the tasks admission takes: the control stream,
+/// and tasks that are refused with a reason rather than held back by QUIC.
+const STREAM_HEADROOM: u32 = 64;
 
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let own = tls::read_pem_files(&cfg.cert, &cfg.key)?;
     let ca = std::fs::read_to_string(&cfg.ca)
         .with_context(|| format!("reading CA certificate {}", cfg.ca.display()))?;
-    let transport = tls::transport_config(Duration::from_secs(1), Duration::from_secs(3));
+    let mut transport = tls::transport_config(Duration::from_secs(1), Duration::from_secs(3));
+    // quinn allocates the state of every stream a peer may open when the connection
+    // starts: allow what admission can take (running, queued, and room to refuse a
+    // few more with a reason) rather than a fixed large number; masters open no
+    // unidirectional streams.
+    if let Some(t) = Arc::get_mut(&mut transport) {
+        let streams = cfg
+            .max_tasks
+            .saturating_add(cfg.queue)
+            .saturating_add(STREAM_HEADROOM);
+        t.max_concurrent_bidi_streams(streams.into());
+        t.max_concurrent_uni_streams(0u32.into());
+    }
     let server_cfg = tls::agent_server_config(&own, &ca, transport)?;
     let endpoint = quinn::Endpoint::server(server_cfg, cfg.listen)
         .with_context(|| format!("listening on {}", cfg.listen))?;

@@ -154,7 +154,11 @@ pub async fn run(
         finished2.store(true, Ordering::Release);
         let _ = done_tx.send(r);
     });
-    sloth_shared::runner::keep_awake(finished, KEEP_AWAKE);
+    // Only a task in a series is likely to answer within the watch; a lone one (a
+    // command fanned out to the fleet) would take the CPU from its own child.
+    if agent.runner.in_series() {
+        sloth_shared::runner::keep_awake(finished, KEEP_AWAKE);
+    }
     let mut reading = true;
     // The master cancels by resetting its side of the stream or, when it has already
     // finished that side (a task that cannot call it back), by stopping ours.

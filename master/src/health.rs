@@ -26,7 +26,12 @@ pub struct HostHealth {
 }
 
 pub async fn check_all(mesh: Arc<Mesh>, hosts: Vec<String>) -> Vec<HostHealth> {
-    let overall = mesh.cfg.connect_timeout * 2 + Duration::from_millis(500);
+    // Every step is bounded: the wait for a handshake turn, the dial (connect timeout
+    // to answer, then FINISH_TIMEOUT), the ping (connect timeout). This bound only
+    // guards against a step that forgets its own.
+    let overall = mesh.cfg.connect_timeout * 2
+        + crate::mesh::FINISH_TIMEOUT.max(mesh.cfg.connect_timeout)
+        + Duration::from_secs(30);
     let mut set = tokio::task::JoinSet::new();
     for (i, h) in hosts.iter().enumerate() {
         let (m, h) = (mesh.clone(), h.clone());

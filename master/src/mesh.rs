@@ -75,6 +75,8 @@ pub struct Mesh {
 pub const MAX_HANDSHAKES: usize = 96;
 /// The longest one handshake holds its turn.
 const HANDSHAKE_TURN: Duration = Duration::from_millis(200);
+/// How long an agent that has answered may take to finish the handshake.
+pub const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The master's certificate material.
 pub struct MasterCerts {
@@ -160,7 +162,7 @@ impl Mesh {
         // ends when the handshake does, or after HANDSHAKE_TURN: the burst of packets
         // comes at the start, and a dead host must not hold a turn for seconds.
         let turn = self.handshakes.acquire().await.ok();
-        let dial = async {
+        let dialed = async {
             let dial = self.dial(host, &slot.address);
             tokio::pin!(dial);
             tokio::select! {
@@ -168,19 +170,8 @@ impl Mesh {
                 _ = tokio::time::sleep(HANDSHAKE_TURN) => drop(turn),
             }
             dial.await
-        };
-        let dialed = tokio::time::timeout(self.cfg.connect_timeout, dial)
-            .await
-            .unwrap_or_else(|_| {
-                Err(TaskError::new(
-                    ErrorKind::Unreachable,
-                    format!(
-                        "no answer from {} within {} ms (agent down or address wrong?)",
-                        slot.address,
-                        self.cfg.connect_timeout.as_millis()
-                    ),
-                ))
-            });
+        }
+        .await;
         match dialed {
             Ok(conn) => {
                 let conn = Arc::new(conn);
@@ -195,14 +186,57 @@ impl Mesh {
         }
     }
 
+    /// Dial `host`: it must answer (its TLS server hello) within the connect timeout,
+    /// and then finish the handshake within [`FINISH_TIMEOUT`] (or the connect timeout
+    /// if that is longer). A down host is reported within the connect timeout; a live
+    /// one that a loaded machine makes slow (lost packets and QUIC's back-off) is not
+    /// given up on.
     async fn dial(&self, host: &str, address: &str) -> Result<AgentConn, TaskError> {
         let unreachable = |m: String| TaskError::new(ErrorKind::Unreachable, m);
-        let addr = resolve(address).await.map_err(unreachable)?;
+        let connect_timeout = self.cfg.connect_timeout;
+        let no_answer = || {
+            unreachable(format!(
+                "no answer from {address} within {} ms (agent down or address wrong?)",
+                connect_timeout.as_millis()
+            ))
+        };
         let start = Instant::now();
-        let connecting = self
-            .endpoint
-            .connect_with(self.client.clone(), addr, host)
-            .map_err(|e| unreachable(tls::explain_connect_error(host, &e)))?;
+        let answered = async {
+            let addr = resolve(address).await.map_err(unreachable)?;
+            let mut connecting = self
+                .endpoint
+                .connect_with(self.client.clone(), addr, host)
+                .map_err(|e| unreachable(tls::explain_connect_error(host, &e)))?;
+            connecting
+                .handshake_data()
+                .await
+                .map_err(|e| unreachable(tls::explain_connection_error(host, &e)))?;
+            Ok::<_, TaskError>(connecting)
+        };
+        let connecting = tokio::time::timeout(connect_timeout, answered)
+            .await
+            .map_err(|_| no_answer())??;
+        let finish = FINISH_TIMEOUT.max(connect_timeout);
+        tokio::time::timeout(finish, self.finish_dial(host, address, connecting, start))
+            .await
+            .unwrap_or_else(|_| {
+                Err(unreachable(format!(
+                    "{address} answered but did not finish the handshake within {} ms (agent or master overloaded?)",
+                    (connect_timeout + finish).as_millis()
+                )))
+            })
+    }
+
+    /// The rest of a dial once the agent has answered: TLS, then the sloth handshake
+    /// on the control stream.
+    async fn finish_dial(
+        &self,
+        host: &str,
+        address: &str,
+        connecting: quinn::Connecting,
+        start: Instant,
+    ) -> Result<AgentConn, TaskError> {
+        let unreachable = |m: String| TaskError::new(ErrorKind::Unreachable, m);
         let conn = connecting
             .await
             .map_err(|e| unreachable(tls::explain_connection_error(host, &e)))?;
@@ -335,7 +369,7 @@ async fn resolve(address: &str) -> Result<SocketAddr, String> {
 /// handshakes do not overflow the receive queue.
 /// The UDP buffers the master's socket asks for: room for the answers of
 /// [`MAX_HANDSHAKES`] handshakes and of many agents' results at once.
-const SOCKET_BUFFER: usize = 8 << 20;
+const SOCKET_BUFFER: usize = 32 << 20;
 
 /// Size the socket's buffers. The kernel caps a request at `net.core.rmem_max` /
 /// `wmem_max`; as root, `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE` go past the cap. Otherwise

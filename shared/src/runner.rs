@@ -4,11 +4,15 @@
 //! watches the queue for a short while (yielding the CPU to anything else that wants
 //! it) before it goes to sleep. Waking a sleeping thread costs tens of µs on a
 //! virtual machine, more than a small task runs, and tasks tend to come in series.
-//! Only one thread watches at a time, so a busy pool does not spend its CPU watching.
+//! Only one thread watches at a time, so a busy pool does not spend its CPU watching,
+//! and only while tasks come in series (each within [`SERIES_GAP`] of the one
+//! before): a lone task, like one command fanned out to a thousand agents on one
+//! machine, is not followed by a watch that takes CPU from everything else.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -17,6 +21,40 @@ type Job = Box<dyn FnOnce() + Send + 'static>;
 
 /// At most this many idle threads watch the queue at once; the others sleep.
 const MAX_SPINNING: usize = 1;
+
+/// Jobs that arrive at most this far apart are a series, worth watching for.
+pub const SERIES_GAP: Duration = Duration::from_millis(1);
+
+/// Tells whether events come in series: [`Cadence::tick`] on each one says whether
+/// the one before came at most `gap` earlier.
+pub struct Cadence {
+    /// Nanoseconds since [`epoch`] of the last tick, 0 before the first.
+    last: AtomicU64,
+    gap: Duration,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl Cadence {
+    pub fn new(gap: Duration) -> Cadence {
+        epoch();
+        Cadence {
+            last: AtomicU64::new(0),
+            gap,
+        }
+    }
+
+    /// Record an event now; true when the previous one was at most `gap` ago.
+    pub fn tick(&self) -> bool {
+        // +1: an event at the epoch itself still counts as one.
+        let now = epoch().elapsed().as_nanos() as u64 + 1;
+        let prev = self.last.swap(now, Ordering::AcqRel);
+        prev != 0 && now.saturating_sub(prev) <= self.gap.as_nanos() as u64
+    }
+}
 
 /// A growable pool of task threads. Cloning gives another handle to the same pool.
 #[derive(Clone)]
@@ -29,6 +67,9 @@ struct Inner {
     cv: Condvar,
     /// Length of the queue, readable without the lock by spinning threads.
     queued: AtomicUsize,
+    /// Arrivals of jobs, and whether the last one came in a series.
+    cadence: Cadence,
+    in_series: AtomicBool,
     name: String,
     max_threads: usize,
     spin: Duration,
@@ -55,6 +96,8 @@ impl Runner {
                 state: Mutex::new(State::default()),
                 cv: Condvar::new(),
                 queued: AtomicUsize::new(0),
+                cadence: Cadence::new(SERIES_GAP),
+                in_series: AtomicBool::new(false),
                 name: name.to_string(),
                 max_threads: max_threads.max(1),
                 spin,
@@ -67,6 +110,9 @@ impl Runner {
     /// may grow; otherwise it waits in the queue for the next free thread.
     pub fn execute(&self, job: impl FnOnce() + Send + 'static) {
         let inner = &self.inner;
+        inner
+            .in_series
+            .store(inner.cadence.tick(), Ordering::Release);
         let mut st = inner.state.lock();
         st.queue.push_back(Box::new(job));
         inner.queued.store(st.queue.len(), Ordering::Release);
@@ -100,6 +146,14 @@ impl Runner {
     }
 }
 
+impl Runner {
+    /// Whether the last job came within [`SERIES_GAP`] of the one before: a caller
+    /// expecting a quick answer may then keep its own thread awake for it.
+    pub fn in_series(&self) -> bool {
+        self.inner.in_series.load(Ordering::Acquire)
+    }
+}
+
 impl Inner {
     /// One pool thread; it starts counted as spinning.
     fn work(&self) {
@@ -127,7 +181,13 @@ impl Inner {
                 st.spinning += 1;
                 continue;
             }
-            let until = Instant::now() + self.spin;
+            // Out of a series, nothing is likely to come within the watch.
+            let spin = if self.in_series.load(Ordering::Acquire) {
+                self.spin
+            } else {
+                Duration::ZERO
+            };
+            let until = Instant::now() + spin;
             while self.queued.load(Ordering::Acquire) == 0 && Instant::now() < until {
                 std::thread::yield_now();
             }
@@ -170,8 +230,8 @@ impl Inner {
 /// within microseconds (a small task's result), because waking a sleeping thread on
 /// a virtual machine costs more than that. One watcher runs at a time per process.
 /// Must be called inside a tokio runtime.
-pub fn keep_awake(finished: Arc<std::sync::atomic::AtomicBool>, spin: Duration) {
-    static WATCHING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+pub fn keep_awake(finished: Arc<AtomicBool>, spin: Duration) {
+    static WATCHING: AtomicBool = AtomicBool::new(false);
     if spin.is_zero() || WATCHING.swap(true, Ordering::AcqRel) {
         return;
     }
@@ -255,6 +315,45 @@ mod tests {
         for _ in 0..8 {
             rx.recv_timeout(Duration::from_secs(10)).unwrap();
         }
+    }
+
+    #[test]
+    fn cadence_tells_a_series_from_lone_events() {
+        let c = Cadence::new(Duration::from_millis(50));
+        assert!(!c.tick(), "the first event has none before it");
+        assert!(c.tick(), "right after the first");
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(!c.tick(), "past the gap");
+        assert!(c.tick());
+    }
+
+    #[test]
+    fn a_lone_job_is_not_followed_by_a_watch() {
+        let r = Runner::new("t", 2, Duration::from_secs(5), Duration::from_secs(30));
+        let (tx, rx) = mpsc::channel();
+        r.execute(move || tx.send(()).unwrap());
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(!r.in_series());
+        std::thread::sleep(Duration::from_millis(100));
+        let st = r.inner.state.lock();
+        assert_eq!(
+            (st.spinning, st.sleeping),
+            (0, 1),
+            "the thread sleeps at once"
+        );
+        drop(st);
+        // Two jobs back to back are a series: the thread watches for the next.
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..2 {
+            let tx = tx.clone();
+            r.execute(move || tx.send(()).unwrap());
+        }
+        for _ in 0..2 {
+            rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        }
+        assert!(r.in_series());
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(r.inner.state.lock().spinning, 1, "one thread watches");
     }
 
     #[test]

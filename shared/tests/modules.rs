@@ -140,6 +140,52 @@ fn exec_run_captures_output_and_exit_code() {
         r#"local r = exec.run("no-such-command-sloth-xyz") return r.code, r.stderr"#,
     );
     assert_eq!(code, 127, "command not found is data: {out}");
+    assert!(out.contains("not found"), "the shell's own message: {out}");
+}
+
+/// A plain command runs without a shell, and behaves as the shell would run it; a
+/// command with shell syntax or a builtin still goes through `/bin/sh`.
+#[test]
+fn exec_run_plain_commands_skip_the_shell_only() {
+    use std::os::unix::fs::PermissionsExt;
+    // A script without a #! line cannot be exec'd directly; the shell must run it.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("no-shebang");
+    std::fs::write(&script, "exit 7\n").expect("write script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let lua = state();
+    lua.globals()
+        .set("script", script.to_string_lossy().to_string())
+        .expect("set global");
+    let (direct, piped, builtin, code): (String, String, String, i64) = eval(
+        &lua,
+        r#"local a = exec.run("cat /proc/self/stat").stdout
+           local b = exec.run("cat /proc/self/stat | cat").stdout
+           local c = exec.run("cd / && pwd").stdout
+           local d = exec.run(script).code
+           return a, b, c, d"#,
+    );
+    // Field 4 of /proc/self/stat is the parent pid; the command follows ") ".
+    let ppid = |stat: &str| -> u32 {
+        let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+        after
+            .split(' ')
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        ppid(&direct),
+        std::process::id(),
+        "plain: no shell in between: {direct}"
+    );
+    assert_ne!(
+        ppid(&piped),
+        std::process::id(),
+        "a pipe runs under the shell: {piped}"
+    );
+    assert_eq!(builtin, "/\n");
+    assert_eq!(code, 7, "a script without #! still runs, through the shell");
 }
 
 #[test]
