@@ -11,8 +11,16 @@ cargo test --workspace -- --test-threads=2
 bash scripts/run-examples.sh target/debug
 bash docs/examples/check.sh target/debug
 # The benchmark in its quick mode, on the debug build, so that it keeps working
-# (real figures: scripts/bench.sh, release build; see docs/benchmarks.md).
-target/debug/sloth-bench --quick
+# (real figures: scripts/bench.sh, release build; see docs/benchmarks.md). As root,
+# with its peers too (pdsh and Ansible over real sshd; scripts/install-peers.sh).
+if [ "$(id -u)" = 0 ]; then
+  peers=$(mktemp -d /tmp/sloth-peers.XXXXXX)
+  trap 'rm -rf "$peers"' EXIT
+  bash scripts/install-peers.sh "$peers"
+  target/debug/sloth-bench --quick --peers --ansible "$peers/venv/bin/ansible"
+else
+  target/debug/sloth-bench --quick
+fi
 # Fuzz smoke: every AFL++ target for 20 s from its seed corpus (builds the targets
 # with cargo-afl, installing it when missing; long runs: scripts/fuzz.sh --seconds N).
 bash scripts/fuzz.sh --seconds 20

@@ -347,9 +347,15 @@ impl Mesh {
         self.slots.get(host).map(|s| s.address.as_str())
     }
 
+    /// Close every connection and give the close frames time to leave: 20 ms plus
+    /// 0.1 ms per connection, at most 100 ms. Waiting for the whole draining period
+    /// (3 PTO, ~80 ms on loopback) would add that to every command; an agent that
+    /// misses the frame drops the connection at its idle timeout.
     pub async fn close(&self) {
+        let open = self.endpoint.open_connections() as u64;
         self.endpoint.close(0u32.into(), b"master done");
-        let _ = tokio::time::timeout(Duration::from_millis(100), self.endpoint.wait_idle()).await;
+        let flush = Duration::from_micros(20_000 + 100 * open).min(Duration::from_millis(100));
+        let _ = tokio::time::timeout(flush, self.endpoint.wait_idle()).await;
     }
 }
 

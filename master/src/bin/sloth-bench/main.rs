@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,6 +34,8 @@ use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use sloth_shared::protocol::Control;
 use sloth_shared::tls::{self, Pem};
 use sloth_shared::wire;
+
+mod peers;
 
 /// The same allocator as `sloth-master` and `sloth-agent`, so that the bare quinn
 /// baselines measured in this process are not slowed by a different one.
@@ -71,13 +73,29 @@ struct Args {
     /// The repository root (scripts/bench/, examples/); default: the current directory.
     #[arg(long)]
     repo: Option<PathBuf>,
+    /// Also time pdsh and Ansible over the same hosts (needs root, pdsh, OpenSSH's
+    /// sshd and ansible; `scripts/bench.sh --peers` installs them).
+    #[arg(long)]
+    peers: bool,
+    /// The `ansible` executable for --peers; default: `ansible` on PATH.
+    #[arg(long)]
+    ansible: Option<PathBuf>,
+    /// Agents for the large fan-out rows (exec, health and master memory); default 1000
+    /// (16 with --quick); 0 skips them.
+    #[arg(long)]
+    fanout: Option<usize>,
 }
 
 /// Sizes of one run.
 #[derive(Debug, Clone)]
 struct Params {
     agents: usize,
+    /// Hosts of the large fan-out rows (0: skipped).
+    fanout: usize,
     reps: usize,
+    /// Repetitions of the peer rows (Ansible takes a minute per run at 200 hosts).
+    peer_reps: usize,
+    peers: bool,
     quick: bool,
     quinn_seq: usize,
     quinn_warmup: usize,
@@ -96,9 +114,13 @@ struct Params {
 impl Params {
     fn new(a: &Args) -> Params {
         let q = a.quick;
+        let reps = a.reps.unwrap_or(if q { 1 } else { 5 }).max(1);
         Params {
             agents: a.agents.unwrap_or(if q { 8 } else { 200 }).max(4),
-            reps: a.reps.unwrap_or(if q { 1 } else { 5 }).max(1),
+            fanout: a.fanout.unwrap_or(if q { 16 } else { 1000 }),
+            reps,
+            peer_reps: reps.min(3),
+            peers: a.peers,
             quick: q,
             quinn_seq: if q { 300 } else { 2000 },
             quinn_warmup: if q { 50 } else { 200 },
@@ -161,7 +183,12 @@ fn real_main(args: &Args) -> anyhow::Result<()> {
         );
     }
     let started = Instant::now();
-    let mut b = Bench::new(p.clone(), bins)?;
+    let tools = if args.peers {
+        Some(peers::Tools::find(args.ansible.as_deref())?)
+    } else {
+        None
+    };
+    let mut b = Bench::new(p.clone(), bins, tools)?;
     let table = b.run_all();
     b.stop_agents();
     let took = started.elapsed();
@@ -364,7 +391,14 @@ impl Table {
             "met",
         ];
         let mut lines: Vec<[String; 8]> = Vec::new();
-        for r in &self.rows {
+        // By row number (rows are measured in another order); 5, 5f, 5c stay as pushed.
+        let number = |r: &Row| -> u32 {
+            let digits: String = r.id.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().unwrap_or(u32::MAX)
+        };
+        let mut rows: Vec<&Row> = self.rows.iter().collect();
+        rows.sort_by_key(|r| number(r));
+        for r in rows {
             let (target, ok) = r.verdict();
             let (median, p99) = match &r.na {
                 Some(why) => {
@@ -588,12 +622,26 @@ fn unix_date() -> String {
         .unwrap_or_default()
 }
 
-/// The agents of the run: real `sloth-agent` processes on 127.0.0.1.
+/// The agents of the run: real `sloth-agent` processes, each on its own loopback
+/// address ([`host_ip`]), as hosts of a fleet would be.
 struct Agent {
     name: String,
     addr: SocketAddr,
     child: Child,
 }
+
+/// The address of host `i` (0-based): 127.1.0.1, 127.1.0.2, … 127.1.0.250, 127.1.1.1, …
+/// The agent and, with --peers, the bench's sshd listen there.
+fn host_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8)
+}
+
+fn host_name(i: usize) -> String {
+    format!("bench-{:03}", i + 1)
+}
+
+/// Inventory group of the first [`Bench::small`] hosts.
+const SMALL_GROUP: &str = "small";
 
 struct Bench {
     p: Params,
@@ -605,18 +653,21 @@ struct Bench {
     master_pem: Pem,
     ca_pem: String,
     inventory: PathBuf,
+    /// Hosts that have a certificate in `certs()`.
+    issued: usize,
+    /// The peer tools (--peers).
+    tools: Option<peers::Tools>,
 }
 
 impl Bench {
-    fn new(p: Params, bins: Bins) -> anyhow::Result<Bench> {
+    fn new(p: Params, bins: Bins, tools: Option<peers::Tools>) -> anyhow::Result<Bench> {
         let dir = tempfile::Builder::new()
             .prefix("sloth-bench-")
             .tempdir()
             .context("creating a temporary directory")?;
         let certs = dir.path().join("certs");
         eprintln!(
-            "[bench] certificates for {} agents (sloth-master certs init/issue) in {}",
-            p.agents,
+            "[bench] a fleet CA (sloth-master certs init) in {}",
             certs.display()
         );
         let init = Command::new(&bins.master)
@@ -631,32 +682,9 @@ impl Bench {
                 String::from_utf8_lossy(&init.stderr)
             );
         }
-        let names: Vec<String> = (1..=p.agents).map(|i| format!("bench-{i:03}")).collect();
-        // Issue in parallel, a few processes at a time.
-        for chunk in names.chunks(8) {
-            let mut kids = Vec::new();
-            for n in chunk {
-                let c = Command::new(&bins.master)
-                    .args(["certs", "issue", n, "--san", "127.0.0.1", "--dir"])
-                    .arg(&certs)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .context("running sloth-master certs issue")?;
-                kids.push((n, c));
-            }
-            for (n, c) in kids {
-                let o = c.wait_with_output()?;
-                if !o.status.success() {
-                    bail!(
-                        "sloth-master certs issue {n} failed: {}",
-                        String::from_utf8_lossy(&o.stderr)
-                    );
-                }
-            }
-        }
         let master_pem = tls::read_pem_files(&certs.join("master.crt"), &certs.join("master.key"))?;
         let ca_pem = fs::read_to_string(certs.join("ca.crt"))?;
+        let agents = p.agents;
         let mut b = Bench {
             p,
             bins,
@@ -666,16 +694,10 @@ impl Bench {
             idle_rss: Vec::new(),
             master_pem,
             ca_pem,
+            issued: 0,
+            tools,
         };
-        b.start_agents(&names)?;
-        let mut inv = String::from("# sloth-bench: local agents\n");
-        for a in &b.agents {
-            inv.push_str(&format!(
-                "\n[hosts.{}]\naddress = \"{}\"\ngroups = [\"bench\"]\n",
-                a.name, a.addr
-            ));
-        }
-        fs::write(&b.inventory, inv)?;
+        b.start_agents(agents)?;
         Ok(b)
     }
 
@@ -683,15 +705,69 @@ impl Bench {
         self.dir.path().join("certs")
     }
 
-    fn start_agents(&mut self, names: &[String]) -> anyhow::Result<()> {
-        eprintln!("[bench] starting {} agents", names.len());
+    /// Hosts of the small fan-out rows: 50 of the default 200.
+    fn small(&self) -> usize {
+        50.min(self.agents.len() / 2).max(1)
+    }
+
+    /// Certificates for hosts `issued..count` (`sloth-master certs issue NAME --san IP`,
+    /// a few processes at a time).
+    fn issue_certs(&mut self, count: usize) -> anyhow::Result<()> {
+        if count <= self.issued {
+            return Ok(());
+        }
+        eprintln!(
+            "[bench] certificates for hosts {}..{count} (sloth-master certs issue)",
+            self.issued + 1
+        );
+        let certs = self.certs();
+        let todo: Vec<usize> = (self.issued..count).collect();
+        for chunk in todo.chunks(8) {
+            let mut kids = Vec::new();
+            for &i in chunk {
+                let c = Command::new(&self.bins.master)
+                    .args(["certs", "issue", &host_name(i), "--san"])
+                    .arg(host_ip(i).to_string())
+                    .arg("--dir")
+                    .arg(&certs)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .context("running sloth-master certs issue")?;
+                kids.push((i, c));
+            }
+            for (i, c) in kids {
+                let o = c.wait_with_output()?;
+                if !o.status.success() {
+                    bail!(
+                        "sloth-master certs issue {} failed: {}",
+                        host_name(i),
+                        String::from_utf8_lossy(&o.stderr)
+                    );
+                }
+            }
+        }
+        self.issued = count;
+        Ok(())
+    }
+
+    /// Start `count` agents (the running ones are stopped first) and write the
+    /// inventory: every host in group `bench`, the first [`Bench::small`] also in
+    /// [`SMALL_GROUP`].
+    fn start_agents(&mut self, count: usize) -> anyhow::Result<()> {
+        self.stop_agents();
+        self.issue_certs(count)?;
+        eprintln!("[bench] starting {count} agents");
         let log = fs::File::create(self.dir.path().join("agents.log"))?;
         let certs = self.certs();
+        let names: Vec<String> = (0..count).map(host_name).collect();
         let (tx, rx) = mpsc::channel::<(usize, Result<SocketAddr, String>)>();
         let mut pending: Vec<Option<Child>> = Vec::new();
         for (i, name) in names.iter().enumerate() {
             let mut cmd = Command::new(&self.bins.agent);
-            cmd.args(["--listen", "127.0.0.1:0", "--name", name])
+            cmd.arg("--listen")
+                .arg(format!("{}:0", host_ip(i)))
+                .args(["--name", name])
                 .arg("--cert")
                 .arg(certs.join(format!("{name}.crt")))
                 .arg("--key")
@@ -749,6 +825,20 @@ impl Bench {
                 });
             }
         }
+        let small = self.small();
+        let mut inv = String::from("# sloth-bench: local agents\n");
+        for (i, a) in self.agents.iter().enumerate() {
+            let groups = if i < small {
+                format!("[\"bench\", \"{SMALL_GROUP}\"]")
+            } else {
+                "[\"bench\"]".to_string()
+            };
+            inv.push_str(&format!(
+                "\n[hosts.{}]\naddress = \"{}\"\ngroups = {groups}\n",
+                a.name, a.addr
+            ));
+        }
+        fs::write(&self.inventory, inv)?;
         // Let them settle, then read their idle RSS.
         std::thread::sleep(Duration::from_millis(300));
         self.idle_rss = self
@@ -980,20 +1070,7 @@ impl Bench {
             &aw_local,
             &errs,
         ));
-        t.push(with_err(
-            Row::new(
-                "5",
-                format!("remote tasks/s, fleet pool, {IN_FLIGHT} in flight, 1 agent"),
-                Unit::PerSec,
-            )
-            .samples(&pool1, false)
-            .against(&r2)
-            .target(Target::RatioAtLeast(0.7)),
-            "pool1",
-            &pool1,
-            &errs,
-        ));
-        t.push(with_err(
+        let r5f = with_err(
             Row::new(
                 "5f",
                 "floor: the executor alone, tasks/s on 2 threads (fresh state, run, drop; no network)",
@@ -1004,7 +1081,35 @@ impl Bench {
             "states",
             &state_rate,
             &errs,
+        );
+        // A remote task pays for a fresh state and for a request/response: the two
+        // rates combine like resistors in series.
+        let mut r5c = Row::new(
+            "5c",
+            "floor: composite 1 / (1/#5f + 1/#2), tasks/s",
+            Unit::PerSec,
+        );
+        match (r5f.median, r2.median) {
+            (Some(a), Some(b)) if a > 0.0 && b > 0.0 => {
+                r5c.median = Some(1.0 / (1.0 / a + 1.0 / b))
+            }
+            _ => r5c = r5c.na("rows 2 and 5f are needed"),
+        }
+        t.push(with_err(
+            Row::new(
+                "5",
+                format!("remote tasks/s, fleet pool, {IN_FLIGHT} in flight, 1 agent"),
+                Unit::PerSec,
+            )
+            .samples(&pool1, false)
+            .against(&r5c)
+            .target(Target::RatioAtLeast(0.7)),
+            "pool1",
+            &pool1,
+            &errs,
         ));
+        t.push(r5f);
+        t.push(r5c);
         t.push(with_err(
             Row::new(
                 "6",
@@ -1048,7 +1153,7 @@ impl Bench {
                     errs.insert("floor", fail("fan-out floor", &e));
                 }
             }
-            match self.health() {
+            match self.health("bench", n) {
                 Ok((wall, check)) => {
                     health_wall.push(wall);
                     health_check.push(check);
@@ -1219,6 +1324,7 @@ impl Bench {
             _ => growth = growth.na("master RSS not measured"),
         }
         t.push(growth);
+        self.exec_and_peers(&mut t, &mut errs);
         self.stop_agents();
 
         // --- The parallel deployment example --------------------------------------------
@@ -1257,8 +1363,7 @@ impl Bench {
             Unit::Ms,
         )
         .samples(&par, false)
-        .against(&r19)
-        .target(Target::RatioAtMost(0.25));
+        .against(&r19);
         if let Some(e) = &deploy_err {
             if seq.is_empty() || par.is_empty() {
                 r19 = r19.na(e.clone());
@@ -1268,6 +1373,8 @@ impl Bench {
         }
         t.push(r19);
         t.push(r20);
+
+        self.large_fanout(&mut t, &mut errs);
 
         if let Some(c) = median(&floor_close) {
             t.notes.push(format!(
@@ -1287,14 +1394,248 @@ impl Bench {
             "rows 19-20 use the script's own \"total time (MODE)\" line (deploy phase only)"
                 .to_string(),
         );
+        t.notes.push(format!(
+            "rows 23-24 and 27-28: ratio = how many times longer the peer took than sloth's exec \
+             over the same hosts; peers ran {} rep(s)",
+            self.p.peer_reps
+        ));
         t
     }
 
-    /// `sloth-master health --json` over every agent: (process wall ms, its own ms).
-    fn health(&self) -> anyhow::Result<(f64, f64)> {
+    /// Rows 21-28: a cold `exec` and `health` over the small group and over every
+    /// agent, and with --peers pdsh and Ansible over the same hosts, the repetitions
+    /// interleaved.
+    fn exec_and_peers(&mut self, t: &mut Table, errs: &mut HashMap<&'static str, String>) {
+        let n = self.agents.len();
+        let small = self.small();
+        let peers = match self.tools.take() {
+            None => None,
+            Some(tools) => {
+                eprintln!("[bench] starting sshd on {n} host addresses for pdsh and Ansible");
+                let ips: Vec<Ipv4Addr> = (0..n).map(host_ip).collect();
+                match peers::Peers::start(tools, &self.dir.path().join("peers"), &ips) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        eprintln!("[bench] peers failed: {e:#}");
+                        errs.insert("peers", format!("{e:#}"));
+                        None
+                    }
+                }
+            }
+        };
+        // Per size: exec, health, pdsh, ansible.
+        let sizes = [(small, SMALL_GROUP), (n, "bench")];
+        let mut got: [[Vec<f64>; 4]; 2] = Default::default();
+        let keys = [
+            ["exec_small", "health_small", "pdsh_small", "ansible_small"],
+            ["exec_all", "health_all", "pdsh_all", "ansible_all"],
+        ];
+        let reps = self.p.reps;
+        for rep in 1..=reps {
+            eprintln!(
+                "[bench] exec, health (and peers) over {small} and {n} hosts, rep {rep}/{reps}"
+            );
+            for (k, &(size, pattern)) in sizes.iter().enumerate() {
+                for (tool, key) in keys[k].iter().enumerate() {
+                    let r = match (tool, &peers) {
+                        (0, _) => self.exec(pattern, size),
+                        (1, _) => self.health(pattern, size).map(|(wall, _)| wall),
+                        (2, Some(p)) => p.pdsh(size, "uptime", self.p.timeout),
+                        (3, Some(p)) if rep <= self.p.peer_reps => {
+                            p.ansible(size, "uptime", self.p.timeout)
+                        }
+                        _ => continue,
+                    };
+                    match r {
+                        Ok(v) => got[k][tool].push(v),
+                        Err(e) => {
+                            eprintln!("[bench] {key} ({size} hosts) failed: {e:#}");
+                            errs.insert(key, format!("{e:#}"));
+                        }
+                    }
+                }
+            }
+        }
+        drop(peers);
+        let ids = [["21", "22", "23", "24"], ["25", "26", "27", "28"]];
+        for (k, &(size, pattern)) in sizes.iter().enumerate() {
+            let names = [
+                format!("`sloth-master exec {pattern} -- uptime` over {size} hosts, cold (process start to exit)"),
+                format!("`sloth-master health {pattern}` over {size} hosts, cold"),
+                format!(
+                    "peer: pdsh -R ssh -f {} uptime, the same {size} hosts (sshd, curve25519)",
+                    peers::PDSH_FANOUT
+                ),
+                format!(
+                    "peer: ansible -m command -a uptime -f {}, the same {size} hosts",
+                    peers::ANSIBLE_FORKS
+                ),
+            ];
+            // The peers' targets are ratios to sloth's exec over 200 hosts.
+            let targets = match k {
+                0 => [Target::None, Target::None, Target::None, Target::None],
+                _ => [
+                    Target::None,
+                    Target::None,
+                    Target::RatioAtLeast(10.0),
+                    Target::RatioAtLeast(150.0),
+                ],
+            };
+            let mut exec_row = None;
+            for (tool, name) in names.into_iter().enumerate() {
+                let v = &got[k][tool];
+                let peer = tool >= 2;
+                let mut r = Row::new(ids[k][tool], name, Unit::Ms)
+                    .samples(v, false)
+                    .target(targets[tool].clone());
+                if let (true, Some(base)) = (peer, &exec_row) {
+                    r = r.against(base);
+                }
+                if v.is_empty() {
+                    r = match errs.get(keys[k][tool]).or(errs.get("peers")) {
+                        Some(e) => r.na(e.clone()),
+                        None if peer && !self.p.peers => r.na("not measured: run with --peers"),
+                        None => r.na("no samples"),
+                    };
+                }
+                let r = t.push(r);
+                if tool == 0 {
+                    exec_row = Some(r);
+                }
+            }
+        }
+    }
+
+    /// Rows 29-31: `exec`, `health` and master memory over `--fanout` agents (1000),
+    /// with default options; a host lost is a failed measurement.
+    fn large_fanout(&mut self, t: &mut Table, errs: &mut HashMap<&'static str, String>) {
+        let m = self.p.fanout;
+        let (mut exec, mut health, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+        if m > 0 {
+            match self.start_agents(m) {
+                Err(e) => {
+                    eprintln!("[bench] starting {m} agents failed: {e:#}");
+                    errs.insert("fanout", format!("{e:#}"));
+                }
+                Ok(()) => {
+                    for rep in 1..=self.p.reps {
+                        eprintln!(
+                            "[bench] exec, health and memory over {m} agents, rep {rep}/{}",
+                            self.p.reps
+                        );
+                        match self.exec("bench", m) {
+                            Ok(v) => exec.push(v),
+                            Err(e) => {
+                                eprintln!("[bench] exec over {m} failed: {e:#}");
+                                errs.insert("fanout_exec", format!("{e:#}"));
+                            }
+                        }
+                        match self.health("bench", m) {
+                            Ok((wall, _)) => health.push(wall),
+                            Err(e) => {
+                                eprintln!("[bench] health over {m} failed: {e:#}");
+                                errs.insert("fanout_health", format!("{e:#}"));
+                            }
+                        }
+                        match self.hold("1") {
+                            Ok(v) => rss.push(v),
+                            Err(e) => {
+                                eprintln!("[bench] master memory over {m} failed: {e:#}");
+                                errs.insert("fanout_hold", format!("{e:#}"));
+                            }
+                        }
+                    }
+                }
+            }
+            self.stop_agents();
+        }
+        let missing = |r: Row, key: &str, v: &[f64]| {
+            if !v.is_empty() {
+                r
+            } else if m == 0 {
+                r.na("skipped (--fanout 0)")
+            } else if let Some(e) = errs.get(key).or(errs.get("fanout")) {
+                r.na(e.clone())
+            } else {
+                r.na("no samples")
+            }
+        };
+        t.push(missing(
+            Row::new(
+                "29",
+                format!(
+                    "`sloth-master exec bench -- uptime` over {m} hosts, cold, default options"
+                ),
+                Unit::Ms,
+            )
+            .samples(&exec, false)
+            .target(Target::AtMost(2500.0)),
+            "fanout_exec",
+            &exec,
+        ));
+        t.push(missing(
+            Row::new(
+                "30",
+                format!("`sloth-master health` over {m} hosts, cold, default options"),
+                Unit::Ms,
+            )
+            .samples(&health, false)
+            .target(Target::AtMost(2000.0)),
+            "fanout_health",
+            &health,
+        ));
+        t.push(missing(
+            Row::new(
+                "31",
+                format!("master RSS, script holding {m} connections"),
+                Unit::Bytes,
+            )
+            .samples(&rss, false)
+            .target(Target::AtMost(100.0 * 1024.0 * 1024.0)),
+            "fanout_hold",
+            &rss,
+        ));
+    }
+
+    /// `sloth-master exec PATTERN --json -- uptime`: wall ms. Every one of the `want`
+    /// hosts must have run it with exit 0: a lost host fails the measurement.
+    fn exec(&self, pattern: &str, want: usize) -> anyhow::Result<f64> {
         let mut c = Command::new(&self.bins.master);
         c.current_dir(&self.bins.repo)
-            .args(["health", "-i"])
+            .args(["exec", pattern, "-i"])
+            .arg(&self.inventory)
+            .arg("--certs")
+            .arg(self.certs())
+            .args(["--json", "--", "uptime"]);
+        let r = run_captured(c, self.p.timeout)?;
+        let doc: serde_json::Value =
+            serde_json::from_str(&r.stdout).map_err(|e| anyhow!("exec --json: {e}{}", r.tail()))?;
+        let hosts = doc["hosts"]
+            .as_object()
+            .ok_or_else(|| anyhow!("exec --json has no hosts{}", r.tail()))?;
+        let ok = hosts
+            .values()
+            .filter(|h| h["ok"].as_u64() == Some(1) && h["failed"].as_u64() == Some(0))
+            .count();
+        if ok != want || r.code != Some(0) {
+            let first = doc["errors"]
+                .as_array()
+                .and_then(|e| e.first())
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            bail!(
+                "exec: {ok} of {want} hosts ok (exit {:?}); first error: {first}",
+                r.code
+            );
+        }
+        Ok(r.wall.as_secs_f64() * 1000.0)
+    }
+
+    /// `sloth-master health --json` over every agent: (process wall ms, its own ms).
+    fn health(&self, pattern: &str, want: usize) -> anyhow::Result<(f64, f64)> {
+        let mut c = Command::new(&self.bins.master);
+        c.current_dir(&self.bins.repo)
+            .args(["health", pattern, "-i"])
             .arg(&self.inventory)
             .arg("--certs")
             .arg(self.certs())
@@ -1306,8 +1647,8 @@ impl Bench {
         let doc: serde_json::Value = serde_json::from_str(&r.stdout)
             .map_err(|e| anyhow!("health --json: {e}{}", r.tail()))?;
         let up = doc["up"].as_u64().unwrap_or(0) as usize;
-        if up != self.agents.len() {
-            bail!("health: only {up} of {} agents up", self.agents.len());
+        if up != want {
+            bail!("health: only {up} of {want} agents up");
         }
         let check = doc["duration_ms"]
             .as_f64()
