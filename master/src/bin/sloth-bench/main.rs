@@ -1378,7 +1378,7 @@ impl Bench {
 
         if let Some(c) = median(&floor_close) {
             t.notes.push(format!(
-                "closing the {n} floor connections (endpoint.close + wait_idle, capped at 500 ms; Mesh::close caps it at 100 ms) took {} (median)",
+                "closing the {n} floor connections (endpoint.close + wait_idle, capped at 500 ms; Mesh::close waits at most 100 ms) took {} (median)",
                 fmt_value(c, Unit::Ms)
             ));
         }
