@@ -475,6 +475,8 @@ struct MasterRun {
     stdout: String,
     stderr: String,
     wall: Duration,
+    /// User + system CPU of the process and of the descendants it waited for.
+    cpu: Duration,
     code: Option<i32>,
 }
 
@@ -532,11 +534,12 @@ fn run_captured(mut cmd: Command, timeout: Duration) -> anyhow::Result<MasterRun
     let mut child = cmd.spawn().context("spawning sloth-master")?;
     let out = drain(child.stdout.take());
     let err = drain(child.stderr.take());
-    let (code, wall) = wait_timeout(child, start, timeout)?;
+    let (code, wall, cpu) = wait_timeout(child, start, timeout)?;
     Ok(MasterRun {
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
         wall,
+        cpu,
         code,
     })
 }
@@ -555,17 +558,17 @@ fn drain<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Stri
 
 /// Wait for `child` on a helper thread (exact exit time); kill it after `timeout`.
 fn wait_timeout(
-    mut child: Child,
+    child: Child,
     start: Instant,
     timeout: Duration,
-) -> anyhow::Result<(Option<i32>, Duration)> {
+) -> anyhow::Result<(Option<i32>, Duration, Duration)> {
     let pid = child.id();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let r = child.wait();
+        let r = wait_with_rusage(child);
         let _ = tx.send((r, Instant::now()));
     });
-    let (status, at) = match rx.recv_timeout(timeout.saturating_sub(start.elapsed())) {
+    let ((status, cpu), at) = match rx.recv_timeout(timeout.saturating_sub(start.elapsed())) {
         Ok(x) => x,
         Err(_) => {
             // SAFETY: kill(2) on our own child, not yet reaped (the waiter still waits).
@@ -576,8 +579,33 @@ fn wait_timeout(
             bail!("timed out after {} s", timeout.as_secs());
         }
     };
-    let status = status.context("waiting for sloth-master")?;
-    Ok((status.code(), at.duration_since(start)))
+    let code = status.context("waiting for the child")?;
+    Ok((code, at.duration_since(start), cpu))
+}
+
+/// Reap `child` with wait4(2): its exit code (`None` when killed by a signal) and the
+/// CPU it and the descendants it waited for used.
+fn wait_with_rusage(child: Child) -> (std::io::Result<Option<i32>>, Duration) {
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data for wait4 to fill.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = loop {
+        // SAFETY: `pid` is our unreaped child; `status` and `ru` are valid to write.
+        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if rc == -1 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        break rc;
+    };
+    // The process is reaped; `child` is dropped without waiting (its pipes were taken).
+    drop(child);
+    if rc == -1 {
+        return (Err(std::io::Error::last_os_error()), Duration::ZERO);
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    (Ok(code), tv(ru.ru_utime) + tv(ru.ru_stime))
 }
 
 /// VmRSS of a process, in bytes.
@@ -1426,6 +1454,8 @@ impl Bench {
         // Per size: exec, health, pdsh, ansible.
         let sizes = [(small, SMALL_GROUP), (n, "bench")];
         let mut got: [[Vec<f64>; 4]; 2] = Default::default();
+        // CPU of the client side (the master process; pdsh and its ssh clients).
+        let mut cpu: [[Vec<f64>; 4]; 2] = Default::default();
         let keys = [
             ["exec_small", "health_small", "pdsh_small", "ansible_small"],
             ["exec_all", "health_all", "pdsh_all", "ansible_all"],
@@ -1438,16 +1468,21 @@ impl Bench {
             for (k, &(size, pattern)) in sizes.iter().enumerate() {
                 for (tool, key) in keys[k].iter().enumerate() {
                     let r = match (tool, &peers) {
-                        (0, _) => self.exec(pattern, size),
-                        (1, _) => self.health(pattern, size).map(|(wall, _)| wall),
-                        (2, Some(p)) => p.pdsh(size, "uptime", self.p.timeout),
+                        (0, _) => self.exec(pattern, size).map(|(w, c)| (w, Some(c))),
+                        (1, _) => self.health(pattern, size).map(|(wall, _)| (wall, None)),
+                        (2, Some(p)) => p
+                            .pdsh(size, "uptime", self.p.timeout)
+                            .map(|(w, c)| (w, Some(c))),
                         (3, Some(p)) if rep <= self.p.peer_reps => {
-                            p.ansible(size, "uptime", self.p.timeout)
+                            p.ansible(size, "uptime", self.p.timeout).map(|w| (w, None))
                         }
                         _ => continue,
                     };
                     match r {
-                        Ok(v) => got[k][tool].push(v),
+                        Ok((v, c)) => {
+                            got[k][tool].push(v);
+                            cpu[k][tool].extend(c);
+                        }
                         Err(e) => {
                             eprintln!("[bench] {key} ({size} hosts) failed: {e:#}");
                             errs.insert(key, format!("{e:#}"));
@@ -1504,6 +1539,32 @@ impl Bench {
                 }
             }
         }
+        // What scales on a real fleet, where each host's side runs on its own CPU: the
+        // client side's CPU, over all hosts.
+        let k = 1;
+        let base = t.push(
+            Row::new(
+                "25c",
+                format!("CPU of the sloth-master process in #25 (user + system), {n} hosts"),
+                Unit::Ms,
+            )
+            .samples(&cpu[k][0], false),
+        );
+        let mut r = Row::new(
+            "27c",
+            format!("CPU of pdsh and its ssh clients in #27, {n} hosts"),
+            Unit::Ms,
+        )
+        .samples(&cpu[k][2], false)
+        .against(&base);
+        if cpu[k][2].is_empty() {
+            r = r.na(if self.p.peers {
+                "no samples"
+            } else {
+                "not measured: run with --peers"
+            });
+        }
+        t.push(r);
     }
 
     /// Rows 29-31: `exec`, `health` and master memory over `--fanout` agents (1000),
@@ -1524,7 +1585,7 @@ impl Bench {
                             self.p.reps
                         );
                         match self.exec("bench", m) {
-                            Ok(v) => exec.push(v),
+                            Ok((v, _)) => exec.push(v),
                             Err(e) => {
                                 eprintln!("[bench] exec over {m} failed: {e:#}");
                                 errs.insert("fanout_exec", format!("{e:#}"));
@@ -1597,9 +1658,10 @@ impl Bench {
         ));
     }
 
-    /// `sloth-master exec PATTERN --json -- uptime`: wall ms. Every one of the `want`
-    /// hosts must have run it with exit 0: a lost host fails the measurement.
-    fn exec(&self, pattern: &str, want: usize) -> anyhow::Result<f64> {
+    /// `sloth-master exec PATTERN --json -- uptime`: (wall ms, CPU ms of the master
+    /// process). Every one of the `want` hosts must have run it with exit 0: a lost
+    /// host fails the measurement.
+    fn exec(&self, pattern: &str, want: usize) -> anyhow::Result<(f64, f64)> {
         let mut c = Command::new(&self.bins.master);
         c.current_dir(&self.bins.repo)
             .args(["exec", pattern, "-i"])
@@ -1628,7 +1690,7 @@ impl Bench {
                 r.code
             );
         }
-        Ok(r.wall.as_secs_f64() * 1000.0)
+        Ok((r.wall.as_secs_f64() * 1000.0, r.cpu.as_secs_f64() * 1000.0))
     }
 
     /// `sloth-master health --json` over every agent: (process wall ms, its own ms).
@@ -1706,11 +1768,12 @@ impl Bench {
                 std::thread::sleep(Duration::from_millis(self.p.hold_ms / 10));
             }
         }
-        let (code, _) = wait_timeout(child, start, self.p.timeout)?;
+        let (code, _, cpu) = wait_timeout(child, start, self.p.timeout)?;
         let run = MasterRun {
             stdout: reader.join().unwrap_or_default(),
             stderr: err.join().unwrap_or_default(),
             wall: start.elapsed(),
+            cpu,
             code,
         };
         let Some(up) = ready else {

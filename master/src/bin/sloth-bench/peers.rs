@@ -244,9 +244,9 @@ impl Peers {
         Ok(path)
     }
 
-    /// `pdsh -R ssh -f 64 -w ^HOSTS CMD` over the first `n` hosts; wall ms. Every host
-    /// must have printed a line.
-    pub fn pdsh(&self, n: usize, command: &str, timeout: Duration) -> anyhow::Result<f64> {
+    /// `pdsh -R ssh -f 64 -w ^HOSTS CMD` over the first `n` hosts: (wall ms, CPU ms of
+    /// pdsh and its ssh clients). Every host must have printed a line.
+    pub fn pdsh(&self, n: usize, command: &str, timeout: Duration) -> anyhow::Result<(f64, f64)> {
         let hosts = self.host_file(n, "pdsh-hosts", "")?;
         let mut c = Command::new(&self.tools.pdsh);
         c.args(["-R", "ssh", "-f", &PDSH_FANOUT.to_string(), "-w"])
@@ -261,7 +261,7 @@ impl Peers {
         if r.code != Some(0) || answered < n {
             bail!("pdsh: {answered} of {n} hosts answered{}", r.tail());
         }
-        Ok(r.wall.as_secs_f64() * 1000.0)
+        Ok((r.wall.as_secs_f64() * 1000.0, r.cpu.as_secs_f64() * 1000.0))
     }
 
     /// `ansible all -m command -a CMD -f 50` over the first `n` hosts, with Ansible's
