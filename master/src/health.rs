@@ -9,6 +9,10 @@ use serde::Serialize;
 
 use crate::mesh::Mesh;
 
+/// Facts from a Welcome at most this old count as fresh: a host dialed by this check
+/// is not asked a second time.
+const FRESH_FACTS: Duration = Duration::from_secs(1);
+
 #[derive(Serialize, Debug, Clone)]
 pub struct HostHealth {
     pub host: String,
@@ -37,11 +41,8 @@ pub async fn check_all(mesh: Arc<Mesh>, hosts: Vec<String>) -> Vec<HostHealth> {
         let (m, h) = (mesh.clone(), h.clone());
         set.spawn(async move {
             let start = Instant::now();
-            let r = tokio::time::timeout(overall, async {
-                m.connect(&h).await?;
-                m.ping(&h, true).await
-            })
-            .await;
+            let r =
+                tokio::time::timeout(overall, async { m.fresh_facts(&h, FRESH_FACTS).await }).await;
             let address = m.address(&h).unwrap_or("").to_string();
             let mut hh = HostHealth {
                 host: h.clone(),

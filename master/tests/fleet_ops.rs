@@ -64,6 +64,13 @@ fn health_over_twenty_agents() {
         assert_eq!(up, name != "web-05" && name != "web-13", "{name}: {h}");
         if !up {
             assert!(h["error"].as_str().unwrap().contains(name), "{h}");
+        } else {
+            // Facts and latency of a host just dialed come from its Welcome.
+            assert!(h["latency_ms"].as_f64().is_some_and(|l| l > 0.0), "{h}");
+            assert!(h["cpus"].as_u64().is_some_and(|c| c >= 1), "{h}");
+            assert_eq!(h["load"].as_array().map(Vec::len), Some(3), "{h}");
+            assert!(h["uptime_s"].as_f64().is_some_and(|u| u > 0.0), "{h}");
+            assert!(h["mem_used_percent"].as_f64().is_some(), "{h}");
         }
     }
 }
