@@ -428,35 +428,16 @@ impl Table {
                 ok,
             ]);
         }
-        let mut width = header.map(|h| h.chars().count());
-        for l in &lines {
-            for (w, c) in width.iter_mut().zip(l) {
-                *w = (*w).max(c.chars().count());
-            }
+        // A Markdown table, so that a run can be pasted into docs/benchmarks.md.
+        let mut table = comfy_table::Table::new();
+        table
+            .load_preset(comfy_table::presets::ASCII_MARKDOWN)
+            .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+            .set_header(header);
+        for l in lines {
+            table.add_row(l);
         }
-        let fmt_line = |cells: &[String]| {
-            let mut s = String::from("|");
-            for (c, w) in cells.iter().zip(width) {
-                let pad = w - c.chars().count();
-                s.push(' ');
-                s.push_str(c);
-                s.push_str(&" ".repeat(pad));
-                s.push_str(" |");
-            }
-            s.push('\n');
-            s
-        };
-        let mut out = fmt_line(&header.map(String::from));
-        out.push('|');
-        for w in width {
-            out.push_str(&"-".repeat(w + 2));
-            out.push('|');
-        }
-        out.push('\n');
-        for l in &lines {
-            out.push_str(&fmt_line(l));
-        }
-        out
+        format!("{table}\n")
     }
 }
 
