@@ -18,13 +18,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 peers=0
+own_ansible=0
 for a in "$@"; do
     if [ "$a" = --peers ]; then peers=1; fi
+    case "$a" in --ansible | --ansible=*) own_ansible=1 ;; esac
 done
 
 cargo build --release --workspace
 
-if [ "$peers" = 0 ]; then
+if [ "$peers" = 0 ] || [ "$own_ansible" = 1 ]; then
     exec target/release/sloth-bench "$@"
 fi
 tmp=$(mktemp -d /tmp/sloth-bench-peers.XXXXXX)

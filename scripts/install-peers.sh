@@ -4,7 +4,9 @@
 #
 # Usage: scripts/install-peers.sh DIR    (as root; DIR is the caller's temporary directory)
 # Afterwards DIR/venv/bin/ansible exists. The distribution's sshd is kept from starting
-# while openssh-server installs (a temporary /usr/sbin/policy-rc.d, removed after).
+# while openssh-server installs (a temporary /usr/sbin/policy-rc.d, removed after; an
+# existing one is used as it is), and its ssh.service is disabled, so that it does not
+# start at the next boot either. The packages stay installed.
 set -euo pipefail
 
 ANSIBLE_CORE="ansible-core==2.19.14"
@@ -27,6 +29,9 @@ command -v pdsh >/dev/null || need+=(pdsh)
 if ! command -v ssh >/dev/null || ! command -v ssh-keygen >/dev/null; then
     need+=(openssh-client)
 fi
+probe=$(mktemp -d)
+if ! python3 -m venv "$probe/v" >/dev/null 2>&1; then need+=(python3-venv); fi
+rm -rf "$probe"
 if [ "${#need[@]}" -gt 0 ]; then
     echo "[install-peers] installing ${need[*]} (Debian)" >&2
     apt-get update -q >/dev/null
@@ -37,6 +42,9 @@ if [ "${#need[@]}" -gt 0 ]; then
         policy_made=1
     fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+    if [[ " ${need[*]} " == *" openssh-server "* ]] && command -v systemctl >/dev/null; then
+        systemctl disable ssh.service >/dev/null 2>&1 || true
+    fi
 fi
 echo "[install-peers] installing $ANSIBLE_CORE into $dir/venv (PyPI)" >&2
 python3 -m venv "$dir/venv"

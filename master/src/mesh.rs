@@ -224,8 +224,8 @@ impl Mesh {
             .await
             .unwrap_or_else(|_| {
                 Err(unreachable(format!(
-                    "{address} answered but did not finish the handshake within {} ms (agent or master overloaded?)",
-                    (connect_timeout + finish).as_millis()
+                    "{address} answered but did not finish the handshake within {} ms of answering (agent or master overloaded?)",
+                    finish.as_millis()
                 )))
             })
     }

@@ -512,7 +512,8 @@ fn run_captured(mut cmd: Command, timeout: Duration) -> anyhow::Result<MasterRun
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = cmd.spawn().context("spawning sloth-master")?;
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd.spawn().with_context(|| format!("spawning {program}"))?;
     let out = drain(child.stdout.take());
     let err = drain(child.stderr.take());
     let (code, wall, cpu) = wait_timeout(child, start, timeout)?;
@@ -637,6 +638,18 @@ struct Agent {
     name: String,
     addr: SocketAddr,
     child: Child,
+}
+
+/// Agents being started; those still here when it is dropped are killed and reaped.
+struct Starting(Vec<Option<Child>>);
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        for mut c in self.0.drain(..).flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// The address of host `i` (0-based): 127.1.0.1, 127.1.0.2, … 127.1.0.250, 127.1.1.1, …
@@ -771,7 +784,8 @@ impl Bench {
         let certs = self.certs();
         let names: Vec<String> = (0..count).map(host_name).collect();
         let (tx, rx) = mpsc::channel::<(usize, Result<SocketAddr, String>)>();
-        let mut pending: Vec<Option<Child>> = Vec::new();
+        // Agents started but not yet kept: killed and reaped if this returns early.
+        let mut pending = Starting(Vec::new());
         for (i, name) in names.iter().enumerate() {
             let mut cmd = Command::new(&self.bins.agent);
             cmd.arg("--listen")
@@ -809,7 +823,7 @@ impl Bench {
                 let _ = tx.send((i, first));
                 for _ in lines {}
             });
-            pending.push(Some(child));
+            pending.0.push(Some(child));
         }
         drop(tx);
         let mut addrs: Vec<Option<SocketAddr>> = vec![None; names.len()];
@@ -826,7 +840,7 @@ impl Bench {
             }
         }
         for (i, name) in names.iter().enumerate() {
-            if let (Some(child), Some(addr)) = (pending[i].take(), addrs[i]) {
+            if let (Some(child), Some(addr)) = (pending.0[i].take(), addrs[i]) {
                 self.agents.push(Agent {
                     name: name.clone(),
                     addr,
@@ -1405,15 +1419,15 @@ impl Bench {
         );
         t.notes.push(format!(
             "rows 23-24 and 27-28: ratio = how many times longer the peer took than sloth's exec \
-             over the same hosts; peers ran {} rep(s)",
+             over the same hosts; Ansible ran {} rep(s), the others all",
             self.p.peer_reps
         ));
         t
     }
 
-    /// Rows 21-28: a cold `exec` and `health` over the small group and over every
-    /// agent, and with --peers pdsh and Ansible over the same hosts, the repetitions
-    /// interleaved.
+    /// Rows 21-28, 25c and 27c: a cold `exec` and `health` over the small group and
+    /// over every agent, and with --peers pdsh and Ansible over the same hosts, the
+    /// repetitions interleaved; the client-side CPU of sloth and pdsh at 200.
     fn exec_and_peers(&mut self, t: &mut Table, errs: &mut HashMap<&'static str, String>) {
         let n = self.agents.len();
         let small = self.small();
@@ -1667,8 +1681,9 @@ impl Bench {
                 .map(|e| e.to_string())
                 .unwrap_or_default();
             bail!(
-                "exec: {ok} of {want} hosts ok (exit {:?}); first error: {first}",
-                r.code
+                "exec: {ok} of {want} hosts ok (exit {:?}); first error: {first}{}",
+                r.code,
+                r.tail()
             );
         }
         Ok((r.wall.as_secs_f64() * 1000.0, r.cpu.as_secs_f64() * 1000.0))
@@ -1689,9 +1704,12 @@ impl Bench {
         }
         let doc: serde_json::Value = serde_json::from_str(&r.stdout)
             .map_err(|e| anyhow!("health --json: {e}{}", r.tail()))?;
-        let up = doc["up"].as_u64().unwrap_or(0) as usize;
+        let up = doc["up"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("health --json has no \"up\"{}", r.tail()))?
+            as usize;
         if up != want {
-            bail!("health: only {up} of {want} agents up");
+            bail!("health: only {up} of {want} agents up{}", r.tail());
         }
         let check = doc["duration_ms"]
             .as_f64()
@@ -1732,7 +1750,9 @@ impl Bench {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(l) => {
                     if let Some(v) = l.strip_prefix("BENCH hold_ready ") {
-                        ready = Some(v.trim().parse::<usize>().unwrap_or(0));
+                        ready = Some(v.trim().parse::<usize>().map_err(|_| {
+                            anyhow!("hold.sloth printed a bad hold_ready count: {v}")
+                        }));
                     }
                 }
                 Err(_) => break,
@@ -1760,6 +1780,7 @@ impl Bench {
         let Some(up) = ready else {
             bail!("hold.sloth never got ready{}", run.tail());
         };
+        let up = up?;
         let want = if connect == "0" { 0 } else { self.agents.len() };
         if up != want {
             bail!("hold.sloth connected {up} agents, expected {want}");
@@ -1954,7 +1975,8 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting a tokio runtime")
 }
 
-/// A client endpoint with 8 MiB socket buffers, like the master's.
+/// A client endpoint asking for 8 MiB socket buffers (the master asks for 32 MiB and
+/// forces them as root; at 200 agents dialed at once, 8 MiB is enough).
 fn big_buffer_endpoint() -> anyhow::Result<Endpoint> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
@@ -1977,7 +1999,7 @@ fn big_buffer_endpoint() -> anyhow::Result<Endpoint> {
 // ---------------------------------------------------------------------------------------
 
 /// An echo-style server and a client in this process, each on its own runtime with
-/// two worker threads (like the agent and the master), with the fleet's mTLS
+/// one worker thread (like the agent and the master), with the fleet's mTLS
 /// (agent_server_config / master_client_config) and transport configuration.
 struct QuinnBaseline {
     server_rt: tokio::runtime::Runtime,

@@ -35,6 +35,7 @@ pub const ANSIBLE_FORKS: usize = 50;
 /// Where the peer tools are.
 pub struct Tools {
     pub pdsh: PathBuf,
+    pub ssh: PathBuf,
     pub ansible: PathBuf,
     pub sshd: PathBuf,
     pub ssh_keygen: PathBuf,
@@ -67,6 +68,7 @@ impl Tools {
         }
         Ok(Tools {
             pdsh: which("pdsh")?,
+            ssh: which("ssh")?,
             ansible,
             sshd: which("sshd")?,
             ssh_keygen: which("ssh-keygen")?,
@@ -157,7 +159,7 @@ impl Peers {
         // The namespace: a private /run with /run/sshd, and the login user's shell
         // start-up files hidden. The daemons stay in the foreground (-D), so that they
         // die with this process group.
-        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        let home = login_home()?;
         let script = format!(
             "set -e\n\
              mount -t tmpfs -o mode=0755 sloth-bench /run\n\
@@ -170,16 +172,27 @@ impl Peers {
             sshd = tools.sshd.display()
         );
         let log = fs::File::create(dir.join("sshd.log"))?;
+        // A private PID namespace too: when `unshare` dies (with the bench, below),
+        // --kill-child kills the shell, which is PID 1 there, and the kernel then kills
+        // every sshd in the namespace, however the bench ended.
         let mut cmd = Command::new(&tools.unshare);
-        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg(script)
-            .arg("sloth-bench-sshd")
-            .args(&configs)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .process_group(0);
-        // SAFETY: prctl is async-signal-safe; the namespace's shell dies with the bench.
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--pid",
+            "--fork",
+            "--kill-child",
+        ])
+        .args(["sh", "-c"])
+        .arg(script)
+        .arg("sloth-bench-sshd")
+        .args(&configs)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .process_group(0);
+        // SAFETY: prctl is async-signal-safe; `unshare` dies with the bench.
         unsafe {
             cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -187,7 +200,7 @@ impl Peers {
             });
         }
         let daemons = cmd.spawn().context("starting sshd (unshare)")?;
-        let peers = Peers {
+        let mut peers = Peers {
             tools,
             dir: dir.to_path_buf(),
             hosts: hosts.to_vec(),
@@ -199,7 +212,7 @@ impl Peers {
         let first = hosts
             .first()
             .ok_or_else(|| anyhow!("no hosts for the peers"))?;
-        let mut ssh = Command::new("ssh");
+        let mut ssh = Command::new(&peers.tools.ssh);
         ssh.arg("-F")
             .arg(&peers.ssh_config)
             .arg(first.to_string())
@@ -211,19 +224,25 @@ impl Peers {
         Ok(peers)
     }
 
-    fn wait_listening(&self, within: Duration) -> anyhow::Result<()> {
+    fn wait_listening(&mut self, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
-        for a in &self.hosts {
-            let addr = SocketAddr::from((*a, SSH_PORT));
+        let hosts = self.hosts.clone();
+        for a in hosts {
+            let addr = SocketAddr::from((a, SSH_PORT));
             loop {
                 if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                     break;
                 }
-                if Instant::now() > deadline {
+                let exited = matches!(self.daemons.try_wait(), Ok(Some(_)));
+                if exited || Instant::now() > deadline {
                     let log = fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default();
                     bail!(
-                        "sshd is not listening on {addr} after {} s; sshd.log: {}",
-                        within.as_secs(),
+                        "sshd is not listening on {addr} ({}); sshd.log: {}",
+                        if exited {
+                            "the namespace's shell exited".to_string()
+                        } else {
+                            format!("after {} s", within.as_secs())
+                        },
                         log.lines().take(5).collect::<Vec<_>>().join(" / ")
                     );
                 }
@@ -336,11 +355,29 @@ impl Drop for Peers {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        // SAFETY: as above; whatever is left of the group.
+        // Whatever is left of the group (the namespace dies with its shell anyway).
+        // SAFETY: kill(2) on a process group id; it names no other process even after
+        // the shell is reaped, as long as a member of the group lives.
         unsafe {
             libc::kill(-pgid, libc::SIGKILL);
         }
         let _ = self.daemons.wait();
+    }
+}
+
+/// The home directory of the user the bench runs as (from the password database, not
+/// `$HOME`, which `sudo -E` would carry over from another user).
+fn login_home() -> anyhow::Result<String> {
+    // SAFETY: getpwuid returns a pointer into static storage or null; it is read at
+    // once, on this thread, before any other call that could overwrite it.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if pw.is_null() || (*pw).pw_dir.is_null() {
+            bail!("--peers: the current user has no home directory in the password database");
+        }
+        Ok(std::ffi::CStr::from_ptr((*pw).pw_dir)
+            .to_string_lossy()
+            .into_owned())
     }
 }
 
