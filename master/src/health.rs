@@ -41,8 +41,7 @@ pub async fn check_all(mesh: Arc<Mesh>, hosts: Vec<String>) -> Vec<HostHealth> {
         let (m, h) = (mesh.clone(), h.clone());
         set.spawn(async move {
             let start = Instant::now();
-            let r =
-                tokio::time::timeout(overall, async { m.fresh_facts(&h, FRESH_FACTS).await }).await;
+            let r = tokio::time::timeout(overall, m.fresh_facts(&h, FRESH_FACTS)).await;
             let address = m.address(&h).unwrap_or("").to_string();
             let mut hh = HostHealth {
                 host: h.clone(),

@@ -12,7 +12,6 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -28,20 +27,16 @@ pub const SERIES_GAP: Duration = Duration::from_millis(1);
 /// Tells whether events come in series: [`Cadence::tick`] on each one says whether
 /// the one before came at most `gap` earlier.
 pub struct Cadence {
-    /// Nanoseconds since [`epoch`] of the last tick, 0 before the first.
+    start: Instant,
+    /// Nanoseconds since `start` of the last tick (+1), 0 before the first.
     last: AtomicU64,
     gap: Duration,
 }
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
 impl Cadence {
     pub fn new(gap: Duration) -> Cadence {
-        epoch();
         Cadence {
+            start: Instant::now(),
             last: AtomicU64::new(0),
             gap,
         }
@@ -49,8 +44,8 @@ impl Cadence {
 
     /// Record an event now; true when the previous one was at most `gap` ago.
     pub fn tick(&self) -> bool {
-        // +1: an event at the epoch itself still counts as one.
-        let now = epoch().elapsed().as_nanos() as u64 + 1;
+        // +1: an event at `start` itself still counts as one.
+        let now = self.start.elapsed().as_nanos() as u64 + 1;
         let prev = self.last.swap(now, Ordering::AcqRel);
         prev != 0 && now.saturating_sub(prev) <= self.gap.as_nanos() as u64
     }
@@ -106,6 +101,12 @@ impl Runner {
         }
     }
 
+    /// Whether the last job came within [`SERIES_GAP`] of the one before: a caller
+    /// expecting a quick answer may then keep its own thread awake for it.
+    pub fn in_series(&self) -> bool {
+        self.inner.in_series.load(Ordering::Acquire)
+    }
+
     /// Run `job` on a pool thread. It starts at once if a thread is free or the pool
     /// may grow; otherwise it waits in the queue for the next free thread.
     pub fn execute(&self, job: impl FnOnce() + Send + 'static) {
@@ -143,14 +144,6 @@ impl Runner {
                 }
             }
         }
-    }
-}
-
-impl Runner {
-    /// Whether the last job came within [`SERIES_GAP`] of the one before: a caller
-    /// expecting a quick answer may then keep its own thread awake for it.
-    pub fn in_series(&self) -> bool {
-        self.inner.in_series.load(Ordering::Acquire)
     }
 }
 

@@ -640,6 +640,33 @@ struct Agent {
     child: Child,
 }
 
+/// The process `cmd` starts is killed when this one dies, however it dies.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// Keep a sample, or record why measurement `key` failed (and say so on stderr).
+fn record(
+    samples: &mut Vec<f64>,
+    r: anyhow::Result<f64>,
+    key: &'static str,
+    errs: &mut HashMap<&'static str, String>,
+) {
+    match r {
+        Ok(v) => samples.push(v),
+        Err(e) => {
+            eprintln!("[bench] {key} failed: {e:#}");
+            errs.insert(key, format!("{e:#}"));
+        }
+    }
+}
+
 /// Agents being started; those still here when it is dropped are killed and reaped.
 struct Starting(Vec<Option<Child>>);
 
@@ -800,13 +827,7 @@ impl Bench {
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::from(log.try_clone()?));
-            // SAFETY: prctl is async-signal-safe; the agents die with this process.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
+            die_with_parent(&mut cmd);
             let mut child = cmd.spawn().context("starting sloth-agent")?;
             let out = child.stdout.take();
             let tx = tx.clone();
@@ -1579,27 +1600,11 @@ impl Bench {
                             "[bench] exec, health and memory over {m} agents, rep {rep}/{}",
                             self.p.reps
                         );
-                        match self.exec("bench", m) {
-                            Ok((v, _)) => exec.push(v),
-                            Err(e) => {
-                                eprintln!("[bench] exec over {m} failed: {e:#}");
-                                errs.insert("fanout_exec", format!("{e:#}"));
-                            }
-                        }
-                        match self.health("bench", m) {
-                            Ok((wall, _)) => health.push(wall),
-                            Err(e) => {
-                                eprintln!("[bench] health over {m} failed: {e:#}");
-                                errs.insert("fanout_health", format!("{e:#}"));
-                            }
-                        }
-                        match self.hold("1") {
-                            Ok(v) => rss.push(v),
-                            Err(e) => {
-                                eprintln!("[bench] master memory over {m} failed: {e:#}");
-                                errs.insert("fanout_hold", format!("{e:#}"));
-                            }
-                        }
+                        let r = self.exec("bench", m).map(|(wall, _)| wall);
+                        record(&mut exec, r, "fanout_exec", errs);
+                        let r = self.health("bench", m).map(|(wall, _)| wall);
+                        record(&mut health, r, "fanout_health", errs);
+                        record(&mut rss, self.hold("1"), "fanout_hold", errs);
                     }
                 }
             }

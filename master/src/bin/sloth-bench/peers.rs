@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 
-use crate::{run_captured, MasterRun};
+use crate::{die_with_parent, run_captured, MasterRun};
 
 /// The port of the bench's sshd on every host address.
 pub const SSH_PORT: u16 = 2222;
@@ -192,13 +192,8 @@ impl Peers {
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log))
         .process_group(0);
-        // SAFETY: prctl is async-signal-safe; `unshare` dies with the bench.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        // `unshare` dies with the bench.
+        die_with_parent(&mut cmd);
         let daemons = cmd.spawn().context("starting sshd (unshare)")?;
         let mut peers = Peers {
             tools,
