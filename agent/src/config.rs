@@ -126,7 +126,7 @@ impl Config {
             None => 512 * 1024 * 1024,
         };
         let task_timeout = match a.task_timeout.or(f.task_timeout) {
-            Some(s) => sloth_shared::executor::parse_duration_str(&s)
+            Some(s) => sloth_lua::context::parse_duration_str(&s)
                 .map_err(|e| anyhow::anyhow!("--task-timeout: {e}"))?,
             None => Duration::from_secs(3600),
         };

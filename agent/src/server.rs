@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use quinn::{Connection, RecvStream, SendStream};
-use sloth_shared::protocol::{self, codes, Control, ErrorKind, TaskError, ToAgent, ToMaster};
-use sloth_shared::{tls, wire};
+use sloth_proto::protocol::{self, codes, Control, ErrorKind, TaskError, ToAgent, ToMaster};
+use sloth_transport::{self as tls, wire};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::worker;
-use sloth_shared::runner::Runner;
+use sloth_lua::runner::Runner;
 
 /// State shared by every connection of this agent.
 pub struct Agent {
@@ -61,7 +61,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         let _ = std::io::stdout().flush();
     }
     info!(name = %cfg.name, %addr, "agent ready");
-    sloth_shared::executor::enable_prewarm(8);
+    sloth_modules::EXECUTOR.enable_prewarm(8);
     let agent = Arc::new(Agent {
         workers: Arc::new(Semaphore::new(cfg.max_tasks as usize)),
         waiting: AtomicU32::new(0),

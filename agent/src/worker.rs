@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use quinn::{RecvStream, SendStream};
-use sloth_shared::cancel::CancelToken;
-use sloth_shared::data::{Data, Refs};
-use sloth_shared::executor::{self, Limits, TaskContext, TaskIo};
-use sloth_shared::graph::{Graph, SharedRef};
-use sloth_shared::protocol::{self, codes, Facts, LogLevel, TaskRequest, ToAgent, ToMaster};
-use sloth_shared::shared_obj::SharedBackend;
-use sloth_shared::wire::{self, FrameReader};
+use sloth_lua::cancel::CancelToken;
+use sloth_lua::context::{TaskContext, TaskIo};
+use sloth_lua::executor::Limits;
+use sloth_lua::shared_obj::SharedBackend;
+use sloth_proto::data::{Data, Refs};
+use sloth_proto::graph::{Graph, SharedRef};
+use sloth_proto::protocol::{self, codes, Facts, LogLevel, TaskRequest, ToAgent, ToMaster};
+use sloth_transport::wire::{self, FrameReader};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::server::Agent;
@@ -99,7 +100,7 @@ impl SharedBackend for Proxy {
 }
 
 pub fn facts() -> Facts {
-    sloth_shared::modules::sys::collect_facts()
+    sloth_modules::sys::collect_facts()
 }
 
 pub async fn run(
@@ -149,7 +150,7 @@ pub async fn run(
     let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let finished2 = finished.clone();
     agent.runner.execute(move || {
-        let r = executor::run_task(&req, ctx, &limits);
+        let r = sloth_modules::EXECUTOR.run_task(&req, ctx, &limits);
         drop(permit);
         finished2.store(true, Ordering::Release);
         let _ = done_tx.send(r);
@@ -157,7 +158,7 @@ pub async fn run(
     // Only a task in a series is likely to answer within the watch; a lone one (a
     // command fanned out to the fleet) would take the CPU from its own child.
     if agent.runner.in_series() {
-        sloth_shared::runner::keep_awake(finished, KEEP_AWAKE);
+        sloth_lua::runner::keep_awake(finished, KEEP_AWAKE);
     }
     let mut reading = true;
     // The master cancels by resetting its side of the stream or, when it has already
@@ -205,29 +206,29 @@ pub async fn run(
     }
     let result = match result {
         Ok(r) => r,
-        Err(_) => Err(sloth_shared::protocol::TaskError::new(
-            sloth_shared::protocol::ErrorKind::Lua,
+        Err(_) => Err(sloth_proto::protocol::TaskError::new(
+            sloth_proto::protocol::ErrorKind::Lua,
             "the task's worker thread failed (a panic in the executor)",
         )),
     };
-    let duration_us = executor::elapsed_us(start);
+    let duration_us = sloth_lua::executor::elapsed_us(start);
     let done = ToMaster::Done {
         result: result.map(Data::into_graph),
         duration_us,
     };
     // A result over the frame limit is the task's failure (kind capture, never
     // retried), not a lost agent.
-    let bytes = match sloth_shared::protocol::encode(&done) {
+    let bytes = match sloth_proto::protocol::encode(&done) {
         Ok(b) => b,
         Err(e) => {
             let failed = ToMaster::Done {
-                result: Err(sloth_shared::protocol::TaskError::new(
-                    sloth_shared::protocol::ErrorKind::Capture,
+                result: Err(sloth_proto::protocol::TaskError::new(
+                    sloth_proto::protocol::ErrorKind::Capture,
                     format!("the result cannot be sent back: {e}"),
                 )),
                 duration_us,
             };
-            match sloth_shared::protocol::encode(&failed) {
+            match sloth_proto::protocol::encode(&failed) {
                 Ok(b) => b,
                 Err(_) => {
                     let _ = send.reset(codes::BAD_FRAME.into());

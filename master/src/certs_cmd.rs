@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use sloth_shared::tls;
+use sloth_transport as tls;
 
 /// Common name of the fleet CA written by [`init`].
 const CA_COMMON_NAME: &str = "sloth fleet CA";

@@ -363,7 +363,7 @@ pub fn prepare_fleet(a: &FleetArgs) -> Result<Fleet, String> {
         inventory.hosts.retain(|h| keep.contains(&h.name));
     }
     let mesh_cfg = MeshConfig {
-        connect_timeout: sloth_shared::executor::parse_duration_str(&a.connect_timeout)
+        connect_timeout: sloth_lua::context::parse_duration_str(&a.connect_timeout)
             .map_err(|e| format!("--connect-timeout: {e}"))?,
         ..MeshConfig::default()
     };
@@ -473,7 +473,7 @@ fn run_with(out: Arc<Output>, script: &std::path::Path, fa: &FleetArgs, vars: &[
         }
         None => None,
     };
-    sloth_shared::executor::enable_prewarm(2);
+    sloth_modules::EXECUTOR.enable_prewarm(2);
     let runtime = Runtime::new(
         rt.handle().clone(),
         mesh.clone(),

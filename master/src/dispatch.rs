@@ -5,16 +5,17 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sloth_shared::cancel::CancelToken;
-use sloth_shared::data::{Data, Refs};
-use sloth_shared::executor::{self, Limits, TaskContext, TaskIo};
-use sloth_shared::graph::{Graph, SharedRef};
-use sloth_shared::protocol::{
+use sloth_lua::cancel::CancelToken;
+use sloth_lua::context::{TaskContext, TaskIo};
+use sloth_lua::executor::Limits;
+use sloth_lua::shared_obj::{self, SharedBackend};
+use sloth_proto::data::{Data, Refs};
+use sloth_proto::graph::{Graph, SharedRef};
+use sloth_proto::protocol::{
     self, codes, ErrorKind, LogLevel, TaskError, TaskRequest, ToAgent, ToMaster,
 };
-use sloth_shared::shared_obj::{self, SharedBackend};
-use sloth_shared::tls;
-use sloth_shared::wire::{self, FrameReader, WireError};
+use sloth_transport as tls;
+use sloth_transport::wire::{self, FrameReader, WireError};
 
 use crate::registry::{self, Caller, MasterBackend, TaskRecord};
 use crate::runtime::Runtime;
@@ -45,7 +46,7 @@ pub fn start(rt: &Arc<Runtime>, payload: Graph, opts: &TaskOpts) -> Arc<TaskReco
         let (rt2, rec2) = (rt.clone(), rec.clone());
         rt.runner.execute(move || {
             let (req, ctx, limits) = local_job(&rt2, &rec2, &payload);
-            let result = executor::run_task(&req, ctx, &limits);
+            let result = sloth_modules::EXECUTOR.run_task(&req, ctx, &limits);
             rt2.registry.complete(&rec2, result);
         });
         return rec;
@@ -158,7 +159,7 @@ pub(crate) async fn run_local(
         .map(|d| tokio::time::Instant::from_std(d) + Duration::from_secs(2));
     let (tx, job) = tokio::sync::oneshot::channel();
     rt.runner.execute(move || {
-        let _ = tx.send(executor::run_task(&req, ctx, &limits));
+        let _ = tx.send(sloth_modules::EXECUTOR.run_task(&req, ctx, &limits));
     });
     tokio::select! {
         r = job => match r {

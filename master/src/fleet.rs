@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use mlua::{Function, Lua, LuaSerdeExt, Table, Value as LV};
-use sloth_shared::protocol::{Facts, LogLevel};
+use sloth_proto::protocol::{Facts, LogLevel};
 
 use crate::dispatch;
 use crate::rollout::{self, Serial};

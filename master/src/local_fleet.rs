@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use parking_lot::Mutex;
-use sloth_shared::tls;
+use sloth_transport as tls;
 
 use crate::mesh::MasterCerts;
 

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
-use sloth_shared::protocol::{codes, Control, ErrorKind, Facts, TaskError};
-use sloth_shared::tls::{self, Pem};
-use sloth_shared::wire;
+use sloth_proto::protocol::{codes, Control, ErrorKind, Facts, TaskError};
+use sloth_transport::wire;
+use sloth_transport::{self as tls, Pem};
 
 use crate::inventory::Inventory;
 

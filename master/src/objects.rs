@@ -7,8 +7,8 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
-use sloth_shared::data::Data;
-use sloth_shared::graph::{SharedKind, Value};
+use sloth_proto::data::Data;
+use sloth_proto::graph::{SharedKind, Value};
 
 use crate::registry::Caller;
 
@@ -38,7 +38,7 @@ pub enum ArtifactSource {
 
 impl Artifact {
     fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
-        let len = len.min(sloth_shared::artifact::CHUNK * 4);
+        let len = len.min(sloth_lua::artifact::CHUNK * 4);
         match &self.source {
             ArtifactSource::Bytes(b) => {
                 let start = (offset as usize).min(b.len());
@@ -381,7 +381,7 @@ impl Object {
                 )])),
                 "read" => {
                     let off = int_arg(a, 0, 0, "artifact:read")?;
-                    let len = int_arg(a, 1, sloth_shared::artifact::CHUNK as i64, "artifact:read")?;
+                    let len = int_arg(a, 1, sloth_lua::artifact::CHUNK as i64, "artifact:read")?;
                     if off < 0 || len < 0 {
                         return Err("artifact:read: negative offset or length".into());
                     }
@@ -544,7 +544,7 @@ pub fn duration_arg(a: &[Value], i: usize) -> Result<Option<Duration>, String> {
         Some(Value::Int(n)) if *n >= 0 => Ok(Some(Duration::from_millis(*n as u64))),
         Some(Value::Float(f)) if *f >= 0.0 => Ok(Some(Duration::from_micros((*f * 1000.0) as u64))),
         Some(Value::Str(s)) => {
-            sloth_shared::executor::parse_duration_str(&String::from_utf8_lossy(s)).map(Some)
+            sloth_lua::context::parse_duration_str(&String::from_utf8_lossy(s)).map(Some)
         }
         Some(_) => Err("timeout must be milliseconds or a string like \"30s\"".into()),
     }

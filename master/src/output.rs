@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::Serialize;
-use sloth_shared::protocol::{ErrorKind, LogLevel};
+use sloth_proto::protocol::{ErrorKind, LogLevel};
 
 use crate::registry::{Outcome, TaskRecord};
 

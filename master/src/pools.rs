@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use mlua::{Function, Lua, MultiValue, Table, Value as LV};
 use parking_lot::{Condvar, Mutex};
-use sloth_shared::graph::{Graph, SharedKind, SharedRef};
-use sloth_shared::protocol::{ErrorKind, TaskError};
-use sloth_shared::shared_obj::{SharedBackend, SharedObj};
+use sloth_lua::shared_obj::{SharedBackend, SharedObj};
+use sloth_proto::graph::{Graph, SharedKind, SharedRef};
+use sloth_proto::protocol::{ErrorKind, TaskError};
 
 use crate::dispatch::{self, TaskOpts};
 use crate::registry::{Status, TaskRecord};
@@ -420,7 +420,7 @@ async fn run_one(rt: Arc<Runtime>, pool: Arc<Pool>, mut q: Queued, host: Option<
             rt.out.task_log(
                 &rec.host(),
                 &rec.name,
-                sloth_shared::protocol::LogLevel::Warn,
+                sloth_proto::protocol::LogLevel::Warn,
                 &format!(
                     "pool {}: retrying elsewhere ({}/{}) after: {}",
                     pool.name,

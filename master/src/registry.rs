@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use sloth_shared::cancel::CancelToken;
-use sloth_shared::data::Data;
-use sloth_shared::graph::{SharedKind, SharedRef, Value};
-use sloth_shared::protocol::{ErrorKind, TaskError};
-use sloth_shared::shared_obj::SharedBackend;
+use sloth_lua::cancel::CancelToken;
+use sloth_lua::shared_obj::SharedBackend;
+use sloth_proto::data::Data;
+use sloth_proto::graph::{SharedKind, SharedRef, Value};
+use sloth_proto::protocol::{ErrorKind, TaskError};
 
 use crate::objects::Object;
 
@@ -456,7 +456,7 @@ fn handle_call(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sloth_shared::shared_obj::SharedObj;
+    use sloth_lua::shared_obj::SharedObj;
 
     fn backend(reg: &Arc<Registry>) -> Arc<dyn SharedBackend> {
         Arc::new(MasterBackend {

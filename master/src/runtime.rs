@@ -8,14 +8,15 @@ use std::time::{Duration, Instant};
 
 use mlua::{AnyUserData, Function, Lua, LuaOptions, MultiValue, StdLib, Table, Value as LV};
 use parking_lot::Mutex;
-use sloth_shared::cancel::CancelToken;
-use sloth_shared::capture::{self, Encoder};
-use sloth_shared::data::Data;
-use sloth_shared::executor::{self, parse_duration, TaskContext, TaskIo};
-use sloth_shared::graph::{Graph, SharedKind, SharedRef, Value};
-use sloth_shared::modules;
-use sloth_shared::protocol::LogLevel;
-use sloth_shared::shared_obj::{SharedBackend, SharedObj};
+use sloth_lua::cancel::CancelToken;
+use sloth_lua::capture::{self, Encoder};
+use sloth_lua::context::{parse_duration, TaskContext, TaskIo};
+use sloth_lua::executor;
+use sloth_lua::protect::wrap_errors;
+use sloth_lua::shared_obj::{SharedBackend, SharedObj};
+use sloth_proto::data::Data;
+use sloth_proto::graph::{Graph, SharedKind, SharedRef, Value};
+use sloth_proto::protocol::LogLevel;
 
 use crate::dispatch::{self, TaskOpts};
 use crate::inventory::Inventory;
@@ -33,7 +34,7 @@ pub struct Runtime {
     pub out: Arc<Output>,
     pub local_memory_limit: Option<usize>,
     /// The threads local tasks run on.
-    pub runner: sloth_shared::runner::Runner,
+    pub runner: sloth_lua::runner::Runner,
     vars_cache: Mutex<HashMap<String, Graph>>,
 }
 
@@ -54,7 +55,7 @@ impl Runtime {
             local_memory_limit: Some(1 << 30),
             // As many threads as local tasks may block at once; an idle one watches for
             // the next task for 200 µs before sleeping (sequential awaits find it awake).
-            runner: sloth_shared::runner::Runner::new(
+            runner: sloth_lua::runner::Runner::new(
                 "sloth-local",
                 4096,
                 Duration::from_micros(200),
@@ -186,7 +187,7 @@ pub fn main_state(rt: &Arc<Runtime>, vars: &[(String, String)]) -> mlua::Result<
         }),
         cancel: caller.cancel.clone(),
     };
-    modules::install_task_modules(&lua)?;
+    sloth_modules::install_task_modules(&lua)?;
     let g = lua.globals();
     let goroutine: Table = g.raw_get("goroutine")?;
     install_goroutine(&lua, &goroutine, rt.clone(), backend.clone())?;
@@ -196,9 +197,9 @@ pub fn main_state(rt: &Arc<Runtime>, vars: &[(String, String)]) -> mlua::Result<
         .set_name("=sloth-dsl")
         .exec()?;
     // The task modules, and the master's own: their errors reach scripts as plain strings.
-    modules::wrap_errors(&lua, modules::MODULES)?;
-    modules::wrap_errors(&lua, &["fleet", "artifact"])?;
-    sloth_shared::shared_obj::install_methods(&lua)?;
+    wrap_errors(&lua, sloth_modules::MODULES)?;
+    wrap_errors(&lua, &["fleet", "artifact"])?;
+    sloth_lua::shared_obj::install_methods(&lua)?;
     capture::install(&lua, backend)?;
     lua.set_app_data(ctx);
     let v = lua.create_table()?;
@@ -603,7 +604,7 @@ fn install_artifact(
     backend: Arc<dyn SharedBackend>,
 ) -> mlua::Result<()> {
     use crate::objects::{Artifact, ArtifactSource};
-    use sloth_shared::artifact::{hash_bytes, hash_file};
+    use sloth_lua::artifact::{hash_bytes, hash_file};
     let t = lua.create_table()?;
     {
         let (rt, backend) = (rt.clone(), backend.clone());

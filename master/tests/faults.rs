@@ -308,8 +308,8 @@ fn agent_survives_udp_garbage() {
 /// An authenticated master that sends garbage and oversized frames on real QUIC streams.
 #[test]
 fn agent_survives_bad_frames_from_an_authenticated_master() {
-    use sloth_shared::protocol::Control;
-    use sloth_shared::wire;
+    use sloth_proto::protocol::Control;
+    use sloth_transport::wire;
 
     let mut fleet = TestFleet::web(1);
     let addr: std::net::SocketAddr = fleet.addr("web-01").parse().unwrap();
@@ -353,7 +353,7 @@ fn agent_survives_bad_frames_from_an_authenticated_master() {
             // half a header
             vec![0, 0],
             // a valid control message where a task is expected
-            sloth_shared::protocol::encode(&Control::Ping { seq: 1 }).unwrap(),
+            sloth_proto::protocol::encode(&Control::Ping { seq: 1 }).unwrap(),
         ];
         for b in &bad {
             let (mut s, mut r) = conn.open_bi().await.unwrap();

@@ -489,7 +489,7 @@ impl TestFleet {
     /// Many agents in group `group` at once: certificates issued in-process, every
     /// process started before any is waited for.
     pub fn add_agents(&mut self, names: &[String], group: &str) {
-        use sloth_shared::tls;
+        use sloth_transport as tls;
         let ca =
             tls::read_pem_files(&self.certs.join("ca.crt"), &self.certs.join("ca.key")).unwrap();
         for n in names {
@@ -736,7 +736,7 @@ pub fn cmdline(pid: u32) -> String {
 /// A QUIC client endpoint that presents the fleet's master certificate from `certs`
 /// (for tests that talk to agents with hand-made frames). Call inside a tokio runtime.
 pub fn master_endpoint(certs: &Path) -> quinn::Endpoint {
-    use sloth_shared::tls;
+    use sloth_transport as tls;
     let own = tls::read_pem_files(&certs.join("master.crt"), &certs.join("master.key")).unwrap();
     let ca = std::fs::read_to_string(certs.join("ca.crt")).unwrap();
     let transport = tls::transport_config(Duration::from_secs(1), Duration::from_secs(4));

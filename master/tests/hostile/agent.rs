@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{RecvStream, SendStream};
-use sloth_shared::graph::{FunctionDef, Graph, SharedKind, SharedRef, Unsendable, Value};
-use sloth_shared::protocol::{
+use sloth_proto::graph::{FunctionDef, Graph, SharedKind, SharedRef, Unsendable, Value};
+use sloth_proto::protocol::{
     self, Control, ErrorKind, Facts, LogLevel, TaskError, TaskRequest, ToAgent, ToMaster,
     MAX_FRAME, PROTOCOL_VERSION,
 };
-use sloth_shared::{tls, wire};
+use sloth_transport::{self as tls, wire};
 
 use crate::common::{certs_issue, TestFleet};
 

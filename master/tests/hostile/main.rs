@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use agent::HostileAgent;
 use common::*;
-use sloth_shared::protocol::PROTOCOL_VERSION;
+use sloth_proto::protocol::PROTOCOL_VERSION;
 
 /// web-01 (real) and evil-01 (hostile).
 fn fleet() -> (TestFleet, HostileAgent) {
@@ -449,7 +449,7 @@ end
         .unwrap();
     for theirs in [p + 1, p - 1] {
         let got = rt.block_on(async {
-            use sloth_shared::wire;
+            use sloth_transport::wire;
             let ep = master_endpoint(&certs);
             let conn = ep.connect(addr, "web-01").unwrap().await.unwrap();
             let (mut s, r) = conn.open_bi().await.unwrap();

@@ -31,9 +31,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
-use sloth_shared::protocol::Control;
-use sloth_shared::tls::{self, Pem};
-use sloth_shared::wire;
+use sloth_proto::protocol::Control;
+use sloth_transport::wire;
+use sloth_transport::{self as tls, Pem};
 
 mod peers;
 
@@ -2130,19 +2130,22 @@ impl Drop for QuinnBaseline {
 /// the state dropped. Nothing else: no capture, network or scheduling. On 2 cores this
 /// is a ceiling for row 5.
 fn executor_floor(per_thread: usize) -> anyhow::Result<f64> {
-    use sloth_shared::executor::{self, Limits, TaskContext};
-    use sloth_shared::protocol::TaskRequest;
-    use sloth_shared::shared_obj::NoBackend;
+    use sloth_lua::context::TaskContext;
+    use sloth_lua::executor::Limits;
+    use sloth_lua::shared_obj::NoBackend;
+    use sloth_modules::EXECUTOR;
+    use sloth_proto::protocol::TaskRequest;
 
     let ctx = || TaskContext::offline("bench", "floor");
-    let main = executor::new_state(&ctx()).map_err(|e| anyhow!("main state: {e}"))?;
-    sloth_shared::capture::install(&main, Arc::new(NoBackend))
-        .map_err(|e| anyhow!("capture: {e}"))?;
+    let main = EXECUTOR
+        .new_state(&ctx())
+        .map_err(|e| anyhow!("main state: {e}"))?;
+    sloth_lua::capture::install(&main, Arc::new(NoBackend)).map_err(|e| anyhow!("capture: {e}"))?;
     let f: mlua::Function = main
         .load("return function() return 1 end")
         .eval()
         .map_err(|e| anyhow!("closure: {e}"))?;
-    let mut enc = sloth_shared::capture::Encoder::new(&main);
+    let mut enc = sloth_lua::capture::Encoder::new(&main);
     enc.push_function_root(&f)
         .map_err(|e| anyhow!("capture: {e}"))?;
     let req = Arc::new(TaskRequest {
@@ -2161,7 +2164,8 @@ fn executor_floor(per_thread: usize) -> anyhow::Result<f64> {
                     memory_limit: Some(512 << 20),
                 };
                 for _ in 0..per_thread {
-                    executor::run_task(&req, ctx(), &lim)
+                    sloth_modules::EXECUTOR
+                        .run_task(&req, ctx(), &lim)
                         .map_err(|e| anyhow!("run_task: {}", e.message))?;
                 }
                 anyhow::Ok(())

@@ -1,6 +1,6 @@
-//! AFL++ target: see `sloth_shared::fuzz_targets::agent_task`.
+//! AFL++ target: see `sloth_modules::fuzz_targets::agent_task`.
 fn main() {
     afl::fuzz!(|data: &[u8]| {
-        sloth_shared::fuzz_targets::agent_task(data);
+        sloth_modules::fuzz_targets::agent_task(data);
     });
 }

@@ -1,6 +1,6 @@
-//! AFL++ target: see `sloth_shared::fuzz_targets::frame_decoder`.
+//! AFL++ target: see `sloth_modules::fuzz_targets::frame_decoder`.
 fn main() {
     afl::fuzz!(|data: &[u8]| {
-        sloth_shared::fuzz_targets::frame_decoder(data);
+        sloth_modules::fuzz_targets::frame_decoder(data);
     });
 }

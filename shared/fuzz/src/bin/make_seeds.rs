@@ -4,10 +4,12 @@
 
 use std::path::Path;
 
-use sloth_shared::capture::Encoder;
-use sloth_shared::executor::{self, TaskContext};
-use sloth_shared::graph::{Graph, SharedKind, SharedRef, Unsendable, Value};
-use sloth_shared::protocol::{
+use sloth_lua::capture::Encoder;
+use sloth_lua::context::TaskContext;
+use sloth_lua::executor;
+use sloth_modules::EXECUTOR;
+use sloth_proto::graph::{Graph, SharedKind, SharedRef, Unsendable, Value};
+use sloth_proto::protocol::{
     self, Control, ErrorKind, Hello, LogLevel, TaskError, TaskRequest, ToAgent, ToMaster,
 };
 
@@ -19,7 +21,7 @@ fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
 
 /// A captured closure with upvalues, a shared reference and script globals.
 fn task_graph() -> Graph {
-    let lua = executor::new_state(&TaskContext::offline("seed", "seed")).expect("a Lua state");
+    let lua = EXECUTOR.new_state(&TaskContext::offline("seed", "seed")).expect("a Lua state");
     lua.load("GLOBAL_N = 3; GLOBAL_T = { a = { 1, 2 }, s = 'x' }")
         .exec()
         .expect("seed globals");
@@ -160,7 +162,7 @@ mod erased {
     }
     impl<T: serde::Serialize> Enc for T {
         fn frame(&self) -> Vec<u8> {
-            sloth_shared::protocol::encode(self).expect("encoding a seed")
+            sloth_proto::protocol::encode(self).expect("encoding a seed")
         }
     }
 }

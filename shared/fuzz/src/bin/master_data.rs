@@ -1,6 +1,6 @@
-//! AFL++ target: see `sloth_shared::fuzz_targets::master_data`.
+//! AFL++ target: see `sloth_modules::fuzz_targets::master_data`.
 fn main() {
     afl::fuzz!(|data: &[u8]| {
-        sloth_shared::fuzz_targets::master_data(data);
+        sloth_modules::fuzz_targets::master_data(data);
     });
 }

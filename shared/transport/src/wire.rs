@@ -3,7 +3,7 @@
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::protocol::{self, FrameError};
+use sloth_proto::protocol::{self, FrameError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -146,7 +146,7 @@ pub fn take_fin(recv: &mut quinn::RecvStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Control;
+    use sloth_proto::protocol::Control;
 
     /// A reader future dropped in the middle of a frame (as `select!` does) loses
     /// nothing: the next call returns the whole frame.

@@ -13,6 +13,21 @@ pub enum StopReason {
     Timeout,
 }
 
+/// How every error that unwinds a stopped task begins, wherever it is raised (the
+/// instruction hook, a sleep, a blocking call on a shared object, a child process).
+pub const STOPPED: &str = "sloth: task stopped";
+
+impl StopReason {
+    /// The error text that unwinds a task stopped for this reason.
+    pub fn message(self) -> String {
+        let why = match self {
+            StopReason::Cancelled => "cancelled",
+            StopReason::Timeout => "timeout exceeded",
+        };
+        format!("{STOPPED} ({why})")
+    }
+}
+
 const RUNNING: u8 = 0;
 const CANCELLED: u8 = 1;
 const TIMED_OUT: u8 = 2;

@@ -1,11 +1,11 @@
 //! Replays the committed fuzz corpora and every crash the fuzzer found
 //! (`shared/fuzz/corpus/TARGET/`, `shared/fuzz/regressions/TARGET/`) through the
-//! same target functions AFL++ runs (`sloth_shared::fuzz_targets`).
+//! same target functions AFL++ runs (`sloth_modules::fuzz_targets`).
 
 use std::path::Path;
 
 fn replay(target: &str, run: fn(&[u8])) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
     let mut seen = 0;
     for kind in ["corpus", "regressions"] {
         let dir = root.join(kind).join(target);
@@ -25,15 +25,15 @@ fn replay(target: &str, run: fn(&[u8])) {
 
 #[test]
 fn frame_decoder_corpus() {
-    replay("frame_decoder", sloth_shared::fuzz_targets::frame_decoder);
+    replay("frame_decoder", sloth_modules::fuzz_targets::frame_decoder);
 }
 
 #[test]
 fn agent_task_corpus() {
-    replay("agent_task", sloth_shared::fuzz_targets::agent_task);
+    replay("agent_task", sloth_modules::fuzz_targets::agent_task);
 }
 
 #[test]
 fn master_data_corpus() {
-    replay("master_data", sloth_shared::fuzz_targets::master_data);
+    replay("master_data", sloth_modules::fuzz_targets::master_data);
 }

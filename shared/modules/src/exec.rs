@@ -35,9 +35,9 @@ use mlua::{Lua, LuaString, MultiValue, Table, Value as LV};
 use parking_lot::Mutex;
 
 use super::{stop_to_lua, task_ctx};
-use crate::cancel::{CancelToken, StopReason};
-use crate::executor::{parse_duration, TaskIo};
-use crate::protocol::LogLevel;
+use sloth_lua::cancel::{CancelToken, StopReason};
+use sloth_lua::context::{parse_duration, TaskIo};
+use sloth_proto::protocol::LogLevel;
 
 /// Longest wait between two checks of the child (and of a stop of the task).
 const POLL: Duration = Duration::from_millis(10);

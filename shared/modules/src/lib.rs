@@ -1,36 +1,43 @@
-//! The modules every task has, on agents and on the master: `log`, `print`, `json`,
-//! `goroutine.sleep`, and the system modules. Module functions find the running
-//! task's [`TaskContext`] (host, log sink, stop token) in the state's app data.
+//! The task library: the modules every task has, on agents and on the master
+//! (`log`, `print`, `json`, `goroutine.sleep` and `select`, and the system modules
+//! `exec`, `fs`, `http`, `net`, `sys`, `template`). Module functions find the running
+//! task's [`TaskContext`](sloth_lua::context::TaskContext) (host, log sink, stop token) in the state's app data.
+//!
+//! [`EXECUTOR`] runs tasks with this library; it is what agents and the master use.
 
 use std::time::Duration;
 
 use mlua::{Lua, MultiValue, Table, Value as LV};
-
-use crate::cancel::StopReason;
-use crate::executor::{parse_duration, TaskContext};
-use crate::protocol::LogLevel;
+use sloth_lua::context::{parse_duration, stop_to_lua, task_ctx};
+use sloth_lua::executor::{Executor, Library};
+use sloth_lua::protect::wrap_table;
+use sloth_proto::protocol::LogLevel;
 
 pub mod exec;
 pub mod fs;
+pub mod fuzz_targets;
 pub mod http;
 pub mod json;
 pub mod net;
 pub mod sys;
 pub mod template;
 
-/// The context of the task this state runs.
-pub fn task_ctx(lua: &Lua) -> mlua::Result<TaskContext> {
-    lua.app_data_ref::<TaskContext>()
-        .map(|c| c.clone())
-        .ok_or_else(|| mlua::Error::runtime("no task context in this Lua state"))
-}
+/// This library, as the executor takes it.
+pub static LIBRARY: Library = Library {
+    install: install_task_modules_lazy,
+    lazy_globals,
+};
 
-/// Turn a stop of the running task into the Lua error that unwinds it.
-pub fn stop_to_lua(r: StopReason) -> mlua::Error {
-    mlua::Error::runtime(match r {
-        StopReason::Cancelled => "sloth: task stopped (cancelled)",
-        StopReason::Timeout => "sloth: task stopped (timeout exceeded)",
-    })
+/// Runs tasks in fresh states with this library.
+pub const EXECUTOR: Executor = Executor::new(&LIBRARY);
+
+/// The globals [`install_task_modules_lazy`] builds on first use.
+fn lazy_globals() -> Vec<&'static str> {
+    MODULES
+        .iter()
+        .copied()
+        .chain(LAZY_STD_LIBS.iter().map(|(name, _)| *name))
+        .collect()
 }
 
 /// The module tables every task state has. The main state builds them all at start;
@@ -146,7 +153,7 @@ pub fn install_task_modules_lazy(lua: &Lua) -> mlua::Result<()> {
                         exec::install_os_execute(lua, &os_lib)?;
                     }
                 }
-                crate::capture::forget_builtins(lua);
+                sloth_lua::capture::forget_builtins(lua);
             }
             return g.raw_get::<LV>(name);
         }
@@ -162,93 +169,13 @@ pub fn install_task_modules_lazy(lua: &Lua) -> mlua::Result<()> {
         let loaded: Table = lua.named_registry_value::<Table>("_LOADED")?;
         loaded.raw_set(name, &t)?;
         // The state's builtin map (if already built) does not know this module yet.
-        crate::capture::forget_builtins(lua);
+        sloth_lua::capture::forget_builtins(lua);
         Ok(LV::Table(t))
     })?;
     let mt = lua.create_table()?;
     mt.raw_set("__index", index)?;
     g.set_metatable(Some(mt.clone()))?;
     loaded.set_metatable(Some(mt))?;
-    Ok(())
-}
-
-/// `protect(f)`: a function that calls `f` and re-raises its errors as plain strings
-/// (without mlua's "runtime error:" prefix and traceback) at the caller's line.
-const PROTECT_SRC: &str = r#"
-local pack, unpack, pcall, error, type, tostring = table.pack, table.unpack, pcall, error, type, tostring
-local function clean(e)
-  if type(e) ~= "userdata" then return e end
-  local s = tostring(e)
-  s = s:gsub("^runtime error: ", ""):gsub("\nstack traceback:.*$", "")
-  return s
-end
-return function(f)
-  return function(...)
-    local r = pack(pcall(f, ...))
-    if r[1] then return unpack(r, 2, r.n) end
-    error(clean(r[2]), 2)
-  end
-end
-"#;
-
-/// The state's `protect` function (see [`PROTECT_SRC`]).
-pub fn protector(lua: &Lua) -> mlua::Result<mlua::Function> {
-    const KEY: &str = "sloth.protect";
-    if let Some(f) = lua.named_registry_value::<Option<mlua::Function>>(KEY)? {
-        return Ok(f);
-    }
-    static CODE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    let f: mlua::Function = load_compiled_once(lua, &CODE, PROTECT_SRC)?.call(())?;
-    lua.set_named_registry_value(KEY, &f)?;
-    Ok(f)
-}
-
-/// Load a Lua chunk of sloth's own, compiled once per process: every state loads the
-/// same (stripped) bytecode instead of parsing the source again.
-fn load_compiled_once(
-    lua: &Lua,
-    cache: &'static std::sync::OnceLock<Vec<u8>>,
-    src: &str,
-) -> mlua::Result<mlua::Function> {
-    let code = match cache.get() {
-        Some(c) => c,
-        None => {
-            let f = lua.load(src).set_name("=sloth").into_function()?;
-            cache.get_or_init(|| f.dump(true))
-        }
-    };
-    lua.load(code.as_slice())
-        .set_mode(mlua::chunk::ChunkMode::Binary)
-        .into_function()
-}
-
-/// Make every function of the named global tables raise a plain string (without
-/// mlua's "runtime error:" prefix and traceback) located at the caller's line, so
-/// `pcall(goroutine.async, ...)` gives a message a script can `match`. Must run
-/// before `capture::install`, so the wrappers are what travels by name.
-pub fn wrap_errors(lua: &Lua, tables: &[&str]) -> mlua::Result<()> {
-    let g = lua.globals();
-    for name in tables {
-        if let LV::Table(t) = g.raw_get::<LV>(*name)? {
-            wrap_table(lua, &t)?;
-        }
-    }
-    Ok(())
-}
-
-/// Wrap every function of one module table (see [`wrap_errors`]).
-fn wrap_table(lua: &Lua, t: &Table) -> mlua::Result<()> {
-    let protect = protector(lua)?;
-    let funcs: Vec<(LV, mlua::Function)> = t
-        .pairs::<LV, LV>()
-        .filter_map(|p| match p {
-            Ok((k, LV::Function(f))) => Some((k, f)),
-            _ => None,
-        })
-        .collect();
-    for (k, f) in funcs {
-        t.raw_set(k, protect.call::<mlua::Function>(f)?)?;
-    }
     Ok(())
 }
 

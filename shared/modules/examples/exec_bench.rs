@@ -1,7 +1,7 @@
 //! Micro-benchmark of the task executor, without any network: what building a task
 //! state, capturing a closure and running a task cost on this machine.
 //!
-//!     cargo run --release -p sloth-shared --example exec_bench
+//!     cargo run --release -p sloth-modules --example exec_bench
 //!
 //! It prints one line per step (mean µs over 5,000 runs). `scripts/bench.sh` is the
 //! benchmark of record; this is the tool for finding where a task's time goes.
@@ -9,11 +9,13 @@
 #[global_allocator]
 static GA: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use mlua::{Function, Lua};
-use sloth_shared::capture::Encoder;
-use sloth_shared::executor::{self, Limits, TaskContext};
-use sloth_shared::graph::Graph;
-use sloth_shared::protocol::{self, TaskRequest};
-use sloth_shared::shared_obj::NoBackend;
+use sloth_lua::capture::Encoder;
+use sloth_lua::context::TaskContext;
+use sloth_lua::executor::Limits;
+use sloth_lua::shared_obj::NoBackend;
+use sloth_modules::EXECUTOR;
+use sloth_proto::graph::Graph;
+use sloth_proto::protocol::{self, TaskRequest};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -58,10 +60,10 @@ fn main() {
         drop(l);
     });
     time("blank_state + drop", n, || {
-        let l = executor::blank_state().unwrap();
+        let l = EXECUTOR.blank_state().unwrap();
         drop(l);
     });
-    let states: Vec<_> = (0..n).map(|_| executor::blank_state().unwrap()).collect();
+    let states: Vec<_> = (0..n).map(|_| EXECUTOR.blank_state().unwrap()).collect();
     let t = Instant::now();
     drop(states);
     println!(
@@ -69,8 +71,8 @@ fn main() {
         "drop only",
         t.elapsed().as_secs_f64() * 1e6 / n as f64
     );
-    let main = executor::new_state(&ctx()).unwrap();
-    sloth_shared::capture::install(&main, Arc::new(NoBackend)).unwrap();
+    let main = EXECUTOR.new_state(&ctx()).unwrap();
+    sloth_lua::capture::install(&main, Arc::new(NoBackend)).unwrap();
     let f: Function = main
         .load("local i = 1 return function() return i end")
         .set_name("@main.sloth")
@@ -98,11 +100,11 @@ fn main() {
         memory_limit: Some(512 << 20),
     };
     time("run_task (no prewarm)", n, || {
-        executor::run_task(&req, ctx(), &lim).unwrap();
+        EXECUTOR.run_task(&req, ctx(), &lim).unwrap();
     });
-    executor::enable_prewarm(8);
+    EXECUTOR.enable_prewarm(8);
     std::thread::sleep(std::time::Duration::from_millis(200));
     time("run_task (prewarm, serial)", n, || {
-        executor::run_task(&req, ctx(), &lim).unwrap();
+        EXECUTOR.run_task(&req, ctx(), &lim).unwrap();
     });
 }

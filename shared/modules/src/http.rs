@@ -22,8 +22,8 @@ use mlua::{Lua, LuaSerdeExt, LuaString, MultiValue, Table, Value as LV};
 use ureq::http;
 
 use super::{stop_to_lua, task_ctx};
-use crate::cancel::{CancelToken, StopReason};
-use crate::executor::parse_duration;
+use sloth_lua::cancel::{CancelToken, StopReason};
+use sloth_lua::context::parse_duration;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_BODY: u64 = 64 * 1024 * 1024;

@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 
 use mlua::{Lua, Value as LV};
 use parking_lot::Mutex;
-use sloth_shared::cancel::CancelToken;
-use sloth_shared::executor::{self, TaskContext, TaskIo};
-use sloth_shared::protocol::LogLevel;
-use sloth_shared::shared_obj::{NoBackend, SharedBackend};
+use sloth_lua::cancel::CancelToken;
+use sloth_lua::context::{TaskContext, TaskIo};
+use sloth_lua::executor;
+use sloth_lua::shared_obj::{NoBackend, SharedBackend};
+use sloth_modules::EXECUTOR;
+use sloth_proto::protocol::LogLevel;
 
 /// Records every log line with the moment it arrived.
 #[derive(Default)]
@@ -30,7 +32,7 @@ impl TaskIo for Sink {
     }
 }
 
-fn state_with(cancel: CancelToken) -> (sloth_shared::capture::TaskState, Arc<Sink>) {
+fn state_with(cancel: CancelToken) -> (sloth_lua::capture::TaskState, Arc<Sink>) {
     let sink = Arc::new(Sink::default());
     let ctx = TaskContext {
         host: "test".into(),
@@ -38,10 +40,10 @@ fn state_with(cancel: CancelToken) -> (sloth_shared::capture::TaskState, Arc<Sin
         io: sink.clone(),
         cancel,
     };
-    (executor::new_state(&ctx).unwrap(), sink)
+    (EXECUTOR.new_state(&ctx).unwrap(), sink)
 }
 
-fn state() -> sloth_shared::capture::TaskState {
+fn state() -> sloth_lua::capture::TaskState {
     state_with(CancelToken::default()).0
 }
 
@@ -1091,7 +1093,7 @@ fn sys_hostname_and_facts() {
     assert!(dt > 0 && da >= 0 && da <= dt);
     assert_eq!(disk.get::<String>("path").unwrap(), "/");
 
-    let facts = sloth_shared::modules::sys::collect_facts();
+    let facts = sloth_modules::sys::collect_facts();
     assert_eq!(facts.hostname, host);
     assert_eq!(facts.os, "linux");
     assert!(facts.cpus >= 1 && facts.mem_total > 0 && facts.disk_total > 0);

@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use mlua::{Lua, MultiValue, Value as LV};
 use sha2::{Digest, Sha256};
 
-use crate::data::Data;
-use crate::graph::{SharedRef, Value};
-use crate::modules::{stop_to_lua, task_ctx};
+use crate::context::{stop_to_lua, task_ctx};
 use crate::shared_obj::SharedBackend;
+use sloth_proto::data::Data;
+use sloth_proto::graph::{SharedRef, Value};
 
 /// Bytes per fetch call.
 pub const CHUNK: usize = 1 << 20;

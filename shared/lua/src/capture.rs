@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use mlua::{Function, Lua, Table, Value as LV};
 
-use crate::data::{Data, Refs};
-use crate::graph::{FunctionDef, Graph, TableDef, Unsendable, Upvalue, Value};
 use crate::shared_obj::{SharedBackend, SharedObj};
+use sloth_proto::data::{Data, Refs};
+use sloth_proto::graph::{FunctionDef, Graph, TableDef, Unsendable, Upvalue, Value};
 
 /// Library tables whose contents travel by name.
 pub const LIBRARY_TABLES: &[&str] = &[
@@ -41,9 +41,9 @@ pub const LIBRARY_TABLES: &[&str] = &[
 
 /// How deep tables and closures may nest before a capture gives up (the same bound
 /// [`Data::check`] applies to received data).
-const MAX_DEPTH: usize = crate::data::MAX_DEPTH;
+const MAX_DEPTH: usize = sloth_proto::data::MAX_DEPTH;
 
-/// A Lua state made for one task ([`crate::executor::new_state`]). A task — bytecode,
+/// A Lua state made for one task ([`crate::executor::Executor::new_state`]). A task — bytecode,
 /// upvalues, the script's globals — can be restored only into one of these
 /// ([`restore_task`]); no other crate can make one, so the master's main state can
 /// never receive code or globals, whatever a peer sends. Everything else is restored
@@ -201,18 +201,17 @@ static TASK_STATE_NAMES: std::sync::OnceLock<HashSet<String>> = std::sync::OnceL
 /// Like [`install`] for task states, which rarely send functions or tables back:
 /// the builtin map is built only when first needed, and script globals are never
 /// captured from them.
-pub fn install_lazy(lua: &Lua, backend: Arc<dyn SharedBackend>) -> mlua::Result<()> {
+pub fn install_lazy(
+    lua: &Lua,
+    backend: Arc<dyn SharedBackend>,
+    lazy_globals: fn() -> Vec<&'static str>,
+) -> mlua::Result<()> {
     let only = match TASK_STATE_NAMES.get() {
         Some(n) => n,
         None => TASK_STATE_NAMES.get_or_init(|| {
             let mut names = scan(lua, None).1;
-            // Modules a task state builds on first use (modules::install_task_modules_lazy).
-            names.extend(crate::modules::MODULES.iter().map(|m| m.to_string()));
-            names.extend(
-                crate::modules::LAZY_STD_LIBS
-                    .iter()
-                    .map(|(m, _)| m.to_string()),
-            );
+            // What the task library builds on first use ([`crate::executor::Library`]).
+            names.extend(lazy_globals().into_iter().map(str::to_string));
             names
         }),
     };
@@ -278,7 +277,7 @@ pub struct Encoder<'l> {
     /// Data mode ([`encode_data`]): functions, builtins and `_ENV` are refused.
     data_only: bool,
     /// Tables and table entries so far: the receiver decodes at most
-    /// [`crate::graph::MAX_DECODED_ELEMENTS`], so refuse here with the value's path.
+    /// [`sloth_proto::graph::MAX_DECODED_ELEMENTS`], so refuse here with the value's path.
     elements: usize,
 }
 
@@ -441,13 +440,13 @@ impl<'l> Encoder<'l> {
             let ev = self.encode(&v, &kpath)?;
             entries.push((ek, ev));
             self.elements += 1;
-            if self.elements > crate::graph::MAX_DECODED_ELEMENTS {
+            if self.elements > sloth_proto::graph::MAX_DECODED_ELEMENTS {
                 return Err(CaptureError::new(
                     path,
                     "table",
                     format!(
                         "more than {} table entries in one value",
-                        crate::graph::MAX_DECODED_ELEMENTS
+                        sloth_proto::graph::MAX_DECODED_ELEMENTS
                     ),
                 ));
             }

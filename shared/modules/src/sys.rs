@@ -15,7 +15,7 @@ use std::ffi::CStr;
 
 use mlua::{Lua, Table};
 
-use crate::protocol::Facts;
+use sloth_proto::protocol::Facts;
 
 pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
     let t = lua.create_table()?;

@@ -1,12 +1,16 @@
 //! The capture codec between two real Lua states (no network).
 
 use mlua::{Function, Value as LV};
-use sloth_shared::capture::{self, Encoder};
-use sloth_shared::executor::{self, TaskContext};
-use sloth_shared::protocol;
+use sloth_lua::capture::{self, Encoder};
+use sloth_lua::context::TaskContext;
+use sloth_lua::executor;
+use sloth_modules::EXECUTOR;
+use sloth_proto::protocol;
 
 fn state() -> capture::TaskState {
-    executor::new_state(&TaskContext::offline("test", "t")).unwrap()
+    EXECUTOR
+        .new_state(&TaskContext::offline("test", "t"))
+        .unwrap()
 }
 
 /// Capture `fn_src` (an expression returning a function) in one state, ship it
@@ -20,7 +24,7 @@ fn ship(setup: &str, fn_src: &str) -> (capture::TaskState, Vec<LV>) {
     enc.push_script_globals().unwrap();
     let graph = enc.finish();
     let bytes = protocol::encode(&graph).unwrap();
-    let graph: sloth_shared::graph::Graph = protocol::decode(&bytes[4..]).unwrap();
+    let graph: sloth_proto::graph::Graph = protocol::decode(&bytes[4..]).unwrap();
     let b = state();
     let env = b.globals();
     let roots = capture::restore_task(&b, &graph, &env).unwrap();

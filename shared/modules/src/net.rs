@@ -11,7 +11,7 @@ use mlua::{Lua, LuaString, MultiValue, Table, Value as LV};
 use super::exec::os_reason;
 use super::http::run_cancellable;
 use super::{stop_to_lua, task_ctx};
-use crate::executor::parse_duration;
+use sloth_lua::context::parse_duration;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(3000);
 

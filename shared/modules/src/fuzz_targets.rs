@@ -1,6 +1,6 @@
 //! The bodies of the fuzz targets (`shared/fuzz`, run by `scripts/fuzz.sh` under
 //! AFL++), kept here so that `cargo test` replays every committed corpus entry and
-//! every crash found through exactly the same code (`shared/tests/fuzz_corpus.rs`).
+//! every crash found through exactly the same code (`shared/modules/tests/fuzz_corpus.rs`).
 //!
 //! Each target takes arbitrary bytes and must return without panicking, whatever
 //! they are; where the code under test makes a promise, the target checks it.
@@ -8,12 +8,13 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::capture;
-use crate::data::{Data, Refs};
-use crate::executor::{self, TaskContext};
-use crate::graph::{SharedKind, SharedRef, Value};
-use crate::protocol::{self, Control, FrameDecoder, ToAgent, ToMaster};
-use crate::shared_obj::NoBackend;
+use sloth_lua::capture;
+use sloth_lua::context::TaskContext;
+use sloth_lua::executor;
+use sloth_lua::shared_obj::NoBackend;
+use sloth_proto::data::{Data, Refs};
+use sloth_proto::graph::{SharedKind, SharedRef, Value};
+use sloth_proto::protocol::{self, Control, FrameDecoder, ToAgent, ToMaster};
 
 /// The frame decoder: the bytes arrive in pieces (sizes taken from the input
 /// itself), decoded as the message type the first byte picks, until the first error.
@@ -58,7 +59,7 @@ pub fn agent_task(data: &[u8]) {
     let Ok(ToAgent::Task(req)) = protocol::decode::<ToAgent>(data) else {
         return;
     };
-    let Ok(state) = executor::new_state(&TaskContext::offline("fuzz", "fuzz")) else {
+    let Ok(state) = crate::EXECUTOR.new_state(&TaskContext::offline("fuzz", "fuzz")) else {
         return;
     };
     let limits = executor::Limits {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use mlua::{Lua, MultiValue, UserData, UserDataFields, UserDataMethods, Value as LV};
 
 use crate::capture;
-use crate::data::Data;
-use crate::graph::{SharedKind, SharedRef};
+use sloth_proto::data::Data;
+use sloth_proto::graph::{SharedKind, SharedRef};
 
 /// Where calls on shared objects go. Calls block the calling (task) thread and must
 /// return early when that task is stopped.
@@ -193,7 +193,7 @@ fn all_method_names() -> Vec<&'static str> {
 /// Install the method table shared objects use in this state (every state that may
 /// hold them: the main script's and every task's).
 pub fn install_methods(lua: &Lua) -> mlua::Result<mlua::Table> {
-    let protect = crate::modules::protector(lua)?;
+    let protect = crate::protect::protector(lua)?;
     let table = lua.create_table()?;
     for name in all_method_names() {
         let raw =

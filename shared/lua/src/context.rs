@@ -1,0 +1,127 @@
+//! What a running task reaches outside its own Lua state ([`TaskContext`]: its host
+//! name, its log sink, its shared-object backend and its stop token), and the argument
+//! helpers every Lua-facing function shares (durations).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mlua::{Lua, Value as LV};
+use sloth_proto::protocol::LogLevel;
+
+use crate::cancel::{CancelToken, StopReason};
+use crate::shared_obj::{NoBackend, SharedBackend};
+
+/// What a running task can reach outside its own state.
+pub trait TaskIo: Send + Sync {
+    /// A log line or `print` output, streamed to the master as it happens.
+    fn log(&self, level: LogLevel, line: &str);
+    /// Where calls on shared objects (channels, wait groups, ...) go.
+    fn backend(&self) -> Arc<dyn SharedBackend>;
+}
+
+/// Everything module functions need, stored in each state's app data.
+#[derive(Clone)]
+pub struct TaskContext {
+    /// The name tasks see as `host.name` (`local` on the master).
+    pub host: String,
+    pub task_name: String,
+    pub io: Arc<dyn TaskIo>,
+    pub cancel: CancelToken,
+}
+
+impl TaskContext {
+    /// A context with no master behind it: log lines are dropped and shared objects
+    /// are refused ([`NoBackend`]). For benchmarks and tests of the executor alone.
+    pub fn offline(host: &str, task_name: &str) -> TaskContext {
+        TaskContext {
+            host: host.to_string(),
+            task_name: task_name.to_string(),
+            io: Arc::new(OfflineIo),
+            cancel: CancelToken::default(),
+        }
+    }
+}
+
+/// The [`TaskIo`] of [`TaskContext::offline`].
+struct OfflineIo;
+
+impl TaskIo for OfflineIo {
+    fn log(&self, _: LogLevel, _: &str) {}
+    fn backend(&self) -> Arc<dyn SharedBackend> {
+        Arc::new(NoBackend)
+    }
+}
+
+/// The context of the task this state runs.
+pub fn task_ctx(lua: &Lua) -> mlua::Result<TaskContext> {
+    lua.app_data_ref::<TaskContext>()
+        .map(|c| c.clone())
+        .ok_or_else(|| mlua::Error::runtime("no task context in this Lua state"))
+}
+
+/// Turn a stop of the running task into the Lua error that unwinds it.
+pub fn stop_to_lua(r: StopReason) -> mlua::Error {
+    mlua::Error::runtime(r.message())
+}
+
+/// Parse a duration given to the Lua API: a number of milliseconds, or a string
+/// like `"30s"`, `"500ms"`, `"2m"`, `"1h"`.
+pub fn parse_duration(v: &LV) -> Result<Option<Duration>, String> {
+    match v {
+        LV::Nil => Ok(None),
+        LV::Integer(i) if *i >= 0 => Ok(Some(Duration::from_millis(*i as u64))),
+        LV::Number(n) if *n >= 0.0 && n.is_finite() => {
+            Ok(Some(Duration::from_micros((*n * 1000.0) as u64)))
+        }
+        LV::String(s) => parse_duration_str(&s.to_string_lossy()).map(Some),
+        other => Err(format!(
+            "expected a duration in ms or a string like \"30s\", got {}",
+            match other {
+                LV::Integer(i) => i.to_string(),
+                LV::Number(n) => n.to_string(),
+                o => o.type_name().to_string(),
+            }
+        )),
+    }
+}
+
+pub fn parse_duration_str(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration '{s}' (use e.g. \"500ms\", \"30s\", \"2m\")"))?;
+    let ms = match unit.trim() {
+        "" | "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        "h" => n * 3_600_000.0,
+        "us" => n / 1000.0,
+        _ => return Err(format!("bad duration unit in '{s}' (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_micros((ms * 1000.0) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration_str("500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(parse_duration_str("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration_str("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(
+            parse_duration_str("1.5s").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert!(parse_duration_str("5 parsecs").is_err());
+        assert!(parse_duration_str("").is_err());
+    }
+}

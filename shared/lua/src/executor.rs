@@ -1,0 +1,351 @@
+//! Runs one task in a fresh, isolated Lua state. The same code runs on agents and
+//! on the master's worker threads, so local and remote tasks behave identically.
+//!
+//! The task library (the `exec`, `fs`, ... modules) lives in `sloth-modules`, above
+//! this crate; an [`Executor`] is given it as a [`Library`], so that task states, and
+//! the [`TaskState`] type that alone can receive code, stay in this crate.
+
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use mlua::{HookTriggers, Lua, LuaOptions, StdLib, Table, Value as LV, VmState};
+use sloth_proto::data::{Data, Refs};
+use sloth_proto::graph::Graph;
+use sloth_proto::protocol::{ErrorKind, TaskError, TaskRequest};
+
+use crate::cancel::{CancelToken, StopReason, STOPPED};
+use crate::capture::{self, TaskState};
+use crate::context::TaskContext;
+use crate::shared_obj::NoBackend;
+
+/// How often (in VM instructions) the hook checks for a stop.
+const HOOK_EVERY: u32 = 1000;
+
+/// The task library a task state is built with (`sloth_modules::LIBRARY`).
+pub struct Library {
+    /// Installs the library's globals into a fresh state (lazily where it can).
+    pub install: fn(&Lua) -> mlua::Result<()>,
+    /// The globals the library may add after [`Library::install`] (built on first
+    /// use): the capture codec treats them as builtins, never as script globals.
+    pub lazy_globals: fn() -> Vec<&'static str>,
+}
+
+/// Builds task states with one [`Library`] and runs tasks in them. Cheap to copy.
+#[derive(Clone, Copy)]
+pub struct Executor {
+    library: &'static Library,
+}
+
+impl Executor {
+    pub const fn new(library: &'static Library) -> Executor {
+        Executor { library }
+    }
+
+    /// Make a state with the standard library, the task library and the capture
+    /// codec, bound to the task `ctx`.
+    pub fn new_state(&self, ctx: &TaskContext) -> mlua::Result<TaskState> {
+        let lua = self.blank_state()?;
+        bind(&lua, ctx);
+        Ok(lua)
+    }
+
+    /// A fresh state with everything but a task: what the pre-warm pool keeps ready.
+    pub fn blank_state(&self) -> mlua::Result<TaskState> {
+        // SAFETY: the `debug` library is needed to read and set upvalues of shipped
+        // closures; tasks are trusted code from an authenticated master
+        // (docs/security.md). Only the libraries nearly every task uses are opened
+        // here (`table` and `math` stay eager so that a task replacing `_G`'s
+        // metatable, the "strict globals" idiom, still has them); the library opens
+        // the others on first use.
+        let lua = unsafe {
+            Lua::unsafe_new_with(
+                StdLib::STRING | StdLib::TABLE | StdLib::MATH,
+                LuaOptions::new(),
+            )
+        };
+        // Nothing built here is garbage: collecting while building is wasted work.
+        lua.gc_stop();
+        (self.library.install)(&lua)?;
+        capture::install_lazy(&lua, Arc::new(NoBackend), self.library.lazy_globals)?;
+        lua.gc_restart();
+        lua.gc_collect()?;
+        Ok(TaskState::new(lua))
+    }
+
+    /// Keep `n` fresh states ready for [`Executor::run_task`] (call once, at start-up;
+    /// one pool per process).
+    pub fn enable_prewarm(&self, n: usize) {
+        let pool = Arc::new(StatePool {
+            ready: Mutex::new(Vec::with_capacity(n)),
+            retired: Mutex::new(Vec::new()),
+            want: n,
+            cv: Condvar::new(),
+            executor: *self,
+        });
+        if POOL.set(pool.clone()).is_err() {
+            return;
+        }
+        let _ = std::thread::Builder::new()
+            .name("sloth-prewarm".into())
+            .spawn(move || {
+                // Refilling must never compete with running tasks for the CPU.
+                lower_thread_priority();
+                pool.refill_forever()
+            });
+    }
+
+    /// Run one task to completion. Never panics on task input; every failure is a
+    /// [`TaskError`] whose message does not yet name the host.
+    pub fn run_task(
+        &self,
+        req: &TaskRequest,
+        ctx: TaskContext,
+        limits: &Limits,
+    ) -> Result<Data, TaskError> {
+        let lua = self.take_state().inspect(|l| bind(l, &ctx)).map_err(|e| {
+            TaskError::new(ErrorKind::Lua, format!("setting up the task state: {e}"))
+        })?;
+        let outcome = execute(&lua, req, &ctx, limits);
+        // Every value of the state is gone by now; the state itself is dropped elsewhere.
+        retire_state(lua);
+        outcome
+    }
+
+    /// A state from the pre-warm pool (when it was built with this executor's
+    /// library), or a new one.
+    fn take_state(&self) -> mlua::Result<TaskState> {
+        if let Some(p) = POOL
+            .get()
+            .filter(|p| std::ptr::eq(p.executor.library, self.library))
+        {
+            let got = p.ready.lock().pop();
+            p.cv.notify_one();
+            if let Some(l) = got {
+                return Ok(l);
+            }
+        }
+        self.blank_state()
+    }
+}
+
+/// Give a blank state its task: module calls and shared objects now reach `ctx`.
+pub fn bind(lua: &Lua, ctx: &TaskContext) {
+    capture::set_backend(lua, ctx.io.backend());
+    lua.set_app_data(ctx.clone());
+}
+
+/// Fresh (never used) states made ahead of time on a background thread, so that a
+/// task does not pay for building its state. Every task still gets its own state.
+struct StatePool {
+    ready: Mutex<Vec<TaskState>>,
+    /// Used states waiting to be dropped by the pool's thread, off the task's path.
+    retired: Mutex<Vec<TaskState>>,
+    want: usize,
+    cv: Condvar,
+    executor: Executor,
+}
+
+static POOL: OnceLock<Arc<StatePool>> = OnceLock::new();
+
+/// Give the calling thread the lowest scheduling priority (nice 19).
+fn lower_thread_priority() {
+    // On Linux the nice value is per thread: PRIO_PROCESS with a thread id changes
+    // that thread only.
+    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19);
+}
+
+impl StatePool {
+    fn refill_forever(&self) {
+        loop {
+            {
+                let mut g = self.ready.lock();
+                while g.len() >= self.want && self.retired.lock().is_empty() {
+                    self.cv.wait(&mut g);
+                }
+            }
+            let old: Vec<TaskState> = std::mem::take(&mut *self.retired.lock());
+            drop(old);
+            if self.ready.lock().len() >= self.want {
+                continue;
+            }
+            match self.executor.blank_state() {
+                Ok(l) => self.ready.lock().push(l),
+                Err(e) => {
+                    tracing::warn!("cannot pre-build a Lua state: {e}");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+/// Hand a used state to the pool's thread to drop (dropping costs tens of µs).
+fn retire_state(lua: TaskState) {
+    match POOL.get() {
+        Some(p) => {
+            let mut r = p.retired.lock();
+            // Under sustained load the (lowest-priority) pool thread may lag: never
+            // let dead states pile up, drop inline past a small bound.
+            if r.len() >= 16 {
+                drop(r);
+                drop(lua);
+                return;
+            }
+            r.push(lua);
+            drop(r);
+            p.cv.notify_one();
+        }
+        None => drop(lua),
+    }
+}
+
+/// Arm the instruction hook that stops runaway Lua when the token says so.
+pub fn arm_stop_hook(lua: &Lua, cancel: CancelToken) -> mlua::Result<()> {
+    lua.set_hook(
+        HookTriggers::new().every_nth_instruction(HOOK_EVERY),
+        move |_, _| match cancel.stopped() {
+            Some(_) => Err(mlua::Error::runtime(STOPPED)),
+            None => Ok(VmState::Continue),
+        },
+    )
+}
+
+pub struct Limits {
+    pub memory_limit: Option<usize>,
+}
+
+fn execute(
+    state: &TaskState,
+    req: &TaskRequest,
+    ctx: &TaskContext,
+    limits: &Limits,
+) -> Result<Data, TaskError> {
+    let lua: Lua = (**state).clone();
+    let cancel = ctx.cancel.clone();
+    let (f, args) = prepare(state, req, &ctx.host, limits)?;
+    arm_stop_hook(&lua, cancel.clone())
+        .map_err(|e| TaskError::new(ErrorKind::Lua, e.to_string()))?;
+    let result = f.call::<mlua::MultiValue>(args);
+    lua.remove_hook();
+    let _ = lua.set_memory_limit(0);
+    if let Some(reason) = cancel.stopped() {
+        return Err(stop_error(reason));
+    }
+    match result {
+        Ok(values) => {
+            let values: Vec<LV> = values.into_iter().collect();
+            capture::encode_data(&lua, &values, "return value")
+                .map_err(|e| TaskError::new(ErrorKind::Capture, format!("{e} back to the master")))
+        }
+        Err(e) => Err(lua_error(&e, limits.memory_limit)),
+    }
+}
+
+/// Everything before a task runs: its memory limit (first, so that a task too large
+/// to restore fails as out of memory instead of taking the process down), `host`, then
+/// the task itself. Returns the function and its arguments.
+pub fn prepare(
+    state: &TaskState,
+    req: &TaskRequest,
+    host: &str,
+    limits: &Limits,
+) -> Result<(mlua::Function, mlua::MultiValue), TaskError> {
+    let lua: &Lua = state;
+    if let Some(limit) = limits.memory_limit {
+        let used = lua.used_memory();
+        let _ = lua.set_memory_limit(used.saturating_add(limit));
+    }
+    let env = lua.globals();
+    let host_tbl = host_table(lua, host, &req.host_vars)
+        .map_err(|e| TaskError::new(ErrorKind::Capture, format!("host vars: {e}")))?;
+    env.raw_set("host", host_tbl)
+        .map_err(|e| TaskError::new(ErrorKind::Lua, e.to_string()))?;
+    let roots = capture::restore_task(state, &req.payload, &env).map_err(|e| {
+        TaskError::new(
+            ErrorKind::Capture,
+            format!("restoring the task: {}", error_text(&e)),
+        )
+    })?;
+    let mut roots = roots.into_iter();
+    let Some(LV::Function(f)) = roots.next() else {
+        return Err(TaskError::new(
+            ErrorKind::Capture,
+            "the task carries no function",
+        ));
+    };
+    Ok((f, roots.collect()))
+}
+
+fn stop_error(reason: StopReason) -> TaskError {
+    match reason {
+        StopReason::Cancelled => TaskError::new(ErrorKind::Cancelled, "task cancelled"),
+        StopReason::Timeout => TaskError::new(
+            ErrorKind::Timeout,
+            "the task ran past its time limit and was stopped",
+        ),
+    }
+}
+
+/// Classify an error raised by task code.
+pub fn lua_error(e: &mlua::Error, memory_limit: Option<usize>) -> TaskError {
+    if is_memory_error(e) {
+        let limit = memory_limit
+            .map(|l| format!(" of {} MiB", l / (1024 * 1024)))
+            .unwrap_or_default();
+        return TaskError::new(
+            ErrorKind::Lua,
+            format!("out of memory: the task exceeded its memory limit{limit} and was stopped"),
+        );
+    }
+    TaskError::new(ErrorKind::Lua, error_text(e))
+}
+
+fn is_memory_error(e: &mlua::Error) -> bool {
+    match e {
+        mlua::Error::MemoryError(_) => true,
+        mlua::Error::CallbackError { cause, .. } => is_memory_error(cause),
+        mlua::Error::WithContext { cause, .. } => is_memory_error(cause),
+        _ => false,
+    }
+}
+
+/// The message of a Lua error without mlua's wrapping and without the traceback.
+pub fn error_text(e: &mlua::Error) -> String {
+    let s = match e {
+        mlua::Error::RuntimeError(s) => s.clone(),
+        mlua::Error::CallbackError { cause, .. } => return error_text(cause),
+        mlua::Error::WithContext { context, cause } => {
+            return format!("{context}: {}", error_text(cause))
+        }
+        mlua::Error::ExternalError(ext) => ext.to_string(),
+        other => other.to_string(),
+    };
+    match s.find("\nstack traceback:") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// `host = {name = ..., vars = {...}}` for the task.
+fn host_table(lua: &Lua, name: &str, vars: &Graph) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    t.raw_set("name", name)?;
+    let vars_v = if vars.roots.is_empty() {
+        LV::Table(lua.create_table()?)
+    } else {
+        let vars = Data::check(vars.clone(), Refs::Any).map_err(mlua::Error::runtime)?;
+        capture::restore_data(lua, &vars)?
+            .into_iter()
+            .next()
+            .unwrap_or(LV::Nil)
+    };
+    t.raw_set("vars", vars_v)?;
+    Ok(t)
+}
+
+/// Wall-clock helper shared by master and agent.
+pub fn elapsed_us(start: Instant) -> u64 {
+    start.elapsed().as_micros() as u64
+}

@@ -1,0 +1,85 @@
+//! Error hygiene for sloth's own Lua functions: `protect(f)` re-raises a function's
+//! errors as plain strings at the caller's line (no "runtime error:" prefix, no
+//! traceback), so scripts can `pcall` and `match` them.
+
+use mlua::{Lua, Table, Value as LV};
+
+/// `protect(f)`: a function that calls `f` and re-raises its errors as plain strings
+/// (without mlua's "runtime error:" prefix and traceback) at the caller's line.
+const PROTECT_SRC: &str = r#"
+local pack, unpack, pcall, error, type, tostring = table.pack, table.unpack, pcall, error, type, tostring
+local function clean(e)
+  if type(e) ~= "userdata" then return e end
+  local s = tostring(e)
+  s = s:gsub("^runtime error: ", ""):gsub("\nstack traceback:.*$", "")
+  return s
+end
+return function(f)
+  return function(...)
+    local r = pack(pcall(f, ...))
+    if r[1] then return unpack(r, 2, r.n) end
+    error(clean(r[2]), 2)
+  end
+end
+"#;
+
+/// The state's `protect` function (see [`PROTECT_SRC`]).
+pub fn protector(lua: &Lua) -> mlua::Result<mlua::Function> {
+    const KEY: &str = "sloth.protect";
+    if let Some(f) = lua.named_registry_value::<Option<mlua::Function>>(KEY)? {
+        return Ok(f);
+    }
+    static CODE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let f: mlua::Function = load_compiled_once(lua, &CODE, PROTECT_SRC)?.call(())?;
+    lua.set_named_registry_value(KEY, &f)?;
+    Ok(f)
+}
+
+/// Load a Lua chunk of sloth's own, compiled once per process: every state loads the
+/// same (stripped) bytecode instead of parsing the source again.
+fn load_compiled_once(
+    lua: &Lua,
+    cache: &'static std::sync::OnceLock<Vec<u8>>,
+    src: &str,
+) -> mlua::Result<mlua::Function> {
+    let code = match cache.get() {
+        Some(c) => c,
+        None => {
+            let f = lua.load(src).set_name("=sloth").into_function()?;
+            cache.get_or_init(|| f.dump(true))
+        }
+    };
+    lua.load(code.as_slice())
+        .set_mode(mlua::chunk::ChunkMode::Binary)
+        .into_function()
+}
+
+/// Make every function of the named global tables raise a plain string (without
+/// mlua's "runtime error:" prefix and traceback) located at the caller's line, so
+/// `pcall(goroutine.async, ...)` gives a message a script can `match`. Must run
+/// before `capture::install`, so the wrappers are what travels by name.
+pub fn wrap_errors(lua: &Lua, tables: &[&str]) -> mlua::Result<()> {
+    let g = lua.globals();
+    for name in tables {
+        if let LV::Table(t) = g.raw_get::<LV>(*name)? {
+            wrap_table(lua, &t)?;
+        }
+    }
+    Ok(())
+}
+
+/// Wrap every function of one module table (see [`wrap_errors`]).
+pub fn wrap_table(lua: &Lua, t: &Table) -> mlua::Result<()> {
+    let protect = protector(lua)?;
+    let funcs: Vec<(LV, mlua::Function)> = t
+        .pairs::<LV, LV>()
+        .filter_map(|p| match p {
+            Ok((k, LV::Function(f))) => Some((k, f)),
+            _ => None,
+        })
+        .collect();
+    for (k, f) in funcs {
+        t.raw_set(k, protect.call::<mlua::Function>(f)?)?;
+    }
+    Ok(())
+}

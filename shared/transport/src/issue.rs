@@ -1,0 +1,195 @@
+//! Certificate issuance for the fleet PKI (feature `issue`, which only the master
+//! enables): the fleet CA, agent certificates (ServerAuth, the agent's name as a DNS SAN)
+//! and master certificates (ClientAuth, the "master role"). Agents never issue anything,
+//! so they link neither rcgen nor x509-parser.
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PublicKeyData, SanType,
+};
+
+use crate::pem::{parse_certs, Pem};
+
+/// Validity of the fleet CA.
+const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Validity of agent and master certificates (there is no renewal tooling yet; the CA's
+/// own expiry bounds the useful life of every certificate anyway).
+const LEAF_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// `not_before` is back-dated by this much to tolerate clock skew between machines.
+const CLOCK_SKEW: Duration = Duration::from_secs(3600);
+
+/// Generates a fleet CA: ECDSA P-256, 10-year validity, `CA:TRUE, pathlen:0`, key usages
+/// keyCertSign and cRLSign.
+pub fn generate_ca(common_name: &str) -> anyhow::Result<Pem> {
+    if common_name.trim().is_empty() {
+        bail!("the CA common name must not be empty");
+    }
+    let key = new_key()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    set_validity(&mut params, CA_VALIDITY)?;
+    let cert = params
+        .self_signed(&key)
+        .context("cannot self-sign the fleet CA certificate")?;
+    Ok(Pem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// Issues an agent certificate signed by the fleet CA.
+///
+/// Subject CN=`name`; SANs: DNS `name`, each of `extra_sans` (an IP address if it parses as
+/// one, a DNS name otherwise) and URI `sloth://agent/<name>`; extended key usage
+/// ServerAuth only, so the certificate cannot be used as a master (client) certificate.
+pub fn issue_agent(ca: &Pem, name: &str, extra_sans: &[String]) -> anyhow::Result<Pem> {
+    validate_name(name).with_context(|| format!("invalid agent name {name:?}"))?;
+    let mut sans = vec![SanType::DnsName(ia5(name)?)];
+    for san in extra_sans {
+        let san = san.trim();
+        match san.parse::<IpAddr>() {
+            Ok(ip) => sans.push(SanType::IpAddress(ip)),
+            Err(_) => {
+                validate_name(san).with_context(|| {
+                    format!("invalid extra subject alternative name {san:?} (not an IP address, and not a valid DNS name)")
+                })?;
+                sans.push(SanType::DnsName(ia5(san)?));
+            }
+        }
+    }
+    sans.push(SanType::URI(ia5(&format!("sloth://agent/{name}"))?));
+    issue_leaf(ca, name, sans, ExtendedKeyUsagePurpose::ServerAuth)
+        .with_context(|| format!("cannot issue the agent certificate for {name:?}"))
+}
+
+/// Issues a master certificate signed by the fleet CA.
+///
+/// Subject CN=`name`; SAN URI `sloth://master/<name>`; extended key usage ClientAuth only
+/// (the master role), so the certificate cannot act as an agent (server) certificate.
+pub fn issue_master(ca: &Pem, name: &str) -> anyhow::Result<Pem> {
+    validate_name(name).with_context(|| format!("invalid master name {name:?}"))?;
+    let sans = vec![SanType::URI(ia5(&format!("sloth://master/{name}"))?)];
+    issue_leaf(ca, name, sans, ExtendedKeyUsagePurpose::ClientAuth)
+        .with_context(|| format!("cannot issue the master certificate for {name:?}"))
+}
+
+fn issue_leaf(
+    ca: &Pem,
+    common_name: &str,
+    sans: Vec<SanType>,
+    eku: ExtendedKeyUsagePurpose,
+) -> anyhow::Result<Pem> {
+    let issuer = load_issuer(ca)?;
+    let key = new_key()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.subject_alt_names = sans;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![eku];
+    params.use_authority_key_identifier_extension = true;
+    set_validity(&mut params, LEAF_VALIDITY)?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .context("cannot sign the certificate with the fleet CA")?;
+    Ok(Pem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// Re-creates the CA issuer from its PEM certificate and key, checking that they belong
+/// together and that the certificate is allowed to sign certificates.
+fn load_issuer(ca: &Pem) -> anyhow::Result<Issuer<'static, KeyPair>> {
+    let ca_key = KeyPair::from_pem(&ca.key)
+        .map_err(|e| anyhow!("the CA private key is not a usable PEM private key: {e}"))?;
+    let ca_ders = parse_certs(&ca.cert).context("the CA certificate")?;
+    let Some(ca_der) = ca_ders.first() else {
+        bail!("the CA certificate PEM contains no certificate");
+    };
+    // The DER of the key's SubjectPublicKeyInfo appears verbatim inside the certificate
+    // that certifies it (DER is canonical).
+    let spki = ca_key.subject_public_key_info();
+    if !ca_der
+        .as_ref()
+        .windows(spki.len())
+        .any(|w| w == spki.as_slice())
+    {
+        bail!("the CA private key does not belong to the CA certificate");
+    }
+    let issuer = Issuer::from_ca_cert_der(ca_der, ca_key)
+        .map_err(|e| anyhow!("cannot use the CA certificate as an issuer: {e}"))?;
+    if !issuer.key_usages().is_empty()
+        && !issuer.key_usages().contains(&KeyUsagePurpose::KeyCertSign)
+    {
+        bail!("the CA certificate is not allowed to sign certificates (no keyCertSign key usage): is it really a CA certificate?");
+    }
+    Ok(issuer)
+}
+
+fn new_key() -> anyhow::Result<KeyPair> {
+    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| anyhow!("cannot generate an ECDSA P-256 key: {e}"))
+}
+
+fn ia5(s: &str) -> anyhow::Result<rcgen::string::Ia5String> {
+    rcgen::string::Ia5String::try_from(s)
+        .map_err(|e| anyhow!("{s:?} is not valid in a certificate name (IA5String): {e}"))
+}
+
+fn set_validity(params: &mut CertificateParams, validity: Duration) -> anyhow::Result<()> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("the system clock is before 1970")?;
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    params.not_before = epoch + now.saturating_sub(CLOCK_SKEW);
+    params.not_after = epoch + (now + validity);
+    Ok(())
+}
+
+/// Checks that `name` is usable as an agent/master name and as a TLS server name:
+/// letters, digits, '-' and '.', dot-separated labels of 1..=63 characters that neither
+/// start nor end with '-', at most 253 characters, not an IP address.
+fn validate_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty() {
+        bail!("the name is empty");
+    }
+    if name.len() > 253 {
+        bail!("the name is longer than 253 characters");
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.'))
+    {
+        bail!("the character {bad:?} is not allowed (use letters, digits, '-' and '.')");
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            bail!("empty label (the name starts or ends with '.', or contains \"..\")");
+        }
+        if label.len() > 63 {
+            bail!("the label {label:?} is longer than 63 characters");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            bail!("the label {label:?} starts or ends with '-'");
+        }
+    }
+    if name.parse::<IpAddr>().is_ok() {
+        bail!("an IP address is not a name (give it as an extra SAN instead)");
+    }
+    rustls::pki_types::DnsName::try_from(name)
+        .map_err(|_| anyhow!("not a valid DNS name (e.g. the last label is all digits)"))?;
+    Ok(())
+}
