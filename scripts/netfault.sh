@@ -147,8 +147,8 @@ for i in 0 1; do
   printf '[hosts.%s]\naddress = "%s"\ngroups = ["net"]\n\n' "$name" "${AGENT_IP[$i]}" >>"$INV"
 done
 for name in "${NAMES[@]}"; do
-  for _ in $(seq 100); do grep -q "listening on" "$WORK/agent-$name.out" && break; sleep 0.1; done
-  grep -q "listening on" "$WORK/agent-$name.out" || setup_error "agent $name did not start"
+  for _ in $(seq 100); do grep -q '"event":"ready"' "$WORK/agent-$name.out" && break; sleep 0.1; done
+  grep -q '"event":"ready"' "$WORK/agent-$name.out" || setup_error "agent $name did not start"
 done
 ok "setup: namespaces ${NS[*]}, agents a1 (${AGENT_IP[0]}) and a2 (${AGENT_IP[1]}) listening"
 

@@ -54,8 +54,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let endpoint = quinn::Endpoint::server(server_cfg, cfg.listen)
         .with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = endpoint.local_addr().context("reading the bound address")?;
-    // The local fleet reads this line to learn the port; keep its shape.
-    println!("sloth-agent {} listening on {addr}", cfg.name);
+    // The one line on stdout: what launchers wait for (sloth_launcher::Ready).
+    println!(
+        "{}",
+        sloth_launcher::Ready::new(&cfg.name, addr, env!("CARGO_PKG_VERSION")).line()
+    );
     {
         use std::io::Write;
         let _ = std::io::stdout().flush();

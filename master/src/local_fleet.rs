@@ -1,16 +1,15 @@
 //! `--local-fleet`: real `sloth-agent` processes on 127.0.0.1 with a throw-away
 //! CA, stopped on exit, on error and on Ctrl-C (and killed by the kernel if the
-//! master itself dies, via PR_SET_PDEATHSIG).
+//! master itself dies: the launcher sets their parent-death signal).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, Context};
 use parking_lot::Mutex;
+use rustix::process::{kill_process, Pid, Signal};
+use sloth_launcher::{AgentCommand, RunningAgent};
 use sloth_transport as tls;
 
 use crate::mesh::MasterCerts;
@@ -20,32 +19,16 @@ static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 /// Their throw-away certificate directories, removed by [`kill_all`] too.
 static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
+/// How long local agents may take to print their readiness line.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long they get to exit after `SIGTERM` before `SIGKILL`.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 pub struct LocalFleet {
     _dir: tempfile::TempDir,
-    children: Vec<(String, Child)>,
+    agents: Vec<RunningAgent>,
     pub addresses: HashMap<String, String>,
     pub certs: MasterCerts,
-}
-
-/// Where the agent binary is: $SLOTH_AGENT_BIN, or next to this executable.
-pub fn agent_binary() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("SLOTH_AGENT_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let me = std::env::current_exe().context("locating sloth-master")?;
-    let mut candidates = vec![me.with_file_name("sloth-agent")];
-    if let Some(parent) = me.parent().and_then(|p| p.parent()) {
-        candidates.push(parent.join("sloth-agent"));
-    }
-    for c in &candidates {
-        if c.exists() {
-            return Ok(c.clone());
-        }
-    }
-    bail!(
-        "cannot find the sloth-agent binary next to {} (build it with `cargo build --release`, or set SLOTH_AGENT_BIN)",
-        me.display()
-    )
 }
 
 impl LocalFleet {
@@ -57,121 +40,47 @@ impl LocalFleet {
             .tempdir()
             .context("creating a temporary directory")?;
         let ca = tls::generate_ca("sloth local fleet CA")?;
-        tls::write_pem_files(dir.path(), "ca", &ca)?;
+        let (ca_crt, _) = tls::write_pem_files(dir.path(), "ca", &ca)?;
         let master = tls::issue_master(&ca, "master")?;
         tls::write_pem_files(dir.path(), "master", &master)?;
         DIRS.lock().push(dir.path().to_path_buf());
-        let bin = agent_binary()?;
-        let mut fleet = LocalFleet {
-            children: Vec::new(),
-            addresses: HashMap::new(),
+        let bin = sloth_launcher::agent_binary().map_err(|e| anyhow!(e))?;
+        // Local agents share the master's terminal: only their warnings.
+        let log_filter = std::env::var("SLOTH_LOG").unwrap_or_else(|_| "warn".into());
+        let mut cmds = Vec::with_capacity(names.len());
+        for name in names {
+            let pem = tls::issue_agent(&ca, name, &["127.0.0.1".to_string()])?;
+            let (cert, key) = tls::write_pem_files(dir.path(), name, &pem)?;
+            cmds.push(
+                AgentCommand::new(&bin, name, "127.0.0.1:0")
+                    .identity(&cert, &key, &ca_crt)
+                    .args(extra_args)
+                    .env("SLOTH_LOG", &log_filter),
+            );
+        }
+        let agents =
+            sloth_launcher::launch_all(cmds, START_TIMEOUT).map_err(|e| anyhow!("local {e}"))?;
+        PIDS.lock().extend(agents.iter().map(RunningAgent::pid));
+        let addresses = agents
+            .iter()
+            .map(|a| (a.name().to_string(), a.addr().to_string()))
+            .collect();
+        Ok(LocalFleet {
+            _dir: dir,
+            agents,
+            addresses,
             certs: MasterCerts {
                 own: master,
                 ca: ca.cert.clone(),
             },
-            _dir: dir,
-        };
-        let (tx, rx) = mpsc::channel::<(String, Result<String, String>)>();
-        for name in names {
-            let pem = tls::issue_agent(&ca, name, &["127.0.0.1".to_string()])?;
-            let (cert, key) = tls::write_pem_files(fleet._dir.path(), name, &pem)?;
-            let mut cmd = Command::new(&bin);
-            cmd.arg("--listen")
-                .arg("127.0.0.1:0")
-                .arg("--cert")
-                .arg(&cert)
-                .arg("--key")
-                .arg(&key)
-                .arg("--ca")
-                .arg(fleet._dir.path().join("ca.crt"))
-                .arg("--name")
-                .arg(name)
-                .args(extra_args)
-                // Local agents share the master's terminal: only their warnings.
-                .env(
-                    "SLOTH_LOG",
-                    std::env::var("SLOTH_LOG").unwrap_or_else(|_| "warn".into()),
-                )
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit());
-            {
-                use std::os::unix::process::CommandExt;
-                // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-                unsafe {
-                    cmd.pre_exec(|| {
-                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                        Ok(())
-                    });
-                }
-            }
-            let mut child = cmd
-                .spawn()
-                .with_context(|| format!("starting {}", bin.display()))?;
-            PIDS.lock().push(child.id());
-            let stdout = child.stdout.take();
-            fleet.children.push((name.clone(), child));
-            let tx = tx.clone();
-            let name = name.clone();
-            std::thread::spawn(move || {
-                let Some(out) = stdout else {
-                    let _ = tx.send((name, Err("no stdout".into())));
-                    return;
-                };
-                let mut lines = BufReader::new(out).lines();
-                let first = match lines.next() {
-                    Some(Ok(l)) => match l.rsplit_once(" listening on ") {
-                        Some((_, addr)) => Ok(addr.trim().to_string()),
-                        None => Err(format!("unexpected first line: {l}")),
-                    },
-                    _ => Err("the agent exited before it was ready".into()),
-                };
-                let _ = tx.send((name, first));
-                // Keep draining so the agent never blocks on a full pipe.
-                for _ in lines {}
-            });
-        }
-        drop(tx);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while fleet.addresses.len() < names.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok((name, Ok(addr))) => {
-                    fleet.addresses.insert(name, addr);
-                }
-                Ok((name, Err(e))) => bail!("local agent {name} failed to start: {e}"),
-                Err(_) => bail!("local agents did not start within 20 s"),
-            }
-        }
-        Ok(fleet)
+        })
     }
 
     pub fn stop(&mut self) {
-        for (_, c) in &mut self.children {
-            // SAFETY: plain kill(2) on a child we started and have not reaped.
-            unsafe {
-                libc::kill(c.id() as i32, libc::SIGTERM);
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        for (_, c) in &mut self.children {
-            loop {
-                match c.try_wait() {
-                    Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(10))
-                    }
-                    _ => {
-                        let _ = c.kill();
-                        let _ = c.wait();
-                        break;
-                    }
-                }
-            }
-        }
-        let mine: Vec<u32> = self.children.iter().map(|(_, c)| c.id()).collect();
+        sloth_launcher::stop_all(&mut self.agents, STOP_GRACE);
+        let mine: Vec<u32> = self.agents.iter().map(RunningAgent::pid).collect();
         PIDS.lock().retain(|p| !mine.contains(p));
-        self.children.clear();
+        self.agents.clear();
     }
 }
 
@@ -184,9 +93,8 @@ impl Drop for LocalFleet {
 /// From a signal handler: kill every local agent at once.
 pub fn kill_all() {
     for pid in PIDS.lock().drain(..) {
-        // SAFETY: kill(2) on pids we started.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGKILL);
+        if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+            let _ = kill_process(pid, Signal::KILL);
         }
     }
     for dir in DIRS.lock().drain(..) {

@@ -21,7 +21,6 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,6 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use sloth_launcher::{AgentCommand, RunningAgent};
 use sloth_proto::protocol::Control;
 use sloth_transport::wire;
 use sloth_transport::{self as tls, Pem};
@@ -49,6 +49,8 @@ const IN_FLIGHT: usize = 64;
 /// Keep-alive and idle timeout: what the agent and the master use.
 const KEEP_ALIVE: Duration = Duration::from_secs(1);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the agents of a run may take to print their readiness lines.
+const AGENT_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -637,18 +639,7 @@ fn unix_date() -> String {
 struct Agent {
     name: String,
     addr: SocketAddr,
-    child: Child,
-}
-
-/// The process `cmd` starts is killed when this one dies, however it dies.
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    process: RunningAgent,
 }
 
 /// Keep a sample, or record why measurement `key` failed (and say so on stderr).
@@ -663,18 +654,6 @@ fn record(
         Err(e) => {
             eprintln!("[bench] {key} failed: {e:#}");
             errs.insert(key, format!("{e:#}"));
-        }
-    }
-}
-
-/// Agents being started; those still here when it is dropped are killed and reaped.
-struct Starting(Vec<Option<Child>>);
-
-impl Drop for Starting {
-    fn drop(&mut self) {
-        for mut c in self.0.drain(..).flatten() {
-            let _ = c.kill();
-            let _ = c.wait();
         }
     }
 }
@@ -807,68 +786,31 @@ impl Bench {
         self.stop_agents();
         self.issue_certs(count)?;
         eprintln!("[bench] starting {count} agents");
-        let log = fs::File::create(self.dir.path().join("agents.log"))?;
+        let log = self.dir.path().join("agents.log");
         let certs = self.certs();
-        let names: Vec<String> = (0..count).map(host_name).collect();
-        let (tx, rx) = mpsc::channel::<(usize, Result<SocketAddr, String>)>();
-        // Agents started but not yet kept: killed and reaped if this returns early.
-        let mut pending = Starting(Vec::new());
-        for (i, name) in names.iter().enumerate() {
-            let mut cmd = Command::new(&self.bins.agent);
-            cmd.arg("--listen")
-                .arg(format!("{}:0", host_ip(i)))
-                .args(["--name", name])
-                .arg("--cert")
-                .arg(certs.join(format!("{name}.crt")))
-                .arg("--key")
-                .arg(certs.join(format!("{name}.key")))
-                .arg("--ca")
-                .arg(certs.join("ca.crt"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::from(log.try_clone()?));
-            die_with_parent(&mut cmd);
-            let mut child = cmd.spawn().context("starting sloth-agent")?;
-            let out = child.stdout.take();
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                let Some(out) = out else { return };
-                let mut lines = BufReader::new(out).lines();
-                let first = match lines.next() {
-                    Some(Ok(l)) => l
-                        .rsplit_once(" listening on ")
-                        .and_then(|(_, a)| a.trim().parse::<SocketAddr>().ok())
-                        .ok_or_else(|| format!("unexpected first line: {l}")),
-                    _ => Err("the agent exited before it was ready".into()),
-                };
-                let _ = tx.send((i, first));
-                for _ in lines {}
-            });
-            pending.0.push(Some(child));
-        }
-        drop(tx);
-        let mut addrs: Vec<Option<SocketAddr>> = vec![None; names.len()];
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut ready = 0;
-        while ready < names.len() {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok((i, Ok(a))) => {
-                    addrs[i] = Some(a);
-                    ready += 1;
-                }
-                Ok((i, Err(e))) => bail!("agent {} failed to start: {e}", names[i]),
-                Err(_) => bail!("agents did not start within 60 s"),
-            }
-        }
-        for (i, name) in names.iter().enumerate() {
-            if let (Some(child), Some(addr)) = (pending.0[i].take(), addrs[i]) {
-                self.agents.push(Agent {
-                    name: name.clone(),
-                    addr,
-                    child,
-                });
-            }
-        }
+        let cmds: Vec<AgentCommand> = (0..count)
+            .map(|i| {
+                let name = host_name(i);
+                AgentCommand::new(&self.bins.agent, &name, &format!("{}:0", host_ip(i)))
+                    .identity(
+                        &certs.join(format!("{name}.crt")),
+                        &certs.join(format!("{name}.key")),
+                        &certs.join("ca.crt"),
+                    )
+                    .stderr_to(&log)
+            })
+            .collect();
+        // Returning early kills and reaps every agent started so far.
+        let started =
+            sloth_launcher::launch_all(cmds, AGENT_START_TIMEOUT).map_err(|e| anyhow!(e))?;
+        self.agents = started
+            .into_iter()
+            .map(|process| Agent {
+                name: process.name().to_string(),
+                addr: process.addr(),
+                process,
+            })
+            .collect();
         let small = self.small();
         let mut inv = String::from("# sloth-bench: local agents\n");
         for (i, a) in self.agents.iter().enumerate() {
@@ -888,35 +830,14 @@ impl Bench {
         self.idle_rss = self
             .agents
             .iter()
-            .filter_map(|a| rss_bytes(a.child.id()).ok())
+            .filter_map(|a| rss_bytes(a.process.pid()).ok())
             .collect();
         Ok(())
     }
 
     fn stop_agents(&mut self) {
-        for a in &self.agents {
-            // SAFETY: kill(2) on a child we started and have not reaped.
-            unsafe {
-                libc::kill(a.child.id() as i32, libc::SIGTERM);
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        for a in &mut self.agents {
-            loop {
-                match a.child.try_wait() {
-                    Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(10))
-                    }
-                    _ => {
-                        let _ = a.child.kill();
-                        let _ = a.child.wait();
-                        break;
-                    }
-                }
-            }
-        }
-        self.agents.clear();
+        let mut processes: Vec<RunningAgent> = self.agents.drain(..).map(|a| a.process).collect();
+        sloth_launcher::stop_all(&mut processes, Duration::from_secs(3));
     }
 
     fn master_cmd(&self, script: &str, vars: &[(&str, String)]) -> Command {
@@ -1312,7 +1233,7 @@ impl Bench {
             .agents
             .iter()
             .take(4)
-            .filter_map(|a| rss_bytes(a.child.id()).ok())
+            .filter_map(|a| rss_bytes(a.process.pid()).ok())
             .collect();
         t.push(
             Row::new(

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 
-use crate::{die_with_parent, run_captured, MasterRun};
+use sloth_launcher::die_with_parent;
+
+use crate::{run_captured, MasterRun};
 
 /// The port of the bench's sshd on every host address.
 pub const SSH_PORT: u16 = 2222;

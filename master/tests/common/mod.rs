@@ -5,12 +5,14 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+use sloth_launcher::{AgentCommand, RunningAgent};
 
 /// Hard limit for one `sloth-master` invocation: a hang fails the test instead of CI.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -273,9 +275,9 @@ pub fn certs_issue(dir: &Path, name: &str) {
 pub struct Agent {
     pub name: String,
     pub addr: String,
-    pub child: Child,
+    pub process: RunningAgent,
     pub log: PathBuf,
-    /// Everything but `--listen`, to restart it.
+    /// Everything but `--listen` and `--name`, to restart it.
     args: Vec<std::ffi::OsString>,
 }
 
@@ -291,7 +293,10 @@ pub struct AgentSpec<'a> {
     pub extra_args: &'a [&'a str],
 }
 
-/// Start `sloth-agent` on a free port and wait for its `listening on` line.
+/// How long an agent may take to print its readiness line.
+const AGENT_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Start `sloth-agent` on a free port and wait for its readiness line.
 pub fn start_agent(spec: &AgentSpec, log_dir: &Path) -> Agent {
     let mut args: Vec<std::ffi::OsString> = vec![
         "--cert".into(),
@@ -300,105 +305,50 @@ pub fn start_agent(spec: &AgentSpec, log_dir: &Path) -> Agent {
         spec.cert_dir.join(format!("{}.key", spec.cert_stem)).into(),
         "--ca".into(),
         spec.ca.into(),
-        "--name".into(),
-        spec.name.into(),
     ];
     args.extend(spec.extra_args.iter().map(|a| a.into()));
     spawn_agent(spec.name, args, "127.0.0.1:0", log_dir)
 }
 
 fn spawn_agent(name: &str, args: Vec<std::ffi::OsString>, listen: &str, log_dir: &Path) -> Agent {
-    launch_agent(name, args, listen, log_dir).ready()
+    let (starting, log) = launch_agent(name, args.clone(), listen, log_dir);
+    ready(name, starting, log, args)
 }
 
-/// An agent process started, whose `listening on` line has not been read yet.
-struct Launched {
-    name: String,
-    child: Child,
-    log: PathBuf,
-    args: Vec<std::ffi::OsString>,
-    first_line: mpsc::Receiver<Option<String>>,
-}
-
+/// Start the process; [`ready`] waits for it.
 fn launch_agent(
     name: &str,
     args: Vec<std::ffi::OsString>,
     listen: &str,
     log_dir: &Path,
-) -> Launched {
+) -> (sloth_launcher::Starting, PathBuf) {
     let log = log_dir.join(format!("agent-{}-{}.log", name, unique()));
-    let err = File::create(&log).unwrap();
-    let mut cmd = Command::new(agent_bin());
-    cmd.arg("--listen")
-        .arg(listen)
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(err));
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: prctl(2) is async-signal-safe. If the test process dies, so do its agents.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-    }
-    let mut child = cmd.spawn().expect("starting sloth-agent");
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(out).lines();
-        let _ = tx.send(lines.next().and_then(Result::ok));
-        for _ in lines {}
-    });
-    Launched {
-        name: name.to_string(),
-        child,
-        log,
-        args,
-        first_line: rx,
-    }
+    let starting = AgentCommand::new(&agent_bin(), name, listen)
+        .args(args)
+        .stderr_to(&log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    (starting, log)
 }
 
-impl Launched {
-    /// Wait for the `listening on` line; the agent's address.
-    fn ready(self) -> Agent {
-        let Launched {
-            name,
-            mut child,
-            log,
-            args,
-            first_line,
-        } = self;
-        let first = first_line
-            .recv_timeout(Duration::from_secs(60))
-            .ok()
-            .flatten();
-        let Some(first) = first else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "agent {} did not start: {}",
-                name,
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        };
-        let prefix = format!("sloth-agent {name} listening on ");
-        let addr = first
-            .strip_prefix(&prefix)
-            .unwrap_or_else(|| panic!("unexpected first agent line: {first:?}"))
-            .trim()
-            .to_string();
-        assert!(addr.starts_with("127.0.0.1:"), "{addr}");
-        Agent {
-            name,
-            addr,
-            child,
-            log,
-            args,
-        }
+fn ready(
+    name: &str,
+    starting: sloth_launcher::Starting,
+    log: PathBuf,
+    args: Vec<std::ffi::OsString>,
+) -> Agent {
+    let process = starting
+        .wait_ready(AGENT_START_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(process.name(), name);
+    let addr = process.addr().to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    Agent {
+        name: name.to_string(),
+        addr,
+        process,
+        log,
+        args,
     }
 }
 
@@ -496,7 +446,7 @@ impl TestFleet {
             let pem = tls::issue_agent(&ca, n, &[]).unwrap();
             tls::write_pem_files(&self.certs, n, &pem).unwrap();
         }
-        let launched: Vec<Launched> = names
+        let launched: Vec<_> = names
             .iter()
             .map(|n| {
                 let args: Vec<std::ffi::OsString> = vec![
@@ -506,14 +456,13 @@ impl TestFleet {
                     self.certs.join(format!("{n}.key")).into(),
                     "--ca".into(),
                     self.certs.join("ca.crt").into(),
-                    "--name".into(),
-                    n.into(),
                 ];
-                launch_agent(n, args, "127.0.0.1:0", self.dir.path())
+                let (starting, log) = launch_agent(n, args.clone(), "127.0.0.1:0", self.dir.path());
+                (n, starting, log, args)
             })
             .collect();
-        for l in launched {
-            let a = l.ready();
+        for (n, starting, log, args) in launched {
+            let a = ready(n, starting, log, args);
             self.add_host(&a.name.clone(), &a.addr, &[group]);
             self.agents.push(a);
         }
@@ -578,7 +527,7 @@ impl TestFleet {
     }
 
     pub fn pid(&self, name: &str) -> u32 {
-        self.agent(name).child.id()
+        self.agent(name).process.pid()
     }
 
     pub fn addr(&self, name: &str) -> String {
@@ -592,27 +541,30 @@ impl TestFleet {
 
     /// Is the agent process still running (not exited)?
     pub fn alive(&mut self, name: &str) -> bool {
-        matches!(self.agent_mut(name).child.try_wait(), Ok(None))
+        matches!(
+            self.agent_mut(name).process.child_mut().try_wait(),
+            Ok(None)
+        )
     }
 
-    fn signal(&self, name: &str, sig: i32) {
-        // SAFETY: kill(2) on a child process we started and have not reaped.
-        let r = unsafe { libc::kill(self.pid(name) as i32, sig) };
-        assert_eq!(r, 0, "kill({name}, {sig})");
+    fn signal(&self, name: &str, sig: Signal) {
+        if let Err(e) = self.agent(name).process.signal(sig) {
+            panic!("kill({name}, {sig:?}): {e}");
+        }
     }
 
     /// SIGKILL, and reap.
     pub fn kill(&mut self, name: &str) {
-        self.signal(name, libc::SIGKILL);
-        let _ = self.agent_mut(name).child.wait();
+        self.signal(name, Signal::KILL);
+        let _ = self.agent_mut(name).process.child_mut().wait();
     }
 
     /// Start a killed agent again on the same address.
     pub fn restart(&mut self, name: &str) {
         let dir = self.dir.path().to_path_buf();
         let a = self.agent_mut(name);
-        let _ = a.child.kill();
-        let _ = a.child.wait();
+        let _ = a.process.child_mut().kill();
+        let _ = a.process.child_mut().wait();
         let fresh = spawn_agent(name, a.args.clone(), &a.addr.clone(), &dir);
         assert_eq!(fresh.addr, a.addr);
         *a = fresh;
@@ -620,12 +572,12 @@ impl TestFleet {
 
     /// SIGSTOP (freeze).
     pub fn stop(&self, name: &str) {
-        self.signal(name, libc::SIGSTOP);
+        self.signal(name, Signal::STOP);
     }
 
     /// SIGCONT.
     pub fn resume(&self, name: &str) {
-        self.signal(name, libc::SIGCONT);
+        self.signal(name, Signal::CONT);
     }
 
     fn script_path(&self, file_name: &str, script: &str) -> PathBuf {
@@ -668,8 +620,8 @@ impl TestFleet {
 impl Drop for TestFleet {
     fn drop(&mut self) {
         for a in &mut self.agents {
-            let _ = a.child.kill();
-            let _ = a.child.wait();
+            let _ = a.process.child_mut().kill();
+            let _ = a.process.child_mut().wait();
         }
     }
 }
