@@ -1,20 +1,5 @@
 //! `sloth-master`: runs deploy scripts across a fleet of `sloth-agent`s.
 
-mod certs_cmd;
-mod cli;
-mod dispatch;
-mod fleet;
-mod health;
-mod inventory;
-mod local_fleet;
-mod mesh;
-mod objects;
-mod output;
-mod pools;
-mod registry;
-mod rollout;
-mod runtime;
-
 use clap::Parser;
 
 /// Lua states allocate and free many small objects; mimalloc is faster at it than
@@ -31,7 +16,7 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let args = cli::Cli::parse();
-    let code = cli::main(args);
+    let args = sloth_master::cli::Cli::parse();
+    let code = sloth_master::cli::main(args);
     std::process::ExitCode::from(code as u8)
 }

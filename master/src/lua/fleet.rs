@@ -5,9 +5,10 @@ use std::sync::Arc;
 use mlua::{Function, Lua, LuaSerdeExt, Table, Value as LV};
 use sloth_proto::protocol::{Facts, LogLevel};
 
-use crate::dispatch;
-use crate::rollout::{self, Serial};
-use crate::runtime::{capture_call, parse_opts, result_table, rt_err, Runtime};
+use crate::engine::dispatch;
+use crate::engine::rollout::{self, Serial};
+use crate::engine::runtime::Runtime;
+use crate::lua::args::{capture_call, check_keys, parse_opts, result_table, rt_err};
 
 pub fn facts_table(lua: &Lua, f: &Facts) -> mlua::Result<Table> {
     let t = lua.create_table()?;
@@ -172,7 +173,7 @@ fn fleet_run(
         .map_err(|e| rt_err(format!("fleet.run: {e}")))?;
     let (serial, max_fail, fatal, task_opts_tbl) = match &opts {
         Some(t) => {
-            crate::runtime::check_keys(
+            check_keys(
                 t,
                 &[
                     "serial",
@@ -251,7 +252,7 @@ fn fleet_run(
                 ),
             );
             for h in &untouched {
-                rt.out.skipped(h);
+                rt.out.host_skipped(h);
             }
             break;
         }

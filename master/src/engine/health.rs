@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use serde::Serialize;
 
-use crate::mesh::Mesh;
+use crate::engine::mesh::Mesh;
 
 /// Facts from a Welcome at most this old count as fresh: a host dialed by this check
 /// is not asked a second time.
@@ -34,7 +34,7 @@ pub async fn check_all(mesh: Arc<Mesh>, hosts: Vec<String>) -> Vec<HostHealth> {
     // to answer, then FINISH_TIMEOUT), the ping (connect timeout). This bound only
     // guards against a step that forgets its own.
     let overall = mesh.cfg.connect_timeout * 2
-        + crate::mesh::FINISH_TIMEOUT.max(mesh.cfg.connect_timeout)
+        + crate::engine::mesh::FINISH_TIMEOUT.max(mesh.cfg.connect_timeout)
         + Duration::from_secs(30);
     let mut set = tokio::task::JoinSet::new();
     for (i, h) in hosts.iter().enumerate() {

@@ -15,7 +15,7 @@ use sloth_proto::data::Data;
 use sloth_proto::graph::{SharedKind, SharedRef, Value};
 use sloth_proto::protocol::{ErrorKind, TaskError};
 
-use crate::objects::Object;
+use crate::engine::objects::Object;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -422,7 +422,7 @@ fn handle_call(
     let s = |v: &str| Data::string(v);
     match method {
         "await" | "result" => {
-            let timeout = crate::objects::duration_arg(args.roots(), 0)?;
+            let timeout = crate::engine::objects::duration_arg(args.roots(), 0)?;
             match rec.wait(timeout, Some(&caller.cancel)) {
                 Some(o) => Ok(outcome_graph(&rec, &o)),
                 None => {

@@ -1,17 +1,22 @@
 //! Command-line commands. Exit codes: 0 success, 1 a task or the script failed,
 //! 2 usage or configuration error.
 
+pub mod certs;
+pub mod local_fleet;
+pub mod output;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
-use crate::inventory::{Inventory, DEFAULT_PORT};
-use crate::local_fleet::{self, LocalFleet};
-use crate::mesh::{MasterCerts, Mesh, MeshConfig};
-use crate::output::Output;
-use crate::runtime::{self, Runtime};
+use crate::cli::output::Output;
+use crate::engine::inventory::{Inventory, DEFAULT_PORT};
+use crate::engine::mesh::{MasterCerts, Mesh, MeshConfig};
+use crate::engine::runtime::Runtime;
+use crate::lua::main_state;
+use local_fleet::LocalFleet;
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
@@ -137,13 +142,13 @@ pub fn main(cli: Cli) -> i32 {
     match cli.cmd {
         Cmd::Certs { cmd } => {
             let r = match cmd {
-                CertsCmd::Init { dir, force } => crate::certs_cmd::init(&dir, force),
+                CertsCmd::Init { dir, force } => crate::cli::certs::init(&dir, force),
                 CertsCmd::Issue {
                     name,
                     sans,
                     dir,
                     out,
-                } => crate::certs_cmd::issue(&dir, &name, &sans, out.as_deref()),
+                } => crate::cli::certs::issue(&dir, &name, &sans, out.as_deref()),
             };
             match r {
                 Ok(()) => EXIT_OK,
@@ -178,7 +183,7 @@ pub fn main(cli: Cli) -> i32 {
                     // One document: the health part and the check script's run.
                     let out = Arc::new(Output::keeping_json());
                     let rc = run_with(out.clone(), &script, &limited, &[]);
-                    crate::output::print_doc(&serde_json::json!({
+                    crate::cli::output::print_doc(&serde_json::json!({
                         "health": doc,
                         "check": out.take_json(),
                     }));
@@ -186,7 +191,7 @@ pub fn main(cli: Cli) -> i32 {
                 }
                 _ => {
                     if let Some(d) = &doc {
-                        crate::output::print_doc(d);
+                        crate::cli::output::print_doc(d);
                     }
                     code
                 }
@@ -242,7 +247,7 @@ fn health(pattern: &str, fa: &FleetArgs, json: bool) -> (i32, Option<serde_json:
         }
     };
     let start = Instant::now();
-    let rows = rt.block_on(crate::health::check_all(mesh.clone(), hosts));
+    let rows = rt.block_on(crate::engine::health::check_all(mesh.clone(), hosts));
     let took = start.elapsed();
     rt.block_on(mesh.close());
     if let Some(lf) = fleet.local.as_mut() {
@@ -259,11 +264,11 @@ fn health(pattern: &str, fa: &FleetArgs, json: bool) -> (i32, Option<serde_json:
         });
         return (exit, Some(doc));
     } else {
-        println!("{}", crate::health::render_table(&rows));
+        println!("{}", crate::engine::health::render_table(&rows));
         println!(
             "{} up, {down} down, checked in {}",
             rows.len() - down,
-            crate::output::fmt_ms(took.as_millis() as u64)
+            crate::cli::output::fmt_ms(took.as_millis() as u64)
         );
     }
     (exit, None)
@@ -486,7 +491,7 @@ fn run_with(out: Arc<Output>, script: &std::path::Path, fa: &FleetArgs, vars: &[
         .name("sloth-script".into())
         .stack_size(64 << 20)
         .spawn(move || {
-            let r = runtime::run_script(&rt2, &script_path, &vars);
+            let r = main_state::run_script(&rt2, &script_path, &vars);
             rt2.wait_unfinished();
             r
         });

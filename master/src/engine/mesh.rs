@@ -12,7 +12,7 @@ use sloth_proto::protocol::{codes, Control, ErrorKind, Facts, TaskError};
 use sloth_transport::wire;
 use sloth_transport::{self as tls, Pem};
 
-use crate::inventory::Inventory;
+use crate::engine::inventory::Inventory;
 
 /// Tunables for talking to agents.
 #[derive(Clone, Debug)]

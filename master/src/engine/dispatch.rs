@@ -17,8 +17,8 @@ use sloth_proto::protocol::{
 use sloth_transport as tls;
 use sloth_transport::wire::{self, FrameReader, WireError};
 
-use crate::registry::{self, Caller, MasterBackend, TaskRecord};
-use crate::runtime::Runtime;
+use crate::engine::registry::{self, Caller, MasterBackend, TaskRecord};
+use crate::engine::runtime::Runtime;
 
 /// Where and how to run one task.
 #[derive(Clone, Debug, Default)]

@@ -24,9 +24,12 @@ use sloth_lua::shared_obj::{SharedBackend, SharedObj};
 use sloth_proto::graph::{Graph, SharedKind, SharedRef};
 use sloth_proto::protocol::{ErrorKind, TaskError};
 
-use crate::dispatch::{self, TaskOpts};
-use crate::registry::{Status, TaskRecord};
-use crate::runtime::{capture_call, parse_duration_opt, result_table, rt_err, Runtime};
+use crate::engine::dispatch::{self, TaskOpts};
+use crate::engine::registry::{Status, TaskRecord};
+use sloth_lua::context::parse_duration;
+
+use crate::engine::runtime::Runtime;
+use crate::lua::args::{capture_call, check_keys, result_table, rt_err};
 
 /// Where a host of a fleet pool stands.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -540,7 +543,7 @@ pub fn install(
                     Some(t) => t,
                     None => lua.create_table()?,
                 };
-                crate::runtime::check_keys(
+                check_keys(
                     &opts,
                     &[
                         "workers",
@@ -566,7 +569,7 @@ pub fn install(
                     LV::Integer(n) if n >= 0 => n as u32,
                     _ => return fail("retries must be an integer >= 0".into()),
                 };
-                let timeout = match parse_duration_opt(&opts.raw_get::<LV>("timeout")?) {
+                let timeout = match parse_duration(&opts.raw_get::<LV>("timeout")?) {
                     Ok(t) => t,
                     Err(e) => return fail(e),
                 };
@@ -695,7 +698,7 @@ pub fn install(
                     ));
                 };
                 let timeout =
-                    parse_duration_opt(&timeout).map_err(|e| rt_err(format!("pool_wait: {e}")))?;
+                    parse_duration(&timeout).map_err(|e| rt_err(format!("pool_wait: {e}")))?;
                 let deadline = timeout.map(|t| Instant::now() + t);
                 let recs: Vec<Arc<TaskRecord>> = pool.state.lock().submitted.clone();
                 let out = lua.create_table()?;

@@ -1,6 +1,7 @@
 //! What the user sees: task logs prefixed by host, the script's own prints,
 //! the per-host recap, and the `--json` document.
 
+use crate::engine::events::{Events, Progress};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -9,7 +10,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use sloth_proto::protocol::{ErrorKind, LogLevel};
 
-use crate::registry::{Outcome, TaskRecord};
+use crate::engine::registry::{Outcome, TaskRecord};
 
 #[derive(Default, Serialize, Clone, Debug)]
 pub struct HostRecap {
@@ -103,7 +104,7 @@ impl Output {
 
     /// Show a progress bar for a fan-out or pool of `len` tasks (terminal only).
     /// The bar lives until [`Progress`] is dropped.
-    pub fn progress(&self, len: u64, what: &str) -> Progress<'_> {
+    pub fn progress(&self, len: u64, what: &str) -> Bar<'_> {
         if self.interactive && len > 1 {
             let bar = indicatif::ProgressBar::new(len);
             let style = indicatif::ProgressStyle::with_template(
@@ -116,7 +117,7 @@ impl Output {
             bar.enable_steady_tick(std::time::Duration::from_millis(120));
             *self.bar.lock() = Some(bar);
         }
-        Progress { out: self }
+        Bar { out: self }
     }
 
     fn paint(&self, code: &str, s: &str) -> String {
@@ -328,23 +329,44 @@ impl Output {
 }
 
 /// A live progress bar (a no-op when not on a terminal).
-pub struct Progress<'a> {
+pub struct Bar<'a> {
     out: &'a Output,
 }
 
-impl Progress<'_> {
-    pub fn set(&self, done: u64) {
+impl Progress for Bar<'_> {
+    fn set(&self, done: u64) {
         if let Some(b) = self.out.bar.lock().as_ref() {
             b.set_position(done);
         }
     }
 }
 
-impl Drop for Progress<'_> {
+impl Drop for Bar<'_> {
     fn drop(&mut self) {
         if let Some(b) = self.out.bar.lock().take() {
             b.finish_and_clear();
         }
+    }
+}
+
+impl Events for Output {
+    fn task_log(&self, host: &str, task: &str, level: LogLevel, text: &str) {
+        Output::task_log(self, host, task, level, text)
+    }
+    fn script_log(&self, level: LogLevel, text: &str) {
+        Output::script_log(self, level, text)
+    }
+    fn task_done(&self, rec: &TaskRecord, outcome: &Outcome) {
+        self.record(rec, outcome)
+    }
+    fn unawaited_failure(&self, msg: &str) {
+        Output::unawaited_failure(self, msg)
+    }
+    fn host_skipped(&self, host: &str) {
+        self.skipped(host)
+    }
+    fn progress(&self, len: u64, what: &str) -> Box<dyn Progress + '_> {
+        Box::new(Output::progress(self, len, what))
     }
 }
 

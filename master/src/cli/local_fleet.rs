@@ -12,7 +12,7 @@ use rustix::process::{kill_process, Pid, Signal};
 use sloth_launcher::{AgentCommand, RunningAgent};
 use sloth_transport as tls;
 
-use crate::mesh::MasterCerts;
+use crate::engine::mesh::MasterCerts;
 
 /// Pids of every agent this process started, so a signal handler can stop them.
 static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());

@@ -10,7 +10,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use sloth_proto::data::Data;
 use sloth_proto::graph::{SharedKind, Value};
 
-use crate::registry::Caller;
+use crate::engine::registry::Caller;
 
 pub enum Object {
     Channel(Channel),

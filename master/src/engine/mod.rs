@@ -1,0 +1,15 @@
+//! The engine: everything a run does except Lua and the terminal. It holds the task
+//! registry and shared objects, dispatches tasks to local runner threads or agents
+//! with one retry policy, keeps the mesh of agent connections, parses the inventory
+//! and its host patterns, and plans rollouts. It reports through [`events::Events`].
+//! No mlua here: the Lua bindings (`crate::lua`) sit on top of it.
+
+pub mod dispatch;
+pub mod events;
+pub mod health;
+pub mod inventory;
+pub mod mesh;
+pub mod objects;
+pub mod registry;
+pub mod rollout;
+pub mod runtime;

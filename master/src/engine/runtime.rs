@@ -1,0 +1,129 @@
+//! [`Runtime`]: the shared state of one run: the task registry, the mesh of agent
+//! connections, the inventory (after `--limit`), where events go, and the threads
+//! local tasks run on. Everything in the engine and the Lua bindings takes it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use sloth_proto::graph::{Graph, Value};
+use sloth_proto::protocol::LogLevel;
+
+use crate::engine::events::Events;
+use crate::engine::inventory::Inventory;
+use crate::engine::mesh::Mesh;
+use crate::engine::registry::Registry;
+
+pub struct Runtime {
+    pub handle: tokio::runtime::Handle,
+    pub registry: Arc<Registry>,
+    pub mesh: Option<Arc<Mesh>>,
+    /// The hosts this run may reach (after --limit).
+    pub inventory: Inventory,
+    /// Where the run reports (the CLI's output).
+    pub out: Arc<dyn Events>,
+    pub local_memory_limit: Option<usize>,
+    /// The threads local tasks run on.
+    pub runner: sloth_lua::runner::Runner,
+    vars_cache: Mutex<HashMap<String, Graph>>,
+}
+
+impl Runtime {
+    pub fn new(
+        handle: tokio::runtime::Handle,
+        mesh: Option<Arc<Mesh>>,
+        inventory: Inventory,
+        out: Arc<dyn Events>,
+    ) -> Arc<Runtime> {
+        let registry = Registry::new();
+        let rt = Arc::new(Runtime {
+            handle,
+            registry: registry.clone(),
+            mesh,
+            inventory,
+            out: out.clone(),
+            local_memory_limit: Some(1 << 30),
+            // As many threads as local tasks may block at once; an idle one watches for
+            // the next task for 200 µs before sleeping (sequential awaits find it awake).
+            runner: sloth_lua::runner::Runner::new(
+                "sloth-local",
+                4096,
+                Duration::from_micros(200),
+                Duration::from_secs(10),
+            ),
+            vars_cache: Mutex::new(HashMap::new()),
+        });
+        registry.on_done(move |rec, o| {
+            out.task_done(rec, o);
+            if let Err(e) = &o.result {
+                if rec.spawned {
+                    out.unawaited_failure(&format!(
+                        "{} ({})",
+                        e.display_for(&rec.host()),
+                        rec.name
+                    ));
+                }
+            }
+        });
+        rt
+    }
+
+    /// The inventory vars of `host` as a graph (cached).
+    pub fn host_vars(&self, host: &str) -> Graph {
+        let mut cache = self.vars_cache.lock();
+        if let Some(g) = cache.get(host) {
+            return g.clone();
+        }
+        let mut g = Graph::default();
+        let root = match self.inventory.get(host) {
+            Some(h) => toml_table(&mut g, &h.vars),
+            None => g.push_table(Vec::new()),
+        };
+        g.roots.push(root);
+        cache.insert(host.to_string(), g.clone());
+        g
+    }
+
+    /// Wait for every task still running (spawned ones, and asyncs nobody awaited).
+    pub fn wait_unfinished(&self) {
+        let running = self.registry.running();
+        if running.is_empty() {
+            return;
+        }
+        self.out.script_log(
+            LogLevel::Info,
+            &format!("waiting for {} unfinished task(s)...", running.len()),
+        );
+        for r in running {
+            r.wait(None, None);
+        }
+    }
+}
+
+fn toml_value(g: &mut Graph, v: &toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::Str(s.as_bytes().to_vec()),
+        toml::Value::Integer(i) => Value::Int(*i),
+        toml::Value::Float(f) => Value::Float(*f),
+        toml::Value::Boolean(b) => Value::Bool(*b),
+        toml::Value::Datetime(d) => Value::Str(d.to_string().into_bytes()),
+        toml::Value::Array(a) => {
+            let entries = a
+                .iter()
+                .enumerate()
+                .map(|(i, x)| (Value::Int(i as i64 + 1), toml_value(g, x)))
+                .collect();
+            g.push_table(entries)
+        }
+        toml::Value::Table(t) => toml_table(g, t),
+    }
+}
+
+fn toml_table(g: &mut Graph, t: &toml::Table) -> Value {
+    let entries = t
+        .iter()
+        .map(|(k, v)| (Value::Str(k.as_bytes().to_vec()), toml_value(g, v)))
+        .collect();
+    g.push_table(entries)
+}

@@ -1,0 +1,233 @@
+//! Argument helpers of the master's Lua functions: option tables (checked keys,
+//! `delegate_to`, `timeout`, `retries`), capturing a call at its call site, task
+//! handles, result tables and waiting.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mlua::{AnyUserData, Function, Lua, Table, Value as LV};
+use sloth_lua::capture::{self, Encoder};
+use sloth_lua::context::parse_duration;
+use sloth_lua::shared_obj::{SharedBackend, SharedObj};
+use sloth_proto::graph::{Graph, SharedKind, SharedRef, Value};
+
+use crate::engine::dispatch::{self, TaskOpts};
+use crate::engine::registry::{Outcome, TaskRecord};
+use crate::engine::runtime::Runtime;
+
+/// A Lua runtime error with this message.
+pub fn rt_err(msg: impl Into<String>) -> mlua::Error {
+    mlua::Error::runtime(msg.into())
+}
+
+/// Parse an options table (`delegate_to`, `timeout`, `retries`, `retry_errors`, `name`).
+pub fn parse_opts(rt: &Runtime, opts: Option<&Table>, what: &str) -> mlua::Result<TaskOpts> {
+    let o = TaskOpts::default();
+    let Some(t) = opts else { return Ok(o) };
+    check_keys(
+        t,
+        &["delegate_to", "timeout", "retries", "retry_errors", "name"],
+        what,
+    )?;
+    parse_opts_checked(rt, t, what, o)
+}
+
+/// Refuse option tables with keys other than `known` (a typo must not be ignored).
+pub fn check_keys(t: &Table, known: &[&str], what: &str) -> mlua::Result<()> {
+    for pair in t.pairs::<LV, LV>() {
+        let (k, _) = pair?;
+        match &k {
+            LV::String(s) if known.contains(&s.to_string_lossy().as_str()) => {}
+            other => {
+                return Err(rt_err(format!(
+                    "{what}: unknown option {} (known: {})",
+                    other.to_string().unwrap_or_default(),
+                    known.join(", ")
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn parse_opts_checked(
+    rt: &Runtime,
+    t: &Table,
+    what: &str,
+    mut o: TaskOpts,
+) -> mlua::Result<TaskOpts> {
+    let target: LV = t.raw_get("delegate_to")?;
+    match target {
+        LV::Nil => {}
+        LV::String(s) => {
+            let pattern = s.to_string_lossy().to_string();
+            o.target = Some(
+                rt.inventory
+                    .resolve_one(&pattern)
+                    .map_err(|e| rt_err(format!("{what}: delegate_to: {e}")))?,
+            );
+        }
+        other => {
+            return Err(rt_err(format!(
+                "{what}: delegate_to must be a host name, got {}",
+                other.type_name()
+            )))
+        }
+    }
+    o.timeout = parse_duration(&t.raw_get::<LV>("timeout")?)
+        .map_err(|e| rt_err(format!("{what}: timeout: {e}")))?;
+    o.retries = match t.raw_get::<LV>("retries")? {
+        LV::Nil => 0,
+        LV::Integer(i) if i >= 0 => i as u32,
+        _ => {
+            return Err(rt_err(format!(
+                "{what}: retries must be a non-negative integer"
+            )))
+        }
+    };
+    o.retry_errors = t.raw_get::<Option<bool>>("retry_errors")?.unwrap_or(false);
+    o.name = t.raw_get::<Option<String>>("name")?;
+    Ok(o)
+}
+
+/// Capture `f` (and `args`) at the call site; errors name the variable and target.
+pub fn capture_call(
+    lua: &Lua,
+    f: &Function,
+    args: &[LV],
+    what: &str,
+    opts: &TaskOpts,
+) -> mlua::Result<Graph> {
+    let target = opts.target.as_deref().unwrap_or(dispatch::LOCAL);
+    let mut enc = Encoder::new(lua);
+    let fail = |e: capture::CaptureError| rt_err(format!("{what}: {e} to {target}"));
+    enc.push_function_root(f).map_err(fail)?;
+    for (i, a) in args.iter().enumerate() {
+        enc.push_root(a, &format!("argument #{}", i + 1))
+            .map_err(fail)?;
+    }
+    enc.push_script_globals().map_err(fail)?;
+    Ok(enc.finish())
+}
+
+pub fn handle_ud(
+    lua: &Lua,
+    backend: &Arc<dyn SharedBackend>,
+    rec: &TaskRecord,
+) -> mlua::Result<AnyUserData> {
+    lua.create_userdata(SharedObj::new(
+        SharedRef {
+            kind: SharedKind::Handle,
+            id: rec.id,
+        },
+        backend.clone(),
+    ))
+}
+
+/// The task record behind a handle argument.
+pub fn handle_arg(rt: &Runtime, v: &LV, what: &str) -> mlua::Result<Arc<TaskRecord>> {
+    let err = || {
+        rt_err(format!(
+            "{what}: expected a task handle, got {}",
+            v.type_name()
+        ))
+    };
+    let LV::UserData(ud) = v else {
+        return Err(err());
+    };
+    let obj = ud.borrow::<SharedObj>().map_err(|_| err())?;
+    if obj.r.kind != SharedKind::Handle {
+        return Err(err());
+    }
+    rt.registry.task(obj.r.id).ok_or_else(err)
+}
+
+/// One `await_all`-shaped result table.
+pub fn result_table(lua: &Lua, rec: &TaskRecord, o: Option<&Outcome>) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    t.raw_set("host", rec.host().as_str())?;
+    t.raw_set("name", rec.name.as_str())?;
+    t.raw_set("id", rec.id)?;
+    match o {
+        Some(o) => {
+            t.raw_set("duration_ms", o.duration.as_millis() as u64)?;
+            match &o.result {
+                Ok(g) => {
+                    t.raw_set("success", true)?;
+                    let values = lua.create_sequence_from(capture::restore_data(lua, g)?)?;
+                    t.raw_set("values", values)?;
+                }
+                Err(e) => {
+                    t.raw_set("success", false)?;
+                    t.raw_set("error", e.display_for(&rec.host()))?;
+                    t.raw_set("kind", e.kind.as_str())?;
+                }
+            }
+        }
+        None => {
+            t.raw_set("success", false)?;
+            t.raw_set("duration_ms", rec.elapsed().as_millis() as u64)?;
+            t.raw_set(
+                "error",
+                format!(
+                    "timeout exceeded: {}: not finished when the wait ended (still running)",
+                    rec.host()
+                ),
+            )?;
+            t.raw_set("kind", "timeout")?;
+        }
+    }
+    Ok(t)
+}
+
+pub fn duration_value(v: &LV, what: &str) -> mlua::Result<Value> {
+    Ok(
+        match parse_duration(v).map_err(|e| rt_err(format!("{what}: {e}")))? {
+            Some(d) => Value::Int(d.as_millis() as i64),
+            None => Value::Nil,
+        },
+    )
+}
+
+/// Wait until some task finishes after `seen` (or 100 ms pass); `false` once the
+/// deadline has passed.
+pub fn wait_for_progress(rt: &Runtime, seen: u64, deadline: Option<Instant>) -> bool {
+    let now = Instant::now();
+    if deadline.is_some_and(|d| now >= d) {
+        return false;
+    }
+    let mut until = now + Duration::from_millis(100);
+    if let Some(d) = deadline {
+        until = until.min(d);
+    }
+    rt.registry.wait_any_done(seen, until);
+    true
+}
+
+/// The handles of a table and the deadline of an optional timeout (await_all/await_any).
+pub fn handles_and_deadline(
+    rt: &Runtime,
+    hs: &Table,
+    timeout: &LV,
+    what: &str,
+) -> mlua::Result<(Vec<Arc<TaskRecord>>, Option<Instant>)> {
+    let timeout = parse_duration(timeout).map_err(|e| rt_err(format!("{what}: {e}")))?;
+    let deadline = timeout.map(|t| Instant::now() + t);
+    Ok((handles_of(rt, hs, what)?, deadline))
+}
+
+pub fn handles_of(rt: &Runtime, hs: &Table, what: &str) -> mlua::Result<Vec<Arc<TaskRecord>>> {
+    let n = hs.raw_len();
+    (1..=n)
+        .map(|i| handle_arg(rt, &hs.raw_get::<LV>(i)?, &format!("{what}: element #{i}")))
+        .collect()
+}
+
+/// Start a fire-and-forget task: its failure is printed with its host and counted.
+pub fn spawn_task(rt: &Arc<Runtime>, payload: Graph, opts: &TaskOpts) {
+    let opts = TaskOpts {
+        spawned: true,
+        ..opts.clone()
+    };
+    dispatch::start(rt, payload, &opts);
+}

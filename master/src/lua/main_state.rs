@@ -1,0 +1,96 @@
+//! The main script's Lua state: the task modules, the master's own functions
+//! (`goroutine`, `fleet`, `artifact`, the DSL) and the capture codec, and running a
+//! script in it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use mlua::{Lua, LuaOptions, StdLib, Table};
+use sloth_lua::cancel::CancelToken;
+use sloth_lua::capture;
+use sloth_lua::context::{TaskContext, TaskIo};
+use sloth_lua::executor;
+use sloth_lua::protect::wrap_errors;
+use sloth_lua::shared_obj::SharedBackend;
+use sloth_proto::protocol::LogLevel;
+
+use crate::engine::events::Events;
+use crate::engine::registry::{Caller, MasterBackend};
+use crate::engine::runtime::Runtime;
+
+/// `print` and `log` of the main script.
+struct MainIo {
+    out: Arc<dyn Events>,
+    backend: Arc<dyn SharedBackend>,
+}
+
+impl TaskIo for MainIo {
+    fn log(&self, level: LogLevel, line: &str) {
+        self.out.script_log(level, line);
+    }
+    fn backend(&self) -> Arc<dyn SharedBackend> {
+        self.backend.clone()
+    }
+}
+
+/// Run a script file to completion in a new main state.
+pub fn run_script(rt: &Arc<Runtime>, path: &Path, vars: &[(String, String)]) -> Result<(), String> {
+    let code = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "script".into());
+    let lua = main_state(rt, vars).map_err(|e| format!("setting up the script state: {e}"))?;
+    lua.load(code)
+        .set_name(format!("@{name}"))
+        .exec()
+        .map_err(|e| executor::error_text(&e))
+}
+
+/// The main state: task modules, then the master-only functions, then the codec.
+pub fn main_state(rt: &Arc<Runtime>, vars: &[(String, String)]) -> mlua::Result<Lua> {
+    // SAFETY: see executor::new_state; the debug library reads closures' upvalues.
+    let lua = unsafe { Lua::unsafe_new_with(StdLib::ALL, LuaOptions::new()) };
+    let caller = Caller {
+        task: None,
+        cancel: CancelToken::new(None),
+    };
+    let backend: Arc<dyn SharedBackend> = Arc::new(MasterBackend {
+        registry: rt.registry.clone(),
+        caller: caller.clone(),
+    });
+    let ctx = TaskContext {
+        host: "master".into(),
+        task_name: "main".into(),
+        io: Arc::new(MainIo {
+            out: rt.out.clone(),
+            backend: backend.clone(),
+        }),
+        cancel: caller.cancel.clone(),
+    };
+    sloth_modules::install_task_modules(&lua)?;
+    let g = lua.globals();
+    let goroutine: Table = g.raw_get("goroutine")?;
+    crate::lua::goroutine::install(&lua, &goroutine, rt.clone(), backend.clone())?;
+    crate::lua::fleet::install(&lua, rt.clone())?;
+    // The original project's task DSL, written in Lua on top of goroutine.
+    lua.load(include_str!("dsl.lua"))
+        .set_name("=sloth-dsl")
+        .exec()?;
+    // The task modules, and the master's own: their errors reach scripts as plain strings.
+    wrap_errors(&lua, sloth_modules::MODULES)?;
+    wrap_errors(&lua, &["fleet", "artifact"])?;
+    sloth_lua::shared_obj::install_methods(&lua)?;
+    capture::install(&lua, backend)?;
+    lua.set_app_data(ctx);
+    let v = lua.create_table()?;
+    for (k, val) in vars {
+        v.raw_set(k.as_str(), val.as_str())?;
+    }
+    g.raw_set("vars", v)?;
+    let host = lua.create_table()?;
+    host.raw_set("name", "master")?;
+    host.raw_set("vars", lua.create_table()?)?;
+    g.raw_set("host", host)?;
+    Ok(lua)
+}
