@@ -144,7 +144,12 @@ impl Config {
     }
 }
 
-/// `512MiB`, `1G`, `64m`, `1048576` -> bytes.
+/// A memory size: a number of bytes with an optional unit, every spelling binary
+/// (`64MiB`, `64MB`, `64M` and `64m` are all 64 × 2^20), as memory limits usually are.
+///
+/// Not the `bytesize` crate: its parser reads `MB` and `G` as decimal (10^6, 10^9) and
+/// accepts fractions, so `--memory-limit 1G` would silently become 7 % smaller than the
+/// documented 1 GiB for every existing configuration.
 pub fn parse_size(s: &str) -> anyhow::Result<usize> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());

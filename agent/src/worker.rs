@@ -81,7 +81,7 @@ impl SharedBackend for Proxy {
         loop {
             if self.cancel.stopped().is_some() {
                 self.replies.lock().remove(&call_id);
-                return Err("sloth: task stopped".into());
+                return Err(sloth_lua::cancel::STOPPED.into());
             }
             match rx.recv_timeout(Duration::from_millis(20)) {
                 Ok(r) => {

@@ -18,6 +18,7 @@ use sloth_transport as tls;
 use sloth_transport::wire::{self, FrameReader, WireError};
 
 use crate::engine::registry::{self, Caller, MasterBackend, TaskRecord};
+use crate::engine::retry::RetryPolicy;
 use crate::engine::runtime::Runtime;
 
 /// Where and how to run one task.
@@ -25,8 +26,7 @@ use crate::engine::runtime::Runtime;
 pub struct TaskOpts {
     pub target: Option<String>,
     pub timeout: Option<Duration>,
-    pub retries: u32,
-    pub retry_errors: bool,
+    pub retry: RetryPolicy,
     pub name: Option<String>,
     /// Fire and forget: a failure is printed as it happens (nobody awaits it).
     pub spawned: bool,
@@ -40,7 +40,7 @@ pub fn start(rt: &Arc<Runtime>, payload: Graph, opts: &TaskOpts) -> Arc<TaskReco
     let rec = rt
         .registry
         .new_task(opts.name.clone(), &host, opts.timeout, opts.spawned);
-    if opts.target.is_none() && opts.retries == 0 && rec.cancel.deadline().is_none() {
+    if opts.target.is_none() && opts.retry.retries == 0 && rec.cancel.deadline().is_none() {
         // The common local task (no deadline to race, nothing to retry) goes straight
         // to a worker thread: one thread hand-off instead of three.
         let (rt2, rec2) = (rt.clone(), rec.clone());
@@ -61,15 +61,7 @@ pub fn start(rt: &Arc<Runtime>, payload: Graph, opts: &TaskOpts) -> Arc<TaskReco
                 None => run_local(&rt2, &rec2, &payload).await,
                 Some(host) => run_remote(&rt2, &rec2, host, &payload).await,
             };
-            let retryable = match &r {
-                Err(e) => match e.kind {
-                    ErrorKind::AgentLost | ErrorKind::Unreachable => true,
-                    ErrorKind::Lua => opts.retry_errors,
-                    _ => false,
-                },
-                Ok(_) => false,
-            };
-            if retryable && attempt < opts.retries && rec2.cancel.stopped().is_none() {
+            if opts.retry.again(&r, attempt) && rec2.cancel.stopped().is_none() {
                 attempt += 1;
                 if let Err(e) = &r {
                     rt2.out.task_log(
@@ -78,12 +70,12 @@ pub fn start(rt: &Arc<Runtime>, payload: Graph, opts: &TaskOpts) -> Arc<TaskReco
                         LogLevel::Warn,
                         &format!(
                             "retrying ({attempt}/{}) after: {}",
-                            opts.retries,
+                            opts.retry.retries,
                             e.display_for(&rec2.host())
                         ),
                     );
                 }
-                tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+                tokio::time::sleep(RetryPolicy::backoff(attempt)).await;
                 continue;
             }
             break r;

@@ -23,11 +23,9 @@
 //! then the host's own `vars`.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 /// The port agents listen on when neither the address nor the inventory names one.
@@ -194,7 +192,7 @@ impl Inventory {
 
         let mut group_vars: HashMap<String, toml::Table> = HashMap::new();
         let mut declared_groups = BTreeSet::new();
-        for (name, value) in raw.groups.0 {
+        for (name, value) in raw.groups {
             let context = format!("[groups.{name}]");
             cx.check_group_name(&name, &context)?;
             let table = cx.expect_table(value, "[groups]", &name)?;
@@ -209,8 +207,8 @@ impl Inventory {
             group_vars.insert(name, vars);
         }
 
-        let mut hosts = Vec::with_capacity(raw.hosts.0.len());
-        for (name, value) in raw.hosts.0 {
+        let mut hosts = Vec::with_capacity(raw.hosts.len());
+        for (name, value) in raw.hosts {
             hosts.push(cx.host(name, value, &defaults, &group_vars)?);
         }
         if hosts.is_empty() {
@@ -475,41 +473,17 @@ fn glob_match(pattern: &str, text: &str) -> bool {
 // ---------------------------------------------------------------------------------------
 // Parsing
 
-/// The top level of the file. Host and group tables keep their file order (the TOML
-/// deserializer visits keys in document order; `toml::Table` would sort them).
+/// The top level of the file. Host and group tables keep their file order (toml's
+/// `preserve_order` feature, enabled for the workspace).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDoc {
     #[serde(default)]
     defaults: Option<toml::Value>,
     #[serde(default)]
-    hosts: Ordered,
+    hosts: toml::Table,
     #[serde(default)]
-    groups: Ordered,
-}
-
-/// A TOML table as a list of entries in document order.
-#[derive(Default)]
-struct Ordered(Vec<(String, toml::Value)>);
-
-impl<'de> Deserialize<'de> for Ordered {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct OrderedVisitor;
-        impl<'de> Visitor<'de> for OrderedVisitor {
-            type Value = Ordered;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a table")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ordered, A::Error> {
-                let mut entries = Vec::new();
-                while let Some(entry) = map.next_entry::<String, toml::Value>()? {
-                    entries.push(entry);
-                }
-                Ok(Ordered(entries))
-            }
-        }
-        deserializer.deserialize_map(OrderedVisitor)
-    }
+    groups: toml::Table,
 }
 
 struct Defaults {
@@ -696,7 +670,7 @@ impl Cx<'_> {
     ) -> InventoryError {
         let closest = allowed
             .iter()
-            .map(|candidate| (edit_distance(key, candidate), *candidate))
+            .map(|candidate| (strsim::levenshtein(key, candidate), *candidate))
             .min()
             .filter(|(distance, _)| *distance <= 2);
         let hint = match closest {
@@ -845,26 +819,6 @@ fn check_address_host(host: &str) -> Result<(), String> {
         }
         None => Ok(()),
     }
-}
-
-/// Levenshtein distance, for "did you mean" hints on short keys.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = if ca == *cb {
-                diagonal
-            } else {
-                1 + diagonal.min(above).min(row[j])
-            };
-            diagonal = above;
-        }
-    }
-    row[b.len()]
 }
 
 #[cfg(test)]

@@ -11,5 +11,6 @@ pub mod inventory;
 pub mod mesh;
 pub mod objects;
 pub mod registry;
+pub mod retry;
 pub mod rollout;
 pub mod runtime;

@@ -114,8 +114,9 @@ enum WaitEnd {
     TimedOut,
 }
 
+/// The error a blocked call of a stopped task returns.
 fn stopped() -> String {
-    "sloth: task stopped".to_string()
+    sloth_lua::cancel::STOPPED.to_string()
 }
 
 pub struct ChanState {

@@ -427,7 +427,7 @@ fn handle_call(
                 Some(o) => Ok(outcome_graph(&rec, &o)),
                 None => {
                     if let Some(r) = caller.cancel.stopped() {
-                        return Err(format!("sloth: task stopped ({r:?})"));
+                        return Err(r.message());
                     }
                     let ms = timeout.map(|t| t.as_millis()).unwrap_or(0);
                     Ok(Data::scalars(vec![

@@ -13,6 +13,7 @@ use sloth_proto::graph::{Graph, SharedKind, SharedRef, Value};
 
 use crate::engine::dispatch::{self, TaskOpts};
 use crate::engine::registry::{Outcome, TaskRecord};
+use crate::engine::retry::RetryPolicy;
 use crate::engine::runtime::Runtime;
 
 /// A Lua runtime error with this message.
@@ -76,18 +77,27 @@ pub fn parse_opts_checked(
     }
     o.timeout = parse_duration(&t.raw_get::<LV>("timeout")?)
         .map_err(|e| rt_err(format!("{what}: timeout: {e}")))?;
-    o.retries = match t.raw_get::<LV>("retries")? {
-        LV::Nil => 0,
-        LV::Integer(i) if i >= 0 => i as u32,
-        _ => {
-            return Err(rt_err(format!(
-                "{what}: retries must be a non-negative integer"
-            )))
-        }
-    };
-    o.retry_errors = t.raw_get::<Option<bool>>("retry_errors")?.unwrap_or(false);
+    o.retry = retry_policy(t).map_err(|e| rt_err(format!("{what}: {e}")))?;
     o.name = t.raw_get::<Option<String>>("name")?;
     Ok(o)
+}
+
+/// `retries` (an integer >= 0) and `retry_errors` (a boolean) of an options table.
+pub fn retry_policy(t: &Table) -> Result<RetryPolicy, String> {
+    let retries = match t.raw_get::<LV>("retries") {
+        Ok(LV::Nil) => 0,
+        Ok(LV::Integer(n)) if n >= 0 => u32::try_from(n).unwrap_or(u32::MAX),
+        _ => return Err("retries must be an integer >= 0".into()),
+    };
+    let retry_errors = match t.raw_get::<LV>("retry_errors") {
+        Ok(LV::Nil) => false,
+        Ok(LV::Boolean(b)) => b,
+        _ => return Err("retry_errors must be a boolean".into()),
+    };
+    Ok(RetryPolicy {
+        retries,
+        retry_errors,
+    })
 }
 
 /// Capture `f` (and `args`) at the call site; errors name the variable and target.

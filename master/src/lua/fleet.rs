@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use mlua::{Function, Lua, LuaSerdeExt, Table, Value as LV};
+use mlua::{Function, Lua, Table, Value as LV};
+use sloth_lua::capture;
+use sloth_proto::data::{Data, Refs};
 use sloth_proto::protocol::{Facts, LogLevel};
 
 use crate::engine::dispatch;
@@ -59,7 +61,11 @@ pub fn install(lua: &Lua, rt: Arc<Runtime>) -> mlua::Result<()> {
                     "groups",
                     lua.create_sequence_from(h.groups.iter().map(|s| s.as_str()))?,
                 )?;
-                t.raw_set("vars", lua.to_value(&h.vars)?)?;
+                // The same conversion the host's tasks see as host.vars.
+                let vars = Data::check(rt.host_vars(&name), Refs::Any)
+                    .map_err(|e| rt_err(format!("fleet.info: {name}: vars: {e}")))?;
+                let vars = capture::restore_data(lua, &vars)?.into_iter().next();
+                t.raw_set("vars", vars.unwrap_or(LV::Nil))?;
                 let conn = match &rt.mesh {
                     Some(m) => rt.handle.block_on(m.current(&name)),
                     None => None,

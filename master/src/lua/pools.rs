@@ -28,8 +28,9 @@ use crate::engine::dispatch::{self, TaskOpts};
 use crate::engine::registry::{Status, TaskRecord};
 use sloth_lua::context::parse_duration;
 
+use crate::engine::retry::RetryPolicy;
 use crate::engine::runtime::Runtime;
-use crate::lua::args::{capture_call, check_keys, result_table, rt_err};
+use crate::lua::args::{capture_call, check_keys, result_table, retry_policy, rt_err};
 
 /// Where a host of a fleet pool stands.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -139,8 +140,7 @@ pub struct Pool {
     workers: usize,
     queue_cap: usize,
     targets: Option<Vec<String>>,
-    retries: u32,
-    retry_errors: bool,
+    retry: RetryPolicy,
     timeout: Option<Duration>,
     state: Mutex<State>,
     /// Signalled on every change (room in the queue, a task done).
@@ -379,10 +379,7 @@ async fn run_one(rt: Arc<Runtime>, pool: Arc<Pool>, mut q: Queued, host: Option<
             }
         }
     };
-    let lost = matches!(
-        &result,
-        Err(e) if matches!(e.kind, ErrorKind::AgentLost | ErrorKind::Unreachable)
-    );
+    let lost = matches!(&result, Err(e) if RetryPolicy::is_host_failure(e));
     let mut st = pool.state.lock();
     st.in_flight -= 1;
     if let Some(h) = &host {
@@ -399,10 +396,6 @@ async fn run_one(rt: Arc<Runtime>, pool: Arc<Pool>, mut q: Queued, host: Option<
         }
     }
     let live = rec.status() == Status::Running && rec.cancel.stopped().is_none();
-    let retryable = match &result {
-        Err(e) => lost || (e.kind == ErrorKind::Lua && pool.retry_errors),
-        Ok(_) => false,
-    };
     if result.is_err() && !reached && host.is_some() && live {
         // It never ran there: back to the queue at once, no retry used.
         q.requeues += 1;
@@ -412,7 +405,7 @@ async fn run_one(rt: Arc<Runtime>, pool: Arc<Pool>, mut q: Queued, host: Option<
             st.hosts.entry(h.clone()).or_default().requeued += 1;
         }
         st.queue.push_front(q);
-    } else if retryable && q.attempts < pool.retries && live {
+    } else if pool.retry.again(&result, q.attempts) && live {
         q.attempts += 1;
         q.avoid = host.clone();
         st.retried += 1;
@@ -428,7 +421,7 @@ async fn run_one(rt: Arc<Runtime>, pool: Arc<Pool>, mut q: Queued, host: Option<
                     "pool {}: retrying elsewhere ({}/{}) after: {}",
                     pool.name,
                     q.attempts,
-                    pool.retries,
+                    pool.retry.retries,
                     e.display_for(&rec.host())
                 ),
             );
@@ -564,10 +557,9 @@ pub fn install(
                     LV::Integer(n) if n >= 1 => n as usize,
                     _ => return fail("workers must be an integer >= 1".into()),
                 };
-                let retries = match opts.raw_get::<LV>("retries")? {
-                    LV::Nil => 0,
-                    LV::Integer(n) if n >= 0 => n as u32,
-                    _ => return fail("retries must be an integer >= 0".into()),
+                let retry = match retry_policy(&opts) {
+                    Ok(r) => r,
+                    Err(e) => return fail(e),
                 };
                 let timeout = match parse_duration(&opts.raw_get::<LV>("timeout")?) {
                     Ok(t) => t,
@@ -583,10 +575,7 @@ pub fn install(
                     workers,
                     queue_cap,
                     targets,
-                    retries,
-                    retry_errors: opts
-                        .raw_get::<Option<bool>>("retry_errors")?
-                        .unwrap_or(false),
+                    retry,
                     timeout,
                     state: Mutex::new(State {
                         closed: false,
