@@ -6,7 +6,6 @@ use std::path::Path;
 
 use sloth_lua::capture::Encoder;
 use sloth_lua::context::TaskContext;
-use sloth_lua::executor;
 use sloth_modules::EXECUTOR;
 use sloth_proto::graph::{Graph, SharedKind, SharedRef, Unsendable, Value};
 use sloth_proto::protocol::{
