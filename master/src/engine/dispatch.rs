@@ -14,8 +14,7 @@ use sloth_proto::graph::{Graph, SharedRef};
 use sloth_proto::protocol::{
     self, codes, ErrorKind, LogLevel, TaskError, TaskRequest, ToAgent, ToMaster,
 };
-use sloth_transport as tls;
-use sloth_transport::wire::{self, FrameReader, WireError};
+use sloth_transport::wire::WireError;
 
 use crate::engine::registry::{self, Caller, MasterBackend, TaskRecord};
 use crate::engine::retry::RetryPolicy;
@@ -203,21 +202,17 @@ async fn remote(
     payload: &Graph,
     reached: &mut bool,
 ) -> Result<Data, TaskError> {
-    let mesh = rt.mesh.as_ref().ok_or_else(|| {
+    let transport = rt.transport.as_ref().ok_or_else(|| {
         TaskError::new(
             ErrorKind::Unreachable,
             "no fleet is configured (use -i INVENTORY or --local-fleet)",
         )
     })?;
     rec.set_host(host);
-    let conn = tokio::select! {
-        c = mesh.connect(host) => c?,
-        _ = rec.cancel_notify.notified() => return Err(TaskError::new(ErrorKind::Cancelled, "task cancelled")),
-    };
-    let lost = |e: String| TaskError::new(ErrorKind::AgentLost, e);
-    let explain = |fallback: String| match conn.conn.close_reason() {
-        Some(r) => lost(tls::explain_connection_error(host, &r)),
-        None => lost(fallback),
+    let cancelled = || TaskError::new(ErrorKind::Cancelled, "task cancelled");
+    let link = tokio::select! {
+        c = transport.link(host) => c?,
+        _ = rec.cancel_notify.notified() => return Err(cancelled()),
     };
     // The master enforces the deadline too, in case the agent goes silent.
     let deadline = rec
@@ -240,38 +235,29 @@ async fn remote(
     // Opening the stream waits while the agent has no stream credit left: that wait
     // honours cancel and the deadline like the rest of the task.
     let opened = async {
-        let (mut send, recv) = conn
-            .conn
-            .open_bi()
-            .await
-            .map_err(|e| lost(tls::explain_connection_error(host, &e)))?;
+        let mut stream = link.open().await?;
         // From the first byte on, the agent may have the task.
         *reached = true;
-        tokio::io::AsyncWriteExt::write_all(&mut send, &frame)
+        stream
+            .send(&frame)
             .await
-            .map_err(|e| explain(format!("sending the task: {e}")))?;
+            .map_err(|e| link.lost(format!("sending the task: {e}")))?;
         // A task given no shared object cannot call the master, so nothing more goes
         // to the agent on this stream: finish it now and the FIN usually travels in
         // the task's own packet instead of one more packet at the end. Cancelling
         // such a task stops the agent's side of the stream (STOP_SENDING).
         if no_calls {
-            let _ = send.finish();
+            stream.finish();
         }
-        Ok::<_, TaskError>((send, FrameReader::new(recv)))
+        Ok::<_, TaskError>(stream)
     };
-    let (mut send, mut recv) = tokio::select! {
+    let mut stream = tokio::select! {
         r = opened => r?,
-        _ = rec.cancel_notify.notified() => return Err(TaskError::new(ErrorKind::Cancelled, "task cancelled")),
+        _ = rec.cancel_notify.notified() => return Err(cancelled()),
         _ = sleep_until(deadline.map(|d| d - Duration::from_secs(2))) => {
             return Err(TaskError::new(ErrorKind::Timeout, "the agent accepted no new task before the deadline"))
         }
     };
-    // Ends the stream both ways (the task is over for us, whatever the agent does).
-    let abort =
-        |send: &mut quinn::SendStream, recv: &mut FrameReader<quinn::RecvStream>, code: u32| {
-            let _ = send.reset(code.into());
-            let _ = recv.get_mut().stop(code.into());
-        };
     // Blocking calls made for this attempt stop with it (a lost agent must not
     // leave a thread waiting on a channel), without stopping a retry.
     let attempt = CancelToken::new(rec.cancel.remaining());
@@ -281,15 +267,15 @@ async fn remote(
     };
     let _stop_calls = StopOnDrop(attempt.clone());
     loop {
-        // Cancel-safe: a frame half read when another branch wins stays in `recv`.
+        // Cancel-safe: a frame half read when another branch wins stays in the stream.
         let frame = tokio::select! {
-            f = recv.next::<ToMaster>() => f,
+            f = stream.recv() => f,
             _ = rec.cancel_notify.notified() => {
-                abort(&mut send, &mut recv, codes::CANCELLED);
-                return Err(TaskError::new(ErrorKind::Cancelled, "task cancelled"));
+                stream.abort(codes::CANCELLED);
+                return Err(cancelled());
             }
             _ = sleep_until(deadline) => {
-                abort(&mut send, &mut recv, codes::CANCELLED);
+                stream.abort(codes::CANCELLED);
                 return Err(TaskError::new(ErrorKind::Timeout, "the agent did not stop the task at its deadline"));
             }
         };
@@ -310,7 +296,7 @@ async fn remote(
                 let args = match check_call(obj, &method, args, &allowed) {
                     Ok(a) => a,
                     Err(e) => {
-                        abort(&mut send, &mut recv, codes::PROTOCOL);
+                        stream.abort(codes::PROTOCOL);
                         return Err(e);
                     }
                 };
@@ -321,18 +307,18 @@ async fn remote(
                 });
                 let result = tokio::select! {
                     r = &mut work => r.unwrap_or_else(|e| Err(format!("call failed: {e}"))),
-                    _ = conn.conn.closed() => {
+                    _ = link.closed() => {
                         // Let the call see the stop and return before the task is
                         // recorded as over (and its locks released).
                         attempt.cancel();
                         let _ = work.await;
-                        return Err(explain("connection lost".into()));
+                        return Err(link.lost("connection lost".into()));
                     }
                     _ = rec.cancel_notify.notified() => {
                         attempt.cancel();
                         let _ = work.await;
-                        abort(&mut send, &mut recv, codes::CANCELLED);
-                        return Err(TaskError::new(ErrorKind::Cancelled, "task cancelled"));
+                        stream.abort(codes::CANCELLED);
+                        return Err(cancelled());
                     }
                 };
                 if let Ok(d) = &result {
@@ -345,14 +331,16 @@ async fn remote(
                 // A failed write means the agent stopped reading: its task is over
                 // (the result follows) or the connection is gone (the next read
                 // says so). Either way the outcome comes from the read side.
-                let _ = wire::write_frame(&mut send, &reply).await;
+                if let Ok(bytes) = protocol::encode(&reply) {
+                    let _ = stream.send(&bytes).await;
+                }
             }
             Ok(Some(ToMaster::Done { result, .. })) => {
-                let _ = send.finish();
+                stream.finish();
                 // The agent finishes its side with the result, usually in the same
                 // packet: take the FIN now, or dropping the stream would send the
                 // agent a needless STOP_SENDING.
-                wire::take_fin(recv.get_mut());
+                stream.take_fin();
                 return match result {
                     Ok(g) => Data::check(g, Refs::Only(&allowed)).map_err(|e| {
                         TaskError::new(ErrorKind::Capture, format!("the result was refused: {e}"))
@@ -367,26 +355,24 @@ async fn remote(
             }
             // The agent ended its side without a result while the connection lives:
             // our agent never does that.
-            Ok(None) if conn.conn.close_reason().is_none() => {
-                abort(&mut send, &mut recv, codes::PROTOCOL);
+            Ok(None) if !link.is_closed() => {
+                stream.abort(codes::PROTOCOL);
                 return Err(TaskError::new(
                     ErrorKind::Refused,
                     "the agent ended the task stream without a result",
                 ));
             }
             Ok(None) => {
-                return Err(explain(
-                    "the agent closed the task stream without a result".into(),
-                ))
+                return Err(link.lost("the agent closed the task stream without a result".into()))
             }
             Err(WireError::Frame(e)) => {
-                abort(&mut send, &mut recv, codes::BAD_FRAME);
+                stream.abort(codes::BAD_FRAME);
                 return Err(TaskError::new(
                     ErrorKind::Refused,
                     format!("the agent sent a bad frame: {e}"),
                 ));
             }
-            Err(e) => return Err(explain(format!("task stream failed: {e}"))),
+            Err(e) => return Err(link.lost(format!("task stream failed: {e}"))),
         }
     }
 }
@@ -439,5 +425,158 @@ struct StopOnDrop(CancelToken);
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Dispatch, retries and cancellation of remote tasks, over the fake transport.
+
+    use std::time::Instant;
+
+    use super::*;
+    use crate::engine::fake::{int_result, payload, run_over, Behaviour, FakeFleet};
+
+    const WAIT: Option<Duration> = Some(Duration::from_secs(10));
+
+    fn to(host: &str) -> TaskOpts {
+        TaskOpts {
+            target: Some(host.to_string()),
+            ..TaskOpts::default()
+        }
+    }
+
+    fn answer(value: i64) -> Behaviour {
+        Behaviour::Answer {
+            value,
+            delay: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_remote_task_returns_its_value_and_streams_its_log_by_host() {
+        let fleet = FakeFleet::new(Duration::from_millis(300));
+        fleet.set("web1", answer(7));
+        let (_tokio, rt, events) = run_over(&fleet, &["web1"]);
+        let rec = start(&rt, payload(), &to("web1"));
+        let o = rec.wait(WAIT, None).expect("the task ends");
+        assert_eq!(int_result(&o), Some(7));
+        assert_eq!(rec.host(), "web1");
+        assert_eq!(fleet.received("web1"), 1);
+        let logs = events.logs.lock();
+        assert!(
+            logs.iter()
+                .any(|(h, l)| h == "web1" && l.starts_with("running ")),
+            "{logs:?}"
+        );
+    }
+
+    #[test]
+    fn a_lost_agent_is_retried_while_retries_last_and_then_named() {
+        let fleet = FakeFleet::new(Duration::from_millis(300));
+        fleet.set("db1", Behaviour::DieOnTask);
+        let (_tokio, rt, events) = run_over(&fleet, &["db1"]);
+        let mut opts = to("db1");
+        opts.retry.retries = 2;
+        let rec = start(&rt, payload(), &opts);
+        let o = rec.wait(WAIT, None).expect("the task ends");
+        let e = o.result.expect_err("every attempt died");
+        assert_eq!(e.kind, ErrorKind::AgentLost, "{e:?}");
+        // One attempt and two retries, each on a fresh connection.
+        assert_eq!(fleet.received("db1"), 3);
+        assert_eq!(fleet.dials("db1"), 3);
+        let retried = events
+            .logs
+            .lock()
+            .iter()
+            .filter(|(_, l)| l.starts_with("retrying ("))
+            .count();
+        assert_eq!(retried, 2);
+    }
+
+    #[test]
+    fn errors_the_task_raised_are_retried_only_with_retry_errors() {
+        let fleet = FakeFleet::new(Duration::from_millis(300));
+        let fail = Behaviour::Fail {
+            kind: ErrorKind::Lua,
+            delay: Duration::ZERO,
+        };
+        fleet.set("a", fail.clone());
+        fleet.set("b", fail);
+        let (_tokio, rt, _events) = run_over(&fleet, &["a", "b"]);
+        let mut plain = to("a");
+        plain.retry.retries = 3;
+        let o = start(&rt, payload(), &plain)
+            .wait(WAIT, None)
+            .expect("ends");
+        assert_eq!(o.result.expect_err("fails").kind, ErrorKind::Lua);
+        assert_eq!(
+            fleet.received("a"),
+            1,
+            "a Lua error is not retried by default"
+        );
+
+        let mut eager = to("b");
+        eager.retry = RetryPolicy {
+            retries: 1,
+            retry_errors: true,
+        };
+        let o = start(&rt, payload(), &eager)
+            .wait(WAIT, None)
+            .expect("ends");
+        assert_eq!(o.result.expect_err("fails").kind, ErrorKind::Lua);
+        assert_eq!(fleet.received("b"), 2);
+    }
+
+    #[test]
+    fn an_unreachable_host_fails_with_its_name_and_nothing_runs() {
+        let fleet = FakeFleet::new(Duration::from_millis(300));
+        fleet.down("gone");
+        let (_tokio, rt, _events) = run_over(&fleet, &["gone"]);
+        let o = start(&rt, payload(), &to("gone"))
+            .wait(WAIT, None)
+            .expect("ends");
+        let e = o.result.expect_err("unreachable");
+        assert_eq!(e.kind, ErrorKind::Unreachable);
+        assert!(e.display_for("gone").contains("gone"), "{e:?}");
+        assert_eq!(fleet.received("gone"), 0);
+    }
+
+    #[test]
+    fn cancelling_a_running_remote_task_ends_it_and_resets_its_stream() {
+        let fleet = FakeFleet::new(Duration::from_millis(300));
+        fleet.set("slow", Behaviour::Hang);
+        let (_tokio, rt, _events) = run_over(&fleet, &["slow"]);
+        let rec = start(&rt, payload(), &to("slow"));
+        // Wait until the agent has it, then cancel.
+        let until = Instant::now() + Duration::from_secs(5);
+        while fleet.received("slow") == 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(fleet.received("slow"), 1);
+        assert!(rec.wait(Some(Duration::from_millis(100)), None).is_none());
+        let t0 = Instant::now();
+        rec.request_cancel();
+        let o = rec.wait(WAIT, None).expect("a cancelled task ends");
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+        assert_eq!(o.result.expect_err("cancelled").kind, ErrorKind::Cancelled);
+        assert_eq!(fleet.aborted("slow"), 1);
+    }
+
+    #[test]
+    fn a_silent_agent_is_given_up_at_the_deadline_plus_grace() {
+        let fleet = FakeFleet::new(Duration::from_millis(300));
+        fleet.set("mute", Behaviour::Hang);
+        let (_tokio, rt, _events) = run_over(&fleet, &["mute"]);
+        let mut opts = to("mute");
+        opts.timeout = Some(Duration::from_millis(200));
+        let t0 = Instant::now();
+        let o = start(&rt, payload(), &opts).wait(WAIT, None).expect("ends");
+        let took = t0.elapsed();
+        assert_eq!(o.result.expect_err("timed out").kind, ErrorKind::Timeout);
+        // The agent is trusted to stop at the deadline; the master waits 2 s more.
+        assert!(took >= Duration::from_secs(2), "{took:?}");
+        assert!(took < Duration::from_secs(4), "{took:?}");
+        assert_eq!(fleet.aborted("mute"), 1);
     }
 }

@@ -13,6 +13,7 @@ use sloth_transport::wire;
 use sloth_transport::{self as tls, Pem};
 
 use crate::engine::inventory::Inventory;
+use crate::engine::transport::{BoxFuture, Link, TaskStream, Transport};
 
 /// Tunables for talking to agents.
 #[derive(Clone, Debug)]
@@ -34,6 +35,8 @@ impl Default for MeshConfig {
 
 /// A connected, handshaken agent.
 pub struct AgentConn {
+    /// The inventory name it was dialed as.
+    pub host: String,
     pub conn: Connection,
     pub agent_version: String,
     /// The facts the agent sent in its Welcome, collected when it answered.
@@ -273,6 +276,7 @@ impl Mesh {
                     "agent connected"
                 );
                 Ok(AgentConn {
+                    host: host.to_string(),
                     conn,
                     agent_version,
                     facts,
@@ -464,4 +468,86 @@ fn client_endpoint() -> anyhow::Result<Endpoint> {
     )
     .context("creating QUIC endpoint")?;
     Ok(endpoint)
+}
+
+impl Transport for Mesh {
+    fn link<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Arc<dyn Link>, TaskError>> {
+        Box::pin(async move { Ok(self.connect(host).await? as Arc<dyn Link>) })
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        self.cfg.connect_timeout
+    }
+}
+
+impl Link for AgentConn {
+    fn open(&self) -> BoxFuture<'_, Result<Box<dyn TaskStream>, TaskError>> {
+        Box::pin(async move {
+            let (send, recv) = self.conn.open_bi().await.map_err(|e| {
+                TaskError::new(
+                    ErrorKind::AgentLost,
+                    tls::explain_connection_error(&self.host, &e),
+                )
+            })?;
+            Ok(Box::new(QuicTaskStream {
+                send,
+                recv: wire::FrameReader::new(recv),
+            }) as Box<dyn TaskStream>)
+        })
+    }
+
+    fn closed(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.conn.closed().await;
+        })
+    }
+
+    fn is_closed(&self) -> bool {
+        !self.is_alive()
+    }
+
+    fn lost(&self, fallback: String) -> TaskError {
+        let why = match self.conn.close_reason() {
+            Some(r) => tls::explain_connection_error(&self.host, &r),
+            None => fallback,
+        };
+        TaskError::new(ErrorKind::AgentLost, why)
+    }
+}
+
+/// A task's bidirectional QUIC stream.
+struct QuicTaskStream {
+    send: SendStream,
+    recv: wire::FrameReader<RecvStream>,
+}
+
+impl TaskStream for QuicTaskStream {
+    fn send<'a>(&'a mut self, frame: &'a [u8]) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            tokio::io::AsyncWriteExt::write_all(&mut self.send, frame)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn finish(&mut self) {
+        // Already finished or reset: nothing more to end.
+        let _ = self.send.finish();
+    }
+
+    fn recv(
+        &mut self,
+    ) -> BoxFuture<'_, Result<Option<sloth_proto::protocol::ToMaster>, wire::WireError>> {
+        Box::pin(self.recv.next())
+    }
+
+    fn abort(&mut self, code: u32) {
+        // Either side may be closed already: then there is nothing left to end.
+        let _ = self.send.reset(code.into());
+        let _ = self.recv.get_mut().stop(code.into());
+    }
+
+    fn take_fin(&mut self) {
+        wire::take_fin(self.recv.get_mut());
+    }
 }

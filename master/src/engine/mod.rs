@@ -6,11 +6,15 @@
 
 pub mod dispatch;
 pub mod events;
+#[cfg(test)]
+mod fake;
 pub mod health;
 pub mod inventory;
 pub mod mesh;
 pub mod objects;
+pub mod pool;
 pub mod registry;
 pub mod retry;
 pub mod rollout;
 pub mod runtime;
+pub mod transport;

@@ -14,11 +14,15 @@ use crate::engine::events::Events;
 use crate::engine::inventory::Inventory;
 use crate::engine::mesh::Mesh;
 use crate::engine::registry::Registry;
+use crate::engine::transport::Transport;
 
 pub struct Runtime {
     pub handle: tokio::runtime::Handle,
     pub registry: Arc<Registry>,
+    /// The fleet's connections, for what only the real mesh has (facts, pings).
     pub mesh: Option<Arc<Mesh>>,
+    /// How tasks reach agents: the mesh, or a fake in the engine's tests.
+    pub transport: Option<Arc<dyn Transport>>,
     /// The hosts this run may reach (after --limit).
     pub inventory: Inventory,
     /// Where the run reports (the CLI's output).
@@ -36,11 +40,33 @@ impl Runtime {
         inventory: Inventory,
         out: Arc<dyn Events>,
     ) -> Arc<Runtime> {
+        let transport = mesh.clone().map(|m| m as Arc<dyn Transport>);
+        Self::build(handle, mesh, transport, inventory, out)
+    }
+
+    /// A run whose tasks go through `transport` (the engine's tests use a fake).
+    pub fn with_transport(
+        handle: tokio::runtime::Handle,
+        transport: Arc<dyn Transport>,
+        inventory: Inventory,
+        out: Arc<dyn Events>,
+    ) -> Arc<Runtime> {
+        Self::build(handle, None, Some(transport), inventory, out)
+    }
+
+    fn build(
+        handle: tokio::runtime::Handle,
+        mesh: Option<Arc<Mesh>>,
+        transport: Option<Arc<dyn Transport>>,
+        inventory: Inventory,
+        out: Arc<dyn Events>,
+    ) -> Arc<Runtime> {
         let registry = Registry::new();
         let rt = Arc::new(Runtime {
             handle,
             registry: registry.clone(),
             mesh,
+            transport,
             inventory,
             out: out.clone(),
             local_memory_limit: Some(1 << 30),
