@@ -8,7 +8,7 @@ use std::time::Duration;
 use sloth_lua::cancel::CancelToken;
 use sloth_lua::context::{TaskContext, TaskIo};
 use sloth_lua::executor::Limits;
-use sloth_lua::shared_obj::{self, SharedBackend};
+use sloth_lua::shared_obj::SharedBackend;
 use sloth_proto::data::{Data, Refs};
 use sloth_proto::graph::{Graph, SharedRef};
 use sloth_proto::protocol::{
@@ -394,7 +394,7 @@ fn check_call(
             obj.id
         )));
     }
-    if !shared_obj::accepts(obj.kind, method) {
+    if !obj.kind.accepts(method) {
         return Err(refused(format!(
             "the agent called an unknown method {}:{}",
             obj.kind.type_name(),

@@ -307,10 +307,7 @@ impl Registry {
         let id = self.next_id();
         let kind = obj.kind();
         let obj = Arc::new(obj);
-        if matches!(
-            &*obj,
-            Object::Mutex(_) | Object::Semaphore(_) | Object::Once(_)
-        ) {
+        if obj.has_owners() {
             self.holdable.lock().push(obj.clone());
         }
         self.objects.lock().insert(id, obj);

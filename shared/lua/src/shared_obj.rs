@@ -79,62 +79,6 @@ impl Drop for SharedObj {
     }
 }
 
-/// Method names each kind answers (the backend implements them).
-pub fn methods_of(kind: SharedKind) -> &'static [&'static str] {
-    match kind {
-        SharedKind::Handle => &["await", "cancel", "status", "result"],
-        SharedKind::Channel => &[
-            "send",
-            "receive",
-            "try_send",
-            "try_receive",
-            "close",
-            "len",
-            "cap",
-            "is_closed",
-        ],
-        SharedKind::WaitGroup => &["add", "done", "wait", "count"],
-        SharedKind::Mutex => &["lock", "unlock", "try_lock", "is_locked"],
-        SharedKind::Semaphore => &["acquire", "release", "try_acquire", "available"],
-        SharedKind::Atomic => &[
-            "get",
-            "set",
-            "add",
-            "sub",
-            "incr",
-            "decr",
-            "compare_and_swap",
-            "swap",
-        ],
-        SharedKind::Once => &["done"],
-        SharedKind::Artifact => &["sha256", "size", "name"],
-    }
-}
-
-/// Whether a state of ours can send `method` on an object of `kind`: the methods
-/// scripts call, plus the ones the userdata uses itself (`handle.host`,
-/// `once:run`'s begin/finish, `artifact:save`'s read). The master refuses the rest.
-pub fn accepts(kind: SharedKind, method: &str) -> bool {
-    let internal: &[&str] = match kind {
-        SharedKind::Handle => &["host"],
-        SharedKind::Once => &["begin", "finish"],
-        SharedKind::Artifact => &["read"],
-        _ => &[],
-    };
-    methods_of(kind).contains(&method) || internal.contains(&method)
-}
-
-const ALL_METHODS: &[SharedKind] = &[
-    SharedKind::Handle,
-    SharedKind::Channel,
-    SharedKind::WaitGroup,
-    SharedKind::Mutex,
-    SharedKind::Semaphore,
-    SharedKind::Atomic,
-    SharedKind::Once,
-    SharedKind::Artifact,
-];
-
 impl UserData for SharedObj {
     fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
         fields.add_field_method_get("id", |_, this| Ok(this.r.id as i64));
@@ -179,8 +123,8 @@ const METHODS_KEY: &str = "sloth.shared_methods";
 /// Every method name a shared object may answer.
 fn all_method_names() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = Vec::new();
-    for kind in ALL_METHODS {
-        for &n in methods_of(*kind) {
+    for kind in SharedKind::ALL {
+        for &n in kind.methods() {
             if !names.contains(&n) {
                 names.push(n);
             }
@@ -269,7 +213,7 @@ fn call_method(
             let mode = args.next().unwrap_or(LV::Nil);
             crate::artifact::save(lua, this.r, this.backend.as_ref(), dest, mode)
         }
-        (n, kind) if methods_of(kind).contains(&n) => this.invoke(lua, n, args.collect()),
+        (n, kind) if kind.methods().contains(&n) => this.invoke(lua, n, args.collect()),
         (n, _) => Err(no_method(this, n)),
     }
 }

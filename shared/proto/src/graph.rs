@@ -33,6 +33,67 @@ impl SharedKind {
             SharedKind::Artifact => "artifact",
         }
     }
+
+    pub const ALL: [SharedKind; 8] = [
+        SharedKind::Handle,
+        SharedKind::Channel,
+        SharedKind::WaitGroup,
+        SharedKind::Mutex,
+        SharedKind::Semaphore,
+        SharedKind::Atomic,
+        SharedKind::Once,
+        SharedKind::Artifact,
+    ];
+
+    /// The methods scripts call on this kind (`ch:send(v)`), each one a call on the
+    /// wire of the same name. The one list of them: the Lua userdata, the master's
+    /// check of agents' calls and the master's objects all follow it.
+    pub fn methods(self) -> &'static [&'static str] {
+        match self {
+            SharedKind::Handle => &["await", "cancel", "status", "result"],
+            SharedKind::Channel => &[
+                "send",
+                "receive",
+                "try_send",
+                "try_receive",
+                "close",
+                "len",
+                "cap",
+                "is_closed",
+            ],
+            SharedKind::WaitGroup => &["add", "done", "wait", "count"],
+            SharedKind::Mutex => &["lock", "unlock", "try_lock", "is_locked"],
+            SharedKind::Semaphore => &["acquire", "release", "try_acquire", "available"],
+            SharedKind::Atomic => &[
+                "get",
+                "set",
+                "add",
+                "sub",
+                "incr",
+                "decr",
+                "compare_and_swap",
+                "swap",
+            ],
+            SharedKind::Once => &["done"],
+            SharedKind::Artifact => &["sha256", "size", "name"],
+        }
+    }
+
+    /// Calls that only travel on the wire, under Lua methods built on them
+    /// (`h.host`, `o:do(f)`, `a:save(path)`).
+    pub fn wire_methods(self) -> &'static [&'static str] {
+        match self {
+            SharedKind::Handle => &["host"],
+            SharedKind::Once => &["begin", "finish"],
+            SharedKind::Artifact => &["read"],
+            _ => &[],
+        }
+    }
+
+    /// Whether `method` is a call a sloth agent may send on this kind.
+    pub fn accepts(self, method: &str) -> bool {
+        self.methods().contains(&method) || self.wire_methods().contains(&method)
+    }
 }
 
 /// A reference to an object that lives in the master.
