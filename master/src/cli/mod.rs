@@ -22,6 +22,10 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 
+/// Blocking threads the master's runtime may start: shared-object calls proxied from
+/// agents run on them (`engine::dispatch`), and many may wait at once.
+const MAX_BLOCKING_THREADS: usize = 4096;
+
 pub fn main(cli: Cli) -> i32 {
     match cli.cmd {
         Cmd::Certs { cmd } => {
@@ -64,23 +68,16 @@ pub fn main(cli: Cli) -> i32 {
     }
 }
 
+/// The master's async runtime (`sloth_transport::process::runtime`, shared with the
+/// agent).
 pub fn tokio_runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .max_blocking_threads(4096)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))
+    sloth_transport::process::runtime(MAX_BLOCKING_THREADS).map_err(|e| e.to_string())
 }
 
 /// Ctrl-C / SIGTERM: stop local agents, then exit 130.
 pub fn install_signal_handler(rt: &tokio::runtime::Runtime) {
     rt.spawn(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-        }
+        sloth_transport::process::shutdown_signal().await;
         eprintln!("interrupted: stopping local agents");
         local_fleet::kill_all();
         std::process::exit(130);
