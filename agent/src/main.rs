@@ -28,15 +28,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .max_blocking_threads(cfg.max_tasks as usize + 16)
-        .enable_all()
-        .build()
-    {
+    let rt = match sloth_transport::process::runtime(cfg.max_tasks as usize + 16) {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("sloth-agent: cannot start the async runtime: {e}");
+            eprintln!("sloth-agent: {e}");
             return std::process::ExitCode::from(1);
         }
     };

@@ -76,14 +76,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         ),
         cfg,
     });
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-        }
-    };
+    let shutdown = sloth_transport::process::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -1,8 +1,9 @@
 //! The QUIC transport of master and agents: the fleet's TLS configuration ([`config`]),
 //! certificates as PEM files ([`pem`]), plain-words explanations of connection
 //! failures ([`explain`]), the async framing of protocol messages on QUIC streams
-//! ([`wire`]), and, behind the `issue` feature that only the master enables,
-//! certificate issuance ([`issue`]).
+//! ([`wire`]), the async runtime and shutdown signals of both processes ([`process`]),
+//! and, behind the `issue` feature that only the master enables, certificate issuance
+//! ([`issue`]).
 //!
 //! One CA per fleet. Agent certificates carry the agent's name as a DNS SAN and the
 //! extended key usage *ServerAuth only*; master certificates carry *ClientAuth only*
@@ -17,6 +18,7 @@ pub mod explain;
 #[cfg(feature = "issue")]
 pub mod issue;
 pub mod pem;
+pub mod process;
 pub mod wire;
 
 pub use config::{

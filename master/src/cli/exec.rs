@@ -1,0 +1,51 @@
+//! `sloth-master exec`: runs a shell command on every matched agent through a small
+//! script (`exec.lua`), its output streamed with host prefixes, then a summary.
+
+use super::run::run;
+use super::{FleetArgs, EXIT_USAGE};
+use crate::engine::inventory::Inventory;
+
+/// The script `exec` runs (its first line is a comment, so its code keeps the line
+/// numbers it had when it was written inline).
+const EXEC_SCRIPT: &str = include_str!("exec.lua");
+
+pub(super) fn exec(
+    pattern: &str,
+    fa: &FleetArgs,
+    timeout: Option<&str>,
+    json: bool,
+    command: &[String],
+) -> i32 {
+    if fa.inventory.is_none() && fa.local_fleet.is_none() {
+        eprintln!("error: no hosts to run on (use -i INVENTORY or --local-fleet)");
+        return EXIT_USAGE;
+    }
+    // A bad pattern is a usage error, found before any agent is started.
+    if let Some(inv) = &fa.inventory {
+        let checked = Inventory::load(inv)
+            .map_err(|e| e.to_string())
+            .and_then(|i| i.resolve(pattern).map_err(|e| e.to_string()));
+        if let Err(e) = checked {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    }
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let path = dir.path().join("exec.sloth");
+    if let Err(e) = std::fs::write(&path, EXEC_SCRIPT) {
+        eprintln!("error: {e}");
+        return EXIT_USAGE;
+    }
+    let vars = vec![
+        format!("pattern={pattern}"),
+        format!("command={}", command.join(" ")),
+        format!("timeout={}", timeout.unwrap_or("")),
+    ];
+    run(&path, fa, &vars, json)
+}

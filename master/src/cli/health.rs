@@ -1,0 +1,110 @@
+//! `sloth-master health`: pings every matched agent and prints a table (or `--json`);
+//! with `--check SCRIPT`, also runs that script on the same hosts, its exit code counting
+//! too.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::output::{self, Output};
+use super::run::{run, run_with};
+use super::{install_signal_handler, prepare_fleet, tokio_runtime, FleetArgs};
+use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::engine::mesh::Mesh;
+
+/// The `health` command: the exit code of the check, or of the check script if worse.
+pub(super) fn command(pattern: &str, fleet: &FleetArgs, json: bool, check: Option<&Path>) -> i32 {
+    let (code, doc) = health(pattern, fleet, json);
+    match check {
+        Some(script) if code != EXIT_USAGE => {
+            let limited = FleetArgs {
+                limit: Some(pattern.to_string()),
+                ..fleet.clone()
+            };
+            if !json {
+                return code.max(run(script, &limited, &[], false));
+            }
+            // One document: the health part and the check script's run.
+            let out = Arc::new(Output::keeping_json());
+            let rc = run_with(out.clone(), script, &limited, &[]);
+            output::print_doc(&serde_json::json!({
+                "health": doc,
+                "check": out.take_json(),
+            }));
+            code.max(rc)
+        }
+        _ => {
+            if let Some(d) = &doc {
+                output::print_doc(d);
+            }
+            code
+        }
+    }
+}
+
+/// Check the hosts; the exit code, and with `json` the document (not printed here).
+fn health(pattern: &str, fa: &FleetArgs, json: bool) -> (i32, Option<serde_json::Value>) {
+    let code = |c: i32| (c, None);
+    let rt = match tokio_runtime() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return code(EXIT_USAGE);
+        }
+    };
+    install_signal_handler(&rt);
+    let mut fleet = match prepare_fleet(fa) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return code(EXIT_USAGE);
+        }
+    };
+    let hosts = match fleet.inventory.resolve(pattern) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return code(EXIT_USAGE);
+        }
+    };
+    let Some(certs) = &fleet.certs else {
+        eprintln!("error: no hosts to check (use -i INVENTORY or --local-fleet)");
+        return code(EXIT_USAGE);
+    };
+    let mesh = {
+        let _g = rt.enter();
+        match Mesh::new(&fleet.inventory, certs, fleet.mesh_cfg.clone()) {
+            Ok(m) => Arc::new(m),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return code(EXIT_USAGE);
+            }
+        }
+    };
+    let start = Instant::now();
+    let rows = rt.block_on(crate::engine::health::check_all(mesh.clone(), hosts));
+    let took = start.elapsed();
+    rt.block_on(mesh.close());
+    if let Some(lf) = fleet.local.as_mut() {
+        lf.stop();
+    }
+    let down = rows.iter().filter(|r| !r.up).count();
+    let exit = if down > 0 { EXIT_FAILED } else { EXIT_OK };
+    if json {
+        let doc = serde_json::json!({
+            "hosts": rows,
+            "up": rows.len() - down,
+            "down": down,
+            "duration_ms": took.as_millis() as u64,
+        });
+        return (exit, Some(doc));
+    } else {
+        println!("{}", crate::engine::health::render_table(&rows));
+        println!(
+            "{} up, {down} down, checked in {}",
+            rows.len() - down,
+            output::fmt_ms(took.as_millis() as u64)
+        );
+    }
+    (exit, None)
+}
