@@ -555,9 +555,12 @@ fn wait_timeout(
     let ((status, cpu), at) = match rx.recv_timeout(timeout.saturating_sub(start.elapsed())) {
         Ok(x) => x,
         Err(_) => {
-            // SAFETY: kill(2) on our own child, not yet reaped (the waiter still waits).
-            unsafe {
-                libc::kill(pid as i32, libc::SIGKILL);
+            // Our own child, not yet reaped (the waiter still waits).
+            if let Some(p) = i32::try_from(pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
             }
             let _ = rx.recv();
             bail!("timed out after {} s", timeout.as_secs());
@@ -569,7 +572,11 @@ fn wait_timeout(
 
 /// Reap `child` with wait4(2): its exit code (`None` when killed by a signal) and the
 /// CPU it and the descendants it waited for used.
+///
+/// Through libc: rustix has no wait4 with a `rusage` (nor getrusage), std no wait4 at
+/// all; `/proc/<pid>/stat` gives the CPU only in clock ticks (10 ms), too coarse here.
 fn wait_with_rusage(child: Child) -> (std::io::Result<Option<i32>>, Duration) {
+    use std::os::unix::process::ExitStatusExt;
     let pid = child.id() as libc::pid_t;
     let mut status: libc::c_int = 0;
     // SAFETY: rusage is plain data for wait4 to fill.
@@ -588,7 +595,7 @@ fn wait_with_rusage(child: Child) -> (std::io::Result<Option<i32>>, Duration) {
         return (Err(std::io::Error::last_os_error()), Duration::ZERO);
     }
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    let code = std::process::ExitStatus::from_raw(status).code();
     (Ok(code), tv(ru.ru_utime) + tv(ru.ru_stime))
 }
 

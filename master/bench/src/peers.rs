@@ -64,8 +64,7 @@ impl Tools {
             Some(p) => bail!("--ansible {}: no such file", p.display()),
             None => which("ansible")?,
         };
-        // SAFETY: geteuid(2) has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !rustix::process::geteuid().is_root() {
             bail!("--peers needs root: it runs sshd in its own mount namespace");
         }
         Ok(Tools {
@@ -340,10 +339,13 @@ impl Peers {
 
 impl Drop for Peers {
     fn drop(&mut self) {
-        let pgid = self.daemons.id() as i32;
-        // SAFETY: kill(2) on the process group we created; the shell is not yet reaped.
-        unsafe {
-            libc::kill(-pgid, libc::SIGTERM);
+        use rustix::process::{kill_process_group, Pid, Signal};
+        let pgid = i32::try_from(self.daemons.id())
+            .ok()
+            .and_then(Pid::from_raw);
+        // The process group we created; the shell is not yet reaped.
+        if let Some(g) = pgid {
+            let _ = kill_process_group(g, Signal::TERM);
         }
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
@@ -353,10 +355,10 @@ impl Drop for Peers {
             std::thread::sleep(Duration::from_millis(20));
         }
         // Whatever is left of the group (the namespace dies with its shell anyway).
-        // SAFETY: kill(2) on a process group id; it names no other process even after
-        // the shell is reaped, as long as a member of the group lives.
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
+        // A process group id names no other process even after the shell is reaped,
+        // as long as a member of the group lives.
+        if let Some(g) = pgid {
+            let _ = kill_process_group(g, Signal::KILL);
         }
         let _ = self.daemons.wait();
     }
@@ -364,11 +366,13 @@ impl Drop for Peers {
 
 /// The home directory of the user the bench runs as (from the password database, not
 /// `$HOME`, which `sudo -E` would carry over from another user).
+///
+/// Through libc: the password database is libc's (NSS), rustix has no getpwuid.
 fn login_home() -> anyhow::Result<String> {
     // SAFETY: getpwuid returns a pointer into static storage or null; it is read at
     // once, on this thread, before any other call that could overwrite it.
     unsafe {
-        let pw = libc::getpwuid(libc::geteuid());
+        let pw = libc::getpwuid(rustix::process::geteuid().as_raw());
         if pw.is_null() || (*pw).pw_dir.is_null() {
             bail!("--peers: the current user has no home directory in the password database");
         }
@@ -392,17 +396,19 @@ fn stop_processes_mentioning(needle: &str) {
         return;
     };
     for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let pid = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok());
+        let Some(pid) = pid
+            .filter(|p| *p > 0)
+            .and_then(rustix::process::Pid::from_raw)
+        else {
             continue;
         };
         let Ok(cmdline) = fs::read(p.path().join("cmdline")) else {
             continue;
         };
         if String::from_utf8_lossy(&cmdline).contains(needle) {
-            // SAFETY: kill(2) with a pid read from /proc; at worst the process is gone.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
+            // A pid read from /proc; at worst the process is gone.
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
     }
 }

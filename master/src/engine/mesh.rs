@@ -406,31 +406,20 @@ const SOCKET_BUFFER: usize = 32 << 20;
 /// the smaller buffer is used (said at debug level): handshakes are paced by
 /// [`MAX_HANDSHAKES`] either way.
 fn size_buffers(socket: &socket2::Socket) {
-    use std::os::fd::AsRawFd;
+    use rustix::net::sockopt;
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
-    let force = |opt: libc::c_int| {
-        let v = SOCKET_BUFFER as libc::c_int;
-        // SAFETY: setsockopt on our own socket with a pointer to a live c_int.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            ) == 0
-        }
-    };
     // Linux reports twice the size it grants (bookkeeping included): compare with that.
-    if socket.recv_buffer_size().unwrap_or(0) < 2 * SOCKET_BUFFER && !force(libc::SO_RCVBUFFORCE) {
+    if socket.recv_buffer_size().unwrap_or(0) < 2 * SOCKET_BUFFER
+        && sockopt::set_socket_recv_buffer_size_force(socket, SOCKET_BUFFER).is_err()
+    {
         tracing::debug!(
             bytes = socket.recv_buffer_size().unwrap_or(0),
             "UDP receive buffer capped by net.core.rmem_max (not root)"
         );
     }
     if socket.send_buffer_size().unwrap_or(0) < 2 * SOCKET_BUFFER {
-        let _ = force(libc::SO_SNDBUFFORCE);
+        let _ = sockopt::set_socket_send_buffer_size_force(socket, SOCKET_BUFFER);
     }
 }
 

@@ -41,8 +41,7 @@ pub fn cache_dir(host: &str) -> Result<PathBuf, String> {
     }
     let meta =
         std::fs::symlink_metadata(&dir).map_err(|e| format!("cache {}: {e}", dir.display()))?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = rustix::process::geteuid().as_raw();
     if !meta.is_dir() || meta.uid() != me {
         return Err(format!(
             "cache {} is not a directory owned by this user (uid {me}): refusing to use it",

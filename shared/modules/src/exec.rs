@@ -33,6 +33,8 @@ use std::time::{Duration, Instant};
 
 use mlua::{Lua, LuaString, MultiValue, Table, Value as LV};
 use parking_lot::Mutex;
+use rustix::io::Errno;
+use rustix::process::{Pid, Signal};
 
 use super::{stop_to_lua, task_ctx};
 use sloth_lua::cancel::{CancelToken, StopReason};
@@ -395,20 +397,17 @@ fn spawn_reader<R: Read + Send + 'static>(
 }
 
 /// Signal a whole process group.
-fn kill_group(pgid: u32, sig: libc::c_int) {
-    if let Ok(p) = libc::pid_t::try_from(pgid) {
-        if p > 1 {
-            // SAFETY: plain syscall; a negative pid addresses the process group.
-            unsafe {
-                libc::kill(-p, sig);
-            }
-        }
+fn kill_group(pgid: u32, sig: Signal) {
+    // Never group 1: `kill(-1)` would address every process.
+    let pgid = i32::try_from(pgid).ok().filter(|p| *p > 1);
+    if let Some(p) = pgid.and_then(Pid::from_raw) {
+        let _ = rustix::process::kill_process_group(p, sig);
     }
 }
 
 /// Kill the child's process group and reap the child.
 fn kill_and_reap(child: &mut Child) {
-    kill_group(child.id(), libc::SIGKILL);
+    kill_group(child.id(), Signal::KILL);
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -475,7 +474,9 @@ fn run(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
     };
     let start = Instant::now();
     let spawned = match (start_child(&spec.argv)?, &spec.via_shell) {
-        (Err(e), Some(sh)) if e.raw_os_error() != Some(libc::EAGAIN) => start_child(sh)?,
+        (Err(e), Some(sh)) if e.raw_os_error() != Some(Errno::AGAIN.raw_os_error()) => {
+            start_child(sh)?
+        }
         (r, _) => r,
     };
     let mut child = match spawned {
@@ -656,7 +657,7 @@ fn drain(
             return None;
         }
         if let Err(r) = cancel.sleep(nap) {
-            kill_group(pgid, libc::SIGKILL);
+            kill_group(pgid, Signal::KILL);
             return Some(r);
         }
         nap = (nap * 2).min(POLL);
@@ -670,30 +671,21 @@ struct ExitFd(std::os::fd::OwnedFd);
 
 impl ExitFd {
     fn open(pid: u32) -> Option<ExitFd> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: the descriptor was just created and is owned by nobody else.
-        Some(ExitFd(unsafe {
-            std::os::fd::OwnedFd::from_raw_fd(fd as i32)
-        }))
+        let pid = Pid::from_raw(i32::try_from(pid).ok()?)?;
+        rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+            .ok()
+            .map(ExitFd)
     }
 
     /// Wait until the process exits or `max` passes.
     fn wait(&self, max: Duration) {
-        use std::os::fd::AsRawFd;
-        let mut p = libc::pollfd {
-            fd: self.0.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = max.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd for the duration of the call. An error (EINTR)
-        // just ends this wait early; the caller checks the child again.
-        unsafe { libc::poll(&mut p, 1, ms) };
+        use rustix::event::{PollFd, PollFlags, Timespec};
+        let mut fds = [PollFd::new(&self.0, PollFlags::IN)];
+        // Bounded like poll(2)'s timeout (i32::MAX ms), never an endless wait.
+        let max = max.min(Duration::from_millis(i32::MAX as u64));
+        let timeout = Timespec::try_from(max).ok();
+        // An error (EINTR) just ends this wait early; the caller checks the child again.
+        let _ = rustix::event::poll(&mut fds, timeout.as_ref());
     }
 }
 
@@ -743,12 +735,11 @@ fn spawn(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
         }
     };
     command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
-    // SAFETY: `setsid` is async-signal-safe and touches no memory of the parent.
+    // SAFETY: `setsid` is a plain system call (rustix makes it directly: no
+    // allocation, no lock), async-signal-safe, and touches no memory of the parent.
     unsafe {
         command.pre_exec(|| {
-            if libc::setsid() == -1 {
-                return Err(io::Error::last_os_error());
-            }
+            rustix::process::setsid()?;
             Ok(())
         });
     }
@@ -768,13 +759,24 @@ fn spawn(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
     Ok(MultiValue::from_vec(vec![LV::Table(t)]))
 }
 
-fn signal_number(v: &LV) -> Result<libc::c_int, String> {
+/// The signal `v` names; `None` is signal 0 (only checks that the process exists).
+fn signal_number(v: &LV) -> Result<Option<Signal>, String> {
     let name = match v {
         LV::Integer(i) => {
-            return libc::c_int::try_from(*i)
+            let n = i32::try_from(*i)
                 .ok()
                 .filter(|n| (0..=64).contains(n))
-                .ok_or_else(|| format!("bad signal number {i}"))
+                .ok_or_else(|| format!("bad signal number {i}"))?;
+            if n == 0 {
+                return Ok(None);
+            }
+            return Ok(Some(Signal::from_named_raw(n).unwrap_or_else(|| {
+                // SAFETY: `n` is in 1..=64, a valid non-zero Linux signal number (the
+                // unnamed ones are the real-time signals). The `Signal` is only sent to a
+                // process with kill(2), as `kill -N pid` from a shell would; which
+                // number is the caller's choice.
+                unsafe { Signal::from_raw_unchecked(n) }
+            })));
         }
         LV::String(s) => s.to_string_lossy().to_ascii_uppercase(),
         other => {
@@ -785,72 +787,76 @@ fn signal_number(v: &LV) -> Result<libc::c_int, String> {
         }
     };
     let short = name.strip_prefix("SIG").unwrap_or(&name);
-    Ok(match short {
-        "HUP" => libc::SIGHUP,
-        "INT" => libc::SIGINT,
-        "QUIT" => libc::SIGQUIT,
-        "KILL" => libc::SIGKILL,
-        "TERM" => libc::SIGTERM,
-        "USR1" => libc::SIGUSR1,
-        "USR2" => libc::SIGUSR2,
-        "STOP" => libc::SIGSTOP,
-        "CONT" => libc::SIGCONT,
-        "ALRM" => libc::SIGALRM,
-        "WINCH" => libc::SIGWINCH,
-        "PIPE" => libc::SIGPIPE,
-        "ABRT" => libc::SIGABRT,
+    Ok(Some(match short {
+        "HUP" => Signal::HUP,
+        "INT" => Signal::INT,
+        "QUIT" => Signal::QUIT,
+        "KILL" => Signal::KILL,
+        "TERM" => Signal::TERM,
+        "USR1" => Signal::USR1,
+        "USR2" => Signal::USR2,
+        "STOP" => Signal::STOP,
+        "CONT" => Signal::CONT,
+        "ALRM" => Signal::ALARM,
+        "WINCH" => Signal::WINCH,
+        "PIPE" => Signal::PIPE,
+        "ABRT" => Signal::ABORT,
         _ => return Err(format!("unknown signal '{name}'")),
-    })
+    }))
+}
+
+/// `pid` as a process id, when it is one (positive and in range).
+fn pid_of(pid: i64) -> Option<Pid> {
+    Pid::from_raw(i32::try_from(pid).ok().filter(|p| *p > 0)?)
 }
 
 fn kill(lua: &Lua, pid: i64, sig: Option<LV>) -> mlua::Result<MultiValue> {
     const F: &str = "exec.kill";
-    let signo = match sig {
-        None | Some(LV::Nil) => libc::SIGTERM,
+    let signal = match sig {
+        None | Some(LV::Nil) => Some(Signal::TERM),
         Some(v) => match signal_number(&v) {
-            Ok(n) => n,
+            Ok(s) => s,
             Err(e) => return Err(mlua::Error::runtime(format!("{F}: {e}"))),
         },
     };
-    let Some(p) = libc::pid_t::try_from(pid).ok().filter(|p| *p > 0) else {
+    let Some(p) = pid_of(pid) else {
         return fail(lua, format!("{F}: {pid}: not a process id"));
     };
-    // SAFETY: plain syscalls on a process id. pid 1 is never widened to a group
+    // A session leader is signalled with its group. pid 1 is never widened to a group
     // (`kill(-1)` would address every process).
-    let target = unsafe {
-        if p > 1 && libc::getsid(p) == p && libc::getpgid(p) == p {
-            -p
-        } else {
-            p
-        }
+    let leads = |id: rustix::io::Result<Pid>| id.is_ok_and(|id| id == p);
+    let group = p != Pid::INIT
+        && leads(rustix::process::getsid(Some(p)))
+        && leads(rustix::process::getpgid(Some(p)));
+    let sent = match (signal, group) {
+        (Some(s), true) => rustix::process::kill_process_group(p, s),
+        (Some(s), false) => rustix::process::kill_process(p, s),
+        (None, true) => rustix::process::test_kill_process_group(p),
+        (None, false) => rustix::process::test_kill_process(p),
     };
-    // SAFETY: plain syscall; `target` is never 0 or -1.
-    let rc = unsafe { libc::kill(target, signo) };
-    if rc == 0 {
-        return Ok(MultiValue::from_vec(vec![LV::Boolean(true)]));
+    match sent {
+        Ok(()) => Ok(MultiValue::from_vec(vec![LV::Boolean(true)])),
+        Err(e) => fail(lua, format!("{F}: {pid}: {}", os_reason(&e.into()))),
     }
-    let e = io::Error::last_os_error();
-    fail(lua, format!("{F}: {pid}: {}", os_reason(&e)))
 }
 
 /// True while `pid` exists and has not exited (zombies count as gone).
 pub(crate) fn alive(pid: i64) -> bool {
-    let Some(p) = libc::pid_t::try_from(pid).ok().filter(|p| *p > 0) else {
+    let Some(p) = pid_of(pid) else {
         return false;
     };
-    // SAFETY: signal 0 only checks for existence and permission.
-    let rc = unsafe { libc::kill(p, 0) };
-    if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
-        return false;
+    // Signal 0 only checks for existence and permission.
+    match rustix::process::test_kill_process(p) {
+        Ok(()) | Err(Errno::PERM) => {}
+        Err(_) => return false,
     }
-    match std::fs::read_to_string(format!("/proc/{p}/stat")) {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name, which may contain spaces.
         Ok(stat) => match stat.rfind(')') {
             Some(i) => !matches!(stat[i + 1..].trim_start().chars().next(), Some('Z' | 'X')),
             None => true,
         },
-        // SAFETY: as above.
-        Err(_) => (unsafe { libc::kill(p, 0) }) == 0,
+        Err(_) => rustix::process::test_kill_process(p).is_ok(),
     }
 }
 

@@ -11,8 +11,6 @@
 //!
 //! [`collect_facts`] gives the same numbers as a [`Facts`] for the agent's handshake.
 
-use std::ffi::CStr;
-
 use mlua::{Lua, Table};
 
 use sloth_proto::protocol::Facts;
@@ -75,36 +73,19 @@ pub fn collect_facts() -> Facts {
 
 /// Milliseconds of `CLOCK_MONOTONIC` (never goes back, unaffected by clock changes).
 pub fn monotonic_ms() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    if rc != 0 {
-        // Not expected on Linux; fall back to a process-local monotonic clock.
-        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        return EPOCH
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_secs_f64()
-            * 1000.0;
-    }
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     ts.tv_sec as f64 * 1000.0 + ts.tv_nsec as f64 / 1_000_000.0
 }
 
 pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates when the
-    // name fits, and the last byte stays 0 otherwise.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
-    if rc == 0 {
-        if let Ok(c) = CStr::from_bytes_until_nul(&buf) {
-            let s = c.to_string_lossy().trim().to_string();
-            if !s.is_empty() {
-                return s;
-            }
-        }
+    // What gethostname(2) returns on Linux: the node name of uname(2).
+    let s = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .trim()
+        .to_string();
+    if !s.is_empty() {
+        return s;
     }
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -112,29 +93,44 @@ pub fn hostname() -> String {
 }
 
 fn kernel_release() -> String {
-    // SAFETY: `utsname` is plain data; uname fills it with NUL-terminated strings.
-    unsafe {
-        let mut u: libc::utsname = std::mem::zeroed();
-        if libc::uname(&mut u) == 0 {
-            return CStr::from_ptr(u.release.as_ptr())
-                .to_string_lossy()
-                .to_string();
-        }
-    }
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .to_string()
 }
 
+/// Online processors, as `sysconf(_SC_NPROCESSORS_ONLN)` counts them (glibc reads the
+/// same file); where it cannot be read, the processors this process may run on.
 fn cpus() -> u32 {
-    // SAFETY: plain sysconf query.
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    if n > 0 {
-        return u32::try_from(n).unwrap_or(u32::MAX);
+    if let Some(n) = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| count_cpu_list(&s))
+        .filter(|n| *n > 0)
+    {
+        return n;
     }
     std::thread::available_parallelism()
         .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
         .unwrap_or(1)
+}
+
+/// The number of CPUs in a kernel CPU list such as `0-3,8,10-11`.
+fn count_cpu_list(list: &str) -> Option<u32> {
+    let mut n: u32 = 0;
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        let (lo, hi) = match part.split_once('-') {
+            Some((lo, hi)) => (
+                lo.trim().parse::<u32>().ok()?,
+                hi.trim().parse::<u32>().ok()?,
+            ),
+            None => {
+                let c = part.trim().parse::<u32>().ok()?;
+                (c, c)
+            }
+        };
+        n = n.saturating_add(hi.checked_sub(lo)?.saturating_add(1));
+    }
+    Some(n)
 }
 
 /// (MemTotal, MemAvailable) in bytes.
@@ -180,21 +176,27 @@ fn uptime() -> u64 {
 }
 
 /// (total, available to unprivileged users) bytes of the filesystem holding `path`.
-#[allow(clippy::unnecessary_cast)] // the field types differ between platforms
 fn disk(path: &str) -> (u64, u64) {
-    let Ok(c) = std::ffi::CString::new(path) else {
+    let Ok(s) = rustix::fs::statvfs(path) else {
         return (0, 0);
     };
-    // SAFETY: `statvfs` is plain data filled by the call; `c` is NUL-terminated.
-    unsafe {
-        let mut s: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut s) != 0 {
-            return (0, 0);
-        }
-        let frsize = s.f_frsize as u64;
-        (
-            (s.f_blocks as u64).saturating_mul(frsize),
-            (s.f_bavail as u64).saturating_mul(frsize),
-        )
+    (
+        s.f_blocks.saturating_mul(s.f_frsize),
+        s.f_bavail.saturating_mul(s.f_frsize),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_cpu_list;
+
+    #[test]
+    fn cpu_lists_are_counted() {
+        assert_eq!(count_cpu_list("0\n"), Some(1));
+        assert_eq!(count_cpu_list("0-3\n"), Some(4));
+        assert_eq!(count_cpu_list("0-3,8,10-11\n"), Some(7));
+        assert_eq!(count_cpu_list(""), Some(0));
+        assert_eq!(count_cpu_list("3-1"), None);
+        assert_eq!(count_cpu_list("x"), None);
     }
 }

@@ -85,16 +85,13 @@ struct KillOnDrop(i64);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if let Ok(p) = libc::pid_t::try_from(self.0) {
-            if p > 1 {
-                // SAFETY: plain syscalls on a process this test started.
-                unsafe {
-                    if libc::getpgid(p) == p {
-                        libc::kill(-p, libc::SIGKILL);
-                    }
-                    libc::kill(p, libc::SIGKILL);
-                }
+        use rustix::process::{getpgid, kill_process, kill_process_group, Pid, Signal};
+        let pid = i32::try_from(self.0).ok().filter(|p| *p > 1);
+        if let Some(p) = pid.and_then(Pid::from_raw) {
+            if getpgid(Some(p)).is_ok_and(|g| g == p) {
+                let _ = kill_process_group(p, Signal::KILL);
             }
+            let _ = kill_process(p, Signal::KILL);
         }
     }
 }
@@ -383,10 +380,12 @@ fn exec_run_returns_when_a_background_child_keeps_the_pipes_open() {
         vec![pid as u32],
         "not killed on a normal exit"
     );
-    // SAFETY: the test's own background child.
-    unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGKILL);
-    }
+    // The test's own background child.
+    let p = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .expect("a process id");
+    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
     assert_gone("sleep 30.5555");
 }
 
