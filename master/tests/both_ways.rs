@@ -64,30 +64,53 @@ end
     out.assert_code(0);
     let rows = out.all("BOTH");
     assert_eq!(rows.len(), 2, "{out}");
-    assert_eq!(rows[0][1], "true", "{out}");
+    assert_eq!(rows[0][..2], ["local", "true"], "{out}");
+    assert_eq!(rows[1][..2], ["web-01", "true"], "{out}");
     assert_eq!(rows[0][2..], rows[1][2..], "local and remote differ\n{out}");
-    let line = &rows[0][2];
-    for expected in [
-        "true false",
-        "2/2",
-        "atrue",
-        "btrue",
-        "false",
-        "1s",
-        "nil",
-        "r1true",
-        "truetruefalse0",
-        "truetruefalse",
-        "falsefalse",
-        "5,8,7,8,7,7,true,false,11",
-        "1true",
-        "1false",
-        "truefalse",
-    ] {
-        assert!(
-            line.contains(expected),
-            "missing {expected:?} in {line}\n{out}"
-        );
+    // The task returns one item per check, joined by spaces: each is compared at its
+    // place, so a wrong value cannot hide behind the same word elsewhere in the line.
+    let expected = [
+        ("ch:try_send into a free slot", "true"),
+        ("ch:try_send into a full channel", "false"),
+        ("ch:len() / ch:cap()", "2/2"),
+        ("ch:receive() of a buffered value", "atrue"),
+        ("ch:try_receive() of a buffered value", "btrue"),
+        ("ch:try_receive() on an empty channel: ok", "false"),
+        ("select with nothing ready takes the default case (2)", "2"),
+        ("select with a ready receive: index and value", "1s"),
+        ("select that times out: no index", "nil"),
+        ("ch:range() then ch:is_closed()", "r1true"),
+        ("pcall(ch:send) on a closed channel", "false"),
+        (
+            "sem:acquire, try_acquire, try_acquire over the limit, available",
+            "truetruefalse0",
+        ),
+        (
+            "sem:available() after release, pcall(over-release)",
+            "2false",
+        ),
+        ("m:lock, is_locked, try_lock while held", "truetruefalse"),
+        (
+            "m:is_locked() after unlock, pcall(unlock unlocked)",
+            "falsefalse",
+        ),
+        (
+            "atomic get, add, sub, incr, decr, swap, cas ok, cas stale, get",
+            "5,8,7,8,7,7,true,false,11",
+        ),
+        ("once:run twice: runs, once:done()", "1true"),
+        ("wg:count() at 1, wg:wait(20) times out", "1false"),
+        ("wg:wait() at 0, pcall(wg:done below 0)", "truefalse"),
+    ];
+    let got: Vec<&str> = rows[0][2].split(' ').collect();
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "one item per check expected in {:?}\n{out}",
+        rows[0][2]
+    );
+    for ((what, want), got) in expected.iter().zip(&got) {
+        assert_eq!(got, want, "{what}\n{out}");
     }
     assert_eq!(
         out.all("AFTER"),

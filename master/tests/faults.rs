@@ -305,10 +305,33 @@ fn agent_survives_udp_garbage() {
     assert_web01_serves(&fleet);
 }
 
+/// How the agent must answer a hostile task stream: by resetting it with `code`
+/// (`RESET_STREAM`), without sending any byte, within 5 s. Anything else (data, a clean
+/// end, another code, a lost connection, a hang) fails the step named `what`.
+async fn assert_stream_reset(recv: &mut quinn::RecvStream, code: u32, what: &str) {
+    let got = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20)).await;
+    match got {
+        Ok(Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(c)))) => assert_eq!(
+            c,
+            quinn::VarInt::from_u32(code),
+            "{what}: the agent reset the stream with the wrong code"
+        ),
+        other => {
+            panic!("{what}: expected the agent to reset the stream with code {code}, got {other:?}")
+        }
+    }
+}
+
 /// An authenticated master that sends garbage and oversized frames on real QUIC streams.
+///
+/// What the agent does (agent/src/server.rs): a control stream that does not open with
+/// the preamble closes the connection with `PROTOCOL`; a task stream whose first frame
+/// cannot be read (over the size limit, cut short, not decodable as a `ToAgent`) is
+/// reset with `BAD_FRAME`, one that decodes to something other than a task with
+/// `PROTOCOL`; the connection itself stays up and keeps answering pings.
 #[test]
 fn agent_survives_bad_frames_from_an_authenticated_master() {
-    use sloth_proto::protocol::Control;
+    use sloth_proto::protocol::{codes, encode, Control, ToAgent};
     use sloth_transport::wire;
 
     let mut fleet = TestFleet::web(1);
@@ -322,13 +345,27 @@ fn agent_survives_bad_frames_from_an_authenticated_master() {
     rt.block_on(async move {
         let ep = master_endpoint(&certs);
 
-        // 1. Garbage instead of a hello on the control stream.
+        // 1. Garbage instead of the preamble and hello on the control stream: the agent
+        //    closes the connection with PROTOCOL.
         let conn = ep.connect(addr, "web-01").unwrap().await.unwrap();
         let (mut s, _r) = conn.open_bi().await.unwrap();
         s.write_all(&[0, 0, 0, 16]).await.unwrap();
         s.write_all(&pseudo_random_bytes(7, 16)).await.unwrap();
-        let _ = s.finish();
-        let _ = tokio::time::timeout(Duration::from_secs(3), conn.closed()).await;
+        s.finish().unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+            .await
+            .expect("the agent kept a connection whose control stream opened with garbage");
+        match &closed {
+            quinn::ConnectionError::ApplicationClosed(c) => {
+                assert_eq!(
+                    c.error_code,
+                    quinn::VarInt::from_u32(codes::PROTOCOL),
+                    "{closed:?}"
+                );
+                assert_eq!(&c.reason[..], b"not a sloth master", "{closed:?}");
+            }
+            other => panic!("expected the agent to close with PROTOCOL, got {other:?}"),
+        }
 
         // 2. A proper hello, then hostile task streams.
         let conn = ep.connect(addr, "web-01").unwrap().await.unwrap();
@@ -339,37 +376,70 @@ fn agent_survives_bad_frames_from_an_authenticated_master() {
             matches!(welcome, Some(Control::Welcome { .. })),
             "{welcome:?}"
         );
-        let bad: Vec<Vec<u8>> = vec![
-            // length far over the limit
-            u32::MAX.to_be_bytes().to_vec(),
-            // just over the limit
-            ((64u32 << 20) + 1).to_be_bytes().to_vec(),
-            // a length that promises more than is sent, then end of stream
-            [&1000u32.to_be_bytes()[..], &pseudo_random_bytes(3, 10)].concat(),
-            // a complete frame of garbage
-            [&64u32.to_be_bytes()[..], &pseudo_random_bytes(4, 64)].concat(),
-            // a zero-length frame
-            0u32.to_be_bytes().to_vec(),
-            // half a header
-            vec![0, 0],
-            // a valid control message where a task is expected
-            sloth_proto::protocol::encode(&Control::Ping { seq: 1 }).unwrap(),
+        let reply = ToAgent::Reply {
+            call_id: 1,
+            result: Err("no call was made".into()),
+        };
+        let bad: Vec<(&str, Vec<u8>, u32)> = vec![
+            (
+                "a length far over the limit",
+                u32::MAX.to_be_bytes().to_vec(),
+                codes::BAD_FRAME,
+            ),
+            (
+                "a length just over the limit",
+                ((64u32 << 20) + 1).to_be_bytes().to_vec(),
+                codes::BAD_FRAME,
+            ),
+            (
+                "a length that promises more than is sent, then end of stream",
+                [&1000u32.to_be_bytes()[..], &pseudo_random_bytes(3, 10)].concat(),
+                codes::BAD_FRAME,
+            ),
+            (
+                "a complete frame of garbage",
+                [&64u32.to_be_bytes()[..], &pseudo_random_bytes(4, 64)].concat(),
+                codes::BAD_FRAME,
+            ),
+            (
+                "a zero-length frame",
+                0u32.to_be_bytes().to_vec(),
+                codes::BAD_FRAME,
+            ),
+            ("half a header", vec![0, 0], codes::BAD_FRAME),
+            (
+                // Its variant index is not one of ToAgent's: it does not decode.
+                "a control message where a task is expected",
+                encode(&Control::Ping { seq: 1 }).unwrap(),
+                codes::BAD_FRAME,
+            ),
+            (
+                // Well formed, but not a task.
+                "a reply where a task is expected",
+                encode(&reply).unwrap(),
+                codes::PROTOCOL,
+            ),
         ];
-        for b in &bad {
+        for (what, b, code) in &bad {
             let (mut s, mut r) = conn.open_bi().await.unwrap();
-            let _ = s.write_all(b).await;
-            let _ = s.finish();
-            // The agent answers by resetting or finishing the stream, never by hanging
-            // or dying.
-            let _ = tokio::time::timeout(Duration::from_secs(3), r.read_to_end(1 << 20)).await;
+            // Buffered at once: the agent cannot have refused anything yet.
+            s.write_all(b).await.unwrap();
+            s.finish().unwrap();
+            assert_stream_reset(&mut r, *code, what).await;
         }
-        // A large garbage frame within the limit, streamed.
+        // A large garbage frame within the limit, streamed: the agent reads all of it
+        // before it can tell, so every write is accepted.
         let (mut s, mut r) = conn.open_bi().await.unwrap();
-        let _ = s.write_all(&(8u32 << 20).to_be_bytes()).await;
-        let _ = s.write_all(&pseudo_random_bytes(9, 8 << 20)).await;
-        let _ = s.finish();
-        let _ = tokio::time::timeout(Duration::from_secs(5), r.read_to_end(1 << 20)).await;
-        // The connection still answers pings.
+        s.write_all(&(8u32 << 20).to_be_bytes()).await.unwrap();
+        s.write_all(&pseudo_random_bytes(9, 8 << 20)).await.unwrap();
+        s.finish().unwrap();
+        assert_stream_reset(&mut r, codes::BAD_FRAME, "an 8 MiB frame of garbage").await;
+        // The connection survived all of it and still answers pings.
+        assert!(
+            conn.close_reason().is_none(),
+            "the agent closed the connection: {:?}",
+            conn.close_reason()
+        );
         wire::write_frame(&mut cs, &Control::Ping { seq: 77 })
             .await
             .unwrap();

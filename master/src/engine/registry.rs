@@ -213,9 +213,11 @@ impl Registry {
         self.tasks.lock().get(&id).cloned()
     }
 
-    /// Records kept (finished tasks included).
-    #[cfg(test)]
-    fn task_count(&self) -> usize {
+    /// Task records kept: every running task, and every finished one that can still
+    /// be named (a handle to it is alive or was copied into a graph, or no handle was
+    /// ever made for it, as for `goroutine.timeout` and `fleet.run`).
+    /// `goroutine.task_stats().kept` in the main script.
+    pub fn task_count(&self) -> usize {
         self.tasks.lock().len()
     }
 

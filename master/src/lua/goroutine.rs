@@ -222,6 +222,19 @@ pub fn install(
     object_ctor("atomic_int", |n| {
         Ok(Object::atomic(if n == i64::MIN { 0 } else { n }))
     })?;
+    {
+        let rt = rt.clone();
+        g.raw_set(
+            "task_stats",
+            lua.create_function(move |lua, ()| {
+                let reg = &rt.registry;
+                let t = lua.create_table()?;
+                t.raw_set("kept", reg.task_count())?;
+                t.raw_set("running", reg.running().len())?;
+                Ok(t)
+            })?,
+        )?;
+    }
     install_artifact(lua, rt.clone(), backend.clone())?;
     crate::lua::pools::install(lua, g, rt, backend)?;
     Ok(())

@@ -143,6 +143,23 @@ fn tls_pem_files_round_trip_and_modes() {
     );
 }
 
+/// One field of a built [`quinn::TransportConfig`] as its `Debug` output shows it
+/// (quinn has no getters): `keep_alive_interval` is `Some(5s)` or `None`,
+/// `max_idle_timeout` is `Some(MILLISECONDS)` or `None`. Panics with the whole output
+/// when the field is not there, so a quinn that prints it differently fails here
+/// instead of passing.
+fn transport_field(t: &quinn::TransportConfig, field: &str) -> String {
+    let dbg = format!("{t:?}");
+    let key = format!("{field}: ");
+    let at = dbg
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {field} in {dbg}"))
+        + key.len();
+    let rest = &dbg[at..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end].trim().to_string()
+}
+
 #[test]
 fn tls_transport_config_clamps_keep_alive() {
     let s = Duration::from_secs;
@@ -153,10 +170,32 @@ fn tls_transport_config_clamps_keep_alive() {
     assert_eq!(effective_keep_alive(s(2), s(10)), s(2));
     assert_eq!(effective_keep_alive(Duration::ZERO, s(10)), Duration::ZERO);
     assert_eq!(effective_keep_alive(s(30), Duration::ZERO), s(30));
-    // Building the configuration never panics, whatever the inputs.
-    transport_config(Duration::from_secs(30), Duration::from_secs(10));
-    transport_config(Duration::ZERO, Duration::ZERO);
-    transport_config(Duration::from_secs(1), Duration::MAX);
+    // The configuration built from them carries the clamped interval and the idle
+    // timeout (in ms), or none of either when zero; an idle timeout too large for QUIC
+    // becomes the largest one, not a panic.
+    let cases = [
+        ((s(30), s(10)), ("Some(5s)", "Some(10000)")),
+        ((s(10), s(10)), ("Some(5s)", "Some(10000)")),
+        ((s(2), s(10)), ("Some(2s)", "Some(10000)")),
+        ((Duration::ZERO, s(10)), ("None", "Some(10000)")),
+        ((s(30), Duration::ZERO), ("Some(30s)", "None")),
+        ((Duration::ZERO, Duration::ZERO), ("None", "None")),
+        (
+            (s(1), Duration::MAX),
+            ("Some(1s)", "Some(4611686018427387903)"),
+        ),
+    ];
+    for ((keep_alive, idle), (want_keep_alive, want_idle)) in cases {
+        let t = transport_config(keep_alive, idle);
+        assert_eq!(
+            (
+                transport_field(&t, "keep_alive_interval"),
+                transport_field(&t, "max_idle_timeout")
+            ),
+            (want_keep_alive.to_string(), want_idle.to_string()),
+            "transport_config({keep_alive:?}, {idle:?})"
+        );
+    }
 }
 
 struct Agent {
