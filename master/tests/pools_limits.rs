@@ -238,6 +238,16 @@ batch(4000)
 stats("BEFORE")
 batch(40000)
 stats("AFTER")
+-- Tasks that never get a handle are forgotten once their caller has the outcome.
+for i = 1, 300 do
+  local ok, v = goroutine.timeout(1000, function() return i end)
+  assert(ok and v == i, tostring(v))
+end
+for i = 1, 50 do
+  local r = fleet.run("all", function() return i end)
+  assert(r["web-01"].success, r["web-01"].error)
+end
+stats("UNNAMED")
 -- Its record is still there: awaiting again returns the same result.
 print("KEPT", goroutine.await(kept))
 "#,
@@ -251,5 +261,6 @@ print("KEPT", goroutine.await(kept))
     assert_eq!(out.one("START"), vec!["1", "0"], "{out}");
     assert_eq!(out.one("BEFORE"), vec!["1", "0"], "{out}");
     assert_eq!(out.one("AFTER"), vec!["1", "0"], "{out}");
+    assert_eq!(out.one("UNNAMED"), vec!["1", "0"], "{out}");
     assert_eq!(out.line("KEPT"), "true\tkept", "{out}");
 }

@@ -214,8 +214,7 @@ impl Registry {
     }
 
     /// Task records kept: every running task, and every finished one that can still
-    /// be named (a handle to it is alive or was copied into a graph, or no handle was
-    /// ever made for it, as for `goroutine.timeout` and `fleet.run`).
+    /// be named (a handle to it is alive or was copied into a graph).
     /// `goroutine.task_stats().kept` in the main script.
     pub fn task_count(&self) -> usize {
         self.tasks.lock().len()
@@ -246,6 +245,23 @@ impl Registry {
         {
             tasks.remove(&id);
             h.remove(&id);
+        }
+    }
+
+    /// Forget a finished task no handle was ever made for, once its one caller has
+    /// its outcome (`goroutine.timeout`, `fleet.run`): nothing else can name it. A task
+    /// still running, or one a handle names, is kept.
+    pub fn forget_unnamed(&self, id: u64) {
+        let h = self.handles.lock();
+        if h.contains_key(&id) {
+            return;
+        }
+        let mut tasks = self.tasks.lock();
+        if tasks
+            .get(&id)
+            .is_some_and(|r| r.published.load(Ordering::SeqCst))
+        {
+            tasks.remove(&id);
         }
     }
 

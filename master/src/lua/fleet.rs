@@ -234,6 +234,7 @@ fn fleet_run(
                 failed += 1;
             }
             results.raw_set(h.as_str(), result_table(lua, rec, o.as_ref())?)?;
+            rt.registry.forget_unnamed(rec.id);
         }
         if rollout::should_stop(failed, batch.len(), max_fail, fatal) && bi + 1 < total {
             let untouched: Vec<String> = plan[bi + 1..].iter().flatten().cloned().collect();

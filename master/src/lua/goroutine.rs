@@ -184,9 +184,12 @@ pub fn install(
                     },
                     "await",
                     Data::default(),
-                )
-                .map_err(rt_err)?;
-                Ok(MultiValue::from_iter(capture::restore_data(lua, &out)?))
+                );
+                rt.registry.forget_unnamed(rec.id);
+                Ok(MultiValue::from_iter(capture::restore_data(
+                    lua,
+                    &out.map_err(rt_err)?,
+                )?))
             })?,
         )?;
     }
