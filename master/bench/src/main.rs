@@ -665,6 +665,40 @@ fn record(
     }
 }
 
+/// Wall milliseconds to run `command` `n` times from this process, as many at a time
+/// as there are CPUs: what the command itself costs a machine that also hosts every
+/// agent (the floor under a fan-out of it over agents on this machine).
+fn commands_floor(command: &str, n: usize) -> anyhow::Result<f64> {
+    let workers = std::thread::available_parallelism().map_or(2, |p| p.get());
+    let next = AtomicUsize::new(0);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| -> anyhow::Result<()> {
+                    while next.fetch_add(1, Ordering::Relaxed) < n {
+                        let st = Command::new(command)
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status()
+                            .with_context(|| format!("running {command}"))?;
+                        if !st.success() {
+                            bail!("{command} exited with {st}");
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow!("a {command} worker thread panicked"))??;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(start.elapsed().as_secs_f64() * 1000.0)
+}
+
 /// The address of host `i` (0-based): 127.1.0.1, 127.1.0.2, … 127.1.0.250, 127.1.1.1, …
 /// The agent and, with --peers, the bench's sshd listen there.
 fn host_ip(i: usize) -> Ipv4Addr {
@@ -1516,6 +1550,7 @@ impl Bench {
     fn large_fanout(&mut self, t: &mut Table, errs: &mut HashMap<&'static str, String>) {
         let m = self.p.fanout;
         let (mut exec, mut health, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut exec_cpu, mut floor) = (Vec::new(), Vec::new());
         if m > 0 {
             match self.start_agents(m) {
                 Err(e) => {
@@ -1528,8 +1563,19 @@ impl Bench {
                             "[bench] exec, health and memory over {m} agents, rep {rep}/{}",
                             self.p.reps
                         );
-                        let r = self.exec("bench", m).map(|(wall, _)| wall);
-                        record(&mut exec, r, "fanout_exec", errs);
+                        record(
+                            &mut floor,
+                            commands_floor("uptime", m),
+                            "fanout_floor",
+                            errs,
+                        );
+                        match self.exec("bench", m) {
+                            Ok((wall, cpu)) => {
+                                exec.push(wall);
+                                exec_cpu.push(cpu);
+                            }
+                            Err(e) => record(&mut exec, Err(e), "fanout_exec", errs),
+                        }
                         let r = self.health("bench", m).map(|(wall, _)| wall);
                         record(&mut health, r, "fanout_health", errs);
                         record(&mut rss, self.hold("1"), "fanout_hold", errs);
@@ -1549,6 +1595,15 @@ impl Bench {
                 r.na("no samples")
             }
         };
+        let floor_row = Row::new(
+            "29f",
+            format!(
+                "floor: the command alone, `uptime` run {m} times by one process, one per CPU at a time (no network, no agent)"
+            ),
+            Unit::Ms,
+        )
+        .samples(&floor, false);
+        t.push(missing(floor_row.clone(), "fanout_floor", &floor));
         t.push(missing(
             Row::new(
                 "29",
@@ -1558,9 +1613,20 @@ impl Bench {
                 Unit::Ms,
             )
             .samples(&exec, false)
+            .against(&floor_row)
             .target(Target::AtMost(2500.0)),
             "fanout_exec",
             &exec,
+        ));
+        t.push(missing(
+            Row::new(
+                "29c",
+                format!("CPU of the sloth-master process in #29 (user + system), {m} hosts"),
+                Unit::Ms,
+            )
+            .samples(&exec_cpu, false),
+            "fanout_exec",
+            &exec_cpu,
         ));
         t.push(missing(
             Row::new(
