@@ -1,9 +1,7 @@
 //! The `goroutine` table of the main state: `async`, `await`, `await_all`,
 //! `await_any`, `spawn`, channels, wait groups, mutexes and the rest, plus the
-//! master-only `artifact` table.
-
-//! The master's script runtime: the main Lua state, and the `goroutine` functions
-//! that capture closures and hand them to [`crate::engine::dispatch`].
+//! master-only `artifact` table. The functions capture closures at the call site and
+//! hand them to [`crate::engine::dispatch`].
 
 use mlua::{Function, Lua, MultiValue, Table, Value as LV};
 use sloth_lua::cancel::CancelToken;
