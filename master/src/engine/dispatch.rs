@@ -463,6 +463,7 @@ mod tests {
         assert_eq!(int_result(&o), Some(7));
         assert_eq!(rec.host(), "web1");
         assert_eq!(fleet.received("web1"), 1);
+        assert_eq!(events.done_reaching(1), 1);
         let logs = events.logs.lock();
         assert!(
             logs.iter()

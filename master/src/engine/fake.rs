@@ -338,6 +338,21 @@ impl FakeAgentTask {
     }
 }
 
+impl Recorder {
+    /// Tasks reported done, once `want` have been or 5 s have passed (the report
+    /// follows the outcome: a waiter may wake just before it).
+    pub fn done_reaching(&self, want: u64) -> u64 {
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let n = self.done.load(Ordering::SeqCst);
+            if n >= want || std::time::Instant::now() >= until {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
 /// Events that keep what they are told, for assertions.
 #[derive(Default)]
 pub struct Recorder {

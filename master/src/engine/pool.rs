@@ -696,7 +696,7 @@ mod tests {
         for (i, h) in ["a", "b", "c"].iter().enumerate() {
             fleet.set(h, answer(i as i64, 10));
         }
-        let (_tokio, rt, _events) = run_over(&fleet, &["a", "b", "c"]);
+        let (_tokio, rt, events) = run_over(&fleet, &["a", "b", "c"]);
         let pool = Pool::start(&rt, spec("spread", &["a", "b", "c"], 6, 0));
         for _ in 0..60 {
             pool.submit(&rt, payload()).expect("open pool");
@@ -706,6 +706,8 @@ mod tests {
         assert!(outcomes.iter().all(|o| int_result(o).is_some()));
         let st = pool.stats();
         assert_eq!((st.completed, st.failed, st.queued), (60, 0, 0));
+        // Every task was reported done exactly once.
+        assert_eq!(events.done_reaching(60), 60);
         for h in ["a", "b", "c"] {
             // Two in flight per host: each gets a fair share.
             let n = fleet.received(h);
