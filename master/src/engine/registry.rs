@@ -238,14 +238,22 @@ impl Registry {
         // The last handle is gone: forget the task if it is over. If not, the entry
         // stays (at zero) and `complete` forgets the task when it ends; both decide
         // under this lock.
-        let mut tasks = self.tasks.lock();
-        if tasks
-            .get(&id)
-            .is_some_and(|r| r.published.load(Ordering::SeqCst))
-        {
-            tasks.remove(&id);
+        if self.forget_if_over(id) {
             h.remove(&id);
         }
+    }
+
+    /// Drop the record of task `id` if its outcome is out; whether it was. Callers
+    /// hold the handles lock, so this and `complete` decide one after the other.
+    fn forget_if_over(&self, id: u64) -> bool {
+        let mut tasks = self.tasks.lock();
+        let over = tasks
+            .get(&id)
+            .is_some_and(|r| r.published.load(Ordering::SeqCst));
+        if over {
+            tasks.remove(&id);
+        }
+        over
     }
 
     /// Forget a finished task no handle was ever made for, once its one caller has
@@ -253,15 +261,8 @@ impl Registry {
     /// still running, or one a handle names, is kept.
     pub fn forget_unnamed(&self, id: u64) {
         let h = self.handles.lock();
-        if h.contains_key(&id) {
-            return;
-        }
-        let mut tasks = self.tasks.lock();
-        if tasks
-            .get(&id)
-            .is_some_and(|r| r.published.load(Ordering::SeqCst))
-        {
-            tasks.remove(&id);
+        if !h.contains_key(&id) {
+            self.forget_if_over(id);
         }
     }
 
