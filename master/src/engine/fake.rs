@@ -303,36 +303,40 @@ impl FakeAgentTask {
                 duration_us: 0,
             }))
         };
+        // Every behaviour but a refusal takes the task: it starts and logs a line.
+        let took = || {
+            self.counters.received.fetch_add(1, Ordering::SeqCst);
+            let _ = to_master.send(Ok(Some(ToMaster::Started)));
+            let _ = to_master.send(Ok(Some(ToMaster::Log {
+                level: LogLevel::Info,
+                line: format!("running {}", req.name),
+            })));
+        };
         match self.behaviour {
             Behaviour::Refuse => {
-                let _ = to_master.send(done(Err(TaskError::new(
-                    ErrorKind::Refused,
-                    "fake: at capacity",
-                ))));
+                let refused = TaskError::new(ErrorKind::Refused, "fake: at capacity");
+                let _ = to_master.send(done(Err(refused)));
             }
-            b => {
-                self.counters.received.fetch_add(1, Ordering::SeqCst);
-                let _ = to_master.send(Ok(Some(ToMaster::Started)));
-                let _ = to_master.send(Ok(Some(ToMaster::Log {
-                    level: LogLevel::Info,
-                    line: format!("running {}", req.name),
-                })));
-                match b {
-                    Behaviour::Answer { value, delay } => {
-                        tokio::time::sleep(delay).await;
-                        let mut g = Graph::default();
-                        g.roots.push(Value::Int(value));
-                        let _ = to_master.send(done(Ok(g)));
-                    }
-                    Behaviour::Fail { kind, delay } => {
-                        tokio::time::sleep(delay).await;
-                        let _ = to_master.send(done(Err(TaskError::new(kind, "fake: failed"))));
-                    }
-                    // Hang: keep the stream open until the master ends it.
-                    Behaviour::Hang => to_master.closed().await,
-                    Behaviour::DieOnTask => self.link.close(),
-                    Behaviour::Refuse => {}
-                }
+            Behaviour::Answer { value, delay } => {
+                took();
+                tokio::time::sleep(delay).await;
+                let mut g = Graph::default();
+                g.roots.push(Value::Int(value));
+                let _ = to_master.send(done(Ok(g)));
+            }
+            Behaviour::Fail { kind, delay } => {
+                took();
+                tokio::time::sleep(delay).await;
+                let _ = to_master.send(done(Err(TaskError::new(kind, "fake: failed"))));
+            }
+            // Hang: keep the stream open until the master ends it.
+            Behaviour::Hang => {
+                took();
+                to_master.closed().await
+            }
+            Behaviour::DieOnTask => {
+                took();
+                self.link.close()
             }
         }
     }

@@ -251,6 +251,5 @@ pub fn install(
             })?,
         )?;
     }
-    let _ = rt;
     Ok(())
 }
