@@ -461,10 +461,21 @@ mod tests {
         let silent = dir.join("silent-agent");
         std::fs::write(&silent, "#!/bin/sh\nexec sleep 30\n").unwrap();
         std::fs::set_permissions(&silent, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let starting = AgentCommand::new(&silent, "web-02", "127.0.0.1:0")
-            .stderr_null()
-            .spawn()
-            .unwrap();
+        // Another test thread forking while the file was open for writing can make
+        // the exec fail with ETXTBSY for a moment: try again.
+        let mut tries = 0;
+        let starting = loop {
+            match AgentCommand::new(&silent, "web-02", "127.0.0.1:0")
+                .stderr_null()
+                .spawn()
+            {
+                Err(e) if e.contains("Text file busy") && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                r => break r.unwrap(),
+            }
+        };
         let pid = starting.child.as_ref().unwrap().id();
         let started = Instant::now();
         let e = starting

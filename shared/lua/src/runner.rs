@@ -289,7 +289,18 @@ mod tests {
         for _ in 0..8 {
             rx.recv_timeout(Duration::from_secs(10)).unwrap();
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // Threads settle into watching or sleeping as they finish; a loaded machine
+        // may take a while to schedule them.
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < until {
+            {
+                let st = r.inner.state.lock();
+                if st.spinning == 1 && st.sleeping == 7 {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         {
             let st = r.inner.state.lock();
             assert_eq!(st.threads, 8);
