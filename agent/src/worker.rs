@@ -12,6 +12,7 @@ use sloth_lua::cancel::CancelToken;
 use sloth_lua::context::{TaskContext, TaskIo};
 use sloth_lua::executor::Limits;
 use sloth_lua::shared_obj::SharedBackend;
+use sloth_proto::change::Change;
 use sloth_proto::data::{Data, Refs};
 use sloth_proto::graph::{Graph, SharedRef};
 use sloth_proto::protocol::{self, codes, Facts, LogLevel, TaskRequest, ToAgent, ToMaster};
@@ -43,6 +44,10 @@ impl TaskIo for StreamIo {
             level,
             line: protocol::clip_log_line(line).into_owned(),
         });
+    }
+
+    fn change(&self, change: Change) {
+        let _ = self.out.blocking_send(ToMaster::Change(Box::new(change)));
     }
 
     fn backend(&self) -> Arc<dyn SharedBackend> {
@@ -132,6 +137,8 @@ pub async fn run(
         task_name: req.name.clone(),
         io,
         cancel: cancel.clone(),
+        mode: req.mode,
+        orchestrator: false,
     };
     drop(out_tx);
     let limits = Limits {

@@ -61,6 +61,14 @@ pub enum Cmd {
         /// Print one JSON document on stdout and nothing else there.
         #[arg(long)]
         json: bool,
+        /// Check mode: every resource works out what it would change and changes
+        /// nothing; raw calls that change a host (exec.run, fs writers, ...) in tasks
+        /// are skipped.
+        #[arg(long)]
+        check: bool,
+        /// Print a unified diff of each change under its host (with or without --check).
+        #[arg(long)]
+        diff: bool,
     },
     /// Health of every matched agent: a table (or --json); exit 1 if any is down.
     Health {

@@ -4,6 +4,7 @@
 use super::run::run;
 use super::{FleetArgs, EXIT_USAGE};
 use crate::engine::inventory::Inventory;
+use sloth_proto::change::Mode;
 
 /// The script `exec` runs (its first line is a comment, so its code keeps the line
 /// numbers it had when it was written inline).
@@ -47,5 +48,5 @@ pub(super) fn exec(
         format!("command={}", command.join(" ")),
         format!("timeout={}", timeout.unwrap_or("")),
     ];
-    run(&path, fa, &vars, json)
+    run(&path, fa, &vars, json, Mode::default())
 }

@@ -11,6 +11,7 @@ use super::run::{run, run_with};
 use super::{install_signal_handler, prepare_fleet, tokio_runtime, FleetArgs};
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::engine::mesh::Mesh;
+use sloth_proto::change::Mode;
 
 /// The `health` command: the exit code of the check, or of the check script if worse.
 pub(super) fn command(pattern: &str, fleet: &FleetArgs, json: bool, check: Option<&Path>) -> i32 {
@@ -22,11 +23,11 @@ pub(super) fn command(pattern: &str, fleet: &FleetArgs, json: bool, check: Optio
                 ..fleet.clone()
             };
             if !json {
-                return code.max(run(script, &limited, &[], false));
+                return code.max(run(script, &limited, &[], false, Mode::default()));
             }
             // One document: the health part and the check script's run.
             let out = Arc::new(Output::keeping_json());
-            let rc = run_with(out.clone(), script, &limited, &[]);
+            let rc = run_with(out.clone(), script, &limited, &[], Mode::default());
             output::print_doc(&serde_json::json!({
                 "health": doc,
                 "check": out.take_json(),

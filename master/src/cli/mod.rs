@@ -17,6 +17,7 @@ mod run;
 
 pub use args::{CertsCmd, Cli, Cmd, FleetArgs};
 pub use fleet::{prepare_fleet, Fleet};
+use sloth_proto::change::Mode;
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
@@ -51,7 +52,9 @@ pub fn main(cli: Cli) -> i32 {
             fleet,
             vars,
             json,
-        } => run::run(&script, &fleet, &vars, json),
+            check,
+            diff,
+        } => run::run(&script, &fleet, &vars, json, Mode { check, diff }),
         Cmd::Health {
             pattern,
             fleet,

@@ -1,5 +1,6 @@
-//! What the user sees: task logs prefixed by host, the script's own prints,
-//! the per-host recap, and the `--json` document.
+//! What the user sees: task logs prefixed by host, the changes resources made (with
+//! their diffs under `--diff`), the script's own prints, the per-host recap, and the
+//! `--json` document.
 
 use crate::engine::events::{Events, Progress};
 use std::collections::BTreeMap;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::Serialize;
+use sloth_proto::change::{Change, ChangeKind, Mode};
 use sloth_proto::protocol::{ErrorKind, LogLevel};
 
 use crate::engine::registry::{Outcome, TaskRecord};
@@ -15,12 +17,53 @@ use crate::engine::registry::{Outcome, TaskRecord};
 #[derive(Default, Serialize, Clone, Debug)]
 pub struct HostRecap {
     pub ok: u64,
+    /// Resources that changed something (in check mode: would have).
+    pub changed: u64,
     pub failed: u64,
     pub unreachable: u64,
     pub cancelled: u64,
     /// Hosts a stopped rollout never touched.
     pub skipped: u64,
     pub duration_ms: u64,
+    /// Every change on this host (resources that changed, and handlers), in order.
+    pub changes: Vec<ChangeReport>,
+    /// Changes counted but not kept (past [`MAX_CHANGES_KEPT`] for this host).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub changes_not_kept: u64,
+    /// Bytes of diffs kept for this host (bounded by [`MAX_DIFF_BYTES_KEPT`]).
+    #[serde(skip)]
+    diff_bytes: usize,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Changes kept per host for the recap and `--json` (a hostile or runaway agent
+/// must not grow the master's memory without bound; the count stays exact).
+pub const MAX_CHANGES_KEPT: usize = 10_000;
+
+/// Bytes of diffs kept per host for `--json --diff`; past it a change is kept
+/// without its diff (which was printed, with `--diff`, as it came).
+pub const MAX_DIFF_BYTES_KEPT: usize = 64 * 1024 * 1024;
+
+/// One change as `--json` lists it.
+#[derive(Serialize, Clone, Debug)]
+pub struct ChangeReport {
+    pub task_id: u64,
+    pub task: String,
+    /// `resource` or `handler`.
+    pub kind: &'static str,
+    pub resource: String,
+    pub target: String,
+    pub changed: bool,
+    pub action: String,
+    /// Check mode: nothing was changed.
+    pub check: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Serialize, Clone, Debug)]
@@ -34,16 +77,27 @@ pub struct TaskReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// Resources of this task that changed something.
+    pub changed: u64,
 }
 
 pub struct Output {
     pub json: bool,
+    /// Print each change's diff under its host (`--diff`).
+    pub show_diffs: bool,
+    /// Keep diffs for `--json` (`--diff`); without it a diff an agent sends anyway
+    /// is dropped.
+    keep_diffs: bool,
+    /// The run is in check mode (the recap says so).
+    pub check: bool,
     color: bool,
     /// Progress bars only on a terminal (never when piped or with --json).
     interactive: bool,
     bar: Mutex<Option<indicatif::ProgressBar>>,
     recap: Mutex<BTreeMap<String, HostRecap>>,
     tasks: Mutex<Vec<TaskReport>>,
+    /// Changed resources per task id.
+    changed_by_task: Mutex<std::collections::HashMap<u64, u64>>,
     errors: Mutex<Vec<String>>,
     /// Keep the `--json` document for the caller instead of printing it (a command
     /// that prints one document made of several parts).
@@ -58,15 +112,28 @@ impl Output {
         let interactive = !json && std::io::stdout().is_terminal();
         Output {
             json,
+            show_diffs: false,
+            keep_diffs: false,
+            check: false,
             color,
             interactive,
             bar: Mutex::new(None),
             recap: Mutex::new(BTreeMap::new()),
             tasks: Mutex::new(Vec::new()),
+            changed_by_task: Mutex::new(std::collections::HashMap::new()),
             errors: Mutex::new(Vec::new()),
             keep_json: false,
             kept: Mutex::new(None),
         }
+    }
+
+    /// This output for a run in `mode`: check mode is named in the recap, diffs are
+    /// printed with `--diff`.
+    pub fn with_mode(mut self, mode: Mode) -> Output {
+        self.check = mode.check;
+        self.show_diffs = mode.diff && !self.json;
+        self.keep_diffs = mode.diff;
+        self
     }
 
     /// Like [`Output::new`] with `--json`, but [`Output::print_json`] keeps the
@@ -147,6 +214,93 @@ impl Output {
         }
     }
 
+    /// What a resource or handler did: counted for the recap, kept for `--json`,
+    /// and shown (a line for each change, its diff with `--diff`).
+    pub fn task_change(&self, id: u64, host: &str, task: &str, c: &Change) {
+        let counts = c.kind == ChangeKind::Resource && c.changed;
+        {
+            let mut r = self.recap.lock();
+            let h = r.entry(host.to_string()).or_default();
+            if counts {
+                h.changed += 1;
+            }
+            if c.changed || c.kind == ChangeKind::Handler {
+                let diff = match &c.diff {
+                    Some(d) if self.keep_diffs && h.diff_bytes + d.len() <= MAX_DIFF_BYTES_KEPT => {
+                        h.diff_bytes += d.len();
+                        Some(d.clone())
+                    }
+                    _ => None,
+                };
+                if h.changes.len() < MAX_CHANGES_KEPT {
+                    h.changes.push(ChangeReport {
+                        task_id: id,
+                        task: task.to_string(),
+                        kind: match c.kind {
+                            ChangeKind::Resource => "resource",
+                            ChangeKind::Handler => "handler",
+                        },
+                        resource: c.resource.clone(),
+                        target: c.target.clone(),
+                        changed: c.changed,
+                        action: c.action.clone(),
+                        check: c.check,
+                        diff,
+                        error: c.error.clone(),
+                    });
+                } else {
+                    h.changes_not_kept += 1;
+                }
+            }
+        }
+        if counts {
+            *self.changed_by_task.lock().entry(id).or_default() += 1;
+        }
+        if !c.changed && c.kind == ChangeKind::Resource {
+            return;
+        }
+        let prefix = self.paint("36", &format!("[{host} {task}]"));
+        let line = match c.kind {
+            ChangeKind::Resource if c.check => {
+                format!(
+                    "{} {} ({})",
+                    self.paint("33", "would change:"),
+                    c.label(),
+                    c.action
+                )
+            }
+            ChangeKind::Resource => {
+                format!(
+                    "{} {} ({})",
+                    self.paint("33", "changed:"),
+                    c.label(),
+                    c.action
+                )
+            }
+            ChangeKind::Handler => match &c.error {
+                Some(e) => format!("{} {}: {e}", self.paint("31", "handler failed:"), c.target),
+                None => format!("{} {}: {}", self.paint("35", "handler"), c.target, c.action),
+            },
+        };
+        self.line(&format!("{prefix} {line}"));
+        if let (true, Some(d)) = (self.show_diffs, &c.diff) {
+            for l in d.lines() {
+                let painted = if l.starts_with("+++") || l.starts_with("---") {
+                    self.paint("1", l)
+                } else if l.starts_with('+') {
+                    self.paint("32", l)
+                } else if l.starts_with('-') {
+                    self.paint("31", l)
+                } else if l.starts_with("@@") {
+                    self.paint("36", l)
+                } else {
+                    l.to_string()
+                };
+                self.line(&format!("{prefix}   {painted}"));
+            }
+        }
+    }
+
     /// `print` and `log.*` in the main script.
     pub fn script_log(&self, level: LogLevel, text: &str) {
         match level {
@@ -202,6 +356,12 @@ impl Output {
             kind: o.result.as_ref().err().map(|e| e.kind.as_str()),
             error: o.result.as_ref().err().map(|e| e.display_for(&rec.host())),
             duration_ms: ms,
+            changed: self
+                .changed_by_task
+                .lock()
+                .get(&rec.id)
+                .copied()
+                .unwrap_or(0),
         });
     }
 
@@ -238,7 +398,14 @@ impl Output {
         }
         let screen = 40;
         self.line("");
-        self.line(&self.paint("1", "RECAP"));
+        if self.check {
+            self.line(&self.paint(
+                "1",
+                "RECAP (check mode: nothing was changed; changed= counts what would change)",
+            ));
+        } else {
+            self.line(&self.paint("1", "RECAP"));
+        }
         let width = recap.keys().map(|k| k.len()).max().unwrap_or(5).max(5);
         let bad = |h: &HostRecap| h.failed + h.unreachable > 0;
         let show_all = recap.len() <= screen;
@@ -256,8 +423,8 @@ impl Output {
                 self.paint("32", "ok")
             };
             let mut l = format!(
-                "  {host:<width$}  ok={:<4} failed={:<3} unreachable={:<3}",
-                h.ok, h.failed, h.unreachable
+                "  {host:<width$}  ok={:<4} changed={:<4} failed={:<3} unreachable={:<3}",
+                h.ok, h.changed, h.failed, h.unreachable
             );
             if h.cancelled > 0 {
                 l.push_str(&format!(" cancelled={:<3}", h.cancelled));
@@ -313,6 +480,7 @@ impl Output {
         let doc = serde_json::json!({
             "script": script,
             "success": success,
+            "check": self.check,
             "exit_code": exit_code,
             "duration_ms": wall.as_millis() as u64,
             "script_error": script_error,
@@ -352,6 +520,9 @@ impl Drop for Bar<'_> {
 impl Events for Output {
     fn task_log(&self, host: &str, task: &str, level: LogLevel, text: &str) {
         Output::task_log(self, host, task, level, text)
+    }
+    fn task_change(&self, id: u64, host: &str, task: &str, change: &Change) {
+        Output::task_change(self, id, host, task, change)
     }
     fn script_log(&self, level: LogLevel, text: &str) {
         Output::script_log(self, level, text)

@@ -12,13 +12,21 @@ use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::engine::mesh::Mesh;
 use crate::engine::runtime::Runtime;
 use crate::lua::main_state;
+use sloth_proto::change::Mode;
 
-pub(super) fn run(script: &Path, fa: &FleetArgs, vars: &[String], json: bool) -> i32 {
-    run_with(Arc::new(Output::new(json)), script, fa, vars)
+pub(super) fn run(script: &Path, fa: &FleetArgs, vars: &[String], json: bool, mode: Mode) -> i32 {
+    let out = Output::new(json).with_mode(mode);
+    run_with(Arc::new(out), script, fa, vars, mode)
 }
 
 /// `run` with a given output (`health --check --json` keeps the run's document).
-pub(super) fn run_with(out: Arc<Output>, script: &Path, fa: &FleetArgs, vars: &[String]) -> i32 {
+pub(super) fn run_with(
+    out: Arc<Output>,
+    script: &Path,
+    fa: &FleetArgs,
+    vars: &[String],
+    mode: Mode,
+) -> i32 {
     let json = out.json;
     let usage = |out: &Output, msg: String| {
         out.error(&msg);
@@ -64,6 +72,7 @@ pub(super) fn run_with(out: Arc<Output>, script: &Path, fa: &FleetArgs, vars: &[
         mesh.clone(),
         fleet.inventory.clone(),
         out.clone(),
+        mode,
     );
     let script_path = script.to_path_buf();
     let rt2 = runtime.clone();

@@ -9,6 +9,7 @@ use sloth_lua::cancel::CancelToken;
 use sloth_lua::context::{TaskContext, TaskIo};
 use sloth_lua::executor::Limits;
 use sloth_lua::shared_obj::SharedBackend;
+use sloth_proto::change::Change;
 use sloth_proto::data::{Data, Refs};
 use sloth_proto::graph::{Graph, SharedRef};
 use sloth_proto::protocol::{
@@ -86,6 +87,7 @@ pub fn start(rt: &Arc<Runtime>, payload: Graph, opts: &TaskOpts) -> Arc<TaskReco
 
 struct LocalIo {
     rt: Arc<Runtime>,
+    id: u64,
     name: String,
     backend: Arc<dyn SharedBackend>,
 }
@@ -93,6 +95,9 @@ struct LocalIo {
 impl TaskIo for LocalIo {
     fn log(&self, level: LogLevel, line: &str) {
         self.rt.out.task_log(LOCAL, &self.name, level, line);
+    }
+    fn change(&self, change: Change) {
+        self.rt.out.task_change(self.id, LOCAL, &self.name, &change);
     }
     fn backend(&self) -> Arc<dyn SharedBackend> {
         self.backend.clone()
@@ -111,6 +116,7 @@ fn local_job(
         payload: payload.clone(),
         host_vars: Graph::default(),
         timeout_ms: None,
+        mode: rt.mode,
     };
     let caller = Caller {
         task: Some(rec.id),
@@ -125,10 +131,13 @@ fn local_job(
         task_name: rec.name.clone(),
         io: Arc::new(LocalIo {
             rt: rt.clone(),
+            id: rec.id,
             name: rec.name.clone(),
             backend,
         }),
         cancel: rec.cancel.clone(),
+        mode: rt.mode,
+        orchestrator: false,
     };
     let limits = Limits {
         memory_limit: rt.local_memory_limit,
@@ -225,6 +234,7 @@ async fn remote(
         payload: payload.clone(),
         host_vars: rt.host_vars(host),
         timeout_ms: rec.cancel.remaining().map(|d| d.as_millis() as u64),
+        mode: rt.mode,
     };
     // An agent may name only the objects its task was given (in its payload, or in a
     // reply since): ids of other objects of the run are refused.
@@ -286,6 +296,10 @@ async fn remote(
                 // agent's queue fills and its task waits (backpressure, not memory).
                 rt.out
                     .task_log(host, &rec.name, level, &protocol::clip_log_line(&line))
+            }
+            Ok(Some(ToMaster::Change(c))) => {
+                // Bounded like log lines: a change is only ever reported, never acted on.
+                rt.out.task_change(rec.id, host, &rec.name, &c.clipped());
             }
             Ok(Some(ToMaster::Call {
                 call_id,

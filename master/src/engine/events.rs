@@ -1,7 +1,9 @@
-//! What the engine reports while a run goes: task log lines, the script's own log,
+//! What the engine reports while a run goes: task log lines, what resources changed,
+//! the script's own log,
 //! finished tasks, skipped hosts and progress. The CLI's `Output` implements it (the
 //! terminal, or `--json`); the engine never prints.
 
+use sloth_proto::change::Change;
 use sloth_proto::protocol::LogLevel;
 
 use crate::engine::registry::{Outcome, TaskRecord};
@@ -9,6 +11,9 @@ use crate::engine::registry::{Outcome, TaskRecord};
 pub trait Events: Send + Sync {
     /// A line a task logged or printed, as it happens.
     fn task_log(&self, host: &str, task: &str, level: LogLevel, text: &str);
+    /// What a resource or handler of task `id` (0: the main script) did, changed or
+    /// not, as it happens.
+    fn task_change(&self, id: u64, host: &str, task: &str, change: &Change);
     /// A line of the main script (its `print` and `log`, and the engine's notes).
     fn script_log(&self, level: LogLevel, text: &str);
     /// A task finished (every task, exactly once).

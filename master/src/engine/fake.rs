@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use sloth_proto::change::Change;
 use sloth_proto::graph::{Graph, Value};
 use sloth_proto::protocol::{
     ErrorKind, FrameDecoder, LogLevel, TaskError, TaskRequest, ToAgent, ToMaster,
@@ -367,6 +368,11 @@ pub struct Recorder {
 impl Events for Recorder {
     fn task_log(&self, host: &str, _task: &str, _level: LogLevel, text: &str) {
         self.logs.lock().push((host.to_string(), text.to_string()));
+    }
+    fn task_change(&self, _id: u64, host: &str, _task: &str, change: &Change) {
+        self.logs
+            .lock()
+            .push((host.to_string(), format!("change: {}", change.label())));
     }
     fn script_log(&self, _level: LogLevel, text: &str) {
         self.logs.lock().push(("script".into(), text.to_string()));

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use sloth_proto::change::Mode;
 use sloth_proto::graph::{Graph, Value};
 use sloth_proto::protocol::LogLevel;
 
@@ -28,6 +29,8 @@ pub struct Runtime {
     /// Where the run reports (the CLI's output).
     pub out: Arc<dyn Events>,
     pub local_memory_limit: Option<usize>,
+    /// Check mode and diffs, for every task of the run (`run --check`, `--diff`).
+    pub mode: Mode,
     /// The threads local tasks run on.
     pub runner: sloth_lua::runner::Runner,
     vars_cache: Mutex<HashMap<String, Graph>>,
@@ -39,9 +42,10 @@ impl Runtime {
         mesh: Option<Arc<Mesh>>,
         inventory: Inventory,
         out: Arc<dyn Events>,
+        mode: Mode,
     ) -> Arc<Runtime> {
         let transport = mesh.clone().map(|m| m as Arc<dyn Transport>);
-        Self::build(handle, mesh, transport, inventory, out)
+        Self::build(handle, mesh, transport, inventory, out, mode)
     }
 
     /// A run whose tasks go through `transport` (the engine's tests use a fake).
@@ -51,7 +55,14 @@ impl Runtime {
         inventory: Inventory,
         out: Arc<dyn Events>,
     ) -> Arc<Runtime> {
-        Self::build(handle, None, Some(transport), inventory, out)
+        Self::build(
+            handle,
+            None,
+            Some(transport),
+            inventory,
+            out,
+            Mode::default(),
+        )
     }
 
     fn build(
@@ -60,6 +71,7 @@ impl Runtime {
         transport: Option<Arc<dyn Transport>>,
         inventory: Inventory,
         out: Arc<dyn Events>,
+        mode: Mode,
     ) -> Arc<Runtime> {
         let registry = Registry::new();
         let rt = Arc::new(Runtime {
@@ -70,6 +82,7 @@ impl Runtime {
             inventory,
             out: out.clone(),
             local_memory_limit: Some(1 << 30),
+            mode,
             // As many threads as local tasks may block at once; an idle one watches for
             // the next task for 200 µs before sleeping (sequential awaits find it awake).
             runner: sloth_lua::runner::Runner::new(

@@ -12,6 +12,7 @@ use sloth_lua::context::{TaskContext, TaskIo};
 use sloth_lua::executor;
 use sloth_lua::protect::wrap_errors;
 use sloth_lua::shared_obj::SharedBackend;
+use sloth_proto::change::Change;
 use sloth_proto::protocol::LogLevel;
 
 use crate::engine::events::Events;
@@ -28,12 +29,19 @@ impl TaskIo for MainIo {
     fn log(&self, level: LogLevel, line: &str) {
         self.out.script_log(level, line);
     }
+    fn change(&self, change: Change) {
+        self.out.task_change(0, MAIN_HOST, "main", &change);
+    }
     fn backend(&self) -> Arc<dyn SharedBackend> {
         self.backend.clone()
     }
 }
 
-/// Run a script file to completion in a new main state.
+/// The host name the main script's resources report under.
+pub const MAIN_HOST: &str = "master";
+
+/// Run a script file to completion in a new main state (then the handlers its own
+/// resources notified).
 pub fn run_script(rt: &Arc<Runtime>, path: &Path, vars: &[(String, String)]) -> Result<(), String> {
     let code = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let name = path
@@ -41,9 +49,12 @@ pub fn run_script(rt: &Arc<Runtime>, path: &Path, vars: &[(String, String)]) -> 
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "script".into());
     let lua = main_state(rt, vars).map_err(|e| format!("setting up the script state: {e}"))?;
-    lua.load(code)
+    let body = lua
+        .load(code)
         .set_name(format!("@{name}"))
-        .exec()
+        .call::<mlua::MultiValue>(());
+    sloth_modules::resources::handlers::after_body(&lua, body)
+        .map(|_| ())
         .map_err(|e| executor::error_text(&e))
 }
 
@@ -60,13 +71,15 @@ pub fn main_state(rt: &Arc<Runtime>, vars: &[(String, String)]) -> mlua::Result<
         caller: caller.clone(),
     });
     let ctx = TaskContext {
-        host: "master".into(),
+        host: MAIN_HOST.into(),
         task_name: "main".into(),
         io: Arc::new(MainIo {
             out: rt.out.clone(),
             backend: backend.clone(),
         }),
         cancel: caller.cancel.clone(),
+        mode: rt.mode,
+        orchestrator: true,
     };
     sloth_modules::install_task_modules(&lua)?;
     let g = lua.globals();
@@ -89,7 +102,8 @@ pub fn main_state(rt: &Arc<Runtime>, vars: &[(String, String)]) -> mlua::Result<
     }
     g.raw_set("vars", v)?;
     let host = lua.create_table()?;
-    host.raw_set("name", "master")?;
+    host.raw_set("name", MAIN_HOST)?;
+    host.raw_set("check", rt.mode.check)?;
     host.raw_set("vars", lua.create_table()?)?;
     g.raw_set("host", host)?;
     Ok(lua)

@@ -4,7 +4,9 @@
 //! Every test binary includes this module but not every one uses all of it.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+pub mod container;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -76,6 +78,27 @@ impl Output {
             .collect();
         assert_eq!(hits.len(), 1, "expected one line tagged {tag:?}\n{self}");
         hits[0]
+    }
+
+    /// The fields after `tag` of the single line a task printed tagged `tag`
+    /// (`[host task] tag\t...`), joined with tabs (like [`Output::line`]).
+    pub fn task_line(&self, tag: &str) -> String {
+        let hits: Vec<&str> = self
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix('[').and_then(|r| r.split_once("] ")))
+            .map(|(_, rest)| rest)
+            .filter(|rest| rest.split('\t').next() == Some(tag))
+            .collect();
+        assert_eq!(
+            hits.len(),
+            1,
+            "expected one task line tagged {tag:?}\n{self}"
+        );
+        hits[0]
+            .split_once('\t')
+            .map(|(_, rest)| rest.to_string())
+            .unwrap_or_default()
     }
 
     /// `one(tag)` joined back with tabs.
@@ -624,6 +647,29 @@ impl Drop for TestFleet {
             let _ = a.process.child_mut().wait();
         }
     }
+}
+
+/// The `--json` document a run printed.
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{out}"))
+}
+
+/// `(host, resource, target)` of every resource a `--json` document reports as
+/// changing (or, in check mode, as going to change).
+pub fn changed_set(doc: &serde_json::Value) -> BTreeSet<(String, String, String)> {
+    let mut set = BTreeSet::new();
+    for (host, h) in doc["hosts"].as_object().expect("hosts") {
+        for c in h["changes"].as_array().expect("changes") {
+            if c["kind"] == "resource" && c["changed"] == true {
+                set.insert((
+                    host.clone(),
+                    c["resource"].as_str().unwrap_or_default().to_string(),
+                    c["target"].as_str().unwrap_or_default().to_string(),
+                ));
+            }
+        }
+    }
+    set
 }
 
 /// A UDP port on 127.0.0.1 with nothing listening (bound, then closed).

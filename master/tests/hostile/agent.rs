@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{RecvStream, SendStream};
+use sloth_proto::change::{Change, ChangeKind};
 use sloth_proto::graph::{FunctionDef, Graph, SharedKind, SharedRef, Unsendable, Value};
 use sloth_proto::protocol::{
     self, Control, ErrorKind, Facts, LogLevel, TaskError, TaskRequest, ToAgent, ToMaster,
@@ -402,6 +403,42 @@ async fn behave(ctx: &Ctx, req: TaskRequest, mut send: SendStream, mut recv: Rea
             done(
                 &mut send,
                 Ok(Graph::from_roots(vec![Value::Int(lines as i64)])),
+            )
+            .await;
+        }
+        // `count` changes of its own host naming another host in their target, the
+        // first 100 with diffs of `size` bytes (then 16), the first one with a 100 KB
+        // target; then a result.
+        "change_flood" => {
+            let count: u64 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(1000);
+            let size: usize = parts.next().and_then(|p| p.parse().ok()).unwrap_or(1024);
+            let big = "+".repeat(size);
+            let small = "+".repeat(16);
+            for i in 0..count {
+                let diff = if i < 100 { big.clone() } else { small.clone() };
+                let c = Change {
+                    kind: ChangeKind::Resource,
+                    resource: "file.content".into(),
+                    target: format!(
+                        "web-01:/etc/passwd-{i}-{}",
+                        "t".repeat(if i == 0 { 100_000 } else { 8 })
+                    ),
+                    changed: true,
+                    action: "updated".into(),
+                    diff: Some(diff),
+                    check: false,
+                    error: None,
+                };
+                if wire::write_frame(&mut send, &ToMaster::Change(Box::new(c)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            done(
+                &mut send,
+                Ok(Graph::from_roots(vec![Value::Int(count as i64)])),
             )
             .await;
         }

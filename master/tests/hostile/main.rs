@@ -402,6 +402,71 @@ print("PEAK", peak_mib())
     );
 }
 
+/// What an agent reports of its changes is bounded and stays its own: 20,000 changes
+/// (100 with 1 MiB diffs, one with a 100 KB target) are counted, at most 10,000 of them kept (the
+/// rest counted as not kept), every field clipped, at most 64 MiB of diffs kept, all
+/// recorded under the agent that sent them (a target naming another host changes
+/// nothing there), and the master's memory stays bounded.
+#[test]
+fn change_floods_are_bounded_and_stay_with_their_host() {
+    let (fleet, _evil) = fleet();
+    let rss = PEAK_MIB;
+    let script = format!(
+        r#"{rss}
+local flood = goroutine.async(function() end, {{ name = "change_flood:20000:1048576", delegate_to = "evil-01" }})
+local web = goroutine.async(function() return "alive" end, {{ delegate_to = "web-01" }})
+local r = goroutine.await_all({{ flood, web }})
+print("FLOOD", tostring(r[1].success), tostring(r[1].values and r[1].values[1]), tostring(r[2].success))
+io.stderr:write("PEAK\t", peak_mib(), "\n")
+"#
+    );
+    let out = fleet.run(&script, &["--json", "--diff"]);
+    out.assert_code(0);
+    let doc: serde_json::Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{out}"));
+    let evil = &doc["hosts"]["evil-01"];
+    assert_eq!(evil["changed"], 20_000, "{}", evil["changed"]);
+    let kept = evil["changes"].as_array().unwrap();
+    assert_eq!(kept.len(), 10_000);
+    assert_eq!(evil["changes_not_kept"], 10_000);
+    let first = &kept[0];
+    assert!(
+        first["target"].as_str().unwrap().len() < 4 * 1024 + 64,
+        "target not clipped"
+    );
+    assert!(first["target"].as_str().unwrap().ends_with("bytes cut]"));
+    assert!(first["diff"].as_str().unwrap().len() <= 1024 * 1024 + 64);
+    let diff_bytes: usize = kept
+        .iter()
+        .filter_map(|c| c.get("diff").and_then(|d| d.as_str()).map(str::len))
+        .sum();
+    assert!(
+        diff_bytes <= 64 * 1024 * 1024,
+        "{diff_bytes} bytes of diffs kept"
+    );
+    assert!(
+        kept.iter().any(|c| c.get("diff").is_none()),
+        "no diff was dropped"
+    );
+    assert_eq!(
+        doc["hosts"]["web-01"]["changed"], 0,
+        "a change landed on another host"
+    );
+    assert!(doc["hosts"]["web-01"]["changes"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let peak: u64 = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("PEAK\t"))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no PEAK line\n{out}"));
+    eprintln!("master peak RSS with 20,000 changes, 100 MiB of diffs: {peak} MiB");
+    // Unbounded, the kept diffs alone would be 100 MiB more.
+    assert!(peak < 250, "master peak RSS {peak} MiB");
+}
+
 /// The preamble (magic, protocol version) comes before any bincode: an agent of a
 /// newer or an older protocol is reported `refused` with both versions named, and a
 /// master of another version gets the agent's version, never a bad-frame close.

@@ -128,20 +128,62 @@ pub fn save(
         Ok(m) => m,
         Err(e) => return fail(e),
     };
-    let ctx = task_ctx(lua)?;
+    if let Some(done) = crate::context::skip_in_check_mode(lua, &format!("artifact:save {dest}"))? {
+        return Ok(done);
+    }
+    let fetched = match fetch(lua, r, backend)? {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    match install_copy(&fetched.path, Path::new(&dest), mode) {
+        Ok(()) => Ok(MultiValue::from_iter([
+            LV::Boolean(true),
+            LV::String(lua.create_string(fetched.how)?),
+        ])),
+        Err(e) => fail(e),
+    }
+}
+
+/// What the master says of an artifact: its sha256 (hex) and size.
+pub fn describe(backend: &dyn SharedBackend, r: SharedRef) -> Result<(String, u64), String> {
     let sha = match call(backend, r, "sha256", vec![]).map(|g| first_str(&g)) {
         Ok(Some(s)) => String::from_utf8_lossy(&s).to_string(),
-        Ok(None) => return fail("the master sent no checksum".into()),
-        Err(e) => return fail(e),
+        Ok(None) => return Err("the master sent no checksum".into()),
+        Err(e) => return Err(e),
     };
     let size = match call(backend, r, "size", vec![]).map(|g| first_int(&g)) {
         Ok(Some(s)) if s >= 0 => s as u64,
-        Ok(_) => return fail("the master sent no size".into()),
-        Err(e) => return fail(e),
+        Ok(_) => return Err("the master sent no size".into()),
+        Err(e) => return Err(e),
+    };
+    Ok((sha, size))
+}
+
+/// An artifact's content in this host's cache.
+pub struct Fetched {
+    /// The cached file (named by its sha256; never write to it).
+    pub path: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+    /// `"cached"` (it was there) or `"transferred"`.
+    pub how: &'static str,
+}
+
+/// Bring an artifact into this host's cache (nothing crosses the network when the
+/// cache has it). `Err` of the outer result: the task was stopped.
+pub fn fetch(
+    lua: &Lua,
+    r: SharedRef,
+    backend: &dyn SharedBackend,
+) -> mlua::Result<Result<Fetched, String>> {
+    let ctx = task_ctx(lua)?;
+    let (sha, size) = match describe(backend, r) {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(e)),
     };
     let dir = match cache_dir(&ctx.host) {
         Ok(d) => d,
-        Err(e) => return fail(e),
+        Err(e) => return Ok(Err(e)),
     };
     let cached = dir.join(&sha);
     // A hit must still hash to its name (a damaged cache entry is fetched again).
@@ -149,7 +191,7 @@ pub fn save(
         .map(|m| m.is_file() && m.len() == size)
         .unwrap_or(false)
         && hash_file(&cached).map(|(h, _)| h == sha).unwrap_or(false);
-    let status = if hit {
+    let how = if hit {
         "cached"
     } else {
         let part = match tempfile::Builder::new()
@@ -157,7 +199,7 @@ pub fn save(
             .tempfile_in(&dir)
         {
             Ok(p) => p,
-            Err(e) => return fail(format!("cache {}: {e}", dir.display())),
+            Err(e) => return Ok(Err(format!("cache {}: {e}", dir.display()))),
         };
         let tmp = part.path().to_path_buf();
         let fetched = (|| -> Result<(), String> {
@@ -206,18 +248,17 @@ pub fn save(
             if let Some(reason) = ctx.cancel.stopped() {
                 return Err(stop_to_lua(reason));
             }
-            return fail(e);
+            return Ok(Err(e));
         }
         TRANSFERS.fetch_add(1, Ordering::Relaxed);
         "transferred"
     };
-    match install_copy(&cached, Path::new(&dest), mode) {
-        Ok(()) => Ok(MultiValue::from_iter([
-            LV::Boolean(true),
-            LV::String(lua.create_string(status)?),
-        ])),
-        Err(e) => fail(e),
-    }
+    Ok(Ok(Fetched {
+        path: cached,
+        sha256: sha,
+        size,
+        how,
+    }))
 }
 
 pub fn hex(b: &[u8]) -> String {

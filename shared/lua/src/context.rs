@@ -1,11 +1,13 @@
 //! What a running task reaches outside its own Lua state ([`TaskContext`]: its host
-//! name, its log sink, its shared-object backend and its stop token), and the argument
+//! name, its log and change sink, its shared-object backend, its stop token and its
+//! mode), and the argument
 //! helpers every Lua-facing function shares (durations).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use mlua::{Lua, Value as LV};
+use sloth_proto::change::{Change, Mode};
 use sloth_proto::protocol::LogLevel;
 
 use crate::cancel::{CancelToken, StopReason};
@@ -15,6 +17,8 @@ use crate::shared_obj::{NoBackend, SharedBackend};
 pub trait TaskIo: Send + Sync {
     /// A log line or `print` output, streamed to the master as it happens.
     fn log(&self, level: LogLevel, line: &str);
+    /// What a resource or handler did (changed or not), as it happens.
+    fn change(&self, change: Change);
     /// Where calls on shared objects (channels, wait groups, ...) go.
     fn backend(&self) -> Arc<dyn SharedBackend>;
 }
@@ -27,6 +31,12 @@ pub struct TaskContext {
     pub task_name: String,
     pub io: Arc<dyn TaskIo>,
     pub cancel: CancelToken,
+    /// Check mode and diffs (`run --check`, `--diff`).
+    pub mode: Mode,
+    /// The main script: it orchestrates the run (builds artifacts, reads files), so
+    /// in check mode only its resources plan instead of acting; its raw calls
+    /// (`exec.run`, `fs.write`, ...) run as usual.
+    pub orchestrator: bool,
 }
 
 impl TaskContext {
@@ -38,6 +48,8 @@ impl TaskContext {
             task_name: task_name.to_string(),
             io: Arc::new(OfflineIo),
             cancel: CancelToken::default(),
+            mode: Mode::default(),
+            orchestrator: false,
         }
     }
 }
@@ -47,6 +59,7 @@ struct OfflineIo;
 
 impl TaskIo for OfflineIo {
     fn log(&self, _: LogLevel, _: &str) {}
+    fn change(&self, _: Change) {}
     fn backend(&self) -> Arc<dyn SharedBackend> {
         Arc::new(NoBackend)
     }
@@ -58,6 +71,25 @@ pub fn task_ctx(lua: &Lua) -> mlua::Result<TaskContext> {
         .map(|c| c.clone())
         .ok_or_else(|| mlua::Error::runtime("no task context in this Lua state"))
 }
+
+/// What a call that would change the host returns in check mode: `true, "skipped in
+/// check mode"` (truthy, so `assert(fs.write(...))` goes on), after a log line that
+/// names the call. `None` outside check mode: the caller goes ahead.
+pub fn skip_in_check_mode(lua: &Lua, what: &str) -> mlua::Result<Option<mlua::MultiValue>> {
+    let ctx = task_ctx(lua)?;
+    if !ctx.mode.check || ctx.orchestrator {
+        return Ok(None);
+    }
+    ctx.io
+        .log(LogLevel::Info, &format!("check mode: skipped: {what}"));
+    Ok(Some(mlua::MultiValue::from_vec(vec![
+        LV::Boolean(true),
+        LV::String(lua.create_string(SKIPPED_IN_CHECK_MODE)?),
+    ])))
+}
+
+/// The second value of a call skipped in check mode.
+pub const SKIPPED_IN_CHECK_MODE: &str = "skipped in check mode";
 
 /// Turn a stop of the running task into the Lua error that unwinds it.
 pub fn stop_to_lua(r: StopReason) -> mlua::Error {

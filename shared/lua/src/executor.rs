@@ -30,6 +30,10 @@ pub struct Library {
     /// The globals the library may add after [`Library::install`] (built on first
     /// use): the capture codec treats them as builtins, never as script globals.
     pub lazy_globals: fn() -> Vec<&'static str>,
+    /// Runs after the task's body returned or raised, while the task is not stopped
+    /// (the stop hook is still armed), and gives the task's final result: the
+    /// library's handlers run here.
+    pub after_body: fn(&Lua, mlua::Result<mlua::MultiValue>) -> mlua::Result<mlua::MultiValue>,
 }
 
 /// Builds task states with one [`Library`] and runs tasks in them. Cheap to copy.
@@ -107,7 +111,7 @@ impl Executor {
         let lua = self.take_state().inspect(|l| bind(l, &ctx)).map_err(|e| {
             TaskError::new(ErrorKind::Lua, format!("setting up the task state: {e}"))
         })?;
-        let outcome = execute(&lua, req, &ctx, limits);
+        let outcome = execute(self.library, &lua, req, &ctx, limits);
         // Every value of the state is gone by now; the state itself is dropped elsewhere.
         retire_state(lua);
         outcome
@@ -217,6 +221,7 @@ pub struct Limits {
 }
 
 fn execute(
+    library: &Library,
     state: &TaskState,
     req: &TaskRequest,
     ctx: &TaskContext,
@@ -228,6 +233,10 @@ fn execute(
     arm_stop_hook(&lua, cancel.clone())
         .map_err(|e| TaskError::new(ErrorKind::Lua, e.to_string()))?;
     let result = f.call::<mlua::MultiValue>(args);
+    let result = match cancel.stopped() {
+        None => (library.after_body)(&lua, result),
+        Some(_) => result,
+    };
     lua.remove_hook();
     let _ = lua.set_memory_limit(0);
     if let Some(reason) = cancel.stopped() {
@@ -258,7 +267,7 @@ pub fn prepare(
         let _ = lua.set_memory_limit(used.saturating_add(limit));
     }
     let env = lua.globals();
-    let host_tbl = host_table(lua, host, &req.host_vars)
+    let host_tbl = host_table(lua, host, &req.host_vars, req.mode.check)
         .map_err(|e| TaskError::new(ErrorKind::Capture, format!("host vars: {e}")))?;
     env.raw_set("host", host_tbl)
         .map_err(|e| TaskError::new(ErrorKind::Lua, e.to_string()))?;
@@ -328,10 +337,11 @@ pub fn error_text(e: &mlua::Error) -> String {
     }
 }
 
-/// `host = {name = ..., vars = {...}}` for the task.
-fn host_table(lua: &Lua, name: &str, vars: &Graph) -> mlua::Result<Table> {
+/// `host = {name = ..., vars = {...}, check = bool}` for the task.
+fn host_table(lua: &Lua, name: &str, vars: &Graph, check: bool) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     t.raw_set("name", name)?;
+    t.raw_set("check", check)?;
     let vars_v = if vars.roots.is_empty() {
         LV::Table(lua.create_table()?)
     } else {

@@ -2,7 +2,7 @@
 //! live closures into graphs and back ([`capture`]), shared objects that travel by
 //! reference ([`shared_obj`], [`artifact`]), the one stop token every blocking call
 //! honours ([`cancel`]), what a task reaches outside its state ([`context`]), error
-//! hygiene for sloth's own functions ([`protect`]), the [`executor`] that runs one
+//! hygiene for sloth's own functions ([`protect`]), strict option tables ([`opts`]), the [`executor`] that runs one
 //! task in a fresh state, and the [`runner`] threads tasks run on.
 //!
 //! The task library itself (`exec`, `fs`, `http`, ...) is `sloth-modules`, which
@@ -14,6 +14,7 @@ pub mod cancel;
 pub mod capture;
 pub mod context;
 pub mod executor;
+pub mod opts;
 pub mod protect;
 pub mod runner;
 pub mod shared_obj;

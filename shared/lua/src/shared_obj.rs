@@ -51,6 +51,12 @@ impl SharedObj {
         SharedObj { r, backend }
     }
 
+    /// Where this object's calls go (the registry on the master, the task's stream
+    /// on an agent).
+    pub fn backend(&self) -> &dyn SharedBackend {
+        self.backend.as_ref()
+    }
+
     /// The reference, for copying into a graph (which pins the object).
     pub fn to_graph_ref(&self) -> SharedRef {
         self.backend.pin(self.r);

@@ -91,6 +91,7 @@ fn main() {
         payload: g.clone(),
         host_vars: Graph::default(),
         timeout_ms: None,
+        mode: Default::default(),
     };
     time("bincode encode+decode req", n, || {
         let b = protocol::encode(&req).unwrap();

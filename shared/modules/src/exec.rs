@@ -38,7 +38,7 @@ use rustix::process::{Pid, Signal};
 
 use super::{stop_to_lua, task_ctx};
 use sloth_lua::cancel::{CancelToken, StopReason};
-use sloth_lua::context::{parse_duration, TaskIo};
+use sloth_lua::context::{parse_duration, TaskContext, TaskIo};
 use sloth_proto::protocol::LogLevel;
 
 /// Longest wait between two checks of the child (and of a stop of the task).
@@ -94,6 +94,11 @@ pub(crate) fn install_os_execute(lua: &Lua, os_lib: &Table) -> mlua::Result<()> 
             return Ok(MultiValue::from_vec(vec![LV::Nil, why, LV::Integer(127)]));
         };
         let (code, signal): (Option<i64>, Option<i64>) = (r.get("code")?, r.get("signal")?);
+        // Skipped in check mode: as if it succeeded.
+        let code = match r.get::<Option<bool>>("skipped")? {
+            Some(true) => Some(0),
+            _ => code,
+        };
         Ok(MultiValue::from_vec(match (signal, code) {
             (Some(sig), _) => vec![
                 LV::Nil,
@@ -137,10 +142,10 @@ fn os(s: &LuaString) -> OsString {
 }
 
 /// The program and arguments of a command given as a string or an array.
-struct CmdSpec {
+pub(crate) struct CmdSpec {
     argv: Vec<OsString>,
     /// For messages.
-    display: String,
+    pub display: String,
     /// A plain string command run directly: how the shell would run it, for when
     /// there is no such program (the shell then says so, and exits 127).
     via_shell: Option<Vec<OsString>>,
@@ -179,7 +184,7 @@ fn plain_words(cmd: &[u8]) -> Option<Vec<OsString>> {
     )
 }
 
-fn command_spec(fname: &str, cmd: &LV, shell: &LV) -> mlua::Result<CmdSpec> {
+pub(crate) fn command_spec(fname: &str, cmd: &LV, shell: &LV) -> mlua::Result<CmdSpec> {
     match cmd {
         LV::String(s) => {
             let display = s.to_string_lossy().to_string();
@@ -265,63 +270,101 @@ fn command_spec(fname: &str, cmd: &LV, shell: &LV) -> mlua::Result<CmdSpec> {
     }
 }
 
-/// Build the `Command` for `argv` with `cwd` and `env` from the options.
-fn base_command(fname: &str, argv: &[OsString], opts: Option<&Table>) -> mlua::Result<Command> {
+/// How to start a child: what `exec.run` and `exec.spawn` options say, and what
+/// resources ask for when they run a package manager, `systemctl` or `git`.
+#[derive(Default, Clone)]
+pub(crate) struct ProcOpts {
+    pub cwd: Option<OsString>,
+    /// Variables added to the environment (`None`: removed).
+    pub env: Vec<(OsString, Option<OsString>)>,
+    pub stdin: Option<Vec<u8>>,
+    pub timeout: Option<Duration>,
+    /// Forward each output line to the task's log as it arrives.
+    pub stream: bool,
+}
+
+impl ProcOpts {
+    /// `cwd`, `env`, `timeout`, `stdin` and `stream` of an options table (the keys
+    /// `exec.run` and `exec.spawn` share; `spawn` has no timeout, stdin or stream).
+    fn from_lua(fname: &str, opts: Option<&Table>, full: bool) -> mlua::Result<ProcOpts> {
+        let mut p = ProcOpts::default();
+        let Some(opts) = opts else { return Ok(p) };
+        let bad = |key: &str, want: &str, got: &LV| {
+            mlua::Error::runtime(format!(
+                "{fname}: option '{key}' must be {want}, got {}",
+                got.type_name()
+            ))
+        };
+        match opts.get::<LV>("cwd")? {
+            LV::Nil => {}
+            LV::String(s) => p.cwd = Some(os(&s)),
+            other => return Err(bad("cwd", "a string", &other)),
+        }
+        match opts.get::<LV>("env")? {
+            LV::Nil => {}
+            LV::Table(env) => p.env = env_pairs(fname, &env)?,
+            other => return Err(bad("env", "a table", &other)),
+        }
+        if !full {
+            return Ok(p);
+        }
+        p.timeout = parse_duration(&opts.get::<LV>("timeout")?)
+            .map_err(|e| mlua::Error::runtime(format!("{fname}: option 'timeout': {e}")))?;
+        match opts.get::<LV>("stdin")? {
+            LV::Nil => {}
+            LV::String(s) => p.stdin = Some(s.as_bytes().to_vec()),
+            other => return Err(bad("stdin", "a string", &other)),
+        }
+        p.stream = match opts.get::<LV>("stream")? {
+            LV::Nil | LV::Boolean(false) => false,
+            LV::Boolean(true) => true,
+            other => return Err(bad("stream", "a boolean", &other)),
+        };
+        Ok(p)
+    }
+}
+
+/// The variables of an `env` option (`false` removes one).
+pub(crate) fn env_pairs(
+    fname: &str,
+    env: &Table,
+) -> mlua::Result<Vec<(OsString, Option<OsString>)>> {
+    let mut out = Vec::new();
+    for pair in env.pairs::<LuaString, LV>() {
+        let (k, v) = pair?;
+        let value = match v {
+            LV::String(s) => Some(os(&s)),
+            LV::Integer(i) => Some(i.to_string().into()),
+            LV::Number(n) => Some(n.to_string().into()),
+            LV::Boolean(true) => Some("1".into()),
+            LV::Boolean(false) => None,
+            other => {
+                return Err(mlua::Error::runtime(format!(
+                    "{fname}: env value for '{}' must be a string, got {}",
+                    k.to_string_lossy(),
+                    other.type_name()
+                )))
+            }
+        };
+        out.push((os(&k), value));
+    }
+    Ok(out)
+}
+
+/// Build the `Command` for `argv` with the cwd and environment of `p`.
+fn base_command(argv: &[OsString], p: &ProcOpts) -> Command {
     let mut c = Command::new(&argv[0]);
     c.args(&argv[1..]);
-    let Some(opts) = opts else { return Ok(c) };
-    match opts.get::<LV>("cwd")? {
-        LV::Nil => {}
-        LV::String(s) => {
-            c.current_dir(os(&s));
-        }
-        other => {
-            return Err(mlua::Error::runtime(format!(
-                "{fname}: option 'cwd' must be a string, got {}",
-                other.type_name()
-            )))
-        }
+    if let Some(d) = &p.cwd {
+        c.current_dir(d);
     }
-    match opts.get::<LV>("env")? {
-        LV::Nil => {}
-        LV::Table(env) => {
-            for pair in env.pairs::<LuaString, LV>() {
-                let (k, v) = pair?;
-                let key = os(&k);
-                match v {
-                    LV::String(s) => {
-                        c.env(key, os(&s));
-                    }
-                    LV::Integer(i) => {
-                        c.env(key, i.to_string());
-                    }
-                    LV::Number(n) => {
-                        c.env(key, n.to_string());
-                    }
-                    LV::Boolean(true) => {
-                        c.env(key, "1");
-                    }
-                    LV::Boolean(false) => {
-                        c.env_remove(key);
-                    }
-                    other => {
-                        return Err(mlua::Error::runtime(format!(
-                            "{fname}: env value for '{}' must be a string, got {}",
-                            k.to_string_lossy(),
-                            other.type_name()
-                        )))
-                    }
-                }
-            }
-        }
-        other => {
-            return Err(mlua::Error::runtime(format!(
-                "{fname}: option 'env' must be a table, got {}",
-                other.type_name()
-            )))
-        }
+    for (k, v) in &p.env {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
     }
-    Ok(c)
+    c
 }
 
 /// Output of one stream, shared between its reader thread and the waiting task.
@@ -412,55 +455,155 @@ fn kill_and_reap(child: &mut Child) {
     let _ = child.wait();
 }
 
-enum Ended {
+/// How a child's run ended.
+pub(crate) enum Ended {
     Exited(ExitStatus),
+    /// Past its own `timeout`: killed with its group.
     TimedOut,
+}
+
+/// A child that ran to its end.
+pub(crate) struct Finished {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub ended: Ended,
+    pub truncated: bool,
+    pub duration: Duration,
+}
+
+impl Finished {
+    pub fn success(&self) -> bool {
+        matches!(&self.ended, Ended::Exited(s) if s.success())
+    }
+
+    /// `exit code N`, `killed by signal N` or `timed out`.
+    pub fn status_text(&self) -> String {
+        match &self.ended {
+            Ended::Exited(s) => match (s.code(), s.signal()) {
+                (Some(c), _) => format!("exit code {c}"),
+                (None, Some(sig)) => format!("killed by signal {sig}"),
+                (None, None) => "ended".into(),
+            },
+            Ended::TimedOut => "timed out".into(),
+        }
+    }
+}
+
+/// Why a child gave no [`Finished`].
+pub(crate) enum RunFail {
+    /// It could not start (or its I/O could not be set up): the reason.
+    Start(String),
+    /// The task was stopped; the child's group was killed.
     Stopped(StopReason),
 }
 
+/// `exec.run`: options from Lua, the run, and the result table.
 fn run(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
     const F: &str = "exec.run";
     let ctx = task_ctx(lua)?;
-    let cancel = ctx.cancel.clone();
     let shell: LV = match &opts {
         Some(o) => o.get("shell")?,
         None => LV::Nil,
     };
     let spec = command_spec(F, &cmd, &shell)?;
-    let (timeout, stdin_data, stream) = match &opts {
-        Some(o) => {
-            let timeout = parse_duration(&o.get::<LV>("timeout")?)
-                .map_err(|e| mlua::Error::runtime(format!("{F}: option 'timeout': {e}")))?;
-            let stdin: Option<LuaString> = match o.get::<LV>("stdin")? {
-                LV::Nil => None,
-                LV::String(s) => Some(s),
-                other => {
-                    return Err(mlua::Error::runtime(format!(
-                        "{F}: option 'stdin' must be a string, got {}",
-                        other.type_name()
-                    )))
-                }
-            };
-            let stream = match o.get::<LV>("stream")? {
-                LV::Nil | LV::Boolean(false) => false,
-                LV::Boolean(true) => true,
-                other => {
-                    return Err(mlua::Error::runtime(format!(
-                        "{F}: option 'stream' must be a boolean, got {}",
-                        other.type_name()
-                    )))
-                }
-            };
-            (timeout, stdin.map(|s| s.as_bytes().to_vec()), stream)
-        }
-        None => (None, None, false),
-    };
-    if let Some(r) = cancel.stopped() {
-        return Err(stop_to_lua(r));
+    let p = ProcOpts::from_lua(F, opts.as_ref(), true)?;
+    if ctx.mode.check && !ctx.orchestrator && !read_only(F, opts.as_ref())? {
+        return skipped_in_check_mode(lua, &spec.display);
     }
-    let piped_stdin = stdin_data.is_some();
-    let start_child = |argv: &[OsString]| -> mlua::Result<io::Result<Child>> {
-        let mut command = base_command(F, argv, opts.as_ref())?;
+    let done = match run_process(&ctx, &spec, &p) {
+        Ok(d) => d,
+        Err(RunFail::Start(why)) => return fail(lua, format!("{F}: {why}")),
+        Err(RunFail::Stopped(r)) => return Err(stop_to_lua(r)),
+    };
+    let t = lua.create_table()?;
+    t.raw_set("stdout", lua.create_string(&done.stdout)?)?;
+    t.raw_set("stderr", lua.create_string(&done.stderr)?)?;
+    match &done.ended {
+        Ended::Exited(status) => {
+            t.raw_set("code", status.code())?;
+            t.raw_set("success", status.success())?;
+            if let Some(sig) = status.signal() {
+                t.raw_set("signal", sig)?;
+            }
+            t.raw_set("timed_out", false)?;
+        }
+        Ended::TimedOut => {
+            t.raw_set("code", LV::Nil)?;
+            t.raw_set("success", false)?;
+            t.raw_set("timed_out", true)?;
+        }
+    }
+    if done.truncated {
+        t.raw_set("truncated", true)?;
+    }
+    t.raw_set("duration_ms", done.duration.as_millis() as i64)?;
+    Ok(MultiValue::from_vec(vec![LV::Table(t)]))
+}
+
+/// The `read_only` option: a call that says it changes nothing runs in check mode too.
+fn read_only(fname: &str, opts: Option<&Table>) -> mlua::Result<bool> {
+    match opts.map(|o| o.get::<LV>("read_only")).transpose()? {
+        None | Some(LV::Nil) | Some(LV::Boolean(false)) => Ok(false),
+        Some(LV::Boolean(true)) => Ok(true),
+        Some(other) => Err(mlua::Error::runtime(format!(
+            "{fname}: option 'read_only' must be a boolean, got {}",
+            other.type_name()
+        ))),
+    }
+}
+
+/// What `exec.run` returns in check mode for a command not marked `read_only`:
+/// `{skipped = true, check_mode = true, success = true, stdout = "", stderr = "",
+/// timed_out = false, duration_ms = 0}` (no `code`: nothing ran).
+fn skipped_in_check_mode(lua: &Lua, display: &str) -> mlua::Result<MultiValue> {
+    let ctx = task_ctx(lua)?;
+    ctx.io.log(
+        LogLevel::Info,
+        &format!("check mode: not running: {display}"),
+    );
+    let t = lua.create_table()?;
+    t.raw_set("skipped", true)?;
+    t.raw_set("check_mode", true)?;
+    t.raw_set("success", true)?;
+    t.raw_set("stdout", "")?;
+    t.raw_set("stderr", "")?;
+    t.raw_set("timed_out", false)?;
+    t.raw_set("duration_ms", 0)?;
+    Ok(MultiValue::from_vec(vec![LV::Table(t)]))
+}
+
+/// Run `argv` directly (no shell) to its end, for resources: its output is kept
+/// (and streamed to the task's log when `p.stream`), the task's stop kills it.
+pub(crate) fn run_argv(
+    ctx: &TaskContext,
+    argv: &[&str],
+    p: &ProcOpts,
+) -> Result<Finished, RunFail> {
+    let spec = CmdSpec {
+        argv: argv.iter().map(OsString::from).collect(),
+        display: argv.join(" "),
+        via_shell: None,
+    };
+    if spec.argv.is_empty() {
+        return Err(RunFail::Start("empty command".into()));
+    }
+    run_process(ctx, &spec, p)
+}
+
+/// Run a child to its end: its output read on two threads, its exit waited for
+/// (pidfd), its group killed when the task stops or `p.timeout` passes.
+pub(crate) fn run_process(
+    ctx: &TaskContext,
+    spec: &CmdSpec,
+    p: &ProcOpts,
+) -> Result<Finished, RunFail> {
+    let cancel = ctx.cancel.clone();
+    if let Some(r) = cancel.stopped() {
+        return Err(RunFail::Stopped(r));
+    }
+    let piped_stdin = p.stdin.is_some();
+    let start_child = |argv: &[OsString]| -> io::Result<Child> {
+        let mut command = base_command(argv, p);
         command
             .stdin(if piped_stdin {
                 Stdio::piped()
@@ -470,18 +613,24 @@ fn run(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        Ok(command.spawn())
+        command.spawn()
     };
     let start = Instant::now();
-    let spawned = match (start_child(&spec.argv)?, &spec.via_shell) {
+    let spawned = match (start_child(&spec.argv), &spec.via_shell) {
         (Err(e), Some(sh)) if e.raw_os_error() != Some(Errno::AGAIN.raw_os_error()) => {
-            start_child(sh)?
+            start_child(sh)
         }
         (r, _) => r,
     };
     let mut child = match spawned {
         Ok(c) => c,
-        Err(e) => return fail(lua, format!("{F}: {}: {}", spec.display, os_reason(&e))),
+        Err(e) => {
+            return Err(RunFail::Start(format!(
+                "{}: {}",
+                spec.display,
+                os_reason(&e)
+            )))
+        }
     };
 
     let shared = Arc::new(Readers {
@@ -501,7 +650,7 @@ fn run(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
     let mut handles = Vec::new();
     let mut setup_error = None;
     if let Some(pipe) = child.stdout.take() {
-        let s = stream.then(|| (ctx.io.clone(), LogLevel::Print));
+        let s = p.stream.then(|| (ctx.io.clone(), LogLevel::Print));
         match spawn_reader(pipe, out.clone(), shared.clone(), s) {
             Ok(h) => handles.push(h),
             Err(e) => setup_error = Some(e),
@@ -510,7 +659,7 @@ fn run(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
         out.done.store(true, Ordering::SeqCst);
     }
     if let Some(pipe) = child.stderr.take() {
-        let s = stream.then(|| (ctx.io.clone(), LogLevel::Info));
+        let s = p.stream.then(|| (ctx.io.clone(), LogLevel::Info));
         match spawn_reader(pipe, err.clone(), shared.clone(), s) {
             Ok(h) => handles.push(h),
             Err(e) => setup_error = Some(e),
@@ -518,7 +667,7 @@ fn run(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
     } else {
         err.done.store(true, Ordering::SeqCst);
     }
-    if let (Some(data), Some(mut pipe)) = (stdin_data, child.stdin.take()) {
+    if let (Some(data), Some(mut pipe)) = (p.stdin.clone(), child.stdin.take()) {
         let spawned = std::thread::Builder::new()
             .name("sloth-exec-stdin".into())
             .spawn(move || {
@@ -532,39 +681,33 @@ fn run(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
     if let Some(e) = setup_error {
         kill_and_reap(&mut child);
         shared.detached.store(true, Ordering::SeqCst);
-        return fail(
-            lua,
-            format!(
-                "{F}: {}: starting an I/O thread: {}",
-                spec.display,
-                os_reason(&e)
-            ),
-        );
+        return Err(RunFail::Start(format!(
+            "{}: starting an I/O thread: {}",
+            spec.display,
+            os_reason(&e)
+        )));
     }
 
-    let deadline = timeout.map(|t| start + t);
+    let deadline = p.timeout.map(|t| start + t);
     let exit_fd = ExitFd::open(child.id());
     let mut backoff = FIRST_NAP;
     let ended = loop {
         match child.try_wait() {
-            Ok(Some(status)) => break Ended::Exited(status),
+            Ok(Some(status)) => break Ok(Ended::Exited(status)),
             Ok(None) => {}
             Err(e) => {
                 kill_and_reap(&mut child);
                 shared.detached.store(true, Ordering::SeqCst);
-                return fail(
-                    lua,
-                    format!(
-                        "{F}: {}: waiting for the child: {}",
-                        spec.display,
-                        os_reason(&e)
-                    ),
-                );
+                return Err(RunFail::Start(format!(
+                    "{}: waiting for the child: {}",
+                    spec.display,
+                    os_reason(&e)
+                )));
             }
         }
         if let Some(r) = cancel.stopped() {
             kill_and_reap(&mut child);
-            break Ended::Stopped(r);
+            break Err(r);
         }
         let mut nap = if exit_fd.is_some() { POLL } else { backoff };
         backoff = (backoff * 2).min(POLL);
@@ -572,7 +715,7 @@ fn run(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
             let now = Instant::now();
             if now >= d {
                 kill_and_reap(&mut child);
-                break Ended::TimedOut;
+                break Ok(Ended::TimedOut);
             }
             nap = nap.min(d - now);
         }
@@ -586,14 +729,14 @@ fn run(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
         };
         if let Err(r) = waited {
             kill_and_reap(&mut child);
-            break Ended::Stopped(r);
+            break Err(r);
         }
     };
 
     // Collect what the pipes still hold; stop waiting once they go quiet.
-    let stop = match ended {
-        Ended::Stopped(r) => Some(r),
-        _ => drain(&out, &err, &shared, &cancel, child.id()),
+    let stop = match &ended {
+        Err(r) => Some(*r),
+        Ok(_) => drain(&out, &err, &shared, &cancel, child.id()),
     };
     shared.detached.store(true, Ordering::SeqCst);
     for h in handles {
@@ -602,35 +745,21 @@ fn run(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
         }
     }
     if let Some(r) = stop {
-        return Err(stop_to_lua(r));
+        return Err(RunFail::Stopped(r));
     }
-
-    let duration_ms = start.elapsed().as_millis() as i64;
-    let t = lua.create_table()?;
+    let ended = match ended {
+        Ok(e) => e,
+        Err(r) => return Err(RunFail::Stopped(r)),
+    };
     let stdout = std::mem::take(&mut *out.buf.lock());
     let stderr = std::mem::take(&mut *err.buf.lock());
-    t.raw_set("stdout", lua.create_string(&stdout)?)?;
-    t.raw_set("stderr", lua.create_string(&stderr)?)?;
-    match ended {
-        Ended::Exited(status) => {
-            t.raw_set("code", status.code())?;
-            t.raw_set("success", status.success())?;
-            if let Some(sig) = status.signal() {
-                t.raw_set("signal", sig)?;
-            }
-            t.raw_set("timed_out", false)?;
-        }
-        Ended::TimedOut | Ended::Stopped(_) => {
-            t.raw_set("code", LV::Nil)?;
-            t.raw_set("success", false)?;
-            t.raw_set("timed_out", true)?;
-        }
-    }
-    if out.truncated.load(Ordering::SeqCst) || err.truncated.load(Ordering::SeqCst) {
-        t.raw_set("truncated", true)?;
-    }
-    t.raw_set("duration_ms", duration_ms)?;
-    Ok(MultiValue::from_vec(vec![LV::Table(t)]))
+    Ok(Finished {
+        stdout,
+        stderr,
+        ended,
+        truncated: out.truncated.load(Ordering::SeqCst) || err.truncated.load(Ordering::SeqCst),
+        duration: start.elapsed(),
+    })
 }
 
 /// Wait for both readers to reach end of file, giving up once the pipes stay silent
@@ -696,7 +825,17 @@ fn spawn(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
         return Err(stop_to_lua(r));
     }
     let spec = command_spec(F, &cmd, &LV::Boolean(true))?;
-    let mut command = base_command(F, &spec.argv, opts.as_ref())?;
+    let mut command = base_command(&spec.argv, &ProcOpts::from_lua(F, opts.as_ref(), false)?);
+    if ctx.mode.check && !ctx.orchestrator {
+        ctx.io.log(
+            LogLevel::Info,
+            &format!("check mode: not starting: {}", spec.display),
+        );
+        let t = lua.create_table()?;
+        t.raw_set("skipped", true)?;
+        t.raw_set("check_mode", true)?;
+        return Ok(MultiValue::from_vec(vec![LV::Table(t)]));
+    }
     let log: Option<LuaString> = match &opts {
         Some(o) => match o.get::<LV>("log")? {
             LV::Nil => None,
@@ -822,6 +961,9 @@ fn kill(lua: &Lua, pid: i64, sig: Option<LV>) -> mlua::Result<MultiValue> {
     let Some(p) = pid_of(pid) else {
         return fail(lua, format!("{F}: {pid}: not a process id"));
     };
+    if let Some(done) = sloth_lua::context::skip_in_check_mode(lua, &format!("{F} {pid}"))? {
+        return Ok(done);
+    }
     // A session leader is signalled with its group. pid 1 is never widened to a group
     // (`kill(-1)` would address every process).
     let leads = |id: rustix::io::Result<Pid>| id.is_ok_and(|id| id == p);

@@ -1,6 +1,8 @@
 //! `fs`: files on the machine the task runs on. Paths and contents are binary-safe
 //! Lua strings. Every operational failure returns `nil, "fs.<fn>: <path>: <reason>"`;
-//! only arguments of the wrong type raise.
+//! only arguments of the wrong type raise. In check mode the writers (`write`,
+//! `append`, `mkdir`, `rm`, `copy`, `chmod`, `symlink`) change nothing and return
+//! `true, "skipped in check mode"`.
 //!
 //! - `read(path)` → string
 //! - `write(path, data [, mode])` → true (creates or truncates; `mode` like `420` or
@@ -29,6 +31,8 @@ use std::time::UNIX_EPOCH;
 
 use mlua::{Lua, LuaString, MultiValue, Table, Value as LV};
 
+use sloth_lua::context::skip_in_check_mode;
+
 use super::exec::os_reason;
 
 pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
@@ -48,6 +52,9 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
         lua.create_function(|lua, (p, data, mode): (LuaString, LuaString, Option<LV>)| {
             let path = path_of(&p);
             let mode = mode.map(|m| parse_mode("fs.write", &m)).transpose()?;
+            if let Some(done) = skip_in_check_mode(lua, &format!("fs.write {}", path.display()))? {
+                return Ok(done);
+            }
             let mut o = fs::OpenOptions::new();
             o.write(true).create(true).truncate(true);
             if let Some(m) = mode {
@@ -67,6 +74,9 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
         "append",
         lua.create_function(|lua, (p, data): (LuaString, LuaString)| {
             let path = path_of(&p);
+            if let Some(done) = skip_in_check_mode(lua, &format!("fs.append {}", path.display()))? {
+                return Ok(done);
+            }
             let res = fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -84,6 +94,9 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
         lua.create_function(|lua, (p, mode): (LuaString, Option<LV>)| {
             let path = path_of(&p);
             let mode = mode.map(|m| parse_mode("fs.mkdir", &m)).transpose()?;
+            if let Some(done) = skip_in_check_mode(lua, &format!("fs.mkdir {}", path.display()))? {
+                return Ok(done);
+            }
             let mut b = fs::DirBuilder::new();
             b.recursive(true);
             if let Some(m) = mode {
@@ -96,6 +109,9 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
         "rm",
         lua.create_function(|lua, (p, opts): (LuaString, Option<Table>)| {
             let path = path_of(&p);
+            if let Some(done) = skip_in_check_mode(lua, &format!("fs.rm {}", path.display()))? {
+                return Ok(done);
+            }
             let (recursive, force) = match &opts {
                 Some(o) => (flag(o, "fs.rm", "recursive")?, flag(o, "fs.rm", "force")?),
                 None => (false, false),
@@ -171,6 +187,10 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
         lua.create_function(|lua, (src, dst): (LuaString, LuaString)| {
             let src = path_of(&src);
             let mut dst = path_of(&dst);
+            let what = format!("fs.copy {} {}", src.display(), dst.display());
+            if let Some(done) = skip_in_check_mode(lua, &what)? {
+                return Ok(done);
+            }
             if dst.is_dir() {
                 if let Some(name) = src.file_name() {
                     dst.push(name);
@@ -195,6 +215,9 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
         lua.create_function(|lua, (p, mode): (LuaString, LV)| {
             let path = path_of(&p);
             let m = parse_mode("fs.chmod", &mode)?;
+            if let Some(done) = skip_in_check_mode(lua, &format!("fs.chmod {}", path.display()))? {
+                return Ok(done);
+            }
             done(
                 lua,
                 "chmod",
@@ -209,6 +232,10 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
             |lua, (target, link, opts): (LuaString, LuaString, Option<Table>)| {
                 let target = path_of(&target);
                 let link = path_of(&link);
+                let what = format!("fs.symlink {} {}", target.display(), link.display());
+                if let Some(done) = skip_in_check_mode(lua, &what)? {
+                    return Ok(done);
+                }
                 let force = match &opts {
                     Some(o) => flag(o, "fs.symlink", "force")?,
                     None => false,
@@ -237,7 +264,7 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
 
 /// Create `link -> target` next to `link` under a temporary name, then rename it over
 /// `link`: readers see the old link or the new one, never no link.
-fn replace_symlink(target: &Path, link: &Path) -> io::Result<()> {
+pub(crate) fn replace_symlink(target: &Path, link: &Path) -> io::Result<()> {
     let dir = match link.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),

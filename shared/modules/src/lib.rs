@@ -13,12 +13,14 @@ use sloth_lua::executor::{Executor, Library};
 use sloth_lua::protect::wrap_table;
 use sloth_proto::protocol::LogLevel;
 
+mod check_mode;
 pub mod exec;
 pub mod fs;
 pub mod fuzz_targets;
 pub mod http;
 pub mod json;
 pub mod net;
+pub mod resources;
 pub mod sys;
 pub mod template;
 
@@ -26,6 +28,7 @@ pub mod template;
 pub static LIBRARY: Library = Library {
     install: install_task_modules_lazy,
     lazy_globals,
+    after_body: resources::handlers::after_body,
 };
 
 /// Runs tasks in fresh states with this library.
@@ -35,6 +38,7 @@ pub const EXECUTOR: Executor = Executor::new(&LIBRARY);
 fn lazy_globals() -> Vec<&'static str> {
     MODULES
         .iter()
+        .chain(resources::MODULES)
         .copied()
         .chain(LAZY_STD_LIBS.iter().map(|(name, _)| *name))
         .collect()
@@ -71,7 +75,11 @@ fn build_module(lua: &Lua, name: &str) -> mlua::Result<Option<Table>> {
         "net" => net::install(lua, &scratch)?,
         "sys" => sys::install(lua, &scratch)?,
         "template" => template::install(lua, &scratch)?,
-        _ => return Ok(None),
+        other => {
+            if !resources::build(lua, other, &scratch)? {
+                return Ok(None);
+            }
+        }
     }
     scratch.raw_get(name)
 }
@@ -80,8 +88,9 @@ fn build_module(lua: &Lua, name: &str) -> mlua::Result<Option<Table>> {
 pub fn install_task_modules(lua: &Lua) -> mlua::Result<()> {
     let g = lua.globals();
     install_log(lua, &g)?;
+    resources::handlers::install(lua, &g)?;
     let loaded: Table = lua.named_registry_value::<Table>("_LOADED")?;
-    for name in MODULES {
+    for name in MODULES.iter().chain(resources::MODULES) {
         if let Some(t) = build_module(lua, name)? {
             g.raw_set(*name, &t)?;
             loaded.raw_set(*name, t)?;
@@ -113,6 +122,7 @@ pub const LAZY_STD_LIBS: &[(&str, mlua::StdLib)] = &[
 pub fn install_task_modules_lazy(lua: &Lua) -> mlua::Result<()> {
     let g = lua.globals();
     install_log(lua, &g)?;
+    resources::handlers::install(lua, &g)?;
     let loaded: Table = lua.named_registry_value::<Table>("_LOADED")?;
     loaded.raw_set("log", g.raw_get::<LV>("log")?)?;
     let index = lua.create_function(|lua, (_t, key): (LV, LV)| {
@@ -125,6 +135,7 @@ pub fn install_task_modules_lazy(lua: &Lua) -> mlua::Result<()> {
                 .iter()
                 .map(|(l, _)| *l)
                 .chain(MODULES.iter().copied())
+                .chain(resources::MODULES.iter().copied())
                 .find(|l| *l == &*n)
             {
                 Some(l) => l,
@@ -151,6 +162,12 @@ pub fn install_task_modules_lazy(lua: &Lua) -> mlua::Result<()> {
                     // A task's os.execute stops with the task (exec.rs).
                     if let LV::Table(os_lib) = g.raw_get::<LV>("os")? {
                         exec::install_os_execute(lua, &os_lib)?;
+                        check_mode::guard_os(lua, &os_lib)?;
+                    }
+                }
+                if name == "io" {
+                    if let LV::Table(io_lib) = g.raw_get::<LV>("io")? {
+                        check_mode::guard_io(lua, &io_lib)?;
                     }
                 }
                 sloth_lua::capture::forget_builtins(lua);

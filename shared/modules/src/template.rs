@@ -43,16 +43,11 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
                         LV::String(lua.create_string(format!("template.render: {msg}"))?),
                     ]))
                 };
-                let vars: serde_json::Value = match vars {
-                    LV::Nil => serde_json::Value::Object(Default::default()),
-                    LV::Table(_) => {
-                        let o =
-                            mlua::serde::DeserializeOptions::new().deny_unsupported_types(false);
-                        match lua.from_value_with(vars, o) {
-                            Ok(v) => v,
-                            Err(e) => return fail(format!("vars: {e}")),
-                        }
-                    }
+                let vars = match vars {
+                    LV::Nil | LV::Table(_) => match vars_json(lua, vars) {
+                        Ok(v) => v,
+                        Err(e) => return fail(format!("vars: {e}")),
+                    },
                     other => {
                         return Err(mlua::Error::runtime(format!(
                             "template.render: vars must be a table, got {}",
@@ -60,38 +55,86 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
                         )))
                     }
                 };
-                let syntax = SyntaxConfig::builder()
-                    .trim_blocks(trim_blocks)
-                    .lstrip_blocks(lstrip_blocks)
-                    .keep_trailing_newline(keep_newline)
-                    .build();
-                let syntax = match syntax {
-                    Ok(s) => s,
-                    Err(e) => return fail(describe(&name, &e)),
-                };
-                let mut env = Environment::new();
-                env.set_syntax(syntax);
-                env.set_auto_escape_callback(|_| AutoEscape::None);
-                env.set_undefined_behavior(if strict {
-                    UndefinedBehavior::SemiStrict
-                } else {
-                    UndefinedBehavior::Lenient
-                });
-                let rendered = env
-                    .template_from_named_str(name.as_str(), text.as_str())
-                    .and_then(|tpl| {
-                        tpl.render(minijinja::Value::from(minijinja::value::Serde(&vars)))
-                    });
+                let rendered = render(
+                    &name,
+                    &text,
+                    &vars,
+                    &Syntax {
+                        strict,
+                        trim_blocks,
+                        lstrip_blocks,
+                        keep_trailing_newline: keep_newline,
+                    },
+                );
                 match rendered {
                     Ok(s) => Ok(MultiValue::from_vec(vec![LV::String(
                         lua.create_string(s)?,
                     )])),
-                    Err(e) => fail(describe(&name, &e)),
+                    Err(e) => fail(e),
                 }
             },
         )?,
     )?;
     g.raw_set("template", t)
+}
+
+/// How a template is read and rendered (the options of `template.render`).
+pub(crate) struct Syntax {
+    pub strict: bool,
+    pub trim_blocks: bool,
+    pub lstrip_blocks: bool,
+    pub keep_trailing_newline: bool,
+}
+
+impl Default for Syntax {
+    fn default() -> Self {
+        Syntax {
+            strict: true,
+            trim_blocks: true,
+            lstrip_blocks: false,
+            keep_trailing_newline: true,
+        }
+    }
+}
+
+/// Render `text` (named `name` in errors) with `vars`; the error is
+/// `name, line N: kind: detail`.
+pub(crate) fn render(
+    name: &str,
+    text: &str,
+    vars: &serde_json::Value,
+    syntax: &Syntax,
+) -> Result<String, String> {
+    let config = SyntaxConfig::builder()
+        .trim_blocks(syntax.trim_blocks)
+        .lstrip_blocks(syntax.lstrip_blocks)
+        .keep_trailing_newline(syntax.keep_trailing_newline)
+        .build()
+        .map_err(|e| describe(name, &e))?;
+    let mut env = Environment::new();
+    env.set_syntax(config);
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    env.set_undefined_behavior(if syntax.strict {
+        UndefinedBehavior::SemiStrict
+    } else {
+        UndefinedBehavior::Lenient
+    });
+    env.template_from_named_str(name, text)
+        .and_then(|tpl| tpl.render(minijinja::Value::from(minijinja::value::Serde(vars))))
+        .map_err(|e| describe(name, &e))
+}
+
+/// Lua `vars` as JSON for a template (functions and other values JSON cannot hold
+/// are skipped).
+pub(crate) fn vars_json(lua: &Lua, vars: LV) -> Result<serde_json::Value, String> {
+    match vars {
+        LV::Nil => Ok(serde_json::Value::Object(Default::default())),
+        LV::Table(_) => {
+            let o = mlua::serde::DeserializeOptions::new().deny_unsupported_types(false);
+            lua.from_value_with(vars, o).map_err(|e| e.to_string())
+        }
+        other => Err(format!("vars must be a table, got {}", other.type_name())),
+    }
 }
 
 /// `name, line N: kind: detail`, plus the causes of the error.

@@ -27,6 +27,7 @@ impl TaskIo for Sink {
             .lock()
             .push((level, line.to_string(), Instant::now()));
     }
+    fn change(&self, _: sloth_proto::change::Change) {}
     fn backend(&self) -> Arc<dyn SharedBackend> {
         Arc::new(NoBackend)
     }
@@ -39,6 +40,8 @@ fn state_with(cancel: CancelToken) -> (sloth_lua::capture::TaskState, Arc<Sink>)
         task_name: "t".into(),
         io: sink.clone(),
         cancel,
+        mode: Default::default(),
+        orchestrator: false,
     };
     (EXECUTOR.new_state(&ctx).unwrap(), sink)
 }

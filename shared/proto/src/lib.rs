@@ -7,6 +7,7 @@
 //! bincode (chosen by the user) is used only inside [`protocol`]'s encode and decode
 //! functions, so the encoding can be swapped without touching any other crate.
 
+pub mod change;
 pub mod data;
 pub mod graph;
 pub mod protocol;

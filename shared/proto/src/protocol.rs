@@ -6,9 +6,11 @@
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use crate::change::{Change, Mode};
 use crate::graph::{Graph, SharedRef};
 
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: tasks carry a [`Mode`] (check mode, diffs) and report [`Change`]s.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Lua version and bytecode format must match exactly: bytecode is shipped.
 pub const LUA_VERSION: &str = "Lua 5.4";
 pub const BYTECODE_FORMAT: u32 = 0x54;
@@ -115,6 +117,8 @@ pub struct TaskRequest {
     /// The host's inventory vars (a graph whose root is one table).
     pub host_vars: Graph,
     pub timeout_ms: Option<u64>,
+    /// Check mode and diffs, for the task's resources.
+    pub mode: Mode,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -209,6 +213,8 @@ pub enum ToMaster {
         method: String,
         args: Graph,
     },
+    /// What a resource (or handler) of the task did, as it happens.
+    Change(Box<Change>),
     Done {
         result: Result<Graph, TaskError>,
         duration_us: u64,

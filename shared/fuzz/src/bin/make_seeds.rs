@@ -20,7 +20,9 @@ fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
 
 /// A captured closure with upvalues, a shared reference and script globals.
 fn task_graph() -> Graph {
-    let lua = EXECUTOR.new_state(&TaskContext::offline("seed", "seed")).expect("a Lua state");
+    let lua = EXECUTOR
+        .new_state(&TaskContext::offline("seed", "seed"))
+        .expect("a Lua state");
     lua.load("GLOBAL_N = 3; GLOBAL_T = { a = { 1, 2 }, s = 'x' }")
         .exec()
         .expect("seed globals");
@@ -35,7 +37,8 @@ fn task_graph() -> Graph {
         .expect("seed closure");
     let mut enc = Encoder::new(&lua);
     enc.push_function_root(&f).expect("capture");
-    enc.push_root(&mlua::Value::Integer(7), "argument #1").expect("capture");
+    enc.push_root(&mlua::Value::Integer(7), "argument #1")
+        .expect("capture");
     enc.push_script_globals().expect("globals");
     let mut g = enc.finish();
     g.unsendable_globals.push(Unsendable {
@@ -70,10 +73,14 @@ fn main() {
         payload: task_graph(),
         host_vars: {
             let mut g = Graph::from_roots(vec![Value::Table(0)]);
-            g.push_table(vec![(Value::Str(b"role".to_vec()), Value::Str(b"web".to_vec()))]);
+            g.push_table(vec![(
+                Value::Str(b"role".to_vec()),
+                Value::Str(b"web".to_vec()),
+            )]);
             g
         },
         timeout_ms: Some(5000),
+        mode: Default::default(),
     }));
     let to_master = [
         ("started", ToMaster::Started),
@@ -125,18 +132,33 @@ fn main() {
     for (name, m) in &to_master {
         let f = frame(m);
         write(dir, "master_data", name, &f[4..]);
-        write(dir, "frame_decoder", &format!("to_master_{name}"), &[&[0u8][..], &f].concat());
+        write(
+            dir,
+            "frame_decoder",
+            &format!("to_master_{name}"),
+            &[&[0u8][..], &f].concat(),
+        );
     }
     let tf = frame(&task);
     write(dir, "agent_task", "task", &tf[4..]);
-    write(dir, "frame_decoder", "to_agent_task", &[&[1u8][..], &tf].concat());
+    write(
+        dir,
+        "frame_decoder",
+        "to_agent_task",
+        &[&[1u8][..], &tf].concat(),
+    );
     let reply = ToAgent::Reply {
         call_id: 3,
         result: Ok(data_graph()),
     };
     let rf = frame(&reply);
     write(dir, "agent_task", "reply", &rf[4..]);
-    write(dir, "frame_decoder", "to_agent_reply", &[&[5u8][..], &rf].concat());
+    write(
+        dir,
+        "frame_decoder",
+        "to_agent_reply",
+        &[&[5u8][..], &rf].concat(),
+    );
     let mut control = protocol::preamble(protocol::PROTOCOL_VERSION).to_vec();
     for m in [
         Control::Hello(Hello::current()),
@@ -151,7 +173,12 @@ fn main() {
     ] {
         control.extend(frame(&m));
     }
-    write(dir, "frame_decoder", "control", &[&[0x82u8][..], &control].concat());
+    write(
+        dir,
+        "frame_decoder",
+        "control",
+        &[&[0x82u8][..], &control].concat(),
+    );
 }
 
 /// Lets the seed list mix message types.
