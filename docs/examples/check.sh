@@ -15,6 +15,9 @@
 #                           relative to the repository root, where the script runs
 #   -- requires: CMD        skip the example when CMD is not installed
 # and is run as:  BIN_DIR/sloth-master run docs/examples/NAME.sloth ARGS
+# ARGS starting with @container run the example against one host named "box": a
+# throwaway container (scripts/container.sh, root only) whose changes vanish after;
+# the rest of ARGS follows (e.g. "@container --check").
 #
 # It also checks that every code block the docs mark with
 #   <!-- example: NAME.sloth -->
@@ -101,10 +104,36 @@ for f in docs/examples/*.sloth; do
     bad "$name"
     continue
   fi
+  box=
+  if [[ "$args" == @container* ]]; then
+    if [ "$(id -u)" != 0 ]; then
+      echo "skip  $name (runs in a container: needs root)"
+      skip=$((skip + 1))
+      continue
+    fi
+    box=docs-$$-${name%.sloth}
+    box=${box//_/-}
+    boxdir=$(mktemp -d)
+    "$MASTER" certs init --dir "$boxdir/certs" >/dev/null
+    "$MASTER" certs issue box --dir "$boxdir/certs" >/dev/null
+    printf '[hosts.box]\naddress = "127.78.%d.1:7447"\n' $(( $$ % 200 + 1 )) > "$boxdir/inv.toml"
+    if ! AGENT_NAME=box bash scripts/container.sh boot "$box" "127.78.$(( $$ % 200 + 1 )).1" 7447 \
+        "$boxdir/certs" "$AGENT" >"$boxdir/boot.log" 2>&1; then
+      sed 's/^/      | /' "$boxdir/boot.log"
+      bad "$name (container did not boot)"
+      rm -rf "$boxdir"
+      continue
+    fi
+    args="-i $boxdir/inv.toml --certs $boxdir/certs ${args#@container}"
+  fi
   start=$(date +%s%N)
   # shellcheck disable=SC2086
   out=$(NO_COLOR=1 timeout 60 "$MASTER" run "$f" $args 2>&1)
   code=$?
+  if [ -n "$box" ]; then
+    bash scripts/container.sh stop "$box" >/dev/null 2>&1
+    rm -rf "$boxdir"
+  fi
   ms=$((($(date +%s%N) - start) / 1000000))
   [ "$ms" -gt 3000 ] && slow+=("$name (${ms} ms)")
   check_output "$name" "$want" "$out" "$code" "${pats[@]}"
