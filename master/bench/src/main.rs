@@ -1397,7 +1397,7 @@ impl Bench {
             self.p.await_n, self.p.pool_n, self.p.local_n, self.p.quinn_seq, self.p.quinn_conc
         ));
         t.notes.push(
-            "rows 19-20 use the script's own \"total time (MODE)\" line (deploy phase only)"
+            "rows 19-20 use the script's own \"total time (MODE)\" line (deploy and HTTP check, with resources)"
                 .to_string(),
         );
         t.notes.push(format!(
@@ -2148,6 +2148,7 @@ fn executor_floor(per_thread: usize) -> anyhow::Result<f64> {
         payload: enc.finish(),
         host_vars: Default::default(),
         timeout_ms: None,
+        mode: Default::default(),
     });
     let start = Instant::now();
     let threads: Vec<_> = (0..2)
