@@ -101,6 +101,25 @@ for h in "${HOSTS[@]}"; do
     echo "example FAILED: check mode changed $h's current link"; fail=$((fail+1))
   fi
 done
+# ... and what it lists is exactly what the real run then changes.
+changed_set() { # the --json document on stdin -> "host resource target" lines, sorted
+  python3 -c 'import json, sys
+d = json.load(sys.stdin)
+for h, v in sorted(d["hosts"].items()):
+    for c in v["changes"]:
+        if c["kind"] == "resource" and c["changed"]:
+            print(h, c["resource"], c["target"])' | sort
+}
+planned=$("$BIN" run "$DEPLOY" "${FLEET[@]}" -e version=1.1.0 --check --json 2>/dev/null | changed_set)
+made=$("$BIN" run "$DEPLOY" "${FLEET[@]}" -e version=1.1.0 --json 2>/dev/null | changed_set)
+if [ -n "$made" ] && [ "$planned" = "$made" ]; then
+  echo "example ok: --check listed exactly the $(wc -l <<<"$made") changes the real run made"
+  pass=$((pass+1))
+else
+  echo "example FAILED: --check and the real run disagree"
+  diff <(echo "$planned") <(echo "$made") | head -20
+  fail=$((fail+1))
+fi
 
 mapfile -t healthy < <(per_host '^@ +pass 200 +pass 1/1 +pass [0-9]+% +pass [0-9]+% +pass [0-9.]+ +healthy$')
 check "health check (all healthy)" 0 "${healthy[@]}" \
@@ -138,12 +157,12 @@ check "health check ($victim down)" 1 "${others[@]}" \
 
 # The same kind of deployment (new version, services restarted), one host at a time,
 # and then in parallel again: the two timings are measured, not claimed.
-mapfile -t deployed_110 < <(per_host '^@ +1\.1\.0 +deployed +release unpacked')
-check "deployment (sequential, 1.1.0)" 0 "${deployed_110[@]}" \
-  "deploying 1\.1\.0 to 6 host\(s\), sequential" \
+mapfile -t deployed_115 < <(per_host '^@ +1\.1\.5 +deployed +release unpacked')
+check "deployment (sequential, 1.1.5)" 0 "${deployed_115[@]}" \
+  "deploying 1\.1\.5 to 6 host\(s\), sequential" \
   "total time \(sequential\): [0-9]+ ms for 6 host\(s\)" \
-  "deployment of 1\.1\.0: 6/6 host\(s\) ok" -- \
-  "$BIN" run "$DEPLOY" "${FLEET[@]}" -e version=1.1.0 -e mode=sequential
+  "deployment of 1\.1\.5: 6/6 host\(s\) ok" -- \
+  "$BIN" run "$DEPLOY" "${FLEET[@]}" -e version=1.1.5 -e mode=sequential
 sequential=$(grep -oE 'total time \(sequential\): [0-9]+ ms' <<<"$LAST_OUT" | grep -oE '[0-9]+')
 
 mapfile -t deployed_120 < <(per_host '^@ +1\.2\.0 +deployed +release unpacked')

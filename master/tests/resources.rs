@@ -767,3 +767,72 @@ goroutine.await(h)
     );
     assert!(!p.exists(), "a bad call wrote");
 }
+
+/// A resource that needs root says so, before it changes anything, when the agent runs
+/// as another user (here `nobody`: the master and its local agent are started with
+/// setpriv when the test runs as root).
+#[test]
+fn resources_that_need_root_say_so() {
+    let dir = tempfile::Builder::new()
+        .prefix("sloth-nonroot-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let script = dir.path().join("t.sloth");
+    std::fs::write(
+        &script,
+        r#"
+local h = goroutine.async(function()
+  -- Never as root: this test must not create users on the machine.
+  assert(exec.run({ "id", "-u" }).stdout ~= "0\n", "the agent runs as root")
+  print("user", pcall(user.present, { name = "sloth-not-created" }))
+  print("group", pcall(group.absent, "root"))
+  local p = os.tmpname()
+  print("owner", pcall(file.content, { path = p, content = "x", owner = "root" }))
+  print("left", fs.exists(p) and (fs.read(p) == "" and "empty temp file" or "WRITTEN") or "nothing")
+  os.remove(p)
+end, { delegate_to = "local-01" })
+local ok, err = goroutine.await(h)
+print("done", ok, err)
+"#,
+    )
+    .unwrap();
+    let mut cmd = if rustix::process::geteuid().is_root() {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(master_bin());
+        c
+    } else {
+        std::process::Command::new(master_bin())
+    };
+    cmd.current_dir(dir.path())
+        .env("TMPDIR", dir.path())
+        .env("HOME", dir.path())
+        .arg("run")
+        .arg(&script)
+        .args(["--local-fleet", "1"]);
+    let out = Running::spawn(cmd).finish(RUN_TIMEOUT);
+    out.assert_code(0);
+    assert_eq!(out.line("done"), "true\tnil", "{out}");
+    let uid = rustix::process::geteuid();
+    let who = if uid.is_root() { 65534 } else { uid.as_raw() };
+    assert_eq!(
+        out.task_line("user"),
+        format!("false\tuser.present sloth-not-created: needs root (running as uid {who})")
+    );
+    assert_eq!(
+        out.task_line("group"),
+        format!("false\tgroup.absent root: needs root (running as uid {who})")
+    );
+    let owner = out.task_line("owner");
+    assert!(
+        owner.starts_with("false\tfile.content ")
+            && owner.contains(&format!("(running as uid {who}, not root)")),
+        "{owner}"
+    );
+    assert_ne!(out.task_line("left"), "WRITTEN", "{out}");
+}
