@@ -274,12 +274,19 @@ local h = goroutine.async(function()
   print("rm", fs.rm(d .. "/keep"))
   print("save", a:save(d .. "/saved"))
   print("os", os.remove(d .. "/keep"), os.execute("touch " .. d .. "/osx"))
-  print("io", io.open(d .. "/io", "w"))
+  local f = io.open(d .. "/io", "w")
+  print("io", f:write("x") ~= nil, f:close())
+  io.output(d .. "/io2"); io.write("y"); io.output(io.stdout)
+  local post = http.post("http://127.0.0.1:9/deploy", "x", {{ timeout = 200 }})
+  print("http", post and post.skipped, post and post.check_mode)
   print("read", io.open(d .. "/keep", "r") ~= nil)
   print("check", host.check)
 end, {{ delegate_to = "web-01" }})
 goroutine.await(h)
 print("main check", host.check)
+-- The main script's handlers act on the master like a task: skipped in check mode.
+handler("main", function() exec.run({{"touch", "{d}/by-main-handler"}}) end)
+file.content{{ path = "{d}/main-conf", content = "x", notify = "main" }}
 "#,
         d = d.display()
     );
@@ -296,8 +303,11 @@ print("main check", host.check)
         out.stdout.contains("check mode: skipped: os.remove("),
         "{out}"
     );
+    assert_eq!(out.task_line("io"), "true\ttrue", "{out}");
+    assert_eq!(out.task_line("http"), "true\ttrue", "{out}");
     assert!(
-        out.task_line("io").contains("skipped in check mode"),
+        out.stdout
+            .contains("check mode: not sending: POST http://127.0.0.1:9/deploy"),
         "{out}"
     );
     assert_eq!(out.task_line("read"), "true");
@@ -316,6 +326,7 @@ print("main check", host.check)
     let out = fleet.run(&script, &[]);
     out.assert_code(0);
     assert!(d.join("ran").exists() && d.join("written").exists() && !d.join("keep").exists());
+    assert!(d.join("by-main-handler").exists() && d.join("io").exists());
     assert_eq!(out.task_line("check"), "false");
 }
 
@@ -342,6 +353,7 @@ local h = goroutine.async(function()
   print("changed_when", r.changed, r.action, ((r.stdout or ""):gsub("\n", "")))
   local ok, err = pcall(cmd.run, {{ "echo boom >&2; exit 3" }})
   print("fails", ok, err)
+  print("empty", pcall(cmd.run, {{ cmd = "  " }}))
 end, {{ delegate_to = "web-01" }})
 local ok, err = goroutine.await(h)
 print("done", ok, err)
@@ -383,6 +395,11 @@ print("done", ok, err)
     assert!(
         fails.contains("cmd.run echo boom >&2; exit 3: exit code 3: boom"),
         "{fails}"
+    );
+    assert!(
+        out.task_line("empty")
+            .contains("cmd.run: option 'cmd' must not be empty"),
+        "{out}"
     );
     assert!(!d.join("u").exists() && !d.join("o").exists());
 }
@@ -576,6 +593,32 @@ print("r", goroutine.await(h))
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .collect();
     assert_eq!(leftovers, vec!["site"], "no temporary directory is left");
+    // A directory it did not unpack is replaced only with force = true.
+    let foreign = fleet.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("data"), "keep me").unwrap();
+    let forced = |force: bool| {
+        format!(
+            r#"
+local a = assert(artifact.file("{tgz}"))
+local h = goroutine.async(function()
+  local r = archive.unpacked{{ artifact = a, dest = "{dest}", strip = 1, force = {force} }}
+  return r.changed
+end, {{ delegate_to = "web-01" }})
+print("r", goroutine.await(h))
+"#,
+            tgz = fleet.path().join("site-2.tgz").display(),
+            dest = foreign.display()
+        )
+    };
+    let out = fleet.run(&forced(false), &[]);
+    assert!(out.line("r").contains("holds no .sloth-archive"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(foreign.join("data")).unwrap(),
+        "keep me"
+    );
+    assert_eq!(fleet.run(&forced(true), &[]).line("r"), "true\ttrue");
+    assert!(!foreign.join("data").exists());
     // Not an archive: a clear error, the old tree stays.
     let bad = fleet.path().join("bad.tgz");
     std::fs::write(&bad, vec![b'x'; 2000]).unwrap();
@@ -835,4 +878,72 @@ print("done", ok, err)
         "{owner}"
     );
     assert_ne!(out.task_line("left"), "WRITTEN", "{out}");
+}
+
+/// Check mode follows what earlier resources of the task would remove and create: a
+/// directory cleaned and made again, files below a directory made with its parents.
+#[test]
+fn check_mode_follows_removals_and_parents() {
+    let fleet = TestFleet::web(1);
+    let d = fleet.path().join("plan");
+    std::fs::create_dir_all(d.join("build")).unwrap();
+    std::fs::write(d.join("build/old"), "old").unwrap();
+    std::fs::write(d.join("build/stamp"), "v1").unwrap();
+    let script = format!(
+        r#"
+local h = goroutine.async(function()
+  local d = "{d}"
+  file.absent(d .. "/build")
+  file.directory(d .. "/build")
+  file.content{{ path = d .. "/build/stamp", content = "v1" }}
+  file.directory(d .. "/releases/1.0/static")
+  file.content{{ path = d .. "/releases/config.yml", content = "a: 1\n" }}
+  file.line{{ path = d .. "/releases/1.0/env", line = "A=1", create = true }}
+end, {{ delegate_to = "web-01" }})
+assert(goroutine.await(h))
+"#,
+        d = d.display()
+    );
+    let check = fleet.run(&script, &["--check", "--json"]);
+    check.assert_code(0);
+    assert!(d.join("build/old").exists(), "check mode removed a file");
+    let real = fleet.run(&script, &["--json"]);
+    real.assert_code(0);
+    let (planned, done) = (changed_set(&json(&check)), changed_set(&json(&real)));
+    assert_eq!(planned, done);
+    assert_eq!(done.len(), 6, "{done:?}");
+}
+
+/// A file whose owner is fixed keeps the set-id bits it is asked to have: a chown
+/// clears them, so the mode is set again after it, and a second run finds nothing.
+#[test]
+fn fixing_an_owner_keeps_setid_bits() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to chown");
+        return;
+    }
+    let fleet = TestFleet::web(1);
+    let p = fleet.path().join("tool");
+    std::fs::write(&p, "#!/bin/sh\n").unwrap();
+    std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+    let script = format!(
+        r##"
+local h = goroutine.async(function()
+  local r = file.content{{ path = "{p}", content = "#!/bin/sh\n", mode = "4755", owner = "root", group = "root" }}
+  return r.changed, r.action
+end, {{ delegate_to = "web-01" }})
+print("r", goroutine.await(h))
+"##,
+        p = p.display()
+    );
+    let out = fleet.run(&script, &[]);
+    assert_eq!(
+        out.line("r"),
+        "true\ttrue\towner 65534 -> root, group 65534 -> root",
+        "{out}"
+    );
+    let m = std::fs::metadata(&p).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o4755));
+    assert_eq!(fleet.run(&script, &[]).line("r"), "true\tfalse\tok");
 }

@@ -170,3 +170,39 @@ goroutine.await(h)
     );
     assert_eq!(sh(&c, "getent passwd ok1; getent group ok2 ok3"), "");
 }
+
+/// Check mode and units systemd does not know: a misspelled unit is an error as in
+/// the real run; one an earlier `service.unit` of the task would write is planned.
+#[test]
+fn check_mode_plans_only_units_that_would_exist() {
+    if let Some(why) = container::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut fleet = TestFleet::empty();
+    let _c = Container::boot(&mut fleet, "box", &[]);
+    let out = fleet.run(
+        r#"
+local h = goroutine.async(function()
+  print("typo", pcall(service.running, { name = "sloth-no-such-unit" }))
+  service.unit{ name = "sloth-planned", content = "[Service]\nExecStart=/bin/sleep 600\n" }
+  local r = service.running("sloth-planned")
+  print("planned", r.changed, r.action)
+end, { delegate_to = "box" })
+assert(goroutine.await(h))
+"#,
+        &["--check"],
+    );
+    out.assert_code(0);
+    assert!(
+        out.task_line("typo").starts_with(
+            "false\tservice.running sloth-no-such-unit: no such unit: systemd knows no sloth-no-such-unit.service"
+        ),
+        "{out}"
+    );
+    assert_eq!(
+        out.task_line("planned"),
+        "true\twould start (the unit does not exist yet)",
+        "{out}"
+    );
+}

@@ -53,6 +53,12 @@ pub fn run_script(rt: &Arc<Runtime>, path: &Path, vars: &[(String, String)]) -> 
         .load(code)
         .set_name(format!("@{name}"))
         .call::<mlua::MultiValue>(());
+    // Handlers act on the host like a task does: in check mode their raw calls are
+    // skipped too (the script's own orchestration is over).
+    if let Some(mut ctx) = lua.app_data_ref::<TaskContext>().map(|c| c.clone()) {
+        ctx.orchestrator = false;
+        lua.set_app_data(ctx);
+    }
     sloth_modules::resources::handlers::after_body(&lua, body)
         .map(|_| ())
         .map_err(|e| executor::error_text(&e))

@@ -1,7 +1,8 @@
 //! Check mode for the standard library's calls that change the host: in a task
-//! run with `--check`, `os.remove`, `os.rename` and `io.open` for writing change
-//! nothing, and `io.popen` runs nothing (`os.execute` goes through `exec.run`, which
-//! skips it). The main script is not guarded: it orchestrates the run.
+//! run with `--check`, `os.remove` and `os.rename` change nothing, `io.open` for
+//! writing and `io.output(path)` write to `/dev/null` instead, and `io.popen` runs
+//! nothing (`os.execute` goes through `exec.run`, which skips it). The main script is
+//! not guarded: it orchestrates the run.
 
 use mlua::{Function, Lua, MultiValue, Table, Value as LV};
 use sloth_lua::context::{skip_in_check_mode, SKIPPED_IN_CHECK_MODE};
@@ -24,13 +25,15 @@ pub(crate) fn guard_os(lua: &Lua, os_lib: &Table) -> mlua::Result<()> {
     Ok(())
 }
 
-/// Wrap `io.open` (a writing mode: `w`, `a` or `+`) and `io.popen`: in check mode
-/// they give `nil, "<path>: skipped in check mode"` as a failed open does, so a
-/// script that checks the result sees why.
+/// Wrap `io.open` (a writing mode: `w`, `a` or `+`), `io.output(path)` and
+/// `io.popen`. In check mode the first two open `/dev/null` instead (a script can write
+/// and close as usual, nothing reaches the file), and `io.popen` gives `nil,
+/// "COMMAND: skipped in check mode"` as a failed start does.
 pub(crate) fn guard_io(lua: &Lua, io_lib: &Table) -> mlua::Result<()> {
     let Ok(LV::Function(open)) = io_lib.raw_get::<LV>("open") else {
         return Ok(());
     };
+    let open2 = open.clone();
     let wrapped = lua.create_function(move |lua, args: MultiValue| {
         let mode = match args.get(1) {
             Some(LV::String(m)) => m.to_string_lossy().to_string(),
@@ -38,11 +41,21 @@ pub(crate) fn guard_io(lua: &Lua, io_lib: &Table) -> mlua::Result<()> {
         };
         let writes = mode.contains(['w', 'a', '+']);
         if writes && refused(lua, &format!("io.open({})", describe(&args)))? {
-            return refusal(lua, &args);
+            return open2.call::<MultiValue>(("/dev/null", "w"));
         }
-        open.call::<MultiValue>(args)
+        open2.call::<MultiValue>(args)
     })?;
     io_lib.raw_set("open", wrapped)?;
+    if let Ok(LV::Function(output)) = io_lib.raw_get::<LV>("output") {
+        let wrapped = lua.create_function(move |lua, args: MultiValue| {
+            let names_a_file = matches!(args.front(), Some(LV::String(_)));
+            if names_a_file && refused(lua, &format!("io.output({})", describe(&args)))? {
+                return output.call::<MultiValue>("/dev/null");
+            }
+            output.call::<MultiValue>(args)
+        })?;
+        io_lib.raw_set("output", wrapped)?;
+    }
     if let Ok(LV::Function(popen)) = io_lib.raw_get::<LV>("popen") {
         let wrapped: Function = lua.create_function(move |lua, args: MultiValue| {
             if refused(lua, &format!("io.popen({})", describe(&args)))? {

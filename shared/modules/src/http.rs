@@ -7,7 +7,12 @@
 //! Options: `headers` (table of name → value), `timeout` (ms or `"30s"`, default 30 s,
 //! capped by the task's deadline), `insecure` (skip TLS certificate verification),
 //! `max_body` (bytes of response body kept, default 64 MiB; more is an error),
-//! `follow_redirects` (default true).
+//! `follow_redirects` (default true), `read_only` (the request changes nothing: it is
+//! sent in check mode too).
+//!
+//! In check mode a task's requests other than GET, HEAD and OPTIONS are not sent
+//! (unless `read_only`): they return `{skipped = true, check_mode = true, ok = true,
+//! body = "", headers = {}, duration_ms = 0}` (no `status`).
 //!
 //! Returns `{status, body, headers, ok, duration_ms}` (`ok`: status is 2xx; header
 //! names lowercased, repeated headers joined with ", "), or `nil, err` when the request
@@ -123,6 +128,8 @@ struct Req {
     insecure: bool,
     max_body: u64,
     follow_redirects: bool,
+    /// The request changes nothing on the server: it runs in check mode too.
+    read_only: bool,
 }
 
 struct Resp {
@@ -167,7 +174,9 @@ impl Req {
         let mut insecure = false;
         let mut max_body = DEFAULT_MAX_BODY;
         let mut follow_redirects = true;
+        let mut read_only = false;
         if let Some(o) = opts {
+            read_only = o.get::<Option<bool>>("read_only")?.unwrap_or(false);
             match o.get::<LV>("headers")? {
                 LV::Nil => {}
                 LV::Table(h) => {
@@ -223,6 +232,7 @@ impl Req {
             insecure,
             max_body,
             follow_redirects,
+            read_only,
         })
     }
 
@@ -293,6 +303,22 @@ fn describe(e: &ureq::Error) -> String {
 
 fn perform(lua: &Lua, mut req: Req) -> mlua::Result<MultiValue> {
     let ctx = task_ctx(lua)?;
+    let safe = matches!(req.method.as_str(), "GET" | "HEAD" | "OPTIONS");
+    if ctx.mode.check && !ctx.orchestrator && !safe && !req.read_only {
+        // Check mode: a request that may change something on the server is not sent.
+        ctx.io.log(
+            sloth_proto::protocol::LogLevel::Info,
+            &format!("check mode: not sending: {} {}", req.method, req.url),
+        );
+        let t = lua.create_table()?;
+        t.raw_set("skipped", true)?;
+        t.raw_set("check_mode", true)?;
+        t.raw_set("ok", true)?;
+        t.raw_set("body", "")?;
+        t.raw_set("headers", lua.create_table()?)?;
+        t.raw_set("duration_ms", 0)?;
+        return Ok(MultiValue::from_vec(vec![LV::Table(t)]));
+    }
     if let Some(rem) = ctx.cancel.remaining() {
         req.timeout = req.timeout.min(rem.max(Duration::from_millis(1)));
     }

@@ -137,12 +137,6 @@ fn supplementary(user: &str) -> Vec<String> {
     out
 }
 
-/// The key check mode's plan notes an account under (accounts are not paths; the
-/// plan's keys are, so a name outside the filesystem is used).
-pub(crate) fn plan_key(kind: &str, name: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(format!("\0sloth-{kind}/{name}"))
-}
-
 /// Run an account tool; its failure is the call's error, with the tool's words.
 fn tool(call: &Call, argv: &[&str]) -> mlua::Result<Finished> {
     let opts = ProcOpts {
@@ -191,7 +185,8 @@ fn user_present(lua: &Lua, arg: LV) -> mlua::Result<Table> {
     wanted_groups.sort();
     wanted_groups.dedup();
     for g in primary.iter().chain(wanted_groups.iter()) {
-        let planned = call.check() && super::outcome::exists(lua, &plan_key("group", g));
+        let planned =
+            call.check() && super::outcome::exists(lua, &super::outcome::plan_key("group", g));
         if !planned && group(&ctx, g).map_err(|e| call.fail(e))?.is_none() {
             return Err(call.fail(format!("group '{g}' does not exist on this host")));
         }
@@ -229,7 +224,7 @@ fn user_present(lua: &Lua, arg: LV) -> mlua::Result<Table> {
             if !call.check() {
                 tool(&call, &argv)?;
             }
-            Outcome::changed("created").planning(&plan_key("user", &name), true)
+            Outcome::changed("created").planning(&super::outcome::plan_key("user", &name), true)
         }
         Some(p) => {
             let mut changes = Vec::new();
@@ -345,7 +340,7 @@ fn user_absent(lua: &Lua, arg: LV) -> mlua::Result<Table> {
                 argv.extend(["--", &name]);
                 tool(&call, &argv)?;
             }
-            Outcome::changed("removed").planning(&plan_key("user", &name), false)
+            Outcome::changed("removed").planning(&super::outcome::plan_key("user", &name), false)
         }
     };
     call.done(lua, outcome)
@@ -379,7 +374,7 @@ fn group_present(lua: &Lua, arg: LV) -> mlua::Result<Table> {
                 argv.extend(["--", &name]);
                 tool(&call, &argv)?;
             }
-            Outcome::changed("created").planning(&plan_key("group", &name), true)
+            Outcome::changed("created").planning(&super::outcome::plan_key("group", &name), true)
         }
         Some(g) => match (&gid_s, gid) {
             (Some(s), Some(want)) if i64::from(g.gid) != want => {
@@ -414,7 +409,7 @@ fn group_absent(lua: &Lua, arg: LV) -> mlua::Result<Table> {
             if !call.check() {
                 tool(&call, &["groupdel", "--", &name])?;
             }
-            Outcome::changed("removed").planning(&plan_key("group", &name), false)
+            Outcome::changed("removed").planning(&super::outcome::plan_key("group", &name), false)
         }
     };
     call.done(lua, outcome)

@@ -27,6 +27,11 @@ fn run(lua: &Lua, arg: LV) -> mlua::Result<Table> {
     const R: &str = "cmd.run";
     let mut o = args(lua, R, arg, "cmd")?;
     let cmd = o.value("cmd")?;
+    if let LV::String(c) = &cmd {
+        if c.as_bytes().iter().all(|b| b.is_ascii_whitespace()) {
+            return Err(o.error("cmd", "must not be empty"));
+        }
+    }
     let shell = o.value("shell")?;
     let spec = command_spec(R, &cmd, &shell)?;
     let call = Call::new(lua, R, spec.display.clone(), &mut o)?;

@@ -6,7 +6,7 @@ use similar::TextDiff;
 use sloth_lua::artifact::hash_bytes;
 
 /// Diffs longer than this are cut (the master keeps at most 1 MiB per change).
-const MAX: usize = 256 * 1024;
+pub(crate) const MAX: usize = 256 * 1024;
 
 /// A unified diff of `before` → `after` for `label` (a path), or `None` when they
 /// are equal. A missing file is diffed as empty (`before` = `None`).
@@ -64,7 +64,11 @@ pub(crate) fn property(label: &str, what: &str, before: &str, after: &str) -> St
 fn summary(b: Option<&[u8]>) -> String {
     match b {
         None => "(none)".into(),
-        Some(b) => format!("{} bytes, sha256 {}", b.len(), &hash_bytes(b)[..16]),
+        Some(b) => format!(
+            "{} bytes, sha256 {}",
+            b.len(),
+            super::outcome::short(&hash_bytes(b), 16)
+        ),
     }
 }
 

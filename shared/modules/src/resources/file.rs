@@ -22,8 +22,8 @@ use sloth_lua::artifact::{self, hash_file};
 use sloth_lua::shared_obj::SharedObj;
 
 use super::diff;
-use super::fsutil::{self, final_attrs, kind_of, lstat, reason, Attrs};
-use super::outcome::{self, args, artifact_opt, resource_fn, Call, Outcome};
+use super::fsutil::{self, final_attrs, kind_of, reason, Attrs};
+use super::outcome::{self, args, artifact_opt, resource_fn, short, Call, Outcome};
 use crate::template;
 
 pub(crate) fn install(lua: &Lua, t: &Table) -> mlua::Result<()> {
@@ -82,6 +82,22 @@ fn content(lua: &Lua, arg: LV) -> mlua::Result<Table> {
     call.done(lua, outcome)
 }
 
+/// Whether the directory a file goes in is there (or, in check mode, would be by
+/// now): `Ok(true)` when it is missing and `parents` says to create it.
+fn parent_ready(lua: &Lua, call: &Call, dir: &Path, parents: bool) -> mlua::Result<bool> {
+    match outcome::lstat(lua, dir).map_err(|e| call.fail(reason(&e)))? {
+        Some(m) if m.is_dir() => Ok(false),
+        Some(m) => Err(call.fail(format!("{} is {}", dir.display(), kind_of(&m)))),
+        None if parents => Ok(true),
+        // Check mode: an earlier resource of this task would have made it.
+        None if call.check() && outcome::exists(lua, dir) => Ok(false),
+        None => Err(call.fail(format!(
+            "the directory {} does not exist (parents = true creates it)",
+            dir.display()
+        ))),
+    }
+}
+
 /// Make `path` hold `source` with `attrs` (what `file.content` does once its options
 /// are read; `service.unit` writes unit files with it). Honours check mode and diffs.
 pub(crate) fn put_content(
@@ -93,26 +109,14 @@ pub(crate) fn put_content(
     parents: bool,
 ) -> mlua::Result<Outcome> {
     let fail = |e: std::io::Error| call.fail(reason(&e));
-    let meta = lstat(path).map_err(fail)?;
+    let meta = outcome::lstat(lua, path).map_err(fail)?;
     if let Some(m) = &meta {
         if !m.is_file() {
             return Err(call.fail(format!("exists and is {}, not a file", kind_of(m))));
         }
     }
     let dir = path.parent().unwrap_or(Path::new("/"));
-    let make_parents = match lstat(dir).map_err(fail)? {
-        Some(m) if m.is_dir() => false,
-        Some(m) => return Err(call.fail(format!("{} is {}", dir.display(), kind_of(&m)))),
-        None if parents => true,
-        // Check mode: an earlier resource of this task would have made it.
-        None if call.check() && outcome::exists(lua, dir) => false,
-        None => {
-            return Err(call.fail(format!(
-                "the directory {} does not exist (parents = true creates it)",
-                dir.display()
-            )))
-        }
-    };
+    let make_parents = parent_ready(lua, call, dir, parents)?;
     // The new content, and whether it matches what is there.
     let (new_bytes, same): (Option<Vec<u8>>, bool) = match &source {
         Source::Bytes(b) => {
@@ -156,7 +160,9 @@ pub(crate) fn put_content(
     let action = if meta.is_some() { "updated" } else { "created" };
     let label = path.display().to_string();
     let old = match (&meta, call.diffs()) {
-        (Some(_), true) => fsutil::read_if_exists(path).map_err(fail)?,
+        (Some(m), true) if m.len() <= diff::MAX as u64 => {
+            fsutil::read_if_exists(path).map_err(fail)?
+        }
         _ => None,
     };
     let d = match (&source, &new_bytes) {
@@ -167,7 +173,7 @@ pub(crate) fn put_content(
                 .map_err(|e| call.fail(format!("artifact: {e}")))?;
             Some(format!(
                 "--- before: {label}\n+++ after: {label}\ncontent would become the artifact's: {size} bytes, sha256 {}\n",
-                &sha[..16.min(sha.len())]
+                short(&sha, 16)
             ))
         }
         _ => None,
@@ -191,12 +197,23 @@ pub(crate) fn put_content(
             let obj = u.borrow::<SharedObj>()?;
             let fetched = artifact::fetch(lua, obj.r, obj.backend())?
                 .map_err(|e| call.fail(format!("artifact: {e}")))?;
-            let bytes = fs::read(&fetched.path).map_err(fail)?;
-            fsutil::write_atomic(path, &bytes, mode, uid, gid).map_err(fail)?;
-            if call.diffs() {
-                diff::unified(&label, old.as_deref(), Some(&bytes))
-            } else {
-                None
+            // Copied as a stream: an artifact may be far larger than memory.
+            fsutil::write_atomic_with(path, mode, uid, gid, |f| {
+                let mut from = fs::File::open(&fetched.path)?;
+                std::io::copy(&mut from, f).map(|_| ())
+            })
+            .map_err(fail)?;
+            match (call.diffs(), fetched.size <= diff::MAX as u64) {
+                (true, true) => {
+                    let bytes = fs::read(path).map_err(fail)?;
+                    diff::unified(&label, old.as_deref(), Some(&bytes))
+                }
+                (true, false) => Some(format!(
+                    "--- before: {label}\n+++ after: {label}\ncontent is now the artifact's: {} bytes, sha256 {}\n",
+                    fetched.size,
+                    short(&fetched.sha256, 16)
+                )),
+                (false, _) => None,
             }
         }
     };
@@ -211,7 +228,9 @@ fn directory(lua: &Lua, arg: LV) -> mlua::Result<Table> {
     let attrs = Attrs::read(lua, &mut o, &call.ctx)?;
     o.finish()?;
     let fail = |e: std::io::Error| call.fail(reason(&e));
-    let outcome = match lstat(&path).map_err(fail)? {
+    let outcome = match outcome::lstat(lua, &path).map_err(fail)? {
+        // Check mode: an earlier resource of this task would have made it.
+        None if call.check() && outcome::exists(lua, &path) => Outcome::ok("ok"),
         Some(m) if m.is_dir() => {
             let todo = attrs.differences(&m);
             if todo.is_empty() {
@@ -258,7 +277,7 @@ fn symlink(lua: &Lua, arg: LV) -> mlua::Result<Table> {
     o.finish()?;
     let fail = |e: std::io::Error| call.fail(reason(&e));
     let label = path.display().to_string();
-    let (action, before) = match lstat(&path).map_err(fail)? {
+    let (action, before) = match outcome::lstat(lua, &path).map_err(fail)? {
         Some(m) if m.file_type().is_symlink() => {
             let old = fs::read_link(&path).map_err(fail)?;
             if old == target {
@@ -313,7 +332,7 @@ fn absent(lua: &Lua, arg: LV) -> mlua::Result<Table> {
     }
     let fail = |e: std::io::Error| call.fail(reason(&e));
     let label = path.display().to_string();
-    let outcome = match lstat(&path).map_err(fail)? {
+    let outcome = match outcome::lstat(lua, &path).map_err(fail)? {
         None => Outcome::ok("ok"),
         Some(m) if m.is_dir() => {
             let n = fs::read_dir(&path).map(|r| r.count()).unwrap_or(0);
@@ -359,17 +378,21 @@ fn edit_file(
 ) -> mlua::Result<Outcome> {
     let fail = |e: std::io::Error| call.fail(reason(&e));
     let real = fsutil::follow(path).map_err(fail)?;
-    let meta = lstat(&real).map_err(fail)?;
+    let meta = outcome::lstat(lua, &real).map_err(fail)?;
     if let Some(m) = &meta {
         if !m.is_file() {
             return Err(call.fail(format!("exists and is {}, not a file", kind_of(m))));
         }
     }
     // In check mode, what earlier resources of this task would have written.
-    let old = match outcome::planned_content(lua, &real) {
-        Some(planned) => Some(planned),
-        None => fsutil::read_if_exists(&real).map_err(fail)?,
+    let old = match (outcome::planned_content(lua, &real), &meta) {
+        (Some(planned), _) => Some(planned),
+        (None, Some(_)) => fsutil::read_if_exists(&real).map_err(fail)?,
+        (None, None) => None,
     };
+    if old.is_none() && create {
+        parent_ready(lua, call, real.parent().unwrap_or(Path::new("/")), false)?;
+    }
     let new = match (&old, edit(old.as_deref().unwrap_or_default())) {
         (_, None) => None,
         // Check mode: an earlier resource of this task would have made it.

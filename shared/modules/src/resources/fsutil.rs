@@ -178,13 +178,22 @@ impl Attrs {
     /// Set mode, owner and group on `path` where they differ from `m` (a symlink
     /// is never followed: its own owner changes).
     pub fn apply(&self, path: &Path, m: &fs::Metadata) -> io::Result<()> {
-        if self.uid.is_some_and(|u| u != m.uid()) || self.gid.is_some_and(|g| g != m.gid()) {
+        let chowned =
+            self.uid.is_some_and(|u| u != m.uid()) || self.gid.is_some_and(|g| g != m.gid());
+        if chowned {
             std::os::unix::fs::lchown(path, self.uid, self.gid)?;
         }
-        if let Some(mode) = self.mode {
-            if m.mode() & 0o7777 != mode && !m.file_type().is_symlink() {
-                fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-            }
+        if m.file_type().is_symlink() {
+            return Ok(());
+        }
+        // A chown clears the set-id bits: the mode is set again after one.
+        let mode = match (self.mode, chowned) {
+            (Some(want), _) if chowned || m.mode() & 0o7777 != want => Some(want),
+            (None, true) if m.mode() & 0o6000 != 0 => Some(m.mode() & 0o7777),
+            _ => None,
+        };
+        if let Some(mode) = mode {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
         }
         Ok(())
     }
@@ -197,7 +206,7 @@ const PLANNED_ID: u32 = u32::MAX;
 
 /// Whether check mode has planned `kind` (`user`, `group`) `name` in this task.
 fn planned(lua: &Lua, kind: &str, name: &str) -> bool {
-    super::outcome::exists(lua, &accounts::plan_key(kind, name))
+    super::outcome::exists(lua, &super::outcome::plan_key(kind, name))
 }
 
 /// An octal mode string (`0644`, `644`, `0o644`, `04755`).
@@ -264,6 +273,18 @@ pub(crate) fn write_atomic(
     uid: Option<u32>,
     gid: Option<u32>,
 ) -> io::Result<()> {
+    write_atomic_with(path, mode, uid, gid, |f| f.write_all(data))
+}
+
+/// [`write_atomic`] with the content written by `fill` (a copy from a file, as a
+/// stream).
+pub(crate) fn write_atomic_with(
+    path: &Path,
+    mode: u32,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    fill: impl FnOnce(&mut fs::File) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("/"),
@@ -275,7 +296,7 @@ pub(crate) fn write_atomic(
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{base}.sloth-"))
         .tempfile_in(dir)?;
-    tmp.as_file_mut().write_all(data)?;
+    fill(tmp.as_file_mut())?;
     if uid.is_some() || gid.is_some() {
         std::os::unix::fs::fchown(tmp.as_file(), uid, gid)?;
     }

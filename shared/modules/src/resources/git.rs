@@ -152,8 +152,8 @@ fn checkout(lua: &Lua, arg: LV) -> mlua::Result<Table> {
     call.done(lua, outcome)
 }
 
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
+fn short(sha: &str) -> String {
+    super::outcome::short(sha, 12)
 }
 
 struct Git<'a> {
@@ -174,6 +174,8 @@ impl Git<'_> {
             timeout: Some(self.timeout),
             env: vec![
                 ("GIT_TERMINAL_PROMPT".into(), Some("0".into())),
+                // `git status` must not refresh the index (check mode changes nothing).
+                ("GIT_OPTIONAL_LOCKS".into(), Some("0".into())),
                 ("GIT_ASKPASS".into(), Some("/bin/false".into())),
                 ("LC_ALL".into(), Some("C".into())),
             ],

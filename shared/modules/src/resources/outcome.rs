@@ -199,11 +199,24 @@ impl Call {
     }
 }
 
-/// The last `n` lines of `b`, trimmed and joined with ` | `, for error messages.
+/// The end of a program's error output for a message: its last `n` non-blank lines,
+/// joined with ` | `, after the first line that says `fatal:`, `error:` or `E:` when
+/// that one is further up (git, apt and others say why there, then add advice).
 pub(crate) fn tail(b: &[u8], n: usize) -> String {
     let text = String::from_utf8_lossy(b);
-    let lines: Vec<&str> = text.trim_end().lines().collect();
-    lines[lines.len().saturating_sub(n)..].join(" | ")
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let from = lines.len().saturating_sub(n);
+    let cause = lines[..from].iter().find(|l| {
+        let l = l.trim_start();
+        l.starts_with("fatal:") || l.starts_with("error:") || l.starts_with("E:")
+    });
+    let mut out: Vec<&str> = cause.into_iter().copied().collect();
+    out.extend(&lines[from..]);
+    out.join(" | ")
 }
 
 /// What check mode has planned so far in this task: paths earlier resources would
@@ -245,7 +258,8 @@ pub(crate) fn plan(lua: &Lua, path: &std::path::Path, exists: bool) {
         let mut p = p.lock();
         let path = path.to_path_buf();
         if exists {
-            p.removed.remove(&path);
+            // A removal planned above stays: what was below it is still gone (a
+            // directory made again is empty).
             p.created.insert(path);
         } else {
             p.created.retain(|c| !c.starts_with(&path));
@@ -255,19 +269,49 @@ pub(crate) fn plan(lua: &Lua, path: &std::path::Path, exists: bool) {
     }
 }
 
-/// Whether `path` exists, or would by now in check mode (planned by an earlier
-/// resource of this task).
-pub(crate) fn exists(lua: &Lua, path: &std::path::Path) -> bool {
-    if let Some(p) = lua.app_data_ref::<Mutex<Plan>>() {
-        let p = p.lock();
-        if p.created.contains(path) {
-            return true;
-        }
-        if p.removed.iter().any(|r| path.starts_with(r)) {
-            return false;
-        }
+/// Check mode's view of `path`: `Some(true)` when an earlier resource of this task
+/// would have made it or something below it (parents come with their children),
+/// `Some(false)` when one would have removed it or a directory above it (and nothing
+/// was planned there since), `None` when the plan says nothing (the disk does).
+pub(crate) fn planned_state(lua: &Lua, path: &std::path::Path) -> Option<bool> {
+    let p = lua.app_data_ref::<Mutex<Plan>>()?;
+    let p = p.lock();
+    if p.created.iter().any(|c| c.starts_with(path)) {
+        return Some(true);
     }
-    std::fs::symlink_metadata(path).is_ok()
+    if p.removed.iter().any(|r| path.starts_with(r)) {
+        return Some(false);
+    }
+    None
+}
+
+/// Whether `path` exists, or would by now in check mode.
+pub(crate) fn exists(lua: &Lua, path: &std::path::Path) -> bool {
+    planned_state(lua, path).unwrap_or_else(|| std::fs::symlink_metadata(path).is_ok())
+}
+
+/// `lstat` as check mode sees it: nothing at a path an earlier resource of the task
+/// would have removed.
+pub(crate) fn lstat(
+    lua: &Lua,
+    path: &std::path::Path,
+) -> std::io::Result<Option<std::fs::Metadata>> {
+    if planned_state(lua, path) == Some(false) {
+        return Ok(None);
+    }
+    super::fsutil::lstat(path)
+}
+
+/// The key check mode's plan notes something that is not a path under (an account,
+/// a unit a package may bring): no file can have this name.
+pub(crate) fn plan_key(kind: &str, name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("\0sloth-{kind}/{name}"))
+}
+
+/// `s` cut to at most `n` characters (a digest for messages; never panics on text
+/// from a file).
+pub(crate) fn short(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
 }
 
 /// What a resource found and did.
@@ -352,4 +396,25 @@ pub(crate) fn resource_fn(
     f: fn(&Lua, LV) -> mlua::Result<Table>,
 ) -> mlua::Result<()> {
     t.raw_set(name, lua.create_function(move |lua, arg: LV| f(lua, arg))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_tails_keep_the_cause() {
+        let git = b"fatal: '/nope' does not appear to be a git repository\n\
+            fatal: Could not read from remote repository.\n\n\
+            Please make sure you have the correct access rights\n\
+            and the repository exists.\n\n";
+        assert_eq!(
+            tail(git, 2),
+            "fatal: '/nope' does not appear to be a git repository | \
+             Please make sure you have the correct access rights | and the repository exists."
+        );
+        assert_eq!(tail(b"a\n\nb\n", 3), "a | b");
+        assert_eq!(tail(b"", 3), "");
+        assert_eq!(short("\u{20ac}\u{20ac}\u{20ac}", 2), "\u{20ac}\u{20ac}");
+    }
 }

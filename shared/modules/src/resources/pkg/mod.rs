@@ -897,7 +897,11 @@ fn ensure(lua: &Lua, arg: LV, r: &'static str, kind: Kind) -> mlua::Result<Table
     let outcome = if steps.is_empty() {
         Outcome::ok("ok")
     } else {
-        Outcome::changed(action(&steps, names.len() > 1)).with_diff(diff_of(&steps))
+        // Check mode: what a package installs (units, users) cannot be known; later
+        // resources that need one accept it as possibly there.
+        Outcome::changed(action(&steps, names.len() > 1))
+            .with_diff(diff_of(&steps))
+            .planning(&super::outcome::plan_key("pkg", "installed"), true)
     };
     let versions = lua.create_table()?;
     for (n, v) in names.iter().zip(&after) {

@@ -248,7 +248,12 @@ pub(crate) fn apply(
     }
     let mut s = show(call, name)?;
     let unknown = s.load == "not-found";
-    if unknown && !call.check() {
+    // In check mode an unknown unit is taken as coming only when an earlier resource
+    // of the task would bring it: its unit file, or a package.
+    let may_come = call.check()
+        && (outcome::exists(lua, &PathBuf::from(UNIT_DIR).join(unit_file_name(name)))
+            || outcome::exists(lua, &outcome::plan_key("pkg", "installed")));
+    if unknown && !may_come {
         return Err(call.fail(format!(
             "no such unit: systemd knows no {} (LoadState=not-found)",
             unit_file_name(name)
