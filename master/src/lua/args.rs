@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use mlua::{AnyUserData, Function, Lua, Table, Value as LV};
 use sloth_lua::capture::{self, Encoder};
 use sloth_lua::context::parse_duration;
+use sloth_lua::opts::Opts;
 use sloth_lua::shared_obj::{SharedBackend, SharedObj};
 use sloth_proto::graph::{Graph, SharedKind, SharedRef, Value};
 
@@ -21,79 +22,49 @@ pub fn rt_err(msg: impl Into<String>) -> mlua::Error {
     mlua::Error::runtime(msg.into())
 }
 
-/// Parse an options table (`delegate_to`, `timeout`, `retries`, `retry_errors`, `name`).
+/// The keys of a task's options table (`goroutine.async`, `spawn`, `spawn_many`,
+/// `timeout`).
+pub const TASK_KEYS: &[&str] = &["delegate_to", "timeout", "retries", "retry_errors", "name"];
+
+/// Parse a task's options table (`delegate_to`, `timeout`, `retries`, `retry_errors`,
+/// `name`); every unknown key is refused.
 pub fn parse_opts(rt: &Runtime, opts: Option<&Table>, what: &str) -> mlua::Result<TaskOpts> {
-    let o = TaskOpts::default();
-    let Some(t) = opts else { return Ok(o) };
-    check_keys(
-        t,
-        &["delegate_to", "timeout", "retries", "retry_errors", "name"],
-        what,
-    )?;
-    parse_opts_checked(rt, t, what, o)
+    let Some(t) = opts else {
+        return Ok(TaskOpts::default());
+    };
+    let mut o = Opts::new(what, t.clone());
+    let opts = task_opts(rt, &mut o, true)?;
+    o.finish()?;
+    Ok(opts)
 }
 
-/// Refuse option tables with keys other than `known` (a typo must not be ignored).
-pub fn check_keys(t: &Table, known: &[&str], what: &str) -> mlua::Result<()> {
-    for pair in t.pairs::<LV, LV>() {
-        let (k, _) = pair?;
-        match &k {
-            LV::String(s) if known.contains(&s.to_string_lossy().as_str()) => {}
-            other => {
-                return Err(rt_err(format!(
-                    "{what}: unknown option {} (known: {})",
-                    other.to_string().unwrap_or_default(),
-                    known.join(", ")
-                )))
-            }
-        }
-    }
-    Ok(())
-}
-
-pub fn parse_opts_checked(
-    rt: &Runtime,
-    t: &Table,
-    what: &str,
-    mut o: TaskOpts,
-) -> mlua::Result<TaskOpts> {
-    let target: LV = t.raw_get("delegate_to")?;
-    match target {
-        LV::Nil => {}
-        LV::String(s) => {
-            let pattern = s.to_string_lossy().to_string();
-            o.target = Some(
+/// The task options of `o` (`delegate_to` only when `targeted`): `timeout`,
+/// `retries`, `retry_errors`, `name`.
+pub fn task_opts(rt: &Runtime, o: &mut Opts, targeted: bool) -> mlua::Result<TaskOpts> {
+    let mut opts = TaskOpts::default();
+    if targeted {
+        if let Some(pattern) = o.string("delegate_to")? {
+            opts.target = Some(
                 rt.inventory
                     .resolve_one(&pattern)
-                    .map_err(|e| rt_err(format!("{what}: delegate_to: {e}")))?,
+                    .map_err(|e| o.error("delegate_to", e))?,
             );
         }
-        other => {
-            return Err(rt_err(format!(
-                "{what}: delegate_to must be a host name, got {}",
-                other.type_name()
-            )))
-        }
     }
-    o.timeout = parse_duration(&t.raw_get::<LV>("timeout")?)
-        .map_err(|e| rt_err(format!("{what}: timeout: {e}")))?;
-    o.retry = retry_policy(t).map_err(|e| rt_err(format!("{what}: {e}")))?;
-    o.name = t.raw_get::<Option<String>>("name")?;
-    Ok(o)
+    opts.timeout = o.duration("timeout")?;
+    opts.retry = retry_policy(o)?;
+    opts.name = o.string("name")?;
+    Ok(opts)
 }
 
 /// `retries` (an integer >= 0) and `retry_errors` (a boolean) of an options table.
-pub fn retry_policy(t: &Table) -> Result<RetryPolicy, String> {
-    let retries = match t.raw_get::<LV>("retries") {
-        Ok(LV::Nil) => 0,
-        Ok(LV::Integer(n)) if n >= 0 => u32::try_from(n).unwrap_or(u32::MAX),
-        _ => return Err("retries must be an integer >= 0".into()),
+pub fn retry_policy(o: &mut Opts) -> mlua::Result<RetryPolicy> {
+    let retries = match o.int("retries")? {
+        None => 0,
+        Some(n) if n >= 0 => u32::try_from(n).unwrap_or(u32::MAX),
+        Some(n) => return Err(o.error("retries", format!("must be an integer >= 0, got {n}"))),
     };
-    let retry_errors = match t.raw_get::<LV>("retry_errors") {
-        Ok(LV::Nil) => false,
-        Ok(LV::Boolean(b)) => b,
-        _ => return Err("retry_errors must be a boolean".into()),
-    };
+    let retry_errors = o.bool("retry_errors")?.unwrap_or(false);
     Ok(RetryPolicy {
         retries,
         retry_errors,

@@ -7,10 +7,11 @@ use sloth_lua::capture;
 use sloth_proto::data::{Data, Refs};
 use sloth_proto::protocol::{Facts, LogLevel};
 
-use crate::engine::dispatch;
+use crate::engine::dispatch::{self, TaskOpts};
 use crate::engine::rollout::{self, Serial};
 use crate::engine::runtime::Runtime;
-use crate::lua::args::{capture_call, check_keys, parse_opts, result_table, rt_err};
+use crate::lua::args::{capture_call, result_table, rt_err, task_opts};
+use sloth_lua::opts::{type_of, Opts};
 
 pub fn facts_table(lua: &Lua, f: &Facts) -> mlua::Result<Table> {
     let t = lua.create_table()?;
@@ -177,36 +178,30 @@ fn fleet_run(
         .inventory
         .resolve(pattern)
         .map_err(|e| rt_err(format!("fleet.run: {e}")))?;
-    let (serial, max_fail, fatal, task_opts_tbl) = match &opts {
+    let (serial, max_fail, fatal, base) = match opts {
         Some(t) => {
-            check_keys(
-                t,
-                &[
-                    "serial",
-                    "max_fail_percentage",
-                    "any_errors_fatal",
-                    "timeout",
-                    "retries",
-                    "retry_errors",
-                    "name",
-                ],
-                "fleet.run",
-            )?;
-            let serial = serial_of(&t.raw_get::<LV>("serial")?)?;
-            let max_fail: Option<f64> = t.raw_get("max_fail_percentage")?;
-            let fatal = t
-                .raw_get::<Option<bool>>("any_errors_fatal")?
-                .unwrap_or(false);
-            // The task options proper (timeout, retries, name...).
-            let task = lua.create_table()?;
-            for key in ["timeout", "retries", "retry_errors", "name"] {
-                task.raw_set(key, t.raw_get::<LV>(key)?)?;
-            }
-            (serial, max_fail, fatal, Some(task))
+            let mut o = Opts::new("fleet.run", t);
+            let serial = serial_of(&o.value("serial")?)?;
+            let max_fail = match o.value("max_fail_percentage")? {
+                LV::Nil => None,
+                LV::Integer(i) => Some(i as f64),
+                LV::Number(n) => Some(n),
+                other => {
+                    return Err(o.error(
+                        "max_fail_percentage",
+                        format!("must be a number, got {}", type_of(&other)),
+                    ))
+                }
+            };
+            let fatal = o.bool("any_errors_fatal")?.unwrap_or(false);
+            // The task options proper (timeout, retries, name...): hosts come from
+            // the pattern, so no delegate_to.
+            let base = task_opts(rt, &mut o, false)?;
+            o.finish()?;
+            (serial, max_fail, fatal, base)
         }
-        None => (Vec::new(), None, false, None),
+        None => (Vec::new(), None, false, TaskOpts::default()),
     };
-    let base = parse_opts(rt, task_opts_tbl.as_ref(), "fleet.run")?;
     let plan = rollout::batches(&hosts, &serial);
     let results = lua.create_table()?;
     let total = plan.len();

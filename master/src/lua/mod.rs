@@ -7,4 +7,5 @@ pub mod args;
 pub mod fleet;
 pub mod goroutine;
 pub mod main_state;
+pub mod options;
 pub mod pools;

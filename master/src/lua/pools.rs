@@ -14,7 +14,8 @@ use crate::engine::dispatch::TaskOpts;
 use crate::engine::pool::{Pool, PoolSpec, Pools};
 use crate::engine::registry::TaskRecord;
 use crate::engine::runtime::Runtime;
-use crate::lua::args::{capture_call, check_keys, result_table, retry_policy, rt_err};
+use crate::lua::args::{capture_call, result_table, retry_policy, rt_err};
+use sloth_lua::opts::Opts;
 
 fn stats_table(lua: &Lua, p: &Pool) -> mlua::Result<Table> {
     let st = p.stats();
@@ -96,40 +97,24 @@ pub fn install(
                     Some(t) => t,
                     None => lua.create_table()?,
                 };
-                check_keys(
-                    &opts,
-                    &[
-                        "workers",
-                        "delegate_to",
-                        "retries",
-                        "retry_errors",
-                        "timeout",
-                        "queue",
-                    ],
-                    "goroutine.pool_create",
-                )?;
-                let targets = match pool_targets(&rt, &opts.raw_get::<LV>("delegate_to")?) {
+                let mut o = Opts::new("goroutine.pool_create", opts);
+                let targets = match pool_targets(&rt, &o.value("delegate_to")?) {
                     Ok(t) => t,
                     Err(e) => return fail(e),
                 };
-                let workers = match opts.raw_get::<LV>("workers")? {
-                    LV::Nil => targets.as_ref().map(|t| t.len() * 4).unwrap_or(4),
-                    LV::Integer(n) if n >= 1 => n as usize,
-                    _ => return fail("workers must be an integer >= 1".into()),
+                let workers = match o.int("workers")? {
+                    None => targets.as_ref().map(|t| t.len() * 4).unwrap_or(4),
+                    Some(n) if n >= 1 => n as usize,
+                    Some(n) => return Err(o.error("workers", format!("must be >= 1, got {n}"))),
                 };
-                let retry = match retry_policy(&opts) {
-                    Ok(r) => r,
-                    Err(e) => return fail(e),
+                let retry = retry_policy(&mut o)?;
+                let timeout = o.duration("timeout")?;
+                let queue_cap = match o.int("queue")? {
+                    None => (workers * 4).max(256),
+                    Some(n) if n >= 1 => n as usize,
+                    Some(n) => return Err(o.error("queue", format!("must be >= 1, got {n}"))),
                 };
-                let timeout = match parse_duration(&opts.raw_get::<LV>("timeout")?) {
-                    Ok(t) => t,
-                    Err(e) => return fail(e),
-                };
-                let queue_cap = match opts.raw_get::<LV>("queue")? {
-                    LV::Nil => (workers * 4).max(256),
-                    LV::Integer(n) if n >= 1 => n as usize,
-                    _ => return fail("queue must be an integer >= 1".into()),
-                };
+                o.finish()?;
                 let spec = PoolSpec {
                     name: name.clone(),
                     workers,

@@ -10,6 +10,26 @@ use mlua::{Function, Table, Value as LV};
 
 use crate::context::parse_duration;
 
+/// A function that takes an options table: `sloth-master check` flags unknown keys
+/// in literal tables given to it, and a test probes every one (a call with an unknown
+/// key must be refused, naming exactly these keys as the known ones). Every module
+/// keeps the list of its own; a function that takes no options table is listed in
+/// the module's `NO_OPTIONS`.
+#[derive(Debug, Clone, Copy)]
+pub struct OptionTable {
+    /// `exec.run`
+    pub function: &'static str,
+    /// Which argument is the options table (1-based).
+    pub arg: usize,
+    /// Every key it takes.
+    pub keys: &'static [&'static str],
+    /// A call of it for the probe, `OPTS` standing for the options table.
+    pub sample: &'static str,
+}
+
+/// The option keys every resource takes (`outcome::Call::new` reads them).
+pub const RESOURCE_KEYS: &[&str] = &["notify", "diff"];
+
 /// One options table being read. `what` names the function in every error
 /// (`file.content`, or `file.content /etc/app.conf` once the target is known).
 pub struct Opts {
@@ -39,6 +59,21 @@ impl Opts {
             table,
             known: Vec::new(),
         }
+    }
+
+    /// The options table given to `what`, or an empty one when none was.
+    pub fn of(
+        lua: &mlua::Lua,
+        what: impl Into<String>,
+        table: Option<Table>,
+    ) -> mlua::Result<Opts> {
+        Ok(Opts::new(
+            what,
+            match table {
+                Some(t) => t,
+                None => lua.create_table()?,
+            },
+        ))
     }
 
     /// The name errors start with.

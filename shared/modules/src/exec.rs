@@ -38,7 +38,8 @@ use rustix::process::{Pid, Signal};
 
 use super::{stop_to_lua, task_ctx};
 use sloth_lua::cancel::{CancelToken, StopReason};
-use sloth_lua::context::{parse_duration, TaskContext, TaskIo};
+use sloth_lua::context::{TaskContext, TaskIo};
+use sloth_lua::opts::Opts;
 use sloth_proto::protocol::LogLevel;
 
 /// Longest wait between two checks of the child (and of a stop of the task).
@@ -284,42 +285,23 @@ pub(crate) struct ProcOpts {
 }
 
 impl ProcOpts {
-    /// `cwd`, `env`, `timeout`, `stdin` and `stream` of an options table (the keys
-    /// `exec.run` and `exec.spawn` share; `spawn` has no timeout, stdin or stream).
-    fn from_lua(fname: &str, opts: Option<&Table>, full: bool) -> mlua::Result<ProcOpts> {
-        let mut p = ProcOpts::default();
-        let Some(opts) = opts else { return Ok(p) };
-        let bad = |key: &str, want: &str, got: &LV| {
-            mlua::Error::runtime(format!(
-                "{fname}: option '{key}' must be {want}, got {}",
-                got.type_name()
-            ))
+    /// `cwd` and `env` of an options table, and with `full` also `timeout`, `stdin`
+    /// and `stream` (`exec.run` has them all, `exec.spawn` only the first two).
+    fn read(o: &mut Opts, full: bool) -> mlua::Result<ProcOpts> {
+        let mut p = ProcOpts {
+            cwd: o
+                .bytes("cwd")?
+                .map(|b| OsStr::from_bytes(&b).to_os_string()),
+            ..ProcOpts::default()
         };
-        match opts.get::<LV>("cwd")? {
-            LV::Nil => {}
-            LV::String(s) => p.cwd = Some(os(&s)),
-            other => return Err(bad("cwd", "a string", &other)),
+        if let Some(env) = o.table("env")? {
+            p.env = env_pairs(o.what(), &env)?;
         }
-        match opts.get::<LV>("env")? {
-            LV::Nil => {}
-            LV::Table(env) => p.env = env_pairs(fname, &env)?,
-            other => return Err(bad("env", "a table", &other)),
+        if full {
+            p.timeout = o.duration("timeout")?;
+            p.stdin = o.bytes("stdin")?;
+            p.stream = o.bool("stream")?.unwrap_or(false);
         }
-        if !full {
-            return Ok(p);
-        }
-        p.timeout = parse_duration(&opts.get::<LV>("timeout")?)
-            .map_err(|e| mlua::Error::runtime(format!("{fname}: option 'timeout': {e}")))?;
-        match opts.get::<LV>("stdin")? {
-            LV::Nil => {}
-            LV::String(s) => p.stdin = Some(s.as_bytes().to_vec()),
-            other => return Err(bad("stdin", "a string", &other)),
-        }
-        p.stream = match opts.get::<LV>("stream")? {
-            LV::Nil | LV::Boolean(false) => false,
-            LV::Boolean(true) => true,
-            other => return Err(bad("stream", "a boolean", &other)),
-        };
         Ok(p)
     }
 }
@@ -501,13 +483,13 @@ pub(crate) enum RunFail {
 fn run(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
     const F: &str = "exec.run";
     let ctx = task_ctx(lua)?;
-    let shell: LV = match &opts {
-        Some(o) => o.get("shell")?,
-        None => LV::Nil,
-    };
+    let mut o = Opts::of(lua, F, opts)?;
+    let shell = o.value("shell")?;
     let spec = command_spec(F, &cmd, &shell)?;
-    let p = ProcOpts::from_lua(F, opts.as_ref(), true)?;
-    if ctx.mode.check && !ctx.orchestrator && !read_only(F, opts.as_ref())? {
+    let p = ProcOpts::read(&mut o, true)?;
+    let read_only = o.bool("read_only")?.unwrap_or(false);
+    o.finish()?;
+    if ctx.mode.check && !ctx.orchestrator && !read_only {
         return skipped_in_check_mode(lua, &spec.display);
     }
     let done = match run_process(&ctx, &spec, &p) {
@@ -538,18 +520,6 @@ fn run(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
     }
     t.raw_set("duration_ms", done.duration.as_millis() as i64)?;
     Ok(MultiValue::from_vec(vec![LV::Table(t)]))
-}
-
-/// The `read_only` option: a call that says it changes nothing runs in check mode too.
-fn read_only(fname: &str, opts: Option<&Table>) -> mlua::Result<bool> {
-    match opts.map(|o| o.get::<LV>("read_only")).transpose()? {
-        None | Some(LV::Nil) | Some(LV::Boolean(false)) => Ok(false),
-        Some(LV::Boolean(true)) => Ok(true),
-        Some(other) => Err(mlua::Error::runtime(format!(
-            "{fname}: option 'read_only' must be a boolean, got {}",
-            other.type_name()
-        ))),
-    }
 }
 
 /// What `exec.run` returns in check mode for a command not marked `read_only`:
@@ -825,7 +795,10 @@ fn spawn(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
         return Err(stop_to_lua(r));
     }
     let spec = command_spec(F, &cmd, &LV::Boolean(true))?;
-    let mut command = base_command(&spec.argv, &ProcOpts::from_lua(F, opts.as_ref(), false)?);
+    let mut o = Opts::of(lua, F, opts)?;
+    let mut command = base_command(&spec.argv, &ProcOpts::read(&mut o, false)?);
+    let log = o.bytes("log")?;
+    o.finish()?;
     if ctx.mode.check && !ctx.orchestrator {
         ctx.io.log(
             LogLevel::Info,
@@ -836,23 +809,11 @@ fn spawn(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
         t.raw_set("check_mode", true)?;
         return Ok(MultiValue::from_vec(vec![LV::Table(t)]));
     }
-    let log: Option<LuaString> = match &opts {
-        Some(o) => match o.get::<LV>("log")? {
-            LV::Nil => None,
-            LV::String(s) => Some(s),
-            other => {
-                return Err(mlua::Error::runtime(format!(
-                    "{F}: option 'log' must be a file path, got {}",
-                    other.type_name()
-                )))
-            }
-        },
-        None => None,
-    };
+
     let (stdout, stderr) = match log {
         None => (Stdio::null(), Stdio::null()),
         Some(path) => {
-            let path = os(&path);
+            let path = OsStr::from_bytes(&path).to_os_string();
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)

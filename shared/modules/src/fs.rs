@@ -32,6 +32,7 @@ use std::time::UNIX_EPOCH;
 use mlua::{Lua, LuaString, MultiValue, Table, Value as LV};
 
 use sloth_lua::context::skip_in_check_mode;
+use sloth_lua::opts::Opts;
 
 use super::exec::os_reason;
 
@@ -109,13 +110,10 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
         "rm",
         lua.create_function(|lua, (p, opts): (LuaString, Option<Table>)| {
             let path = path_of(&p);
+            let (recursive, force) = flags(opts, "fs.rm", ["recursive", "force"])?.into();
             if let Some(done) = skip_in_check_mode(lua, &format!("fs.rm {}", path.display()))? {
                 return Ok(done);
             }
-            let (recursive, force) = match &opts {
-                Some(o) => (flag(o, "fs.rm", "recursive")?, flag(o, "fs.rm", "force")?),
-                None => (false, false),
-            };
             let res = match fs::symlink_metadata(&path) {
                 Err(e) if force && e.kind() == io::ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(e),
@@ -232,14 +230,11 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
             |lua, (target, link, opts): (LuaString, LuaString, Option<Table>)| {
                 let target = path_of(&target);
                 let link = path_of(&link);
+                let [force] = flags(opts, "fs.symlink", ["force"])?;
                 let what = format!("fs.symlink {} {}", target.display(), link.display());
                 if let Some(done) = skip_in_check_mode(lua, &what)? {
                     return Ok(done);
                 }
-                let force = match &opts {
-                    Some(o) => flag(o, "fs.symlink", "force")?,
-                    None => false,
-                };
                 let res = if force {
                     replace_symlink(&target, &link)
                 } else {
@@ -321,15 +316,21 @@ fn done(lua: &Lua, fname: &str, path: &Path, res: io::Result<()>) -> mlua::Resul
     }
 }
 
-fn flag(opts: &Table, fname: &str, key: &str) -> mlua::Result<bool> {
-    match opts.get::<LV>(key)? {
-        LV::Nil => Ok(false),
-        LV::Boolean(b) => Ok(b),
-        other => Err(mlua::Error::runtime(format!(
-            "{fname}: option '{key}' must be a boolean, got {}",
-            other.type_name()
-        ))),
+/// The boolean options `keys` of an options table (each `false` when absent); any
+/// other key is refused.
+fn flags<const N: usize>(
+    opts: Option<Table>,
+    fname: &'static str,
+    keys: [&'static str; N],
+) -> mlua::Result<[bool; N]> {
+    let mut out = [false; N];
+    let Some(t) = opts else { return Ok(out) };
+    let mut o = Opts::new(fname, t);
+    for (i, k) in keys.iter().enumerate() {
+        out[i] = o.bool(k)?.unwrap_or(false);
     }
+    o.finish()?;
+    Ok(out)
 }
 
 /// A permission mode: an integer (`420`) or an octal string (`"0644"`, `"644"`,

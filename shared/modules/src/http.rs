@@ -28,7 +28,7 @@ use ureq::http;
 
 use super::{stop_to_lua, task_ctx};
 use sloth_lua::cancel::{CancelToken, StopReason};
-use sloth_lua::context::parse_duration;
+use sloth_lua::opts::Opts;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_BODY: u64 = 64 * 1024 * 1024;
@@ -40,34 +40,42 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
     t.raw_set(
         "get",
         lua.create_function(|lua, (url, opts): (LuaString, Option<Table>)| {
-            let req = Req::from_opts(lua, "http.get", "GET", &url, None, opts.as_ref())?;
+            let mut o = Opts::of(lua, "http.get", opts)?;
+            let req = Req::from_opts(lua, "http.get", "GET", &url, None, &mut o)?;
+            o.finish()?;
             perform(lua, req)
         })?,
     )?;
     t.raw_set(
         "post",
         lua.create_function(|lua, (url, body, opts): (LuaString, LV, Option<Table>)| {
-            let req = Req::from_opts(lua, "http.post", "POST", &url, Some(body), opts.as_ref())?;
+            let mut o = Opts::of(lua, "http.post", opts)?;
+            let req = Req::from_opts(lua, "http.post", "POST", &url, Some(body), &mut o)?;
+            o.finish()?;
             perform(lua, req)
         })?,
     )?;
     t.raw_set(
         "request",
         lua.create_function(|lua, spec: Table| {
-            let method: Option<String> = spec.get("method")?;
-            let method = method.unwrap_or_else(|| "GET".into()).to_ascii_uppercase();
-            let url: LuaString = match spec.get::<LV>("url")? {
+            let mut o = Opts::new("http.request", spec);
+            let method = o
+                .string("method")?
+                .unwrap_or_else(|| "GET".into())
+                .to_ascii_uppercase();
+            let url: LuaString = match o.value("url")? {
                 LV::String(s) => s,
                 other => {
-                    return Err(mlua::Error::runtime(format!(
-                        "http.request: 'url' must be a string, got {}",
-                        other.type_name()
-                    )))
+                    return Err(o.error(
+                        "url",
+                        format!("must be a string, got {}", other.type_name()),
+                    ))
                 }
             };
-            let body: LV = spec.get("body")?;
+            let body = o.value("body")?;
             let body = (!body.is_nil()).then_some(body);
-            let req = Req::from_opts(lua, "http.request", &method, &url, body, Some(&spec))?;
+            let req = Req::from_opts(lua, "http.request", &method, &url, body, &mut o)?;
+            o.finish()?;
             perform(lua, req)
         })?,
     )?;
@@ -145,7 +153,7 @@ impl Req {
         method: &str,
         url: &LuaString,
         body: Option<LV>,
-        opts: Option<&Table>,
+        o: &mut Opts,
     ) -> mlua::Result<Req> {
         let err = |m: String| mlua::Error::runtime(format!("{fname}: {m}"));
         let mut headers = Vec::new();
@@ -170,51 +178,33 @@ impl Req {
                 )))
             }
         };
-        let mut timeout = DEFAULT_TIMEOUT;
-        let mut insecure = false;
-        let mut max_body = DEFAULT_MAX_BODY;
-        let mut follow_redirects = true;
-        let mut read_only = false;
-        if let Some(o) = opts {
-            read_only = o.get::<Option<bool>>("read_only")?.unwrap_or(false);
-            match o.get::<LV>("headers")? {
-                LV::Nil => {}
-                LV::Table(h) => {
-                    for pair in h.pairs::<String, LV>() {
-                        let (k, v) = pair?;
-                        let v = match v {
-                            LV::String(s) => s.to_str()?.to_string(),
-                            LV::Integer(i) => i.to_string(),
-                            LV::Number(n) => n.to_string(),
-                            LV::Boolean(b) => b.to_string(),
-                            other => {
-                                return Err(err(format!(
-                                    "header '{k}' must be a string, got {}",
-                                    other.type_name()
-                                )))
-                            }
-                        };
-                        headers.push((k, v));
+        if let Some(h) = o.table("headers")? {
+            for pair in h.pairs::<String, LV>() {
+                let (k, v) = pair?;
+                let v = match v {
+                    LV::String(s) => s.to_str()?.to_string(),
+                    LV::Integer(i) => i.to_string(),
+                    LV::Number(n) => n.to_string(),
+                    LV::Boolean(b) => b.to_string(),
+                    other => {
+                        return Err(o.error(
+                            "headers",
+                            format!("'{k}' must be a string, got {}", other.type_name()),
+                        ))
                     }
-                }
-                other => {
-                    return Err(err(format!(
-                        "'headers' must be a table, got {}",
-                        other.type_name()
-                    )))
-                }
-            }
-            if let Some(t) = parse_duration(&o.get::<LV>("timeout")?)
-                .map_err(|e| err(format!("'timeout': {e}")))?
-            {
-                timeout = t;
-            }
-            insecure = o.get::<Option<bool>>("insecure")?.unwrap_or(false);
-            follow_redirects = o.get::<Option<bool>>("follow_redirects")?.unwrap_or(true);
-            if let Some(m) = o.get::<Option<u64>>("max_body")? {
-                max_body = m;
+                };
+                headers.push((k, v));
             }
         }
+        let timeout = o.duration("timeout")?.unwrap_or(DEFAULT_TIMEOUT);
+        let insecure = o.bool("insecure")?.unwrap_or(false);
+        let follow_redirects = o.bool("follow_redirects")?.unwrap_or(true);
+        let max_body = match o.int("max_body")? {
+            None => DEFAULT_MAX_BODY,
+            Some(m) if m >= 0 => m as u64,
+            Some(m) => return Err(o.error("max_body", format!("must be >= 0, got {m}"))),
+        };
+        let read_only = o.bool("read_only")?.unwrap_or(false);
         if json_body
             && !headers
                 .iter()

@@ -2,6 +2,7 @@
 
 use mlua::{Lua, LuaSerdeExt, Table, Value as LV};
 use serde_json::Value as J;
+use sloth_lua::opts::Opts;
 
 /// Tables nested deeper than this are refused (a cycle ends here too).
 const MAX_DEPTH: usize = 128;
@@ -11,9 +12,9 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
     json.raw_set(
         "encode",
         lua.create_function(|lua, (v, opts): (LV, Option<Table>)| {
-            let pretty = opts
-                .map(|o| o.get::<bool>("pretty").unwrap_or(false))
-                .unwrap_or(false);
+            let mut o = Opts::of(lua, "json.encode", opts)?;
+            let pretty = o.bool("pretty")?.unwrap_or(false);
+            o.finish()?;
             let value = to_json(lua, &v, 0)
                 .map_err(|e| mlua::Error::runtime(format!("json.encode: {e}")))?;
             let res = if pretty {

@@ -20,6 +20,7 @@ pub mod fuzz_targets;
 pub mod http;
 pub mod json;
 pub mod net;
+pub mod options;
 pub mod resources;
 pub mod sys;
 pub mod template;

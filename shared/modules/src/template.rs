@@ -14,6 +14,7 @@
 use minijinja::syntax::SyntaxConfig;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use mlua::{Lua, LuaSerdeExt, MultiValue, Table, Value as LV};
+use sloth_lua::opts::Opts;
 
 pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
     let t = lua.create_table()?;
@@ -22,21 +23,13 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
         lua.create_function(
             |lua, (text, vars, opts): (mlua::LuaString, LV, Option<Table>)| {
                 let text = text.to_str()?.to_string();
-                let opt = |key: &str, default: bool| -> mlua::Result<bool> {
-                    match &opts {
-                        Some(o) => Ok(o.get::<Option<bool>>(key)?.unwrap_or(default)),
-                        None => Ok(default),
-                    }
-                };
-                let strict = opt("strict", true)?;
-                let trim_blocks = opt("trim_blocks", true)?;
-                let lstrip_blocks = opt("lstrip_blocks", false)?;
-                let keep_newline = opt("keep_trailing_newline", true)?;
-                let name: String = match &opts {
-                    Some(o) => o.get::<Option<String>>("name")?,
-                    None => None,
-                }
-                .unwrap_or_else(|| "template".into());
+                let mut o = Opts::of(lua, "template.render", opts)?;
+                let strict = o.bool("strict")?.unwrap_or(true);
+                let trim_blocks = o.bool("trim_blocks")?.unwrap_or(true);
+                let lstrip_blocks = o.bool("lstrip_blocks")?.unwrap_or(false);
+                let keep_newline = o.bool("keep_trailing_newline")?.unwrap_or(true);
+                let name = o.string("name")?.unwrap_or_else(|| "template".into());
+                o.finish()?;
                 let fail = |msg: String| -> mlua::Result<MultiValue> {
                     Ok(MultiValue::from_vec(vec![
                         LV::Nil,
