@@ -196,6 +196,12 @@ if [ ${#ONLY[@]} -eq 0 ]; then
     "$MASTER" exec web-01 -i examples/fleet.toml --local-fleet --timeout 200ms -- sleep 5
   run_cmd "exec: bad pattern is a usage error" 2 "unknown host or group 'nope'" -- \
     "$MASTER" exec nope -i examples/fleet.toml --local-fleet -- true
+  run_cmd "check: clean" 0 "no problems found" -- \
+    "$MASTER" check examples/parallel_deployment.sloth -i examples/fleet.toml
+  run_cmd "check: the copy-semantics trap is a warning" 0 "warning: a task assigns into 'results'" -- \
+    "$MASTER" check docs/examples/copy_semantics.sloth
+  run_cmd "run --check-first" 0 "hello from web-01" -- \
+    "$MASTER" run examples/hello_fleet.sloth -i examples/fleet.toml --local-fleet --check-first
   run_cmd "run -e / --limit / --json" 0 '"success": true' -- \
     "$MASTER" run docs/examples/vars.sloth -i examples/fleet.toml --local-fleet --limit web --json -e version=2.1.0
   run_cmd "usage error: exit 2" 2 "expected KEY=VALUE" -- \

@@ -62,8 +62,18 @@ fn the_lua_bindings_do_not_reach_the_cli() {
 }
 
 #[test]
+fn the_checker_does_not_reach_the_cli() {
+    let bad = offenders("lint", &["crate::cli"]);
+    assert!(
+        bad.is_empty(),
+        "the script checker depends on the CLI:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
 fn the_layers_are_where_this_test_looks() {
-    for layer in ["engine", "lua", "cli"] {
+    for layer in ["engine", "lua", "lint", "cli"] {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("src")
             .join(layer);

@@ -27,7 +27,7 @@ local function list(names)
       out[#out + 1] = name
     elseif type(v) == "table" and not std[name] then
       for k, f in pairs(v) do
-        if type(f) == "function" then out[#out + 1] = name .. "." .. k end
+        out[#out + 1] = (type(f) == "function" and "" or "field ") .. name .. "." .. k
       end
     end
   end
@@ -78,6 +78,11 @@ for _, n in ipairs(task) do print("TASK", n) end
         .into_iter()
         .chain(options::NO_OPTIONS.iter().map(|s| s.to_string()))
         .collect();
+    let fields: BTreeSet<String> = sloth_modules::options::FIELDS
+        .iter()
+        .map(|f| format!("field {f}"))
+        .collect();
+    let modules: BTreeSet<String> = modules.union(&fields).cloned().collect();
     let task = listed(&out, "TASK");
     let main = listed(&out, "MAIN");
     let unclassified: Vec<&String> = task.iter().filter(|f| !modules.contains(*f)).collect();

@@ -69,6 +69,18 @@ pub enum Cmd {
         /// Print a unified diff of each change under its host (with or without --check).
         #[arg(long)]
         diff: bool,
+        /// Check the script first (like `sloth-master check`); do not run it when
+        /// that finds errors.
+        #[arg(long)]
+        check_first: bool,
+    },
+    /// Check a script without running it: syntax, unknown functions and options,
+    /// hosts that match nothing, changes a task would make only on its copy.
+    Check {
+        script: PathBuf,
+        /// Inventory file (TOML): literal host names and patterns are checked against it.
+        #[arg(short = 'i', long = "inventory")]
+        inventory: Option<PathBuf>,
     },
     /// Health of every matched agent: a table (or --json); exit 1 if any is down.
     Health {

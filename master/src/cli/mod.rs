@@ -2,12 +2,13 @@
 //! 2 usage or configuration error.
 //!
 //! `args.rs` holds the clap definitions; each command has its file (`run.rs`,
-//! `exec.rs` with `exec.lua`, `health.rs`, `certs.rs`), `fleet.rs` prepares the fleet
+//! `exec.rs` with `exec.lua`, `health.rs`, `certs.rs`, `check.rs`), `fleet.rs` prepares the fleet
 //! they reach, `output.rs` prints and `local_fleet.rs` starts agents on this machine.
 //! This file dispatches, and builds the async runtime with the master's signal handling.
 
 mod args;
 pub mod certs;
+mod check;
 mod exec;
 mod fleet;
 mod health;
@@ -54,7 +55,21 @@ pub fn main(cli: Cli) -> i32 {
             json,
             check,
             diff,
-        } => run::run(&script, &fleet, &vars, json, Mode { check, diff }),
+            check_first,
+        } => {
+            if check_first {
+                match check::findings(&script, fleet.inventory.as_deref()) {
+                    Ok(found) if check::report(&script, &found) > 0 => return EXIT_FAILED,
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return EXIT_USAGE;
+                    }
+                }
+            }
+            run::run(&script, &fleet, &vars, json, Mode { check, diff })
+        }
+        Cmd::Check { script, inventory } => check::command(&script, inventory.as_deref()),
         Cmd::Health {
             pattern,
             fleet,

@@ -77,3 +77,6 @@ pub const NO_OPTIONS: &[&str] = &[
     "goroutine.select",
     "goroutine.sleep",
 ];
+
+/// The members of the task library's modules that are values, not functions.
+pub const FIELDS: &[&str] = &["json.null"];

@@ -1056,10 +1056,30 @@ tls={{ tls | default("off") }}
         r#"return template.render("a\n{{ missing.field }}", {}, {name = "app.conf.j2"})"#,
     );
     assert!(v.is_nil());
-    assert!(
-        err.starts_with("template.render: app.conf.j2, line 2: undefined value"),
-        "{err}"
+    assert_eq!(
+        err,
+        "template.render: app.conf.j2, line 2: undefined value: `missing` is undefined"
     );
+    // The name of what is undefined, the template and the line, in every position.
+    for (src, name) in [
+        ("a\nb\n{{ tier }}", "`tier` is undefined"),
+        (
+            "{% for x in items %}{{ x }}{% endfor %}",
+            "`items` is undefined",
+        ),
+        ("{{ x | upper }}", "`x` is undefined"),
+        ("{{ a.b.c }}", "`a.b` is undefined"),
+    ] {
+        let (_, err): (LV, String) = eval(
+            &lua,
+            &format!("return template.render({src:?}, {{a = {{}}}}, {{name = 'app.conf.j2'}})"),
+        );
+        assert!(
+            err.starts_with("template.render: app.conf.j2, line "),
+            "{err}"
+        );
+        assert!(err.ends_with(name), "{src}: {err}");
+    }
     let lenient: String = eval(
         &lua,
         r#"return template.render("[{{ missing }}]", nil, {strict = false})"#,
