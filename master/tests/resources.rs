@@ -249,7 +249,8 @@ goroutine.await_all(hs)
         .unwrap();
     assert!(secret.get("diff").is_none(), "{secret}");
     let task = &doc["tasks"].as_array().unwrap()[0];
-    assert_eq!(task["changed"], 2, "{task}");
+    assert_eq!(task["changed"], true, "{task}");
+    assert_eq!(task["changes"], 2, "{task}");
 }
 
 /// Check mode skips raw calls that change a host (and says so), runs those marked

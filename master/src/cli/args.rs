@@ -61,6 +61,9 @@ pub enum Cmd {
         /// Print one JSON document on stdout and nothing else there.
         #[arg(long)]
         json: bool,
+        /// Stream the run's events as JSON lines to FILE (`-`: standard output).
+        #[arg(long, value_name = "FILE")]
+        events: Option<String>,
         /// Check mode: every resource works out what it would change and changes
         /// nothing; raw calls that change a host (exec.run, fs writers, ...) in tasks
         /// are skipped.
@@ -107,6 +110,9 @@ pub enum Cmd {
         timeout: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Stream the run's events as JSON lines to FILE (`-`: standard output).
+        #[arg(long, value_name = "FILE")]
+        events: Option<String>,
         /// The command (after --).
         #[arg(last = true, required = true)]
         command: Vec<String>,

@@ -1,7 +1,10 @@
 //! `sloth-master exec`: runs a shell command on every matched agent through a small
 //! script (`exec.lua`), its output streamed with host prefixes, then a summary.
 
-use super::run::run;
+use std::sync::Arc;
+
+use super::output::{EventStream, Output};
+use super::run::{run_with, Reporting};
 use super::{FleetArgs, EXIT_USAGE};
 use crate::engine::inventory::Inventory;
 use sloth_proto::change::Mode;
@@ -14,7 +17,7 @@ pub(super) fn exec(
     pattern: &str,
     fa: &FleetArgs,
     timeout: Option<&str>,
-    json: bool,
+    reporting: &Reporting,
     command: &[String],
 ) -> i32 {
     if fa.inventory.is_none() && fa.local_fleet.is_none() {
@@ -43,10 +46,35 @@ pub(super) fn exec(
         eprintln!("error: {e}");
         return EXIT_USAGE;
     }
+    let command = command.join(" ");
     let vars = vec![
         format!("pattern={pattern}"),
-        format!("command={}", command.join(" ")),
+        format!("command={command}"),
         format!("timeout={}", timeout.unwrap_or("")),
     ];
-    run(&path, fa, &vars, json, Mode::default())
+    let events = match reporting
+        .events
+        .as_deref()
+        .map(EventStream::open)
+        .transpose()
+    {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    // Each host's output is kept for the document's `exec` section.
+    let out = Output::new(reporting.json)
+        .with_events(events)
+        .keeping_output();
+    run_with(
+        Arc::new(out),
+        &path,
+        "exec",
+        fa,
+        &vars,
+        Mode::default(),
+        Some(&command),
+    )
 }

@@ -53,10 +53,17 @@ pub fn main(cli: Cli) -> i32 {
             fleet,
             vars,
             json,
+            events,
             check,
             diff,
             check_first,
         } => {
+            if json && events.as_deref() == Some("-") {
+                eprintln!(
+                    "error: --json and --events - both want standard output; give --events a file"
+                );
+                return EXIT_USAGE;
+            }
             if check_first {
                 match check::findings(&script, fleet.inventory.as_deref()) {
                     Ok(found) if check::report(&script, &found) > 0 => return EXIT_FAILED,
@@ -67,7 +74,8 @@ pub fn main(cli: Cli) -> i32 {
                     }
                 }
             }
-            run::run(&script, &fleet, &vars, json, Mode { check, diff })
+            let reporting = run::Reporting { json, events };
+            run::run(&script, &fleet, &vars, &reporting, Mode { check, diff })
         }
         Cmd::Check { script, inventory } => check::command(&script, inventory.as_deref()),
         Cmd::Health {
@@ -81,8 +89,18 @@ pub fn main(cli: Cli) -> i32 {
             fleet,
             timeout,
             json,
+            events,
             command,
-        } => exec::exec(&pattern, &fleet, timeout.as_deref(), json, &command),
+        } => {
+            if json && events.as_deref() == Some("-") {
+                eprintln!(
+                    "error: --json and --events - both want standard output; give --events a file"
+                );
+                return EXIT_USAGE;
+            }
+            let reporting = run::Reporting { json, events };
+            exec::exec(&pattern, &fleet, timeout.as_deref(), &reporting, &command)
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::args::parse_vars;
-use super::output::Output;
+use super::output::{EventStream, Output, RunEnd, RunInfo};
 use super::{install_signal_handler, prepare_fleet, tokio_runtime, FleetArgs};
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::engine::mesh::Mesh;
@@ -14,32 +14,68 @@ use crate::engine::runtime::Runtime;
 use crate::lua::main_state;
 use sloth_proto::change::Mode;
 
-pub(super) fn run(script: &Path, fa: &FleetArgs, vars: &[String], json: bool, mode: Mode) -> i32 {
-    let out = Output::new(json).with_mode(mode);
-    run_with(Arc::new(out), script, fa, vars, mode)
+/// How a run reports, besides the terminal.
+#[derive(Default)]
+pub(super) struct Reporting {
+    pub json: bool,
+    /// `--events FILE|-`
+    pub events: Option<String>,
 }
 
-/// `run` with a given output (`health --check --json` keeps the run's document).
-pub(super) fn run_with(
-    out: Arc<Output>,
+pub(super) fn run(
     script: &Path,
     fa: &FleetArgs,
     vars: &[String],
+    reporting: &Reporting,
     mode: Mode,
 ) -> i32 {
+    let events = match reporting
+        .events
+        .as_deref()
+        .map(EventStream::open)
+        .transpose()
+    {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let out = Output::new(reporting.json)
+        .with_mode(mode)
+        .with_events(events);
+    let label = script.display().to_string();
+    run_with(Arc::new(out), script, &label, fa, vars, mode, None)
+}
+
+/// `run` with a given output (`health --check --json` keeps the run's document);
+/// `label` names the script in reports, `exec` the command `sloth-master exec` runs.
+pub(super) fn run_with(
+    out: Arc<Output>,
+    script: &Path,
+    label: &str,
+    fa: &FleetArgs,
+    vars: &[String],
+    mode: Mode,
+    exec: Option<&str>,
+) -> i32 {
     let json = out.json;
+    let end = |code: i32, error: Option<String>, wall: std::time::Duration| RunEnd {
+        wall,
+        check: mode.check,
+        success: code == EXIT_OK,
+        exit_code: code,
+        script_error: error,
+        exec: exec.map(str::to_string),
+    };
     let usage = |out: &Output, msg: String| {
         out.error(&msg);
-        out.print_json(
-            &script.display().to_string(),
-            false,
-            EXIT_USAGE,
-            Some(&msg),
-            std::time::Duration::ZERO,
-        );
+        out.finish(&end(EXIT_USAGE, Some(msg), std::time::Duration::ZERO));
         EXIT_USAGE
     };
-    let vars = match parse_vars(vars) {
+    let parsed = parse_vars(vars);
+    out.run_started(RunInfo::new(label, parsed.as_deref().unwrap_or(&[])));
+    let vars = match parsed {
         Ok(v) => v,
         Err(e) => return usage(&out, e),
     };
@@ -110,13 +146,7 @@ pub(super) fn run_with(
     if code == EXIT_FAILED && result.is_ok() && !json {
         eprintln!("{failed} task(s) failed");
     }
-    out.print_json(
-        &script.display().to_string(),
-        code == EXIT_OK,
-        code,
-        result.as_ref().err().map(|s| s.as_str()),
-        wall,
-    );
+    out.finish(&end(code, result.err(), wall));
     // Threads abandoned in a C call (a local task past its deadline) must not hold
     // the exit.
     rt.shutdown_timeout(std::time::Duration::from_millis(500));

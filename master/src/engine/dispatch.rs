@@ -30,6 +30,8 @@ pub struct TaskOpts {
     pub name: Option<String>,
     /// Fire and forget: a failure is printed as it happens (nobody awaits it).
     pub spawned: bool,
+    /// The batch of a rolling `fleet.run` (`index` of `of`, from 1).
+    pub batch: Option<(usize, usize)>,
 }
 
 pub const LOCAL: &str = "local";
@@ -37,9 +39,14 @@ pub const LOCAL: &str = "local";
 /// Create the task's record and start it; returns at once.
 pub fn start(rt: &Arc<Runtime>, payload: Graph, opts: &TaskOpts) -> Arc<TaskRecord> {
     let host = opts.target.clone().unwrap_or_else(|| LOCAL.to_string());
-    let rec = rt
-        .registry
-        .new_task(opts.name.clone(), &host, opts.timeout, opts.spawned);
+    let rec = rt.registry.new_task(
+        opts.name.clone(),
+        &host,
+        opts.timeout,
+        opts.spawned,
+        opts.batch,
+    );
+    rt.out.task_started(&rec);
     if opts.target.is_none() && opts.retry.retries == 0 && rec.cancel.deadline().is_none() {
         // The common local task (no deadline to race, nothing to retry) goes straight
         // to a worker thread: one thread hand-off instead of three.
@@ -65,6 +72,7 @@ pub fn start(rt: &Arc<Runtime>, payload: Graph, opts: &TaskOpts) -> Arc<TaskReco
                 attempt += 1;
                 if let Err(e) = &r {
                     rt2.out.task_log(
+                        rec2.id,
                         &rec2.host(),
                         &rec2.name,
                         LogLevel::Warn,
@@ -94,7 +102,9 @@ struct LocalIo {
 
 impl TaskIo for LocalIo {
     fn log(&self, level: LogLevel, line: &str) {
-        self.rt.out.task_log(LOCAL, &self.name, level, line);
+        self.rt
+            .out
+            .task_log(self.id, LOCAL, &self.name, level, line);
     }
     fn change(&self, change: Change) {
         self.rt.out.task_change(self.id, LOCAL, &self.name, &change);
@@ -294,8 +304,13 @@ async fn remote(
             Ok(Some(ToMaster::Log { level, line })) => {
                 // Printing blocks this task's reading while the output is slow: the
                 // agent's queue fills and its task waits (backpressure, not memory).
-                rt.out
-                    .task_log(host, &rec.name, level, &protocol::clip_log_line(&line))
+                rt.out.task_log(
+                    rec.id,
+                    host,
+                    &rec.name,
+                    level,
+                    &protocol::clip_log_line(&line),
+                )
             }
             Ok(Some(ToMaster::Change(c))) => {
                 // Bounded like log lines: a change is only ever reported, never acted on.

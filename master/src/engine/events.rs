@@ -1,7 +1,7 @@
-//! What the engine reports while a run goes: task log lines, what resources changed,
-//! the script's own log,
-//! finished tasks, skipped hosts and progress. The CLI's `Output` implements it (the
-//! terminal, or `--json`); the engine never prints.
+//! What the engine reports while a run goes: tasks started and finished, their log
+//! lines, what resources changed, the script's own log, rollout batches, and progress.
+//! The CLI's `Output` implements it (the terminal, `--json`, `--events`); the engine
+//! never prints.
 
 use sloth_proto::change::Change;
 use sloth_proto::protocol::LogLevel;
@@ -9,8 +9,10 @@ use sloth_proto::protocol::LogLevel;
 use crate::engine::registry::{Outcome, TaskRecord};
 
 pub trait Events: Send + Sync {
-    /// A line a task logged or printed, as it happens.
-    fn task_log(&self, host: &str, task: &str, level: LogLevel, text: &str);
+    /// A task was created and handed to where it runs (every task, exactly once).
+    fn task_started(&self, rec: &TaskRecord);
+    /// A line task `id` logged or printed, as it happens.
+    fn task_log(&self, id: u64, host: &str, task: &str, level: LogLevel, text: &str);
     /// What a resource or handler of task `id` (0: the main script) did, changed or
     /// not, as it happens.
     fn task_change(&self, id: u64, host: &str, task: &str, change: &Change);
@@ -20,10 +22,32 @@ pub trait Events: Send + Sync {
     fn task_done(&self, rec: &TaskRecord, outcome: &Outcome);
     /// A task nobody awaits failed: say so now, it would go unseen otherwise.
     fn unawaited_failure(&self, msg: &str);
-    /// A rollout skipped `host` (an earlier batch failed).
-    fn host_skipped(&self, host: &str);
+    /// A rolling `fleet.run` moved on.
+    fn rollout(&self, event: Rollout<'_>);
     /// Progress of a fan-out or pool of `len` tasks, until the value is dropped.
     fn progress(&self, len: u64, what: &str) -> Box<dyn Progress + '_>;
+}
+
+/// The steps of a rolling `fleet.run` (batches are numbered from 1).
+#[derive(Debug, Clone, Copy)]
+pub enum Rollout<'a> {
+    BatchStarted {
+        index: usize,
+        of: usize,
+        hosts: &'a [String],
+    },
+    BatchFinished {
+        index: usize,
+        of: usize,
+        failed: usize,
+    },
+    /// The rollout stopped after batch `after`: `skipped` were never touched.
+    Stopped {
+        after: usize,
+        of: usize,
+        reason: &'a str,
+        skipped: &'a [String],
+    },
 }
 
 /// A live progress indicator.

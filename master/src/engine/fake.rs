@@ -366,7 +366,8 @@ pub struct Recorder {
 }
 
 impl Events for Recorder {
-    fn task_log(&self, host: &str, _task: &str, _level: LogLevel, text: &str) {
+    fn task_started(&self, _rec: &TaskRecord) {}
+    fn task_log(&self, _id: u64, host: &str, _task: &str, _level: LogLevel, text: &str) {
         self.logs.lock().push((host.to_string(), text.to_string()));
     }
     fn task_change(&self, _id: u64, host: &str, _task: &str, change: &Change) {
@@ -383,7 +384,7 @@ impl Events for Recorder {
     fn unawaited_failure(&self, msg: &str) {
         self.logs.lock().push(("unawaited".into(), msg.to_string()));
     }
-    fn host_skipped(&self, _host: &str) {}
+    fn rollout(&self, _event: crate::engine::events::Rollout<'_>) {}
     fn progress(&self, _len: u64, _what: &str) -> Box<dyn Progress + '_> {
         Box::new(NoProgress)
     }

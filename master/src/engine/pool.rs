@@ -287,7 +287,9 @@ impl Pool {
             &target_name,
             None,
             false,
+            None,
         );
+        rt.out.task_started(&rec);
         st.submitted.push(rec.clone());
         st.queue.push_back(Queued {
             rec: rec.clone(),
@@ -608,6 +610,7 @@ async fn run_one(rt: Arc<Runtime>, pool: Arc<Pool>, mut q: Queued, host: Option<
         }
         if let Err(e) = &result {
             rt.out.task_log(
+                rec.id,
                 &rec.host(),
                 &rec.name,
                 sloth_proto::protocol::LogLevel::Warn,

@@ -53,6 +53,8 @@ pub struct TaskRecord {
     pub cancel: CancelToken,
     /// Started by `spawn`: nobody awaits it, so its failure is printed at once.
     pub spawned: bool,
+    /// The batch of a rolling `fleet.run` it belongs to (`index` of `of`, from 1).
+    pub batch: Option<(usize, usize)>,
     /// Wakes the remote driver when the task is cancelled.
     pub cancel_notify: tokio::sync::Notify,
     /// When the task started running (a pool task: when it left the queue).
@@ -190,6 +192,7 @@ impl Registry {
         host: &str,
         timeout: Option<Duration>,
         spawned: bool,
+        batch: Option<(usize, usize)>,
     ) -> Arc<TaskRecord> {
         let id = self.next_id();
         let rec = Arc::new(TaskRecord {
@@ -199,6 +202,7 @@ impl Registry {
             ran_on: Mutex::new(None),
             cancel: CancelToken::new(timeout),
             spawned,
+            batch,
             cancel_notify: tokio::sync::Notify::new(),
             started: Mutex::new(Instant::now()),
             state: Mutex::new(None),
@@ -496,7 +500,7 @@ mod tests {
     fn a_finished_task_whose_handles_are_gone_is_forgotten() {
         let reg = Registry::new();
         // Handles dropped after the end.
-        let a = reg.new_task(None, "local", None, false);
+        let a = reg.new_task(None, "local", None, false, None);
         let (h1, h2) = (handle(&reg, &a), handle(&reg, &a));
         reg.complete(&a, Ok(Data::default()));
         drop(h1);
@@ -504,17 +508,17 @@ mod tests {
         drop(h2);
         assert!(reg.task(a.id).is_none());
         // Handle dropped before the end: forgotten when it ends, not before.
-        let b = reg.new_task(None, "local", None, false);
+        let b = reg.new_task(None, "local", None, false, None);
         drop(handle(&reg, &b));
         assert!(reg.task(b.id).is_some(), "still running");
         reg.complete(&b, Ok(Data::default()));
         assert!(reg.task(b.id).is_none());
         // No handle was ever made (internal tasks): kept.
-        let c = reg.new_task(None, "local", None, false);
+        let c = reg.new_task(None, "local", None, false, None);
         reg.complete(&c, Ok(Data::default()));
         assert!(reg.task(c.id).is_some());
         // Spawned (fire and forget): no handle can exist, forgotten when it ends.
-        let d = reg.new_task(None, "local", None, true);
+        let d = reg.new_task(None, "local", None, true, None);
         assert!(reg.task(d.id).is_some(), "running");
         reg.complete(&d, Ok(Data::default()));
         assert!(reg.task(d.id).is_none());
@@ -524,7 +528,7 @@ mod tests {
     #[test]
     fn a_handle_copied_into_a_graph_keeps_its_task() {
         let reg = Registry::new();
-        let a = reg.new_task(None, "local", None, false);
+        let a = reg.new_task(None, "local", None, false, None);
         let h = handle(&reg, &a);
         let copied = h.to_graph_ref();
         reg.complete(&a, Ok(Data::default()));

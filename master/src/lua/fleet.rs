@@ -8,6 +8,7 @@ use sloth_proto::data::{Data, Refs};
 use sloth_proto::protocol::{Facts, LogLevel};
 
 use crate::engine::dispatch::{self, TaskOpts};
+use crate::engine::events::Rollout;
 use crate::engine::rollout::{self, Serial};
 use crate::engine::runtime::Runtime;
 use crate::lua::args::{capture_call, result_table, rt_err, task_opts};
@@ -212,10 +213,16 @@ fn fleet_run(
                 &format!("fleet.run: batch {}/{total}: {}", bi + 1, batch.join(", ")),
             );
         }
+        rt.out.rollout(Rollout::BatchStarted {
+            index: bi + 1,
+            of: total,
+            hosts: batch,
+        });
         let mut recs = Vec::new();
         for h in batch {
             let mut o = base.clone();
             o.target = Some(h.clone());
+            o.batch = Some((bi + 1, total));
             if o.name.is_none() {
                 o.name = Some("fleet.run".into());
             }
@@ -231,6 +238,11 @@ fn fleet_run(
             results.raw_set(h.as_str(), result_table(lua, rec, o.as_ref())?)?;
             rt.registry.forget_unnamed(rec.id);
         }
+        rt.out.rollout(Rollout::BatchFinished {
+            index: bi + 1,
+            of: total,
+            failed,
+        });
         if rollout::should_stop(failed, batch.len(), max_fail, fatal) && bi + 1 < total {
             let untouched: Vec<String> = plan[bi + 1..].iter().flatten().cloned().collect();
             let why = if fatal {
@@ -253,9 +265,12 @@ fn fleet_run(
                     untouched.join(", ")
                 ),
             );
-            for h in &untouched {
-                rt.out.host_skipped(h);
-            }
+            rt.out.rollout(Rollout::Stopped {
+                after: bi + 1,
+                of: total,
+                reason: &why,
+                skipped: &untouched,
+            });
             break;
         }
     }

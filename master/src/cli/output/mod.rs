@@ -1,104 +1,40 @@
 //! What the user sees: task logs prefixed by host, the changes resources made (with
-//! their diffs under `--diff`), the script's own prints, the per-host recap, and the
-//! `--json` document.
+//! their diffs under `--diff`), the script's own prints, progress, the per-host recap;
+//! the `--json` document ([`report`], schema 1) and the `--events` stream
+//! ([`stream`]) for machines.
 
-use crate::engine::events::{Events, Progress};
-use std::collections::BTreeMap;
+mod report;
+mod run_info;
+mod stream;
+mod values;
+
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde_json::json;
 use sloth_proto::change::{Change, ChangeKind, Mode};
-use sloth_proto::protocol::{ErrorKind, LogLevel};
+use sloth_proto::protocol::LogLevel;
 
+use crate::engine::events::{Events, Progress, Rollout};
 use crate::engine::registry::{Outcome, TaskRecord};
-
-#[derive(Default, Serialize, Clone, Debug)]
-pub struct HostRecap {
-    pub ok: u64,
-    /// Resources that changed something (in check mode: would have).
-    pub changed: u64,
-    pub failed: u64,
-    pub unreachable: u64,
-    pub cancelled: u64,
-    /// Hosts a stopped rollout never touched.
-    pub skipped: u64,
-    pub duration_ms: u64,
-    /// Every change on this host (resources that changed, and handlers), in order.
-    pub changes: Vec<ChangeReport>,
-    /// Changes counted but not kept (past [`MAX_CHANGES_KEPT`] for this host).
-    #[serde(skip_serializing_if = "is_zero")]
-    pub changes_not_kept: u64,
-    /// Bytes of diffs kept for this host (bounded by [`MAX_DIFF_BYTES_KEPT`]).
-    #[serde(skip)]
-    diff_bytes: usize,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-/// Changes kept per host for the recap and `--json` (a hostile or runaway agent
-/// must not grow the master's memory without bound; the count stays exact).
-pub const MAX_CHANGES_KEPT: usize = 10_000;
-
-/// Bytes of diffs kept per host for `--json --diff`; past it a change is kept
-/// without its diff (which was printed, with `--diff`, as it came).
-pub const MAX_DIFF_BYTES_KEPT: usize = 64 * 1024 * 1024;
-
-/// One change as `--json` lists it.
-#[derive(Serialize, Clone, Debug)]
-pub struct ChangeReport {
-    pub task_id: u64,
-    pub task: String,
-    /// `resource` or `handler`.
-    pub kind: &'static str,
-    pub resource: String,
-    pub target: String,
-    pub changed: bool,
-    pub action: String,
-    /// Check mode: nothing was changed.
-    pub check: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub diff: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-#[derive(Serialize, Clone, Debug)]
-pub struct TaskReport {
-    pub id: u64,
-    pub name: String,
-    pub host: String,
-    pub success: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kind: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub duration_ms: u64,
-    /// Resources of this task that changed something.
-    pub changed: u64,
-}
+pub use report::{HostRecap, RunEnd, MAX_CHANGES_KEPT, MAX_DIFF_BYTES_KEPT, SCHEMA};
+pub use run_info::{is_secret, masked_command, RunInfo, MASK, SECRET_WORDS};
+pub use stream::EventStream;
 
 pub struct Output {
     pub json: bool,
     /// Print each change's diff under its host (`--diff`).
     pub show_diffs: bool,
-    /// Keep diffs for `--json` (`--diff`); without it a diff an agent sends anyway
-    /// is dropped.
-    keep_diffs: bool,
     /// The run is in check mode (the recap says so).
     pub check: bool,
     color: bool,
     /// Progress bars only on a terminal (never when piped or with --json).
     interactive: bool,
     bar: Mutex<Option<indicatif::ProgressBar>>,
-    recap: Mutex<BTreeMap<String, HostRecap>>,
-    tasks: Mutex<Vec<TaskReport>>,
-    /// Changed resources per task id.
-    changed_by_task: Mutex<std::collections::HashMap<u64, u64>>,
-    errors: Mutex<Vec<String>>,
+    report: report::Report,
+    run: Mutex<Option<RunInfo>>,
+    events: Option<EventStream>,
     /// Keep the `--json` document for the caller instead of printing it (a command
     /// that prints one document made of several parts).
     keep_json: bool,
@@ -113,26 +49,40 @@ impl Output {
         Output {
             json,
             show_diffs: false,
-            keep_diffs: false,
             check: false,
             color,
             interactive,
             bar: Mutex::new(None),
-            recap: Mutex::new(BTreeMap::new()),
-            tasks: Mutex::new(Vec::new()),
-            changed_by_task: Mutex::new(std::collections::HashMap::new()),
-            errors: Mutex::new(Vec::new()),
+            report: report::Report::new(json),
+            run: Mutex::new(None),
+            events: None,
             keep_json: false,
             kept: Mutex::new(None),
         }
     }
 
     /// This output for a run in `mode`: check mode is named in the recap, diffs are
-    /// printed with `--diff`.
+    /// printed with `--diff` (and kept for `--json`).
     pub fn with_mode(mut self, mode: Mode) -> Output {
         self.check = mode.check;
         self.show_diffs = mode.diff && !self.json;
-        self.keep_diffs = mode.diff;
+        self.report.keep_diffs = mode.diff;
+        self
+    }
+
+    /// Stream the run's events (`--events`).
+    pub fn with_events(mut self, events: Option<EventStream>) -> Output {
+        // A progress bar would tear through events on the terminal.
+        if events.is_some() {
+            self.interactive = false;
+        }
+        self.events = events;
+        self
+    }
+
+    /// Keep every task's printed output (`exec --json`).
+    pub fn keeping_output(mut self) -> Output {
+        self.report.keep_output = true;
         self
     }
 
@@ -148,6 +98,29 @@ impl Output {
     /// The document [`Output::print_json`] kept (see [`Output::keeping_json`]).
     pub fn take_json(&self) -> Option<serde_json::Value> {
         self.kept.lock().take()
+    }
+
+    /// The run starts: what identifies it in the document and the events.
+    pub fn run_started(&self, info: RunInfo) {
+        self.emit(
+            "run_started",
+            json!({
+                "schema": SCHEMA,
+                "run_id": info.id,
+                "sloth_version": env!("CARGO_PKG_VERSION"),
+                "command": info.command,
+                "script": info.script,
+                "vars": info.vars.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                "check": self.check,
+            }),
+        );
+        *self.run.lock() = Some(info);
+    }
+
+    fn emit(&self, event: &str, fields: serde_json::Value) {
+        if let Some(e) = &self.events {
+            e.emit(event, fields);
+        }
     }
 
     /// Human output goes to stdout, or to stderr when stdout carries JSON.
@@ -196,7 +169,7 @@ impl Output {
     }
 
     /// A line a task logged or printed, as it happens.
-    pub fn task_log(&self, host: &str, task: &str, level: LogLevel, text: &str) {
+    fn task_line(&self, host: &str, task: &str, level: LogLevel, text: &str) {
         let prefix = self.paint("36", &format!("[{host} {task}]"));
         for l in text.split('\n') {
             match level {
@@ -214,48 +187,9 @@ impl Output {
         }
     }
 
-    /// What a resource or handler did: counted for the recap, kept for `--json`,
-    /// and shown (a line for each change, its diff with `--diff`).
-    pub fn task_change(&self, id: u64, host: &str, task: &str, c: &Change) {
-        let counts = c.kind == ChangeKind::Resource && c.changed;
-        {
-            let mut r = self.recap.lock();
-            let h = r.entry(host.to_string()).or_default();
-            if counts {
-                h.changed += 1;
-            }
-            if c.changed || c.kind == ChangeKind::Handler {
-                let diff = match &c.diff {
-                    Some(d) if self.keep_diffs && h.diff_bytes + d.len() <= MAX_DIFF_BYTES_KEPT => {
-                        h.diff_bytes += d.len();
-                        Some(d.clone())
-                    }
-                    _ => None,
-                };
-                if h.changes.len() < MAX_CHANGES_KEPT {
-                    h.changes.push(ChangeReport {
-                        task_id: id,
-                        task: task.to_string(),
-                        kind: match c.kind {
-                            ChangeKind::Resource => "resource",
-                            ChangeKind::Handler => "handler",
-                        },
-                        resource: c.resource.clone(),
-                        target: c.target.clone(),
-                        changed: c.changed,
-                        action: c.action.clone(),
-                        check: c.check,
-                        diff,
-                        error: c.error.clone(),
-                    });
-                } else {
-                    h.changes_not_kept += 1;
-                }
-            }
-        }
-        if counts {
-            *self.changed_by_task.lock().entry(id).or_default() += 1;
-        }
+    /// A change, as it happens: a line for each one that changed something (or a
+    /// handler), with its diff under it with `--diff`.
+    fn change_line(&self, host: &str, task: &str, c: &Change) {
         if !c.changed && c.kind == ChangeKind::Resource {
             return;
         }
@@ -301,27 +235,9 @@ impl Output {
         }
     }
 
-    /// `print` and `log.*` in the main script.
-    pub fn script_log(&self, level: LogLevel, text: &str) {
-        match level {
-            LogLevel::Print | LogLevel::Info => self.line(text),
-            LogLevel::Debug => {
-                if std::env::var_os("SLOTH_DEBUG").is_some() {
-                    self.line(&format!("debug: {text}"))
-                }
-            }
-            LogLevel::Warn => self.line(&format!("{} {text}", self.paint("33", "warn:"))),
-            LogLevel::Error => self.line(&format!("{} {text}", self.paint("31", "error:"))),
-        }
-    }
-
-    /// A failure nobody awaited (spawned tasks): shown at once, never lost.
-    pub fn unawaited_failure(&self, msg: &str) {
-        self.line(&format!("{} {msg}", self.paint("31", "task failed:")));
-    }
-
+    /// An error of the run: printed on stderr, kept for `--json`.
     pub fn error(&self, msg: &str) {
-        self.errors.lock().push(msg.to_string());
+        self.report.error(msg);
         if self.json {
             eprintln!("error: {msg}");
         } else {
@@ -329,62 +245,13 @@ impl Output {
         }
     }
 
-    pub fn record(&self, rec: &TaskRecord, o: &Outcome) {
-        let ms = o.duration.as_millis() as u64;
-        {
-            let mut r = self.recap.lock();
-            let h = r.entry(rec.host()).or_default();
-            h.duration_ms += ms;
-            match &o.result {
-                Ok(_) => h.ok += 1,
-                Err(e) if e.kind == ErrorKind::Unreachable => h.unreachable += 1,
-                Err(e) if e.kind == ErrorKind::Cancelled => h.cancelled += 1,
-                Err(_) => h.failed += 1,
-            }
-        }
-        // Without --json only failures are listed (the recap names each failed host's
-        // first error); successes are counted above. A long run of small tasks then
-        // keeps no per-task report.
-        if !self.json && o.result.is_ok() {
-            return;
-        }
-        self.tasks.lock().push(TaskReport {
-            id: rec.id,
-            name: rec.name.clone(),
-            host: rec.host(),
-            success: o.result.is_ok(),
-            kind: o.result.as_ref().err().map(|e| e.kind.as_str()),
-            error: o.result.as_ref().err().map(|e| e.display_for(&rec.host())),
-            duration_ms: ms,
-            changed: self
-                .changed_by_task
-                .lock()
-                .get(&rec.id)
-                .copied()
-                .unwrap_or(0),
-        });
-    }
-
     /// Tasks that failed (not counting cancelled ones, which the script asked for).
-    /// A host a stopped rollout did not touch.
-    pub fn skipped(&self, host: &str) {
-        self.recap
-            .lock()
-            .entry(host.to_string())
-            .or_default()
-            .skipped += 1;
-    }
-
     pub fn failed_tasks(&self) -> u64 {
-        self.recap
-            .lock()
-            .values()
-            .map(|h| h.failed + h.unreachable)
-            .sum()
+        self.report.failed_tasks()
     }
 
-    pub fn recap(&self) -> BTreeMap<String, HostRecap> {
-        self.recap.lock().clone()
+    pub fn recap(&self) -> std::collections::BTreeMap<String, HostRecap> {
+        self.report.recap()
     }
 
     /// The closing recap: one line per host, or a summary plus failures when long.
@@ -392,7 +259,7 @@ impl Output {
         if self.json {
             return;
         }
-        let recap = self.recap.lock().clone();
+        let recap = self.report.recap();
         if recap.is_empty() {
             return;
         }
@@ -433,15 +300,15 @@ impl Output {
             self.line(&l);
         }
         // Why each failed host failed (its first failure), so the recap is enough to act on.
-        let tasks = self.tasks.lock().clone();
+        let failures = self.report.failures();
         let mut shown = 0;
         for (host, h) in &recap {
             if !bad(h) || shown >= screen {
                 continue;
             }
-            if let Some(t) = tasks
+            if let Some(t) = failures
                 .iter()
-                .filter(|t| &t.host == host && !t.success)
+                .filter(|t| &t.host == host)
                 .min_by_key(|t| t.id)
             {
                 if let Some(e) = &t.error {
@@ -463,31 +330,27 @@ impl Output {
         ));
     }
 
-    /// The one document `--json` prints on stdout.
-    pub fn print_json(
-        &self,
-        script: &str,
-        success: bool,
-        exit_code: i32,
-        script_error: Option<&str>,
-        wall: Duration,
-    ) {
+    /// The run ended: the `run_finished` event, and with `--json` the one document on
+    /// stdout (or kept, see [`Output::keeping_json`]).
+    pub fn finish(&self, end: &RunEnd) {
+        self.emit(
+            "run_finished",
+            json!({
+                "success": end.success,
+                "exit_code": end.exit_code,
+                "duration_ms": end.wall.as_millis() as u64,
+                "script_error": end.script_error.as_deref().map(report::clean),
+            }),
+        );
         if !self.json {
             return;
         }
-        let mut tasks = self.tasks.lock().clone();
-        tasks.sort_by_key(|t| t.id);
-        let doc = serde_json::json!({
-            "script": script,
-            "success": success,
-            "check": self.check,
-            "exit_code": exit_code,
-            "duration_ms": wall.as_millis() as u64,
-            "script_error": script_error,
-            "hosts": self.recap(),
-            "tasks": tasks,
-            "errors": self.errors.lock().clone(),
-        });
+        let info = self
+            .run
+            .lock()
+            .clone()
+            .unwrap_or_else(|| RunInfo::new("", &[]));
+        let doc = self.report.document(&info, end);
         if self.keep_json {
             *self.kept.lock() = Some(doc);
             return;
@@ -518,24 +381,109 @@ impl Drop for Bar<'_> {
 }
 
 impl Events for Output {
-    fn task_log(&self, host: &str, task: &str, level: LogLevel, text: &str) {
-        Output::task_log(self, host, task, level, text)
+    fn task_started(&self, rec: &TaskRecord) {
+        self.emit(
+            "task_started",
+            json!({
+                "task_id": rec.id,
+                "name": rec.name,
+                "host": rec.host(),
+                "batch": rec.batch.map(|(index, of)| json!({"index": index, "of": of})),
+            }),
+        );
     }
-    fn task_change(&self, id: u64, host: &str, task: &str, change: &Change) {
-        Output::task_change(self, id, host, task, change)
+
+    fn task_log(&self, id: u64, host: &str, task: &str, level: LogLevel, text: &str) {
+        self.report.output(id, level, text);
+        self.emit(
+            "log",
+            json!({"task_id": id, "host": host, "task": task, "level": level.as_str(), "line": text}),
+        );
+        self.task_line(host, task, level, text);
     }
+
+    fn task_change(&self, id: u64, host: &str, task: &str, c: &Change) {
+        self.report.change(id, host, task, c);
+        self.emit(
+            "change",
+            json!({
+                "task_id": id, "host": host, "task": task,
+                "kind": match c.kind { ChangeKind::Resource => "resource", ChangeKind::Handler => "handler" },
+                "resource": c.resource, "target": c.target, "changed": c.changed,
+                "action": c.action, "check": c.check, "error": c.error,
+            }),
+        );
+        self.change_line(host, task, c);
+    }
+
     fn script_log(&self, level: LogLevel, text: &str) {
-        Output::script_log(self, level, text)
+        if level == LogLevel::Error {
+            self.report.error(text);
+        }
+        self.emit("script_log", json!({"level": level.as_str(), "line": text}));
+        match level {
+            LogLevel::Print | LogLevel::Info => self.line(text),
+            LogLevel::Debug => {
+                if std::env::var_os("SLOTH_DEBUG").is_some() {
+                    self.line(&format!("debug: {text}"))
+                }
+            }
+            LogLevel::Warn => self.line(&format!("{} {text}", self.paint("33", "warn:"))),
+            LogLevel::Error => self.line(&format!("{} {text}", self.paint("31", "error:"))),
+        }
     }
-    fn task_done(&self, rec: &TaskRecord, outcome: &Outcome) {
-        self.record(rec, outcome)
+
+    fn task_done(&self, rec: &TaskRecord, o: &Outcome) {
+        self.report.task_done(rec, o);
+        let host = rec.host();
+        let err = o.result.as_ref().err();
+        self.emit(
+            "task_finished",
+            json!({
+                "task_id": rec.id,
+                "name": rec.name,
+                "host": host,
+                "success": o.result.is_ok(),
+                "kind": err.map(|e| e.kind.as_str()),
+                "error": err.map(|e| report::clean(&e.display_for(&host))),
+                "duration_ms": o.duration.as_millis() as u64,
+                "batch": rec.batch.map(|(index, of)| json!({"index": index, "of": of})),
+            }),
+        );
     }
+
     fn unawaited_failure(&self, msg: &str) {
-        Output::unawaited_failure(self, msg)
+        self.report.error(msg);
+        self.line(&format!("{} {msg}", self.paint("31", "task failed:")));
     }
-    fn host_skipped(&self, host: &str) {
-        self.skipped(host)
+
+    fn rollout(&self, event: Rollout<'_>) {
+        match event {
+            Rollout::BatchStarted { index, of, hosts } => self.emit(
+                "batch_started",
+                json!({"index": index, "of": of, "hosts": hosts}),
+            ),
+            Rollout::BatchFinished { index, of, failed } => self.emit(
+                "batch_finished",
+                json!({"index": index, "of": of, "failed": failed}),
+            ),
+            Rollout::Stopped {
+                after,
+                of,
+                reason,
+                skipped,
+            } => {
+                for h in skipped {
+                    self.report.skipped(h, reason, after, of);
+                }
+                self.emit(
+                    "rollout_stopped",
+                    json!({"after_batch": after, "of": of, "reason": reason, "skipped": skipped}),
+                );
+            }
+        }
     }
+
     fn progress(&self, len: u64, what: &str) -> Box<dyn Progress + '_> {
         Box::new(Output::progress(self, len, what))
     }

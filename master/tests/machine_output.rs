@@ -1,0 +1,243 @@
+//! The machine output of a run, checked against its documented schemas
+//! (docs/run.schema.json, docs/events.schema.json): the `--json` document of `run`
+//! (changes, values, failures, a stopped rollout, masked secrets, every printed error)
+//! and of `exec` (each host's output and exit code), and the `--events` stream.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use serde_json::Value as J;
+
+fn schema(name: &str) -> jsonschema::Validator {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs")
+        .join(name);
+    let text = std::fs::read_to_string(&path).expect("the schema");
+    let s: J = serde_json::from_str(&text).expect("the schema is JSON");
+    jsonschema::validator_for(&s).expect("a valid schema")
+}
+
+fn valid(v: &jsonschema::Validator, doc: &J) {
+    let errors: Vec<String> = v
+        .iter_errors(doc)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}\n{doc:#}");
+}
+
+const SCRIPT: &str = r#"
+-- A failed task (its error ends with a newline), values of every form, a change,
+-- and a rollout that stops.
+local ok_task = goroutine.async(function()
+  file.content{ path = vars.dir .. "/" .. host.name .. ".conf", content = "x\n" }
+  return 1, 2.5, "text", { 1, 2, 3 }, { name = host.name, nested = { true } }, nil
+end, { delegate_to = "web-01", name = "values" })
+local bad = goroutine.async(function() error("broken\n", 0) end, { delegate_to = "web-02", name = "bad" })
+goroutine.await_all({ ok_task, bad })
+local results = fleet.run("all", function()
+  if host.name == "web-01" then error("first batch fails") end
+  return "done"
+end, { serial = 1, any_errors_fatal = true, name = "roll" })
+"#;
+
+#[test]
+fn run_json_follows_its_schema_and_says_everything() {
+    let fleet = TestFleet::web(3);
+    let dir = fleet.path().display().to_string();
+    let out = fleet.run(
+        SCRIPT,
+        &[
+            "--json",
+            "-e",
+            &format!("dir={dir}"),
+            "-e",
+            "db_password=hunter2",
+        ],
+    );
+    out.assert_code(1);
+    let doc = json(&out);
+    let run_schema = schema("run.schema.json");
+    valid(&run_schema, &doc);
+    assert_eq!(doc["schema"], 1);
+    // The schema does say something: a changed document fails it.
+    let mut wrong = doc.clone();
+    wrong["tasks"][0]["started_at"] = J::from("yesterday");
+    assert!(!run_schema.is_valid(&wrong));
+    assert_eq!(doc["vars"]["db_password"], "***");
+    assert_eq!(doc["vars"]["dir"], dir.as_str());
+    let command: Vec<&str> = doc["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(command.contains(&"db_password=***"), "{command:?}");
+    assert!(!out.stdout.contains("hunter2") && !out.stderr.contains("hunter2"));
+    let tasks = doc["tasks"].as_array().unwrap();
+    let values = tasks.iter().find(|t| t["name"] == "values").unwrap();
+    assert_eq!(
+        values["values"],
+        serde_json::json!([1, 2.5, "text", [1, 2, 3], {"name": "web-01", "nested": [true]}, null])
+    );
+    assert_eq!(
+        (values["changed"].clone(), values["changes"].clone()),
+        (J::Bool(true), J::from(1))
+    );
+    let bad = tasks.iter().find(|t| t["name"] == "bad").unwrap();
+    assert_eq!(bad["kind"], "lua");
+    assert_eq!(bad["error"], "lua: web-02: broken", "no trailing newline");
+    let roll: Vec<&J> = tasks.iter().filter(|t| t["name"] == "roll").collect();
+    assert_eq!(roll.len(), 1, "the rollout stopped after its first batch");
+    assert_eq!(roll[0]["batch"], serde_json::json!({"index": 1, "of": 3}));
+    let skipped = doc["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 2);
+    assert_eq!(skipped[0]["reason"], "any_errors_fatal");
+    assert_eq!(
+        skipped[0]["after_batch"],
+        serde_json::json!({"index": 1, "of": 3})
+    );
+    // Every error printed is listed: the rollout's stop and each failed task.
+    let errors: Vec<&str> = doc["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("fleet.run: rollout stopped after batch 1/3")),
+        "{errors:?}"
+    );
+    assert!(errors.contains(&"lua: web-02: broken"), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("first batch fails")),
+        "{errors:?}"
+    );
+    assert!(out.stderr.contains("rollout stopped"), "{out}");
+    let changes = doc["hosts"]["web-01"]["changes"].as_array().unwrap();
+    assert_eq!(changes[0]["resource"], "file.content");
+
+    // Check mode, and a usage error: still one valid document.
+    let out = fleet.run(SCRIPT, &["--json", "--check", "-e", &format!("dir={dir}")]);
+    let doc = json(&out);
+    valid(&schema("run.schema.json"), &doc);
+    assert_eq!(doc["check"], true);
+    let out = fleet.run(SCRIPT, &["--json", "-e", "no-equals-sign"]);
+    out.assert_code(2);
+    let doc = json(&out);
+    valid(&schema("run.schema.json"), &doc);
+    assert_eq!(doc["exit_code"], 2);
+}
+
+#[test]
+fn exec_json_has_each_hosts_output_and_exit_code() {
+    let fleet = TestFleet::web(2);
+    let inv = fleet.inventory();
+    let out = sloth_master(
+        fleet.path(),
+        &[
+            "exec",
+            "all",
+            "-i",
+            inv.to_str().unwrap(),
+            "--certs",
+            fleet.certs.to_str().unwrap(),
+            "--json",
+            "--",
+            "echo out-$(hostname) >/dev/null; echo to-stdout; echo to-stderr >&2; test -e /nonexistent",
+        ],
+    );
+    out.assert_code(1);
+    let doc = json(&out);
+    valid(&schema("run.schema.json"), &doc);
+    assert_eq!(doc["script"], "exec", "not a temporary path");
+    let exec = &doc["exec"];
+    assert!(exec["command"]
+        .as_str()
+        .unwrap()
+        .ends_with("test -e /nonexistent"));
+    for h in ["web-01", "web-02"] {
+        let r = &exec["hosts"][h];
+        assert_eq!(r["exit_code"], 1, "{r}");
+        assert_eq!(r["stdout"], "to-stdout\n", "{r}");
+        assert_eq!(r["stderr"], "to-stderr\n", "{r}");
+        assert_eq!(r["success"], false);
+    }
+    let out = sloth_master(
+        fleet.path(),
+        &[
+            "exec",
+            "web-01",
+            "-i",
+            inv.to_str().unwrap(),
+            "--certs",
+            fleet.certs.to_str().unwrap(),
+            "--json",
+            "--",
+            "echo",
+            "fine",
+        ],
+    );
+    out.assert_code(0);
+    let doc = json(&out);
+    valid(&schema("run.schema.json"), &doc);
+    assert_eq!(doc["exec"]["hosts"]["web-01"]["exit_code"], 0);
+    assert_eq!(doc["exec"]["hosts"]["web-01"]["stdout"], "fine\n");
+}
+
+#[test]
+fn events_stream_the_run_as_it_happens() {
+    let fleet = TestFleet::web(3);
+    let dir = fleet.path().display().to_string();
+    let events = fleet.path().join("events.jsonl");
+    let out = fleet.run(
+        &format!("print('hello')\n{SCRIPT}"),
+        &[
+            "--events",
+            events.to_str().unwrap(),
+            "-e",
+            &format!("dir={dir}"),
+        ],
+    );
+    out.assert_code(1);
+    let v = schema("events.schema.json");
+    let lines: Vec<J> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    for l in &lines {
+        valid(&v, l);
+    }
+    let kinds: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"run_started"));
+    assert_eq!(kinds.last(), Some(&"run_finished"));
+    for k in [
+        "task_started",
+        "task_finished",
+        "change",
+        "script_log",
+        "batch_started",
+        "batch_finished",
+        "rollout_stopped",
+    ] {
+        assert!(kinds.contains(&k), "no {k} in {kinds:?}");
+    }
+    // Each task starts before it finishes, every task finishes once.
+    let mut started = std::collections::BTreeSet::new();
+    for l in &lines {
+        let id = l["task_id"].as_u64();
+        match l["event"].as_str() {
+            Some("task_started") => assert!(started.insert(id.unwrap())),
+            Some("task_finished") => assert!(started.remove(&id.unwrap()), "{l}"),
+            _ => {}
+        }
+    }
+    assert!(started.is_empty(), "unfinished: {started:?}");
+    // --json and --events - cannot share stdout.
+    let out = fleet.run("print(1)", &["--json", "--events", "-"]);
+    out.assert_code(2);
+}
