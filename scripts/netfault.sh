@@ -141,7 +141,7 @@ for i in 0 1; do
   mkdir -p "$WORK/cache-$name"
   ip netns exec "$ns" env SLOTH_CACHE_DIR="$WORK/cache-$name" "$AGENT" \
     --listen "${AGENT_IP[$i]}:$PORT" --cert "$CERTS/$name.crt" --key "$CERTS/$name.key" \
-    --ca "$CERTS/ca.crt" --name "$name" >"$WORK/agent-$name.out" 2>"$WORK/agent-$name.log" 9>&- &
+    --ca "$CERTS/ca.crt" --name "$name" --audit-log "$WORK/audit-$name.log" >"$WORK/agent-$name.out" 2>"$WORK/agent-$name.log" 9>&- &
   PIDS+=($!)
   disown $!                      # (no "Killed" notice from bash when cleanup stops it)
   printf '[hosts.%s]\naddress = "%s"\ngroups = ["net"]\n\n' "$name" "${AGENT_IP[$i]}" >>"$INV"

@@ -47,7 +47,7 @@ trap cleanup EXIT
 start_agent() { # index, listen address
   local i=$1 listen=$2 name=${names[$1]}
   "$bin/sloth-agent" --listen "$listen" --name "$name" --cert "$work/certs/$name.crt" \
-    --key "$work/certs/$name.key" --ca "$work/certs/ca.crt" \
+    --key "$work/certs/$name.key" --ca "$work/certs/ca.crt" --audit-log "$work/$name.audit.log" \
     >"$work/$name.out" 2>>"$work/$name.log" &
   pids[$i]=$!
   echo "$!" >"$work/pid-$i"

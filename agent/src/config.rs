@@ -8,6 +8,8 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::audit;
+
 #[derive(Parser, Debug, Default)]
 #[command(
     name = "sloth-agent",
@@ -42,6 +44,17 @@ pub struct Args {
     /// Time limit for a task that sets none, e.g. 1h, 30m.
     #[arg(long)]
     pub task_timeout: Option<String>,
+    /// Where to append the audit log (a JSON line per master session and per task), or
+    /// `off`; default /var/log/sloth/audit.log for root, else
+    /// $XDG_STATE_HOME/sloth/audit.log (~/.local/state/sloth/audit.log).
+    #[arg(long)]
+    pub audit_log: Option<String>,
+    /// Size at which the audit log is rotated, e.g. 10MiB.
+    #[arg(long)]
+    pub audit_log_max_size: Option<String>,
+    /// Rotated audit logs kept (audit.log.1 … audit.log.N).
+    #[arg(long)]
+    pub audit_log_keep: Option<u32>,
     /// Read settings from a TOML file (same keys as the flags, with underscores).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -59,6 +72,9 @@ struct FileConfig {
     queue: Option<u32>,
     memory_limit: Option<String>,
     task_timeout: Option<String>,
+    audit_log: Option<String>,
+    audit_log_max_size: Option<String>,
+    audit_log_keep: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +88,7 @@ pub struct Config {
     pub queue: u32,
     pub memory_limit: usize,
     pub task_timeout: Duration,
+    pub audit: audit::Settings,
 }
 
 impl Config {
@@ -130,6 +147,25 @@ impl Config {
                 .map_err(|e| anyhow::anyhow!("--task-timeout: {e}"))?,
             None => Duration::from_secs(3600),
         };
+        let audit_path = match (a.audit_log, f.audit_log) {
+            (Some(off), _) | (None, Some(off)) if off == "off" => None,
+            (Some(p), _) => Some(PathBuf::from(p)),
+            (None, Some(p)) => Some(rel(PathBuf::from(p))),
+            (None, None) => Some(
+                audit::default_path(rustix::process::geteuid().is_root()).context(
+                    "no place for the audit log (neither XDG_STATE_HOME nor HOME is set); \
+                     pass --audit-log PATH or --audit-log off",
+                )?,
+            ),
+        };
+        let audit = audit::Settings {
+            path: audit_path,
+            max_size: match a.audit_log_max_size.or(f.audit_log_max_size) {
+                Some(s) => parse_size(&s).context("--audit-log-max-size")? as u64,
+                None => 10 * 1024 * 1024,
+            },
+            keep: a.audit_log_keep.or(f.audit_log_keep).unwrap_or(5),
+        };
         Ok(Config {
             listen,
             cert,
@@ -140,6 +176,7 @@ impl Config {
             queue,
             memory_limit,
             task_timeout,
+            audit,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! `sloth-agent`: serves tasks from authenticated masters over QUIC.
 
+mod audit;
 mod config;
 mod server;
 mod worker;

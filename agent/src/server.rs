@@ -12,6 +12,7 @@ use sloth_transport::{self as tls, wire};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
+use crate::audit::{AuditLog, Event, Session, TaskInfo};
 use crate::config::Config;
 use crate::worker;
 use sloth_lua::runner::Runner;
@@ -23,6 +24,7 @@ pub struct Agent {
     pub waiting: AtomicU32,
     /// The threads tasks run on (at most `max_tasks` run at once: `workers`).
     pub runner: Runner,
+    pub audit: AuditLog,
 }
 
 /// How long an idle task thread watches for the next task before it sleeps: longer
@@ -51,6 +53,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         t.max_concurrent_uni_streams(0u32.into());
     }
     let server_cfg = tls::agent_server_config(&own, &ca, transport)?;
+    // An audit log that cannot be opened stops the agent before it serves anyone.
+    let audit = AuditLog::open(&cfg.audit)?;
     let endpoint = quinn::Endpoint::server(server_cfg, cfg.listen)
         .with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = endpoint.local_addr().context("reading the bound address")?;
@@ -74,6 +78,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             RUNNER_SPIN,
             Duration::from_secs(30),
         ),
+        audit,
         cfg,
     });
     let shutdown = sloth_transport::process::shutdown_signal();
@@ -104,6 +109,15 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
 
 async fn handle_connection(agent: Arc<Agent>, conn: Connection) {
     let peer = conn.remote_address();
+    // TLS has verified the certificate against the fleet CA; the audit log names it.
+    let master = match tls::PeerIdentity::of_connection(&conn) {
+        Ok(id) => id,
+        Err(e) => {
+            warn!(%peer, "refusing a master: {e}");
+            conn.close(codes::PROTOCOL.into(), b"unreadable client certificate");
+            return;
+        }
+    };
     // The control stream comes first; a peer that never opens it is dropped.
     let control = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi()).await;
     let (mut csend, crecv) = match control {
@@ -187,13 +201,19 @@ async fn handle_connection(agent: Arc<Agent>, conn: Connection) {
     if wire::write_frame(&mut csend, &welcome).await.is_err() {
         return;
     }
-    info!(%peer, "master connected");
+    info!(%peer, master = %master.describe(), "master connected");
+    let session = Arc::new(Session { master, peer });
+    // A failure is logged; each task then refuses itself for the same reason.
+    let _ = agent
+        .audit
+        .record(&agent.cfg.name, Event::Connect, &session, None, None);
     tokio::spawn(control_loop(csend, crecv));
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
                 let agent = agent.clone();
-                tokio::spawn(async move { task_stream(agent, send, recv).await });
+                let session = session.clone();
+                tokio::spawn(async move { task_stream(agent, session, send, recv).await });
             }
             Err(e) => {
                 info!(%peer, "master connection ended: {e}");
@@ -231,7 +251,12 @@ async fn control_loop(mut send: SendStream, mut recv: wire::FrameReader<RecvStre
 }
 
 /// One task: read the request, wait for a worker, run it, stream events back.
-async fn task_stream(agent: Arc<Agent>, mut send: SendStream, recv: RecvStream) {
+async fn task_stream(
+    agent: Arc<Agent>,
+    session: Arc<Session>,
+    mut send: SendStream,
+    recv: RecvStream,
+) {
     let mut recv = wire::FrameReader::new(recv);
     let req = match recv.next::<ToAgent>().await {
         Ok(Some(ToAgent::Task(req))) => *req,
@@ -263,11 +288,15 @@ async fn task_stream(agent: Arc<Agent>, mut send: SendStream, recv: RecvStream) 
                     "agent {} is at capacity ({} running, {} queued)",
                     agent.cfg.name, agent.cfg.max_tasks, agent.cfg.queue
                 );
-                let _ = wire::write_frame(
-                    &mut send,
-                    &done(Err(TaskError::new(ErrorKind::Refused, msg)), 0),
-                )
-                .await;
+                let err = TaskError::new(ErrorKind::Refused, msg);
+                let _ = agent.audit.record(
+                    &agent.cfg.name,
+                    Event::TaskRefused,
+                    &session,
+                    Some(&TaskInfo::of(&req)),
+                    Some(&crate::audit::Ending::error(&err)),
+                );
+                let _ = wire::write_frame(&mut send, &done(Err(err), 0)).await;
                 let _ = send.finish();
                 return;
             }
@@ -284,5 +313,5 @@ async fn task_stream(agent: Arc<Agent>, mut send: SendStream, recv: RecvStream) 
             }
         }
     };
-    worker::run(agent, req, send, recv, permit, queued).await;
+    worker::run(agent, session, req, send, recv, permit, queued).await;
 }

@@ -2,7 +2,7 @@
 //! lines and shared-object calls go out, replies and cancellation come in.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,10 +15,13 @@ use sloth_lua::shared_obj::SharedBackend;
 use sloth_proto::change::Change;
 use sloth_proto::data::{Data, Refs};
 use sloth_proto::graph::{Graph, SharedRef};
-use sloth_proto::protocol::{self, codes, Facts, LogLevel, TaskRequest, ToAgent, ToMaster};
+use sloth_proto::protocol::{
+    self, codes, ErrorKind, Facts, LogLevel, TaskError, TaskRequest, ToAgent, ToMaster,
+};
 use sloth_transport::wire::{self, FrameReader};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
+use crate::audit::{Ending, Event, Session, TaskInfo};
 use crate::server::Agent;
 
 /// How long the async thread stays awake after handing a task to a task thread.
@@ -35,6 +38,8 @@ struct StreamIo {
     replies: Replies,
     next_call: Arc<AtomicU64>,
     cancel: CancelToken,
+    /// Changes the task's resources reported (for the audit log).
+    changes: Arc<AtomicU32>,
 }
 
 impl TaskIo for StreamIo {
@@ -47,6 +52,7 @@ impl TaskIo for StreamIo {
     }
 
     fn change(&self, change: Change) {
+        self.changes.fetch_add(1, Ordering::Relaxed);
         let _ = self.out.blocking_send(ToMaster::Change(Box::new(change)));
     }
 
@@ -110,6 +116,7 @@ pub fn facts() -> Facts {
 
 pub async fn run(
     agent: Arc<Agent>,
+    session: Arc<Session>,
     req: TaskRequest,
     mut send: SendStream,
     mut recv: FrameReader<RecvStream>,
@@ -118,6 +125,26 @@ pub async fn run(
 ) {
     let start = Instant::now();
     let task_id = req.task_id;
+    // No task runs unrecorded: one the audit log cannot take is refused.
+    let info = TaskInfo::of(&req);
+    let audit = |event, ending: Option<&Ending>| {
+        agent
+            .audit
+            .record(&agent.cfg.name, event, &session, Some(&info), ending)
+    };
+    if let Err(why) = audit(Event::TaskStart, None) {
+        let refused = ToMaster::Done {
+            result: Err(TaskError::new(
+                ErrorKind::Refused,
+                format!("agent {} refuses the task: {why}", agent.cfg.name),
+            )),
+            duration_us: 0,
+        };
+        let _ = wire::write_frame(&mut send, &refused).await;
+        let _ = send.finish();
+        return;
+    }
+    let changes = Arc::new(AtomicU32::new(0));
     let limit = req
         .timeout_ms
         .map(Duration::from_millis)
@@ -131,6 +158,7 @@ pub async fn run(
         replies: replies.clone(),
         next_call: Arc::new(AtomicU64::new(1)),
         cancel: cancel.clone(),
+        changes: changes.clone(),
     });
     let ctx = TaskContext {
         host: agent.cfg.name.clone(),
@@ -213,12 +241,22 @@ pub async fn run(
     }
     let result = match result {
         Ok(r) => r,
-        Err(_) => Err(sloth_proto::protocol::TaskError::new(
-            sloth_proto::protocol::ErrorKind::Lua,
+        Err(_) => Err(TaskError::new(
+            ErrorKind::Lua,
             "the task's worker thread failed (a panic in the executor)",
         )),
     };
     let duration_us = sloth_lua::executor::elapsed_us(start);
+    // Recorded before the master hears the result. The task has run: a failure
+    // to record its end is in the agent's log.
+    let _ = audit(
+        Event::TaskEnd,
+        Some(&Ending::of(
+            &result,
+            duration_us,
+            changes.load(Ordering::Relaxed),
+        )),
+    );
     let done = ToMaster::Done {
         result: result.map(Data::into_graph),
         duration_us,
@@ -229,8 +267,8 @@ pub async fn run(
         Ok(b) => b,
         Err(e) => {
             let failed = ToMaster::Done {
-                result: Err(sloth_proto::protocol::TaskError::new(
-                    sloth_proto::protocol::ErrorKind::Capture,
+                result: Err(TaskError::new(
+                    ErrorKind::Capture,
                     format!("the result cannot be sent back: {e}"),
                 )),
                 duration_us,

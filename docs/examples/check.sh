@@ -235,15 +235,15 @@ if [ ${#ONLY[@]} -eq 0 ]; then
   # Pick free-looking UDP ports.
   base=$((20000 + RANDOM % 20000))
   "$AGENT" --listen "127.0.0.1:$base" --cert "$tmp/certs/web-01.crt" --key "$tmp/certs/web-01.key" \
-    --ca "$tmp/certs/ca.crt" >"$tmp/a1.log" 2>&1 &
+    --ca "$tmp/certs/ca.crt" --audit-log "$tmp/a1.audit" >"$tmp/a1.log" 2>&1 &
   pids+=($!)
   # db-01's certificate, but started under another name.
   "$AGENT" --listen "127.0.0.1:$((base + 1))" --cert "$tmp/certs/db-01.crt" --key "$tmp/certs/db-01.key" \
-    --ca "$tmp/certs/ca.crt" --name web-09 >"$tmp/a2.log" 2>&1 &
+    --ca "$tmp/certs/ca.crt" --name web-09 --audit-log "$tmp/a2.audit" >"$tmp/a2.log" 2>&1 &
   pids+=($!)
   # web-01's certificate answering at the address the inventory gives for db-02.
   "$AGENT" --listen "127.0.0.1:$((base + 2))" --cert "$tmp/certs/web-01.crt" --key "$tmp/certs/web-01.key" \
-    --ca "$tmp/certs/ca.crt" --name db-02 >"$tmp/a3.log" 2>&1 &
+    --ca "$tmp/certs/ca.crt" --name db-02 --audit-log "$tmp/a3.audit" >"$tmp/a3.log" 2>&1 &
   pids+=($!)
   cat >"$tmp/inventory.toml" <<EOF
 [hosts.web-01]

@@ -109,6 +109,23 @@ print("r", goroutine.await(h))
     assert_eq!(sh(&c, "getent passwd slothusr; getent group slothgrp"), "");
     assert_eq!(sh(&c, "test -e /home/slothusr || echo gone"), "gone");
     assert_eq!(fleet.run(remove, &[]).line("r"), "true\tfalse\tfalse");
+
+    // The agent runs as root under systemd with no --audit-log: its audit log is in
+    // the default place, private, with every task above on record.
+    assert_eq!(
+        sh(
+            &c,
+            "stat -c '%a %U' /var/log/sloth /var/log/sloth/audit.log"
+        ),
+        "700 root\n600 root"
+    );
+    let ends: usize = sh(
+        &c,
+        "grep -c '\"event\":\"task_end\"' /var/log/sloth/audit.log",
+    )
+    .parse()
+    .unwrap();
+    assert!(ends >= 7, "{ends} task_end lines");
 }
 
 /// Bad arguments are refused at the call, naming the argument, before anything

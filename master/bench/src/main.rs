@@ -838,6 +838,14 @@ impl Bench {
                         &certs.join(format!("{name}.key")),
                         &certs.join("ca.crt"),
                     )
+                    // Audited as in production, into the bench's directory.
+                    .args([
+                        std::ffi::OsStr::new("--audit-log"),
+                        self.dir
+                            .path()
+                            .join(format!("{name}.audit.log"))
+                            .as_os_str(),
+                    ])
                     .stderr_to(&log)
             })
             .collect();

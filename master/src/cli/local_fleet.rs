@@ -54,6 +54,11 @@ impl LocalFleet {
             cmds.push(
                 AgentCommand::new(&bin, name, "127.0.0.1:0")
                     .identity(&cert, &key, &ca_crt)
+                    // Local agents audit into the fleet's directory, gone with it.
+                    .args([
+                        std::ffi::OsStr::new("--audit-log"),
+                        dir.path().join(format!("{name}.audit.log")).as_os_str(),
+                    ])
                     .args(extra_args)
                     .env("SLOTH_LOG", &log_filter),
             );

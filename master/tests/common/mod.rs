@@ -304,6 +304,18 @@ pub struct Agent {
     args: Vec<std::ffi::OsString>,
 }
 
+impl Agent {
+    /// Its `--audit-log`.
+    pub fn audit_log(&self) -> PathBuf {
+        let at = self
+            .args
+            .iter()
+            .position(|a| a == "--audit-log")
+            .expect("test agents have an audit log");
+        PathBuf::from(&self.args[at + 1])
+    }
+}
+
 /// How to start one agent.
 pub struct AgentSpec<'a> {
     /// `--name`
@@ -334,8 +346,27 @@ pub fn start_agent(spec: &AgentSpec, log_dir: &Path) -> Agent {
 }
 
 fn spawn_agent(name: &str, args: Vec<std::ffi::OsString>, listen: &str, log_dir: &Path) -> Agent {
+    let args = with_audit_log(name, args, log_dir);
     let (starting, log) = launch_agent(name, args.clone(), listen, log_dir);
     ready(name, starting, log, args)
+}
+
+/// Agents in tests keep their audit log beside their stderr log (as root, the default
+/// would be /var/log/sloth), unless the test chose a place.
+fn with_audit_log(
+    name: &str,
+    mut args: Vec<std::ffi::OsString>,
+    log_dir: &Path,
+) -> Vec<std::ffi::OsString> {
+    if !args.iter().any(|a| a == "--audit-log") {
+        args.push("--audit-log".into());
+        args.push(
+            log_dir
+                .join(format!("audit-{}-{}.log", name, unique()))
+                .into(),
+        );
+    }
+    args
 }
 
 /// Start the process; [`ready`] waits for it.
@@ -480,6 +511,7 @@ impl TestFleet {
                     "--ca".into(),
                     self.certs.join("ca.crt").into(),
                 ];
+                let args = with_audit_log(n, args, self.dir.path());
                 let (starting, log) = launch_agent(n, args.clone(), "127.0.0.1:0", self.dir.path());
                 (n, starting, log, args)
             })

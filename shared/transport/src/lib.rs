@@ -1,7 +1,7 @@
 //! The QUIC transport of master and agents: the fleet's TLS configuration ([`config`]),
 //! certificates as PEM files ([`pem`]), plain-words explanations of connection
 //! failures ([`explain`]), the async framing of protocol messages on QUIC streams
-//! ([`wire`]), the async runtime and shutdown signals of both processes ([`process`]),
+//! ([`wire`]), the identity a peer's certificate gives ([`identity`]), the async runtime and shutdown signals of both processes ([`process`]),
 //! and, behind the `issue` feature that only the master enables, certificate issuance
 //! ([`issue`]).
 //!
@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod explain;
+pub mod identity;
 #[cfg(feature = "issue")]
 pub mod issue;
 pub mod pem;
@@ -25,6 +26,7 @@ pub use config::{
     agent_server_config, effective_keep_alive, master_client_config, transport_config, ALPN,
 };
 pub use explain::{explain_connect_error, explain_connection_error, explain_incoming_error};
+pub use identity::PeerIdentity;
 #[cfg(feature = "issue")]
 pub use issue::{generate_ca, issue_agent, issue_master};
 pub use pem::{parse_certs, parse_key, read_pem_files, write_pem_files, Pem};
