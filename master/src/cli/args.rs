@@ -1,10 +1,12 @@
 //! The command line as clap parses it: the commands, their options and the fleet
-//! options they share, and the checks of option values (`--local-fleet N`,
+//! options they share (and what sloth.toml fills in), and the checks of option values (`--local-fleet N`,
 //! `-e KEY=VALUE`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
+
+use super::config::Config;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -13,13 +15,16 @@ use clap::{Parser, Subcommand};
     about = "Run Lua deploy scripts across a fleet of sloth agents"
 )]
 pub struct Cli {
+    /// The config file (default: ./sloth.toml, else $XDG_CONFIG_HOME/sloth/sloth.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct FleetArgs {
-    /// Inventory file (TOML).
+    /// Inventory file (TOML) [default: `inventory` in sloth.toml].
     #[arg(short = 'i', long = "inventory")]
     pub inventory: Option<PathBuf>,
     /// Start a local agent per inventory host (or N agents local-01.. without one).
@@ -28,13 +33,45 @@ pub struct FleetArgs {
     /// Only these hosts may be reached (a host pattern).
     #[arg(long)]
     pub limit: Option<String>,
-    /// Directory with ca.crt, master.crt and master.key.
-    #[arg(long, default_value = "certs")]
-    pub certs: PathBuf,
-    /// Connect timeout per agent, e.g. 3s.
-    #[arg(long, default_value = "3s")]
-    pub connect_timeout: String,
+    /// Directory with ca.crt, master.crt and master.key [default: `certs` in
+    /// sloth.toml, else ./certs].
+    #[arg(long)]
+    pub certs: Option<PathBuf>,
+    /// Connect timeout per agent, e.g. 3s [default: sloth.toml's, else 3s].
+    #[arg(long)]
+    pub connect_timeout: Option<String>,
+    /// Time limit of a task that sets none, e.g. 10m [default: sloth.toml's, else
+    /// none; agents cap every task at their own --task-timeout].
+    #[arg(long)]
+    pub task_timeout: Option<String>,
 }
+
+impl FleetArgs {
+    /// Fill what the command line left open from the config file. Its inventory is
+    /// the default for `-i` unless `--local-fleet` asks for a throw-away fleet.
+    pub fn apply(&mut self, cfg: &Config) {
+        if self.inventory.is_none() && self.local_fleet.is_none() {
+            self.inventory = cfg.inventory.clone();
+        }
+        if self.certs.is_none() {
+            self.certs = cfg.certs.clone();
+        }
+        if self.connect_timeout.is_none() {
+            self.connect_timeout = cfg.connect_timeout.clone();
+        }
+        if self.task_timeout.is_none() {
+            self.task_timeout = cfg.task_timeout.clone();
+        }
+    }
+
+    /// The certificate directory: `--certs`, sloth.toml's `certs`, else `./certs`.
+    pub fn certs_dir(&self) -> &Path {
+        self.certs.as_deref().unwrap_or(Path::new(DEFAULT_CERTS))
+    }
+}
+
+/// The certificate directory when neither `--certs` nor sloth.toml names one.
+pub const DEFAULT_CERTS: &str = "certs";
 
 /// `--local-fleet [N]`: a clearer message when the script path landed here.
 fn parse_fleet_size(v: &str) -> Result<usize, String> {
@@ -81,7 +118,8 @@ pub enum Cmd {
     /// hosts that match nothing, changes a task would make only on its copy.
     Check {
         script: PathBuf,
-        /// Inventory file (TOML): literal host names and patterns are checked against it.
+        /// Inventory file (TOML): literal host names and patterns are checked against it
+        /// [default: `inventory` in sloth.toml].
         #[arg(short = 'i', long = "inventory")]
         inventory: Option<PathBuf>,
     },
@@ -128,8 +166,9 @@ pub enum Cmd {
 pub enum CertsCmd {
     /// Create the fleet CA and the master certificate.
     Init {
-        #[arg(long, default_value = "certs")]
-        dir: PathBuf,
+        /// [default: `certs` in sloth.toml, else ./certs]
+        #[arg(long)]
+        dir: Option<PathBuf>,
         /// Replace an existing CA (every agent certificate must then be re-issued).
         #[arg(long)]
         force: bool,
@@ -140,8 +179,9 @@ pub enum CertsCmd {
         /// Extra subject alternative names (IP addresses or DNS names).
         #[arg(long = "san")]
         sans: Vec<String>,
-        #[arg(long, default_value = "certs")]
-        dir: PathBuf,
+        /// The CA's directory [default: `certs` in sloth.toml, else ./certs].
+        #[arg(long)]
+        dir: Option<PathBuf>,
         /// Where to write NAME.crt and NAME.key (default: --dir).
         #[arg(long)]
         out: Option<PathBuf>,

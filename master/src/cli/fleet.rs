@@ -2,6 +2,9 @@
 //! `--local-fleet`), narrowed by `--limit`, the local agents if asked for, and the
 //! master's certificates.
 
+use std::time::Duration;
+
+use super::config::parse_duration;
 use super::local_fleet::LocalFleet;
 use super::FleetArgs;
 use crate::engine::inventory::Inventory;
@@ -13,6 +16,8 @@ pub struct Fleet {
     pub local: Option<LocalFleet>,
     pub certs: Option<MasterCerts>,
     pub mesh_cfg: MeshConfig,
+    /// The time limit of a task that sets none.
+    pub task_timeout: Option<Duration>,
 }
 
 /// Load the inventory, start the local fleet if asked, find the certificates.
@@ -33,11 +38,17 @@ pub fn prepare_fleet(a: &FleetArgs) -> Result<Fleet, String> {
             .map_err(|e| format!("--limit: {e}"))?;
         inventory.hosts.retain(|h| keep.contains(&h.name));
     }
-    let mesh_cfg = MeshConfig {
-        connect_timeout: sloth_lua::context::parse_duration_str(&a.connect_timeout)
-            .map_err(|e| format!("--connect-timeout: {e}"))?,
-        ..MeshConfig::default()
-    };
+    let mut mesh_cfg = MeshConfig::default();
+    if let Some(t) = &a.connect_timeout {
+        mesh_cfg.connect_timeout =
+            parse_duration(t).map_err(|e| format!("--connect-timeout: {e}"))?;
+    }
+    let task_timeout = a
+        .task_timeout
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|e| format!("--task-timeout: {e}"))?;
     let (local, certs) = if a.local_fleet.is_some() {
         let names: Vec<String> = inventory.hosts.iter().map(|h| h.name.clone()).collect();
         let lf = LocalFleet::start(&names, &[]).map_err(|e| format!("--local-fleet: {e:#}"))?;
@@ -56,7 +67,17 @@ pub fn prepare_fleet(a: &FleetArgs) -> Result<Fleet, String> {
     } else {
         (
             None,
-            Some(MasterCerts::load(&a.certs).map_err(|e| format!("{e:#}"))?),
+            Some(MasterCerts::load(a.certs_dir()).map_err(|e| {
+                let hint = if a.certs.is_none() {
+                    format!(
+                        "; set `certs` in {} or pass --certs DIR",
+                        super::config::FILE_NAME
+                    )
+                } else {
+                    String::new()
+                };
+                format!("{e:#}{hint}")
+            })?),
         )
     };
     Ok(Fleet {
@@ -64,5 +85,6 @@ pub fn prepare_fleet(a: &FleetArgs) -> Result<Fleet, String> {
         local,
         certs,
         mesh_cfg,
+        task_timeout,
     })
 }

@@ -1,7 +1,7 @@
 //! Command-line commands. Exit codes: 0 success, 1 a task or the script failed,
 //! 2 usage or configuration error.
 //!
-//! `args.rs` holds the clap definitions; each command has its file (`run.rs`,
+//! `args.rs` holds the clap definitions, `config.rs` reads sloth.toml; each command has its file (`run.rs`,
 //! `exec.rs` with `exec.lua`, `health.rs`, `certs.rs`, `check.rs`), `fleet.rs` prepares the fleet
 //! they reach, `output.rs` prints and `local_fleet.rs` starts agents on this machine.
 //! This file dispatches, and builds the async runtime with the master's signal handling.
@@ -9,6 +9,7 @@
 mod args;
 pub mod certs;
 mod check;
+pub mod config;
 mod exec;
 mod fleet;
 mod health;
@@ -19,6 +20,7 @@ mod run;
 pub use args::{CertsCmd, Cli, Cmd, FleetArgs};
 pub use fleet::{prepare_fleet, Fleet};
 use sloth_proto::change::Mode;
+use std::path::PathBuf;
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
@@ -29,16 +31,27 @@ pub const EXIT_USAGE: i32 = 2;
 const MAX_BLOCKING_THREADS: usize = 4096;
 
 pub fn main(cli: Cli) -> i32 {
+    let cfg = match config::Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let certs_dir = |dir: Option<PathBuf>| {
+        dir.or_else(|| cfg.certs.clone())
+            .unwrap_or_else(|| PathBuf::from(args::DEFAULT_CERTS))
+    };
     match cli.cmd {
         Cmd::Certs { cmd } => {
             let r = match cmd {
-                CertsCmd::Init { dir, force } => certs::init(&dir, force),
+                CertsCmd::Init { dir, force } => certs::init(&certs_dir(dir), force),
                 CertsCmd::Issue {
                     name,
                     sans,
                     dir,
                     out,
-                } => certs::issue(&dir, &name, &sans, out.as_deref()),
+                } => certs::issue(&certs_dir(dir), &name, &sans, out.as_deref()),
             };
             match r {
                 Ok(()) => EXIT_OK,
@@ -50,7 +63,7 @@ pub fn main(cli: Cli) -> i32 {
         }
         Cmd::Run {
             script,
-            fleet,
+            mut fleet,
             vars,
             json,
             events,
@@ -64,6 +77,7 @@ pub fn main(cli: Cli) -> i32 {
                 );
                 return EXIT_USAGE;
             }
+            fleet.apply(&cfg);
             if check_first {
                 match check::findings(&script, fleet.inventory.as_deref()) {
                     Ok(found) if check::report(&script, &found) > 0 => return EXIT_FAILED,
@@ -77,16 +91,22 @@ pub fn main(cli: Cli) -> i32 {
             let reporting = run::Reporting { json, events };
             run::run(&script, &fleet, &vars, &reporting, Mode { check, diff })
         }
-        Cmd::Check { script, inventory } => check::command(&script, inventory.as_deref()),
+        Cmd::Check { script, inventory } => check::command(
+            &script,
+            inventory.or_else(|| cfg.inventory.clone()).as_deref(),
+        ),
         Cmd::Health {
             pattern,
-            fleet,
+            mut fleet,
             json,
             check,
-        } => health::command(&pattern, &fleet, json, check.as_deref()),
+        } => {
+            fleet.apply(&cfg);
+            health::command(&pattern, &fleet, json, check.as_deref())
+        }
         Cmd::Exec {
             pattern,
-            fleet,
+            mut fleet,
             timeout,
             json,
             events,
@@ -98,6 +118,7 @@ pub fn main(cli: Cli) -> i32 {
                 );
                 return EXIT_USAGE;
             }
+            fleet.apply(&cfg);
             let reporting = run::Reporting { json, events };
             exec::exec(&pattern, &fleet, timeout.as_deref(), &reporting, &command)
         }

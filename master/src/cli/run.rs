@@ -109,6 +109,7 @@ pub(super) fn run_with(
         fleet.inventory.clone(),
         out.clone(),
         mode,
+        fleet.task_timeout,
     );
     let script_path = script.to_path_buf();
     let rt2 = runtime.clone();

@@ -42,7 +42,7 @@ pub fn start(rt: &Arc<Runtime>, payload: Graph, opts: &TaskOpts) -> Arc<TaskReco
     let rec = rt.registry.new_task(
         opts.name.clone(),
         &host,
-        opts.timeout,
+        opts.timeout.or(rt.task_timeout),
         opts.spawned,
         opts.batch,
     );

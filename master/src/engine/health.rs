@@ -112,11 +112,13 @@ pub fn render_table(rows: &[HostHealth]) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(vec![
-        "host", "status", "latency", "version", "load", "memory", "disk", "uptime", "error",
+        "host", "address", "status", "latency", "version", "load", "memory", "disk", "uptime",
+        "error",
     ]);
     for r in rows {
         t.add_row(vec![
             r.host.clone(),
+            r.address.clone(),
             r.status.clone(),
             r.latency_ms
                 .map(|l| format!("{l:.1} ms"))

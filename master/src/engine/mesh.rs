@@ -106,6 +106,21 @@ impl MasterCerts {
     }
 }
 
+/// A host that cannot be reached is reported with the address that was dialed (the
+/// QUIC and TLS explanations name only the host): `ADDRESS: why`, the host being added
+/// where the error is shown.
+fn naming_address(mut e: TaskError, host: &str, address: &str) -> TaskError {
+    if e.kind == ErrorKind::Unreachable && !e.message.contains(address) {
+        let why = e
+            .message
+            .strip_prefix(host)
+            .and_then(|m| m.strip_prefix(": "))
+            .unwrap_or(&e.message);
+        e.message = format!("{address}: {why}");
+    }
+    e
+}
+
 impl Mesh {
     /// Must be called inside the tokio runtime.
     pub fn new(
@@ -178,7 +193,7 @@ impl Mesh {
             dial.await
         }
         .await;
-        match dialed {
+        match dialed.map_err(|e| naming_address(e, host, &slot.address)) {
             Ok(conn) => {
                 let conn = Arc::new(conn);
                 guard.conn = Some(conn.clone());
@@ -538,5 +553,34 @@ impl TaskStream for QuicTaskStream {
 
     fn take_fin(&mut self) {
         wire::take_fin(self.recv.get_mut());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_errors_name_the_address_once() {
+        let e = |kind, m: &str| TaskError::new(kind, m);
+        let named = naming_address(
+            e(ErrorKind::Unreachable, "web-01: timed out (no answer)"),
+            "web-01",
+            "10.0.0.1:7447",
+        );
+        assert_eq!(named.message, "10.0.0.1:7447: timed out (no answer)");
+        assert_eq!(
+            named.display_for("web-01"),
+            "unreachable: web-01: 10.0.0.1:7447: timed out (no answer)"
+        );
+        let already = "no answer from 10.0.0.1:7447 within 3000 ms";
+        let kept = naming_address(
+            e(ErrorKind::Unreachable, already),
+            "web-01",
+            "10.0.0.1:7447",
+        );
+        assert_eq!(kept.message, already);
+        let refused = naming_address(e(ErrorKind::Refused, "version"), "web-01", "a:1");
+        assert_eq!(refused.message, "version");
     }
 }

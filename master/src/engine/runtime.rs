@@ -31,6 +31,9 @@ pub struct Runtime {
     pub local_memory_limit: Option<usize>,
     /// Check mode and diffs, for every task of the run (`run --check`, `--diff`).
     pub mode: Mode,
+    /// The time limit of a task that sets none (`task_timeout` in sloth.toml,
+    /// `--task-timeout`).
+    pub task_timeout: Option<Duration>,
     /// The threads local tasks run on.
     pub runner: sloth_lua::runner::Runner,
     vars_cache: Mutex<HashMap<String, Graph>>,
@@ -43,9 +46,10 @@ impl Runtime {
         inventory: Inventory,
         out: Arc<dyn Events>,
         mode: Mode,
+        task_timeout: Option<Duration>,
     ) -> Arc<Runtime> {
         let transport = mesh.clone().map(|m| m as Arc<dyn Transport>);
-        Self::build(handle, mesh, transport, inventory, out, mode)
+        Self::build(handle, mesh, transport, inventory, out, mode, task_timeout)
     }
 
     /// A run whose tasks go through `transport` (the engine's tests use a fake).
@@ -62,6 +66,7 @@ impl Runtime {
             inventory,
             out,
             Mode::default(),
+            None,
         )
     }
 
@@ -72,6 +77,7 @@ impl Runtime {
         inventory: Inventory,
         out: Arc<dyn Events>,
         mode: Mode,
+        task_timeout: Option<Duration>,
     ) -> Arc<Runtime> {
         let registry = Registry::new();
         let rt = Arc::new(Runtime {
@@ -83,6 +89,7 @@ impl Runtime {
             out: out.clone(),
             local_memory_limit: Some(1 << 30),
             mode,
+            task_timeout,
             // As many threads as local tasks may block at once; an idle one watches for
             // the next task for 200 µs before sleeping (sequential awaits find it awake).
             runner: sloth_lua::runner::Runner::new(

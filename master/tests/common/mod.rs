@@ -19,6 +19,10 @@ use sloth_launcher::{AgentCommand, RunningAgent};
 /// Hard limit for one `sloth-master` invocation: a hang fails the test instead of CI.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Where the master looks for `sloth/sloth.toml` in tests: nowhere, so a config file
+/// of the machine's user cannot change what a test runs.
+pub const NO_CONFIG_HOME: &str = "/nonexistent/sloth-tests-config";
+
 pub fn master_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sloth-master"))
 }
@@ -272,7 +276,9 @@ impl Drop for Running {
 /// `sloth-master ARGS` in `cwd`, to completion (or [`RUN_TIMEOUT`]).
 pub fn sloth_master(cwd: &Path, args: &[&str]) -> Output {
     let mut cmd = Command::new(master_bin());
-    cmd.current_dir(cwd).args(args);
+    cmd.current_dir(cwd)
+        .args(args)
+        .env("XDG_CONFIG_HOME", NO_CONFIG_HOME);
     Running::spawn(cmd).finish(RUN_TIMEOUT)
 }
 
@@ -645,7 +651,10 @@ impl TestFleet {
         let script = self.script_path(file_name, script);
         let inv = self.inventory();
         let mut cmd = Command::new(master_bin());
-        cmd.current_dir(self.dir.path()).arg("run").arg(&script);
+        cmd.current_dir(self.dir.path())
+            .env("XDG_CONFIG_HOME", NO_CONFIG_HOME)
+            .arg("run")
+            .arg(&script);
         // Extra arguments may replace the inventory or the certificate directory.
         if !extra_args.iter().any(|a| *a == "-i" || *a == "--inventory") {
             cmd.arg("-i").arg(&inv);

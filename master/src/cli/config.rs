@@ -1,0 +1,159 @@
+//! The master's config file, `sloth.toml`: the certificate directory, the default
+//! inventory and the timeouts, so that commands work from any directory. Found with
+//! `--config FILE`, else `./sloth.toml`, else `$XDG_CONFIG_HOME/sloth/sloth.toml`
+//! (`~/.config/sloth/sloth.toml`). Paths in it are relative to the file; a flag on the
+//! command line wins over it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The file's name in the current directory and in the config directory.
+pub const FILE_NAME: &str = "sloth.toml";
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct File {
+    certs: Option<PathBuf>,
+    inventory: Option<PathBuf>,
+    connect_timeout: Option<String>,
+    task_timeout: Option<String>,
+}
+
+/// The settings read from the file (all optional), with paths made absolute.
+#[derive(Default, Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file they came from.
+    pub path: Option<PathBuf>,
+    pub certs: Option<PathBuf>,
+    pub inventory: Option<PathBuf>,
+    pub connect_timeout: Option<String>,
+    pub task_timeout: Option<String>,
+}
+
+impl Config {
+    /// The config `--config` names, else the first file found; none is fine.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, String> {
+        let path = match explicit {
+            Some(p) => {
+                if !p.is_file() {
+                    return Err(format!("--config {}: no such file", p.display()));
+                }
+                p.to_path_buf()
+            }
+            None => match discover(Path::new("."), config_home().as_deref()) {
+                Some(p) => p,
+                None => return Ok(Config::default()),
+            },
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Config::parse(&text, &path)
+    }
+
+    /// Parse `text`, the contents of the file at `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
+        let f: File = toml::from_str(text).map_err(|e| {
+            format!(
+                "{}: {}",
+                path.display(),
+                e.message().trim_end().replace('\n', " ")
+            )
+        })?;
+        // Durations are checked now, naming the file, not when first used.
+        for (key, value) in [
+            ("connect_timeout", &f.connect_timeout),
+            ("task_timeout", &f.task_timeout),
+        ] {
+            if let Some(v) = value {
+                parse_duration(v).map_err(|e| format!("{}: {key}: {e}", path.display()))?;
+            }
+        }
+        let base = path
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).to_path_buf());
+        let rel = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+        Ok(Config {
+            path: Some(path.to_path_buf()),
+            certs: f.certs.map(rel),
+            inventory: f.inventory.map(rel),
+            connect_timeout: f.connect_timeout,
+            task_timeout: f.task_timeout,
+        })
+    }
+}
+
+/// `$XDG_CONFIG_HOME/sloth`, else `~/.config/sloth`.
+fn config_home() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".config"))
+        })?;
+    Some(base.join("sloth"))
+}
+
+/// `cwd/sloth.toml`, else `config_home/sloth.toml`, whichever exists first.
+fn discover(cwd: &Path, config_home: Option<&Path>) -> Option<PathBuf> {
+    std::iter::once(cwd.join(FILE_NAME))
+        .chain(config_home.map(|d| d.join(FILE_NAME)))
+        .find(|p| p.is_file())
+}
+
+/// A duration as the master's flags take it (`3s`, `500ms`, `2m`).
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    sloth_lua::context::parse_duration_str(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_relative_to_the_file_and_durations_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sloth.toml");
+        let c = Config::parse(
+            "certs = \"pki\"\ninventory = \"/etc/sloth/hosts.toml\"\nconnect_timeout = \"5s\"\ntask_timeout = \"10m\"\n",
+            &path,
+        )
+        .unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        assert_eq!(c.certs, Some(base.join("pki")));
+        assert_eq!(c.inventory, Some(PathBuf::from("/etc/sloth/hosts.toml")));
+        assert_eq!(c.connect_timeout.as_deref(), Some("5s"));
+        assert_eq!(c.task_timeout.as_deref(), Some("10m"));
+
+        let e = Config::parse("task_timeout = \"soon\"", &path).unwrap_err();
+        assert!(e.contains("sloth.toml: task_timeout:"), "{e}");
+        let e = Config::parse("cert = \"x\"", &path).unwrap_err();
+        assert!(
+            e.contains("unknown field `cert`") && e.contains("certs"),
+            "{e}"
+        );
+        assert_eq!(Config::parse("", &path).unwrap().certs, None);
+    }
+
+    #[test]
+    fn the_current_directory_comes_before_the_config_directory() {
+        let cwd = tempfile::tempdir().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        assert_eq!(discover(cwd.path(), Some(home.path())), None);
+        std::fs::write(home.path().join(FILE_NAME), "").unwrap();
+        assert_eq!(
+            discover(cwd.path(), Some(home.path())),
+            Some(home.path().join(FILE_NAME))
+        );
+        std::fs::write(cwd.path().join(FILE_NAME), "").unwrap();
+        assert_eq!(
+            discover(cwd.path(), Some(home.path())),
+            Some(cwd.path().join(FILE_NAME))
+        );
+    }
+}
