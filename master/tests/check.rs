@@ -53,11 +53,11 @@ fn check_finds_problems_before_anything_runs() {
     );
     assert_eq!(lines[5], "bad.sloth: 4 error(s), 1 warning(s)");
 
-    // --check-first: the same report, and the script never starts.
+    // --check-first: the same report (on stderr), and the script never starts.
     let out = fleet.run_named("bad.sloth", BAD, &["--check-first"]);
     out.assert_code(1);
     assert!(!out.stdout.contains("STARTED"), "{out}");
-    assert!(out.stdout.contains("4 error(s), 1 warning(s)"), "{out}");
+    assert!(out.stderr.contains("4 error(s), 1 warning(s)"), "{out}");
 
     // Warnings only: exit 0, and --check-first runs the script.
     let warned = "local n = 0\nlocal h = goroutine.async(function() n = n + 1 end, { delegate_to = 'web-01' })\ngoroutine.await(h)\nprint('STARTED')\n";

@@ -241,3 +241,117 @@ fn events_stream_the_run_as_it_happens() {
     let out = fleet.run("print(1)", &["--json", "--events", "-"]);
     out.assert_code(2);
 }
+
+/// `--events -`: standard output carries only event lines (the script's prints and the
+/// recap go to stderr), and a spawned task's failure is listed once in `errors`.
+#[test]
+fn events_on_stdout_are_only_events() {
+    let fleet = TestFleet::web(1);
+    let out = fleet.run(
+        r#"print("human line")
+goroutine.spawn(function() error("spawned boom", 0) end, { name = "sp" })
+goroutine.sleep(300)"#,
+        &["--events", "-"],
+    );
+    out.assert_code(1);
+    let v = schema("events.schema.json");
+    for l in out.stdout.lines() {
+        let e: J = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{out}"));
+        valid(&v, &e);
+    }
+    assert!(out.stderr.contains("human line"), "{out}");
+    assert!(out.stderr.contains("RECAP"), "{out}");
+    let out = fleet.run(
+        r#"goroutine.spawn(function() error("spawned boom", 0) end, { name = "sp" })
+goroutine.sleep(300)"#,
+        &["--json"],
+    );
+    let doc = json(&out);
+    let errors: Vec<&str> = doc["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        errors.iter().filter(|e| e.contains("spawned boom")).count(),
+        1,
+        "{errors:?}"
+    );
+}
+
+/// `run --check-first --json`: the findings go to stderr; stdout is one document,
+/// which says why the script did not run.
+#[test]
+fn check_first_keeps_stdout_for_the_document() {
+    let fleet = TestFleet::web(2);
+    let out = fleet.run("fs.wirte('/tmp/x', 'y')", &["--check-first", "--json"]);
+    out.assert_code(1);
+    let doc = json(&out);
+    valid(&schema("run.schema.json"), &doc);
+    assert_eq!(doc["exit_code"], 1);
+    assert!(
+        doc["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("the check found 1 error(s); not running it"),
+        "{doc:#}"
+    );
+    assert!(out.stderr.contains("unknown function fs.wirte"), "{out}");
+    // Warnings only: the run goes on, stdout still one document.
+    let out = fleet.run(
+        "local t = {}\ngoroutine.await(goroutine.async(function() t.x = 1 end, { delegate_to = 'web-01' }))",
+        &["--check-first", "--json"],
+    );
+    out.assert_code(0);
+    json(&out);
+    assert!(out.stderr.contains("warning:"), "{out}");
+    // --limit narrows the hosts the check accepts.
+    let out = fleet.run(
+        "goroutine.await(goroutine.async(function() end, { delegate_to = 'web-01' }))",
+        &["--check-first", "--limit", "web-02"],
+    );
+    out.assert_code(1);
+    assert!(out.stderr.contains("web-01"), "{out}");
+}
+
+/// An interrupted run (SIGTERM) still reports its end: exit 130, the document with the
+/// task that was running as cancelled, and `run_finished` last in the stream.
+#[test]
+fn an_interrupted_run_reports_its_end() {
+    let fleet = TestFleet::web(1);
+    let events = fleet.path().join("int.jsonl");
+    let run = fleet.spawn_run(
+        r#"local h = goroutine.async(function() goroutine.sleep(30000) end, { delegate_to = "web-01", name = "long" })
+print("STARTED")
+goroutine.await(h)"#,
+        &["--json", "--events", events.to_str().unwrap()],
+    );
+    // With --json the script's prints go to stderr: wait for the task to be running.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(&events)
+        .unwrap_or_default()
+        .contains("task_started")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let pid = rustix::process::Pid::from_raw(run.pid() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let out = run.finish(std::time::Duration::from_secs(20));
+    out.assert_code(130);
+    let doc = json(&out);
+    valid(&schema("run.schema.json"), &doc);
+    assert_eq!(doc["exit_code"], 130);
+    assert_eq!(doc["tasks"][0]["name"], "long");
+    assert_eq!(doc["tasks"][0]["kind"], "cancelled");
+    assert_eq!(doc["hosts"]["web-01"]["cancelled"], 1);
+    let text = std::fs::read_to_string(&events).unwrap();
+    let last: J = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"], "run_finished");
+    assert_eq!(last["exit_code"], 130);
+}

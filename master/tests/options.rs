@@ -139,3 +139,42 @@ fn every_option_table_refuses_unknown_keys_naming_the_known_ones() {
         );
     }
 }
+
+/// A typo in a key a function needs is reported as the typo, not as the missing key:
+/// `nmae` is named (with the suggestion), wherever the function notices what is
+/// missing first. Case is a typo too (`CWD`).
+#[test]
+fn a_misspelt_required_key_is_named_as_the_typo() {
+    let fleet = TestFleet::web(1);
+    let out = fleet.run(
+        r#"
+for i, f in ipairs({
+  function() return service.running{ nmae = "x" } end,
+  function() return pkg.installed{ nam = "x" } end,
+  function() return group.present{ nmae = "x" } end,
+  function() return archive.unpacked{ src = "x", dset = "/y" } end,
+  function() return file.content{ path = "/tmp/zz", contnt = "x" } end,
+  function() return exec.run("pwd", { CWD = "/" }) end,
+}) do
+  local ok, err = pcall(f)
+  print("E", i, tostring(ok), err)
+end
+"#,
+        &["--check"],
+    );
+    let e = out.all("E");
+    assert_eq!(e.len(), 6, "{out}");
+    let expect = [
+        "unknown option 'nmae' (did you mean 'name'?)",
+        "unknown option 'nam' (did you mean 'name'?)",
+        "unknown option 'nmae' (did you mean 'name'?)",
+        "unknown option 'dset' (did you mean 'dest'?)",
+        "unknown option 'contnt' (did you mean 'content'?)",
+        "unknown option 'CWD' (did you mean 'cwd'?)",
+    ];
+    for (line, want) in e.iter().zip(expect) {
+        assert_eq!(line[1], "false", "{out}");
+        assert!(line[2].contains(want), "{} wanted {want}\n{out}", line[2]);
+        assert!(!line[2].contains("traceback"), "{out}");
+    }
+}

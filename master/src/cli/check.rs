@@ -2,16 +2,17 @@
 //! runs (see [`crate::lint`]), one line each, then a count. Exit 0 with none or only
 //! warnings, 1 with errors, 2 when the script or the inventory cannot be read.
 
+use std::io::Write;
 use std::path::Path;
 
-use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use super::{FleetArgs, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::engine::inventory::Inventory;
 use crate::lint::{self, Finding, Level};
 
 pub(super) fn command(script: &Path, inventory: Option<&Path>) -> i32 {
     match findings(script, inventory) {
         Ok(found) => {
-            let errors = report(script, &found);
+            let errors = report_to(script, &found, &mut std::io::stdout());
             if errors > 0 {
                 EXIT_FAILED
             } else {
@@ -26,30 +27,51 @@ pub(super) fn command(script: &Path, inventory: Option<&Path>) -> i32 {
 }
 
 /// What `check` finds in `script`; `Err` when it or the inventory cannot be read.
-pub(super) fn findings(script: &Path, inventory: Option<&Path>) -> Result<Vec<Finding>, String> {
-    let source = std::fs::read(script)
-        .map_err(|e| format!("cannot read script {}: {e}", script.display()))?;
-    let source = String::from_utf8_lossy(&source);
+fn findings(script: &Path, inventory: Option<&Path>) -> Result<Vec<Finding>, String> {
     let inv = match inventory {
         Some(p) => Some(Inventory::load(p).map_err(|e| e.to_string())?),
         None => None,
     };
-    Ok(lint::check(&file_name(script), &source, inv.as_ref()))
+    check_source(script, inv.as_ref())
 }
 
-/// Print the findings and a count; the number of errors.
-pub(super) fn report(script: &Path, found: &[Finding]) -> usize {
+/// What `run --check-first` finds: against the hosts the run may reach (the inventory,
+/// narrowed by `--limit`).
+pub(super) fn findings_for_run(script: &Path, fa: &FleetArgs) -> Result<Vec<Finding>, String> {
+    let inv = match &fa.inventory {
+        Some(p) => {
+            let mut inv = Inventory::load(p).map_err(|e| e.to_string())?;
+            if let Some(limit) = &fa.limit {
+                let keep = inv.resolve(limit).map_err(|e| format!("--limit: {e}"))?;
+                inv.hosts.retain(|h| keep.contains(&h.name));
+            }
+            Some(inv)
+        }
+        None => None,
+    };
+    check_source(script, inv.as_ref())
+}
+
+fn check_source(script: &Path, inv: Option<&Inventory>) -> Result<Vec<Finding>, String> {
+    let source = std::fs::read(script)
+        .map_err(|e| format!("cannot read script {}: {e}", script.display()))?;
+    let source = String::from_utf8_lossy(&source);
+    Ok(lint::check(&file_name(script), &source, inv))
+}
+
+/// Write the findings and a count to `w`; the number of errors.
+pub(super) fn report_to(script: &Path, found: &[Finding], w: &mut dyn Write) -> usize {
     let name = script.display().to_string();
     for f in found {
-        println!("{}", f.render(&name));
+        let _ = writeln!(w, "{}", f.render(&name));
     }
     let errors = found.iter().filter(|f| f.level == Level::Error).count();
     let warnings = found.len() - errors;
-    if found.is_empty() {
-        println!("{name}: no problems found");
+    let _ = if found.is_empty() {
+        writeln!(w, "{name}: no problems found")
     } else {
-        println!("{name}: {errors} error(s), {warnings} warning(s)");
-    }
+        writeln!(w, "{name}: {errors} error(s), {warnings} warning(s)")
+    };
     errors
 }
 

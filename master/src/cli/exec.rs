@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::output::{EventStream, Output};
-use super::run::{run_with, Reporting};
+use super::run::{run_with, Reporting, RunSpec};
 use super::{FleetArgs, EXIT_USAGE};
 use crate::engine::inventory::Inventory;
 use sloth_proto::change::Mode;
@@ -68,13 +68,9 @@ pub(super) fn exec(
     let out = Output::new(reporting.json)
         .with_events(events)
         .keeping_output();
-    run_with(
-        Arc::new(out),
-        &path,
-        "exec",
-        fa,
-        &vars,
-        Mode::default(),
-        Some(&command),
-    )
+    let spec = RunSpec {
+        exec: Some(&command),
+        ..RunSpec::script(&path, "exec", &vars, Mode::default())
+    };
+    run_with(Arc::new(out), &spec, fa)
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::output::{self, Output};
-use super::run::{run, run_with, Reporting};
+use super::run::{run, run_with, Reporting, RunSpec};
 use super::{install_signal_handler, prepare_fleet, tokio_runtime, FleetArgs};
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::engine::mesh::Mesh;
@@ -22,26 +22,14 @@ pub(super) fn command(pattern: &str, fleet: &FleetArgs, json: bool, check: Optio
                 limit: Some(pattern.to_string()),
                 ..fleet.clone()
             };
+            let label = script.display().to_string();
+            let spec = RunSpec::script(script, &label, &[], Mode::default());
             if !json {
-                return code.max(run(
-                    script,
-                    &limited,
-                    &[],
-                    &Reporting::default(),
-                    Mode::default(),
-                ));
+                return code.max(run(&spec, &limited, &Reporting::default()));
             }
             // One document: the health part and the check script's run.
             let out = Arc::new(Output::keeping_json());
-            let rc = run_with(
-                out.clone(),
-                script,
-                &script.display().to_string(),
-                &limited,
-                &[],
-                Mode::default(),
-                None,
-            );
+            let rc = run_with(out.clone(), &spec, &limited);
             output::print_doc(&serde_json::json!({
                 "health": doc,
                 "check": out.take_json(),

@@ -25,6 +25,7 @@ use std::path::PathBuf;
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// Blocking threads the master's runtime may start: shared-object calls proxied from
 /// agents run on them (`engine::dispatch`), and many may wait at once.
@@ -78,18 +79,13 @@ pub fn main(cli: Cli) -> i32 {
                 return EXIT_USAGE;
             }
             fleet.apply(&cfg);
-            if check_first {
-                match check::findings(&script, fleet.inventory.as_deref()) {
-                    Ok(found) if check::report(&script, &found) > 0 => return EXIT_FAILED,
-                    Ok(_) => {}
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return EXIT_USAGE;
-                    }
-                }
-            }
             let reporting = run::Reporting { json, events };
-            run::run(&script, &fleet, &vars, &reporting, Mode { check, diff })
+            let label = script.display().to_string();
+            let spec = run::RunSpec {
+                check_first,
+                ..run::RunSpec::script(&script, &label, &vars, Mode { check, diff })
+            };
+            run::run(&spec, &fleet, &reporting)
         }
         Cmd::Check { script, inventory } => check::command(
             &script,
@@ -131,12 +127,33 @@ pub fn tokio_runtime() -> Result<tokio::runtime::Runtime, String> {
     sloth_transport::process::runtime(MAX_BLOCKING_THREADS).map_err(|e| e.to_string())
 }
 
-/// Ctrl-C / SIGTERM: stop local agents, then exit 130.
+/// What a run does when interrupted (report its end), set by the run in progress.
+static ON_INTERRUPT: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>> =
+    std::sync::Mutex::new(None);
+
+/// Run `f` if the process is interrupted (replacing what was set before).
+pub(super) fn on_interrupt(f: impl FnOnce() + Send + 'static) {
+    if let Ok(mut hook) = ON_INTERRUPT.lock() {
+        *hook = Some(Box::new(f));
+    }
+}
+
+/// Ctrl-C / SIGTERM: stop local agents, let the run report its end (the `--json`
+/// document, `run_finished`, the recap: at most 2 s), then exit 130.
 pub fn install_signal_handler(rt: &tokio::runtime::Runtime) {
     rt.spawn(async {
         sloth_transport::process::shutdown_signal().await;
         eprintln!("interrupted: stopping local agents");
         local_fleet::kill_all();
-        std::process::exit(130);
+        let hook = ON_INTERRUPT.lock().ok().and_then(|mut h| h.take());
+        if let Some(f) = hook {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                f();
+                let _ = tx.send(());
+            });
+            let _ = rx.recv_timeout(std::time::Duration::from_secs(2));
+        }
+        std::process::exit(EXIT_INTERRUPTED);
     });
 }

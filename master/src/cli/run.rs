@@ -22,13 +22,34 @@ pub(super) struct Reporting {
     pub events: Option<String>,
 }
 
-pub(super) fn run(
-    script: &Path,
-    fa: &FleetArgs,
-    vars: &[String],
-    reporting: &Reporting,
-    mode: Mode,
-) -> i32 {
+/// What to run, and how.
+pub(super) struct RunSpec<'a> {
+    pub script: &'a Path,
+    /// How reports name the script (`exec` names the command it runs).
+    pub label: &'a str,
+    /// `-e KEY=VALUE` as given.
+    pub vars: &'a [String],
+    pub mode: Mode,
+    /// `sloth-master exec`'s command.
+    pub exec: Option<&'a str>,
+    /// `--check-first`: lint the script, and do not run it when that finds errors.
+    pub check_first: bool,
+}
+
+impl<'a> RunSpec<'a> {
+    pub fn script(script: &'a Path, label: &'a str, vars: &'a [String], mode: Mode) -> Self {
+        RunSpec {
+            script,
+            label,
+            vars,
+            mode,
+            exec: None,
+            check_first: false,
+        }
+    }
+}
+
+pub(super) fn run(spec: &RunSpec, fa: &FleetArgs, reporting: &Reporting) -> i32 {
     let events = match reporting
         .events
         .as_deref()
@@ -42,23 +63,21 @@ pub(super) fn run(
         }
     };
     let out = Output::new(reporting.json)
-        .with_mode(mode)
+        .with_mode(spec.mode)
         .with_events(events);
-    let label = script.display().to_string();
-    run_with(Arc::new(out), script, &label, fa, vars, mode, None)
+    run_with(Arc::new(out), spec, fa)
 }
 
-/// `run` with a given output (`health --check --json` keeps the run's document);
-/// `label` names the script in reports, `exec` the command `sloth-master exec` runs.
-pub(super) fn run_with(
-    out: Arc<Output>,
-    script: &Path,
-    label: &str,
-    fa: &FleetArgs,
-    vars: &[String],
-    mode: Mode,
-    exec: Option<&str>,
-) -> i32 {
+/// `run` with a given output (`health --check --json` keeps the run's document).
+pub(super) fn run_with(out: Arc<Output>, spec: &RunSpec, fa: &FleetArgs) -> i32 {
+    let RunSpec {
+        script,
+        label,
+        vars,
+        mode,
+        exec,
+        check_first,
+    } = *spec;
     let json = out.json;
     let end = |code: i32, error: Option<String>, wall: std::time::Duration| RunEnd {
         wall,
@@ -74,14 +93,46 @@ pub(super) fn run_with(
         EXIT_USAGE
     };
     let parsed = parse_vars(vars);
-    out.run_started(RunInfo::new(label, parsed.as_deref().unwrap_or(&[])));
+    // `exec`'s vars are its own plumbing (pattern, command), not the user's `-e`.
+    let reported: &[(String, String)] = match (&parsed, exec) {
+        (Ok(v), None) => v,
+        _ => &[],
+    };
+    out.run_started(RunInfo::new(label, reported));
     let vars = match parsed {
         Ok(v) => v,
         Err(e) => return usage(&out, e),
     };
-    if !script.is_file() {
-        return usage(&out, format!("cannot read script {}", script.display()));
+    match std::fs::metadata(script) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return usage(&out, format!("{} is not a file", script.display())),
+        Err(e) => {
+            return usage(
+                &out,
+                format!("cannot read script {}: {e}", script.display()),
+            )
+        }
     }
+    if check_first {
+        match super::check::findings_for_run(script, fa) {
+            Ok(found) => {
+                // Diagnostics: on stderr, so stdout stays the document or the stream.
+                let errors = super::check::report_to(script, &found, &mut std::io::stderr());
+                if errors > 0 {
+                    let msg = format!(
+                        "{}: the check found {errors} error(s); not running it",
+                        script.display()
+                    );
+                    out.error(&msg);
+                    out.finish(&end(EXIT_FAILED, Some(msg), std::time::Duration::ZERO));
+                    return EXIT_FAILED;
+                }
+            }
+            Err(e) => return usage(&out, e),
+        }
+    }
+    let started = Instant::now();
+    report_interrupt(&out, exec, mode.check, started, None);
     let rt = match tokio_runtime() {
         Ok(r) => r,
         Err(e) => return usage(&out, e),
@@ -111,6 +162,7 @@ pub(super) fn run_with(
         mode,
         fleet.task_timeout,
     );
+    report_interrupt(&out, exec, mode.check, started, Some(runtime.clone()));
     let script_path = script.to_path_buf();
     let rt2 = runtime.clone();
     let th = std::thread::Builder::new()
@@ -152,4 +204,32 @@ pub(super) fn run_with(
     // the exit.
     rt.shutdown_timeout(std::time::Duration::from_millis(500));
     code
+}
+
+/// If the master is interrupted, the run still reports its end: the tasks in flight as
+/// cancelled, the recap, the `--json` document and `run_finished`, exit code 130.
+fn report_interrupt(
+    out: &Arc<Output>,
+    exec: Option<&str>,
+    check: bool,
+    started: Instant,
+    runtime: Option<Arc<Runtime>>,
+) {
+    let (out, exec) = (out.clone(), exec.map(str::to_string));
+    super::on_interrupt(move || {
+        let msg = "interrupted (Ctrl-C or SIGTERM)".to_string();
+        if let Some(rt) = runtime {
+            rt.interrupt(&msg);
+        }
+        out.error(&msg);
+        out.print_recap(started.elapsed());
+        out.finish(&RunEnd {
+            wall: started.elapsed(),
+            check,
+            success: false,
+            exit_code: super::EXIT_INTERRUPTED,
+            script_error: Some(msg),
+            exec,
+        });
+    });
 }

@@ -132,6 +132,21 @@ impl Runtime {
     }
 
     /// Wait for every task still running (spawned ones, and asyncs nobody awaited).
+    /// The master is going away: every task still running ends `cancelled` with `why`
+    /// (reported like any other outcome), and is asked to stop.
+    pub fn interrupt(&self, why: &str) {
+        for r in self.registry.running() {
+            r.request_cancel();
+            self.registry.complete(
+                &r,
+                Err(sloth_proto::protocol::TaskError::new(
+                    sloth_proto::protocol::ErrorKind::Cancelled,
+                    why,
+                )),
+            );
+        }
+    }
+
     pub fn wait_unfinished(&self) {
         let running = self.registry.running();
         if running.is_empty() {

@@ -47,7 +47,7 @@ pub fn task_opts(rt: &Runtime, o: &mut Opts, targeted: bool) -> mlua::Result<Tas
             opts.target = Some(
                 rt.inventory
                     .resolve_one(&pattern)
-                    .map_err(|e| o.error("delegate_to", e))?,
+                    .map_err(|e| o.invalid("delegate_to", e))?,
             );
         }
     }

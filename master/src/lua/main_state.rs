@@ -98,6 +98,7 @@ pub fn main_state(rt: &Arc<Runtime>, vars: &[(String, String)]) -> mlua::Result<
         .exec()?;
     // The task modules, and the master's own: their errors reach scripts as plain strings.
     wrap_errors(&lua, sloth_modules::MODULES)?;
+    wrap_errors(&lua, sloth_modules::resources::MODULES)?;
     wrap_errors(&lua, &["fleet", "artifact"])?;
     sloth_lua::shared_obj::install_methods(&lua)?;
     capture::install(&lua, backend)?;

@@ -91,12 +91,34 @@ impl Opts {
         arg_error(&self.what, format!("option '{key}' {msg}"))
     }
 
+    /// Option `key`'s value was refused for reason `why` (a sentence of its own):
+    /// `what: option 'key': why`.
+    pub fn invalid(&self, key: &str, why: impl std::fmt::Display) -> mlua::Error {
+        arg_error(&self.what, format!("option '{key}': {why}"))
+    }
+
     /// The raw value of `key` (nil when absent); marks `key` as known.
     pub fn value(&mut self, key: &'static str) -> mlua::Result<LV> {
         if !self.known.contains(&key) {
             self.known.push(key);
         }
         self.table.raw_get(key)
+    }
+
+    /// One of `keys` is missing: when a key of the table that is not (yet) known looks
+    /// like a typo of one of them, the error names that typo (`unknown option 'nmae'
+    /// (did you mean 'name'?)`) — the real mistake — instead of `otherwise`.
+    pub fn missing(&self, keys: &[&str], otherwise: mlua::Error) -> mlua::Error {
+        for (k, _) in self.table.pairs::<String, LV>().flatten() {
+            if self.known.contains(&k.as_str()) || keys.contains(&k.as_str()) {
+                continue;
+            }
+            let hint = suggest(&k, keys);
+            if !hint.is_empty() {
+                return arg_error(&self.what, format!("unknown option '{k}'{hint}"));
+            }
+        }
+        otherwise
     }
 
     fn wrong(&self, key: &str, want: &str, got: &LV) -> mlua::Error {
@@ -119,7 +141,7 @@ impl Opts {
     /// A string that must be there.
     pub fn required_string(&mut self, key: &'static str) -> mlua::Result<String> {
         self.string(key)?
-            .ok_or_else(|| self.error(key, "is required"))
+            .ok_or_else(|| self.missing(&[key], self.error(key, "is required")))
             .and_then(|s| {
                 if s.is_empty() {
                     Err(self.error(key, "must not be empty"))
@@ -177,7 +199,7 @@ impl Opts {
 
     pub fn required_path(&mut self, key: &'static str) -> mlua::Result<PathBuf> {
         self.path(key)?
-            .ok_or_else(|| self.error(key, "is required (an absolute path)"))
+            .ok_or_else(|| self.missing(&[key], self.error(key, "is required (an absolute path)")))
     }
 
     /// A string or an array of strings, as a list.
@@ -291,7 +313,11 @@ impl Opts {
 pub fn suggest(word: &str, known: &[&str]) -> String {
     known
         .iter()
-        .map(|k| (strsim::damerau_levenshtein(word, k), *k))
+        .map(|k| {
+            // Case is a typo like any other: `CWD` suggests `cwd`.
+            let d = strsim::damerau_levenshtein(&word.to_lowercase(), &k.to_lowercase());
+            (d, *k)
+        })
         .filter(|(d, k)| *d <= 2.max(k.len() / 4) && *d < k.len())
         .min()
         .map(|(_, k)| format!(" (did you mean '{k}'?)"))

@@ -39,6 +39,10 @@ pub struct Output {
     /// that prints one document made of several parts).
     keep_json: bool,
     kept: Mutex<Option<serde_json::Value>>,
+    /// Stdout carries JSON (`--json`, `--events -`): human lines go to stderr.
+    stdout_is_machine: bool,
+    /// The run's end was reported (by the run, or by an interrupt: first wins).
+    finished: std::sync::atomic::AtomicBool,
 }
 
 impl Output {
@@ -58,6 +62,8 @@ impl Output {
             events: None,
             keep_json: false,
             kept: Mutex::new(None),
+            stdout_is_machine: json,
+            finished: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -75,6 +81,11 @@ impl Output {
         // A progress bar would tear through events on the terminal.
         if events.is_some() {
             self.interactive = false;
+        }
+        // Events on stdout: human output moves to stderr, uncoloured, as with --json.
+        if events.as_ref().is_some_and(EventStream::is_stdout) {
+            self.stdout_is_machine = true;
+            self.color = false;
         }
         self.events = events;
         self
@@ -133,7 +144,7 @@ impl Output {
             });
             return;
         }
-        if self.json {
+        if self.stdout_is_machine {
             let mut e = std::io::stderr().lock();
             let _ = writeln!(e, "{s}");
         } else {
@@ -333,6 +344,12 @@ impl Output {
     /// The run ended: the `run_finished` event, and with `--json` the one document on
     /// stdout (or kept, see [`Output::keeping_json`]).
     pub fn finish(&self, end: &RunEnd) {
+        if self
+            .finished
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
         self.emit(
             "run_finished",
             json!({

@@ -301,7 +301,9 @@ impl Report {
         let mut errors = self.errors.lock().clone();
         for t in tasks.iter().filter(|t| !t.success) {
             if let Some(e) = &t.error {
-                if !errors.contains(e) {
+                // A printed error may name the task after the message (a spawned
+                // task's failure): the same error, listed once.
+                if !errors.iter().any(|p| p.starts_with(e.as_str())) {
                     errors.push(e.clone());
                 }
             }

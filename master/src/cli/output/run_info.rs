@@ -27,6 +27,9 @@ pub fn masked_command(args: &[String]) -> Vec<String> {
             ("", Some(a.as_str()))
         } else if let Some(v) = a.strip_prefix("--extra-var=") {
             ("--extra-var=", Some(v))
+        } else if let Some(v) = a.strip_prefix("-e=") {
+            // clap takes `-e=KEY=VALUE` as `-e KEY=VALUE`.
+            ("-e=", Some(v))
         } else if let Some(v) = a.strip_prefix("-e").filter(|v| !v.is_empty()) {
             ("-e", Some(v))
         } else {
@@ -117,6 +120,7 @@ mod tests {
             "-e",
             "db_password=hunter2",
             "--extra-var=api_token=abc",
+            "-e=db_password=hunter2",
             "-eclient_secret=s",
             "--extra-var",
             "user_key=k",
@@ -135,6 +139,7 @@ mod tests {
                 "-e",
                 "db_password=***",
                 "--extra-var=api_token=***",
+                "-e=db_password=***",
                 "-eclient_secret=***",
                 "--extra-var",
                 "user_key=***",

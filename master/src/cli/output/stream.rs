@@ -14,6 +14,7 @@ pub struct EventStream {
     out: Mutex<Box<dyn Write + Send>>,
     /// A write failed (disk full, reader gone): said once, then quiet.
     broken: Mutex<bool>,
+    stdout: bool,
 }
 
 impl EventStream {
@@ -27,7 +28,13 @@ impl EventStream {
         Ok(EventStream {
             out: Mutex::new(out),
             broken: Mutex::new(false),
+            stdout: spec == "-",
         })
+    }
+
+    /// The stream is standard output (human output then goes to stderr).
+    pub fn is_stdout(&self) -> bool {
+        self.stdout
     }
 
     /// Write one event: `{"event": NAME, "time": NOW, ...fields}`.

@@ -37,8 +37,12 @@ fn unpacked(lua: &Lua, arg: LV) -> mlua::Result<Table> {
     let mut o = args(lua, R, arg, "dest")?;
     let dest = o.required_path("dest")?;
     let call = Call::new(lua, R, dest.display().to_string(), &mut o)?;
-    let art = artifact_opt(&mut o)?
-        .ok_or_else(|| o.error("artifact", "is required (artifact.file/bytes)"))?;
+    let art = artifact_opt(&mut o)?.ok_or_else(|| {
+        o.missing(
+            &["artifact"],
+            o.error("artifact", "is required (artifact.file/bytes)"),
+        )
+    })?;
     let force = o.bool("force")?.unwrap_or(false);
     let strip = match o.int("strip")? {
         None => 0,

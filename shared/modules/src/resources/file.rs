@@ -58,7 +58,10 @@ fn content(lua: &Lua, arg: LV) -> mlua::Result<Table> {
         .filter(|b| **b)
         .count();
     if given != 1 {
-        return Err(call.fail("give exactly one of content, template or artifact"));
+        return Err(o.missing(
+            &["content", "template", "artifact"],
+            call.fail("give exactly one of content, template or artifact"),
+        ));
     }
     if tpl.is_none() && !vars.is_nil() {
         return Err(o.error("vars", "is only for template"));

@@ -114,7 +114,7 @@ impl Attrs {
         if let Some((name, id)) = id_option(o, "owner")? {
             a.uid = Some(match id {
                 Some(id) => id,
-                None => match accounts::uid_of(ctx, &name).map_err(|e| o.error("owner", e))? {
+                None => match accounts::uid_of(ctx, &name).map_err(|e| o.invalid("owner", e))? {
                     Some(id) => id,
                     // Check mode: an earlier `user.present` of this task would make it.
                     None if ctx.mode.check && planned(lua, "user", &name) => PLANNED_ID,
@@ -130,7 +130,7 @@ impl Attrs {
         if let Some((name, id)) = id_option(o, "group")? {
             a.gid = Some(match id {
                 Some(id) => id,
-                None => match accounts::gid_of(ctx, &name).map_err(|e| o.error("group", e))? {
+                None => match accounts::gid_of(ctx, &name).map_err(|e| o.invalid("group", e))? {
                     Some(id) => id,
                     None if ctx.mode.check && planned(lua, "group", &name) => PLANNED_ID,
                     None => {

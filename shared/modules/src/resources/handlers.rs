@@ -39,7 +39,10 @@ fn with<R>(lua: &Lua, f: impl FnOnce(&mut Vec<Handler>) -> R) -> R {
 
 /// Install the global `handler` function.
 pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
-    g.raw_set("handler", lua.create_function(define)?)
+    // Its errors reach scripts as plain strings, like every module function's.
+    let protected: mlua::Function =
+        sloth_lua::protect::protector(lua)?.call(lua.create_function(define)?)?;
+    g.raw_set("handler", protected)
 }
 
 fn define(lua: &Lua, (name, func, opts): (LV, LV, Option<Table>)) -> mlua::Result<()> {

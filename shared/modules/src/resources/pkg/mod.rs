@@ -368,7 +368,12 @@ fn read_names(o: &mut Opts) -> mlua::Result<Vec<String>> {
             return Err(o.error("names", "must not be empty"));
         }
         (None, Some(l)) => ("names", l),
-        (None, None) => return Err(o.error("name", "(or 'names') is required")),
+        (None, None) => {
+            return Err(o.missing(
+                &["name", "names"],
+                o.error("name", "(or 'names') is required"),
+            ))
+        }
     };
     let mut names: Vec<String> = Vec::new();
     for n in list {

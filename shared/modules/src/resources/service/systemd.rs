@@ -378,7 +378,10 @@ pub(crate) fn unit(lua: &Lua, arg: LV) -> mlua::Result<Table> {
     let vars = o.value("vars")?;
     let enabled = o.bool("enabled")?;
     if text.is_some() == tpl.is_some() {
-        return Err(call.fail("give exactly one of content or template"));
+        return Err(o.missing(
+            &["content", "template"],
+            call.fail("give exactly one of content or template"),
+        ));
     }
     if tpl.is_none() && !vars.is_nil() {
         return Err(o.error("vars", "is only for template"));
