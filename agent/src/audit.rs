@@ -20,7 +20,7 @@ use anyhow::Context;
 use parking_lot::Mutex;
 use serde::Serialize;
 use sloth_proto::protocol::{TaskError, TaskRequest};
-use sloth_transport::PeerIdentity;
+use sloth_transport::CertInfo;
 
 /// Longest error message kept in a line.
 const MAX_ERROR: usize = 1000;
@@ -52,7 +52,7 @@ struct Writer {
 /// The master a connection belongs to, as every line names it.
 #[derive(Serialize, Debug)]
 pub struct Session {
-    pub master: PeerIdentity,
+    pub master: CertInfo,
     pub peer: SocketAddr,
 }
 
@@ -66,6 +66,10 @@ pub enum Event {
     TaskEnd,
     /// The agent was at capacity (or could not audit the task): it did not run.
     TaskRefused,
+    /// The master handed over a newer CRL, which the agent took.
+    CrlInstalled,
+    /// The master renewed the agent's certificate.
+    CertRenewed,
 }
 
 /// The task a line is about.
@@ -142,6 +146,8 @@ struct Line<'a> {
     task: Option<&'a TaskInfo>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     ending: Option<&'a Ending>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
 }
 
 impl AuditLog {
@@ -187,16 +193,40 @@ impl AuditLog {
         task: Option<&TaskInfo>,
         ending: Option<&Ending>,
     ) -> Result<(), String> {
-        let Some(writer) = &self.writer else {
-            return Ok(());
-        };
-        let line = Line {
-            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        self.write(Line {
+            time: sloth_proto::text::rfc3339_millis(SystemTime::now()).to_string(),
             event,
             agent,
             session,
             task,
             ending,
+            detail: None,
+        })
+    }
+
+    /// A line about the agent itself (a CRL taken, a certificate renewed), with what
+    /// changed in `detail`.
+    pub fn note(
+        &self,
+        agent: &str,
+        event: Event,
+        session: &Session,
+        detail: &str,
+    ) -> Result<(), String> {
+        self.write(Line {
+            time: sloth_proto::text::rfc3339_millis(SystemTime::now()).to_string(),
+            event,
+            agent,
+            session,
+            task: None,
+            ending: None,
+            detail: Some(detail),
+        })
+    }
+
+    fn write(&self, line: Line) -> Result<(), String> {
+        let Some(writer) = &self.writer else {
+            return Ok(());
         };
         let mut text =
             serde_json::to_vec(&line).map_err(|e| format!("encoding an audit line: {e}"))?;
@@ -292,11 +322,13 @@ mod tests {
 
     fn session() -> Session {
         Session {
-            master: PeerIdentity {
+            master: CertInfo {
                 name: Some("ops".into()),
                 role: Some("master".into()),
                 serial: "0a1b".into(),
                 fingerprint: "sha256:00".into(),
+                not_before: SystemTime::UNIX_EPOCH,
+                not_after: SystemTime::UNIX_EPOCH,
             },
             peer: "127.0.0.1:4000".parse().unwrap(),
         }
@@ -351,7 +383,7 @@ mod tests {
         assert_eq!(l[2]["duration_ms"], 1.5);
         assert_eq!(l[2]["changes"], 2);
         assert!(l[2]["error"].as_str().unwrap().len() < 1100);
-        assert!(humantime::parse_rfc3339(l[2]["time"].as_str().unwrap()).is_ok());
+        assert!(sloth_proto::text::parse_rfc3339(l[2]["time"].as_str().unwrap()).is_some());
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);

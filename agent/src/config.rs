@@ -55,6 +55,14 @@ pub struct Args {
     /// Rotated audit logs kept (audit.log.1 … audit.log.N).
     #[arg(long)]
     pub audit_log_keep: Option<u32>,
+    /// A join token (`sloth-master token create NAME`): with no certificate yet (or an
+    /// expired one), the agent makes its own key and waits for `sloth-master enroll`.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// The fleet's revocation list, kept from what masters hand over (default: crl.der
+    /// beside the CA certificate).
+    #[arg(long)]
+    pub crl: Option<PathBuf>,
     /// Read settings from a TOML file (same keys as the flags, with underscores).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -75,6 +83,8 @@ struct FileConfig {
     audit_log: Option<String>,
     audit_log_max_size: Option<String>,
     audit_log_keep: Option<u32>,
+    token: Option<String>,
+    crl: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +99,20 @@ pub struct Config {
     pub memory_limit: usize,
     pub task_timeout: Duration,
     pub audit: audit::Settings,
+    pub token: Option<String>,
+    pub crl: PathBuf,
+}
+
+impl Config {
+    /// Where the agent's identity lives.
+    pub fn paths(&self) -> crate::credentials::Paths {
+        crate::credentials::Paths {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            ca: self.ca.clone(),
+            crl: self.crl.clone(),
+        }
+    }
 }
 
 impl Config {
@@ -166,6 +190,14 @@ impl Config {
             },
             keep: a.audit_log_keep.or(f.audit_log_keep).unwrap_or(5),
         };
+        let crl = match (a.crl, f.crl) {
+            (Some(p), _) => p,
+            (None, Some(p)) => rel(p),
+            (None, None) => ca
+                .parent()
+                .map(|d| d.join("crl.der"))
+                .unwrap_or_else(|| PathBuf::from("crl.der")),
+        };
         Ok(Config {
             listen,
             cert,
@@ -177,6 +209,8 @@ impl Config {
             memory_limit,
             task_timeout,
             audit,
+            token: a.token.or(f.token),
+            crl,
         })
     }
 }

@@ -2,6 +2,9 @@
 
 mod audit;
 mod config;
+mod credentials;
+mod enroll;
+mod pki;
 mod server;
 mod worker;
 

@@ -1,5 +1,7 @@
-//! The QUIC server: accepts connections from masters, answers the control-stream
-//! handshake, and runs one task per bidirectional stream.
+//! The QUIC server: enrolls first when it has no certificate yet (`enroll`), then
+//! accepts connections from masters, answers the control-stream handshake (and the
+//! CRLs and renewals that come on it: `pki`), and runs one task per bidirectional
+//! stream.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -14,7 +16,9 @@ use tracing::{info, warn};
 
 use crate::audit::{AuditLog, Event, Session, TaskInfo};
 use crate::config::Config;
-use crate::worker;
+use crate::credentials::{self, Startup};
+use crate::pki::Pki;
+use crate::{enroll, worker};
 use sloth_lua::runner::Runner;
 
 /// State shared by every connection of this agent.
@@ -25,6 +29,7 @@ pub struct Agent {
     /// The threads tasks run on (at most `max_tasks` run at once: `workers`).
     pub runner: Runner,
     pub audit: AuditLog,
+    pub pki: Pki,
 }
 
 /// How long an idle task thread watches for the next task before it sleeps: longer
@@ -36,9 +41,9 @@ pub const RUNNER_SPIN: Duration = Duration::from_micros(500);
 const STREAM_HEADROOM: u32 = 64;
 
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let own = tls::read_pem_files(&cfg.cert, &cfg.key)?;
-    let ca = std::fs::read_to_string(&cfg.ca)
-        .with_context(|| format!("reading CA certificate {}", cfg.ca.display()))?;
+    let startup = credentials::startup(&cfg.paths(), &cfg.name, cfg.token.as_deref())?;
+    // An audit log that cannot be opened stops the agent before it serves anyone.
+    let audit = AuditLog::open(&cfg.audit)?;
     let mut transport = tls::transport_config(Duration::from_secs(1), Duration::from_secs(3));
     // quinn allocates the state of every stream a peer may open when the connection
     // starts: allow what admission can take (running, queued, and room to refuse a
@@ -52,22 +57,45 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         t.max_concurrent_bidi_streams(streams.into());
         t.max_concurrent_uni_streams(0u32.into());
     }
-    let server_cfg = tls::agent_server_config(&own, &ca, transport)?;
-    // An audit log that cannot be opened stops the agent before it serves anyone.
-    let audit = AuditLog::open(&cfg.audit)?;
-    let endpoint = quinn::Endpoint::server(server_cfg, cfg.listen)
-        .with_context(|| format!("listening on {}", cfg.listen))?;
-    let addr = endpoint.local_addr().context("reading the bound address")?;
-    // The one line on stdout: what launchers wait for (sloth_launcher::Ready).
-    println!(
-        "{}",
-        sloth_launcher::Ready::new(&cfg.name, addr, env!("CARGO_PKG_VERSION")).line()
-    );
-    {
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+    let shutdown = sloth_transport::process::shutdown_signal();
+    tokio::pin!(shutdown);
+    let (endpoint, identity) = match startup {
+        Startup::Serve(id) => {
+            let endpoint = bind(&cfg, Pki::server_config(&id, transport.clone())?)?;
+            announce(&cfg, &endpoint, false)?;
+            (endpoint, id)
+        }
+        Startup::Enroll(token) => {
+            let name = cfg.name.clone();
+            let key = tokio::task::spawn_blocking(move || tls::keys::new_key_and_request(&name))
+                .await
+                .context("making the agent's key")??;
+            let temp = tls::keys::enrollment_identity(&key.key_pem, &cfg.name)?;
+            let endpoint = bind(
+                &cfg,
+                tls::enrollment_server_config(&temp, transport.clone())?,
+            )?;
+            announce(&cfg, &endpoint, true)?;
+            let id = tokio::select! {
+                r = enroll::wait(&endpoint, &cfg, &token, &key) => r?,
+                _ = &mut shutdown => {
+                    info!("shutting down before enrollment");
+                    endpoint.close(codes::SHUTDOWN.into(), b"agent shutting down");
+                    return Ok(());
+                }
+            };
+            endpoint.set_server_config(Some(Pki::server_config(&id, transport.clone())?));
+            info!("serving");
+            (endpoint, id)
+        }
+    };
+    if id_expires_soon(&identity) {
+        warn!(
+            "the agent certificate {} expires on {}: a master with the CA key renews it when it connects",
+            cfg.cert.display(),
+            identity.info.expiry()
+        );
     }
-    info!(name = %cfg.name, %addr, "agent ready");
     sloth_modules::EXECUTOR.enable_prewarm(8);
     let agent = Arc::new(Agent {
         workers: Arc::new(Semaphore::new(cfg.max_tasks as usize)),
@@ -79,10 +107,15 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             Duration::from_secs(30),
         ),
         audit,
+        pki: Pki::new(
+            endpoint.clone(),
+            transport,
+            cfg.paths(),
+            &cfg.name,
+            identity,
+        ),
         cfg,
     });
-    let shutdown = sloth_transport::process::shutdown_signal();
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
@@ -107,10 +140,34 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn bind(cfg: &Config, server: quinn::ServerConfig) -> anyhow::Result<quinn::Endpoint> {
+    quinn::Endpoint::server(server, cfg.listen)
+        .with_context(|| format!("listening on {}", cfg.listen))
+}
+
+/// The one line on stdout: what launchers wait for (sloth_launcher::Ready).
+fn announce(cfg: &Config, endpoint: &quinn::Endpoint, enrolling: bool) -> anyhow::Result<()> {
+    let addr = endpoint.local_addr().context("reading the bound address")?;
+    let mut ready = sloth_launcher::Ready::new(&cfg.name, addr, env!("CARGO_PKG_VERSION"));
+    if enrolling {
+        ready = ready.enrolling();
+    }
+    println!("{}", ready.line());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    info!(name = %cfg.name, %addr, enrolling, "agent ready");
+    Ok(())
+}
+
+/// Under 7 days left.
+fn id_expires_soon(id: &credentials::Identity) -> bool {
+    id.info.remaining(std::time::SystemTime::now()) < Duration::from_secs(7 * 86400)
+}
+
 async fn handle_connection(agent: Arc<Agent>, conn: Connection) {
     let peer = conn.remote_address();
     // TLS has verified the certificate against the fleet CA; the audit log names it.
-    let master = match tls::PeerIdentity::of_connection(&conn) {
+    let master = match tls::CertInfo::of_connection(&conn) {
         Ok(id) => id,
         Err(e) => {
             warn!(%peer, "refusing a master: {e}");
@@ -202,12 +259,13 @@ async fn handle_connection(agent: Arc<Agent>, conn: Connection) {
         return;
     }
     info!(%peer, master = %master.describe(), "master connected");
+    agent.pki.session_started(&conn, &master.serial);
     let session = Arc::new(Session { master, peer });
     // A failure is logged; each task then refuses itself for the same reason.
     let _ = agent
         .audit
         .record(&agent.cfg.name, Event::Connect, &session, None, None);
-    tokio::spawn(control_loop(csend, crecv));
+    tokio::spawn(control_loop(agent.clone(), session.clone(), csend, crecv));
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
@@ -221,12 +279,47 @@ async fn handle_connection(agent: Arc<Agent>, conn: Connection) {
             }
         }
     }
+    agent.pki.session_ended(&conn);
 }
 
-/// Answers pings (and fact requests) for as long as the connection lives.
-async fn control_loop(mut send: SendStream, mut recv: wire::FrameReader<RecvStream>) {
+/// Answers pings (and fact requests), takes the CRLs and renewals the master brings,
+/// for as long as the connection lives.
+async fn control_loop(
+    agent: Arc<Agent>,
+    session: Arc<Session>,
+    mut send: SendStream,
+    mut recv: wire::FrameReader<RecvStream>,
+) {
+    let name = agent.cfg.name.clone();
     loop {
         match recv.next::<Control>().await {
+            Ok(Some(Control::Crl { der })) => match agent.pki.offer_crl(&der) {
+                Ok(Some(number)) => {
+                    let _ = agent.audit.note(
+                        &name,
+                        Event::CrlInstalled,
+                        &session,
+                        &format!("CRL #{number}"),
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(master = %session.master.describe(), "refused the CRL the master handed us: {e}")
+                }
+            },
+            Ok(Some(Control::RenewRequest)) => match agent.pki.renew(&mut send, &mut recv).await {
+                Ok(serial) => {
+                    let _ = agent.audit.note(
+                        &name,
+                        Event::CertRenewed,
+                        &session,
+                        &format!("new certificate serial {serial}"),
+                    );
+                }
+                Err(e) => {
+                    warn!(master = %session.master.describe(), "renewing our certificate failed: {e}")
+                }
+            },
             Ok(Some(Control::Ping { seq })) => {
                 if wire::write_frame(&mut send, &Control::Pong { seq, facts: None })
                     .await

@@ -35,6 +35,9 @@ pub struct Ready {
     pub pid: u32,
     /// The agent's version (`CARGO_PKG_VERSION`).
     pub version: String,
+    /// It waits to be enrolled (`sloth-master enroll`) before it serves tasks.
+    #[serde(default)]
+    pub enrolling: bool,
 }
 
 impl Ready {
@@ -45,7 +48,14 @@ impl Ready {
             addr,
             pid: std::process::id(),
             version: version.into(),
+            enrolling: false,
         }
+    }
+
+    /// The line of an agent that waits to be enrolled.
+    pub fn enrolling(mut self) -> Ready {
+        self.enrolling = true;
+        self
     }
 
     /// The line to print (without the newline).

@@ -1885,6 +1885,7 @@ impl Bench {
         let client = tls::master_client_config(
             &self.master_pem,
             &self.ca_pem,
+            None,
             tls::transport_config(KEEP_ALIVE, IDLE_TIMEOUT),
         )?;
         let rounds = self.p.ping_rounds;
@@ -2026,8 +2027,8 @@ impl QuinnBaseline {
             &certs.join(format!("{name}.key")),
         )?;
         let transport = || tls::transport_config(KEEP_ALIVE, IDLE_TIMEOUT);
-        let server_cfg = tls::agent_server_config(&own, &b.ca_pem, transport())?;
-        let client_cfg = tls::master_client_config(&b.master_pem, &b.ca_pem, transport())?;
+        let server_cfg = tls::agent_server_config(&own, &b.ca_pem, None, transport())?;
+        let client_cfg = tls::master_client_config(&b.master_pem, &b.ca_pem, None, transport())?;
         let server_rt = runtime(1)?;
         let client_rt = runtime(1)?;
         let server = {

@@ -44,6 +44,9 @@ pub struct FleetArgs {
     /// none; agents cap every task at their own --task-timeout].
     #[arg(long)]
     pub task_timeout: Option<String>,
+    /// Lifetime of renewed agent certificates (sloth.toml's `agent_cert_lifetime`).
+    #[arg(skip)]
+    pub agent_cert_lifetime: Option<String>,
 }
 
 impl FleetArgs {
@@ -62,6 +65,7 @@ impl FleetArgs {
         if self.task_timeout.is_none() {
             self.task_timeout = cfg.task_timeout.clone();
         }
+        self.agent_cert_lifetime = cfg.agent_cert_lifetime.clone();
     }
 
     /// The certificate directory: `--certs`, sloth.toml's `certs`, else `./certs`.
@@ -160,6 +164,22 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: CertsCmd,
     },
+    /// Join tokens agents enroll with.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Enroll the matched hosts whose agents wait with a join token: each gets its
+    /// certificate for the key it made itself.
+    Enroll {
+        /// Host pattern.
+        pattern: String,
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// How long to wait for each agent.
+        #[arg(long, default_value = "20s")]
+        wait: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -172,8 +192,13 @@ pub enum CertsCmd {
         /// Replace an existing CA (every agent certificate must then be re-issued).
         #[arg(long)]
         force: bool,
+        /// Lifetime of the master certificate, e.g. 90d [default: sloth.toml's
+        /// `master_cert_lifetime`, else 90d].
+        #[arg(long)]
+        master_lifetime: Option<String>,
     },
-    /// Issue an agent certificate signed by the fleet CA.
+    /// Issue an agent certificate signed by the fleet CA, with a key made here (join
+    /// tokens keep the key on the agent: `sloth-master token create`).
     Issue {
         name: String,
         /// Extra subject alternative names (IP addresses or DNS names).
@@ -185,6 +210,66 @@ pub enum CertsCmd {
         /// Where to write NAME.crt and NAME.key (default: --dir).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Lifetime, e.g. 30d [default: sloth.toml's `agent_cert_lifetime`, else 30d].
+        #[arg(long)]
+        lifetime: Option<String>,
+    },
+    /// Replace the master's key and certificate (needs ca.key).
+    RenewMaster {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Lifetime, e.g. 90d [default: sloth.toml's `master_cert_lifetime`, else 90d].
+        #[arg(long)]
+        lifetime: Option<String>,
+    },
+    /// Revoke every certificate of an agent or master name, or one serial, and write
+    /// the fleet's new CRL (signed by the CA, numbered).
+    Revoke {
+        /// The name whose unexpired certificates to revoke.
+        #[arg(required_unless_present = "serial", conflicts_with = "serial")]
+        name: Option<String>,
+        /// One certificate's serial number (hex, as `certs list` shows).
+        #[arg(long)]
+        serial: Option<String>,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Every certificate the CA issued: name, role, serial, expiry, state.
+    List {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Mint a join token (printed once; the master keeps only its hash).
+    Create {
+        /// The agent name it may enroll, or a pattern with `*` (`web-*`).
+        names: String,
+        /// How long it is valid, e.g. 1h, 30m (at most 30d).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// How many agents may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// The tokens: id, names, expiry, uses left, who used them.
+    List {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a token: it can no longer enroll anyone.
+    Remove {
+        id: String,
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 

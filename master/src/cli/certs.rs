@@ -1,101 +1,253 @@
-//! `sloth-master certs ...`: create the fleet CA and the master certificate, and issue
-//! agent certificates.
+//! `sloth-master certs ...` and `sloth-master token ...`: the fleet CA and the master
+//! certificate, agent certificates, revocation, the list of what was issued, and join
+//! tokens — the printing around [`crate::pki`].
 
 use std::path::Path;
+use std::time::SystemTime;
 
-use anyhow::{bail, Context};
-use sloth_transport as tls;
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use sloth_transport::Lifetime;
 
-/// Common name of the fleet CA written by [`init`].
-const CA_COMMON_NAME: &str = "sloth fleet CA";
-/// Name of the master certificate written by [`init`].
-const MASTER_NAME: &str = "master";
+use super::args::{CertsCmd, TokenCmd};
+use crate::pki::{store, Pki, RevokeTarget};
 
-/// Creates the fleet CA (`ca.crt`, `ca.key`) and a master certificate (`master.crt`,
-/// `master.key`) in `dir`. Refuses to replace an existing CA unless `force`: every
-/// certificate issued by the old CA would stop working.
-pub fn init(dir: &Path, force: bool) -> anyhow::Result<()> {
-    let ca_crt = dir.join("ca.crt");
-    let ca_key = dir.join("ca.key");
-    if !force {
-        for existing in [&ca_crt, &ca_key] {
-            if existing.exists() {
-                bail!(
-                    "{} already exists: refusing to replace the fleet CA (every agent and master \
-                     certificate it issued would stop working); use --force to replace it anyway",
-                    existing.display()
-                );
+/// Lifetimes from flags, else sloth.toml, else the defaults.
+pub struct Lifetimes {
+    pub agent: Option<String>,
+    pub master: Option<String>,
+}
+
+fn lifetime(
+    flag: Option<&str>,
+    config: Option<&str>,
+    default: Lifetime,
+) -> anyhow::Result<Lifetime> {
+    match flag.or(config) {
+        Some(s) => Lifetime::parse(s),
+        None => Ok(default),
+    }
+}
+
+pub fn certs(
+    cmd: CertsCmd,
+    dir: &dyn Fn(Option<&Path>) -> std::path::PathBuf,
+    lt: &Lifetimes,
+) -> anyhow::Result<()> {
+    match cmd {
+        CertsCmd::Init {
+            dir: d,
+            force,
+            master_lifetime,
+        } => {
+            let dir = dir(d.as_deref());
+            let lifetime = lifetime(
+                master_lifetime.as_deref(),
+                lt.master.as_deref(),
+                Lifetime::MASTER,
+            )?;
+            Pki::new(&dir).init(force, lifetime)?;
+            println!(
+                "wrote {} (fleet CA certificate)",
+                dir.join("ca.crt").display()
+            );
+            println!(
+                "wrote {} (fleet CA private key, mode 0600: keep it secret, it can mint masters)",
+                dir.join("ca.key").display()
+            );
+            println!(
+                "wrote {} (master certificate, valid {})",
+                dir.join("master.crt").display(),
+                sloth_proto::text::format_duration(lifetime.0)
+            );
+            println!(
+                "wrote {} (master private key, mode 0600)",
+                dir.join("master.key").display()
+            );
+            Ok(())
+        }
+        CertsCmd::Issue {
+            name,
+            sans,
+            dir: d,
+            out,
+            lifetime: l,
+        } => {
+            let dir = dir(d.as_deref());
+            let lifetime = lifetime(l.as_deref(), lt.agent.as_deref(), Lifetime::AGENT)?;
+            let pem = Pki::new(&dir).issue_agent(&name, &sans, lifetime)?;
+            let out = out.unwrap_or_else(|| dir.clone());
+            let (crt, key) = sloth_transport::write_pem_files(&out, &name, &pem)?;
+            println!(
+                "wrote {} (agent certificate for {name}, valid {})",
+                crt.display(),
+                sloth_proto::text::format_duration(lifetime.0)
+            );
+            println!("wrote {} (agent private key, mode 0600)", key.display());
+            println!(
+                "install both on {name} together with {}",
+                dir.join("ca.crt").display()
+            );
+            Ok(())
+        }
+        CertsCmd::RenewMaster {
+            dir: d,
+            lifetime: l,
+        } => {
+            let dir = dir(d.as_deref());
+            let lifetime = lifetime(l.as_deref(), lt.master.as_deref(), Lifetime::MASTER)?;
+            let info = Pki::new(&dir).renew_master(lifetime)?;
+            println!(
+                "wrote {} (master certificate, serial {}, valid until {})",
+                dir.join("master.crt").display(),
+                info.serial,
+                info.expiry()
+            );
+            Ok(())
+        }
+        CertsCmd::Revoke {
+            name,
+            serial,
+            dir: d,
+        } => {
+            let dir = dir(d.as_deref());
+            let target = match (&name, &serial) {
+                (_, Some(s)) => RevokeTarget::Serial(s),
+                (Some(n), None) => RevokeTarget::Name(n),
+                (None, None) => anyhow::bail!("give a name or --serial"),
+            };
+            let (done, number) = Pki::new(&dir).revoke(target)?;
+            for r in &done {
+                println!("revoked {} (serial {})", r.name, r.serial);
             }
+            println!(
+                "wrote {} (CRL #{number}); agents refuse revoked masters once a master hands them this CRL (every connection does: e.g. `sloth-master health`)",
+                dir.join("crl.der").display()
+            );
+            Ok(())
+        }
+        CertsCmd::List { dir: d, json } => {
+            let ledger = Pki::new(&dir(d.as_deref())).ledger()?;
+            let now = SystemTime::now();
+            let state = |i: &store::Issued| {
+                if ledger.revoked.iter().any(|r| r.serial == i.serial) {
+                    "revoked"
+                } else if store::parse_time(&i.not_after).is_some_and(|t| t <= now) {
+                    "expired"
+                } else {
+                    "valid"
+                }
+            };
+            if json {
+                let rows: Vec<serde_json::Value> = ledger
+                    .issued
+                    .iter()
+                    .map(|i| {
+                        let mut v = serde_json::to_value(i).unwrap_or_default();
+                        v["state"] = state(i).into();
+                        v
+                    })
+                    .collect();
+                super::output::print_doc(&serde_json::json!({
+                    "certificates": rows,
+                    "crl_number": ledger.crl_number,
+                }));
+                return Ok(());
+            }
+            let mut t = Table::new();
+            t.load_preset(UTF8_FULL_CONDENSED);
+            t.set_header(vec![
+                "name", "role", "serial", "expires", "state", "issued", "via",
+            ]);
+            for i in &ledger.issued {
+                t.add_row(vec![
+                    i.name.clone(),
+                    i.role.clone(),
+                    i.serial.clone(),
+                    i.not_after.clone(),
+                    state(i).to_string(),
+                    i.issued_at.clone(),
+                    i.via.clone(),
+                ]);
+            }
+            println!("{t}");
+            println!(
+                "{} certificate(s), {} revoked; CRL #{}",
+                ledger.issued.len(),
+                ledger.revoked.len(),
+                ledger.crl_number
+            );
+            Ok(())
         }
     }
-    let ca = tls::generate_ca(CA_COMMON_NAME).context("cannot generate the fleet CA")?;
-    let master = tls::issue_master(&ca, MASTER_NAME)?;
-    let (ca_crt, ca_key) = tls::write_pem_files(dir, "ca", &ca)?;
-    let (master_crt, master_key) = tls::write_pem_files(dir, "master", &master)?;
-    println!("wrote {} (fleet CA certificate)", ca_crt.display());
-    println!(
-        "wrote {} (fleet CA private key, mode 0600: keep it secret, it can mint masters)",
-        ca_key.display()
-    );
-    println!("wrote {} (master certificate)", master_crt.display());
-    println!(
-        "wrote {} (master private key, mode 0600)",
-        master_key.display()
-    );
-    Ok(())
 }
 
-/// Issues an agent certificate for `name` (extra SANs: IP addresses or DNS names), signed
-/// by the CA in `dir` (`ca.crt`, `ca.key`), and writes `<name>.crt` / `<name>.key` into
-/// `out_dir` (default: `dir`).
-pub fn issue(
-    dir: &Path,
-    name: &str,
-    sans: &[String],
-    out_dir: Option<&Path>,
+pub fn token(
+    cmd: TokenCmd,
+    dir: &dyn Fn(Option<&Path>) -> std::path::PathBuf,
 ) -> anyhow::Result<()> {
-    let ca = tls::read_pem_files(&dir.join("ca.crt"), &dir.join("ca.key"))
-        .context("cannot load the fleet CA (run `sloth-master certs init` first?)")?;
-    let agent = tls::issue_agent(&ca, name, sans)?;
-    let out = out_dir.unwrap_or(dir);
-    let (crt, key) = tls::write_pem_files(out, name, &agent)?;
-    println!("wrote {} (agent certificate for {name})", crt.display());
-    println!("wrote {} (agent private key, mode 0600)", key.display());
-    println!(
-        "install both on {name} together with {}",
-        dir.join("ca.crt").display()
-    );
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn init_then_issue() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
-        init(dir, false).unwrap();
-        for f in ["ca.crt", "ca.key", "master.crt", "master.key"] {
-            assert!(dir.join(f).is_file(), "{f}");
+    match cmd {
+        TokenCmd::Create {
+            names,
+            ttl,
+            uses,
+            dir: d,
+        } => {
+            let ttl = sloth_proto::text::parse_duration(&ttl)
+                .map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+            let pki = Pki::new(&dir(d.as_deref()));
+            let token = pki.create_token(&names, ttl, uses)?;
+            // The token on stdout alone (scripts take it with $(...)); the rest on stderr.
+            println!("{}", token.text());
+            eprintln!(
+                "join token {} for '{names}': {uses} use(s), valid {} (until {}); the agent enrolls with `sloth-agent --token TOKEN`, then `sloth-master enroll HOST`",
+                token.id,
+                sloth_proto::text::format_duration(ttl),
+                store::rfc3339(SystemTime::now() + ttl)
+            );
+            Ok(())
         }
-        let err = init(dir, false).unwrap_err().to_string();
-        assert!(err.contains("ca.crt") && err.contains("--force"), "{err}");
-        let old_ca = std::fs::read_to_string(dir.join("ca.crt")).unwrap();
-        init(dir, true).unwrap();
-        assert_ne!(std::fs::read_to_string(dir.join("ca.crt")).unwrap(), old_ca);
-
-        let out = dir.join("agents");
-        issue(dir, "web-01", &["10.0.0.1".to_string()], Some(&out)).unwrap();
-        assert!(out.join("web-01.crt").is_file());
-        assert!(out.join("web-01.key").is_file());
-        assert!(issue(dir, "bad name", &[], None).is_err());
-        let empty = tempfile::tempdir().unwrap();
-        let err = format!(
-            "{:#}",
-            issue(empty.path(), "web-01", &[], None).unwrap_err()
-        );
-        assert!(err.contains("ca.crt") && err.contains("not found"), "{err}");
+        TokenCmd::List { dir: d, json } => {
+            let tokens = Pki::new(&dir(d.as_deref())).tokens()?;
+            if json {
+                super::output::print_doc(&serde_json::json!({ "tokens": tokens }));
+                return Ok(());
+            }
+            let now = SystemTime::now();
+            let mut t = Table::new();
+            t.load_preset(UTF8_FULL_CONDENSED);
+            t.set_header(vec![
+                "id",
+                "names",
+                "expires",
+                "uses left",
+                "state",
+                "used by",
+            ]);
+            for r in &tokens {
+                let state = if store::parse_time(&r.expires).is_some_and(|e| e <= now) {
+                    "expired"
+                } else if r.uses_left == 0 {
+                    "used"
+                } else {
+                    "valid"
+                };
+                let used: Vec<String> = r.redeemed.iter().map(|u| u.name.clone()).collect();
+                t.add_row(vec![
+                    r.id.clone(),
+                    r.names.clone(),
+                    r.expires.clone(),
+                    r.uses_left.to_string(),
+                    state.to_string(),
+                    used.join(", "),
+                ]);
+            }
+            println!("{t}");
+            Ok(())
+        }
+        TokenCmd::Remove { id, dir: d } => {
+            Pki::new(&dir(d.as_deref())).remove_token(&id)?;
+            println!("removed join token {id}");
+            Ok(())
+        }
     }
 }

@@ -19,6 +19,8 @@ struct File {
     inventory: Option<PathBuf>,
     connect_timeout: Option<String>,
     task_timeout: Option<String>,
+    agent_cert_lifetime: Option<String>,
+    master_cert_lifetime: Option<String>,
 }
 
 /// The settings read from the file (all optional), with paths made absolute.
@@ -30,6 +32,10 @@ pub struct Config {
     pub inventory: Option<PathBuf>,
     pub connect_timeout: Option<String>,
     pub task_timeout: Option<String>,
+    /// Agent certificates issued, enrolled or renewed (default 30d).
+    pub agent_cert_lifetime: Option<String>,
+    /// Master certificates (`certs init`, `certs renew-master`; default 90d).
+    pub master_cert_lifetime: Option<String>,
 }
 
 impl Config {
@@ -70,6 +76,15 @@ impl Config {
                 parse_duration(v).map_err(|e| format!("{}: {key}: {e}", path.display()))?;
             }
         }
+        for (key, value) in [
+            ("agent_cert_lifetime", &f.agent_cert_lifetime),
+            ("master_cert_lifetime", &f.master_cert_lifetime),
+        ] {
+            if let Some(v) = value {
+                sloth_transport::Lifetime::parse(v)
+                    .map_err(|e| format!("{}: {key}: {e:#}", path.display()))?;
+            }
+        }
         let base = path
             .canonicalize()
             .ok()
@@ -82,6 +97,8 @@ impl Config {
             inventory: f.inventory.map(rel),
             connect_timeout: f.connect_timeout,
             task_timeout: f.task_timeout,
+            agent_cert_lifetime: f.agent_cert_lifetime,
+            master_cert_lifetime: f.master_cert_lifetime,
         })
     }
 }

@@ -8,7 +8,11 @@ use super::config::parse_duration;
 use super::local_fleet::LocalFleet;
 use super::FleetArgs;
 use crate::engine::inventory::Inventory;
-use crate::engine::mesh::{MasterCerts, MeshConfig};
+use std::sync::Arc;
+
+use crate::engine::mesh::{AgentRenewer, MasterCerts, MeshConfig};
+use crate::pki::{Pki, Renewer};
+use sloth_transport::Lifetime;
 
 /// Everything a command needs to reach the fleet.
 pub struct Fleet {
@@ -60,6 +64,8 @@ pub fn prepare_fleet(a: &FleetArgs) -> Result<Fleet, String> {
         let certs = MasterCerts {
             own: lf.certs.own.clone(),
             ca: lf.certs.ca.clone(),
+            crl: None,
+            renewer: None,
         };
         (Some(lf), Some(certs))
     } else if inventory.hosts.is_empty() {
@@ -67,7 +73,7 @@ pub fn prepare_fleet(a: &FleetArgs) -> Result<Fleet, String> {
     } else {
         (
             None,
-            Some(MasterCerts::load(a.certs_dir()).map_err(|e| {
+            Some(master_certs(a).map_err(|e| {
                 let hint = if a.certs.is_none() {
                     format!(
                         "; set `certs` in {} or pass --certs DIR",
@@ -86,5 +92,28 @@ pub fn prepare_fleet(a: &FleetArgs) -> Result<Fleet, String> {
         certs,
         mesh_cfg,
         task_timeout,
+    })
+}
+
+/// The master's certificates from the certificate directory: its own (refused when
+/// expired), the CA, the CRL, and — where `ca.key` is — the renewal of agent
+/// certificates that are due.
+fn master_certs(a: &FleetArgs) -> anyhow::Result<MasterCerts> {
+    let pki = Pki::new(a.certs_dir());
+    let lifetime = match &a.agent_cert_lifetime {
+        Some(l) => Lifetime::parse(l).map_err(|e| anyhow::anyhow!("agent_cert_lifetime: {e:#}"))?,
+        None => Lifetime::AGENT,
+    };
+    let renewer: Option<Arc<dyn AgentRenewer>> = pki.has_ca_key().then(|| {
+        Arc::new(Renewer {
+            pki: pki.clone(),
+            lifetime,
+        }) as Arc<dyn AgentRenewer>
+    });
+    Ok(MasterCerts {
+        own: pki.master_checked()?,
+        ca: pki.ca_cert()?,
+        crl: pki.crl()?,
+        renewer,
     })
 }

@@ -103,6 +103,14 @@ fn health(pattern: &str, fa: &FleetArgs, json: bool) -> (i32, Option<serde_json:
         return (exit, Some(doc));
     } else {
         println!("{}", crate::engine::health::render_table(&rows));
+        for r in rows.iter().filter(|r| r.cert_expiring()) {
+            eprintln!(
+                "warning: {}'s certificate expires on {} ({} days): it is renewed when a master with the CA key connects; else enroll it again",
+                r.host,
+                r.cert_expires.as_deref().unwrap_or("?"),
+                r.cert_days_left.unwrap_or(0)
+            );
+        }
         println!(
             "{} up, {down} down, checked in {}",
             rows.len() - down,

@@ -41,7 +41,7 @@ impl LocalFleet {
             .context("creating a temporary directory")?;
         let ca = tls::generate_ca("sloth local fleet CA")?;
         let (ca_crt, _) = tls::write_pem_files(dir.path(), "ca", &ca)?;
-        let master = tls::issue_master(&ca, "master")?;
+        let master = tls::issue_master(&ca, "master", tls::Lifetime::MASTER)?;
         tls::write_pem_files(dir.path(), "master", &master)?;
         DIRS.lock().push(dir.path().to_path_buf());
         let bin = sloth_launcher::agent_binary().map_err(|e| anyhow!(e))?;
@@ -49,7 +49,8 @@ impl LocalFleet {
         let log_filter = std::env::var("SLOTH_LOG").unwrap_or_else(|_| "warn".into());
         let mut cmds = Vec::with_capacity(names.len());
         for name in names {
-            let pem = tls::issue_agent(&ca, name, &["127.0.0.1".to_string()])?;
+            let pem =
+                tls::issue_agent(&ca, name, &["127.0.0.1".to_string()], tls::Lifetime::AGENT)?;
             let (cert, key) = tls::write_pem_files(dir.path(), name, &pem)?;
             cmds.push(
                 AgentCommand::new(&bin, name, "127.0.0.1:0")
@@ -77,6 +78,8 @@ impl LocalFleet {
             certs: MasterCerts {
                 own: master,
                 ca: ca.cert.clone(),
+                crl: None,
+                renewer: None,
             },
         })
     }

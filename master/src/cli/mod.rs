@@ -10,6 +10,7 @@ mod args;
 pub mod certs;
 mod check;
 pub mod config;
+mod enroll;
 mod exec;
 mod fleet;
 mod health;
@@ -17,7 +18,7 @@ pub mod local_fleet;
 pub mod output;
 mod run;
 
-pub use args::{CertsCmd, Cli, Cmd, FleetArgs};
+pub use args::{CertsCmd, Cli, Cmd, FleetArgs, TokenCmd};
 pub use fleet::{prepare_fleet, Fleet};
 use sloth_proto::change::Mode;
 use std::path::PathBuf;
@@ -39,28 +40,32 @@ pub fn main(cli: Cli) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let certs_dir = |dir: Option<PathBuf>| {
-        dir.or_else(|| cfg.certs.clone())
+    let certs_dir = |dir: Option<&std::path::Path>| {
+        dir.map(std::path::Path::to_path_buf)
+            .or_else(|| cfg.certs.clone())
             .unwrap_or_else(|| PathBuf::from(args::DEFAULT_CERTS))
     };
+    let lifetimes = certs::Lifetimes {
+        agent: cfg.agent_cert_lifetime.clone(),
+        master: cfg.master_cert_lifetime.clone(),
+    };
+    let done = |r: anyhow::Result<()>| match r {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_USAGE
+        }
+    };
     match cli.cmd {
-        Cmd::Certs { cmd } => {
-            let r = match cmd {
-                CertsCmd::Init { dir, force } => certs::init(&certs_dir(dir), force),
-                CertsCmd::Issue {
-                    name,
-                    sans,
-                    dir,
-                    out,
-                } => certs::issue(&certs_dir(dir), &name, &sans, out.as_deref()),
-            };
-            match r {
-                Ok(()) => EXIT_OK,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    EXIT_USAGE
-                }
-            }
+        Cmd::Certs { cmd } => done(certs::certs(cmd, &certs_dir, &lifetimes)),
+        Cmd::Token { cmd } => done(certs::token(cmd, &certs_dir)),
+        Cmd::Enroll {
+            pattern,
+            mut fleet,
+            wait,
+        } => {
+            fleet.apply(&cfg);
+            enroll::command(&pattern, &fleet, &wait)
         }
         Cmd::Run {
             script,

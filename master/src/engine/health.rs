@@ -26,8 +26,21 @@ pub struct HostHealth {
     pub mem_used_percent: Option<f64>,
     pub disk_used_percent: Option<f64>,
     pub uptime_s: Option<u64>,
+    /// When the agent's certificate expires (RFC 3339), and the whole days left.
+    pub cert_expires: Option<String>,
+    pub cert_days_left: Option<u64>,
     pub error: Option<String>,
 }
+
+impl HostHealth {
+    /// The agent's certificate expires within [`CERT_WARNING_DAYS`].
+    pub fn cert_expiring(&self) -> bool {
+        self.cert_days_left.is_some_and(|d| d < CERT_WARNING_DAYS)
+    }
+}
+
+/// Certificates with fewer days left are warned about.
+pub const CERT_WARNING_DAYS: u64 = 7;
 
 pub async fn check_all(mesh: Arc<Mesh>, hosts: Vec<String>) -> Vec<HostHealth> {
     // Every step is bounded: the wait for a handshake turn, the dial (connect timeout
@@ -55,6 +68,8 @@ pub async fn check_all(mesh: Arc<Mesh>, hosts: Vec<String>) -> Vec<HostHealth> {
                 mem_used_percent: None,
                 disk_used_percent: None,
                 uptime_s: None,
+                cert_expires: None,
+                cert_days_left: None,
                 error: None,
             };
             match r {
@@ -64,6 +79,12 @@ pub async fn check_all(mesh: Arc<Mesh>, hosts: Vec<String>) -> Vec<HostHealth> {
                     hh.latency_ms = Some(rtt.as_secs_f64() * 1000.0);
                     if let Some(c) = m.current(&h).await {
                         hh.agent_version = Some(c.agent_version.clone());
+                        if let Some(cert) = &c.cert {
+                            hh.cert_expires = Some(cert.expiry());
+                            hh.cert_days_left = Some(
+                                cert.remaining(std::time::SystemTime::now()).as_secs() / 86400,
+                            );
+                        }
                     }
                     if let Some(f) = facts {
                         hh.load = Some(f.load);
@@ -113,7 +134,7 @@ pub fn render_table(rows: &[HostHealth]) -> String {
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(vec![
         "host", "address", "status", "latency", "version", "load", "memory", "disk", "uptime",
-        "error",
+        "cert", "error",
     ]);
     for r in rows {
         t.add_row(vec![
@@ -134,6 +155,11 @@ pub fn render_table(rows: &[HostHealth]) -> String {
                 .map(|m| format!("{m:.0}% used"))
                 .unwrap_or_else(|| "-".into()),
             r.uptime_s.map(fmt_uptime).unwrap_or_else(|| "-".into()),
+            match r.cert_days_left {
+                Some(d) if r.cert_expiring() => format!("{d}d (!)"),
+                Some(d) => format!("{d}d"),
+                None => "-".into(),
+            },
             opt(r.error.clone()),
         ]);
     }

@@ -10,7 +10,7 @@ use anyhow::Context;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use sloth_proto::protocol::{codes, Control, ErrorKind, Facts, TaskError};
 use sloth_transport::wire;
-use sloth_transport::{self as tls, Pem};
+use sloth_transport::{self as tls, CertInfo, Crl, Pem};
 
 use crate::engine::inventory::Inventory;
 use crate::engine::transport::{BoxFuture, Link, TaskStream, Transport};
@@ -43,6 +43,8 @@ pub struct AgentConn {
     pub facts: Facts,
     /// When the Welcome arrived.
     pub welcomed: Instant,
+    /// The agent's certificate (name, serial, validity), as it presented it.
+    pub cert: Option<CertInfo>,
     control: tokio::sync::Mutex<(SendStream, wire::FrameReader<RecvStream>, u64)>,
 }
 
@@ -74,6 +76,11 @@ pub struct Mesh {
     /// turns a few dropped packets into seconds: dial in waves instead.
     handshakes: tokio::sync::Semaphore,
     pub cfg: MeshConfig,
+    /// The fleet's CRL (DER), handed to every agent on connect.
+    crl: Option<Vec<u8>>,
+    renewer: Option<Arc<dyn AgentRenewer>>,
+    /// Renewals under way: closing the mesh lets them finish (bounded).
+    renewals: parking_lot::Mutex<tokio::task::JoinSet<()>>,
 }
 
 /// How many handshakes run at once (see [`Mesh::handshakes`]): each brings about four
@@ -88,22 +95,17 @@ pub const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct MasterCerts {
     pub own: Pem,
     pub ca: String,
+    /// The fleet's revocation list: agents it revokes are refused, and every agent
+    /// connected to is handed it.
+    pub crl: Option<Crl>,
+    /// Where the CA key is at hand: renews agent certificates that are due.
+    pub renewer: Option<Arc<dyn AgentRenewer>>,
 }
 
-impl MasterCerts {
-    pub fn load(dir: &std::path::Path) -> anyhow::Result<MasterCerts> {
-        let own = tls::read_pem_files(&dir.join("master.crt"), &dir.join("master.key")).with_context(|| {
-            format!(
-                "no master certificate in {} (run `sloth-master certs init --dir {}` or use --local-fleet)",
-                dir.display(),
-                dir.display()
-            )
-        })?;
-        let ca_path = dir.join("ca.crt");
-        let ca = std::fs::read_to_string(&ca_path)
-            .with_context(|| format!("reading {}", ca_path.display()))?;
-        Ok(MasterCerts { own, ca })
-    }
+/// Issues a renewed certificate for agent `name` (authenticated by its connection) to
+/// the key of `csr`; the error is what the agent is told.
+pub trait AgentRenewer: Send + Sync {
+    fn renew(&self, name: &str, csr: &[u8]) -> Result<String, String>;
 }
 
 /// A host that cannot be reached is reported with the address that was dialed (the
@@ -135,7 +137,8 @@ impl Mesh {
             t.max_concurrent_bidi_streams(0u32.into());
             t.max_concurrent_uni_streams(0u32.into());
         }
-        let client = tls::master_client_config(&certs.own, &certs.ca, transport)?;
+        let client =
+            tls::master_client_config(&certs.own, &certs.ca, certs.crl.as_ref(), transport)?;
         let endpoint = client_endpoint()?;
         let slots = inventory
             .hosts
@@ -156,6 +159,9 @@ impl Mesh {
             slots,
             handshakes: tokio::sync::Semaphore::new(MAX_HANDSHAKES),
             cfg,
+            crl: certs.crl.as_ref().map(|c| c.der().to_vec()),
+            renewer: certs.renewer.clone(),
+            renewals: parking_lot::Mutex::new(tokio::task::JoinSet::new()),
         })
     }
 
@@ -196,6 +202,11 @@ impl Mesh {
         match dialed.map_err(|e| naming_address(e, host, &slot.address)) {
             Ok(conn) => {
                 let conn = Arc::new(conn);
+                if let (Some(r), Some(cert)) = (&self.renewer, &conn.cert) {
+                    if cert.due_for_renewal(std::time::SystemTime::now()) {
+                        self.renewals.lock().spawn(renew(conn.clone(), r.clone()));
+                    }
+                }
                 guard.conn = Some(conn.clone());
                 guard.failed = None;
                 Ok(conn)
@@ -290,8 +301,17 @@ impl Mesh {
                     max_tasks,
                     "agent connected"
                 );
+                // The fleet's CRL first: the agent handles control frames in order, so
+                // it has taken it before it answers anything this connection asks.
+                if let Some(der) = &self.crl {
+                    let crl = Control::Crl { der: der.clone() };
+                    if let Err(e) = wire::write_frame(&mut send, &crl).await {
+                        return Err(explain(&conn, format!("handing over the CRL: {e}")));
+                    }
+                }
                 Ok(AgentConn {
                     host: host.to_string(),
+                    cert: CertInfo::of_connection(&conn).ok(),
                     conn,
                     agent_version,
                     facts,
@@ -391,6 +411,10 @@ impl Mesh {
     /// (3 PTO, ~80 ms on loopback) would add that to every command; an agent that
     /// misses the frame drops the connection at its idle timeout.
     pub async fn close(&self) {
+        // A renewal started by this run finishes first (a short run would otherwise
+        // cut it off every time): it is bounded by RENEW_TIMEOUT.
+        let mut renewals = std::mem::take(&mut *self.renewals.lock());
+        while renewals.join_next().await.is_some() {}
         let open = self.endpoint.open_connections() as u64;
         self.endpoint.close(0u32.into(), b"master done");
         let flush = Duration::from_micros(20_000 + 100 * open).min(Duration::from_millis(100));
@@ -398,7 +422,74 @@ impl Mesh {
     }
 }
 
-async fn resolve(address: &str) -> Result<SocketAddr, String> {
+/// Renew an agent's certificate over its connection (a third or less of its lifetime
+/// left): the agent makes a new key and sends a signing request for it; the renewer
+/// signs it for the name the agent was dialed by; the agent installs it and presents it
+/// from its next connection on. Bounded, logged, never in the way of tasks.
+async fn renew(c: Arc<AgentConn>, renewer: Arc<dyn AgentRenewer>) {
+    let host = c.host.clone();
+    let work = async {
+        let mut g = c.control.lock().await;
+        let (send, recv, _) = &mut *g;
+        wire::write_frame(send, &Control::RenewRequest)
+            .await
+            .map_err(|e| e.to_string())?;
+        let csr = loop {
+            match recv.next::<Control>().await.map_err(|e| e.to_string())? {
+                Some(Control::RenewCsr { csr }) => break csr,
+                Some(Control::RenewDone { error }) => {
+                    return Err(error.unwrap_or_else(|| "the agent gave up".into()))
+                }
+                // A late answer to an abandoned ping.
+                Some(Control::Pong { .. }) => continue,
+                Some(other) => return Err(format!("unexpected answer {other:?}")),
+                None => return Err("the agent closed its control stream".into()),
+            }
+        };
+        let (r, name) = (renewer.clone(), host.clone());
+        let signed = tokio::task::spawn_blocking(move || r.renew(&name, &csr))
+            .await
+            .unwrap_or_else(|e| Err(format!("internal error: {e}")));
+        let cert_pem = match signed {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = wire::write_frame(
+                    send,
+                    &Control::RenewDone {
+                        error: Some(e.clone()),
+                    },
+                )
+                .await;
+                return Err(e);
+            }
+        };
+        let serial = CertInfo::of_pem(&cert_pem)
+            .map(|i| i.serial)
+            .unwrap_or_default();
+        wire::write_frame(send, &Control::Renewed { cert_pem })
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            match recv.next::<Control>().await.map_err(|e| e.to_string())? {
+                Some(Control::RenewDone { error: None }) => return Ok(serial),
+                Some(Control::RenewDone { error: Some(e) }) => return Err(e),
+                Some(Control::Pong { .. }) => continue,
+                Some(other) => return Err(format!("unexpected answer {other:?}")),
+                None => return Err("the agent closed its control stream".into()),
+            }
+        }
+    };
+    match tokio::time::timeout(RENEW_TIMEOUT, work).await {
+        Ok(Ok(serial)) => tracing::info!(host, serial, "renewed the agent's certificate"),
+        Ok(Err(e)) => tracing::warn!(host, "renewing the agent's certificate failed: {e}"),
+        Err(_) => tracing::warn!(host, "renewing the agent's certificate timed out"),
+    }
+}
+
+/// The longest a renewal may take.
+const RENEW_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn resolve(address: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = address.parse::<SocketAddr>() {
         return Ok(a);
     }
@@ -438,7 +529,7 @@ fn size_buffers(socket: &socket2::Socket) {
     }
 }
 
-fn client_endpoint() -> anyhow::Result<Endpoint> {
+pub fn client_endpoint() -> anyhow::Result<Endpoint> {
     use socket2::{Domain, Protocol, Socket, Type};
     // Dual-stack where the machine has IPv6 (agents may have v4 or v6 addresses),
     // IPv4 only otherwise.

@@ -503,7 +503,7 @@ impl TestFleet {
         let ca =
             tls::read_pem_files(&self.certs.join("ca.crt"), &self.certs.join("ca.key")).unwrap();
         for n in names {
-            let pem = tls::issue_agent(&ca, n, &[]).unwrap();
+            let pem = tls::issue_agent(&ca, n, &[], tls::Lifetime::AGENT).unwrap();
             tls::write_pem_files(&self.certs, n, &pem).unwrap();
         }
         let launched: Vec<_> = names
@@ -779,7 +779,7 @@ pub fn master_endpoint(certs: &Path) -> quinn::Endpoint {
     let own = tls::read_pem_files(&certs.join("master.crt"), &certs.join("master.key")).unwrap();
     let ca = std::fs::read_to_string(certs.join("ca.crt")).unwrap();
     let transport = tls::transport_config(Duration::from_secs(1), Duration::from_secs(4));
-    let client = tls::master_client_config(&own, &ca, transport).unwrap();
+    let client = tls::master_client_config(&own, &ca, None, transport).unwrap();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.set_default_client_config(client);
     ep

@@ -39,7 +39,7 @@ impl HostileAgent {
         .unwrap();
         let ca = std::fs::read_to_string(fleet.certs.join("ca.crt")).unwrap();
         let transport = tls::transport_config(Duration::from_secs(1), Duration::from_secs(3));
-        let server = tls::agent_server_config(&own, &ca, transport).unwrap();
+        let server = tls::agent_server_config(&own, &ca, None, transport).unwrap();
         let marker = fleet.path().join(format!("{name}-INJECTED"));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();

@@ -118,23 +118,7 @@ pub fn parse_duration(v: &LV) -> Result<Option<Duration>, String> {
 }
 
 pub fn parse_duration_str(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("bad duration '{s}' (use e.g. \"500ms\", \"30s\", \"2m\")"))?;
-    let ms = match unit.trim() {
-        "" | "ms" => n,
-        "s" => n * 1000.0,
-        "m" => n * 60_000.0,
-        "h" => n * 3_600_000.0,
-        "us" => n / 1000.0,
-        _ => return Err(format!("bad duration unit in '{s}' (use ms, s, m or h)")),
-    };
-    Ok(Duration::from_micros((ms * 1000.0) as u64))
+    sloth_proto::text::parse_duration(s)
 }
 
 #[cfg(test)]

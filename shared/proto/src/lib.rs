@@ -1,7 +1,7 @@
 //! What crosses the network between master and agents, as pure data: the value
 //! [`graph`] that closures, arguments and results travel as, its checked form
 //! [`data`] (what the master accepts back), where a shipped function was written
-//! ([`origin`]), and the [`protocol`] messages with their
+//! ([`origin`]), times and durations as text ([`text`]), and the [`protocol`] messages with their
 //! length-prefixed, bounded framing. No Lua and no I/O: `sloth-lua` converts between
 //! graphs and live states, and `sloth-transport` moves frames over QUIC streams.
 //!
@@ -13,3 +13,4 @@ pub mod data;
 pub mod graph;
 pub mod origin;
 pub mod protocol;
+pub mod text;

@@ -10,7 +10,7 @@ use crate::change::{Change, Mode};
 use crate::graph::{Graph, SharedRef};
 
 /// 2: tasks carry a [`Mode`] (check mode, diffs) and report [`Change`]s.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Lua version and bytecode format must match exactly: bytecode is shipped.
 pub const LUA_VERSION: &str = "Lua 5.4";
 pub const BYTECODE_FORMAT: u32 = 0x54;
@@ -105,6 +105,54 @@ pub enum Control {
     PingFacts {
         seq: u64,
     },
+    /// Master to agent, right after the Welcome when the master has one: the fleet's
+    /// revocation list (DER). The agent takes it only if the fleet CA signed it and
+    /// its number is higher than the one it has.
+    Crl {
+        der: Vec<u8>,
+    },
+    /// Master to agent: your certificate is due; make a new key and send a signing
+    /// request for it.
+    RenewRequest,
+    /// Agent to master: the signing request (PKCS#10 DER) for the agent's new key.
+    RenewCsr {
+        csr: Vec<u8>,
+    },
+    /// Master to agent: the renewed certificate (PEM), for the key of the request.
+    Renewed {
+        cert_pem: String,
+    },
+    /// Agent to master after `Renewed`, or either way when renewal cannot go on:
+    /// `None` installed, else why not.
+    RenewDone {
+        error: Option<String>,
+    },
+}
+
+/// The enrollment exchange, on the one stream of a connection to an agent waiting to
+/// be enrolled (ALPN `sloth-enroll/1`), after the preamble.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Enroll {
+    /// Agent to master, once the agent has checked the master against the CA its
+    /// token pins: the token (id and secret), the name it asks for, and a signing
+    /// request for the key it made (which never leaves it).
+    Request {
+        token_id: String,
+        secret: String,
+        name: String,
+        csr: Vec<u8>,
+    },
+    /// Master to agent: its certificate (PEM), the fleet CA certificate (PEM) and the
+    /// current revocation list (DER), if any.
+    Issued {
+        cert_pem: String,
+        ca_pem: String,
+        crl: Option<Vec<u8>>,
+    },
+    /// Agent to master: the certificate is installed, the agent now serves.
+    Enrolled,
+    /// Either way: why the enrollment stops.
+    Refused { reason: String },
 }
 
 /// One task, master to agent, first frame of a task stream.

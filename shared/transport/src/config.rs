@@ -7,15 +7,19 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 
+use crate::crl::Crl;
 use crate::pem::{parse_certs, parse_key, Pem};
 
 /// ALPN protocol identifier of the sloth wire protocol, version 1.
 pub const ALPN: &[u8] = b"sloth/1";
+/// ALPN of an agent waiting to be enrolled (and of the master enrolling it).
+pub const ENROLL_ALPN: &[u8] = b"sloth-enroll/1";
 
 /// Initial RTT estimate: quinn's default (333 ms) makes a lost handshake packet cost ~1 s.
 const INITIAL_RTT: Duration = Duration::from_millis(60);
@@ -74,17 +78,28 @@ fn own_identity(
 /// requires a client certificate that chains to the fleet CA and allows ClientAuth (a
 /// master certificate; agent certificates are refused). TLS 1.3 only, ALPN [`ALPN`],
 /// no 0-RTT.
+///
+/// With a `crl`, masters it revokes are refused too (end-entity check; the CRL's own
+/// expiry is not enforced: a fleet replaces its CRL when it revokes, not on a schedule).
 pub fn agent_server_config(
     own: &Pem,
     ca_cert_pem: &str,
+    crl: Option<&Crl>,
     transport: Arc<quinn::TransportConfig>,
 ) -> anyhow::Result<quinn::ServerConfig> {
     let provider = provider();
     let roots = fleet_roots(ca_cert_pem)?;
     let (chain, key) = own_identity(own)?;
-    let client_verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|e| anyhow!("cannot build the master-certificate verifier: {e}"))?;
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+    if let Some(crl) = crl {
+        builder = builder
+            .with_crls([crl.rustls()])
+            .only_check_end_entity_revocation();
+    }
+    let client_verifier =
+        Arc::new(NamingRefusals(builder.build().map_err(|e| {
+            anyhow!("cannot build the master-certificate verifier: {e}")
+        })?));
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| anyhow!("TLS 1.3 is not available: {e}"))?
@@ -105,18 +120,30 @@ pub fn agent_server_config(
 /// fleet CA only (no system roots), with the dialed server name (the inventory host name)
 /// matched against the certificate's SANs; authenticates with `own` (a master
 /// certificate). TLS 1.3 only, ALPN [`ALPN`], no 0-RTT.
+///
+/// With a `crl`, agents it revokes are refused.
 pub fn master_client_config(
     own: &Pem,
     ca_cert_pem: &str,
+    crl: Option<&Crl>,
     transport: Arc<quinn::TransportConfig>,
 ) -> anyhow::Result<quinn::ClientConfig> {
     let provider = provider();
     let roots = fleet_roots(ca_cert_pem)?;
     let (chain, key) = own_identity(own)?;
+    let mut builder = WebPkiServerVerifier::builder_with_provider(roots, provider.clone());
+    if let Some(crl) = crl {
+        builder = builder
+            .with_crls([crl.rustls()])
+            .only_check_end_entity_revocation();
+    }
+    let verifier = builder
+        .build()
+        .map_err(|e| anyhow!("cannot build the agent-certificate verifier: {e}"))?;
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| anyhow!("TLS 1.3 is not available: {e}"))?
-        .with_root_certificates(roots)
+        .with_webpki_verifier(verifier)
         .with_client_auth_cert(chain, key)
         .map_err(|e| anyhow!("the master certificate and key are not usable: {e}"))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
@@ -126,6 +153,276 @@ pub fn master_client_config(
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport);
     Ok(config)
+}
+
+/// QUIC server configuration of an agent waiting to be enrolled: presents its
+/// throw-away self-signed `identity`, speaks only [`ENROLL_ALPN`], and requires a client
+/// certificate whose chain it checks afterwards, against the CA its join token pins
+/// ([`verify_enrolling_master`]): TLS here only proves the master holds the key of
+/// the certificate it shows.
+pub fn enrollment_server_config(
+    identity: &Pem,
+    transport: Arc<quinn::TransportConfig>,
+) -> anyhow::Result<quinn::ServerConfig> {
+    let provider = provider();
+    let (chain, key) = own_identity(identity)?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| anyhow!("TLS 1.3 is not available: {e}"))?
+        .with_client_cert_verifier(Arc::new(KeyHolder(provider)))
+        .with_single_cert(chain, key)
+        .map_err(|e| anyhow!("the enrollment certificate is not usable: {e}"))?;
+    tls.alpn_protocols = vec![ENROLL_ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let quic = QuicServerConfig::try_from(Arc::new(tls))
+        .map_err(|e| anyhow!("TLS configuration not usable for QUIC: {e}"))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// QUIC client configuration of a master enrolling an agent: presents its master
+/// certificate followed by the fleet CA certificate (the agent has only the CA's
+/// fingerprint, from its token), speaks only [`ENROLL_ALPN`], and takes the agent's
+/// self-signed certificate as is: the agent proves itself with its token, and the
+/// master shows it nothing secret.
+pub fn enrollment_client_config(
+    own: &Pem,
+    ca_cert_pem: &str,
+    transport: Arc<quinn::TransportConfig>,
+) -> anyhow::Result<quinn::ClientConfig> {
+    let provider = provider();
+    let (mut chain, key) = own_identity(own)?;
+    chain.extend(parse_certs(ca_cert_pem).context("the fleet CA certificate")?);
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| anyhow!("TLS 1.3 is not available: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(KeyHolder(provider)))
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| anyhow!("the master certificate and key are not usable: {e}"))?;
+    tls.alpn_protocols = vec![ENROLL_ALPN.to_vec()];
+    tls.enable_early_data = false;
+    let quic = QuicClientConfig::try_from(Arc::new(tls))
+        .map_err(|e| anyhow!("TLS configuration not usable for QUIC: {e}"))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// The agent's check of an enrolling master, after the handshake: among the
+/// certificates it presented is the CA whose fingerprint the token pins, and its own
+/// certificate is a master certificate (ClientAuth) that this CA signed, valid now.
+/// Returns the CA certificate (DER).
+pub fn verify_enrolling_master(
+    presented: &[CertificateDer<'static>],
+    pinned_ca: &str,
+) -> Result<CertificateDer<'static>, String> {
+    let (ee, rest) = presented
+        .split_first()
+        .ok_or("the master presented no certificate")?;
+    let ca = rest
+        .iter()
+        .find(|c| crate::cert_info::fingerprint(c.as_ref()) == pinned_ca)
+        .ok_or_else(|| {
+            let shown = rest
+                .last()
+                .map(|c| crate::cert_info::fingerprint(c.as_ref()))
+                .unwrap_or_else(|| "none".into());
+            format!(
+                "this master's CA ({shown}) is not the one the join token pins ({pinned_ca}): a master of another fleet, or a token of another fleet"
+            )
+        })?;
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(ca.clone())
+        .map_err(|e| format!("the pinned CA certificate is not usable: {e}"))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| format!("cannot build the master-certificate verifier: {e}"))?;
+    verifier
+        .verify_client_cert(ee, &[], rustls::pki_types::UnixTime::now())
+        .map_err(|e| {
+            format!("the master's certificate does not verify against the pinned CA: {e}")
+        })?;
+    Ok(ca.clone())
+}
+
+/// The agent's check of the certificate it was issued: signed by the fleet CA, for its
+/// `name`, an agent certificate (ServerAuth), valid now.
+pub fn verify_issued_agent_cert(cert_pem: &str, ca_pem: &str, name: &str) -> Result<(), String> {
+    let certs = parse_certs(cert_pem).map_err(|e| format!("{e:#}"))?;
+    let ee = certs.first().ok_or("no certificate was issued")?;
+    let roots = fleet_roots(ca_pem).map_err(|e| format!("{e:#}"))?;
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| format!("cannot build the agent-certificate verifier: {e}"))?;
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_string())
+        .map_err(|e| format!("{name:?} is not a valid name: {e}"))?;
+    rustls::client::danger::ServerCertVerifier::verify_server_cert(
+        verifier.as_ref(),
+        ee,
+        &[],
+        &server_name,
+        &[],
+        rustls::pki_types::UnixTime::now(),
+    )
+    .map(|_| ())
+    .map_err(|e| format!("the issued certificate does not verify: {e}"))
+}
+
+/// The agent's master-certificate verifier, which also logs which certificate it
+/// refused and why (name, serial, expiry): the TLS alert the master gets carries only
+/// the reason's kind.
+#[derive(Debug)]
+struct NamingRefusals(Arc<dyn rustls::server::danger::ClientCertVerifier>);
+
+impl rustls::server::danger::ClientCertVerifier for NamingRefusals {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.0
+            .verify_client_cert(end_entity, intermediates, now)
+            .inspect_err(|e| match crate::CertInfo::of(end_entity) {
+                Ok(info) => tracing::warn!(
+                    "refused the master certificate {}, valid until {}: {e}",
+                    info.describe(),
+                    info.expiry()
+                ),
+                Err(_) => tracing::warn!("refused an unreadable master certificate: {e}"),
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// The enrollment handshake's verifier on both sides: the peer's certificate is taken
+/// as is (its chain is checked afterwards, or not at all — see the two configs), but
+/// the handshake signature must verify, so the peer holds that certificate's key.
+#[derive(Debug)]
+struct KeyHolder(Arc<CryptoProvider>);
+
+impl KeyHolder {
+    fn verify13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for KeyHolder {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not used".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.verify13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for KeyHolder {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not used".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.verify13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// The keep-alive interval actually used: `keep_alive` should be well under

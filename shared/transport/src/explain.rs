@@ -2,7 +2,7 @@
 //! and the cause (unknown CA, wrong name, wrong role, expired, timeout...) from the
 //! master's or the agent's point of view.
 
-use crate::config::ALPN;
+use crate::config::{ALPN, ENROLL_ALPN};
 
 /// Whose view an explanation is written from.
 #[derive(Clone, Copy)]
@@ -139,20 +139,30 @@ fn explain_local_tls(side: Perspective, host: &str, alert: u8, reason: &str) -> 
             ),
         }
     } else if has("Expired") || has("expired") {
-        format!("the {peer}'s certificate has expired (or the clocks disagree)")
+        let when = expired_on(reason)
+            .map(|t| format!(" on {t}"))
+            .unwrap_or_default();
+        match side {
+            Perspective::Master => format!(
+                "the agent's certificate for {host} expired{when} (re-enroll it: `sloth-master token create {host}`, then start the agent with the token; or the clocks disagree)"
+            ),
+            Perspective::Agent => format!("the master's certificate expired{when} (or the clocks disagree)"),
+        }
     } else if has("NotValidYet") || has("not valid yet") {
         format!("the {peer}'s certificate is not valid yet (clock skew?)")
     } else if has("Revoked") {
-        format!("the {peer}'s certificate has been revoked")
+        match side {
+            Perspective::Master => format!(
+                "the agent's certificate for {host} has been revoked (`sloth-master certs list` shows it)"
+            ),
+            Perspective::Agent => "the master's certificate has been revoked".to_string(),
+        }
     } else if has("BadSignature") || has("BadEncoding") {
         format!("the {peer}'s certificate does not verify against this fleet's CA (wrong CA, or a damaged certificate?)")
     } else if has("peer sent no certificates") || has("NoCertificatesPresented") {
         format!("the {peer} presented no certificate")
     } else if has("NoApplicationProtocol") || alert == ALERT_NO_APPLICATION_PROTOCOL {
-        format!(
-            "the {peer} does not speak {} (ALPN mismatch: not a sloth {peer}, or an incompatible version?)",
-            String::from_utf8_lossy(ALPN)
-        )
+        alpn_mismatch(side)
     } else if reason.is_empty() {
         format!("handshake failed ({})", alert_name(alert))
     } else {
@@ -203,12 +213,14 @@ fn explain_peer_alert(side: Perspective, alert: u8) -> String {
         ALERT_BAD_CERTIFICATE | ALERT_CERTIFICATE_UNKNOWN | ALERT_ACCESS_DENIED => format!(
             "the {peer} refused our certificate (not {ours} of this fleet's CA?)"
         ),
-        ALERT_CERTIFICATE_EXPIRED => format!(
-            "the {peer} refused our certificate as expired or not yet valid (or the clocks disagree)"
-        ),
-        ALERT_CERTIFICATE_REVOKED => {
-            format!("the {peer} refused our certificate as revoked")
-        }
+        ALERT_CERTIFICATE_EXPIRED => match side {
+            Perspective::Master => "the agent refused our master certificate as expired or not yet valid (renew it: `sloth-master certs renew-master`; or the clocks disagree)".to_string(),
+            Perspective::Agent => format!("the {peer} refused our certificate as expired or not yet valid (or the clocks disagree)"),
+        },
+        ALERT_CERTIFICATE_REVOKED => match side {
+            Perspective::Master => "the agent refused our master certificate: it has been revoked".to_string(),
+            Perspective::Agent => format!("the {peer} refused our certificate as revoked"),
+        },
         ALERT_CERTIFICATE_REQUIRED => {
             format!("the {peer} requires a certificate and we sent none")
         }
@@ -217,15 +229,61 @@ fn explain_peer_alert(side: Perspective, alert: u8) -> String {
         ALERT_DECRYPT_ERROR => format!(
             "the {peer} refused our certificate: its signature does not verify against the CA the {peer} trusts (wrong CA? {peer} of another fleet? or certificate and key do not match)"
         ),
-        ALERT_NO_APPLICATION_PROTOCOL => format!(
-            "the {peer} does not speak {} (ALPN mismatch: not a sloth {peer}, or an incompatible version?)",
-            String::from_utf8_lossy(ALPN)
-        ),
+        ALERT_NO_APPLICATION_PROTOCOL => alpn_mismatch(side),
         ALERT_PROTOCOL_VERSION | ALERT_HANDSHAKE_FAILURE => format!(
             "the {peer} could not agree on TLS parameters with us ({})",
             alert_name(alert)
         ),
         other => format!("the {peer} aborted the TLS handshake ({})", alert_name(other)),
+    }
+}
+
+/// No common ALPN: most often an agent waiting to be enrolled (it speaks only
+/// [`ENROLL_ALPN`]), or a master enrolling an agent that already serves.
+fn alpn_mismatch(side: Perspective) -> String {
+    match side {
+        Perspective::Master => format!(
+            "the agent does not speak {} (is it waiting to be enrolled? `sloth-master enroll HOST`; or not a sloth agent, or an incompatible version)",
+            String::from_utf8_lossy(ALPN)
+        ),
+        Perspective::Agent => format!(
+            "the master does not speak {} (an enrollment for an agent that is already enrolled? or an incompatible version)",
+            String::from_utf8_lossy(ALPN)
+        ),
+    }
+}
+
+/// `not_after` of rustls' "certificate expired: ... is not valid after T (...)" text,
+/// as RFC 3339.
+fn expired_on(reason: &str) -> Option<String> {
+    let after = reason.split("not valid after ").nth(1)?;
+    let secs: u64 = after
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|s| !s.is_empty())?
+        .parse()
+        .ok()?;
+    Some(
+        sloth_proto::text::rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+        )
+        .to_string(),
+    )
+}
+
+/// Why an enrollment dial failed, for the master: the agent is not waiting to be
+/// enrolled (it already serves), or the usual reasons.
+pub fn explain_enroll_error(host: &str, err: &quinn::ConnectionError) -> String {
+    use quinn::ConnectionError as E;
+    match err {
+        E::ConnectionClosed(close)
+            if crypto_alert(close.error_code) == Some(ALERT_NO_APPLICATION_PROTOCOL) =>
+        {
+            format!(
+                "{host}: the agent is not waiting to be enrolled (it does not speak {}): already enrolled?",
+                String::from_utf8_lossy(ENROLL_ALPN)
+            )
+        }
+        other => explain(Perspective::Master, host, other),
     }
 }
 

@@ -1,7 +1,8 @@
 //! Certificate issuance for the fleet PKI (feature `issue`, which only the master
 //! enables): the fleet CA, agent certificates (ServerAuth, the agent's name as a DNS SAN)
-//! and master certificates (ClientAuth, the "master role"). Agents never issue anything,
-//! so they link neither rcgen nor x509-parser.
+//! — from a key made here or from an agent's signing request, whose key never left the
+//! agent — master certificates (ClientAuth, the "master role"), and signed, numbered
+//! certificate revocation lists. Agents never sign anything.
 
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,11 +17,37 @@ use crate::pem::{parse_certs, Pem};
 
 /// Validity of the fleet CA.
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-/// Validity of agent and master certificates (there is no renewal tooling yet; the CA's
-/// own expiry bounds the useful life of every certificate anyway).
-const LEAF_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-/// `not_before` is back-dated by this much to tolerate clock skew between machines.
+/// `not_before` is back-dated by this much (at most a quarter of the lifetime) to
+/// tolerate clock skew between machines.
 const CLOCK_SKEW: Duration = Duration::from_secs(3600);
+
+/// How long a certificate is valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime(pub Duration);
+
+impl Lifetime {
+    /// Agent certificates: 30 days, renewed by the master after 20.
+    pub const AGENT: Lifetime = Lifetime(Duration::from_secs(30 * 86400));
+    /// Master certificates: 90 days (`sloth-master certs renew-master`).
+    pub const MASTER: Lifetime = Lifetime(Duration::from_secs(90 * 86400));
+
+    pub fn days(n: u64) -> Lifetime {
+        Lifetime(Duration::from_secs(n * 86400))
+    }
+
+    /// `30d`, `12h`, `90s`: at least 10 seconds, at most the CA's 10 years.
+    pub fn parse(s: &str) -> anyhow::Result<Lifetime> {
+        let d = sloth_proto::text::parse_duration(s.trim())
+            .map_err(|e| anyhow!("bad lifetime {s:?}: {e} (use e.g. 30d, 12h)"))?;
+        if d < Duration::from_secs(10) {
+            bail!("lifetime {s:?} is too short (at least 10s)");
+        }
+        if d > CA_VALIDITY {
+            bail!("lifetime {s:?} is longer than the CA's 10 years");
+        }
+        Ok(Lifetime(d))
+    }
+}
 
 /// Generates a fleet CA: ECDSA P-256, 10-year validity, `CA:TRUE, pathlen:0`, key usages
 /// keyCertSign and cRLSign.
@@ -51,7 +78,48 @@ pub fn generate_ca(common_name: &str) -> anyhow::Result<Pem> {
 /// Subject CN=`name`; SANs: DNS `name`, each of `extra_sans` (an IP address if it parses as
 /// one, a DNS name otherwise) and URI `sloth://agent/<name>`; extended key usage
 /// ServerAuth only, so the certificate cannot be used as a master (client) certificate.
-pub fn issue_agent(ca: &Pem, name: &str, extra_sans: &[String]) -> anyhow::Result<Pem> {
+pub fn issue_agent(
+    ca: &Pem,
+    name: &str,
+    extra_sans: &[String],
+    lifetime: Lifetime,
+) -> anyhow::Result<Pem> {
+    let key = new_key()?;
+    let cert = agent_params(name, extra_sans, lifetime)?
+        .signed_by(&key, &load_issuer(ca)?)
+        .with_context(|| format!("cannot issue the agent certificate for {name:?}"))?;
+    Ok(Pem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// Issues an agent certificate for `name` to the key of a signing request (DER, PKCS#10)
+/// whose signature proves its sender holds that key. Nothing else of the request is
+/// used: the name, usages and lifetime are ours. Returns the certificate's PEM.
+pub fn sign_agent_request(
+    ca: &Pem,
+    request_der: &[u8],
+    name: &str,
+    lifetime: Lifetime,
+) -> anyhow::Result<String> {
+    let csr = rcgen::CertificateSigningRequestParams::from_der(
+        &rustls::pki_types::CertificateSigningRequestDer::from(request_der),
+    )
+    .map_err(|e| anyhow!("the certificate signing request is not valid: {e}"))?;
+    let cert = agent_params(name, &[], lifetime)?
+        .signed_by(&csr.public_key, &load_issuer(ca)?)
+        .with_context(|| format!("cannot issue the agent certificate for {name:?}"))?;
+    Ok(cert.pem())
+}
+
+/// Subject CN=`name`; SANs DNS `name`, the extra SANs and URI `sloth://agent/<name>`;
+/// ServerAuth only.
+fn agent_params(
+    name: &str,
+    extra_sans: &[String],
+    lifetime: Lifetime,
+) -> anyhow::Result<CertificateParams> {
     validate_name(name).with_context(|| format!("invalid agent name {name:?}"))?;
     let mut sans = vec![SanType::DnsName(ia5(name)?)];
     for san in extra_sans {
@@ -67,29 +135,77 @@ pub fn issue_agent(ca: &Pem, name: &str, extra_sans: &[String]) -> anyhow::Resul
         }
     }
     sans.push(SanType::URI(ia5(&format!("sloth://agent/{name}"))?));
-    issue_leaf(ca, name, sans, ExtendedKeyUsagePurpose::ServerAuth)
-        .with_context(|| format!("cannot issue the agent certificate for {name:?}"))
+    leaf_params(name, sans, ExtendedKeyUsagePurpose::ServerAuth, lifetime)
 }
 
 /// Issues a master certificate signed by the fleet CA.
 ///
 /// Subject CN=`name`; SAN URI `sloth://master/<name>`; extended key usage ClientAuth only
 /// (the master role), so the certificate cannot act as an agent (server) certificate.
-pub fn issue_master(ca: &Pem, name: &str) -> anyhow::Result<Pem> {
+pub fn issue_master(ca: &Pem, name: &str, lifetime: Lifetime) -> anyhow::Result<Pem> {
     validate_name(name).with_context(|| format!("invalid master name {name:?}"))?;
     let sans = vec![SanType::URI(ia5(&format!("sloth://master/{name}"))?)];
-    issue_leaf(ca, name, sans, ExtendedKeyUsagePurpose::ClientAuth)
-        .with_context(|| format!("cannot issue the master certificate for {name:?}"))
+    let key = new_key()?;
+    let cert = leaf_params(name, sans, ExtendedKeyUsagePurpose::ClientAuth, lifetime)?
+        .signed_by(&key, &load_issuer(ca)?)
+        .with_context(|| format!("cannot issue the master certificate for {name:?}"))?;
+    Ok(Pem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
 }
 
-fn issue_leaf(
-    ca: &Pem,
+/// A revoked certificate, as a CRL lists it.
+#[derive(Debug, Clone)]
+pub struct Revoked {
+    /// The serial number's bytes (big-endian, as in the certificate).
+    pub serial: Vec<u8>,
+    pub at: SystemTime,
+}
+
+/// A CRL signed by the CA, numbered `number` (agents take only a higher number than
+/// the one they have), listing `revoked`, valid for the CA's lifetime (a fleet's CRL is
+/// replaced when something is revoked, not on a schedule). Returns its DER.
+pub fn sign_crl(ca: &Pem, number: u64, revoked: &[Revoked]) -> anyhow::Result<Vec<u8>> {
+    let issuer = load_issuer(ca)?;
+    let now = SystemTime::now();
+    let to_time = |t: SystemTime| -> anyhow::Result<_> {
+        let secs = t
+            .duration_since(UNIX_EPOCH)
+            .context("the system clock is before 1970")?
+            .as_secs();
+        Ok(rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(secs))
+    };
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: to_time(now)?,
+        next_update: to_time(now + CA_VALIDITY)?,
+        crl_number: rcgen::SerialNumber::from_slice(&number.to_be_bytes()),
+        issuing_distribution_point: None,
+        revoked_certs: revoked
+            .iter()
+            .map(|r| {
+                Ok(rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(&r.serial),
+                    revocation_time: to_time(r.at)?,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    let crl = params
+        .signed_by(&issuer)
+        .map_err(|e| anyhow!("cannot sign the revocation list: {e}"))?;
+    Ok(crl.der().to_vec())
+}
+
+fn leaf_params(
     common_name: &str,
     sans: Vec<SanType>,
     eku: ExtendedKeyUsagePurpose,
-) -> anyhow::Result<Pem> {
-    let issuer = load_issuer(ca)?;
-    let key = new_key()?;
+    lifetime: Lifetime,
+) -> anyhow::Result<CertificateParams> {
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
@@ -100,14 +216,8 @@ fn issue_leaf(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![eku];
     params.use_authority_key_identifier_extension = true;
-    set_validity(&mut params, LEAF_VALIDITY)?;
-    let cert = params
-        .signed_by(&key, &issuer)
-        .context("cannot sign the certificate with the fleet CA")?;
-    Ok(Pem {
-        cert: cert.pem(),
-        key: key.serialize_pem(),
-    })
+    set_validity(&mut params, lifetime.0)?;
+    Ok(params)
 }
 
 /// Re-creates the CA issuer from its PEM certificate and key, checking that they belong
@@ -154,7 +264,7 @@ fn set_validity(params: &mut CertificateParams, validity: Duration) -> anyhow::R
         .duration_since(UNIX_EPOCH)
         .context("the system clock is before 1970")?;
     let epoch = rcgen::date_time_ymd(1970, 1, 1);
-    params.not_before = epoch + now.saturating_sub(CLOCK_SKEW);
+    params.not_before = epoch + now.saturating_sub(CLOCK_SKEW.min(validity / 4));
     params.not_after = epoch + (now + validity);
     Ok(())
 }

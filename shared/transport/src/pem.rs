@@ -53,7 +53,10 @@ pub fn write_pem_files(dir: &Path, stem: &str, pem: &Pem) -> anyhow::Result<(Pat
     Ok((cert_path, key_path))
 }
 
-fn write_file_atomic(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
+/// Writes `contents` to `path` through a fresh temporary file created with `mode` in the
+/// same directory, synced and renamed into place: readers see the old file or the new
+/// one, never a part, and the file never has other permissions, not even briefly.
+pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let file_name = path
         .file_name()

@@ -15,8 +15,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 fn fleet() -> (Pem, Pem, Pem) {
     let ca = generate_ca("test fleet CA").unwrap();
-    let agent = issue_agent(&ca, "web-01", &["127.0.0.1".to_string()]).unwrap();
-    let master = issue_master(&ca, "master").unwrap();
+    let agent = issue_agent(&ca, "web-01", &["127.0.0.1".to_string()], Lifetime::AGENT).unwrap();
+    let master = issue_master(&ca, "master", Lifetime::MASTER).unwrap();
     (ca, agent, master)
 }
 
@@ -30,8 +30,8 @@ fn tls_generate_and_build_configs() {
     assert!(ca.cert.contains("BEGIN CERTIFICATE"));
     assert!(ca.key.contains("BEGIN PRIVATE KEY"));
     assert!(!format!("{agent:?}").contains("PRIVATE KEY"));
-    agent_server_config(&agent, &ca.cert, transport()).unwrap();
-    master_client_config(&master, &ca.cert, transport()).unwrap();
+    agent_server_config(&agent, &ca.cert, None, transport()).unwrap();
+    master_client_config(&master, &ca.cert, None, transport()).unwrap();
     // The SAN URIs are in the certificates (IA5 strings appear verbatim in the DER).
     let agent_der = parse_certs(&agent.cert).unwrap().remove(0);
     let master_der = parse_certs(&master.cert).unwrap().remove(0);
@@ -48,20 +48,21 @@ fn tls_invalid_names_are_refused() {
     for bad in [
         "", "web 01", "web_01", "-web", "web-", "a..b", ".web", "web.", "10.0.0.1", "wéb",
     ] {
-        let err = issue_agent(&ca, bad, &[]).unwrap_err();
+        let err = issue_agent(&ca, bad, &[], Lifetime::AGENT).unwrap_err();
         assert!(
             format!("{err:#}").contains("invalid agent name"),
             "{bad:?}: {err:#}"
         );
     }
-    let err = issue_agent(&ca, "web-01", &["bad name".to_string()]).unwrap_err();
+    let err = issue_agent(&ca, "web-01", &["bad name".to_string()], Lifetime::AGENT).unwrap_err();
     assert!(format!("{err:#}").contains("bad name"), "{err:#}");
-    assert!(issue_master(&ca, "bad/name").is_err());
+    assert!(issue_master(&ca, "bad/name", Lifetime::MASTER).is_err());
     // Extra SANs: IPv4, IPv6 and DNS names are accepted.
     issue_agent(
         &ca,
         "db-1.example.org",
         &["10.1.2.3".into(), "::1".into(), "db.internal".into()],
+        Lifetime::AGENT,
     )
     .unwrap();
 }
@@ -74,22 +75,22 @@ fn tls_mismatched_ca_key_is_refused() {
         cert: ca1.cert.clone(),
         key: ca2.key.clone(),
     };
-    let err = issue_agent(&franken, "web-01", &[]).unwrap_err();
+    let err = issue_agent(&franken, "web-01", &[], Lifetime::AGENT).unwrap_err();
     assert!(format!("{err:#}").contains("does not belong"), "{err:#}");
     // A leaf certificate is not a CA.
-    let agent = issue_agent(&ca1, "web-01", &[]).unwrap();
-    let err = issue_agent(&agent, "web-02", &[]).unwrap_err();
+    let agent = issue_agent(&ca1, "web-01", &[], Lifetime::AGENT).unwrap();
+    let err = issue_agent(&agent, "web-02", &[], Lifetime::AGENT).unwrap_err();
     assert!(
         format!("{err:#}").contains("not allowed to sign"),
         "{err:#}"
     );
     // Own certificate and key that do not match.
-    let other = issue_agent(&ca1, "web-02", &[]).unwrap();
+    let other = issue_agent(&ca1, "web-02", &[], Lifetime::AGENT).unwrap();
     let mixed = Pem {
         cert: agent.cert.clone(),
         key: other.key,
     };
-    let err = agent_server_config(&mixed, &ca1.cert, transport()).unwrap_err();
+    let err = agent_server_config(&mixed, &ca1.cert, None, transport()).unwrap_err();
     assert!(format!("{err:#}").contains("not usable"), "{err:#}");
 }
 
@@ -207,7 +208,7 @@ struct Agent {
 /// An agent endpoint on 127.0.0.1 that echoes one bidi stream per connection and
 /// records how each incoming connection ended.
 fn start_agent(agent: &Pem, ca_cert: &str) -> Agent {
-    let config = agent_server_config(agent, ca_cert, transport()).unwrap();
+    let config = agent_server_config(agent, ca_cert, None, transport()).unwrap();
     let endpoint =
         quinn::Endpoint::server(config, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
     let addr = endpoint.local_addr().unwrap();
@@ -244,7 +245,7 @@ fn start_agent(agent: &Pem, ca_cert: &str) -> Agent {
 
 fn client_endpoint(own: &Pem, ca_cert: &str) -> quinn::Endpoint {
     let mut ep = quinn::Endpoint::client(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
-    ep.set_default_client_config(master_client_config(own, ca_cert, transport()).unwrap());
+    ep.set_default_client_config(master_client_config(own, ca_cert, None, transport()).unwrap());
     ep
 }
 
@@ -299,7 +300,7 @@ async fn tls_loopback_correct_master_exchanges_bytes() {
 async fn tls_loopback_master_of_another_ca_is_refused() {
     let (ca, agent, _) = fleet();
     let other_ca = generate_ca("another fleet").unwrap();
-    let other_master = issue_master(&other_ca, "master").unwrap();
+    let other_master = issue_master(&other_ca, "master", Lifetime::MASTER).unwrap();
     let a = start_agent(&agent, &ca.cert);
     let ep = client_endpoint(&other_master, &other_ca.cert);
     let err = exchange(&ep, a.addr, "web-01").await.unwrap_err();
@@ -326,7 +327,7 @@ async fn tls_loopback_master_of_another_ca_is_refused() {
 #[tokio::test]
 async fn tls_loopback_agent_cert_as_master_is_refused() {
     let (ca, agent, _) = fleet();
-    let thief = issue_agent(&ca, "web-07", &[]).unwrap();
+    let thief = issue_agent(&ca, "web-07", &[], Lifetime::AGENT).unwrap();
     let a = start_agent(&agent, &ca.cert);
     // The client side accepts any usable cert/key; the agent must refuse it.
     let ep = client_endpoint(&thief, &ca.cert);

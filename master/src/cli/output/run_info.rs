@@ -84,13 +84,13 @@ impl RunInfo {
 
 /// RFC 3339 with milliseconds, UTC.
 pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    sloth_proto::text::rfc3339_millis(t).to_string()
 }
 
 /// A run id: the start time to the second, and 32 random bits (from the per-process
 /// random keys of std's hasher, mixed with the pid and the clock's nanoseconds).
 fn run_id(t: SystemTime) -> String {
-    let stamp = humantime::format_rfc3339_seconds(t)
+    let stamp = sloth_proto::text::rfc3339_seconds(t)
         .to_string()
         .replace(['-', ':'], "");
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

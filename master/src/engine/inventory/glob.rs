@@ -16,7 +16,7 @@
 //! The tests below pin both differences.
 
 /// Shell-style glob: `*` matches any run of characters, `?` exactly one.
-pub(super) fn glob_match(pattern: &str, text: &str) -> bool {
+pub fn glob_match(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
     let (mut pi, mut ti) = (0, 0);

@@ -27,6 +27,7 @@
 //! and `glob.rs` is their `*`/`?` matcher.
 
 mod glob;
+pub use glob::glob_match;
 mod parse;
 mod pattern;
 mod validate;

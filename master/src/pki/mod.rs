@@ -1,0 +1,435 @@
+//! The fleet's PKI as the master runs it, on the certificate directory: the CA and the
+//! master certificate (`init`, `renew-master`), agent certificates issued here
+//! (`issue`), by enrollment with a join token (the agent's key never leaves it) or by
+//! renewal over an agent's mutual-TLS connection, revocation (a CRL signed by the CA,
+//! numbered), and the records of all of it ([`store`]). The network side of enrolling
+//! is [`enroll`]; renewal rides on the mesh ([`crate::engine::mesh::AgentRenewer`]).
+//!
+//! Files: `ca.crt`, `ca.key` (only where certificates are issued), `master.crt`,
+//! `master.key`, `crl.der` (once something is revoked), `ledger.json`, `tokens.json`.
+
+pub mod enroll;
+pub mod store;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, bail, Context};
+use sloth_transport::{self as tls, CertInfo, Crl, JoinToken, Lifetime, Pem};
+
+use store::{Issued, Redemption, Revocation, Store, TokenRecord};
+
+/// Common name of the fleet CA.
+const CA_COMMON_NAME: &str = "sloth fleet CA";
+/// Name of the master certificate.
+pub const MASTER_NAME: &str = "master";
+/// Join tokens live at most this long.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 86400);
+/// Certificates this close to expiry are warned about.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 86400);
+
+/// The certificate directory.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+/// Which certificates to revoke.
+pub enum RevokeTarget<'a> {
+    /// Every unexpired certificate issued to this name.
+    Name(&'a str),
+    Serial(&'a str),
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Pki {
+        Pki {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    /// The fleet CA certificate (PEM).
+    pub fn ca_cert(&self) -> anyhow::Result<String> {
+        let p = self.path("ca.crt");
+        std::fs::read_to_string(&p).with_context(|| {
+            format!(
+                "reading {} (run `sloth-master certs init --dir {}` first?)",
+                p.display(),
+                self.dir.display()
+            )
+        })
+    }
+
+    /// The CA certificate and key: only on the machine that issues certificates.
+    pub fn ca(&self) -> anyhow::Result<Pem> {
+        tls::read_pem_files(&self.path("ca.crt"), &self.path("ca.key")).with_context(|| {
+            format!(
+                "cannot load the fleet CA from {} (this needs ca.key: run it where the CA lives)",
+                self.dir.display()
+            )
+        })
+    }
+
+    pub fn has_ca_key(&self) -> bool {
+        self.path("ca.key").is_file()
+    }
+
+    /// The master certificate and key.
+    pub fn master(&self) -> anyhow::Result<Pem> {
+        tls::read_pem_files(&self.path("master.crt"), &self.path("master.key")).with_context(
+            || {
+                format!(
+                    "no master certificate in {} (run `sloth-master certs init --dir {}` or use --local-fleet)",
+                    self.dir.display(),
+                    self.dir.display()
+                )
+            },
+        )
+    }
+
+    /// The master certificate, refused when it has expired (the message says so and
+    /// names it), with a warning on stderr when it expires within 7 days.
+    pub fn master_checked(&self) -> anyhow::Result<Pem> {
+        let own = self.master()?;
+        let path = self.path("master.crt");
+        let info = CertInfo::of_pem(&own.cert).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let now = SystemTime::now();
+        if info.expired(now) {
+            bail!(
+                "the master certificate {} expired on {}: renew it with `sloth-master certs renew-master` where ca.key is",
+                path.display(),
+                info.expiry()
+            );
+        }
+        if info.remaining(now) < EXPIRY_WARNING {
+            eprintln!(
+                "warning: the master certificate {} expires on {} ({} days): renew it with `sloth-master certs renew-master`",
+                path.display(),
+                info.expiry(),
+                info.remaining(now).as_secs() / 86400
+            );
+        }
+        Ok(own)
+    }
+
+    /// The fleet's CRL, if anything was ever revoked; a damaged or foreign one is an
+    /// error (it would not protect anyone).
+    pub fn crl(&self) -> anyhow::Result<Option<Crl>> {
+        let p = self.path("crl.der");
+        let der = match std::fs::read(&p) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => bail!("cannot read {}: {e}", p.display()),
+        };
+        let ca = self.ca_cert()?;
+        Crl::verified(&der, &ca)
+            .map(Some)
+            .map_err(|e| anyhow!("{}: {e}", p.display()))
+    }
+
+    /// Create the CA and the master certificate. Refuses to replace a CA unless
+    /// `force` (every certificate it issued would stop working).
+    pub fn init(&self, force: bool, master_lifetime: Lifetime) -> anyhow::Result<()> {
+        if !force {
+            for f in ["ca.crt", "ca.key"] {
+                let p = self.path(f);
+                if p.exists() {
+                    bail!(
+                        "{} already exists: refusing to replace the fleet CA (every agent and master \
+                         certificate it issued would stop working); use --force to replace it anyway",
+                        p.display()
+                    );
+                }
+            }
+        }
+        let ca = tls::generate_ca(CA_COMMON_NAME).context("cannot generate the fleet CA")?;
+        let master = tls::issue_master(&ca, MASTER_NAME, master_lifetime)?;
+        tls::write_pem_files(&self.dir, "ca", &ca)?;
+        tls::write_pem_files(&self.dir, "master", &master)?;
+        let store = Store::lock(&self.dir).map_err(|e| anyhow!(e))?;
+        // A new CA starts new records.
+        store
+            .save_ledger(&store::Ledger::default())
+            .and_then(|()| store.save_tokens(&store::Tokens::default()))
+            .map_err(|e| anyhow!(e))?;
+        let _ = std::fs::remove_file(self.path("crl.der"));
+        record(&store, &master.cert, "init")?;
+        Ok(())
+    }
+
+    /// An agent certificate with a key made here (copy both to the agent).
+    pub fn issue_agent(
+        &self,
+        name: &str,
+        sans: &[String],
+        lifetime: Lifetime,
+    ) -> anyhow::Result<Pem> {
+        let ca = self.ca()?;
+        let pem = tls::issue_agent(&ca, name, sans, lifetime)?;
+        let store = Store::lock(&self.dir).map_err(|e| anyhow!(e))?;
+        record(&store, &pem.cert, "issue")?;
+        Ok(pem)
+    }
+
+    /// A new master key and certificate in place of the old ones.
+    pub fn renew_master(&self, lifetime: Lifetime) -> anyhow::Result<CertInfo> {
+        let ca = self.ca()?;
+        let master = tls::issue_master(&ca, MASTER_NAME, lifetime)?;
+        let store = Store::lock(&self.dir).map_err(|e| anyhow!(e))?;
+        tls::write_pem_files(&self.dir, "master", &master)?;
+        record(&store, &master.cert, "renew-master")?;
+        CertInfo::of_pem(&master.cert).map_err(|e| anyhow!(e))
+    }
+
+    /// An agent certificate for the key of `csr`, named `name` (renewal over the
+    /// agent's connection: the caller has authenticated the agent as `name`).
+    pub fn renew_agent(
+        &self,
+        name: &str,
+        csr: &[u8],
+        lifetime: Lifetime,
+    ) -> anyhow::Result<String> {
+        let ca = self.ca()?;
+        let cert = tls::sign_agent_request(&ca, csr, name, lifetime)?;
+        let store = Store::lock(&self.dir).map_err(|e| anyhow!(e))?;
+        record(&store, &cert, "renew")?;
+        Ok(cert)
+    }
+
+    /// Revoke, and write the new CRL (signed, numbered one higher). Returns what was
+    /// revoked and the CRL's number.
+    pub fn revoke(&self, target: RevokeTarget) -> anyhow::Result<(Vec<Revocation>, u64)> {
+        let ca = self.ca()?;
+        let store = Store::lock(&self.dir).map_err(|e| anyhow!(e))?;
+        let mut ledger = store.ledger().map_err(|e| anyhow!(e))?;
+        let now = SystemTime::now();
+        let already: Vec<String> = ledger.revoked.iter().map(|r| r.serial.clone()).collect();
+        let new: Vec<Revocation> = match target {
+            RevokeTarget::Name(name) => ledger
+                .issued
+                .iter()
+                .filter(|i| i.name == name && !already.contains(&i.serial))
+                .filter(|i| store::parse_time(&i.not_after).is_none_or(|t| t > now))
+                .map(|i| Revocation {
+                    serial: i.serial.clone(),
+                    name: i.name.clone(),
+                    at: store::now(),
+                })
+                .collect(),
+            RevokeTarget::Serial(serial) => {
+                let serial = serial.trim().trim_start_matches("0x").to_ascii_lowercase();
+                let serial = serial.trim_start_matches('0').to_string();
+                if tls::cert_info::serial_bytes(&serial).is_none() || serial.is_empty() {
+                    bail!("'{serial}' is not a serial number (hex, as `certs list` shows)");
+                }
+                if already.contains(&serial) {
+                    vec![]
+                } else {
+                    let name = ledger
+                        .issued
+                        .iter()
+                        .find(|i| i.serial == serial)
+                        .map(|i| i.name.clone())
+                        .unwrap_or_else(|| "(not in the ledger)".into());
+                    vec![Revocation {
+                        serial,
+                        name,
+                        at: store::now(),
+                    }]
+                }
+            }
+        };
+        if new.is_empty() {
+            match target {
+                RevokeTarget::Name(name) => bail!(
+                    "nothing to revoke: no unexpired, unrevoked certificate was issued to '{name}' (`sloth-master certs list`)"
+                ),
+                RevokeTarget::Serial(s) => bail!("serial {s} is already revoked"),
+            }
+        }
+        ledger.revoked.extend(new.iter().cloned());
+        ledger.crl_number += 1;
+        let entries: Vec<tls::issue::Revoked> = ledger
+            .revoked
+            .iter()
+            .filter_map(|r| {
+                Some(tls::issue::Revoked {
+                    serial: tls::cert_info::serial_bytes(&r.serial)?,
+                    at: store::parse_time(&r.at).unwrap_or(now),
+                })
+            })
+            .collect();
+        let der = tls::sign_crl(&ca, ledger.crl_number, &entries)?;
+        // The CRL first: a ledger that says more than the CRL is repaired by the next
+        // revocation; a CRL the ledger does not know would be overwritten by one with
+        // the same number.
+        tls::write_file_atomic(&self.path("crl.der"), &der, 0o644)?;
+        store.save_ledger(&ledger).map_err(|e| anyhow!(e))?;
+        Ok((new, ledger.crl_number))
+    }
+
+    /// A join token for `names` (a name or a `*` pattern), valid `ttl`, `uses` times.
+    pub fn create_token(&self, names: &str, ttl: Duration, uses: u32) -> anyhow::Result<JoinToken> {
+        if names.trim().is_empty() {
+            bail!("a token needs the agent name (or a pattern like web-*) it may enroll");
+        }
+        if names
+            .chars()
+            .any(|c| !(c.is_ascii_alphanumeric() || "-.*".contains(c)))
+        {
+            bail!("'{names}' is not an agent name or pattern (letters, digits, '-', '.', '*')");
+        }
+        if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+            bail!("a token's lifetime must be between 1s and 30 days");
+        }
+        if uses == 0 {
+            bail!("a token must be usable at least once");
+        }
+        // Tokens are signed by nobody: checking the CA key is here is what keeps a
+        // master without it from handing out tokens it cannot honour.
+        let ca = self.ca()?;
+        let fp = ca_fingerprint(&ca.cert)?;
+        let token = JoinToken::generate(&fp).map_err(|e| anyhow!(e))?;
+        let store = Store::lock(&self.dir).map_err(|e| anyhow!(e))?;
+        let mut tokens = store.tokens().map_err(|e| anyhow!(e))?;
+        let now = SystemTime::now();
+        // Records of tokens dead for a month go.
+        tokens.tokens.retain(|t| {
+            store::parse_time(&t.expires).is_none_or(|e| e + Duration::from_secs(30 * 86400) > now)
+        });
+        tokens.tokens.push(TokenRecord {
+            id: token.id.clone(),
+            secret_sha256: token.secret_hash(),
+            names: names.to_string(),
+            expires: store::rfc3339(now + ttl),
+            uses_left: uses,
+            created: store::now(),
+            redeemed: vec![],
+        });
+        store.save_tokens(&tokens).map_err(|e| anyhow!(e))?;
+        Ok(token)
+    }
+
+    pub fn tokens(&self) -> anyhow::Result<Vec<TokenRecord>> {
+        let store = Store::lock(&self.dir).map_err(|e| anyhow!(e))?;
+        Ok(store.tokens().map_err(|e| anyhow!(e))?.tokens)
+    }
+
+    /// Remove a token (it can no longer enroll anyone).
+    pub fn remove_token(&self, id: &str) -> anyhow::Result<()> {
+        let store = Store::lock(&self.dir).map_err(|e| anyhow!(e))?;
+        let mut tokens = store.tokens().map_err(|e| anyhow!(e))?;
+        let before = tokens.tokens.len();
+        tokens.tokens.retain(|t| t.id != id);
+        if tokens.tokens.len() == before {
+            bail!("no token with id {id} (`sloth-master token list`)");
+        }
+        store.save_tokens(&tokens).map_err(|e| anyhow!(e))
+    }
+
+    /// Spend one use of a token for agent `name` and issue its certificate for the key
+    /// of `csr`. The error is the reason the agent is told.
+    pub fn redeem(
+        &self,
+        token_id: &str,
+        secret: &str,
+        name: &str,
+        csr: &[u8],
+        lifetime: Lifetime,
+    ) -> Result<String, String> {
+        let ca = self.ca().map_err(|e| format!("{e:#}"))?;
+        let store = Store::lock(&self.dir)?;
+        let mut tokens = store.tokens()?;
+        let rec = tokens
+            .tokens
+            .iter_mut()
+            .find(|t| t.id == token_id)
+            .ok_or("unknown join token (not created by this master, or removed)")?;
+        if rec.secret_sha256 != tls::token::hash_secret(secret) {
+            return Err("wrong join token secret".into());
+        }
+        let expires = store::parse_time(&rec.expires).ok_or("the token's record is damaged")?;
+        if SystemTime::now() >= expires {
+            return Err(format!("the join token expired at {}", rec.expires));
+        }
+        if rec.uses_left == 0 {
+            let last = rec
+                .redeemed
+                .last()
+                .map(|r| format!(" (last by {} at {})", r.name, r.at))
+                .unwrap_or_default();
+            return Err(format!("the join token was already used{last}"));
+        }
+        if !crate::engine::inventory::glob_match(&rec.names, name) {
+            return Err(format!(
+                "the join token is for '{}', not for '{name}'",
+                rec.names
+            ));
+        }
+        let cert =
+            tls::sign_agent_request(&ca, csr, name, lifetime).map_err(|e| format!("{e:#}"))?;
+        let info = CertInfo::of_pem(&cert)?;
+        rec.uses_left -= 1;
+        rec.redeemed.push(Redemption {
+            name: name.to_string(),
+            serial: info.serial.clone(),
+            at: store::now(),
+        });
+        // The token is spent before the certificate leaves: a crash here loses a use,
+        // never grants an extra one.
+        store.save_tokens(&tokens)?;
+        record(&store, &cert, "enroll").map_err(|e| format!("{e:#}"))?;
+        Ok(cert)
+    }
+
+    /// Every certificate issued, with its state.
+    pub fn ledger(&self) -> anyhow::Result<store::Ledger> {
+        let store = Store::lock(&self.dir).map_err(|e| anyhow!(e))?;
+        store.ledger().map_err(|e| anyhow!(e))
+    }
+}
+
+/// `sha256:...` of a PEM CA certificate.
+pub fn ca_fingerprint(ca_pem: &str) -> anyhow::Result<String> {
+    let der = tls::parse_certs(ca_pem)?
+        .into_iter()
+        .next()
+        .context("no CA certificate")?;
+    Ok(tls::cert_info::fingerprint(der.as_ref()))
+}
+
+/// Add an issued certificate to the ledger.
+fn record(store: &Store, cert_pem: &str, via: &str) -> anyhow::Result<()> {
+    let info = CertInfo::of_pem(cert_pem).map_err(|e| anyhow!(e))?;
+    let mut ledger = store.ledger().map_err(|e| anyhow!(e))?;
+    ledger.issued.push(Issued {
+        serial: info.serial.clone(),
+        name: info.name.clone().unwrap_or_default(),
+        role: info.role.clone().unwrap_or_default(),
+        not_after: info.expiry(),
+        issued_at: store::now(),
+        via: via.to_string(),
+    });
+    store.save_ledger(&ledger).map_err(|e| anyhow!(e))
+}
+
+/// The mesh's renewal of agent certificates, by this CA.
+pub struct Renewer {
+    pub pki: Pki,
+    pub lifetime: Lifetime,
+}
+
+impl crate::engine::mesh::AgentRenewer for Renewer {
+    fn renew(&self, name: &str, csr: &[u8]) -> Result<String, String> {
+        self.pki
+            .renew_agent(name, csr, self.lifetime)
+            .map_err(|e| format!("{e:#}"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,163 @@
+use super::*;
+
+fn pki() -> (tempfile::TempDir, Pki) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    pki.init(false, Lifetime::MASTER).unwrap();
+    (dir, pki)
+}
+
+#[test]
+fn init_refuses_to_replace_a_ca_and_records_the_master() {
+    let (dir, pki) = pki();
+    for f in [
+        "ca.crt",
+        "ca.key",
+        "master.crt",
+        "master.key",
+        "ledger.json",
+    ] {
+        assert!(dir.path().join(f).is_file(), "{f}");
+    }
+    let e = pki.init(false, Lifetime::MASTER).unwrap_err().to_string();
+    assert!(e.contains("ca.crt") && e.contains("--force"), "{e}");
+    let ledger = pki.ledger().unwrap();
+    assert_eq!(ledger.issued.len(), 1);
+    assert_eq!(ledger.issued[0].role, "master");
+    let old = pki.ca_cert().unwrap();
+    pki.init(true, Lifetime::MASTER).unwrap();
+    assert_ne!(pki.ca_cert().unwrap(), old);
+    assert_eq!(
+        pki.ledger().unwrap().issued.len(),
+        1,
+        "a new CA, new records"
+    );
+}
+
+#[test]
+fn revocation_writes_a_numbered_crl_of_everything_revoked() {
+    let (_dir, pki) = pki();
+    assert!(pki.crl().unwrap().is_none());
+    let a = pki.issue_agent("web-01", &[], Lifetime::AGENT).unwrap();
+    let b = pki.issue_agent("web-02", &[], Lifetime::AGENT).unwrap();
+    let (a_serial, b_serial) = (
+        CertInfo::of_pem(&a.cert).unwrap().serial,
+        CertInfo::of_pem(&b.cert).unwrap().serial,
+    );
+    let (done, n) = pki.revoke(RevokeTarget::Name("web-01")).unwrap();
+    assert_eq!((done.len(), n), (1, 1));
+    let crl = pki.crl().unwrap().unwrap();
+    assert!(crl.is_revoked(&a_serial) && !crl.is_revoked(&b_serial));
+    let (_, n) = pki
+        .revoke(RevokeTarget::Serial(&b_serial.to_uppercase()))
+        .unwrap();
+    assert_eq!(n, 2);
+    let crl = pki.crl().unwrap().unwrap();
+    assert_eq!(crl.number, 2);
+    assert!(crl.is_revoked(&a_serial) && crl.is_revoked(&b_serial));
+    let e = pki
+        .revoke(RevokeTarget::Name("web-01"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nothing to revoke"), "{e}");
+    assert!(pki.revoke(RevokeTarget::Serial("zz")).is_err());
+}
+
+#[test]
+fn tokens_enroll_once_for_their_names_until_they_expire() {
+    let (_dir, pki) = pki();
+    let req = || {
+        tls::keys::new_key_and_request("web-01")
+            .unwrap()
+            .request_der
+    };
+    let t = pki
+        .create_token("web-*", Duration::from_secs(3600), 1)
+        .unwrap();
+    assert_eq!(
+        t.ca_fingerprint,
+        ca_fingerprint(&pki.ca_cert().unwrap()).unwrap()
+    );
+    let lt = Lifetime::AGENT;
+
+    let e = pki.redeem(&t.id, "00", "web-01", &req(), lt).unwrap_err();
+    assert_eq!(e, "wrong join token secret");
+    let e = pki
+        .redeem(&t.id, &t.secret, "db-01", &req(), lt)
+        .unwrap_err();
+    assert_eq!(e, "the join token is for 'web-*', not for 'db-01'");
+    let e = pki
+        .redeem("0000000000000000", &t.secret, "web-01", &req(), lt)
+        .unwrap_err();
+    assert!(e.starts_with("unknown join token"), "{e}");
+
+    let cert = pki.redeem(&t.id, &t.secret, "web-01", &req(), lt).unwrap();
+    assert_eq!(
+        CertInfo::of_pem(&cert).unwrap().name.as_deref(),
+        Some("web-01")
+    );
+    // Replayed: the single use is spent.
+    let e = pki
+        .redeem(&t.id, &t.secret, "web-02", &req(), lt)
+        .unwrap_err();
+    assert!(
+        e.starts_with("the join token was already used (last by web-01 at "),
+        "{e}"
+    );
+    let rec = &pki.tokens().unwrap()[0];
+    assert_eq!(rec.uses_left, 0);
+    assert!(
+        !serde_json::to_string(rec).unwrap().contains(&t.secret),
+        "no secret stored"
+    );
+
+    let twice = pki
+        .create_token("db-01", Duration::from_secs(3600), 2)
+        .unwrap();
+    assert!(pki
+        .redeem(&twice.id, &twice.secret, "db-01", &req(), lt)
+        .is_ok());
+    assert!(pki
+        .redeem(&twice.id, &twice.secret, "db-01", &req(), lt)
+        .is_ok());
+    assert!(pki
+        .redeem(&twice.id, &twice.secret, "db-01", &req(), lt)
+        .is_err());
+
+    let short = pki
+        .create_token("web-03", Duration::from_secs(1), 1)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let e = pki
+        .redeem(&short.id, &short.secret, "web-03", &req(), lt)
+        .unwrap_err();
+    assert!(e.starts_with("the join token expired at "), "{e}");
+
+    pki.remove_token(&twice.id).unwrap();
+    assert!(pki.remove_token(&twice.id).is_err());
+    assert!(pki
+        .create_token("bad name!", Duration::from_secs(60), 1)
+        .is_err());
+    assert!(pki
+        .create_token("web-01", Duration::from_secs(60), 0)
+        .is_err());
+    assert!(pki.create_token("web-01", MAX_TOKEN_TTL * 2, 1).is_err());
+}
+
+#[test]
+fn the_master_certificate_is_renewed_and_its_expiry_refused() {
+    let (dir, pki) = pki();
+    let before = CertInfo::of_pem(&pki.master().unwrap().cert).unwrap();
+    let after = pki.renew_master(Lifetime(Duration::from_secs(2))).unwrap();
+    assert_ne!(before.serial, after.serial);
+    assert!(pki.master_checked().is_ok());
+    std::thread::sleep(Duration::from_millis(2_600));
+    let e = format!("{:#}", pki.master_checked().unwrap_err());
+    assert!(
+        e.contains(&format!(
+            "the master certificate {} expired on",
+            dir.path().join("master.crt").display()
+        )),
+        "{e}"
+    );
+}
