@@ -59,6 +59,10 @@ pub struct Args {
     /// expired one), the agent makes its own key and waits for `sloth-master enroll`.
     #[arg(long)]
     pub token: Option<String>,
+    /// Read the join token from this file (kept out of the process list and the
+    /// config); the agent deletes it once enrolled.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
     /// The fleet's revocation list, kept from what masters hand over (default: crl.der
     /// beside the CA certificate).
     #[arg(long)]
@@ -84,6 +88,7 @@ struct FileConfig {
     audit_log_max_size: Option<String>,
     audit_log_keep: Option<u32>,
     token: Option<String>,
+    token_file: Option<PathBuf>,
     crl: Option<PathBuf>,
 }
 
@@ -100,6 +105,8 @@ pub struct Config {
     pub task_timeout: Duration,
     pub audit: audit::Settings,
     pub token: Option<String>,
+    /// Where the token came from, deleted once enrolled.
+    pub token_file: Option<PathBuf>,
     pub crl: PathBuf,
 }
 
@@ -198,6 +205,18 @@ impl Config {
                 .map(|d| d.join("crl.der"))
                 .unwrap_or_else(|| PathBuf::from("crl.der")),
         };
+        let token_file = a.token_file.or(f.token_file.map(&rel));
+        let token = match (a.token.or(f.token), &token_file) {
+            (Some(_), Some(_)) => bail!("give the join token once: --token or --token-file"),
+            (Some(t), None) => Some(t),
+            (None, Some(p)) => match std::fs::read_to_string(p) {
+                Ok(t) => Some(t.trim().to_string()),
+                // Gone once enrolled.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => bail!("cannot read the token file {}: {e}", p.display()),
+            },
+            (None, None) => None,
+        };
         Ok(Config {
             listen,
             cert,
@@ -209,7 +228,8 @@ impl Config {
             memory_limit,
             task_timeout,
             audit,
-            token: a.token.or(f.token),
+            token,
+            token_file,
             crl,
         })
     }

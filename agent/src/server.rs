@@ -85,6 +85,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                 }
             };
             endpoint.set_server_config(Some(Pki::server_config(&id, transport.clone())?));
+            // The token is spent: its file goes.
+            if let Some(p) = &cfg.token_file {
+                if let Err(e) = std::fs::remove_file(p) {
+                    warn!("cannot remove the spent token file {}: {e}", p.display());
+                }
+            }
             info!("serving");
             (endpoint, id)
         }

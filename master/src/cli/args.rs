@@ -169,6 +169,30 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
+    /// Install, configure, enroll and start the agent on the matched hosts over SSH
+    /// (idempotent: a host that has it all is left alone).
+    Bootstrap {
+        /// Host pattern.
+        pattern: String,
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// The agent binary to install [default: sloth-agent next to sloth-master].
+        #[arg(long)]
+        agent_binary: Option<PathBuf>,
+        /// An OpenSSH option for every connection, e.g. StrictHostKeyChecking=accept-new
+        /// (repeatable).
+        #[arg(long = "ssh-option", value_name = "OPTION")]
+        ssh_options: Vec<String>,
+        /// Hosts bootstrapped at once.
+        #[arg(long, default_value_t = 16)]
+        parallel: usize,
+        /// How long to wait for each agent to be ready to enroll.
+        #[arg(long, default_value = "30s")]
+        wait: String,
+        /// One JSON document instead of lines and a recap.
+        #[arg(long)]
+        json: bool,
+    },
     /// Enroll the matched hosts whose agents wait with a join token: each gets its
     /// certificate for the key it made itself.
     Enroll {

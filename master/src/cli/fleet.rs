@@ -8,10 +8,8 @@ use super::config::parse_duration;
 use super::local_fleet::LocalFleet;
 use super::FleetArgs;
 use crate::engine::inventory::Inventory;
-use std::sync::Arc;
-
-use crate::engine::mesh::{AgentRenewer, MasterCerts, MeshConfig};
-use crate::pki::{Pki, Renewer};
+use crate::engine::mesh::{MasterCerts, MeshConfig};
+use crate::pki::Pki;
 use sloth_transport::Lifetime;
 
 /// Everything a command needs to reach the fleet.
@@ -95,25 +93,12 @@ pub fn prepare_fleet(a: &FleetArgs) -> Result<Fleet, String> {
     })
 }
 
-/// The master's certificates from the certificate directory: its own (refused when
-/// expired), the CA, the CRL, and — where `ca.key` is — the renewal of agent
-/// certificates that are due.
-fn master_certs(a: &FleetArgs) -> anyhow::Result<MasterCerts> {
-    let pki = Pki::new(a.certs_dir());
+/// The master's certificates from the certificate directory (see
+/// [`Pki::master_certs`]), renewed agents getting sloth.toml's `agent_cert_lifetime`.
+pub(super) fn master_certs(a: &FleetArgs) -> anyhow::Result<MasterCerts> {
     let lifetime = match &a.agent_cert_lifetime {
         Some(l) => Lifetime::parse(l).map_err(|e| anyhow::anyhow!("agent_cert_lifetime: {e:#}"))?,
         None => Lifetime::AGENT,
     };
-    let renewer: Option<Arc<dyn AgentRenewer>> = pki.has_ca_key().then(|| {
-        Arc::new(Renewer {
-            pki: pki.clone(),
-            lifetime,
-        }) as Arc<dyn AgentRenewer>
-    });
-    Ok(MasterCerts {
-        own: pki.master_checked()?,
-        ca: pki.ca_cert()?,
-        crl: pki.crl()?,
-        renewer,
-    })
+    Pki::new(a.certs_dir()).master_certs(lifetime)
 }

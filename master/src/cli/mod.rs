@@ -7,6 +7,7 @@
 //! This file dispatches, and builds the async runtime with the master's signal handling.
 
 mod args;
+mod bootstrap;
 pub mod certs;
 mod check;
 pub mod config;
@@ -59,6 +60,26 @@ pub fn main(cli: Cli) -> i32 {
     match cli.cmd {
         Cmd::Certs { cmd } => done(certs::certs(cmd, &certs_dir, &lifetimes)),
         Cmd::Token { cmd } => done(certs::token(cmd, &certs_dir)),
+        Cmd::Bootstrap {
+            pattern,
+            mut fleet,
+            agent_binary,
+            ssh_options,
+            parallel,
+            wait,
+            json,
+        } => {
+            fleet.apply(&cfg);
+            let a = bootstrap::Args {
+                pattern: &pattern,
+                agent_binary: agent_binary.as_deref(),
+                ssh_options: &ssh_options,
+                parallel,
+                wait: &wait,
+                json,
+            };
+            bootstrap::command(&a, &fleet)
+        }
         Cmd::Enroll {
             pattern,
             mut fleet,

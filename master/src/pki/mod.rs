@@ -393,6 +393,30 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// What the mesh needs: the master certificate (refused when expired), the CA,
+    /// the CRL, and — where `ca.key` is — the renewal of agent certificates that are
+    /// due, for `agent_lifetime`.
+    pub fn master_certs(
+        &self,
+        agent_lifetime: Lifetime,
+    ) -> anyhow::Result<crate::engine::mesh::MasterCerts> {
+        let renewer: Option<std::sync::Arc<dyn crate::engine::mesh::AgentRenewer>> =
+            self.has_ca_key().then(|| {
+                std::sync::Arc::new(Renewer {
+                    pki: self.clone(),
+                    lifetime: agent_lifetime,
+                }) as std::sync::Arc<dyn crate::engine::mesh::AgentRenewer>
+            });
+        Ok(crate::engine::mesh::MasterCerts {
+            own: self.master_checked()?,
+            ca: self.ca_cert()?,
+            crl: self.crl()?,
+            renewer,
+        })
+    }
+}
+
 /// `sha256:...` of a PEM CA certificate.
 pub fn ca_fingerprint(ca_pem: &str) -> anyhow::Result<String> {
     let der = tls::parse_certs(ca_pem)?

@@ -1,7 +1,8 @@
 //! Test hosts that may be changed: throwaway containers of this machine's own root
 //! tree, booted with systemd as PID 1 and a real `sloth-agent` inside
-//! (`scripts/container.sh`, systemd-nspawn with a tmpfs overlay). Packages, users and
-//! units installed there vanish with the container.
+//! (`scripts/container.sh`, systemd-nspawn with a tmpfs overlay), or bare hosts with
+//! only OpenSSH's sshd, each in its own network namespace ([`SshHost`], for
+//! bootstrap). Packages, users and units installed there vanish with the container.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -84,6 +85,51 @@ impl Container {
 }
 
 impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .args(["stop", &self.name])
+            .status();
+    }
+}
+
+/// A bare host for bootstrap tests: its own network namespace (reached at `ip`), sshd
+/// letting root in with the test's key, no agent; with systemd as PID 1 or without.
+pub struct SshHost {
+    pub name: String,
+    pub ip: String,
+}
+
+impl SshHost {
+    /// Boot one; `keys` is an authorized_keys file (mode 0600).
+    pub fn boot(keys: &Path, systemd: bool) -> SshHost {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let name = format!("slothssh-{pid}-{n}");
+        let index = (pid + n) % 250 + 1;
+        let mut cmd = Command::new("bash");
+        cmd.arg(script())
+            .args(["ssh-host", &name, &index.to_string()])
+            .arg(keys);
+        if !systemd {
+            cmd.arg("no-systemd");
+        }
+        let out = cmd.output().expect("running scripts/container.sh");
+        assert!(
+            out.status.success(),
+            "ssh host {name} did not boot:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SshHost {
+            name,
+            ip: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        }
+    }
+}
+
+impl Drop for SshHost {
     fn drop(&mut self) {
         let _ = Command::new("bash")
             .arg(script())
