@@ -1,5 +1,7 @@
-//! The master's layers depend one way: `cli` → `lua` → `engine`. The engine has no
-//! Lua code and never reaches up; the Lua bindings never reach the CLI. This test
+//! The master's layers depend one way: `cli` → `lua` → `engine`, and `cli` →
+//! `bootstrap` → `pki` → `engine`. The engine has no Lua code and never reaches up; the
+//! Lua bindings never reach the CLI; the PKI reaches neither Lua, nor bootstrap, nor
+//! the CLI; bootstrap has no Lua and no CLI. This test
 //! reads the sources, so a new `use` that breaks the direction fails here.
 
 use std::path::Path;
@@ -72,8 +74,38 @@ fn the_checker_does_not_reach_the_cli() {
 }
 
 #[test]
+fn the_pki_and_bootstrap_stay_below_the_cli() {
+    let bad = offenders(
+        "pki",
+        &[
+            "mlua",
+            "crate::lua",
+            "crate::cli",
+            "crate::bootstrap",
+            "crate::lint",
+        ],
+    );
+    assert!(
+        bad.is_empty(),
+        "the PKI depends on a layer above it:\n{}",
+        bad.join("\n")
+    );
+    let bad = offenders(
+        "bootstrap",
+        &["mlua", "crate::lua", "crate::cli", "crate::lint"],
+    );
+    assert!(
+        bad.is_empty(),
+        "bootstrap depends on a layer above it:\n{}",
+        bad.join("\n")
+    );
+    let bad = offenders("engine", &["crate::pki", "crate::bootstrap"]);
+    assert!(bad.is_empty(), "the engine reaches up:\n{}", bad.join("\n"));
+}
+
+#[test]
 fn the_layers_are_where_this_test_looks() {
-    for layer in ["engine", "lua", "lint", "cli"] {
+    for layer in ["engine", "lua", "lint", "cli", "pki", "bootstrap"] {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("src")
             .join(layer);
