@@ -4,12 +4,14 @@
 # `sloth-master bootstrap`; afterwards `sloth-master enroll NAME` on the master gives the
 # agent its certificate (docs/install.md).
 #
-#   sh install-agent.sh --name NAME --token TOKEN [--binary PATH] [--port PORT]
-#                       [--files DIR] [--no-systemd]
+#   sh install-agent.sh --name NAME (--token-file FILE | --token TOKEN) [--binary PATH]
+#                       [--port PORT] [--files DIR] [--no-systemd]
 #
 #   --name NAME      the agent's name: its inventory name on the master
-#   --token TOKEN    a join token (`sloth-master token create NAME` on the master); may be
-#                    omitted when the agent is already enrolled
+#   --token-file F   a file holding a join token (`sloth-master token create NAME` on the
+#                    master), `-` for stdin; not needed once the agent is enrolled
+#   --token TOKEN    the token itself (it then shows in process lists and shell history:
+#                    prefer --token-file)
 #   --binary PATH    the sloth-agent binary to install (default: ./sloth-agent)
 #   --port PORT      the UDP port it listens on, on every address (default 7447)
 #   --files DIR      where sloth-agent.service and agent.toml.in are (default: agent/
@@ -23,11 +25,16 @@ set -eu
 
 name="" token="" binary="./sloth-agent" port=7447 files="" systemd=yes
 here=$(cd "$(dirname "$0")" && pwd)
-usage() { sed -n 7,19p "$0" >&2; exit 2; }
+usage() { sed -n 7,21p "$0" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --name) name=${2:-}; shift 2 ;;
         --token) token=${2:-}; shift 2 ;;
+        --token-file)
+            if [ "${2:-}" = - ]; then token=$(cat); else
+                [ -r "${2:-}" ] || { echo "install-agent.sh: cannot read ${2:-}" >&2; exit 1; }
+                token=$(cat "$2"); fi
+            shift 2 ;;
         --binary) binary=${2:-}; shift 2 ;;
         --port) port=${2:-}; shift 2 ;;
         --files) files=${2:-}; shift 2 ;;
@@ -81,7 +88,7 @@ if [ -s /etc/sloth/agent.crt ] && [ -s /etc/sloth/agent.key ]; then
     enrolled=yes
 else
     enrolled=no
-    [ -n "$token" ] || { echo "install-agent.sh: not enrolled yet: --token TOKEN is required" >&2; exit 1; }
+    [ -n "$token" ] || { echo "install-agent.sh: not enrolled yet: --token-file FILE is required" >&2; exit 1; }
     printf '%s\n' "$token" > /etc/sloth/.token.new
     put /etc/sloth/.token.new /etc/sloth/token 0600
 fi

@@ -5,7 +5,7 @@
 //! leaves a usable pair: both are written beside the old ones as `*.next` first, then
 //! renamed key first; the next start completes a replacement that was cut short.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use anyhow::{anyhow, bail, Context};
@@ -111,14 +111,9 @@ pub fn key_matches(key_pem: &str, cert_pem: &str) -> anyhow::Result<bool> {
         .any(|w| w == spki.as_slice()))
 }
 
-fn next(p: &Path) -> PathBuf {
-    let mut s = p.as_os_str().to_os_string();
-    s.push(".next");
-    PathBuf::from(s)
-}
-
 /// Replace the key and certificate (and, at enrollment, the CA certificate) so that a
-/// crash at any point leaves the old pair or the new one, never a mix.
+/// crash at any point leaves the old pair or the new one, never a mix
+/// ([`tls::replace_pair`]).
 pub fn install(
     paths: &Paths,
     key_pem: &str,
@@ -128,44 +123,34 @@ pub fn install(
     if !key_matches(key_pem, cert_pem)? {
         bail!("the certificate does not certify the new key");
     }
-    if let Some(ca) = ca_pem {
-        tls::write_file_atomic(&next(&paths.ca), ca.as_bytes(), 0o644)?;
-    }
-    tls::write_file_atomic(&next(&paths.key), key_pem.as_bytes(), 0o600)?;
-    tls::write_file_atomic(&next(&paths.cert), cert_pem.as_bytes(), 0o644)?;
-    // From here on, the next start rolls forward (see `recover`).
-    finish(paths)
+    tls::replace_pair(
+        &paths.key,
+        &paths.cert,
+        key_pem,
+        cert_pem,
+        ca_pem.map(|c| (paths.ca.as_path(), c)),
+    )
 }
 
-/// Rename what `install` wrote: the CA, the key, then the certificate.
-fn finish(paths: &Paths) -> anyhow::Result<()> {
-    for p in [&paths.ca, &paths.key, &paths.cert] {
-        let n = next(p);
-        if n.exists() {
-            std::fs::rename(&n, p)
-                .with_context(|| format!("cannot rename {} to {}", n.display(), p.display()))?;
-        }
-    }
-    Ok(())
-}
-
-/// Complete or undo a replacement cut short: with the new certificate written
-/// (`cert.next`), roll forward; without it, the new key alone is dropped.
+/// Complete or undo a replacement cut short by a crash.
 fn recover(paths: &Paths) -> anyhow::Result<()> {
-    let (key_n, cert_n) = (next(&paths.key), next(&paths.cert));
-    if cert_n.exists() {
+    if tls::recover_pair(&paths.key, &paths.cert, Some(&paths.ca))? {
         tracing::warn!(
-            "completing the replacement of {} cut short by a crash",
+            "completed the replacement of {} cut short by a crash",
             paths.cert.display()
         );
-        return finish(paths);
-    }
-    for n in [key_n, next(&paths.ca)] {
-        if n.exists() {
-            std::fs::remove_file(&n).with_context(|| format!("cannot remove {}", n.display()))?;
-        }
     }
     Ok(())
+}
+
+/// Forget the CRL (a new CA: the old CA's list means nothing, and would not verify).
+pub fn drop_crl(paths: &Paths) -> anyhow::Result<()> {
+    match std::fs::remove_file(&paths.crl) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            bail!("cannot remove {}: {e}", paths.crl.display())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Keep a CRL the agent took.
@@ -176,6 +161,7 @@ pub fn save_crl(paths: &Paths, crl: &Crl) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn paths(dir: &Path) -> Paths {
         Paths {
@@ -223,7 +209,7 @@ mod tests {
         );
 
         // Cut after the key was renamed, before the certificate: rolled forward.
-        std::fs::write(next(&p.cert), &new_cert).unwrap();
+        std::fs::write(dir.path().join("web-01.crt.next"), &new_cert).unwrap();
         std::fs::write(&p.key, &new.key_pem).unwrap();
         recover(&p).unwrap();
         let pair = (
@@ -231,12 +217,12 @@ mod tests {
             std::fs::read_to_string(&p.cert).unwrap(),
         );
         assert!(key_matches(&pair.0, &pair.1).unwrap());
-        assert!(!next(&p.cert).exists());
+        assert!(!dir.path().join("web-01.crt.next").exists());
 
         // Cut while writing: only the new key's file: dropped, the pair untouched.
-        std::fs::write(next(&p.key), &old.key_pem).unwrap();
+        std::fs::write(dir.path().join("web-01.key.next"), &old.key_pem).unwrap();
         recover(&p).unwrap();
-        assert!(!next(&p.key).exists());
+        assert!(!dir.path().join("web-01.key.next").exists());
         assert!(key_matches(
             &std::fs::read_to_string(&p.key).unwrap(),
             &std::fs::read_to_string(&p.cert).unwrap()

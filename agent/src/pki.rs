@@ -23,6 +23,10 @@ pub struct Pki {
     identity: Mutex<Identity>,
     /// Open master connections by `stable_id`, with their certificate's serial.
     sessions: Mutex<HashMap<usize, (String, Connection)>>,
+    /// Held while the identity changes (a CRL taken, a renewal), so that two masters'
+    /// connections never interleave: one renewal at a time, and a CRL taken during one
+    /// is not lost when it ends.
+    changing: tokio::sync::Mutex<()>,
 }
 
 impl Pki {
@@ -40,6 +44,7 @@ impl Pki {
             name: name.to_string(),
             identity: Mutex::new(identity),
             sessions: Mutex::new(HashMap::new()),
+            changing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -51,7 +56,10 @@ impl Pki {
         tls::agent_server_config(&id.own, &id.ca, id.crl.as_ref(), transport)
     }
 
-    fn serve_with(&self, id: Identity) -> Result<(), String> {
+    /// Serve with `change` applied to the current identity (call holding `changing`).
+    fn serve_with(&self, change: impl FnOnce(&mut Identity)) -> Result<(), String> {
+        let mut id = self.identity.lock().clone();
+        change(&mut id);
         let cfg = Self::server_config(&id, self.transport.clone()).map_err(|e| format!("{e:#}"))?;
         self.endpoint.set_server_config(Some(cfg));
         *self.identity.lock() = id;
@@ -70,7 +78,8 @@ impl Pki {
 
     /// A master handed us a CRL: taken only if the fleet CA signed it and it is newer
     /// than ours. Returns its number when taken.
-    pub fn offer_crl(&self, der: &[u8]) -> Result<Option<u64>, String> {
+    pub async fn offer_crl(&self, der: &[u8]) -> Result<Option<u64>, String> {
+        let _changing = self.changing.lock().await;
         let id = self.identity.lock().clone();
         let offered = Crl::verified(der, &id.ca)?;
         if let Some(have) = &id.crl {
@@ -87,10 +96,7 @@ impl Pki {
         credentials::save_crl(&self.paths, &offered).map_err(|e| format!("{e:#}"))?;
         let number = offered.number;
         let revoked = offered.revoked.clone();
-        self.serve_with(Identity {
-            crl: Some(offered),
-            ..id
-        })?;
+        self.serve_with(|id| id.crl = Some(offered))?;
         info!(
             crl = number,
             revoked = revoked.len(),
@@ -121,6 +127,17 @@ impl Pki {
         send: &mut SendStream,
         recv: &mut wire::FrameReader<RecvStream>,
     ) -> Result<String, String> {
+        let Ok(_changing) = self.changing.try_lock() else {
+            let busy = "a renewal (or a CRL) is being installed from another master's connection";
+            let _ = wire::write_frame(
+                send,
+                &Control::RenewDone {
+                    error: Some(busy.into()),
+                },
+            )
+            .await;
+            return Err(busy.into());
+        };
         let name = self.name.clone();
         let key = tokio::task::spawn_blocking(move || keys::new_key_and_request(&name))
             .await
@@ -155,8 +172,8 @@ impl Pki {
     }
 
     fn install_renewed(&self, key: &keys::NewKey, cert_pem: &str) -> Result<String, String> {
-        let id = self.identity.lock().clone();
-        tls::verify_issued_agent_cert(cert_pem, &id.ca, &self.name)?;
+        let ca = self.identity.lock().ca.clone();
+        tls::verify_issued_agent_cert(cert_pem, &ca, &self.name)?;
         if !credentials::key_matches(&key.key_pem, cert_pem).map_err(|e| format!("{e:#}"))? {
             return Err("the renewed certificate does not certify our new key".into());
         }
@@ -165,13 +182,12 @@ impl Pki {
         let info = CertInfo::of_pem(cert_pem)?;
         let serial = info.serial.clone();
         info!(serial, expires = %info.expiry(), "installed the renewed certificate");
-        self.serve_with(Identity {
-            own: Pem {
+        self.serve_with(|id| {
+            id.own = Pem {
                 cert: cert_pem.to_string(),
                 key: key.key_pem.clone(),
-            },
-            info,
-            ..id
+            };
+            id.info = info;
         })?;
         Ok(serial)
     }

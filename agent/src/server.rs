@@ -71,13 +71,17 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                 .await
                 .context("making the agent's key")??;
             let temp = tls::keys::enrollment_identity(&key.key_pem, &cfg.name)?;
-            let endpoint = bind(
-                &cfg,
-                tls::enrollment_server_config(&temp, transport.clone())?,
+            let crl = enroll::known_crl(&cfg, &token);
+            let server = tls::enrollment_server_config(
+                &temp,
+                &token.ca_fingerprint,
+                crl.as_ref(),
+                transport.clone(),
             )?;
+            let endpoint = bind(&cfg, server)?;
             announce(&cfg, &endpoint, true)?;
             let id = tokio::select! {
-                r = enroll::wait(&endpoint, &cfg, &token, &key) => r?,
+                r = enroll::wait(&endpoint, &cfg, &token, &key, crl) => r?,
                 _ = &mut shutdown => {
                     info!("shutting down before enrollment");
                     endpoint.close(codes::SHUTDOWN.into(), b"agent shutting down");
@@ -299,7 +303,7 @@ async fn control_loop(
     let name = agent.cfg.name.clone();
     loop {
         match recv.next::<Control>().await {
-            Ok(Some(Control::Crl { der })) => match agent.pki.offer_crl(&der) {
+            Ok(Some(Control::Crl { der })) => match agent.pki.offer_crl(&der).await {
                 Ok(Some(number)) => {
                     let _ = agent.audit.note(
                         &name,

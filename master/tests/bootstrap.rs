@@ -296,7 +296,15 @@ fn install_agent_sh_writes_what_bootstrap_would() {
     let run = |h: &SshHost, args: &str| {
         on(h, &key, &format!("sh /tmp/inst/scripts/install-agent.sh --binary /tmp/inst/sloth-agent {args} 2>&1; echo rc=$?"))
     };
-    let out = run(&d, &format!("--name box-d --token {}", token("box-d")));
+    // The token on stdin (--token-file -): not in the process list.
+    let out = on(
+        &d,
+        &key,
+        &format!(
+            "printf '%s' '{}' | sh /tmp/inst/scripts/install-agent.sh --binary /tmp/inst/sloth-agent --name box-d --token-file - 2>&1; echo rc=$?",
+            token("box-d")
+        ),
+    );
     assert!(
         out.contains("service active")
             && out.contains("now on the master: sloth-master enroll box-d")

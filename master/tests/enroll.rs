@@ -263,13 +263,14 @@ fn bad_tokens_are_refused_on_both_sides() {
         &["enroll", "web-06", "--certs", other.to_str().unwrap()],
     );
     out.assert_code(1);
-    let why = "is not the one the join token pins";
     assert!(
-        out.stdout.contains("the agent refused: this master's CA") && out.stdout.contains(why),
+        out.stdout.contains("the agent refused our master certificate: it is not signed by the CA the agent's join token pins"),
         "{out}"
     );
     wait_until("the agent's log", Duration::from_secs(5), || {
-        pinned.log().contains(why)
+        let log = pinned.log();
+        log.contains("refused an enrolling master: this master's CA")
+            && log.contains("is not the one the join token pins")
     });
     let tokens = sloth_master::pki::Pki::new(&fleet.certs).tokens().unwrap();
     let rec = tokens.iter().find(|r| r.names == "web-06").unwrap();
@@ -279,6 +280,47 @@ fn bad_tokens_are_refused_on_both_sides() {
     );
     // The right master then enrolls it.
     master(&fleet, &["enroll", "web-06"]).assert_code(0);
+}
+
+/// A peer that connects and then says nothing — the right fleet's master certificate,
+/// but no stream — holds only its own connection: the real enrollment goes through
+/// meanwhile.
+#[test]
+fn a_silent_peer_does_not_block_enrollment() {
+    let mut fleet = TestFleet::empty();
+    let t = token(&fleet, "web-01", &[]);
+    let a = TokenAgent::start(&fleet, "web-01", Some(&t));
+    fleet.add_host("web-01", &a.addr(), &["web"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _silent = rt.block_on(async {
+        let own = tls::read_pem_files(
+            &fleet.certs.join("master.crt"),
+            &fleet.certs.join("master.key"),
+        )
+        .unwrap();
+        let ca = std::fs::read_to_string(fleet.certs.join("ca.crt")).unwrap();
+        let cfg = tls::enrollment_client_config(
+            &own,
+            &ca,
+            tls::transport_config(Duration::from_secs(1), Duration::from_secs(30)),
+        )
+        .unwrap();
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = ep
+            .connect_with(cfg, a.process.addr(), "sloth-enrollment")
+            .unwrap()
+            .await
+            .unwrap();
+        (ep, conn)
+    });
+    let started = Instant::now();
+    let out = master(&fleet, &["enroll", "web-01"]);
+    out.assert_code(0);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// A certificate a third or less of whose lifetime is left is renewed when a master

@@ -62,13 +62,24 @@ impl Target {
             .rsplit_once(':')
             .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
             .unwrap_or_else(|| host.address.clone());
-        Ok(Target {
+        let target = Target {
             user: text("ssh_user")?.unwrap_or_else(|| "root".into()),
             host: text("ssh_host")?.unwrap_or(address_host),
             port,
             identity: text("ssh_identity")?,
             options: options.to_vec(),
-        })
+        };
+        // ssh would read a leading '-' as an option (`-oProxyCommand=...` runs a command
+        // here): refused, whatever the inventory says.
+        for (what, v) in [("ssh_user", &target.user), ("the ssh host", &target.host)] {
+            if v.is_empty()
+                || v.starts_with('-')
+                || v.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(format!("{what} {v:?} is not a user or host name"));
+            }
+        }
+        Ok(target)
     }
 
     fn command(&self, remote: &str) -> Command {
@@ -81,8 +92,8 @@ impl Target {
         for o in &self.options {
             c.args(["-o", o]);
         }
-        c.arg(format!("{}@{}", self.user, self.host))
-            .arg("--")
+        c.arg("--")
+            .arg(format!("{}@{}", self.user, self.host))
             .arg(remote)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -191,5 +202,12 @@ mod tests {
         assert_eq!(t.host, "bastion-web-01");
         assert!(Target::of(&host("a:1", "ssh_port = \"22\""), &[]).is_err());
         assert!(Target::of(&host("a:1", "ssh_port = 70000"), &[]).is_err());
+        let e = Target::of(
+            &host("a:1", "ssh_user = \"-oProxyCommand=touch /tmp/x\""),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.contains("is not a user or host name"), "{e}");
+        assert!(Target::of(&host("a:1", "ssh_host = \"-x\""), &[]).is_err());
     }
 }

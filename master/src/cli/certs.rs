@@ -199,7 +199,7 @@ pub fn token(
             // The token on stdout alone (scripts take it with $(...)); the rest on stderr.
             println!("{}", token.text());
             eprintln!(
-                "join token {} for '{names}': {uses} use(s), valid {} (until {}); the agent enrolls with `sloth-agent --token TOKEN`, then `sloth-master enroll HOST`",
+                "join token {} for '{names}': {uses} use(s), valid {} (until {}); give it to the agent in a file (`sloth-agent --token-file FILE`, or `install-agent.sh --token-file FILE`), then run `sloth-master enroll HOST`",
                 token.id,
                 sloth_proto::text::format_duration(ttl),
                 store::rfc3339(SystemTime::now() + ttl)

@@ -102,10 +102,11 @@ pub struct MasterCerts {
     pub renewer: Option<Arc<dyn AgentRenewer>>,
 }
 
-/// Issues a renewed certificate for agent `name` (authenticated by its connection) to
-/// the key of `csr`; the error is what the agent is told.
+/// Issues a renewed certificate for agent `name` (authenticated by its connection, where
+/// it presented the certificate with serial `serial`) to the key of `csr`; the error is
+/// what the agent is told.
 pub trait AgentRenewer: Send + Sync {
-    fn renew(&self, name: &str, csr: &[u8]) -> Result<String, String>;
+    fn renew(&self, name: &str, serial: &str, csr: &[u8]) -> Result<String, String>;
 }
 
 /// A host that cannot be reached is reported with the address that was dialed (the
@@ -447,7 +448,12 @@ async fn renew(c: Arc<AgentConn>, renewer: Arc<dyn AgentRenewer>) {
             }
         };
         let (r, name) = (renewer.clone(), host.clone());
-        let signed = tokio::task::spawn_blocking(move || r.renew(&name, &csr))
+        let serial = c
+            .cert
+            .as_ref()
+            .map(|i| i.serial.clone())
+            .unwrap_or_default();
+        let signed = tokio::task::spawn_blocking(move || r.renew(&name, &serial, &csr))
             .await
             .unwrap_or_else(|e| Err(format!("internal error: {e}")));
         let cert_pem = match signed {

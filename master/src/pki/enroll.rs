@@ -67,9 +67,21 @@ async fn exchange(
         lifetime,
     )
     .await;
+    // With TLS 1.3 the agent judges our certificate after our side of the handshake is
+    // done: its refusal (a TLS alert) closes the connection under the first stream.
+    let refused_by_tls = match conn.close_reason() {
+        Some(reason @ quinn::ConnectionError::ConnectionClosed(_)) => {
+            Some(tls::explain_enroll_error(host, &reason))
+        }
+        _ => None,
+    };
     conn.close(0u32.into(), b"enrollment over");
     endpoint.wait_idle().await;
-    result.map_err(fail)
+    match (result, refused_by_tls) {
+        (Ok(e), _) => Ok(e),
+        (Err(_), Some(why)) => Err(why),
+        (Err(e), None) => Err(fail(e)),
+    }
 }
 
 async fn talk(
@@ -99,14 +111,17 @@ async fn talk(
             name,
             csr,
         }) => (token_id, secret, name, csr),
-        Some(Enroll::Refused { reason }) => return Err(format!("the agent refused: {reason}")),
-        Some(other) => return Err(format!("the agent sent {other:?} instead of its request")),
+        Some(Enroll::Refused { reason }) => {
+            return Err(format!("the agent refused: {}", printable(&reason)))
+        }
+        Some(_) => return Err("the agent answered out of turn instead of its request".into()),
         None => return Err("the agent closed the enrollment without a request".into()),
     };
     // The name it asks for must be the one the master will dial it by.
     let issued = if name != host {
         Err(format!(
-            "the agent asks to be '{name}', but the inventory names it '{host}' (start it with --name {host})"
+            "the agent asks to be '{}', but the inventory names it '{host}' (start it with --name {host})",
+            printable(&name)
         ))
     } else {
         let (pki, host) = (pki.clone(), host.to_string());
@@ -142,12 +157,19 @@ async fn talk(
             serial: info.serial,
         }),
         Some(Enroll::Refused { reason }) => Err(format!(
-            "the agent did not install its certificate (serial {}): {reason}",
-            info.serial
+            "the agent did not install its certificate (serial {}): {}",
+            info.serial,
+            printable(&reason)
         )),
         _ => Err(format!(
             "the agent did not confirm its certificate (serial {})",
             info.serial
         )),
     }
+}
+
+/// Text from whoever answered at the agent's address (not authenticated yet), safe to
+/// print: control characters (terminal escapes) gone, length bounded.
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(1000).collect()
 }

@@ -25,6 +25,8 @@ const CA_COMMON_NAME: &str = "sloth fleet CA";
 pub const MASTER_NAME: &str = "master";
 /// Join tokens live at most this long.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 86400);
+/// How often one agent's certificate may be renewed at most.
+pub const RENEW_INTERVAL: Duration = Duration::from_secs(600);
 /// Certificates this close to expiry are warned about.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 86400);
 
@@ -78,8 +80,9 @@ impl Pki {
         self.path("ca.key").is_file()
     }
 
-    /// The master certificate and key.
+    /// The master certificate and key (after completing a renewal cut short).
     pub fn master(&self) -> anyhow::Result<Pem> {
+        tls::recover_pair(&self.path("master.key"), &self.path("master.crt"), None)?;
         tls::read_pem_files(&self.path("master.crt"), &self.path("master.key")).with_context(
             || {
                 format!(
@@ -180,22 +183,52 @@ impl Pki {
         let ca = self.ca()?;
         let master = tls::issue_master(&ca, MASTER_NAME, lifetime)?;
         let store = Store::lock(&self.dir).map_err(|e| anyhow!(e))?;
-        tls::write_pem_files(&self.dir, "master", &master)?;
+        // The key and certificate replaced together: a crash leaves one pair or the other.
+        tls::replace_pair(
+            &self.path("master.key"),
+            &self.path("master.crt"),
+            &master.key,
+            &master.cert,
+            None,
+        )?;
         record(&store, &master.cert, "renew-master")?;
         CertInfo::of_pem(&master.cert).map_err(|e| anyhow!(e))
     }
 
     /// An agent certificate for the key of `csr`, named `name` (renewal over the
-    /// agent's connection: the caller has authenticated the agent as `name`).
+    /// agent's connection: the caller has authenticated the agent as `name`, presenting
+    /// the certificate with `serial`). Refused for a revoked certificate (the mesh's CRL
+    /// may be older than the ledger), and when one was renewed for `name` in the last
+    /// [`RENEW_INTERVAL`] that the agent does not present yet (an agent that never
+    /// installs what it gets cannot have certificates signed on every connection).
     pub fn renew_agent(
         &self,
         name: &str,
+        serial: &str,
         csr: &[u8],
         lifetime: Lifetime,
     ) -> anyhow::Result<String> {
         let ca = self.ca()?;
-        let cert = tls::sign_agent_request(&ca, csr, name, lifetime)?;
         let store = Store::lock(&self.dir).map_err(|e| anyhow!(e))?;
+        let ledger = store.ledger().map_err(|e| anyhow!(e))?;
+        if ledger.revoked.iter().any(|r| r.serial == serial) {
+            bail!("the certificate {serial} of {name} is revoked: no renewal");
+        }
+        let now = SystemTime::now();
+        if let Some(recent) = ledger.issued.iter().rev().find(|i| {
+            i.name == name
+                && i.via == "renew"
+                && i.serial != serial
+                && store::parse_time(&i.issued_at).is_some_and(|t| t + RENEW_INTERVAL > now)
+        }) {
+            bail!(
+                "a certificate for {name} was renewed at {} (serial {}), which it does not present yet: not again before {}",
+                recent.issued_at,
+                recent.serial,
+                humanish(RENEW_INTERVAL)
+            );
+        }
+        let cert = tls::sign_agent_request(&ca, csr, name, lifetime)?;
         record(&store, &cert, "renew")?;
         Ok(cert)
     }
@@ -221,11 +254,9 @@ impl Pki {
                 })
                 .collect(),
             RevokeTarget::Serial(serial) => {
-                let serial = serial.trim().trim_start_matches("0x").to_ascii_lowercase();
-                let serial = serial.trim_start_matches('0').to_string();
-                if tls::cert_info::serial_bytes(&serial).is_none() || serial.is_empty() {
+                let Some(serial) = tls::cert_info::normalize_serial(serial) else {
                     bail!("'{serial}' is not a serial number (hex, as `certs list` shows)");
-                }
+                };
                 if already.contains(&serial) {
                     vec![]
                 } else {
@@ -417,6 +448,10 @@ impl Pki {
     }
 }
 
+fn humanish(d: Duration) -> String {
+    format!("{} later", sloth_proto::text::format_duration(d))
+}
+
 /// `sha256:...` of a PEM CA certificate.
 pub fn ca_fingerprint(ca_pem: &str) -> anyhow::Result<String> {
     let der = tls::parse_certs(ca_pem)?
@@ -448,9 +483,9 @@ pub struct Renewer {
 }
 
 impl crate::engine::mesh::AgentRenewer for Renewer {
-    fn renew(&self, name: &str, csr: &[u8]) -> Result<String, String> {
+    fn renew(&self, name: &str, serial: &str, csr: &[u8]) -> Result<String, String> {
         self.pki
-            .renew_agent(name, csr, self.lifetime)
+            .renew_agent(name, serial, csr, self.lifetime)
             .map_err(|e| format!("{e:#}"))
     }
 }

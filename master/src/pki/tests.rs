@@ -161,3 +161,46 @@ fn the_master_certificate_is_renewed_and_its_expiry_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn renewal_is_refused_for_revoked_certificates_and_rate_limited() {
+    let (_dir, pki) = pki();
+    let pem = pki.issue_agent("web-01", &[], Lifetime::AGENT).unwrap();
+    let serial = CertInfo::of_pem(&pem.cert).unwrap().serial;
+    let req = || {
+        tls::keys::new_key_and_request("web-01")
+            .unwrap()
+            .request_der
+    };
+    let first = pki
+        .renew_agent("web-01", &serial, &req(), Lifetime::AGENT)
+        .unwrap();
+    // The agent did not install it and asks again: not within RENEW_INTERVAL.
+    let e = format!(
+        "{:#}",
+        pki.renew_agent("web-01", &serial, &req(), Lifetime::AGENT)
+            .unwrap_err()
+    );
+    assert!(e.contains("which it does not present yet"), "{e}");
+    // Presenting the renewed one, it may renew again (e.g. after a shorter lifetime).
+    let renewed = CertInfo::of_pem(&first).unwrap().serial;
+    assert!(pki
+        .renew_agent("web-01", &renewed, &req(), Lifetime::AGENT)
+        .is_ok());
+    pki.revoke(RevokeTarget::Serial(&serial)).unwrap();
+    let e = format!(
+        "{:#}",
+        pki.renew_agent("web-01", &serial, &req(), Lifetime::AGENT)
+            .unwrap_err()
+    );
+    assert!(e.contains("is revoked: no renewal"), "{e}");
+    // Serials are compared in one form, however typed.
+    let e = pki
+        .revoke(RevokeTarget::Serial(&format!(
+            "0x{}",
+            serial.to_uppercase()
+        )))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("already revoked"), "{e}");
+}

@@ -142,6 +142,20 @@ pub fn serial_bytes(hex_serial: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// A serial as people may type it (any case, `0x`, leading zeros) in the form
+/// [`CertInfo::serial`] gives: lower-case hex of its bytes without leading zero bytes.
+pub fn normalize_serial(text: &str) -> Option<String> {
+    let t = text.trim();
+    let t = t
+        .strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t);
+    if t.is_empty() || !t.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(hex(strip_zeros(&serial_bytes(t)?)))
+}
+
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
@@ -179,6 +193,16 @@ mod tests {
         assert_eq!(id2.name.as_deref(), Some("web-01"));
         assert_ne!(id.serial, id2.serial, "each certificate has its own serial");
         assert_ne!(id.fingerprint, id2.fingerprint);
+    }
+
+    #[test]
+    fn serials_are_compared_in_one_form() {
+        assert_eq!(normalize_serial("0A1B").as_deref(), Some("0a1b"));
+        assert_eq!(normalize_serial("000a1b").as_deref(), Some("0a1b"));
+        assert_eq!(normalize_serial("0x00ff").as_deref(), Some("ff"));
+        assert_eq!(normalize_serial("a1b").as_deref(), Some("0a1b"));
+        assert_eq!(normalize_serial("zz"), None);
+        assert_eq!(normalize_serial(""), None);
     }
 
     #[test]

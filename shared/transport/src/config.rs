@@ -156,20 +156,28 @@ pub fn master_client_config(
 }
 
 /// QUIC server configuration of an agent waiting to be enrolled: presents its
-/// throw-away self-signed `identity`, speaks only [`ENROLL_ALPN`], and requires a client
-/// certificate whose chain it checks afterwards, against the CA its join token pins
-/// ([`verify_enrolling_master`]): TLS here only proves the master holds the key of
-/// the certificate it shows.
+/// throw-away self-signed `identity`, speaks only [`ENROLL_ALPN`], and admits only a
+/// master whose certificate chains to the CA its join token pins (`pinned_ca`, a
+/// `sha256:` fingerprint), shown in the handshake; with a `crl` of that CA (an agent
+/// enrolling again), not a revoked one. Anyone else fails the handshake, before any
+/// stream: a stranger cannot hold the agent's attention.
 pub fn enrollment_server_config(
     identity: &Pem,
+    pinned_ca: &str,
+    crl: Option<&Crl>,
     transport: Arc<quinn::TransportConfig>,
 ) -> anyhow::Result<quinn::ServerConfig> {
     let provider = provider();
     let (chain, key) = own_identity(identity)?;
+    let verifier = Arc::new(PinnedCa {
+        pin: pinned_ca.to_string(),
+        crl: crl.cloned(),
+        provider: provider.clone(),
+    });
     let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| anyhow!("TLS 1.3 is not available: {e}"))?
-        .with_client_cert_verifier(Arc::new(KeyHolder(provider)))
+        .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| anyhow!("the enrollment certificate is not usable: {e}"))?;
     tls.alpn_protocols = vec![ENROLL_ALPN.to_vec()];
@@ -210,13 +218,14 @@ pub fn enrollment_client_config(
     Ok(config)
 }
 
-/// The agent's check of an enrolling master, after the handshake: among the
-/// certificates it presented is the CA whose fingerprint the token pins, and its own
-/// certificate is a master certificate (ClientAuth) that this CA signed, valid now.
+/// The agent's check of an enrolling master: among the certificates it presented is
+/// the CA whose fingerprint the token pins, and its own certificate is a master
+/// certificate (ClientAuth) that this CA signed, valid now, not revoked by `crl`.
 /// Returns the CA certificate (DER).
 pub fn verify_enrolling_master(
-    presented: &[CertificateDer<'static>],
+    presented: &[CertificateDer<'_>],
     pinned_ca: &str,
+    crl: Option<&Crl>,
 ) -> Result<CertificateDer<'static>, String> {
     let (ee, rest) = presented
         .split_first()
@@ -232,12 +241,20 @@ pub fn verify_enrolling_master(
             format!(
                 "this master's CA ({shown}) is not the one the join token pins ({pinned_ca}): a master of another fleet, or a token of another fleet"
             )
-        })?;
+        })?
+        .clone()
+        .into_owned();
     let mut roots = RootCertStore::empty();
     roots
         .add(ca.clone())
         .map_err(|e| format!("the pinned CA certificate is not usable: {e}"))?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+    let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    if let Some(crl) = crl {
+        builder = builder
+            .with_crls([crl.rustls()])
+            .only_check_end_entity_revocation();
+    }
+    let verifier = builder
         .build()
         .map_err(|e| format!("cannot build the master-certificate verifier: {e}"))?;
     verifier
@@ -245,7 +262,68 @@ pub fn verify_enrolling_master(
         .map_err(|e| {
             format!("the master's certificate does not verify against the pinned CA: {e}")
         })?;
-    Ok(ca.clone())
+    Ok(ca)
+}
+
+/// The enrolling agent's client-certificate verifier: [`verify_enrolling_master`] in
+/// the handshake. A refusal is logged with its reason and sent as `access_denied`.
+#[derive(Debug)]
+struct PinnedCa {
+    pin: String,
+    crl: Option<Crl>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for PinnedCa {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let mut presented = vec![end_entity.clone()];
+        presented.extend(intermediates.iter().cloned());
+        match verify_enrolling_master(&presented, &self.pin, self.crl.as_ref()) {
+            Ok(_) => Ok(rustls::server::danger::ClientCertVerified::assertion()),
+            Err(why) => {
+                tracing::warn!("refused an enrolling master: {why}");
+                Err(rustls::CertificateError::ApplicationVerificationFailure.into())
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not used".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// The agent's check of the certificate it was issued: signed by the fleet CA, for its
@@ -331,9 +409,9 @@ impl rustls::server::danger::ClientCertVerifier for NamingRefusals {
     }
 }
 
-/// The enrollment handshake's verifier on both sides: the peer's certificate is taken
-/// as is (its chain is checked afterwards, or not at all — see the two configs), but
-/// the handshake signature must verify, so the peer holds that certificate's key.
+/// The enrolling master's verifier of the agent's throw-away certificate: taken as is
+/// (see [`enrollment_client_config`]), but the handshake signature must verify, so the
+/// agent holds that certificate's key.
 #[derive(Debug)]
 struct KeyHolder(Arc<CryptoProvider>);
 
@@ -350,43 +428,6 @@ impl KeyHolder {
             dss,
             &self.0.signature_verification_algorithms,
         )
-    }
-}
-
-impl rustls::server::danger::ClientCertVerifier for KeyHolder {
-    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
-        Ok(rustls::server::danger::ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not used".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.verify13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

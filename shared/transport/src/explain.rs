@@ -283,6 +283,13 @@ pub fn explain_enroll_error(host: &str, err: &quinn::ConnectionError) -> String 
                 String::from_utf8_lossy(ENROLL_ALPN)
             )
         }
+        E::ConnectionClosed(close)
+            if crypto_alert(close.error_code) == Some(ALERT_ACCESS_DENIED) =>
+        {
+            format!(
+                "{host}: the agent refused our master certificate: it is not signed by the CA the agent's join token pins (a token of another fleet?), or the agent's CRL revokes it"
+            )
+        }
         other => explain(Perspective::Master, host, other),
     }
 }

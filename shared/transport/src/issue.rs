@@ -216,6 +216,7 @@ fn leaf_params(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![eku];
     params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial()?);
     set_validity(&mut params, lifetime.0)?;
     Ok(params)
 }
@@ -247,6 +248,15 @@ fn load_issuer(ca: &Pem) -> anyhow::Result<Issuer<'static, KeyPair>> {
         bail!("the CA certificate is not allowed to sign certificates (no keyCertSign key usage): is it really a CA certificate?");
     }
     Ok(issuer)
+}
+
+/// 16 random bytes, positive (rcgen would derive the serial from the key: the same key
+/// signed twice would repeat it).
+fn random_serial() -> anyhow::Result<rcgen::SerialNumber> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| anyhow!("no randomness for a serial number: {e}"))?;
+    b[0] = (b[0] & 0x7f) | 0x40;
+    Ok(rcgen::SerialNumber::from_slice(&b))
 }
 
 fn new_key() -> anyhow::Result<KeyPair> {

@@ -57,7 +57,10 @@ pub fn write_pem_files(dir: &Path, stem: &str, pem: &Pem) -> anyhow::Result<(Pat
 /// same directory, synced and renamed into place: readers see the old file or the new
 /// one, never a part, and the file never has other permissions, not even briefly.
 pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
     let file_name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -77,13 +80,98 @@ pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32) -> anyhow::Res
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(contents)?;
         f.sync_all()?;
-        fs::rename(&tmp, path)
+        fs::rename(&tmp, path)?;
+        sync_dir(dir)
     })();
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);
         return Err(anyhow!("cannot write {}: {e}", path.display()));
     }
     Ok(())
+}
+
+/// Make the renames in `dir` durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+fn next(p: &Path) -> PathBuf {
+    let mut s = p.as_os_str().to_os_string();
+    s.push(".next");
+    PathBuf::from(s)
+}
+
+/// Replace a key and its certificate (and optionally a CA certificate) so that a crash
+/// at any point leaves the old pair or the new one, never a mix: each new file is
+/// written whole beside its old one as `*.next` (key 0600), then renamed into place —
+/// CA, key, certificate — and [`recover_pair`] at the next start completes a
+/// replacement that was cut short.
+pub fn replace_pair(
+    key: &Path,
+    cert: &Path,
+    key_pem: &str,
+    cert_pem: &str,
+    ca: Option<(&Path, &str)>,
+) -> anyhow::Result<()> {
+    if let Some((ca_path, ca_pem)) = ca {
+        write_file_atomic(&next(ca_path), ca_pem.as_bytes(), 0o644)?;
+    }
+    write_file_atomic(&next(key), key_pem.as_bytes(), 0o600)?;
+    write_file_atomic(&next(cert), cert_pem.as_bytes(), 0o644)?;
+    finish_pair(key, cert, ca.map(|(p, _)| p))
+}
+
+fn finish_pair(key: &Path, cert: &Path, ca: Option<&Path>) -> anyhow::Result<()> {
+    for p in ca.into_iter().chain([key, cert]) {
+        let n = next(p);
+        if n.exists() {
+            fs::rename(&n, p)
+                .with_context(|| format!("cannot rename {} to {}", n.display(), p.display()))?;
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                sync_dir(dir).with_context(|| format!("cannot sync {}", dir.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Complete or undo a [`replace_pair`] cut short: once the new certificate was written
+/// (`cert.next` exists, and the new key with it or already in place), roll forward;
+/// without it, the new key (and CA) alone are dropped and the old pair stays.
+pub fn recover_pair(key: &Path, cert: &Path, ca: Option<&Path>) -> anyhow::Result<bool> {
+    if next(cert).exists() {
+        finish_pair(key, cert, ca)?;
+        return Ok(true);
+    }
+    for n in ca.into_iter().chain([key]).map(next) {
+        if n.exists() {
+            fs::remove_file(&n).with_context(|| format!("cannot remove {}", n.display()))?;
+        }
+    }
+    Ok(false)
+}
+
+/// The PEM block of the certificate in `text` whose SHA-256 is `fingerprint`
+/// (`sha256:...`), among any others.
+pub fn certificate_with(text: &str, fingerprint: &str) -> Option<String> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut rest = text;
+    while let Some(start) = rest.find(BEGIN) {
+        let after = &rest[start..];
+        let end = after.find(END)? + END.len();
+        let block = &after[..end];
+        if let Ok(ders) = parse_certs(block) {
+            if ders
+                .first()
+                .is_some_and(|d| crate::cert_info::fingerprint(d.as_ref()) == fingerprint)
+            {
+                return Some(format!("{block}\n"));
+            }
+        }
+        rest = &after[end..];
+    }
+    None
 }
 
 /// Reads a certificate and its private key from PEM files. Errors name the file and the
