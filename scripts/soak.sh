@@ -30,6 +30,7 @@ if [ ! -x "$bin/sloth-master" ] || [ ! -x "$bin/sloth-agent" ]; then
   bin=target/release
 fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/sloth-soak.XXXXXX")
+export SLOTH_STATE_DIR="${SLOTH_STATE_DIR:-$work/state}"
 declare -a pids addrs names
 cleanup() {
   # Agents restarted by the churn subshell are known by their pid files.

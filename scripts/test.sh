@@ -5,6 +5,12 @@
 # Builds once (debug profile) and reuses the binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Everything recorded in the run history goes to a throwaway state directory, not to
+# ~/.local/state of whoever runs the tests.
+SLOTH_STATE_DIR=$(mktemp -d /tmp/sloth-test-state.XXXXXX)
+export SLOTH_STATE_DIR
+cleanup_state() { rm -rf "$SLOTH_STATE_DIR"; }
+trap cleanup_state EXIT
 
 cargo build --workspace --all-targets
 cargo test --workspace -- --test-threads=2
@@ -15,7 +21,7 @@ bash docs/examples/check.sh target/debug
 # with its peers too (pdsh and Ansible over real sshd; scripts/install-peers.sh).
 if [ "$(id -u)" = 0 ]; then
   peers=$(mktemp -d /tmp/sloth-peers.XXXXXX)
-  trap 'rm -rf "$peers"' EXIT
+  trap 'rm -rf "$peers"; cleanup_state' EXIT
   bash scripts/install-peers.sh "$peers"
   target/debug/sloth-bench --quick --peers --ansible "$peers/venv/bin/ansible"
 else

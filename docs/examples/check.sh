@@ -39,6 +39,9 @@ if [ ! -x "$MASTER" ] || [ ! -x "$AGENT" ]; then
   exit 2
 fi
 
+# Runs are recorded in the build directory's history, not in the user's ~/.local/state.
+export SLOTH_STATE_DIR="${SLOTH_STATE_DIR:-$PWD/target/sloth-state}"
+
 pass=0
 fail=0
 skip=0

@@ -1,7 +1,7 @@
 //! `sloth-master` as a library: the [`engine`] (registry, dispatch, mesh, inventory,
 //! rollout; no Lua), the [`lua`] bindings on top of it, the fleet's [`pki`]
 //! (certificates, join tokens, enrollment, revocation; on the engine's mesh), the
-//! script checker ([`lint`]), putting agents on hosts over SSH ([`bootstrap`]), and the
+//! script checker ([`lint`]), the run [`history`] (SQLite), putting agents on hosts over SSH ([`bootstrap`]), and the
 //! [`cli`] (commands, terminal and JSON output, the
 //! local fleet) on top of all. The binary is
 //! `src/main.rs`, a few lines over [`cli::main`].
@@ -9,6 +9,7 @@
 pub mod bootstrap;
 pub mod cli;
 pub mod engine;
+pub mod history;
 pub mod lint;
 pub mod lua;
 pub mod pki;

@@ -104,8 +104,36 @@ fn the_pki_and_bootstrap_stay_below_the_cli() {
 }
 
 #[test]
+fn the_history_is_storage_only() {
+    let bad = offenders(
+        "history",
+        &[
+            "mlua",
+            "crate::lua",
+            "crate::cli",
+            "crate::engine",
+            "crate::pki",
+            "crate::bootstrap",
+        ],
+    );
+    assert!(
+        bad.is_empty(),
+        "the run history depends on another layer:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
 fn the_layers_are_where_this_test_looks() {
-    for layer in ["engine", "lua", "lint", "cli", "pki", "bootstrap"] {
+    for layer in [
+        "engine",
+        "lua",
+        "lint",
+        "cli",
+        "pki",
+        "bootstrap",
+        "history",
+    ] {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("src")
             .join(layer);

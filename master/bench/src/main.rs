@@ -889,10 +889,18 @@ impl Bench {
         sloth_launcher::stop_all(&mut processes, Duration::from_secs(3));
     }
 
-    fn master_cmd(&self, script: &str, vars: &[(&str, String)]) -> Command {
+    /// `sloth-master` in the repository, its run history in the bench's directory.
+    fn master(&self) -> Command {
         let mut c = Command::new(&self.bins.master);
         c.current_dir(&self.bins.repo)
-            .arg("run")
+            .env("SLOTH_STATE_DIR", self.dir.path().join("state"))
+            .env("NO_COLOR", "1");
+        c
+    }
+
+    fn master_cmd(&self, script: &str, vars: &[(&str, String)]) -> Command {
+        let mut c = self.master();
+        c.arg("run")
             .arg(format!("scripts/bench/{script}"))
             .arg("-i")
             .arg(&self.inventory)
@@ -901,7 +909,6 @@ impl Bench {
         for (k, v) in vars {
             c.arg("-e").arg(format!("{k}={v}"));
         }
-        c.env("NO_COLOR", "1");
         c
     }
 
@@ -1338,6 +1345,7 @@ impl Bench {
             _ => growth = growth.na("master RSS not measured"),
         }
         t.push(growth);
+        self.history_cost(&mut t, &mut errs);
         self.exec_and_peers(&mut t, &mut errs);
         self.stop_agents();
 
@@ -1414,6 +1422,70 @@ impl Bench {
             self.p.peer_reps
         ));
         t
+    }
+
+    /// Rows 32-33: what recording a run in the history costs: the same pool run of
+    /// 10,000 tasks (1,000 with --quick) over the small group, with `--no-history` and
+    /// recorded, the repetitions interleaved; the wall time of the whole process (its
+    /// recording thread flushes before it exits).
+    fn history_cost(&mut self, t: &mut Table, errs: &mut HashMap<&'static str, String>) {
+        let n = if self.p.quick { 1000 } else { 10_000 };
+        let vars = vec![
+            ("hosts", self.agent_names(self.small())),
+            ("n", n.to_string()),
+            ("workers", IN_FLIGHT.to_string()),
+            ("warmup", "256".to_string()),
+        ];
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        let mut err = None;
+        for rep in 1..=self.p.reps {
+            eprintln!("[bench] run history cost, rep {rep}/{}", self.p.reps);
+            for recorded in [false, true] {
+                let mut c = self.master_cmd("pool.sloth", &vars);
+                if !recorded {
+                    c.arg("--no-history");
+                }
+                match run_captured(c, self.p.timeout) {
+                    Ok(r) if r.code == Some(0) => {
+                        let ms = r.wall.as_secs_f64() * 1000.0;
+                        if recorded {
+                            on.push(ms)
+                        } else {
+                            off.push(ms)
+                        }
+                    }
+                    Ok(r) => err = Some(format!("pool.sloth exited {:?}{}", r.code, r.tail())),
+                    Err(e) => err = Some(format!("{e:#}")),
+                }
+            }
+        }
+        let mut base = Row::new(
+            "32",
+            format!(
+                "run of {n} pool tasks over {} agents, --no-history",
+                self.small()
+            ),
+            Unit::Ms,
+        )
+        .samples(&off, false);
+        let mut rec = Row::new(
+            "33",
+            "the same run, recorded in the history (SQLite)",
+            Unit::Ms,
+        )
+        .samples(&on, false)
+        .against(&base)
+        .target(Target::RatioAtMost(1.05));
+        if let Some(e) = err {
+            errs.insert("history", e.clone());
+            if off.is_empty() || on.is_empty() {
+                base = base.na(e.clone());
+                rec = rec.na(e);
+                rec.baseline = None;
+            }
+        }
+        t.push(base);
+        t.push(rec);
     }
 
     /// Rows 21-28, 25c and 27c: a cold `exec` and `health` over the small group and
@@ -1664,9 +1736,8 @@ impl Bench {
     /// process). Every one of the `want` hosts must have run it with exit 0: a lost
     /// host fails the measurement.
     fn exec(&self, pattern: &str, want: usize) -> anyhow::Result<(f64, f64)> {
-        let mut c = Command::new(&self.bins.master);
-        c.current_dir(&self.bins.repo)
-            .args(["exec", pattern, "-i"])
+        let mut c = self.master();
+        c.args(["exec", pattern, "-i"])
             .arg(&self.inventory)
             .arg("--certs")
             .arg(self.certs())
@@ -1698,9 +1769,8 @@ impl Bench {
 
     /// `sloth-master health --json` over every agent: (process wall ms, its own ms).
     fn health(&self, pattern: &str, want: usize) -> anyhow::Result<(f64, f64)> {
-        let mut c = Command::new(&self.bins.master);
-        c.current_dir(&self.bins.repo)
-            .args(["health", pattern, "-i"])
+        let mut c = self.master();
+        c.args(["health", pattern, "-i"])
             .arg(&self.inventory)
             .arg("--certs")
             .arg(self.certs())
@@ -1805,9 +1875,8 @@ impl Bench {
     fn deploy(&self, rep: usize, mode: &str) -> anyhow::Result<f64> {
         let inv = self.deploy_inventory()?;
         let site = self.bins.repo.join("examples/site");
-        let mut c = Command::new(&self.bins.master);
-        c.current_dir(&self.bins.repo)
-            .args(["run", "examples/parallel_deployment.sloth", "-i"])
+        let mut c = self.master();
+        c.args(["run", "examples/parallel_deployment.sloth", "-i"])
             .arg(&inv)
             .arg("--local-fleet")
             .arg("-e")

@@ -18,6 +18,13 @@ pub struct Cli {
     /// The config file (default: ./sloth.toml, else $XDG_CONFIG_HOME/sloth/sloth.toml).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Where the run history lives (default: $SLOTH_STATE_DIR, else
+    /// $XDG_STATE_HOME/sloth, ~/.local/state/sloth).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Do not record this command in the run history.
+    #[arg(long, global = true)]
+    pub no_history: bool,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -47,12 +54,53 @@ pub struct FleetArgs {
     /// Lifetime of renewed agent certificates (sloth.toml's `agent_cert_lifetime`).
     #[arg(skip)]
     pub agent_cert_lifetime: Option<String>,
+    /// How runs are recorded (`--state`, `--no-history`, sloth.toml).
+    #[arg(skip)]
+    pub history: HistorySettings,
+}
+
+/// How the run history is kept.
+#[derive(Debug, Clone)]
+pub struct HistorySettings {
+    /// The database; `None`: not recorded (`--no-history`, `history = false`, or no
+    /// state directory can be found).
+    pub db: Option<PathBuf>,
+    pub log_lines: u32,
+    pub max_size: u64,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        HistorySettings {
+            db: None,
+            log_lines: crate::history::recorder::DEFAULT_LOG_LINES,
+            max_size: crate::history::recorder::DEFAULT_MAX_SIZE,
+        }
+    }
+}
+
+impl HistorySettings {
+    /// From the flags and the config file.
+    pub fn of(state: Option<&Path>, no_history: bool, cfg: &Config) -> HistorySettings {
+        let on = !no_history && cfg.history.unwrap_or(true);
+        let dir = crate::history::state_dir(state.or(cfg.state_dir.as_deref()));
+        HistorySettings {
+            db: dir.filter(|_| on).map(|d| d.join(crate::history::DB_FILE)),
+            log_lines: cfg
+                .history_log_lines
+                .unwrap_or(crate::history::recorder::DEFAULT_LOG_LINES),
+            max_size: cfg
+                .history_max_size
+                .unwrap_or(crate::history::recorder::DEFAULT_MAX_SIZE),
+        }
+    }
 }
 
 impl FleetArgs {
     /// Fill what the command line left open from the config file. Its inventory is
     /// the default for `-i` unless `--local-fleet` asks for a throw-away fleet.
-    pub fn apply(&mut self, cfg: &Config) {
+    pub fn apply(&mut self, cfg: &Config, history: &HistorySettings) {
+        self.history = history.clone();
         if self.inventory.is_none() && self.local_fleet.is_none() {
             self.inventory = cfg.inventory.clone();
         }
@@ -117,6 +165,31 @@ pub enum Cmd {
         /// that finds errors.
         #[arg(long)]
         check_first: bool,
+        /// Run only on the hosts that failed or were unreachable in run ID (default:
+        /// the last run of this script); put it after the script, or write
+        /// --rerun-failed=ID. `--limit @failed` is the same.
+        #[arg(long, num_args = 0..=1, default_missing_value = "last", value_name = "ID",
+              value_parser = parse_rerun)]
+        rerun_failed: Option<String>,
+        /// Rerun failed hosts even though the script changed since that run.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The runs recorded: a table (or --json); `history show ID`, `history prune`.
+    History {
+        #[command(subcommand)]
+        cmd: Option<HistoryCmd>,
+        /// How many runs, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Only runs that reached this host.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only runs that failed or were interrupted.
+        #[arg(long)]
+        failed: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Check a script without running it: syntax, unknown functions and options,
     /// hosts that match nothing, changes a task would make only on its copy.
@@ -265,6 +338,36 @@ pub enum CertsCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HistoryCmd {
+    /// One run: its per-host recap, errors, changes (with diffs) and logs.
+    Show {
+        id: String,
+        /// Only what concerns this host.
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove runs older than a duration, e.g. 30d.
+    Prune {
+        #[arg(long, value_name = "DURATION")]
+        older_than: String,
+    },
+}
+
+/// `--rerun-failed [ID]`: a run id, or `last`; anything else is most likely the script
+/// name read as the id.
+fn parse_rerun(v: &str) -> Result<String, String> {
+    if v == "last" || super::history::looks_like_run_id(v) {
+        Ok(v.to_string())
+    } else {
+        Err(format!(
+            "'{v}' is not a run id (like 20261207T054500Z-3f2a9c1b); put --rerun-failed after the script, or write --rerun-failed=ID"
+        ))
+    }
 }
 
 #[derive(Subcommand, Debug)]

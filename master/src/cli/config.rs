@@ -21,6 +21,10 @@ struct File {
     task_timeout: Option<String>,
     agent_cert_lifetime: Option<String>,
     master_cert_lifetime: Option<String>,
+    state_dir: Option<PathBuf>,
+    history: Option<bool>,
+    history_log_lines: Option<u32>,
+    history_max_size: Option<String>,
 }
 
 /// The settings read from the file (all optional), with paths made absolute.
@@ -36,6 +40,14 @@ pub struct Config {
     pub agent_cert_lifetime: Option<String>,
     /// Master certificates (`certs init`, `certs renew-master`; default 90d).
     pub master_cert_lifetime: Option<String>,
+    /// Where the run history lives (`--state`).
+    pub state_dir: Option<PathBuf>,
+    /// Record runs (default true).
+    pub history: Option<bool>,
+    /// Log lines kept per task in the history.
+    pub history_log_lines: Option<u32>,
+    /// The history database's size cap, in bytes.
+    pub history_max_size: Option<u64>,
 }
 
 impl Config {
@@ -99,6 +111,15 @@ impl Config {
             task_timeout: f.task_timeout,
             agent_cert_lifetime: f.agent_cert_lifetime,
             master_cert_lifetime: f.master_cert_lifetime,
+            state_dir: f.state_dir.map(rel),
+            history: f.history,
+            history_log_lines: f.history_log_lines,
+            history_max_size: f
+                .history_max_size
+                .map(|s| {
+                    parse_size(&s).map_err(|e| format!("{}: history_max_size: {e}", path.display()))
+                })
+                .transpose()?,
         })
     }
 }
@@ -121,6 +142,28 @@ fn discover(cwd: &Path, config_home: Option<&Path>) -> Option<PathBuf> {
     std::iter::once(cwd.join(FILE_NAME))
         .chain(config_home.map(|d| d.join(FILE_NAME)))
         .find(|p| p.is_file())
+}
+
+/// A size: bytes, or with `KiB`/`MiB`/`GiB` (also `K`, `M`, `G`, `KB`...: powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad size '{s}' (use e.g. 512MiB, 1GiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "bad size unit '{other}' in '{s}' (use KiB, MiB or GiB)"
+            ))
+        }
+    };
+    Ok(n.saturating_mul(mult))
 }
 
 /// A duration as the master's flags take it (`3s`, `500ms`, `2m`).

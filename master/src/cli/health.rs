@@ -93,6 +93,7 @@ fn health(pattern: &str, fa: &FleetArgs, json: bool) -> (i32, Option<serde_json:
     }
     let down = rows.iter().filter(|r| !r.up).count();
     let exit = if down > 0 { EXIT_FAILED } else { EXIT_OK };
+    super::history::record_health(fa, &rows, exit);
     if json {
         let doc = serde_json::json!({
             "hosts": rows,

@@ -15,11 +15,12 @@ mod enroll;
 mod exec;
 mod fleet;
 mod health;
+mod history;
 pub mod local_fleet;
 pub mod output;
 mod run;
 
-pub use args::{CertsCmd, Cli, Cmd, FleetArgs, TokenCmd};
+pub use args::{CertsCmd, Cli, Cmd, FleetArgs, HistoryCmd, TokenCmd};
 pub use fleet::{prepare_fleet, Fleet};
 use sloth_proto::change::Mode;
 use std::path::PathBuf;
@@ -41,6 +42,7 @@ pub fn main(cli: Cli) -> i32 {
             return EXIT_USAGE;
         }
     };
+    let history = args::HistorySettings::of(cli.state.as_deref(), cli.no_history, &cfg);
     let certs_dir = |dir: Option<&std::path::Path>| {
         dir.map(std::path::Path::to_path_buf)
             .or_else(|| cfg.certs.clone())
@@ -69,7 +71,7 @@ pub fn main(cli: Cli) -> i32 {
             wait,
             json,
         } => {
-            fleet.apply(&cfg);
+            fleet.apply(&cfg, &history);
             let a = bootstrap::Args {
                 pattern: &pattern,
                 agent_binary: agent_binary.as_deref(),
@@ -85,7 +87,7 @@ pub fn main(cli: Cli) -> i32 {
             mut fleet,
             wait,
         } => {
-            fleet.apply(&cfg);
+            fleet.apply(&cfg, &history);
             enroll::command(&pattern, &fleet, &wait)
         }
         Cmd::Run {
@@ -97,6 +99,8 @@ pub fn main(cli: Cli) -> i32 {
             check,
             diff,
             check_first,
+            rerun_failed,
+            force,
         } => {
             if json && events.as_deref() == Some("-") {
                 eprintln!(
@@ -104,7 +108,27 @@ pub fn main(cli: Cli) -> i32 {
                 );
                 return EXIT_USAGE;
             }
-            fleet.apply(&cfg);
+            fleet.apply(&cfg, &history);
+            // --rerun-failed [ID] and --limit @failed: the failed hosts of a run.
+            let rerun = match (&rerun_failed, fleet.limit.as_deref()) {
+                (Some(_), Some(limit)) if limit != "@failed" => {
+                    eprintln!("error: --rerun-failed chooses the hosts: leave out --limit {limit}");
+                    return EXIT_USAGE;
+                }
+                (Some(id), _) => Some(Some(id.as_str()).filter(|i| *i != "last")),
+                (None, Some("@failed")) => Some(None),
+                _ => None,
+            };
+            if let Some(id) = rerun {
+                match history::rerun_limit(&script, id, force, &fleet.history) {
+                    Ok(Some(hosts)) => fleet.limit = Some(hosts),
+                    Ok(None) => return EXIT_OK,
+                    Err((code, msg)) => {
+                        eprintln!("error: {msg}");
+                        return code;
+                    }
+                }
+            }
             let reporting = run::Reporting { json, events };
             let label = script.display().to_string();
             let spec = run::RunSpec {
@@ -113,6 +137,22 @@ pub fn main(cli: Cli) -> i32 {
             };
             run::run(&spec, &fleet, &reporting)
         }
+        Cmd::History {
+            cmd,
+            limit,
+            host,
+            failed,
+            json,
+        } => history::command(
+            cmd,
+            crate::history::query::Filter {
+                limit,
+                host,
+                failed,
+            },
+            json,
+            &history,
+        ),
         Cmd::Check { script, inventory } => check::command(
             &script,
             inventory.or_else(|| cfg.inventory.clone()).as_deref(),
@@ -123,7 +163,7 @@ pub fn main(cli: Cli) -> i32 {
             json,
             check,
         } => {
-            fleet.apply(&cfg);
+            fleet.apply(&cfg, &history);
             health::command(&pattern, &fleet, json, check.as_deref())
         }
         Cmd::Exec {
@@ -140,7 +180,7 @@ pub fn main(cli: Cli) -> i32 {
                 );
                 return EXIT_USAGE;
             }
-            fleet.apply(&cfg);
+            fleet.apply(&cfg, &history);
             let reporting = run::Reporting { json, events };
             exec::exec(&pattern, &fleet, timeout.as_deref(), &reporting, &command)
         }

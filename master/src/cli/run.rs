@@ -113,6 +113,14 @@ pub(super) fn run_with(out: Arc<Output>, spec: &RunSpec, fa: &FleetArgs) -> i32 
             )
         }
     }
+    super::history::record(
+        &out,
+        fa,
+        if exec.is_some() { "exec" } else { "run" },
+        Some(script),
+        exec,
+        mode.check,
+    );
     if check_first {
         match super::check::findings_for_run(script, fa) {
             Ok(found) => {

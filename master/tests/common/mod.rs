@@ -136,6 +136,10 @@ pub struct Running {
 
 impl Running {
     pub fn spawn(mut cmd: Command) -> Running {
+        // Runs are recorded in a state directory of the tests', never in the user's.
+        if !cmd.get_envs().any(|(k, _)| k == "SLOTH_STATE_DIR") {
+            cmd.env("SLOTH_STATE_DIR", test_state_dir());
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -271,6 +275,11 @@ impl Drop for Running {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The run history of this test process's masters (unless a test gives its own).
+pub fn test_state_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("sloth-test-state-{}", std::process::id()))
 }
 
 /// `sloth-master ARGS` in `cwd`, to completion (or [`RUN_TIMEOUT`]).

@@ -43,6 +43,8 @@ pub struct Output {
     stdout_is_machine: bool,
     /// The run's end was reported (by the run, or by an interrupt: first wins).
     finished: std::sync::atomic::AtomicBool,
+    /// Where the run is recorded (the history database), once the run has started.
+    history: std::sync::OnceLock<crate::history::recorder::Recorder>,
 }
 
 impl Output {
@@ -64,6 +66,7 @@ impl Output {
             kept: Mutex::new(None),
             stdout_is_machine: json,
             finished: std::sync::atomic::AtomicBool::new(false),
+            history: std::sync::OnceLock::new(),
         }
     }
 
@@ -109,6 +112,16 @@ impl Output {
     /// The document [`Output::print_json`] kept (see [`Output::keeping_json`]).
     pub fn take_json(&self) -> Option<serde_json::Value> {
         self.kept.lock().take()
+    }
+
+    /// Record the run from now on (its start is already written).
+    pub fn record_to(&self, rec: crate::history::recorder::Recorder) {
+        let _ = self.history.set(rec);
+    }
+
+    /// The run's identity, once started.
+    pub fn run_info(&self) -> Option<RunInfo> {
+        self.run.lock().clone()
     }
 
     /// The run starts: what identifies it in the document and the events.
@@ -350,6 +363,9 @@ impl Output {
         {
             return;
         }
+        if let Some(h) = self.history.get() {
+            h.finish(history_end(end, &self.report.recap()));
+        }
         self.emit(
             "run_finished",
             json!({
@@ -412,6 +428,9 @@ impl Events for Output {
 
     fn task_log(&self, id: u64, host: &str, task: &str, level: LogLevel, text: &str) {
         self.report.output(id, level, text);
+        if let Some(h) = self.history.get() {
+            h.log(Some(id), host, level.as_str(), text);
+        }
         self.emit(
             "log",
             json!({"task_id": id, "host": host, "task": task, "level": level.as_str(), "line": text}),
@@ -421,6 +440,19 @@ impl Events for Output {
 
     fn task_change(&self, id: u64, host: &str, task: &str, c: &Change) {
         self.report.change(id, host, task, c);
+        if let Some(h) = self.history.get() {
+            h.change(crate::history::recorder::ChangeRow {
+                task_id: Some(id),
+                host: host.to_string(),
+                resource: c.resource.clone(),
+                target: c.target.clone(),
+                action: c.action.clone(),
+                changed: c.changed,
+                check: c.check,
+                diff: c.diff.clone(),
+                error: c.error.clone(),
+            });
+        }
         self.emit(
             "change",
             json!({
@@ -436,6 +468,9 @@ impl Events for Output {
     fn script_log(&self, level: LogLevel, text: &str) {
         if level == LogLevel::Error {
             self.report.error(text);
+        }
+        if let Some(h) = self.history.get() {
+            h.log(None, "master", level.as_str(), text);
         }
         self.emit("script_log", json!({"level": level.as_str(), "line": text}));
         match level {
@@ -454,6 +489,19 @@ impl Events for Output {
         self.report.task_done(rec, o);
         let host = rec.host();
         let err = o.result.as_ref().err();
+        if let Some(h) = self.history.get() {
+            h.task(crate::history::recorder::TaskEnd {
+                task_id: rec.id,
+                name: rec.name.clone(),
+                host: host.clone(),
+                finished: std::time::SystemTime::now(),
+                duration: o.duration,
+                success: o.result.is_ok(),
+                kind: err.map(|e| e.kind.as_str().to_string()),
+                error: err.map(|e| report::clean(&e.display_for(&host))),
+                changes: self.report.changes_of(rec.id),
+            });
+        }
         self.emit(
             "task_finished",
             json!({
@@ -503,6 +551,49 @@ impl Events for Output {
 
     fn progress(&self, len: u64, what: &str) -> Box<dyn Progress + '_> {
         Box::new(Output::progress(self, len, what))
+    }
+}
+
+/// A run's end as the history records it.
+fn history_end(
+    end: &RunEnd,
+    recap: &std::collections::BTreeMap<String, HostRecap>,
+) -> crate::history::recorder::RunEnd {
+    let hosts = recap
+        .iter()
+        .map(|(host, r)| crate::history::recorder::HostRow {
+            host: host.clone(),
+            status: if r.failed > 0 {
+                "failed"
+            } else if r.unreachable > 0 {
+                "unreachable"
+            } else if r.skipped > 0 && r.ok == 0 {
+                "skipped"
+            } else if r.cancelled > 0 && r.ok == 0 {
+                "cancelled"
+            } else {
+                "ok"
+            }
+            .to_string(),
+            ok: r.ok,
+            changed: r.changed,
+            failed: r.failed,
+            unreachable: r.unreachable,
+            cancelled: r.cancelled,
+            skipped: r.skipped,
+            error: None,
+        })
+        .collect();
+    crate::history::recorder::RunEnd {
+        finished_at: run_info::rfc3339(std::time::SystemTime::now()),
+        status: match end.exit_code {
+            0 => "ok",
+            super::EXIT_INTERRUPTED => "interrupted",
+            _ => "failed",
+        },
+        exit_code: end.exit_code,
+        error: end.script_error.as_deref().map(report::clean),
+        hosts,
     }
 }
 

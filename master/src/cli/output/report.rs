@@ -209,6 +209,11 @@ impl Report {
         }
     }
 
+    /// The changes task `id` reported so far.
+    pub fn changes_of(&self, id: u64) -> u64 {
+        self.changed_by_task.lock().get(&id).copied().unwrap_or(0)
+    }
+
     pub fn task_done(&self, rec: &TaskRecord, o: &Outcome) {
         let ms = o.duration.as_millis() as u64;
         let host = rec.host();

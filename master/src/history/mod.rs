@@ -1,0 +1,247 @@
+//! Run history: every `run`, `exec` and `health` recorded in a SQLite database (the
+//! library compiled in), so that "what changed on db-01 last night, and who ran it" and
+//! "run it again on the hosts that failed" have answers. [`recorder`] writes a run as
+//! it happens, batched on its own thread, never in the run's way; [`query`] reads it
+//! back for `sloth-master history` and `--rerun-failed`. The schema is in
+//! [`SCHEMA`] and docs/history.md.
+//!
+//! Where: `--state DIR`, else `$SLOTH_STATE_DIR`, else `$XDG_STATE_HOME/sloth`
+//! (`~/.local/state/sloth`), file `history.db`. WAL journal and a busy timeout, so that
+//! masters running at once each record their runs whole.
+
+pub mod query;
+pub mod recorder;
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+/// The database file in the state directory.
+pub const DB_FILE: &str = "history.db";
+/// The schema version this build writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+/// How long a writer waits for another master's transaction.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Tables and indexes (see docs/history.md).
+pub const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS runs (
+    key             INTEGER PRIMARY KEY,    -- the rows below refer to this
+    id              TEXT NOT NULL UNIQUE,   -- the run id: 20261207T054500Z-3f2a9c1b
+    kind            TEXT NOT NULL,          -- run | exec | health
+    command         TEXT NOT NULL,          -- JSON array, secret-looking -e values masked
+    script          TEXT NOT NULL,          -- as given (exec: "exec", health: "health")
+    script_path     TEXT,                   -- absolute
+    script_sha256   TEXT,
+    script_text     TEXT,
+    vars            TEXT NOT NULL,          -- JSON object, masked
+    inventory       TEXT,
+    inventory_sha256 TEXT,
+    user            TEXT NOT NULL,
+    host            TEXT NOT NULL,          -- where the master ran
+    pid             INTEGER NOT NULL,
+    check_mode      INTEGER NOT NULL,
+    started_at      TEXT NOT NULL,
+    finished_at     TEXT,
+    status          TEXT NOT NULL,          -- running | ok | failed | interrupted
+    exit_code       INTEGER,
+    error           TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at);
+CREATE INDEX IF NOT EXISTS runs_by_script ON runs (script_path, started_at);
+CREATE TABLE IF NOT EXISTS hosts (
+    run         INTEGER NOT NULL REFERENCES runs (key) ON DELETE CASCADE,
+    host        TEXT NOT NULL,
+    status      TEXT NOT NULL,              -- ok | failed | unreachable | cancelled | skipped | up | down
+    ok          INTEGER NOT NULL,
+    changed     INTEGER NOT NULL,
+    failed      INTEGER NOT NULL,
+    unreachable INTEGER NOT NULL,
+    cancelled   INTEGER NOT NULL,
+    skipped     INTEGER NOT NULL,
+    error       TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS hosts_of_run ON hosts (run, host);
+CREATE INDEX IF NOT EXISTS hosts_by_host ON hosts (host);
+CREATE TABLE IF NOT EXISTS tasks (
+    run         INTEGER NOT NULL REFERENCES runs (key) ON DELETE CASCADE,
+    task_id     INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    host        TEXT NOT NULL,
+    started_at  TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    success     INTEGER NOT NULL,
+    kind        TEXT,
+    error       TEXT,
+    changes     INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_of_run ON tasks (run, task_id);
+CREATE TABLE IF NOT EXISTS changes (
+    run         INTEGER NOT NULL REFERENCES runs (key) ON DELETE CASCADE,
+    task_id     INTEGER,
+    host        TEXT NOT NULL,
+    resource    TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    changed     INTEGER NOT NULL,
+    check_mode  INTEGER NOT NULL,
+    diff        TEXT,
+    error       TEXT
+);
+CREATE INDEX IF NOT EXISTS changes_of_run ON changes (run);
+CREATE TABLE IF NOT EXISTS logs (
+    run         INTEGER NOT NULL REFERENCES runs (key) ON DELETE CASCADE,
+    task_id     INTEGER,                    -- NULL: the main script
+    host        TEXT NOT NULL,
+    level       TEXT NOT NULL,
+    line        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS logs_of_run ON logs (run);
+"#;
+
+/// The state directory: `--state`, else `$SLOTH_STATE_DIR`, else
+/// `$XDG_STATE_HOME/sloth`, else `~/.local/state/sloth`.
+pub fn state_dir(flag: Option<&Path>) -> Option<PathBuf> {
+    if let Some(d) = flag {
+        return Some(d.to_path_buf());
+    }
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("SLOTH_STATE_DIR")
+        .or_else(|| env("XDG_STATE_HOME").map(|d| d.join("sloth")))
+        .or_else(|| env("HOME").map(|h| h.join(".local/state/sloth")))
+}
+
+/// An open history database.
+pub struct Db {
+    pub conn: Connection,
+    pub path: PathBuf,
+}
+
+impl Db {
+    /// Open (creating the directory, mode 0700, and the schema) for recording.
+    pub fn open(path: &Path) -> Result<Db, String> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            }
+        }
+        let conn =
+            Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let db = Db {
+            conn,
+            path: path.to_path_buf(),
+        };
+        db.prepare()?;
+        Ok(db)
+    }
+
+    /// Open one that exists (history commands); `Ok(None)` when there is none yet.
+    pub fn open_existing(path: &Path) -> Result<Option<Db>, String> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        Db::open(path).map(Some)
+    }
+
+    fn prepare(&self) -> Result<(), String> {
+        let fail = |e: rusqlite::Error| format!("{}: {e}", self.path.display());
+        self.conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(fail)?;
+        if version > SCHEMA_VERSION {
+            return Err(format!(
+                "{} was written by a newer sloth (history schema {version}; this one knows {SCHEMA_VERSION})",
+                self.path.display()
+            ));
+        }
+        // auto_vacuum lets pruning give space back: set on a new database before
+        // anything is written to it (the WAL switch writes its header).
+        if version == 0 {
+            self.conn
+                .execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")
+                .map_err(fail)?;
+        }
+        // WAL: readers never block the writer, and masters running at once take turns
+        // (busy timeout) instead of failing.
+        self.conn
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = NORMAL;
+                 PRAGMA foreign_keys = ON;",
+            )
+            .map_err(fail)?;
+        if version == 0 {
+            self.conn
+                .execute_batch(&format!(
+                    "BEGIN;
+                     {SCHEMA}
+                     PRAGMA user_version = {SCHEMA_VERSION};
+                     COMMIT;"
+                ))
+                .map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    /// Give the free pages back to the file system (each step of the pragma frees one
+    /// page: it is run to the end).
+    pub fn vacuum(&self) -> rusqlite::Result<()> {
+        let mut stmt = self.conn.prepare("PRAGMA incremental_vacuum")?;
+        let mut rows = stmt.query([])?;
+        while rows.next()?.is_some() {}
+        Ok(())
+    }
+
+    /// The database's size in bytes (pages in use and free).
+    pub fn size(&self) -> u64 {
+        let q = |p: &str| -> i64 { self.conn.query_row(p, [], |r| r.get(0)).unwrap_or(0) };
+        (q("PRAGMA page_count") * q("PRAGMA page_size")).max(0) as u64
+    }
+}
+
+/// Who runs this master: `$USER` (or `$LOGNAME`), else the name /etc/passwd gives the
+/// uid, else the uid.
+pub fn user() -> String {
+    if let Some(u) = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        return u;
+    }
+    let uid = rustix::process::getuid().as_raw();
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| {
+            p.lines().find_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?;
+                (f.nth(1)? == uid.to_string()).then(|| name.to_string())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
+}
+
+/// This machine's name.
+pub fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[cfg(test)]
+mod tests;

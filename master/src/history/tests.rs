@@ -1,0 +1,244 @@
+use super::query::{self, Filter};
+use super::recorder::{ChangeRow, HostRow, Recorder, RunEnd, RunStart, TaskEnd};
+use super::*;
+
+fn start(id: &str, script_path: &str, pid: u32) -> RunStart {
+    RunStart {
+        id: id.into(),
+        kind: "run",
+        command: vec!["sloth-master".into(), "run".into(), "x.sloth".into()],
+        script: "x.sloth".into(),
+        script_path: Some(script_path.into()),
+        script_sha256: Some("abc".into()),
+        script_text: Some("print(1)".into()),
+        vars: vec![("db_password".into(), "***".into())],
+        inventory: None,
+        inventory_sha256: None,
+        user: "ops".into(),
+        host: hostname(),
+        pid,
+        check: false,
+        started_at: format!("2026-12-07T06:00:0{}.000Z", &id[id.len() - 1..]),
+    }
+}
+
+fn host(name: &str, failed: u64) -> HostRow {
+    HostRow {
+        host: name.into(),
+        status: if failed > 0 { "failed" } else { "ok" }.into(),
+        ok: 1,
+        changed: 0,
+        failed,
+        unreachable: 0,
+        cancelled: 0,
+        skipped: 0,
+        error: None,
+    }
+}
+
+fn end(hosts: Vec<HostRow>) -> RunEnd {
+    RunEnd {
+        finished_at: "2026-12-07T06:01:00.000Z".into(),
+        status: "failed",
+        exit_code: 1,
+        error: None,
+        hosts,
+    }
+}
+
+#[test]
+fn a_run_is_recorded_whole_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state/history.db");
+    let rec = Recorder::start(
+        &path,
+        start("r1", "/srv/x.sloth", std::process::id()),
+        3,
+        u64::MAX,
+    )
+    .unwrap();
+    for i in 0..10 {
+        rec.log(Some(1), "web-01", "print", &format!("line {i}"));
+    }
+    rec.change(ChangeRow {
+        task_id: Some(1),
+        host: "web-01".into(),
+        resource: "file.content".into(),
+        target: "/etc/motd".into(),
+        action: "updated".into(),
+        changed: true,
+        check: false,
+        diff: Some("-a\n+b\n".into()),
+        error: None,
+    });
+    rec.task(TaskEnd {
+        task_id: 1,
+        name: "motd".into(),
+        host: "web-01".into(),
+        finished: std::time::SystemTime::now(),
+        duration: std::time::Duration::from_millis(1000),
+        success: false,
+        kind: Some("lua".into()),
+        error: Some("lua: web-01: boom".into()),
+        changes: 1,
+    });
+    rec.finish(end(vec![host("web-01", 1), host("web-02", 0)]));
+    rec.finish(end(vec![])); // a second end does nothing
+
+    let db = Db::open_existing(&path).unwrap().unwrap();
+    let runs = query::list(
+        &db,
+        &Filter {
+            limit: 10,
+            ..Filter::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(runs.len(), 1);
+    let r = &runs[0];
+    assert_eq!(
+        (r.status.as_str(), r.exit_code, r.hosts, r.failed_hosts),
+        ("failed", Some(1), 2, 1)
+    );
+    assert_eq!(r.vars["db_password"], "***");
+    assert_eq!(query::failed_hosts(&db, "r1").unwrap(), ["web-01"]);
+    let d = query::detail(&db, "r1", None).unwrap().unwrap();
+    assert_eq!(d.tasks[0].error.as_deref(), Some("lua: web-01: boom"));
+    assert_eq!(d.changes[0].diff.as_deref(), Some("-a\n+b\n"));
+    // Three lines kept, then the note of the seven not kept.
+    let lines: Vec<&str> = d.logs.iter().map(|l| l.line.as_str()).collect();
+    assert_eq!(lines[..3], ["line 0", "line 1", "line 2"]);
+    assert!(
+        lines[3].starts_with("(7 more line(s) not kept"),
+        "{lines:?}"
+    );
+    assert_eq!(d.script_text.as_deref(), Some("print(1)"));
+    let only = query::detail(&db, "r1", Some("web-02")).unwrap().unwrap();
+    assert!(only.tasks.is_empty() && only.host_results.len() == 1);
+    assert!(query::detail(&db, "nope", None).unwrap().is_none());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+#[test]
+fn runs_are_found_by_script_host_and_failure_and_killed_ones_marked_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.db");
+    for (id, ok) in [("r1", true), ("r2", false)] {
+        let rec = Recorder::start(
+            &path,
+            start(id, "/srv/x.sloth", std::process::id()),
+            10,
+            u64::MAX,
+        )
+        .unwrap();
+        let mut e = end(vec![host("web-01", u64::from(!ok)), host("web-02", 0)]);
+        e.status = if ok { "ok" } else { "failed" };
+        rec.finish(e);
+    }
+    // A master that died mid-run: its row stays `running` with a dead pid.
+    let dead = std::process::Command::new("true").spawn().unwrap();
+    let pid = dead.id();
+    let mut dead = dead;
+    dead.wait().unwrap();
+    let rec = Recorder::start(&path, start("r3", "/srv/x.sloth", pid), 10, u64::MAX).unwrap();
+    drop(rec);
+    let db = Db::open_existing(&path).unwrap().unwrap();
+    assert_eq!(query::run(&db, "r3").unwrap().unwrap().status, "running");
+    assert_eq!(query::mark_interrupted(&db).unwrap(), 1);
+    assert_eq!(
+        query::run(&db, "r3").unwrap().unwrap().status,
+        "interrupted"
+    );
+    // The last finished run of the script: r3 is neither finished nor... interrupted counts.
+    let last = query::last_run_of(&db, "/srv/x.sloth").unwrap().unwrap();
+    assert_eq!(last.id, "r3");
+    let failed = query::list(
+        &db,
+        &Filter {
+            limit: 10,
+            failed: true,
+            ..Filter::default()
+        },
+    )
+    .unwrap();
+    let ids: Vec<&str> = failed.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["r3", "r2"]);
+    let on = query::list(
+        &db,
+        &Filter {
+            limit: 10,
+            host: Some("web-02".into()),
+            ..Filter::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(on.len(), 2);
+    assert_eq!(query::prune(&db, "2026-12-07T06:00:02.000Z").unwrap(), 1);
+    assert!(query::run(&db, "r1").unwrap().is_none());
+    assert!(
+        query::failed_hosts(&db, "r1").unwrap().is_empty(),
+        "its rows went with it"
+    );
+}
+
+#[test]
+fn past_the_size_cap_the_oldest_runs_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.db");
+    for i in 0..6 {
+        let id = format!("r{i}");
+        let rec = Recorder::start(
+            &path,
+            start(&id, "/x", std::process::id()),
+            10_000,
+            500 * 1024,
+        )
+        .unwrap();
+        for j in 0..1000 {
+            rec.log(
+                Some(1),
+                "web-01",
+                "print",
+                &format!("{id} {j} {}", "x".repeat(40)),
+            );
+        }
+        rec.finish(end(vec![]));
+    }
+    let db = Db::open_existing(&path).unwrap().unwrap();
+    assert!(db.size() <= 500 * 1024, "{} bytes", db.size());
+    let runs = query::list(
+        &db,
+        &Filter {
+            limit: 100,
+            ..Filter::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        runs.len() < 6 && runs[0].id == "r5",
+        "{:?}",
+        runs.iter().map(|r| &r.id).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn an_unusable_place_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain");
+    std::fs::write(&file, "x").unwrap();
+    let e = Recorder::start(&file.join("history.db"), start("r1", "/x", 1), 10, 1)
+        .err()
+        .unwrap();
+    assert!(e.contains("plain"), "{e}");
+    std::fs::write(
+        dir.path().join("junk.db"),
+        "not sqlite at all, not at all, not at all",
+    )
+    .unwrap();
+    assert!(Db::open(&dir.path().join("junk.db")).is_err());
+}
