@@ -105,6 +105,7 @@ trap 'exit 143' TERM
 cleanup
 rm -rf /tmp/sloth-netfault.??????
 WORK=$(mktemp -d /tmp/sloth-netfault.XXXXXX)
+export SLOTH_STATE_DIR="${SLOTH_STATE_DIR:-$WORK/state}"
 CERTS=$WORK/certs
 INV=$WORK/inventory.toml
 # Copies of the binaries: a `cargo build` running meanwhile (it replaces them) must not
@@ -403,8 +404,8 @@ t0=$(now)
 timeout 60 "$MASTER" health -i "$INV" --certs "$CERTS" >"$WORK/s6.out" 2>"$WORK/s6.err" 9>&-
 code=$?
 took=$(secs "$t0" "$(now)")
-# The table's rows: │ host ┆ status ┆ latency ┆ ... ┆ error │
-status_of() { awk -F'┆' -v h="$1" '{ n = $1; gsub(/[│ ]/, "", n); s = $2; gsub(/ /, "", s) } n == h { print s; exit }' "$WORK/s6.out"; }
+# The table's rows: │ host ┆ address ┆ status ┆ latency ┆ ... ┆ error │
+status_of() { awk -F'┆' -v h="$1" '{ n = $1; gsub(/[│ ]/, "", n); s = $3; gsub(/ /, "", s) } n == h { print s; exit }' "$WORK/s6.out"; }
 a2_error=$(awk -F'┆' '$1 ~ /[│ ]a2 *$/ { e = $NF; sub(/^ */, "", e); sub(/ *│.*$/, "", e); print e; exit }' "$WORK/s6.out")
 if [ "$code" = 1 ] && [ "$(status_of a1)" = up ] && [ "$(status_of a2)" = down ] &&
   grep -q "1 up, 1 down" "$WORK/s6.out" && lt "$took" 5; then
