@@ -336,3 +336,51 @@ fn a_read_only_state_directory_costs_a_warning_not_the_run() {
     );
     assert!(!Path::new(&ro).join("history.db").exists());
 }
+
+/// Output that cannot be written (`sloth-master run ... 2>&1 | head -1`: stdout and
+/// stderr closed by the reader) costs the output only: the run ends as it would have
+/// (exit 1, web-02 failed, not a panic's 101), recorded whole; a rerun then reaches
+/// exactly the failed host, and a rerun of another script's run is refused by name.
+#[test]
+fn closed_output_costs_the_output_not_the_run_or_its_record() {
+    let fleet = TestFleet::web(3);
+    let st = state(&fleet);
+    let mut cmd = fleet.command("deploy.sloth", SCRIPT, &["--state", &st]);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    // Close the reading ends before the master writes anything.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the master did not end with its output closed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    let r = &runs(&fleet)[0];
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(
+        (r["hosts"].as_u64(), r["failed_hosts"].as_u64()),
+        (Some(3), Some(1))
+    );
+    let id = r["id"].as_str().unwrap().to_string();
+    let out = fleet.run_named("deploy.sloth", SCRIPT, &["--state", &st, "--rerun-failed"]);
+    assert_eq!(ran_on(&out), ["web-02"], "{out}");
+    let out = fleet.run_named(
+        "other.sloth",
+        SCRIPT,
+        &["--state", &st, &format!("--rerun-failed={id}")],
+    );
+    out.assert_code(2);
+    assert!(
+        out.stderr.contains(&format!("run {id} ran another script")),
+        "{out}"
+    );
+}

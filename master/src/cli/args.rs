@@ -40,6 +40,10 @@ pub struct FleetArgs {
     /// Only these hosts may be reached (a host pattern).
     #[arg(long)]
     pub limit: Option<String>,
+    /// Where `limit` came from when not from `--limit` (e.g. "run ID's failed hosts"),
+    /// for error messages.
+    #[arg(skip)]
+    pub limit_origin: Option<String>,
     /// Directory with ca.crt, master.crt and master.key [default: `certs` in
     /// sloth.toml, else ./certs].
     #[arg(long)]
@@ -65,6 +69,9 @@ pub struct HistorySettings {
     /// The database; `None`: not recorded (`--no-history`, `history = false`, or no
     /// state directory can be found).
     pub db: Option<PathBuf>,
+    /// The database `history` and `--rerun-failed` read: the same file, found even
+    /// when recording is off; `None` when no state directory can be found.
+    pub read_db: Option<PathBuf>,
     pub log_lines: u32,
     pub max_size: u64,
 }
@@ -73,6 +80,7 @@ impl Default for HistorySettings {
     fn default() -> Self {
         HistorySettings {
             db: None,
+            read_db: None,
             log_lines: crate::history::recorder::DEFAULT_LOG_LINES,
             max_size: crate::history::recorder::DEFAULT_MAX_SIZE,
         }
@@ -84,8 +92,10 @@ impl HistorySettings {
     pub fn of(state: Option<&Path>, no_history: bool, cfg: &Config) -> HistorySettings {
         let on = !no_history && cfg.history.unwrap_or(true);
         let dir = crate::history::state_dir(state.or(cfg.state_dir.as_deref()));
+        let read_db = dir.map(|d| d.join(crate::history::DB_FILE));
         HistorySettings {
-            db: dir.filter(|_| on).map(|d| d.join(crate::history::DB_FILE)),
+            db: read_db.clone().filter(|_| on),
+            read_db,
             log_lines: cfg
                 .history_log_lines
                 .unwrap_or(crate::history::recorder::DEFAULT_LOG_LINES),
@@ -172,17 +182,18 @@ pub enum Cmd {
               value_parser = parse_rerun)]
         rerun_failed: Option<String>,
         /// Rerun failed hosts even though the script changed since that run.
-        #[arg(long)]
+        #[arg(long, requires = "rerun_failed")]
         force: bool,
     },
     /// The runs recorded: a table (or --json); `history show ID`, `history prune`.
     History {
         #[command(subcommand)]
         cmd: Option<HistoryCmd>,
-        /// How many runs, newest first.
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
-        /// Only runs that reached this host.
+        /// How many runs, newest first (at least 1).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+        /// Only runs that reached this host (with --failed: where it failed or was
+        /// unreachable).
         #[arg(long)]
         host: Option<String>,
         /// Only runs that failed or were interrupted.

@@ -26,7 +26,7 @@ pub(super) struct Args<'a> {
 
 pub(super) fn command(a: &Args, fa: &FleetArgs) -> i32 {
     let usage = |e: String| {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         EXIT_USAGE
     };
     let Some(inv_path) = &fa.inventory else {
@@ -107,9 +107,10 @@ pub(super) fn command(a: &Args, fa: &FleetArgs) -> i32 {
     let start = Instant::now();
     let total = hosts.len();
     if !a.json {
-        eprintln!(
+        errln!(
             "bootstrapping {total} host(s) with sloth-agent {} ({})",
-            agent.version, agent.arch
+            agent.version,
+            agent.arch
         );
     }
     let results = rt.block_on(async {
@@ -136,7 +137,7 @@ pub(super) fn command(a: &Args, fa: &FleetArgs) -> i32 {
             if let Ok((i, name, r)) = r {
                 n += 1;
                 if !a.json {
-                    println!("[{n}/{total}] {}", line(&name, &r));
+                    outln!("[{n}/{total}] {}", line(&name, &r));
                 }
                 out.push((i, name, r));
             }
@@ -163,12 +164,12 @@ pub(super) fn command(a: &Args, fa: &FleetArgs) -> i32 {
             "duration_ms": start.elapsed().as_millis() as u64,
         }));
     } else {
-        println!();
-        println!("RECAP");
+        outln!();
+        outln!("RECAP");
         for (_, name, r) in &results {
-            println!("  {}", line(name, r));
+            outln!("  {}", line(name, r));
         }
-        println!(
+        outln!(
             "  {} host(s): {changed} changed, {} unchanged, {failed} failed, {}",
             results.len(),
             results.len() - changed - failed,

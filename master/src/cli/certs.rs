@@ -46,20 +46,20 @@ pub fn certs(
                 Lifetime::MASTER,
             )?;
             Pki::new(&dir).init(force, lifetime)?;
-            println!(
+            outln!(
                 "wrote {} (fleet CA certificate)",
                 dir.join("ca.crt").display()
             );
-            println!(
+            outln!(
                 "wrote {} (fleet CA private key, mode 0600: keep it secret, it can mint masters)",
                 dir.join("ca.key").display()
             );
-            println!(
+            outln!(
                 "wrote {} (master certificate, valid {})",
                 dir.join("master.crt").display(),
                 sloth_proto::text::format_duration(lifetime.0)
             );
-            println!(
+            outln!(
                 "wrote {} (master private key, mode 0600)",
                 dir.join("master.key").display()
             );
@@ -77,13 +77,13 @@ pub fn certs(
             let pem = Pki::new(&dir).issue_agent(&name, &sans, lifetime)?;
             let out = out.unwrap_or_else(|| dir.clone());
             let (crt, key) = sloth_transport::write_pem_files(&out, &name, &pem)?;
-            println!(
+            outln!(
                 "wrote {} (agent certificate for {name}, valid {})",
                 crt.display(),
                 sloth_proto::text::format_duration(lifetime.0)
             );
-            println!("wrote {} (agent private key, mode 0600)", key.display());
-            println!(
+            outln!("wrote {} (agent private key, mode 0600)", key.display());
+            outln!(
                 "install both on {name} together with {}",
                 dir.join("ca.crt").display()
             );
@@ -96,7 +96,7 @@ pub fn certs(
             let dir = dir(d.as_deref());
             let lifetime = lifetime(l.as_deref(), lt.master.as_deref(), Lifetime::MASTER)?;
             let info = Pki::new(&dir).renew_master(lifetime)?;
-            println!(
+            outln!(
                 "wrote {} (master certificate, serial {}, valid until {})",
                 dir.join("master.crt").display(),
                 info.serial,
@@ -117,9 +117,9 @@ pub fn certs(
             };
             let (done, number) = Pki::new(&dir).revoke(target)?;
             for r in &done {
-                println!("revoked {} (serial {})", r.name, r.serial);
+                outln!("revoked {} (serial {})", r.name, r.serial);
             }
-            println!(
+            outln!(
                 "wrote {} (CRL #{number}); agents refuse revoked masters once a master hands them this CRL (every connection does: e.g. `sloth-master health`)",
                 dir.join("crl.der").display()
             );
@@ -169,8 +169,8 @@ pub fn certs(
                     i.via.clone(),
                 ]);
             }
-            println!("{t}");
-            println!(
+            outln!("{t}");
+            outln!(
                 "{} certificate(s), {} revoked; CRL #{}",
                 ledger.issued.len(),
                 ledger.revoked.len(),
@@ -197,8 +197,8 @@ pub fn token(
             let pki = Pki::new(&dir(d.as_deref()));
             let token = pki.create_token(&names, ttl, uses)?;
             // The token on stdout alone (scripts take it with $(...)); the rest on stderr.
-            println!("{}", token.text());
-            eprintln!(
+            outln!("{}", token.text());
+            errln!(
                 "join token {} for '{names}': {uses} use(s), valid {} (until {}); give it to the agent in a file (`sloth-agent --token-file FILE`, or `install-agent.sh --token-file FILE`), then run `sloth-master enroll HOST`",
                 token.id,
                 sloth_proto::text::format_duration(ttl),
@@ -241,12 +241,12 @@ pub fn token(
                     used.join(", "),
                 ]);
             }
-            println!("{t}");
+            outln!("{t}");
             Ok(())
         }
         TokenCmd::Remove { id, dir: d } => {
             Pki::new(&dir(d.as_deref())).remove_token(&id)?;
-            println!("removed join token {id}");
+            outln!("removed join token {id}");
             Ok(())
         }
     }

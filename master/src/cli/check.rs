@@ -20,7 +20,7 @@ pub(super) fn command(script: &Path, inventory: Option<&Path>) -> i32 {
             }
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             EXIT_USAGE
         }
     }

@@ -13,7 +13,7 @@ const PARALLEL: usize = 32;
 
 pub(super) fn command(pattern: &str, fa: &FleetArgs, wait: &str) -> i32 {
     let usage = |e: String| {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         EXIT_USAGE
     };
     let Some(inv_path) = &fa.inventory else {
@@ -51,14 +51,15 @@ pub(super) fn command(pattern: &str, fa: &FleetArgs, wait: &str) -> i32 {
     let failed = results.iter().filter(|(_, r)| r.is_err()).count();
     for (host, r) in &results {
         match r {
-            Ok(e) => println!(
+            Ok(e) => outln!(
                 "{host:<12} enrolled (serial {}, valid until {})",
-                e.serial, e.expires
+                e.serial,
+                e.expires
             ),
-            Err(e) => println!("{host:<12} FAILED  {e}"),
+            Err(e) => outln!("{host:<12} FAILED  {e}"),
         }
     }
-    println!("{} host(s), {failed} failed", results.len());
+    outln!("{} host(s), {failed} failed", results.len());
     if failed > 0 {
         EXIT_FAILED
     } else {

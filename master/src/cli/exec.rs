@@ -21,7 +21,7 @@ pub(super) fn exec(
     command: &[String],
 ) -> i32 {
     if fa.inventory.is_none() && fa.local_fleet.is_none() {
-        eprintln!("error: no hosts to run on (use -i INVENTORY or --local-fleet)");
+        errln!("error: no hosts to run on (use -i INVENTORY or --local-fleet)");
         return EXIT_USAGE;
     }
     // A bad pattern is a usage error, found before any agent is started.
@@ -30,20 +30,20 @@ pub(super) fn exec(
             .map_err(|e| e.to_string())
             .and_then(|i| i.resolve(pattern).map_err(|e| e.to_string()));
         if let Err(e) = checked {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return EXIT_USAGE;
         }
     }
     let dir = match tempfile::tempdir() {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return EXIT_USAGE;
         }
     };
     let path = dir.path().join("exec.sloth");
     if let Err(e) = std::fs::write(&path, EXEC_SCRIPT) {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         return EXIT_USAGE;
     }
     let command = command.join(" ");
@@ -60,7 +60,7 @@ pub(super) fn exec(
     {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return EXIT_USAGE;
         }
     };

@@ -37,7 +37,7 @@ pub fn prepare_fleet(a: &FleetArgs) -> Result<Fleet, String> {
     if let Some(limit) = &a.limit {
         let keep = inventory
             .resolve(limit)
-            .map_err(|e| format!("--limit: {e}"))?;
+            .map_err(|e| format!("{}: {e}", a.limit_origin.as_deref().unwrap_or("--limit")))?;
         inventory.hosts.retain(|h| keep.contains(&h.name));
     }
     let mut mesh_cfg = MeshConfig::default();

@@ -51,7 +51,7 @@ fn health(pattern: &str, fa: &FleetArgs, json: bool) -> (i32, Option<serde_json:
     let rt = match tokio_runtime() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return code(EXIT_USAGE);
         }
     };
@@ -59,19 +59,19 @@ fn health(pattern: &str, fa: &FleetArgs, json: bool) -> (i32, Option<serde_json:
     let mut fleet = match prepare_fleet(fa) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return code(EXIT_USAGE);
         }
     };
     let hosts = match fleet.inventory.resolve(pattern) {
         Ok(h) => h,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return code(EXIT_USAGE);
         }
     };
     let Some(certs) = &fleet.certs else {
-        eprintln!("error: no hosts to check (use -i INVENTORY or --local-fleet)");
+        errln!("error: no hosts to check (use -i INVENTORY or --local-fleet)");
         return code(EXIT_USAGE);
     };
     let mesh = {
@@ -79,7 +79,7 @@ fn health(pattern: &str, fa: &FleetArgs, json: bool) -> (i32, Option<serde_json:
         match Mesh::new(&fleet.inventory, certs, fleet.mesh_cfg.clone()) {
             Ok(m) => Arc::new(m),
             Err(e) => {
-                eprintln!("error: {e:#}");
+                errln!("error: {e:#}");
                 return code(EXIT_USAGE);
             }
         }
@@ -103,16 +103,16 @@ fn health(pattern: &str, fa: &FleetArgs, json: bool) -> (i32, Option<serde_json:
         });
         return (exit, Some(doc));
     } else {
-        println!("{}", crate::engine::health::render_table(&rows));
+        outln!("{}", crate::engine::health::render_table(&rows));
         for r in rows.iter().filter(|r| r.cert_expiring()) {
-            eprintln!(
+            errln!(
                 "warning: {}'s certificate expires on {} ({} days): it is renewed when a master with the CA key connects; else enroll it again",
                 r.host,
                 r.cert_expires.as_deref().unwrap_or("?"),
                 r.cert_days_left.unwrap_or(0)
             );
         }
-        println!(
+        outln!(
             "{} up, {down} down, checked in {}",
             rows.len() - down,
             output::fmt_ms(took.as_millis() as u64)

@@ -59,7 +59,7 @@ pub(super) fn record(
     };
     match Recorder::start(db, start, fa.history.log_lines, fa.history.max_size) {
         Ok(r) => out.record_to(r),
-        Err(e) => eprintln!("warning: this run is not recorded in the history: {e}"),
+        Err(e) => errln!("warning: this run is not recorded in the history: {e}"),
     }
 }
 
@@ -97,7 +97,7 @@ pub(super) fn record_health(
     let rec = match Recorder::start(db, start, fa.history.log_lines, fa.history.max_size) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("warning: this check is not recorded in the history: {e}");
+            errln!("warning: this check is not recorded in the history: {e}");
             return;
         }
     };
@@ -131,13 +131,18 @@ pub(super) fn sha256(bytes: &[u8]) -> String {
 /// The history database for reading, with runs whose master is gone marked
 /// `interrupted`; `Ok(None)` when nothing was recorded yet.
 fn open(settings: &HistorySettings) -> Result<Option<Db>, String> {
-    let Some(path) = &settings.db else {
-        return Err("no run history: no state directory (give --state DIR)".into());
+    let Some(path) = &settings.read_db else {
+        return Err(
+            "no run history: no state directory (HOME and XDG_STATE_HOME are unset; give --state DIR)"
+                .into(),
+        );
     };
     let Some(db) = Db::open_existing(path)? else {
         return Ok(None);
     };
-    query::mark_interrupted(&db).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !db.read_only {
+        query::mark_interrupted(&db).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     Ok(Some(db))
 }
 
@@ -149,7 +154,7 @@ pub(super) fn command(
     settings: &HistorySettings,
 ) -> i32 {
     let fail = |e: String| {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         EXIT_USAGE
     };
     let db = match open(settings) {
@@ -160,7 +165,7 @@ pub(super) fn command(
             } else if let Some(HistoryCmd::Show { id, .. }) = &cmd {
                 return fail(format!("no run {id}: nothing was recorded yet"));
             } else {
-                println!("no runs recorded yet");
+                outln!("no runs recorded yet");
             }
             return EXIT_OK;
         }
@@ -182,6 +187,17 @@ pub(super) fn command(
         },
         Some(HistoryCmd::Show { id, host, json }) => {
             match query::detail(&db, &id, host.as_deref()) {
+                Ok(Some(d))
+                    if host.is_some()
+                        && d.host_results.is_empty()
+                        && d.tasks.is_empty()
+                        && d.changes.is_empty() =>
+                {
+                    fail(format!(
+                        "host {} has no part in run {id}",
+                        host.as_deref().unwrap_or_default()
+                    ))
+                }
                 Ok(Some(d)) => {
                     if json {
                         output::print_doc(&serde_json::to_value(&d).unwrap_or_default());
@@ -206,7 +222,7 @@ pub(super) fn command(
                 .unwrap_or(SystemTime::UNIX_EPOCH);
             match query::prune(&db, &sloth_proto::text::rfc3339_millis(before)) {
                 Ok(n) => {
-                    println!(
+                    outln!(
                         "removed {n} run(s) started before {}; the history is {} now",
                         sloth_proto::text::rfc3339_seconds(before),
                         bytes(db.size())
@@ -229,7 +245,7 @@ fn bytes(n: u64) -> String {
 
 fn print_list(runs: &[query::RunSummary]) {
     if runs.is_empty() {
-        println!("no runs match");
+        outln!("no runs match");
         return;
     }
     let mut t = Table::new();
@@ -252,15 +268,15 @@ fn print_list(runs: &[query::RunSummary]) {
             format!("{}@{}", r.user, r.host),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
 }
 
 fn print_detail(d: &query::RunDetail) {
     let r = &d.run;
-    println!("run {} ({}), {}", r.id, r.kind, r.status);
-    println!("  command:  {}", r.command.join(" "));
-    println!("  by:       {}@{}", r.user, r.host);
-    println!(
+    outln!("run {} ({}), {}", r.id, r.kind, r.status);
+    outln!("  command:  {}", r.command.join(" "));
+    outln!("  by:       {}@{}", r.user, r.host);
+    outln!(
         "  started:  {}   finished: {}   exit: {}",
         r.started_at,
         r.finished_at.as_deref().unwrap_or("-"),
@@ -269,57 +285,62 @@ fn print_detail(d: &query::RunDetail) {
             .unwrap_or_else(|| "-".into())
     );
     if let Some(sha) = &r.script_sha256 {
-        println!(
+        outln!(
             "  script:   {} (sha256 {})",
             r.script,
             &sha[..sha.len().min(16)]
         );
     }
     if let Some(e) = &r.error {
-        println!("  error:    {e}");
+        outln!("  error:    {e}");
     }
-    println!("\nRECAP");
+    outln!("\nRECAP");
     for (h, x) in &d.host_results {
-        println!(
+        outln!(
             "  {h:<12} ok={:<4} changed={:<4} failed={:<3} unreachable={:<3} {}",
-            x.ok, x.changed, x.failed, x.unreachable, x.status
+            x.ok,
+            x.changed,
+            x.failed,
+            x.unreachable,
+            x.status
         );
     }
     let errors: Vec<&query::TaskDetail> = d.tasks.iter().filter(|t| !t.success).collect();
     if !errors.is_empty() {
-        println!("\nERRORS");
+        outln!("\nERRORS");
         for t in errors {
-            println!("  {}", t.error.as_deref().unwrap_or("?"));
+            outln!("  {}", t.error.as_deref().unwrap_or("?"));
         }
     }
     if !d.changes.is_empty() {
-        println!("\nCHANGES");
+        outln!("\nCHANGES");
         for c in &d.changes {
-            println!("  {:<12} {} {}: {}", c.host, c.resource, c.target, c.action);
+            outln!("  {:<12} {} {}: {}", c.host, c.resource, c.target, c.action);
             if let Some(diff) = &c.diff {
                 for l in diff.lines() {
-                    println!("      {l}");
+                    outln!("      {l}");
                 }
             }
         }
     }
     if !d.logs.is_empty() {
-        println!("\nLOG");
+        outln!("\nLOG");
         for l in &d.logs {
-            println!("  [{}] {}", l.host, l.line);
+            outln!("  [{}] {}", l.host, l.line);
         }
     }
 }
 
 /// `--rerun-failed [ID]` or `--limit @failed`: the hosts of an earlier run of `script`
 /// (run `id`, else its last one) that failed or were unreachable, as a `--limit`
-/// pattern. `Err((exit code, message))`; `Ok(None)` when there is nothing to rerun.
+/// pattern, with that run's id. `Err((exit code, message))`; `Ok(None)` when there is
+/// nothing to rerun.
 pub(super) fn rerun_limit(
     script: &Path,
     id: Option<&str>,
     force: bool,
     settings: &HistorySettings,
-) -> Result<Option<String>, (i32, String)> {
+) -> Result<Option<(String, String)>, (i32, String)> {
     let usage = |m: String| (EXIT_USAGE, m);
     let db = open(settings)
         .map_err(usage)?
@@ -353,6 +374,15 @@ pub(super) fn rerun_limit(
     let now = std::fs::read(&path)
         .map(|b| sha256(&b))
         .map_err(|e| usage(format!("cannot read script {}: {e}", script.display())))?;
+    let then_path = earlier.script_path.as_deref().unwrap_or("?");
+    if then_path != path.display().to_string() && !force {
+        return Err(usage(format!(
+            "run {} ran another script ({then_path}), not {}: give that script, or rerun \
+             these hosts with this one anyway with --force",
+            earlier.id,
+            script.display()
+        )));
+    }
     if earlier.script_sha256.as_deref() != Some(now.as_str()) && !force {
         return Err(usage(format!(
             "{} changed since run {} (sha256 {} then, {} now): rerun it anyway with --force",
@@ -366,22 +396,23 @@ pub(super) fn rerun_limit(
             &now[..12]
         )));
     }
-    let hosts = query::failed_hosts(&db, &earlier.id).map_err(sql)?;
+    let hosts =
+        query::failed_hosts(&db, &earlier.id, crate::engine::dispatch::LOCAL).map_err(sql)?;
     if hosts.is_empty() {
-        eprintln!(
+        errln!(
             "nothing to rerun: run {} had no failed or unreachable hosts",
             earlier.id
         );
         return Ok(None);
     }
-    eprintln!(
+    errln!(
         "rerunning {} on the {} host(s) that failed in run {}: {}",
         script.display(),
         hosts.len(),
         earlier.id,
         hosts.join(", ")
     );
-    Ok(Some(hosts.join(",")))
+    Ok(Some((earlier.id, hosts.join(","))))
 }
 
 /// A run-id shaped value (`20261207T054500Z-3f2a9c1b`).

@@ -38,7 +38,7 @@ pub fn main(cli: Cli) -> i32 {
     let cfg = match config::Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return EXIT_USAGE;
         }
     };
@@ -55,7 +55,7 @@ pub fn main(cli: Cli) -> i32 {
     let done = |r: anyhow::Result<()>| match r {
         Ok(()) => EXIT_OK,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            errln!("error: {e:#}");
             EXIT_USAGE
         }
     };
@@ -103,7 +103,7 @@ pub fn main(cli: Cli) -> i32 {
             force,
         } => {
             if json && events.as_deref() == Some("-") {
-                eprintln!(
+                errln!(
                     "error: --json and --events - both want standard output; give --events a file"
                 );
                 return EXIT_USAGE;
@@ -112,7 +112,7 @@ pub fn main(cli: Cli) -> i32 {
             // --rerun-failed [ID] and --limit @failed: the failed hosts of a run.
             let rerun = match (&rerun_failed, fleet.limit.as_deref()) {
                 (Some(_), Some(limit)) if limit != "@failed" => {
-                    eprintln!("error: --rerun-failed chooses the hosts: leave out --limit {limit}");
+                    errln!("error: --rerun-failed chooses the hosts: leave out --limit {limit}");
                     return EXIT_USAGE;
                 }
                 (Some(id), _) => Some(Some(id.as_str()).filter(|i| *i != "last")),
@@ -121,10 +121,13 @@ pub fn main(cli: Cli) -> i32 {
             };
             if let Some(id) = rerun {
                 match history::rerun_limit(&script, id, force, &fleet.history) {
-                    Ok(Some(hosts)) => fleet.limit = Some(hosts),
+                    Ok(Some((run_id, hosts))) => {
+                        fleet.limit = Some(hosts);
+                        fleet.limit_origin = Some(format!("the failed hosts of run {run_id}"));
+                    }
                     Ok(None) => return EXIT_OK,
                     Err((code, msg)) => {
-                        eprintln!("error: {msg}");
+                        errln!("error: {msg}");
                         return code;
                     }
                 }
@@ -146,7 +149,7 @@ pub fn main(cli: Cli) -> i32 {
         } => history::command(
             cmd,
             crate::history::query::Filter {
-                limit,
+                limit: limit as usize,
                 host,
                 failed,
             },
@@ -175,7 +178,7 @@ pub fn main(cli: Cli) -> i32 {
             command,
         } => {
             if json && events.as_deref() == Some("-") {
-                eprintln!(
+                errln!(
                     "error: --json and --events - both want standard output; give --events a file"
                 );
                 return EXIT_USAGE;
@@ -209,7 +212,7 @@ pub(super) fn on_interrupt(f: impl FnOnce() + Send + 'static) {
 pub fn install_signal_handler(rt: &tokio::runtime::Runtime) {
     rt.spawn(async {
         sloth_transport::process::shutdown_signal().await;
-        eprintln!("interrupted: stopping local agents");
+        errln!("interrupted: stopping local agents");
         local_fleet::kill_all();
         let hook = ON_INTERRUPT.lock().ok().and_then(|mut h| h.take());
         if let Some(f) = hook {

@@ -58,7 +58,7 @@ pub(super) fn run(spec: &RunSpec, fa: &FleetArgs, reporting: &Reporting) -> i32 
     {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return EXIT_USAGE;
         }
     };
@@ -205,7 +205,7 @@ pub(super) fn run_with(out: Arc<Output>, spec: &RunSpec, fa: &FleetArgs) -> i32 
     }
     out.print_recap(wall);
     if code == EXIT_FAILED && result.is_ok() && !json {
-        eprintln!("{failed} task(s) failed");
+        errln!("{failed} task(s) failed");
     }
     out.finish(&end(code, result.err(), wall));
     // Threads abandoned in a C call (a local task past its deadline) must not hold

@@ -122,6 +122,23 @@ pub fn state_dir(flag: Option<&Path>) -> Option<PathBuf> {
 pub struct Db {
     pub conn: Connection,
     pub path: PathBuf,
+    /// Opened read-only (see [`Db::open_existing`]): nothing is written.
+    pub read_only: bool,
+}
+
+/// Why a database at `path` may not open, as far as the file system tells: its
+/// directory is not one, or cannot be written (read-only file system, permissions).
+fn why_not(path: &Path) -> String {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return String::new();
+    };
+    if dir.exists() && !dir.is_dir() {
+        return format!(" ({} is not a directory)", dir.display());
+    }
+    match rustix::fs::access(dir, rustix::fs::Access::WRITE_OK) {
+        Err(e) => format!(" ({} is not writable: {e})", dir.display()),
+        Ok(()) => String::new(),
+    }
 }
 
 impl Db {
@@ -136,22 +153,56 @@ impl Db {
                     .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             }
         }
-        let conn =
-            Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let conn = Connection::open(path)
+            .map_err(|e| format!("cannot open {}: {e}{}", path.display(), why_not(path)))?;
         let db = Db {
             conn,
             path: path.to_path_buf(),
+            read_only: false,
         };
         db.prepare()?;
         Ok(db)
     }
 
     /// Open one that exists (history commands); `Ok(None)` when there is none yet.
+    /// One that cannot be written (a read-only mount, a backup) is read as it is.
     pub fn open_existing(path: &Path) -> Result<Option<Db>, String> {
+        if let Some(dir) = path.parent().filter(|d| d.exists() && !d.is_dir()) {
+            return Err(format!("{} is not a directory", dir.display()));
+        }
         if !path.exists() {
             return Ok(None);
         }
-        Db::open(path).map(Some)
+        match Db::open(path) {
+            Ok(db) => Ok(Some(db)),
+            Err(e) => Db::open_read_only(path).map(Some).map_err(|_| e),
+        }
+    }
+
+    /// Read a database nobody may write to now (`immutable`: no locks, no WAL
+    /// recovery), for looking at a read-only copy.
+    fn open_read_only(path: &Path) -> Result<Db, String> {
+        use rusqlite::OpenFlags;
+        let uri = format!("file:{}?immutable=1", path.display());
+        let conn = Connection::open_with_flags(
+            uri,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if version != SCHEMA_VERSION {
+            return Err(format!(
+                "{}: history schema {version}, this sloth reads {SCHEMA_VERSION}",
+                path.display()
+            ));
+        }
+        Ok(Db {
+            conn,
+            path: path.to_path_buf(),
+            read_only: true,
+        })
     }
 
     fn prepare(&self) -> Result<(), String> {

@@ -6,6 +6,7 @@
 use rusqlite::{params, OptionalExtension, Row};
 use serde::Serialize;
 
+use super::recorder::HostRow;
 use super::Db;
 
 /// One run, as `history` lists it.
@@ -113,12 +114,23 @@ fn master_alive(pid: i64) -> bool {
 pub fn list(db: &Db, f: &Filter) -> rusqlite::Result<Vec<RunSummary>> {
     let mut sql = format!("{SUMMARY} WHERE 1 = 1");
     let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
-    if let Some(h) = &f.host {
-        sql += " AND EXISTS (SELECT 1 FROM hosts h WHERE h.run = r.key AND h.host = ?)";
-        args.push(Box::new(h.clone()));
-    }
-    if f.failed {
-        sql += " AND r.status IN ('failed', 'interrupted')";
+    match (&f.host, f.failed) {
+        (Some(h), false) => {
+            sql += " AND EXISTS (SELECT 1 FROM hosts h WHERE h.run = r.key AND h.host = ?)";
+            args.push(Box::new(h.clone()));
+        }
+        // The runs where this host failed or was unreachable (or, for a run whose
+        // master was killed, had a task fail).
+        (Some(h), true) => {
+            sql += " AND (EXISTS (SELECT 1 FROM hosts h WHERE h.run = r.key AND h.host = ?
+                                  AND (h.failed > 0 OR h.unreachable > 0))
+                          OR EXISTS (SELECT 1 FROM tasks t WHERE t.run = r.key AND t.host = ?
+                                  AND t.success = 0))";
+            args.push(Box::new(h.clone()));
+            args.push(Box::new(h.clone()));
+        }
+        (None, true) => sql += " AND r.status IN ('failed', 'interrupted')",
+        (None, false) => {}
     }
     sql += " ORDER BY r.started_at DESC, r.id DESC LIMIT ?";
     args.push(Box::new(f.limit.max(1) as i64));
@@ -137,12 +149,15 @@ pub fn run(db: &Db, id: &str) -> rusqlite::Result<Option<RunSummary>> {
         .optional()
 }
 
-/// The last run (kind `run`) of the script at `script_path`.
+/// The last run (kind `run`) of the script at `script_path` that reached a host (runs
+/// that stopped before any task, like a refused `--rerun-failed`, do not count).
 pub fn last_run_of(db: &Db, script_path: &str) -> rusqlite::Result<Option<RunSummary>> {
     db.conn
         .query_row(
             &format!(
                 "{SUMMARY} WHERE r.kind = 'run' AND r.script_path = ?1 AND r.status != 'running'
+                   AND (EXISTS (SELECT 1 FROM hosts h WHERE h.run = r.key)
+                        OR EXISTS (SELECT 1 FROM tasks t WHERE t.run = r.key))
                  ORDER BY r.started_at DESC, r.id DESC LIMIT 1"
             ),
             params![script_path],
@@ -151,28 +166,21 @@ pub fn last_run_of(db: &Db, script_path: &str) -> rusqlite::Result<Option<RunSum
         .optional()
 }
 
-/// The hosts of a run that failed or were unreachable, in name order.
-pub fn failed_hosts(db: &Db, id: &str) -> rusqlite::Result<Vec<String>> {
+/// The hosts of a run that failed or were unreachable, in name order: from its
+/// per-host results or, for a run whose master was killed before it wrote them, from
+/// the tasks that failed before (those on `master_host`, the master's own, left out).
+pub fn failed_hosts(db: &Db, id: &str, master_host: &str) -> rusqlite::Result<Vec<String>> {
     let mut stmt = db.conn.prepare(
         "SELECT host FROM hosts WHERE run = (SELECT key FROM runs WHERE id = ?1)
-         AND (failed > 0 OR unreachable > 0) ORDER BY host",
+           AND (failed > 0 OR unreachable > 0)
+         UNION
+         SELECT host FROM tasks WHERE run = (SELECT key FROM runs WHERE id = ?1)
+           AND success = 0 AND host NOT IN ('', ?2)
+           AND NOT EXISTS (SELECT 1 FROM hosts WHERE run = (SELECT key FROM runs WHERE id = ?1))
+         ORDER BY host",
     )?;
-    let rows = stmt.query_map(params![id], |r| r.get(0))?;
+    let rows = stmt.query_map(params![id, master_host], |r| r.get(0))?;
     rows.collect()
-}
-
-/// One host's line of a run.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct HostDetail {
-    pub status: String,
-    pub ok: u64,
-    pub changed: u64,
-    pub failed: u64,
-    pub unreachable: u64,
-    pub cancelled: u64,
-    pub skipped: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -222,7 +230,7 @@ pub struct RunDetail {
     #[serde(flatten)]
     pub run: RunSummary,
     pub script_text: Option<String>,
-    pub host_results: std::collections::BTreeMap<String, HostDetail>,
+    pub host_results: std::collections::BTreeMap<String, HostRow>,
     pub tasks: Vec<TaskDetail>,
     pub changes: Vec<ChangeDetail>,
     pub logs: Vec<LogLine>,
@@ -244,23 +252,21 @@ pub fn detail(db: &Db, id: &str, host: Option<&str>) -> rusqlite::Result<Option<
     )?;
     let n = |r: &Row<'_>, i| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)?.max(0) as u64) };
     for row in stmt.query_map(params![key], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            HostDetail {
-                status: r.get(1)?,
-                ok: n(r, 2)?,
-                changed: n(r, 3)?,
-                failed: n(r, 4)?,
-                unreachable: n(r, 5)?,
-                cancelled: n(r, 6)?,
-                skipped: n(r, 7)?,
-                error: r.get(8)?,
-            },
-        ))
+        Ok(HostRow {
+            host: r.get(0)?,
+            status: r.get(1)?,
+            ok: n(r, 2)?,
+            changed: n(r, 3)?,
+            failed: n(r, 4)?,
+            unreachable: n(r, 5)?,
+            cancelled: n(r, 6)?,
+            skipped: n(r, 7)?,
+            error: r.get(8)?,
+        })
     })? {
-        let (h, d) = row?;
-        if host_ok(&h) {
-            host_results.insert(h, d);
+        let h = row?;
+        if host_ok(&h.host) {
+            host_results.insert(h.host.clone(), h);
         }
     }
     let mut stmt = db.conn.prepare(

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rusqlite::params;
+use serde::Serialize;
 
 use super::Db;
 use sloth_proto::text::rfc3339_millis;
@@ -84,9 +85,11 @@ pub struct ChangeRow {
     pub error: Option<String>,
 }
 
-/// One host's part of the run.
-#[derive(Debug, Clone, PartialEq)]
+/// One host's part of the run (as recorded, and as `history show` reads it back).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HostRow {
+    /// Not serialized: `history show --json` keys hosts by name.
+    #[serde(skip)]
     pub host: String,
     pub status: String,
     pub ok: u64,
@@ -95,6 +98,7 @@ pub struct HostRow {
     pub unreachable: u64,
     pub cancelled: u64,
     pub skipped: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
@@ -198,7 +202,7 @@ impl Recorder {
         }
         drop(tx);
         if done_rx.recv_timeout(FLUSH_TIMEOUT).is_err() && !self.broken.load(Ordering::Relaxed) {
-            eprintln!(
+            errln!(
                 "warning: run history: {} took over {} s to record this run; it may be incomplete",
                 self.path,
                 FLUSH_TIMEOUT.as_secs()
@@ -238,7 +242,7 @@ impl Writer {
             let result = self.write(&mut batch, &mut done);
             if let Err(e) = result {
                 if !self.broken.swap(true, Ordering::Relaxed) {
-                    eprintln!(
+                    errln!(
                         "warning: run history: cannot write {}: {e}; the run goes on unrecorded",
                         self.db.path.display()
                     );

@@ -101,7 +101,7 @@ fn a_run_is_recorded_whole_and_read_back() {
         ("failed", Some(1), 2, 1)
     );
     assert_eq!(r.vars["db_password"], "***");
-    assert_eq!(query::failed_hosts(&db, "r1").unwrap(), ["web-01"]);
+    assert_eq!(query::failed_hosts(&db, "r1", "local").unwrap(), ["web-01"]);
     let d = query::detail(&db, "r1", None).unwrap().unwrap();
     assert_eq!(d.tasks[0].error.as_deref(), Some("lua: web-01: boom"));
     assert_eq!(d.changes[0].diff.as_deref(), Some("-a\n+b\n"));
@@ -146,17 +146,50 @@ fn runs_are_found_by_script_host_and_failure_and_killed_ones_marked_interrupted(
     let mut dead = dead;
     dead.wait().unwrap();
     let rec = Recorder::start(&path, start("r3", "/srv/x.sloth", pid), 10, u64::MAX).unwrap();
+    // It saw one task fail on web-02 (and one of its own, on the master) before it died.
+    for (id, on) in [(1, "web-02"), (2, "local")] {
+        rec.task(TaskEnd {
+            task_id: id,
+            name: "deploy".into(),
+            host: on.into(),
+            finished: std::time::SystemTime::now(),
+            duration: std::time::Duration::from_millis(5),
+            success: false,
+            kind: Some("lua".into()),
+            error: Some("boom".into()),
+            changes: 0,
+        });
+    }
     drop(rec);
     let db = Db::open_existing(&path).unwrap().unwrap();
+    // The writer thread ends on its own once the recorder is gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while query::detail(&db, "r3", None).unwrap().unwrap().tasks.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "r3's tasks never written"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // A run that stopped before reaching any host (a usage error): never "the last run".
+    let rec = Recorder::start(&path, start("r4", "/srv/x.sloth", 1), 10, u64::MAX).unwrap();
+    rec.finish(RunEnd {
+        exit_code: 2,
+        ..end(vec![])
+    });
     assert_eq!(query::run(&db, "r3").unwrap().unwrap().status, "running");
     assert_eq!(query::mark_interrupted(&db).unwrap(), 1);
     assert_eq!(
         query::run(&db, "r3").unwrap().unwrap().status,
         "interrupted"
     );
-    // The last finished run of the script: r3 is neither finished nor... interrupted counts.
+    // The last run of the script that reached a host: the interrupted r3, not r4; its
+    // failed hosts come from its tasks (not the master's own).
     let last = query::last_run_of(&db, "/srv/x.sloth").unwrap().unwrap();
     assert_eq!(last.id, "r3");
+    assert_eq!(query::failed_hosts(&db, "r3", "local").unwrap(), ["web-02"]);
+    // Per-host results win over tasks: r2's failed host is web-01 only.
+    assert_eq!(query::failed_hosts(&db, "r2", "local").unwrap(), ["web-01"]);
     let failed = query::list(
         &db,
         &Filter {
@@ -167,7 +200,25 @@ fn runs_are_found_by_script_host_and_failure_and_killed_ones_marked_interrupted(
     )
     .unwrap();
     let ids: Vec<&str> = failed.iter().map(|r| r.id.as_str()).collect();
-    assert_eq!(ids, ["r3", "r2"]);
+    assert_eq!(ids, ["r4", "r3", "r2"]);
+    // --host with --failed: where that host failed (r2 for web-01; r3 for web-02, by
+    // its task), not every failed run that reached it.
+    let failed_on = |h: &str| -> Vec<String> {
+        query::list(
+            &db,
+            &Filter {
+                limit: 10,
+                failed: true,
+                host: Some(h.into()),
+            },
+        )
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect()
+    };
+    assert_eq!(failed_on("web-01"), ["r2"]);
+    assert_eq!(failed_on("web-02"), ["r3"]);
     let on = query::list(
         &db,
         &Filter {
@@ -181,7 +232,7 @@ fn runs_are_found_by_script_host_and_failure_and_killed_ones_marked_interrupted(
     assert_eq!(query::prune(&db, "2026-12-07T06:00:02.000Z").unwrap(), 1);
     assert!(query::run(&db, "r1").unwrap().is_none());
     assert!(
-        query::failed_hosts(&db, "r1").unwrap().is_empty(),
+        query::failed_hosts(&db, "r1", "local").unwrap().is_empty(),
         "its rows went with it"
     );
 }

@@ -109,7 +109,7 @@ impl Pki {
             );
         }
         if info.remaining(now) < EXPIRY_WARNING {
-            eprintln!(
+            errln!(
                 "warning: the master certificate {} expires on {} ({} days): renew it with `sloth-master certs renew-master`",
                 path.display(),
                 info.expiry(),

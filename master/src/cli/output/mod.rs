@@ -263,9 +263,9 @@ impl Output {
     pub fn error(&self, msg: &str) {
         self.report.error(msg);
         if self.json {
-            eprintln!("error: {msg}");
+            errln!("error: {msg}");
         } else {
-            eprintln!("{} {msg}", self.paint("31", "error:"));
+            errln!("{} {msg}", self.paint("31", "error:"));
         }
     }
 
@@ -304,14 +304,11 @@ impl Output {
             if !show_all && !bad(h) {
                 continue;
             }
-            let status = if h.unreachable > 0 {
-                self.paint("31", "unreachable")
-            } else if h.failed > 0 {
-                self.paint("31", "failed")
-            } else if h.skipped > 0 && h.ok == 0 {
-                self.paint("33", "skipped (rollout stopped)")
-            } else {
-                self.paint("32", "ok")
+            let status = match h.status() {
+                s @ ("failed" | "unreachable") => self.paint("31", s),
+                "skipped" => self.paint("33", "skipped (rollout stopped)"),
+                "cancelled" => self.paint("33", "cancelled"),
+                s => self.paint("32", s),
             };
             let mut l = format!(
                 "  {host:<width$}  ok={:<4} changed={:<4} failed={:<3} unreachable={:<3}",
@@ -563,18 +560,7 @@ fn history_end(
         .iter()
         .map(|(host, r)| crate::history::recorder::HostRow {
             host: host.clone(),
-            status: if r.failed > 0 {
-                "failed"
-            } else if r.unreachable > 0 {
-                "unreachable"
-            } else if r.skipped > 0 && r.ok == 0 {
-                "skipped"
-            } else if r.cancelled > 0 && r.ok == 0 {
-                "cancelled"
-            } else {
-                "ok"
-            }
-            .to_string(),
+            status: r.status().to_string(),
             ok: r.ok,
             changed: r.changed,
             failed: r.failed,
@@ -610,7 +596,7 @@ pub fn fmt_ms(ms: u64) -> String {
 /// Print a JSON document on stdout (what `--json` gives a machine).
 pub fn print_doc(doc: &serde_json::Value) {
     match serde_json::to_string_pretty(doc) {
-        Ok(s) => println!("{s}"),
-        Err(e) => eprintln!("error: cannot encode the JSON report: {e}"),
+        Ok(s) => outln!("{s}"),
+        Err(e) => errln!("error: cannot encode the JSON report: {e}"),
     }
 }

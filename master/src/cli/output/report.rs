@@ -49,6 +49,24 @@ pub struct HostRecap {
     diff_bytes: usize,
 }
 
+impl HostRecap {
+    /// One word for how the host did: `failed`, `unreachable`, `skipped` (a stopped
+    /// rollout never reached it), `cancelled` (every task it ran was cancelled) or `ok`.
+    pub fn status(&self) -> &'static str {
+        if self.failed > 0 {
+            "failed"
+        } else if self.unreachable > 0 {
+            "unreachable"
+        } else if self.skipped > 0 && self.ok == 0 {
+            "skipped"
+        } else if self.cancelled > 0 && self.ok == 0 {
+            "cancelled"
+        } else {
+            "ok"
+        }
+    }
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }

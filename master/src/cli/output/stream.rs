@@ -55,7 +55,7 @@ impl EventStream {
             let mut broken = self.broken.lock();
             if !*broken {
                 *broken = true;
-                eprintln!("warning: --events: {e}; no more events are written");
+                errln!("warning: --events: {e}; no more events are written");
             }
         }
     }
