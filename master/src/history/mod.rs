@@ -153,8 +153,16 @@ impl Db {
                     .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             }
         }
+        let new = !path.exists();
         let conn = Connection::open(path)
             .map_err(|e| format!("cannot open {}: {e}{}", path.display(), why_not(path)))?;
+        if new {
+            // Scripts, logs and diffs may hold secrets: owner only, whatever the
+            // directory (SQLite gives its -wal and -shm files the same mode).
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("cannot restrict {} to its owner: {e}", path.display()))?;
+        }
         let db = Db {
             conn,
             path: path.to_path_buf(),

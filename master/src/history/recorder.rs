@@ -23,6 +23,10 @@ pub const DEFAULT_LOG_LINES: u32 = 1000;
 pub const DEFAULT_MAX_SIZE: u64 = 512 * 1024 * 1024;
 /// Rows written in one transaction at most.
 const BATCH: usize = 4096;
+/// How long the writer gathers rows after the first before it commits them (unless
+/// the run's end comes): one commit per window instead of one per task. Meanwhile
+/// it sleeps (parked, not waiting on the channel), so sending a row wakes nobody.
+const BATCH_WINDOW: Duration = Duration::from_millis(100);
 const INSERT_LOG: &str =
     "INSERT INTO logs (run, task_id, host, level, line) VALUES (?1, ?2, ?3, ?4, ?5)";
 const INSERT_CHANGE: &str = "INSERT INTO changes (run, task_id, host, resource, target, action, changed, check_mode, diff, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
@@ -128,6 +132,8 @@ enum Msg {
 /// Where a run's rows go. Cheap to call from any thread.
 pub struct Recorder {
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
+    /// The writer thread, unparked when the end is sent.
+    writer: std::thread::Thread,
     broken: Arc<AtomicBool>,
     path: String,
 }
@@ -156,12 +162,13 @@ impl Recorder {
             max_size,
             broken: broken.clone(),
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("sloth-history".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| format!("cannot start the history writer: {e}"))?;
         Ok(Recorder {
             tx: Mutex::new(Some(tx)),
+            writer: thread.thread().clone(),
             broken,
             path: path.display().to_string(),
         })
@@ -201,6 +208,7 @@ impl Recorder {
             return;
         }
         drop(tx);
+        self.writer.unpark();
         if done_rx.recv_timeout(FLUSH_TIMEOUT).is_err() && !self.broken.load(Ordering::Relaxed) {
             errln!(
                 "warning: run history: {} took over {} s to record this run; it may be incomplete",
@@ -231,12 +239,29 @@ impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
         let mut batch = Vec::with_capacity(BATCH);
         while let Ok(first) = rx.recv() {
+            let window = std::time::Instant::now() + BATCH_WINDOW;
+            let mut ended = matches!(first, Msg::End(..));
             batch.push(first);
-            while batch.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
+            'gather: while !ended && batch.len() < BATCH {
+                loop {
+                    match rx.try_recv() {
+                        Ok(m) => {
+                            ended = matches!(m, Msg::End(..));
+                            batch.push(m);
+                            if ended || batch.len() >= BATCH {
+                                break 'gather;
+                            }
+                        }
+                        Err(mpsc::TryRecvError::Empty) => break,
+                        Err(mpsc::TryRecvError::Disconnected) => break 'gather,
+                    }
                 }
+                let left = window.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                // Woken early by `finish` (the end is in the channel).
+                std::thread::park_timeout(left);
             }
             let mut done = None;
             let result = self.write(&mut batch, &mut done);

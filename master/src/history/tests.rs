@@ -122,6 +122,11 @@ fn a_run_is_recorded_whole_and_read_back() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o700);
+    for f in ["history.db", "history.db-wal", "history.db-shm"] {
+        let p = path.parent().unwrap().join(f);
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
 }
 
 #[test]
