@@ -253,12 +253,28 @@ fn print_list(runs: &[query::RunSummary]) {
     t.set_header(vec![
         "run", "started", "kind", "script", "status", "exit", "hosts", "failed", "by",
     ]);
+    // For `exec`, the command it ran (what follows `--`), shortened.
+    let what = |r: &query::RunSummary| -> String {
+        let Some(dashes) = r
+            .command
+            .iter()
+            .position(|a| a == "--")
+            .filter(|_| r.kind == "exec")
+        else {
+            return r.script.clone();
+        };
+        let cmd = r.command[dashes + 1..].join(" ");
+        match cmd.char_indices().nth(40) {
+            Some((cut, _)) => format!("{}…", &cmd[..cut]),
+            None => cmd,
+        }
+    };
     for r in runs {
         t.add_row(vec![
             r.id.clone(),
             r.started_at.clone(),
             r.kind.clone(),
-            r.script.clone(),
+            what(r),
             r.status.clone(),
             r.exit_code
                 .map(|c| c.to_string())
@@ -296,6 +312,14 @@ fn print_detail(d: &query::RunDetail) {
     }
     outln!("\nRECAP");
     for (h, x) in &d.host_results {
+        // A health check has no tasks to count: up or down, and why.
+        if r.kind == "health" {
+            match &x.error {
+                Some(e) => outln!("  {h:<12} {}: {e}", x.status),
+                None => outln!("  {h:<12} {}", x.status),
+            }
+            continue;
+        }
         outln!(
             "  {h:<12} ok={:<4} changed={:<4} failed={:<3} unreachable={:<3} {}",
             x.ok,
