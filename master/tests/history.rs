@@ -306,35 +306,57 @@ fn a_read_only_state_directory_costs_a_warning_not_the_run() {
     )
     .unwrap();
     let ro_s = ro.display().to_string();
-    let mut cmd = std::process::Command::new("unshare");
-    cmd.current_dir(fleet.path())
-        .args([
-            "-m",
-            "sh",
-            "-c",
-            "mount --bind \"$1\" \"$1\" && mount -o remount,bind,ro \"$1\" && shift && exec \"$@\"",
-            "sh",
-            &ro_s,
-        ])
-        .arg(master_bin())
-        .arg("run")
-        .arg(&script)
-        .arg("-i")
-        .arg(fleet.inventory())
-        .arg("--certs")
-        .arg(&fleet.certs)
-        .arg("--state")
-        .arg(&ro);
-    let out = Running::spawn(cmd).finish(RUN_TIMEOUT);
+    // sloth-master ARGS with the state directory mounted read-only.
+    let read_only = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.current_dir(fleet.path())
+            .args([
+                "-m",
+                "sh",
+                "-c",
+                "mount --bind \"$1\" \"$1\" && mount -o remount,bind,ro \"$1\" && shift && exec \"$@\"",
+                "sh",
+                &ro_s,
+            ])
+            .arg(master_bin())
+            .args(args)
+            .env("XDG_CONFIG_HOME", NO_CONFIG_HOME);
+        Running::spawn(cmd).finish(RUN_TIMEOUT)
+    };
+    let (inv, certs) = (fleet.inventory(), fleet.certs.clone());
+    let run_args = [
+        "run",
+        script.to_str().unwrap(),
+        "-i",
+        inv.to_str().unwrap(),
+        "--certs",
+        certs.to_str().unwrap(),
+        "--state",
+        &ro_s,
+    ];
+    let out = read_only(&run_args);
     out.assert_code(0);
     assert_eq!(out.one("R"), vec!["true", "7"], "{out}");
     assert!(
         out.stderr
             .contains("warning: this run is not recorded in the history")
-            && out.stderr.contains("ro-state"),
-        "{out}"
+            && out.stderr.contains("ro-state")
+            && out.stderr.contains("Read-only file system"),
+        "the warning says why: {out}"
     );
     assert!(!Path::new(&ro).join("history.db").exists());
+
+    // A history recorded before the mount became read-only is still read.
+    let id = json(&fleet.run("print(1)", &["--state", &ro_s, "--json"]))["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = read_only(&["history", "--json", "--state", &ro_s]);
+    out.assert_code(0);
+    assert_eq!(json(&out)["runs"][0]["id"], id.as_str(), "{out}");
+    let out = read_only(&run_args);
+    out.assert_code(0);
+    assert!(out.stderr.contains("not recorded"), "{out}");
 }
 
 /// Output that cannot be written (`sloth-master run ... 2>&1 | head -1`: stdout and

@@ -181,8 +181,9 @@ pub enum Cmd {
         #[arg(long, num_args = 0..=1, default_missing_value = "last", value_name = "ID",
               value_parser = parse_rerun)]
         rerun_failed: Option<String>,
-        /// Rerun failed hosts even though the script changed since that run.
-        #[arg(long, requires = "rerun_failed")]
+        /// With --rerun-failed or --limit @failed: rerun even though the script
+        /// changed since that run, or that run was of another script.
+        #[arg(long)]
         force: bool,
     },
     /// The runs recorded: a table (or --json); `history show ID`, `history prune`.

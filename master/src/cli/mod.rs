@@ -119,6 +119,10 @@ pub fn main(cli: Cli) -> i32 {
                 (None, Some("@failed")) => Some(None),
                 _ => None,
             };
+            if force && rerun.is_none() {
+                errln!("error: --force goes with --rerun-failed or --limit @failed");
+                return EXIT_USAGE;
+            }
             if let Some(id) = rerun {
                 match history::rerun_limit(&script, id, force, &fleet.history) {
                     Ok(Some((run_id, hosts))) => {

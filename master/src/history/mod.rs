@@ -12,7 +12,7 @@
 pub mod query;
 pub mod recorder;
 
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -126,23 +126,49 @@ pub struct Db {
     pub read_only: bool,
 }
 
-/// Why a database at `path` may not open, as far as the file system tells: its
-/// directory is not one, or cannot be written (read-only file system, permissions).
+/// `path`'s directory, when it exists and is not a directory.
+fn not_a_directory(path: &Path) -> Option<String> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
+    (dir.exists() && !dir.is_dir()).then(|| format!("{} is not a directory", dir.display()))
+}
+
+/// Why a database at `path` may not open or be written, as far as the file system
+/// tells: its directory is not one, or cannot be written (read-only file system,
+/// permissions). Empty when it tells nothing.
 fn why_not(path: &Path) -> String {
+    if let Some(e) = not_a_directory(path) {
+        return format!(" ({e})");
+    }
     let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
         return String::new();
     };
-    if dir.exists() && !dir.is_dir() {
-        return format!(" ({} is not a directory)", dir.display());
-    }
     match rustix::fs::access(dir, rustix::fs::Access::WRITE_OK) {
         Err(e) => format!(" ({} is not writable: {e})", dir.display()),
         Ok(()) => String::new(),
     }
 }
 
+/// An SQLite URI naming `path` (absolute, every byte outside the unreserved set
+/// percent-encoded, so `?`, `#` and `%` in names keep their meaning) with `query`.
+fn sqlite_uri(path: &Path, query: &str) -> Result<String, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let abs = std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut uri = String::from("file:");
+    for &b in abs.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/._~-".contains(&b) {
+            uri.push(b as char);
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push('?');
+    uri.push_str(query);
+    Ok(uri)
+}
+
 impl Db {
-    /// Open (creating the directory, mode 0700, and the schema) for recording.
+    /// Open (creating the directory, mode 0700, the file, mode 0600, and the schema)
+    /// for recording.
     pub fn open(path: &Path) -> Result<Db, String> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
@@ -153,16 +179,26 @@ impl Db {
                     .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             }
         }
-        let new = !path.exists();
+        // Scripts, logs and diffs may hold secrets: the file is made owner-only before
+        // SQLite opens it, whatever the directory (its -wal and -shm files follow it).
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(format!(
+                    "cannot create {}: {e}{}",
+                    path.display(),
+                    why_not(path)
+                ))
+            }
+        }
         let conn = Connection::open(path)
             .map_err(|e| format!("cannot open {}: {e}{}", path.display(), why_not(path)))?;
-        if new {
-            // Scripts, logs and diffs may hold secrets: owner only, whatever the
-            // directory (SQLite gives its -wal and -shm files the same mode).
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| format!("cannot restrict {} to its owner: {e}", path.display()))?;
-        }
         let db = Db {
             conn,
             path: path.to_path_buf(),
@@ -173,48 +209,75 @@ impl Db {
     }
 
     /// Open one that exists (history commands); `Ok(None)` when there is none yet.
-    /// One that cannot be written (a read-only mount, a backup) is read as it is.
+    /// One on a file system that cannot be written (a read-only mount, a backup) is
+    /// read as it is.
     pub fn open_existing(path: &Path) -> Result<Option<Db>, String> {
-        if let Some(dir) = path.parent().filter(|d| d.exists() && !d.is_dir()) {
-            return Err(format!("{} is not a directory", dir.display()));
+        if let Some(e) = not_a_directory(path) {
+            return Err(e);
         }
         if !path.exists() {
             return Ok(None);
         }
         match Db::open(path) {
             Ok(db) => Ok(Some(db)),
-            Err(e) => Db::open_read_only(path).map(Some).map_err(|_| e),
+            Err(e) if !why_not(path).is_empty() => {
+                Db::open_read_only(path).map(Some).map_err(|_| e)
+            }
+            Err(e) => Err(e),
         }
     }
 
-    /// Read a database nobody may write to now (`immutable`: no locks, no WAL
-    /// recovery), for looking at a read-only copy.
+    /// Read a database in a directory that cannot be written: read-only first (SQLite
+    /// reads a WAL database so when its -shm is there), else `immutable` (no locks,
+    /// and its -wal, holding the newest runs, unread: said in a warning).
     fn open_read_only(path: &Path) -> Result<Db, String> {
         use rusqlite::OpenFlags;
-        let uri = format!("file:{}?immutable=1", path.display());
+        let check = |conn: Connection| -> Result<Db, String> {
+            let version: i64 = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if version != SCHEMA_VERSION {
+                return Err(format!(
+                    "{}: history schema {version}, this sloth reads {SCHEMA_VERSION}",
+                    path.display()
+                ));
+            }
+            Ok(Db {
+                conn,
+                path: path.to_path_buf(),
+                read_only: true,
+            })
+        };
+        let plain = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| e.to_string())
+            .and_then(check);
+        if plain.is_ok() {
+            return plain;
+        }
         let conn = Connection::open_with_flags(
-            uri,
+            sqlite_uri(path, "immutable=1")?,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
         )
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        if version != SCHEMA_VERSION {
-            return Err(format!(
-                "{}: history schema {version}, this sloth reads {SCHEMA_VERSION}",
-                path.display()
-            ));
+        let db = check(conn)?;
+        let wal = path.with_file_name(format!(
+            "{}-wal",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+            errln!(
+                "warning: {} is read as it is: its newest runs, in {}, cannot be read on a \
+                 file system that cannot be written",
+                path.display(),
+                wal.display()
+            );
         }
-        Ok(Db {
-            conn,
-            path: path.to_path_buf(),
-            read_only: true,
-        })
+        Ok(db)
     }
 
     fn prepare(&self) -> Result<(), String> {
-        let fail = |e: rusqlite::Error| format!("{}: {e}", self.path.display());
+        let fail =
+            |e: rusqlite::Error| format!("{}: {e}{}", self.path.display(), why_not(&self.path));
         self.conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
         let version: i64 = self
             .conn

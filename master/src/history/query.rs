@@ -119,14 +119,11 @@ pub fn list(db: &Db, f: &Filter) -> rusqlite::Result<Vec<RunSummary>> {
             sql += " AND EXISTS (SELECT 1 FROM hosts h WHERE h.run = r.key AND h.host = ?)";
             args.push(Box::new(h.clone()));
         }
-        // The runs where this host failed or was unreachable (or, for a run whose
-        // master was killed, had a task fail).
+        // The runs where this host failed or was unreachable.
         (Some(h), true) => {
-            sql += " AND (EXISTS (SELECT 1 FROM hosts h WHERE h.run = r.key AND h.host = ?
-                                  AND (h.failed > 0 OR h.unreachable > 0))
-                          OR EXISTS (SELECT 1 FROM tasks t WHERE t.run = r.key AND t.host = ?
-                                  AND t.success = 0))";
-            args.push(Box::new(h.clone()));
+            sql += &format!(
+                " AND EXISTS (SELECT 1 FROM ({FAILED_PAIRS}) f WHERE f.run = r.key AND f.host = ?)"
+            );
             args.push(Box::new(h.clone()));
         }
         (None, true) => sql += " AND r.status IN ('failed', 'interrupted')",
@@ -166,19 +163,25 @@ pub fn last_run_of(db: &Db, script_path: &str) -> rusqlite::Result<Option<RunSum
         .optional()
 }
 
-/// The hosts of a run that failed or were unreachable, in name order: from its
-/// per-host results or, for a run whose master was killed before it wrote them, from
-/// the tasks that failed before (those on `master_host`, the master's own, left out).
+/// `(run, host)` where the host failed or was unreachable: from the run's per-host
+/// results or, for a run whose master was killed before it wrote them, from its tasks
+/// that failed before (cancelled ones are not failures). The one definition behind
+/// [`failed_hosts`] and `history --host H --failed`.
+const FAILED_PAIRS: &str = "
+    SELECT run, host FROM hosts WHERE failed > 0 OR unreachable > 0
+    UNION
+    SELECT t.run, t.host FROM tasks t
+     WHERE t.success = 0 AND COALESCE(t.kind, '') != 'cancelled'
+       AND NOT EXISTS (SELECT 1 FROM hosts h WHERE h.run = t.run)";
+
+/// The hosts of a run that failed or were unreachable, in name order (see
+/// [`FAILED_PAIRS`]), but for `master_host` (where the master's own tasks ran).
 pub fn failed_hosts(db: &Db, id: &str, master_host: &str) -> rusqlite::Result<Vec<String>> {
-    let mut stmt = db.conn.prepare(
-        "SELECT host FROM hosts WHERE run = (SELECT key FROM runs WHERE id = ?1)
-           AND (failed > 0 OR unreachable > 0)
-         UNION
-         SELECT host FROM tasks WHERE run = (SELECT key FROM runs WHERE id = ?1)
-           AND success = 0 AND host NOT IN ('', ?2)
-           AND NOT EXISTS (SELECT 1 FROM hosts WHERE run = (SELECT key FROM runs WHERE id = ?1))
-         ORDER BY host",
-    )?;
+    let mut stmt = db.conn.prepare(&format!(
+        "SELECT DISTINCT host FROM ({FAILED_PAIRS})
+          WHERE run = (SELECT key FROM runs WHERE id = ?1) AND host NOT IN ('', ?2)
+          ORDER BY host"
+    ))?;
     let rows = stmt.query_map(params![id, master_host], |r| r.get(0))?;
     rows.collect()
 }

@@ -141,7 +141,12 @@ fn runs_are_found_by_script_host_and_failure_and_killed_ones_marked_interrupted(
             u64::MAX,
         )
         .unwrap();
-        let mut e = end(vec![host("web-01", u64::from(!ok)), host("web-02", 0)]);
+        // `local`: the master's own tasks, one of which failed in r2.
+        let mut e = end(vec![
+            host("web-01", u64::from(!ok)),
+            host("web-02", 0),
+            host("local", u64::from(!ok)),
+        ]);
         e.status = if ok { "ok" } else { "failed" };
         rec.finish(e);
     }
@@ -151,8 +156,13 @@ fn runs_are_found_by_script_host_and_failure_and_killed_ones_marked_interrupted(
     let mut dead = dead;
     dead.wait().unwrap();
     let rec = Recorder::start(&path, start("r3", "/srv/x.sloth", pid), 10, u64::MAX).unwrap();
-    // It saw one task fail on web-02 (and one of its own, on the master) before it died.
-    for (id, on) in [(1, "web-02"), (2, "local")] {
+    // It saw one task fail on web-02, one of its own fail on the master and one on
+    // web-01 cancelled before it died.
+    for (id, on, kind) in [
+        (1, "web-02", "lua"),
+        (2, "local", "lua"),
+        (3, "web-01", "cancelled"),
+    ] {
         rec.task(TaskEnd {
             task_id: id,
             name: "deploy".into(),
@@ -160,7 +170,7 @@ fn runs_are_found_by_script_host_and_failure_and_killed_ones_marked_interrupted(
             finished: std::time::SystemTime::now(),
             duration: std::time::Duration::from_millis(5),
             success: false,
-            kind: Some("lua".into()),
+            kind: Some(kind.into()),
             error: Some("boom".into()),
             changes: 0,
         });
@@ -169,7 +179,7 @@ fn runs_are_found_by_script_host_and_failure_and_killed_ones_marked_interrupted(
     let db = Db::open_existing(&path).unwrap().unwrap();
     // The writer thread ends on its own once the recorder is gone.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while query::detail(&db, "r3", None).unwrap().unwrap().tasks.len() < 2 {
+    while query::detail(&db, "r3", None).unwrap().unwrap().tasks.len() < 3 {
         assert!(
             std::time::Instant::now() < deadline,
             "r3's tasks never written"
@@ -297,4 +307,26 @@ fn an_unusable_place_is_an_error_not_a_panic() {
     )
     .unwrap();
     assert!(Db::open(&dir.path().join("junk.db")).is_err());
+}
+
+#[test]
+fn uris_keep_odd_file_names_whole() {
+    assert_eq!(
+        sqlite_uri(Path::new("/st ate/a?b#c%d.db"), "immutable=1").unwrap(),
+        "file:/st%20ate/a%3Fb%23c%25d.db?immutable=1"
+    );
+    // And such a name opens read-only as itself.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("odd ?#%.db");
+    drop(Db::open(&path).unwrap());
+    let uri = sqlite_uri(&path, "immutable=1").unwrap();
+    let conn = rusqlite::Connection::open_with_flags(
+        uri,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+    )
+    .unwrap();
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, SCHEMA_VERSION);
 }
