@@ -74,6 +74,38 @@ fn own_identity(
     Ok((chain, key))
 }
 
+/// A TLS server configuration as QUIC's: speaking only `alpn`, never accepting 0-RTT
+/// (task requests would be replayable), with the shared `transport` parameters.
+fn quic_server(
+    mut tls: rustls::ServerConfig,
+    alpn: &[u8],
+    transport: Arc<quinn::TransportConfig>,
+) -> anyhow::Result<quinn::ServerConfig> {
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    tls.max_early_data_size = 0;
+    let quic = QuicServerConfig::try_from(Arc::new(tls))
+        .map_err(|e| anyhow!("TLS configuration not usable for QUIC: {e}"))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// A TLS client configuration as QUIC's: speaking only `alpn`, never sending 0-RTT,
+/// with the shared `transport` parameters.
+fn quic_client(
+    mut tls: rustls::ClientConfig,
+    alpn: &[u8],
+    transport: Arc<quinn::TransportConfig>,
+) -> anyhow::Result<quinn::ClientConfig> {
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    tls.enable_early_data = false;
+    let quic = QuicClientConfig::try_from(Arc::new(tls))
+        .map_err(|e| anyhow!("TLS configuration not usable for QUIC: {e}"))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport);
+    Ok(config)
+}
+
 /// QUIC server configuration of an agent: presents `own` (an agent certificate) and
 /// requires a client certificate that chains to the fleet CA and allows ClientAuth (a
 /// master certificate; agent certificates are refused). TLS 1.3 only, ALPN [`ALPN`],
@@ -100,20 +132,13 @@ pub fn agent_server_config(
         Arc::new(NamingRefusals(builder.build().map_err(|e| {
             anyhow!("cannot build the master-certificate verifier: {e}")
         })?));
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| anyhow!("TLS 1.3 is not available: {e}"))?
         .with_client_cert_verifier(client_verifier)
         .with_single_cert(chain, key)
         .map_err(|e| anyhow!("the agent certificate and key are not usable: {e}"))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    // Never 0-RTT: task requests would be replayable.
-    tls.max_early_data_size = 0;
-    let quic = QuicServerConfig::try_from(Arc::new(tls))
-        .map_err(|e| anyhow!("TLS configuration not usable for QUIC: {e}"))?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(transport);
-    Ok(config)
+    quic_server(tls, ALPN, transport)
 }
 
 /// QUIC client configuration of the master: verifies the agent certificate against the
@@ -140,19 +165,13 @@ pub fn master_client_config(
     let verifier = builder
         .build()
         .map_err(|e| anyhow!("cannot build the agent-certificate verifier: {e}"))?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| anyhow!("TLS 1.3 is not available: {e}"))?
         .with_webpki_verifier(verifier)
         .with_client_auth_cert(chain, key)
         .map_err(|e| anyhow!("the master certificate and key are not usable: {e}"))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    tls.enable_early_data = false;
-    let quic = QuicClientConfig::try_from(Arc::new(tls))
-        .map_err(|e| anyhow!("TLS configuration not usable for QUIC: {e}"))?;
-    let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport);
-    Ok(config)
+    quic_client(tls, ALPN, transport)
 }
 
 /// QUIC server configuration of an agent waiting to be enrolled: presents its
@@ -174,19 +193,13 @@ pub fn enrollment_server_config(
         crl: crl.cloned(),
         provider: provider.clone(),
     });
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+    let tls = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| anyhow!("TLS 1.3 is not available: {e}"))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| anyhow!("the enrollment certificate is not usable: {e}"))?;
-    tls.alpn_protocols = vec![ENROLL_ALPN.to_vec()];
-    tls.max_early_data_size = 0;
-    let quic = QuicServerConfig::try_from(Arc::new(tls))
-        .map_err(|e| anyhow!("TLS configuration not usable for QUIC: {e}"))?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(transport);
-    Ok(config)
+    quic_server(tls, ENROLL_ALPN, transport)
 }
 
 /// QUIC client configuration of a master enrolling an agent: presents its master
@@ -202,20 +215,14 @@ pub fn enrollment_client_config(
     let provider = provider();
     let (mut chain, key) = own_identity(own)?;
     chain.extend(parse_certs(ca_cert_pem).context("the fleet CA certificate")?);
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| anyhow!("TLS 1.3 is not available: {e}"))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(KeyHolder(provider)))
         .with_client_auth_cert(chain, key)
         .map_err(|e| anyhow!("the master certificate and key are not usable: {e}"))?;
-    tls.alpn_protocols = vec![ENROLL_ALPN.to_vec()];
-    tls.enable_early_data = false;
-    let quic = QuicClientConfig::try_from(Arc::new(tls))
-        .map_err(|e| anyhow!("TLS configuration not usable for QUIC: {e}"))?;
-    let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport);
-    Ok(config)
+    quic_client(tls, ENROLL_ALPN, transport)
 }
 
 /// The agent's check of an enrolling master: among the certificates it presented is
