@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{argv, must, secs_up, vercmp, Backend, Fail, Holder, Out, Pkg, Run, Want};
+use super::{argv, must, secs_up, vercmp, Backend, Fail, Holder, Out, Pkg, Profile, Run, Want};
 
 pub(crate) struct Apk;
 
@@ -131,13 +131,18 @@ pub(crate) fn lock_holder(out: &Out) -> Option<Holder> {
     locked.then(Holder::default)
 }
 
-impl Backend for Apk {
-    fn id(&self) -> &'static str {
-        "apk"
-    }
+pub(crate) const PROFILE: Profile = Profile {
+    id: "apk",
+    programs: &["apk"],
+    env: ENV,
+    cache_paths: &["/var/cache/apk"],
+    no_candidate: "apk policy shows no available version",
+    lock_file: None,
+};
 
-    fn env(&self) -> &'static [(&'static str, &'static str)] {
-        ENV
+impl Backend for Apk {
+    fn profile(&self) -> &'static Profile {
+        &PROFILE
     }
 
     fn query(
@@ -169,14 +174,6 @@ impl Backend for Apk {
 
     fn locked(&self, out: &Out) -> Option<Holder> {
         lock_holder(out)
-    }
-
-    fn cache_paths(&self) -> &'static [&'static str] {
-        &["/var/cache/apk"]
-    }
-
-    fn no_candidate(&self) -> &'static str {
-        "apk policy shows no available version"
     }
 }
 

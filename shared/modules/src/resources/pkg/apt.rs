@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{argv, failed, must, secs_up, Backend, Fail, Holder, Out, Pkg, Run, Want};
+use super::{argv, failed, must, secs_up, Backend, Fail, Holder, Out, Pkg, Profile, Run, Want};
 
 pub(crate) struct Apt;
 
@@ -215,13 +215,21 @@ pub(crate) fn update_problem(out: &Out) -> Option<String> {
     (!lines.is_empty()).then(|| lines.join(" | "))
 }
 
-impl Backend for Apt {
-    fn id(&self) -> &'static str {
-        "apt"
-    }
+pub(crate) const PROFILE: Profile = Profile {
+    id: "apt",
+    programs: &["apt-get", "apt-cache", "dpkg-query"],
+    env: ENV,
+    cache_paths: &[
+        "/var/lib/apt/periodic/update-success-stamp",
+        "/var/lib/apt/lists",
+    ],
+    no_candidate: "apt-cache policy shows no candidate",
+    lock_file: None,
+};
 
-    fn env(&self) -> &'static [(&'static str, &'static str)] {
-        ENV
+impl Backend for Apt {
+    fn profile(&self) -> &'static Profile {
+        &PROFILE
     }
 
     fn query(
@@ -278,17 +286,6 @@ impl Backend for Apt {
 
     fn locked(&self, out: &Out) -> Option<Holder> {
         lock_holder(&out.text())
-    }
-
-    fn cache_paths(&self) -> &'static [&'static str] {
-        &[
-            "/var/lib/apt/periodic/update-success-stamp",
-            "/var/lib/apt/lists",
-        ]
-    }
-
-    fn no_candidate(&self) -> &'static str {
-        "apt-cache policy shows no candidate"
     }
 }
 

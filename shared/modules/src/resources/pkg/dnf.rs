@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{argv, failed, must, Backend, Fail, Holder, Out, Pkg, Run, Want};
+use super::{argv, failed, must, Backend, Fail, Holder, Out, Pkg, Profile, Run, Want};
 
 pub(crate) struct Dnf;
 
@@ -121,13 +121,18 @@ pub(crate) fn lock_holder(out: &Out) -> Option<Holder> {
     Some(Holder { pid, name })
 }
 
-impl Backend for Dnf {
-    fn id(&self) -> &'static str {
-        "dnf"
-    }
+pub(crate) const PROFILE: Profile = Profile {
+    id: "dnf",
+    programs: &["dnf", "rpm"],
+    env: ENV,
+    cache_paths: &["/var/cache/dnf", "/var/cache/libdnf5"],
+    no_candidate: "dnf repoquery finds no available version",
+    lock_file: None,
+};
 
-    fn env(&self) -> &'static [(&'static str, &'static str)] {
-        ENV
+impl Backend for Dnf {
+    fn profile(&self) -> &'static Profile {
+        &PROFILE
     }
 
     fn query(
@@ -172,14 +177,6 @@ impl Backend for Dnf {
 
     fn locked(&self, out: &Out) -> Option<Holder> {
         lock_holder(out)
-    }
-
-    fn cache_paths(&self) -> &'static [&'static str] {
-        &["/var/cache/dnf", "/var/cache/libdnf5"]
-    }
-
-    fn no_candidate(&self) -> &'static str {
-        "dnf repoquery finds no available version"
     }
 }
 

@@ -214,12 +214,34 @@ pub(crate) struct Holder {
     pub name: Option<String>,
 }
 
+/// What a package manager is, as data (one `PROFILE` per backend).
+pub(crate) struct Profile {
+    pub id: &'static str,
+    /// The programs it needs on the host.
+    pub programs: &'static [&'static str],
+    /// Variables every command of this backend runs with.
+    pub env: &'static [(&'static str, &'static str)],
+    /// Files, or directories of files, whose newest mtime shows the last refresh.
+    pub cache_paths: &'static [&'static str],
+    /// How the absence of a candidate shows, for the error.
+    pub no_candidate: &'static str,
+    /// A lock file that exists while the package manager runs (polled before each
+    /// attempt), and what to say when it outlives the wait.
+    pub lock_file: Option<(&'static str, &'static str)>,
+}
+
+/// Every backend's profile, in the order [`detect`] tries them.
+const PROFILES: [&Profile; 4] = [
+    &apt::PROFILE,
+    &dnf::PROFILE,
+    &apk::PROFILE,
+    &pacman::PROFILE,
+];
+
 /// One package manager: how to read the state of packages and the commands that
 /// change it. The command builders and parsers are pure (unit-tested per backend).
 pub(crate) trait Backend {
-    fn id(&self) -> &'static str;
-    /// Variables every command of this backend runs with.
-    fn env(&self) -> &'static [(&'static str, &'static str)];
+    fn profile(&self) -> &'static Profile;
     /// The state of `names` (in that order). `repos`: also what the repositories offer
     /// (candidate, available versions). `check`: check mode (no cache refresh, even
     /// an implicit one).
@@ -240,15 +262,6 @@ pub(crate) trait Backend {
     }
     /// The failed command failed because another process holds the lock.
     fn locked(&self, out: &Out) -> Option<Holder>;
-    /// A lock file that exists while the package manager runs (polled before each
-    /// attempt), and what to say when it outlives the wait.
-    fn lock_file(&self) -> Option<(&'static str, &'static str)> {
-        None
-    }
-    /// Files, or directories of files, whose newest mtime shows the last refresh.
-    fn cache_paths(&self) -> &'static [&'static str];
-    /// How the absence of a candidate shows, for the error.
-    fn no_candidate(&self) -> &'static str;
 }
 
 fn backend(id: &str) -> Box<dyn Backend> {
@@ -260,14 +273,12 @@ fn backend(id: &str) -> Box<dyn Backend> {
     }
 }
 
-/// The programs each backend needs.
+/// The programs backend `id` needs.
 fn programs(id: &str) -> &'static [&'static str] {
-    match id {
-        "apt" => &["apt-get", "apt-cache", "dpkg-query"],
-        "dnf" => &["dnf", "rpm"],
-        "apk" => &["apk"],
-        _ => &["pacman"],
-    }
+    PROFILES
+        .iter()
+        .find(|p| p.id == id)
+        .map_or(&[], |p| p.programs)
 }
 
 /// The backend to use: `choice` when given (its programs must be there), else the
@@ -446,13 +457,14 @@ fn newest_mtime(path: &Path) -> Option<SystemTime> {
 }
 
 fn stamp_path(b: &dyn Backend) -> PathBuf {
-    Path::new(STAMP_DIR).join(format!("pkg-refresh-{}", b.id()))
+    Path::new(STAMP_DIR).join(format!("pkg-refresh-{}", b.profile().id))
 }
 
 /// How long ago the cache of `b` was last refreshed, when known.
 fn cache_age(b: &dyn Backend) -> Option<Duration> {
     let mut times: Vec<SystemTime> = b
-        .cache_paths()
+        .profile()
+        .cache_paths
         .iter()
         .filter_map(|p| newest_mtime(Path::new(p)))
         .collect();
@@ -477,7 +489,8 @@ impl Host<'_> {
         let p = ProcOpts {
             env: self
                 .b
-                .env()
+                .profile()
+                .env
                 .iter()
                 .map(|(k, v)| (OsString::from(k), Some(OsString::from(v))))
                 .collect(),
@@ -506,7 +519,7 @@ impl Host<'_> {
         let start = Instant::now();
         let left = || lock_timeout.saturating_sub(start.elapsed());
         loop {
-            if let Some((file, hint)) = self.b.lock_file() {
+            if let Some((file, hint)) = self.b.profile().lock_file {
                 while Path::new(file).exists() {
                     if left().is_zero() {
                         return Err(Fail::Msg(locked_message(
@@ -528,7 +541,7 @@ impl Host<'_> {
             }
             match self.b.locked(&out) {
                 Some(holder) if left().is_zero() => {
-                    let hint = self.b.lock_file().map(|(_, h)| h);
+                    let hint = self.b.profile().lock_file.map(|(_, h)| h);
                     return Err(Fail::Msg(locked_message(&holder, lock_timeout, hint)));
                 }
                 Some(_) => {
@@ -854,8 +867,14 @@ fn ensure(lua: &Lua, arg: LV, r: &'static str, kind: Kind) -> mlua::Result<Table
                 .map_err(|f| raise(&call, f))?;
         }
     }
-    let steps =
-        plan(&goal, &names, &pkgs, refresh_pending, b.no_candidate()).map_err(|e| call.fail(e))?;
+    let steps = plan(
+        &goal,
+        &names,
+        &pkgs,
+        refresh_pending,
+        b.profile().no_candidate,
+    )
+    .map_err(|e| call.fail(e))?;
 
     // Versions after the call (planned ones in check mode).
     let mut after: Vec<Option<String>> = pkgs.iter().map(|p| p.installed.clone()).collect();

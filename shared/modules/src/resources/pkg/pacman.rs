@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use super::{argv, failed, Backend, Fail, Holder, Out, Pkg, Run, Want};
+use super::{argv, failed, Backend, Fail, Holder, Out, Pkg, Profile, Run, Want};
 
 pub(crate) struct Pacman;
 
@@ -72,13 +72,21 @@ pub(crate) fn lock_holder(out: &Out) -> Option<Holder> {
         .then(Holder::default)
 }
 
-impl Backend for Pacman {
-    fn id(&self) -> &'static str {
-        "pacman"
-    }
+pub(crate) const PROFILE: Profile = Profile {
+    id: "pacman",
+    programs: &["pacman"],
+    env: ENV,
+    cache_paths: &["/var/lib/pacman/sync"],
+    no_candidate: "pacman -Si finds it in no sync database",
+    lock_file: Some((
+        LOCK_FILE,
+        "if no package manager is running, the lock file /var/lib/pacman/db.lck is stale: remove it",
+    )),
+};
 
-    fn env(&self) -> &'static [(&'static str, &'static str)] {
-        ENV
+impl Backend for Pacman {
+    fn profile(&self) -> &'static Profile {
+        &PROFILE
     }
 
     fn query(
@@ -121,21 +129,6 @@ impl Backend for Pacman {
 
     fn locked(&self, out: &Out) -> Option<Holder> {
         lock_holder(out)
-    }
-
-    fn lock_file(&self) -> Option<(&'static str, &'static str)> {
-        Some((
-            LOCK_FILE,
-            "if no package manager is running, the lock file /var/lib/pacman/db.lck is stale: remove it",
-        ))
-    }
-
-    fn cache_paths(&self) -> &'static [&'static str] {
-        &["/var/lib/pacman/sync"]
-    }
-
-    fn no_candidate(&self) -> &'static str {
-        "pacman -Si finds it in no sync database"
     }
 }
 
@@ -220,7 +213,7 @@ Version         : 8.6.0-1
             "pacman -Sy --noconfirm"
         );
         assert_eq!(
-            Pacman.lock_file().map(|(f, _)| f),
+            PROFILE.lock_file.map(|(f, _)| f),
             Some("/var/lib/pacman/db.lck")
         );
     }
