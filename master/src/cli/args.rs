@@ -126,6 +126,16 @@ impl FleetArgs {
         self.agent_cert_lifetime = cfg.agent_cert_lifetime.clone();
     }
 
+    /// The lifetime of agent certificates this master issues or renews: sloth.toml's
+    /// `agent_cert_lifetime`, else [`Lifetime::AGENT`].
+    pub fn agent_lifetime(&self) -> Result<sloth_transport::Lifetime, String> {
+        match &self.agent_cert_lifetime {
+            Some(l) => sloth_transport::Lifetime::parse(l)
+                .map_err(|e| format!("agent_cert_lifetime: {e:#}")),
+            None => Ok(sloth_transport::Lifetime::AGENT),
+        }
+    }
+
     /// The certificate directory: `--certs`, sloth.toml's `certs`, else `./certs`.
     pub fn certs_dir(&self) -> &Path {
         self.certs.as_deref().unwrap_or(Path::new(DEFAULT_CERTS))

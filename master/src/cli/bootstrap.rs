@@ -12,7 +12,6 @@ use crate::bootstrap::{self, AgentBinary, Done, Failure, Options};
 use crate::engine::inventory::Inventory;
 use crate::engine::mesh::Mesh;
 use crate::pki::Pki;
-use sloth_transport::Lifetime;
 
 /// The command's settings besides the fleet options.
 pub(super) struct Args<'a> {
@@ -38,14 +37,9 @@ pub(super) fn command(a: &Args, fa: &FleetArgs) -> i32 {
         Ok(w) => w,
         Err(e) => return usage(format!("--wait: {e}")),
     };
-    let lifetime = match fa
-        .agent_cert_lifetime
-        .as_deref()
-        .map(Lifetime::parse)
-        .transpose()
-    {
-        Ok(l) => l.unwrap_or(Lifetime::AGENT),
-        Err(e) => return usage(format!("agent_cert_lifetime: {e:#}")),
+    let lifetime = match fa.agent_lifetime() {
+        Ok(l) => l,
+        Err(e) => return usage(e),
     };
     let binary = match a.agent_binary {
         Some(p) => p.to_path_buf(),

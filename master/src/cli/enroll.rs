@@ -25,14 +25,9 @@ pub(super) fn command(pattern: &str, fa: &FleetArgs, wait: &str) -> i32 {
         Ok(w) => w,
         Err(e) => return usage(format!("--wait '{wait}': {e}")),
     };
-    let lifetime = match fa
-        .agent_cert_lifetime
-        .as_deref()
-        .map(Lifetime::parse)
-        .transpose()
-    {
-        Ok(l) => l.unwrap_or(Lifetime::AGENT),
-        Err(e) => return usage(format!("agent_cert_lifetime: {e:#}")),
+    let lifetime = match fa.agent_lifetime() {
+        Ok(l) => l,
+        Err(e) => return usage(e),
     };
     let targets = match enrollment_targets(inv_path, pattern, fa) {
         Ok(t) => t,

@@ -10,7 +10,6 @@ use super::FleetArgs;
 use crate::engine::inventory::Inventory;
 use crate::engine::mesh::{MasterCerts, MeshConfig};
 use crate::pki::Pki;
-use sloth_transport::Lifetime;
 
 /// Everything a command needs to reach the fleet.
 pub struct Fleet {
@@ -96,9 +95,6 @@ pub fn prepare_fleet(a: &FleetArgs) -> Result<Fleet, String> {
 /// The master's certificates from the certificate directory (see
 /// [`Pki::master_certs`]), renewed agents getting sloth.toml's `agent_cert_lifetime`.
 pub(super) fn master_certs(a: &FleetArgs) -> anyhow::Result<MasterCerts> {
-    let lifetime = match &a.agent_cert_lifetime {
-        Some(l) => Lifetime::parse(l).map_err(|e| anyhow::anyhow!("agent_cert_lifetime: {e:#}"))?,
-        None => Lifetime::AGENT,
-    };
+    let lifetime = a.agent_lifetime().map_err(anyhow::Error::msg)?;
     Pki::new(a.certs_dir()).master_certs(lifetime)
 }
