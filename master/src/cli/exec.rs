@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::output::{EventStream, Output};
+use super::output::Output;
 use super::run::{run_with, Reporting, RunSpec};
 use super::{FleetArgs, EXIT_USAGE};
 use crate::engine::inventory::Inventory;
@@ -52,12 +52,7 @@ pub(super) fn exec(
         format!("command={command}"),
         format!("timeout={}", timeout.unwrap_or("")),
     ];
-    let events = match reporting
-        .events
-        .as_deref()
-        .map(EventStream::open)
-        .transpose()
-    {
+    let events = match reporting.open_events() {
         Ok(e) => e,
         Err(e) => {
             errln!("error: {e}");

@@ -102,12 +102,13 @@ pub fn main(cli: Cli) -> i32 {
             rerun_failed,
             force,
         } => {
-            if json && events.as_deref() == Some("-") {
-                errln!(
-                    "error: --json and --events - both want standard output; give --events a file"
-                );
-                return EXIT_USAGE;
-            }
+            let reporting = match run::Reporting::new(json, events) {
+                Ok(r) => r,
+                Err(e) => {
+                    errln!("error: {e}");
+                    return EXIT_USAGE;
+                }
+            };
             fleet.apply(&cfg, &history);
             // --rerun-failed [ID] and --limit @failed: the failed hosts of a run.
             let rerun = match (&rerun_failed, fleet.limit.as_deref()) {
@@ -136,7 +137,6 @@ pub fn main(cli: Cli) -> i32 {
                     }
                 }
             }
-            let reporting = run::Reporting { json, events };
             let label = script.display().to_string();
             let spec = run::RunSpec {
                 check_first,
@@ -181,14 +181,14 @@ pub fn main(cli: Cli) -> i32 {
             events,
             command,
         } => {
-            if json && events.as_deref() == Some("-") {
-                errln!(
-                    "error: --json and --events - both want standard output; give --events a file"
-                );
-                return EXIT_USAGE;
-            }
+            let reporting = match run::Reporting::new(json, events) {
+                Ok(r) => r,
+                Err(e) => {
+                    errln!("error: {e}");
+                    return EXIT_USAGE;
+                }
+            };
             fleet.apply(&cfg, &history);
-            let reporting = run::Reporting { json, events };
             exec::exec(&pattern, &fleet, timeout.as_deref(), &reporting, &command)
         }
     }

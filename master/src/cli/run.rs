@@ -22,6 +22,23 @@ pub(super) struct Reporting {
     pub events: Option<String>,
 }
 
+impl Reporting {
+    /// `--json` and `--events`, which cannot both have standard output.
+    pub fn new(json: bool, events: Option<String>) -> Result<Reporting, String> {
+        if json && events.as_deref() == Some("-") {
+            return Err(
+                "--json and --events - both want standard output; give --events a file".into(),
+            );
+        }
+        Ok(Reporting { json, events })
+    }
+
+    /// The `--events` stream, opened (`None` without the flag).
+    pub fn open_events(&self) -> Result<Option<EventStream>, String> {
+        self.events.as_deref().map(EventStream::open).transpose()
+    }
+}
+
 /// What to run, and how.
 pub(super) struct RunSpec<'a> {
     pub script: &'a Path,
@@ -50,12 +67,7 @@ impl<'a> RunSpec<'a> {
 }
 
 pub(super) fn run(spec: &RunSpec, fa: &FleetArgs, reporting: &Reporting) -> i32 {
-    let events = match reporting
-        .events
-        .as_deref()
-        .map(EventStream::open)
-        .transpose()
-    {
+    let events = match reporting.open_events() {
         Ok(e) => e,
         Err(e) => {
             errln!("error: {e}");
