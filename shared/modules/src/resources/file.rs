@@ -441,15 +441,19 @@ fn edit_file(
     }
 }
 
+/// `state = "present"` (the default) or `"absent"`, for a line or a block.
+fn wants_present(o: &mut sloth_lua::opts::Opts) -> mlua::Result<bool> {
+    Ok(o.choice("state", &["present", "absent"])?
+        .unwrap_or("present")
+        == "present")
+}
+
 fn line(lua: &Lua, arg: LV) -> mlua::Result<Table> {
     const R: &str = "file.line";
     let mut o = args(lua, R, arg, "path")?;
     let path = o.required_path("path")?;
     let call = Call::new(lua, R, path.display().to_string(), &mut o)?;
-    let present = o
-        .choice("state", &["present", "absent"])?
-        .unwrap_or("present")
-        == "present";
+    let present = wants_present(&mut o)?;
     let text = o.string("line")?;
     let pattern = match o.string("regex")? {
         Some(r) => Some(
@@ -550,10 +554,7 @@ fn block(lua: &Lua, arg: LV) -> mlua::Result<Table> {
     let mut o = args(lua, R, arg, "path")?;
     let path = o.required_path("path")?;
     let call = Call::new(lua, R, path.display().to_string(), &mut o)?;
-    let present = o
-        .choice("state", &["present", "absent"])?
-        .unwrap_or("present")
-        == "present";
+    let present = wants_present(&mut o)?;
     let text = o.string("block")?;
     let marker = o
         .string("marker")?
