@@ -121,9 +121,7 @@ pub fn list(db: &Db, f: &Filter) -> rusqlite::Result<Vec<RunSummary>> {
         }
         // The runs where this host failed or was unreachable.
         (Some(h), true) => {
-            sql += &format!(
-                " AND EXISTS (SELECT 1 FROM ({FAILED_PAIRS}) f WHERE f.run = r.key AND f.host = ?)"
-            );
+            sql += &format!(" AND ? IN ({})", failed_hosts_of("r.key"));
             args.push(Box::new(h.clone()));
         }
         (None, true) => sql += " AND r.status IN ('failed', 'interrupted')",
@@ -163,24 +161,27 @@ pub fn last_run_of(db: &Db, script_path: &str) -> rusqlite::Result<Option<RunSum
         .optional()
 }
 
-/// `(run, host)` where the host failed or was unreachable: from the run's per-host
-/// results or, for a run whose master was killed before it wrote them, from its tasks
-/// that failed before (cancelled ones are not failures). The one definition behind
-/// [`failed_hosts`] and `history --host H --failed`.
-const FAILED_PAIRS: &str = "
-    SELECT run, host FROM hosts WHERE failed > 0 OR unreachable > 0
-    UNION
-    SELECT t.run, t.host FROM tasks t
-     WHERE t.success = 0 AND COALESCE(t.kind, '') != 'cancelled'
-       AND NOT EXISTS (SELECT 1 FROM hosts h WHERE h.run = t.run)";
+/// SQL selecting the hosts that failed or were unreachable in the run whose key is
+/// the SQL expression `run`: from its per-host results or, for a run whose master was
+/// killed before it wrote them, from its tasks that failed before (cancelled ones are
+/// not failures). The one definition behind [`failed_hosts`] and `history --host H
+/// --failed`; `run` is in every branch, so each reads one run through its index.
+fn failed_hosts_of(run: &str) -> String {
+    format!(
+        "SELECT host FROM hosts WHERE run = {run} AND (failed > 0 OR unreachable > 0)
+         UNION
+         SELECT host FROM tasks WHERE run = {run} AND success = 0
+           AND COALESCE(kind, '') != 'cancelled'
+           AND NOT EXISTS (SELECT 1 FROM hosts WHERE run = {run})"
+    )
+}
 
 /// The hosts of a run that failed or were unreachable, in name order (see
-/// [`FAILED_PAIRS`]), but for `master_host` (where the master's own tasks ran).
+/// [`failed_hosts_of`]), but for `master_host` (where the master's own tasks ran).
 pub fn failed_hosts(db: &Db, id: &str, master_host: &str) -> rusqlite::Result<Vec<String>> {
     let mut stmt = db.conn.prepare(&format!(
-        "SELECT DISTINCT host FROM ({FAILED_PAIRS})
-          WHERE run = (SELECT key FROM runs WHERE id = ?1) AND host NOT IN ('', ?2)
-          ORDER BY host"
+        "SELECT host FROM ({}) WHERE host NOT IN ('', ?2) ORDER BY host",
+        failed_hosts_of("(SELECT key FROM runs WHERE id = ?1)")
     ))?;
     let rows = stmt.query_map(params![id, master_host], |r| r.get(0))?;
     rows.collect()
