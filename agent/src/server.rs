@@ -256,9 +256,15 @@ async fn handle_connection(agent: Arc<Agent>, conn: Connection) {
         conn.close(codes::VERSION_MISMATCH.into(), b"version mismatch");
         return;
     }
-    let facts = tokio::task::spawn_blocking(worker::facts)
-        .await
-        .unwrap_or_default();
+    let facts = if hello.want_facts {
+        Some(
+            tokio::task::spawn_blocking(worker::facts)
+                .await
+                .unwrap_or_default(),
+        )
+    } else {
+        None
+    };
     let welcome = Control::Welcome {
         agent_name: agent.cfg.name.clone(),
         agent_version: protocol::AGENT_VERSION.to_string(),
@@ -284,7 +290,16 @@ async fn handle_connection(agent: Arc<Agent>, conn: Connection) {
                 tokio::spawn(async move { task_stream(agent, session, send, recv).await });
             }
             Err(e) => {
-                info!(%peer, "master connection ended: {e}");
+                // What the connection cost on the wire, for whoever tunes a fleet's
+                // network (and the tests that check which commands probe the MTU).
+                let s = conn.stats();
+                info!(
+                    %peer,
+                    datagrams_out = s.udp_tx.datagrams,
+                    mtu = s.path.current_mtu,
+                    mtu_probes = s.path.sent_plpmtud_probes,
+                    "master connection ended: {e}"
+                );
                 break;
             }
         }

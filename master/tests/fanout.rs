@@ -80,3 +80,99 @@ print("DEAD", dead.kind, dead.duration_ms < 10000)
     assert_eq!(out.one("RUN"), vec![AGENTS.to_string()], "{out}");
     assert_eq!(out.one("DEAD"), vec!["unreachable", "true"], "{out}");
 }
+
+/// The `mtu_probes` and `mtu` of every "master connection ended" line in an agent's
+/// log, waiting (up to 10 s) until there are `lines` of them.
+fn connection_ends(fleet: &TestFleet, name: &str, lines: usize) -> Vec<(u64, u64)> {
+    let field = |line: &str, key: &str| -> u64 {
+        let at = line
+            .find(&format!(" {key}="))
+            .unwrap_or_else(|| panic!("no {key} in: {line}"));
+        line[at + key.len() + 2..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap_or_else(|e| panic!("{key} in {line}: {e}"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = fleet.agent_log(name);
+        let ends: Vec<(u64, u64)> = log
+            .lines()
+            .filter(|l| l.contains("master connection ended"))
+            .map(|l| (field(l, "mtu_probes"), field(l, "mtu")))
+            .collect();
+        if ends.len() >= lines || std::time::Instant::now() > deadline {
+            assert_eq!(ends.len(), lines, "{name}'s log:\n{log}");
+            return ends;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `exec` and `health` send only small frames: neither the master nor the agents
+/// probe the path MTU on their connections (about half of a fresh connection's
+/// datagrams otherwise). A run keeps probing, for its artifacts. Only `health` has the
+/// facts sent in the Welcome, and a run's `fleet.info` still gets them.
+#[test]
+fn exec_and_health_do_not_probe_the_mtu_but_a_run_does() {
+    let mut fleet = TestFleet::empty();
+    fleet.add_agents(&["mtu-01".to_string(), "mtu-02".to_string()], "m");
+    let inv = fleet.inventory();
+    let inv = inv.to_str().unwrap();
+    let certs = fleet.certs.to_str().unwrap();
+
+    let out = sloth_master(
+        fleet.path(),
+        &["exec", "m", "-i", inv, "--certs", certs, "--", "true"],
+    );
+    out.assert_code(0);
+    for name in ["mtu-01", "mtu-02"] {
+        assert_eq!(connection_ends(&fleet, name, 1), vec![(0, 1200)], "{name}");
+    }
+
+    let out = sloth_master(
+        fleet.path(),
+        &["health", "m", "-i", inv, "--certs", certs, "--json"],
+    );
+    out.assert_code(0);
+    let doc: serde_json::Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{out}"));
+    let text = doc.to_string();
+    assert_eq!(
+        text.matches("\"cpus\":").count(),
+        2,
+        "facts of both: {text}"
+    );
+    for name in ["mtu-01", "mtu-02"] {
+        assert_eq!(connection_ends(&fleet, name, 2)[1], (0, 1200), "{name}");
+    }
+
+    let out = fleet.run(
+        r#"
+for _, h in ipairs(fleet.hosts("m")) do
+  assert(goroutine.await(goroutine.async(function() return 1 end, { delegate_to = h })))
+  local i = fleet.info(h)
+  print("FACTS", h, i.connected, i.facts.cpus > 0)
+end
+goroutine.sleep(300)
+"#,
+        &[],
+    );
+    assert_eq!(
+        out.all("FACTS"),
+        vec![
+            vec!["mtu-01", "true", "true"],
+            vec!["mtu-02", "true", "true"]
+        ],
+        "{out}"
+    );
+    for name in ["mtu-01", "mtu-02"] {
+        let (probes, mtu) = connection_ends(&fleet, name, 3)[2];
+        assert!(
+            probes > 0 && mtu > 1200,
+            "{name}: {probes} probes, mtu {mtu}"
+        );
+    }
+}

@@ -371,7 +371,9 @@ fn agent_survives_bad_frames_from_an_authenticated_master() {
         let conn = ep.connect(addr, "web-01").unwrap().await.unwrap();
         let (mut cs, cr) = conn.open_bi().await.unwrap();
         let mut cr = wire::FrameReader::new(cr);
-        let welcome = wire::master_handshake(&mut cs, &mut cr).await.unwrap();
+        let welcome = wire::master_handshake(&mut cs, &mut cr, false)
+            .await
+            .unwrap();
         assert!(
             matches!(welcome, Some(Control::Welcome { .. })),
             "{welcome:?}"

@@ -1203,7 +1203,9 @@ impl Bench {
         let r8 = t.push(with_err(
             Row::new(
                 "8",
-                format!("floor: in-process quinn dial + Hello + PingFacts to {n} agents, cold"),
+                format!(
+                    "floor: in-process quinn dial + Hello/Welcome with facts to {n} agents, cold"
+                ),
                 Unit::Ms,
             )
             .samples(&floor_cold, false),
@@ -1940,8 +1942,8 @@ impl Bench {
     }
 
     /// The protocol floor of the fan-out rows: from this process, dial every agent
-    /// concurrently with the master's TLS and transport configuration, send Hello,
-    /// read Welcome, PingFacts/Pong (what `health` does); then `ping_rounds` rounds of
+    /// concurrently with the master's TLS and transport configuration, send a Hello
+    /// asking for facts, read the Welcome (what `health` does); then `ping_rounds` rounds of
     /// Ping/Pong on the open control streams. Returns (cold ms, warm ms per round,
     /// ms to close the endpoint and wait for it to drain, capped at 500 ms).
     fn fanout_floor(&self) -> anyhow::Result<(f64, Vec<f64>, f64)> {
@@ -1969,11 +1971,10 @@ impl Bench {
                         let conn = ep.connect_with(cfg, addr, &name)?.await?;
                         let (mut send, recv) = conn.open_bi().await?;
                         let mut recv = wire::FrameReader::new(recv);
-                        match wire::master_handshake(&mut send, &mut recv).await? {
-                            Some(Control::Welcome { .. }) => {}
-                            other => bail!("{name}: expected Welcome, got {other:?}"),
+                        match wire::master_handshake(&mut send, &mut recv, true).await? {
+                            Some(Control::Welcome { facts: Some(_), .. }) => {}
+                            other => bail!("{name}: expected a Welcome with facts, got {other:?}"),
                         }
-                        control_rtt(&mut send, &mut recv, Control::PingFacts { seq: 1 }, 1).await?;
                         anyhow::Ok((conn, send, recv))
                     }
                     .await;

@@ -74,6 +74,10 @@ fn health(pattern: &str, fa: &FleetArgs, json: bool) -> (i32, Option<serde_json:
         errln!("error: no hosts to check (use -i INVENTORY or --local-fleet)");
         return code(EXIT_USAGE);
     };
+    // A health check exchanges a few small frames per host, and shows the facts
+    // each agent sends in its Welcome.
+    fleet.mesh_cfg.probe_mtu = false;
+    fleet.mesh_cfg.welcome_facts = true;
     let mesh = {
         let _g = rt.enter();
         match Mesh::new(&fleet.inventory, certs, fleet.mesh_cfg.clone()) {

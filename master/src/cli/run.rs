@@ -162,6 +162,11 @@ pub(super) fn run_with(out: Arc<Output>, spec: &RunSpec, fa: &FleetArgs) -> i32 
         Ok(f) => f,
         Err(e) => return usage(&out, e),
     };
+    // `exec` sends one small task per host and gets lines back: nothing to gain
+    // from full-size packets.
+    if exec.is_some() {
+        fleet.mesh_cfg.probe_mtu = false;
+    }
     let start = Instant::now();
     let mesh = match &fleet.certs {
         Some(c) => {

@@ -21,6 +21,15 @@ pub struct MeshConfig {
     pub connect_timeout: Duration,
     pub keep_alive: Duration,
     pub idle_timeout: Duration,
+    /// Whether connections probe the path MTU (quinn's MTU discovery, both ways).
+    /// Bulk data (artifacts, large results) then travels in full-size packets. A
+    /// command that sends only small frames (`exec`, `health`) turns it off: on a
+    /// fresh connection the probes and their acknowledgements are about half of
+    /// the datagrams, and the agents' share of them is CPU on every host.
+    pub probe_mtu: bool,
+    /// Whether each agent sends its facts in the Welcome (`health` shows them).
+    /// Otherwise `fleet.info` asks for them with `PingFacts` when a script wants them.
+    pub welcome_facts: bool,
 }
 
 impl Default for MeshConfig {
@@ -29,6 +38,8 @@ impl Default for MeshConfig {
             connect_timeout: Duration::from_secs(3),
             keep_alive: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(3),
+            probe_mtu: true,
+            welcome_facts: false,
         }
     }
 }
@@ -39,8 +50,9 @@ pub struct AgentConn {
     pub host: String,
     pub conn: Connection,
     pub agent_version: String,
-    /// The facts the agent sent in its Welcome, collected when it answered.
-    pub facts: Facts,
+    /// The facts the agent sent in its Welcome, collected when it answered, if
+    /// [`MeshConfig::welcome_facts`] asked for them.
+    pub facts: Option<Facts>,
     /// When the Welcome arrived.
     pub welcomed: Instant,
     /// The agent's certificate (name, serial, validity), as it presented it.
@@ -138,9 +150,15 @@ impl Mesh {
             t.max_concurrent_bidi_streams(0u32.into());
             t.max_concurrent_uni_streams(0u32.into());
         }
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        if !cfg.probe_mtu {
+            if let Some(t) = Arc::get_mut(&mut transport) {
+                tls::without_mtu_probes(t, &mut endpoint_config);
+            }
+        }
         let client =
             tls::master_client_config(&certs.own, &certs.ca, certs.crl.as_ref(), transport)?;
-        let endpoint = client_endpoint()?;
+        let endpoint = client_endpoint(endpoint_config)?;
         let slots = inventory
             .hosts
             .iter()
@@ -283,7 +301,7 @@ impl Mesh {
             .await
             .map_err(|e| unreachable(tls::explain_connection_error(host, &e)))?;
         let mut recv = wire::FrameReader::new(recv);
-        match wire::master_handshake(&mut send, &mut recv).await {
+        match wire::master_handshake(&mut send, &mut recv, self.cfg.welcome_facts).await {
             Ok(Some(Control::Welcome {
                 agent_name,
                 agent_version,
@@ -390,8 +408,8 @@ impl Mesh {
         fresh: Duration,
     ) -> Result<(Duration, Option<Facts>), TaskError> {
         let c = self.connect(host).await?;
-        if c.welcomed.elapsed() <= fresh {
-            return Ok((c.conn.rtt(), Some(c.facts.clone())));
+        if let Some(facts) = c.facts.as_ref().filter(|_| c.welcomed.elapsed() <= fresh) {
+            return Ok((c.conn.rtt(), Some(facts.clone())));
         }
         self.ping(host, true).await
     }
@@ -535,7 +553,8 @@ fn size_buffers(socket: &socket2::Socket) {
     }
 }
 
-pub fn client_endpoint() -> anyhow::Result<Endpoint> {
+/// The master's UDP endpoint, with its forced buffers.
+pub fn client_endpoint(config: quinn::EndpointConfig) -> anyhow::Result<Endpoint> {
     use socket2::{Domain, Protocol, Socket, Type};
     // Dual-stack where the machine has IPv6 (agents may have v4 or v6 addresses),
     // IPv4 only otherwise.
@@ -561,13 +580,8 @@ pub fn client_endpoint() -> anyhow::Result<Endpoint> {
         .set_nonblocking(true)
         .context("UDP socket non-blocking")?;
     let runtime = quinn::default_runtime().context("no async runtime for quinn")?;
-    let endpoint = Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket.into(),
-        runtime,
-    )
-    .context("creating QUIC endpoint")?;
+    let endpoint =
+        Endpoint::new(config, None, socket.into(), runtime).context("creating QUIC endpoint")?;
     Ok(endpoint)
 }
 

@@ -69,14 +69,24 @@ pub fn install(lua: &Lua, rt: Arc<Runtime>) -> mlua::Result<()> {
                 let vars = capture::restore_data(lua, &vars)?.into_iter().next();
                 t.raw_set("vars", vars.unwrap_or(LV::Nil))?;
                 let conn = match &rt.mesh {
-                    Some(m) => rt.handle.block_on(m.current(&name)),
+                    Some(m) => rt.handle.block_on(async {
+                        let c = m.current(&name).await?;
+                        // A run's Welcomes carry no facts: one round trip for them.
+                        let facts = match &c.facts {
+                            Some(f) => Some(f.clone()),
+                            None => m.ping(&name, true).await.ok().and_then(|(_, f)| f),
+                        };
+                        Some((c, facts))
+                    }),
                     None => None,
                 };
                 t.raw_set("connected", conn.is_some())?;
-                if let Some(c) = conn {
+                if let Some((c, facts)) = conn {
                     t.raw_set("latency_ms", c.conn.rtt().as_secs_f64() * 1000.0)?;
                     t.raw_set("agent_version", c.agent_version.as_str())?;
-                    t.raw_set("facts", facts_table(lua, &c.facts)?)?;
+                    if let Some(f) = facts {
+                        t.raw_set("facts", facts_table(lua, &f)?)?;
+                    }
                 }
                 Ok(t)
             })?,

@@ -51,7 +51,8 @@ async fn exchange(
     let transport = tls::transport_config(Duration::from_secs(1), Duration::from_secs(10));
     let cfg =
         tls::enrollment_client_config(&own, &ca, transport).map_err(|e| fail(format!("{e:#}")))?;
-    let endpoint = crate::engine::mesh::client_endpoint().map_err(|e| fail(format!("{e:#}")))?;
+    let endpoint = crate::engine::mesh::client_endpoint(quinn::EndpointConfig::default())
+        .map_err(|e| fail(format!("{e:#}")))?;
     let addr = crate::engine::mesh::resolve(address).await.map_err(fail)?;
     let conn = endpoint
         .connect_with(cfg, addr, "sloth-enrollment")

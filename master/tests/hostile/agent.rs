@@ -127,7 +127,7 @@ async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
         agent_name: ctx.name.clone(),
         agent_version: "hostile".into(),
         max_tasks: 64,
-        facts: Facts::default(),
+        facts: Some(Facts::default()),
     };
     if wire::write_frame(&mut cs, &welcome).await.is_err() {
         return;

@@ -10,7 +10,8 @@ use crate::change::{Change, Mode};
 use crate::graph::{Graph, SharedRef};
 
 /// 2: tasks carry a [`Mode`] (check mode, diffs) and report [`Change`]s.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: the `Hello` says whether the `Welcome` should carry the agent's facts.
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Lua version and bytecode format must match exactly: bytecode is shipped.
 pub const LUA_VERSION: &str = "Lua 5.4";
 pub const BYTECODE_FORMAT: u32 = 0x54;
@@ -34,15 +35,21 @@ pub struct Hello {
     pub lua_version: String,
     pub bytecode_format: u32,
     pub master_version: String,
+    /// Whether the `Welcome` carries the agent's facts. Collecting them is work on
+    /// every agent a command dials; `health` wants them, `exec` and `run` do not
+    /// (a script's `fleet.info` asks with `PingFacts` when it needs them).
+    pub want_facts: bool,
 }
 
 impl Hello {
-    pub fn current() -> Hello {
+    /// This build's Hello, asking for facts in the Welcome or not.
+    pub fn current(want_facts: bool) -> Hello {
         Hello {
             protocol: PROTOCOL_VERSION,
             lua_version: LUA_VERSION.to_string(),
             bytecode_format: BYTECODE_FORMAT,
             master_version: AGENT_VERSION.to_string(),
+            want_facts,
         }
     }
 
@@ -89,7 +96,8 @@ pub enum Control {
         agent_name: String,
         agent_version: String,
         max_tasks: u32,
-        facts: Facts,
+        /// Present when the `Hello` asked for them.
+        facts: Option<Facts>,
     },
     Reject {
         reason: String,
@@ -574,7 +582,7 @@ mod tests {
 
     #[test]
     fn version_mismatch_names_both_sides() {
-        let mut h = Hello::current();
+        let mut h = Hello::current(false);
         assert!(h.check_compatible().is_ok());
         h.protocol = 99;
         let e = h.check_compatible().unwrap_err();

@@ -513,10 +513,36 @@ pub fn transport_config(
     Arc::new(t)
 }
 
+/// The smallest UDP payload every QUIC path carries (RFC 9000, section 14).
+pub const MIN_UDP_PAYLOAD: u16 = 1200;
+
+/// For connections that carry only small frames (`exec`, `health`): no path-MTU
+/// probes from either side. Ours stop in `transport`. The peer's stop because it may
+/// not send datagrams larger than the `max_udp_payload_size` advertised from
+/// `endpoint` (here the QUIC minimum), and quinn's discovery never probes past it. On a
+/// fresh connection the probes and their acknowledgements are about half of the
+/// datagrams; full-size packets pay off only for bulk data (artifacts).
+pub fn without_mtu_probes(
+    transport: &mut quinn::TransportConfig,
+    endpoint: &mut quinn::EndpointConfig,
+) {
+    transport.mtu_discovery_config(None);
+    // In range by definition (quinn accepts 1200..=65527).
+    let _ = endpoint.max_udp_payload_size(MIN_UDP_PAYLOAD);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rustls::CipherSuite;
+
+    #[test]
+    fn without_mtu_probes_advertises_the_quic_minimum() {
+        let mut t = quinn::TransportConfig::default();
+        let mut e = quinn::EndpointConfig::default();
+        without_mtu_probes(&mut t, &mut e);
+        assert_eq!(e.get_max_udp_payload_size(), u64::from(MIN_UDP_PAYLOAD));
+    }
 
     #[test]
     fn only_tls13_suites_with_aes_128_gcm_first() {

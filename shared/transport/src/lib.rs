@@ -31,7 +31,7 @@ pub use cert_info::CertInfo;
 pub use config::{
     agent_server_config, effective_keep_alive, enrollment_client_config, enrollment_server_config,
     master_client_config, transport_config, verify_enrolling_master, verify_issued_agent_cert,
-    ALPN, ENROLL_ALPN,
+    without_mtu_probes, ALPN, ENROLL_ALPN, MIN_UDP_PAYLOAD,
 };
 pub use crl::Crl;
 pub use explain::{

@@ -90,6 +90,7 @@ pub enum HandshakeError {
 pub async fn master_handshake<W, R>(
     send: &mut W,
     recv: &mut FrameReader<R>,
+    want_facts: bool,
 ) -> Result<Option<protocol::Control>, HandshakeError>
 where
     W: AsyncWrite + Unpin,
@@ -97,8 +98,10 @@ where
 {
     let mut out = protocol::preamble(protocol::PROTOCOL_VERSION).to_vec();
     out.extend(
-        protocol::encode(&protocol::Control::Hello(protocol::Hello::current()))
-            .map_err(WireError::from)?,
+        protocol::encode(&protocol::Control::Hello(protocol::Hello::current(
+            want_facts,
+        )))
+        .map_err(WireError::from)?,
     );
     send.write_all(&out).await.map_err(WireError::from)?;
     let theirs = recv.preamble().await?;

@@ -161,7 +161,7 @@ fn main() {
     );
     let mut control = protocol::preamble(protocol::PROTOCOL_VERSION).to_vec();
     for m in [
-        Control::Hello(Hello::current()),
+        Control::Hello(Hello::current(true)),
         Control::Ping { seq: 1 },
         Control::Pong {
             seq: 1,
