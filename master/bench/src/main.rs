@@ -1953,15 +1953,16 @@ impl Bench {
             .iter()
             .map(|a| (a.name.clone(), a.addr))
             .collect();
-        let client = tls::master_client_config(
-            &self.master_pem,
-            &self.ca_pem,
-            None,
-            tls::transport_config(KEEP_ALIVE, IDLE_TIMEOUT),
-        )?;
+        // The same wire as `health`: no path-MTU probes either way.
+        let mut transport = tls::transport_config(KEEP_ALIVE, IDLE_TIMEOUT);
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        if let Some(t) = Arc::get_mut(&mut transport) {
+            tls::without_mtu_probes(t, &mut endpoint_config);
+        }
+        let client = tls::master_client_config(&self.master_pem, &self.ca_pem, None, transport)?;
         let rounds = self.p.ping_rounds;
         rt.block_on(async move {
-            let endpoint = big_buffer_endpoint()?;
+            let endpoint = big_buffer_endpoint(endpoint_config)?;
             let start = Instant::now();
             let mut set = tokio::task::JoinSet::new();
             for (i, (name, addr)) in targets.into_iter().enumerate() {
@@ -2055,7 +2056,7 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// A client endpoint asking for 8 MiB socket buffers (the master asks for 32 MiB and
 /// forces them as root; at 200 agents dialed at once, 8 MiB is enough).
-fn big_buffer_endpoint() -> anyhow::Result<Endpoint> {
+fn big_buffer_endpoint(config: quinn::EndpointConfig) -> anyhow::Result<Endpoint> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     let _ = socket.set_recv_buffer_size(8 << 20);
@@ -2064,12 +2065,7 @@ fn big_buffer_endpoint() -> anyhow::Result<Endpoint> {
     socket.bind(&bind.into())?;
     socket.set_nonblocking(true)?;
     let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
-    Ok(Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket.into(),
-        runtime,
-    )?)
+    Ok(Endpoint::new(config, None, socket.into(), runtime)?)
 }
 
 // ---------------------------------------------------------------------------------------
