@@ -389,15 +389,30 @@ pub struct FrameDecoder {
 
 impl FrameDecoder {
     pub fn push(&mut self, bytes: &[u8]) {
-        if self.start > 0 && self.start >= self.buf.len() / 2 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
+        self.compact();
         self.buf.extend_from_slice(bytes);
     }
 
+    /// The buffer, with room for at least `want` more bytes at its end, for a reader to
+    /// append what it reads straight into it: no intermediate buffer to zero and copy
+    /// from (`tokio::io::AsyncReadExt::read_buf` on a `&mut Vec<u8>`). Bytes must only
+    /// be appended.
+    pub fn spare(&mut self, want: usize) -> &mut Vec<u8> {
+        self.compact();
+        self.buf.reserve(want);
+        &mut self.buf
+    }
+
+    /// Drop the consumed bytes once they are half of the buffer.
+    fn compact(&mut self) {
+        if self.start > 0 && self.start >= self.buf.len() / 2 {
+            self.buf.drain(..self.start.min(self.buf.len()));
+            self.start = 0;
+        }
+    }
+
     fn pending(&self) -> &[u8] {
-        &self.buf[self.start..]
+        self.buf.get(self.start..).unwrap_or_default()
     }
 
     /// No byte is waiting (a stream may end here cleanly).
@@ -501,6 +516,30 @@ mod tests {
         }
         assert_eq!(out, msgs);
         assert!(fb.is_empty());
+    }
+
+    #[test]
+    fn bytes_appended_into_the_spare_room_decode_like_pushed_ones() {
+        let msgs: Vec<Control> = (0..50).map(|seq| Control::Ping { seq }).collect();
+        let mut bytes = Vec::new();
+        for m in &msgs {
+            bytes.extend(encode(m).unwrap());
+        }
+        let mut fb = FrameDecoder::default();
+        let mut out = Vec::new();
+        for piece in bytes.chunks(7) {
+            let buf = fb.spare(16);
+            assert!(buf.capacity() - buf.len() >= 16);
+            buf.extend_from_slice(piece);
+            while let Some(m) = fb.next_message::<Control>().unwrap() {
+                out.push(m);
+            }
+        }
+        assert_eq!(out, msgs);
+        assert!(fb.is_empty());
+        // Consumed bytes were dropped along the way: the buffer holds no more than
+        // about one piece, not the whole stream.
+        assert!(fb.spare(0).len() < bytes.len() / 4, "{}", fb.spare(0).len());
     }
 
     #[test]

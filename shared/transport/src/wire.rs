@@ -22,22 +22,25 @@ pub enum WireError {
 pub struct FrameReader<R> {
     inner: R,
     dec: protocol::FrameDecoder,
-    chunk: Box<[u8]>,
 }
+
+/// Room made in the decoder's buffer before each read. Nothing is zeroed or copied
+/// through a buffer of its own: a reader per task stream used to allocate and zero
+/// 64 KiB, which on both sides of a 64-in-flight pool was a tenth of the async
+/// threads' time.
+const READ_ROOM: usize = 16 * 1024;
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R) -> Self {
         FrameReader {
             inner,
             dec: protocol::FrameDecoder::default(),
-            chunk: vec![0u8; 64 * 1024].into_boxed_slice(),
         }
     }
 
     /// Read more bytes into the decoder; `false` at the end of the stream.
     async fn fill(&mut self) -> Result<bool, WireError> {
-        let n = self.inner.read(&mut self.chunk).await?;
-        self.dec.push(&self.chunk[..n]);
+        let n = self.inner.read_buf(self.dec.spare(READ_ROOM)).await?;
         Ok(n > 0)
     }
 
