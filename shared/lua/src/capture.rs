@@ -281,6 +281,14 @@ pub struct Encoder<'l> {
     elements: usize,
 }
 
+/// A point to roll an [`Encoder`] back to (see `Encoder::mark`).
+struct Mark {
+    tables: usize,
+    functions: usize,
+    protos: usize,
+    cells: usize,
+}
+
 /// What a value that is not data gets told in data mode.
 const DATA_ONLY: &str =
     "results, channel messages and call arguments carry data only (no functions)";
@@ -330,29 +338,17 @@ impl<'l> Encoder<'l> {
             if v.is_nil() {
                 continue;
             }
-            // A failed global must not leave half-registered tables behind: encode into
-            // a scratch copy of the identity maps and commit only on success.
+            // A failed global must not leave half-registered tables behind: what it
+            // registered is taken back out. Nothing is copied for the common case, a
+            // global that encodes (a copy of the identity maps per global and per task
+            // grew with the number of the script's global functions).
             let depth = self.depth;
-            let snapshot = (
-                self.tables.clone(),
-                self.functions.clone(),
-                self.protos.clone(),
-                self.cells.clone(),
-                self.graph.tables.len(),
-                self.graph.functions.len(),
-                self.graph.protos.len(),
-            );
+            let mark = self.mark();
             match self.encode(&v, &format!("global '{name}'")) {
                 Ok(enc) => self.graph.globals.push((name, enc)),
                 Err(e) => {
                     self.depth = depth;
-                    self.tables = snapshot.0;
-                    self.functions = snapshot.1;
-                    self.protos = snapshot.2;
-                    self.cells = snapshot.3;
-                    self.graph.tables.truncate(snapshot.4);
-                    self.graph.functions.truncate(snapshot.5);
-                    self.graph.protos.truncate(snapshot.6);
+                    self.roll_back(mark);
                     self.graph.unsendable_globals.push(Unsendable {
                         name,
                         reason: e.to_string(),
@@ -365,6 +361,31 @@ impl<'l> Encoder<'l> {
 
     pub fn finish(self) -> Graph {
         self.graph
+    }
+
+    /// How much is registered so far: every index in the identity maps is below it
+    /// (tables, functions and prototypes index the graph's lists, cells count up).
+    fn mark(&self) -> Mark {
+        Mark {
+            tables: self.graph.tables.len(),
+            functions: self.graph.functions.len(),
+            protos: self.graph.protos.len(),
+            cells: self.cells.len(),
+        }
+    }
+
+    /// Forget everything registered since `mark`.
+    fn roll_back(&mut self, mark: Mark) {
+        fn below<K>(n: usize) -> impl FnMut(&K, &mut u32) -> bool {
+            move |_, idx| (*idx as usize) < n
+        }
+        self.tables.retain(below(mark.tables));
+        self.functions.retain(below(mark.functions));
+        self.protos.retain(below(mark.protos));
+        self.cells.retain(below(mark.cells));
+        self.graph.tables.truncate(mark.tables);
+        self.graph.functions.truncate(mark.functions);
+        self.graph.protos.truncate(mark.protos);
     }
 
     fn encode(&mut self, v: &LV, path: &str) -> Result<Value, CaptureError> {

@@ -126,6 +126,33 @@ fn coroutine_is_refused_naming_the_variable() {
     );
 }
 
+/// A global that fails half-way (after registering a table, a function and its
+/// prototype) is taken back out whole. Twenty pairs, so that in whatever order the
+/// globals are walked some failing global registers first what a good global then
+/// needs: the good ones still work, and see the values they share.
+#[test]
+fn a_global_that_fails_half_way_leaves_the_others_whole() {
+    let (_l, v) = ship(
+        r#"
+for i = 1, 20 do
+  local t = { i }
+  local function get() return t[1] end
+  _G["bad" .. i] = { t, get, coroutine.create(print) }
+  _G["good" .. i] = function() return get() end
+end
+"#,
+        r#"return function()
+  local sum = 0
+  for i = 1, 20 do
+    sum = sum + _G["good" .. i]()
+    assert(not pcall(function() return _G["bad" .. i] end))
+  end
+  return sum
+end"#,
+    );
+    assert!(matches!(v[0], LV::Integer(210)), "{v:?}");
+}
+
 #[test]
 fn unsendable_globals_fail_only_when_used() {
     let (_l, v) = ship(
