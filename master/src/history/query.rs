@@ -6,7 +6,7 @@
 use rusqlite::{params, OptionalExtension, Row};
 use serde::Serialize;
 
-use super::recorder::HostRow;
+use super::recorder::{ChangeRow, HostRow};
 use super::Db;
 
 /// One run, as `history` lists it.
@@ -204,22 +204,6 @@ pub struct TaskDetail {
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ChangeDetail {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub task_id: Option<u64>,
-    pub host: String,
-    pub resource: String,
-    pub target: String,
-    pub action: String,
-    pub changed: bool,
-    pub check: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub diff: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct LogLine {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_id: Option<u64>,
@@ -236,7 +220,7 @@ pub struct RunDetail {
     pub script_text: Option<String>,
     pub host_results: std::collections::BTreeMap<String, HostRow>,
     pub tasks: Vec<TaskDetail>,
-    pub changes: Vec<ChangeDetail>,
+    pub changes: Vec<ChangeRow>,
     pub logs: Vec<LogLine>,
 }
 
@@ -300,9 +284,9 @@ pub fn detail(db: &Db, id: &str, host: Option<&str>) -> rusqlite::Result<Option<
         "SELECT task_id, host, resource, target, action, changed, check_mode, diff, error
          FROM changes WHERE run = ?1 ORDER BY rowid",
     )?;
-    let changes: Vec<ChangeDetail> = stmt
+    let changes: Vec<ChangeRow> = stmt
         .query_map(params![key], |r| {
-            Ok(ChangeDetail {
+            Ok(ChangeRow {
                 task_id: r.get::<_, Option<i64>>(0)?.map(|t| t.max(0) as u64),
                 host: r.get(1)?,
                 resource: r.get(2)?,

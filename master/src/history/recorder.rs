@@ -75,9 +75,11 @@ pub struct TaskEnd {
     pub changes: u64,
 }
 
-/// A change a resource or handler reported.
-#[derive(Debug, Clone)]
+/// A change a resource or handler reported (as recorded, and as `history show` reads
+/// it back).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChangeRow {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub task_id: Option<u64>,
     pub host: String,
     pub resource: String,
@@ -85,7 +87,9 @@ pub struct ChangeRow {
     pub action: String,
     pub changed: bool,
     pub check: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub diff: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
