@@ -12,7 +12,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -158,15 +158,8 @@ impl AuditLog {
             return Ok(AuditLog { writer: None });
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.exists() {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)
-                    .with_context(|| {
-                        format!("creating the audit log directory {}", dir.display())
-                    })?;
-            }
+            sloth_transport::create_private_dir(dir)
+                .with_context(|| format!("creating the audit log directory {}", dir.display()))?;
         }
         let file = open_append(path)?;
         let size = file

@@ -12,7 +12,7 @@
 pub mod query;
 pub mod recorder;
 
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -171,13 +171,8 @@ impl Db {
     /// for recording.
     pub fn open(path: &Path) -> Result<Db, String> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.exists() {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)
-                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            }
+            sloth_transport::create_private_dir(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
         // Scripts, logs and diffs may hold secrets: the file is made owner-only before
         // SQLite opens it, whatever the directory (its -wal and -shm files follow it).

@@ -40,7 +40,7 @@ pub use explain::{
 #[cfg(feature = "issue")]
 pub use issue::{generate_ca, issue_agent, issue_master, sign_agent_request, sign_crl, Lifetime};
 pub use pem::{
-    certificate_with, parse_certs, parse_key, read_pem_files, recover_pair, replace_pair,
-    write_file_atomic, write_pem_files, Pem,
+    certificate_with, create_private_dir, parse_certs, parse_key, read_pem_files, recover_pair,
+    replace_pair, write_file_atomic, write_pem_files, Pem,
 };
 pub use token::JoinToken;

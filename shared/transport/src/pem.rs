@@ -39,18 +39,26 @@ pub fn write_pem_files(dir: &Path, stem: &str, pem: &Pem) -> anyhow::Result<(Pat
     if stem.is_empty() || stem.contains('/') || stem.starts_with('.') {
         bail!("invalid file name stem {stem:?}");
     }
-    if !dir.is_dir() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create directory {}", dir.display()))?;
-    }
+    create_private_dir(dir)
+        .with_context(|| format!("cannot create directory {}", dir.display()))?;
     let cert_path = dir.join(format!("{stem}.crt"));
     let key_path = dir.join(format!("{stem}.key"));
     write_file_atomic(&key_path, pem.key.as_bytes(), 0o600)?;
     write_file_atomic(&cert_path, pem.cert.as_bytes(), 0o644)?;
     Ok((cert_path, key_path))
+}
+
+/// Creates `dir` and its missing parents, mode 0700, unless something is there already
+/// (its mode is then left as it is, and opening a file in it says what is wrong): where
+/// keys, the run history and the audit log go.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// Writes `contents` to `path` through a fresh temporary file created with `mode` in the
