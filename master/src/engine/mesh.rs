@@ -144,15 +144,13 @@ impl Mesh {
         cfg: MeshConfig,
     ) -> anyhow::Result<Mesh> {
         let mut transport = tls::transport_config(cfg.keep_alive, cfg.idle_timeout);
-        // Agents never open streams towards the master: advertising none saves the
-        // per-stream state quinn would pre-allocate for each connection.
+        let mut endpoint_config = quinn::EndpointConfig::default();
         if let Some(t) = Arc::get_mut(&mut transport) {
+            // Agents never open streams towards the master: advertising none saves the
+            // per-stream state quinn would pre-allocate for each connection.
             t.max_concurrent_bidi_streams(0u32.into());
             t.max_concurrent_uni_streams(0u32.into());
-        }
-        let mut endpoint_config = quinn::EndpointConfig::default();
-        if !cfg.probe_mtu {
-            if let Some(t) = Arc::get_mut(&mut transport) {
+            if !cfg.probe_mtu {
                 tls::without_mtu_probes(t, &mut endpoint_config);
             }
         }
