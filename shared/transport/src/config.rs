@@ -83,6 +83,8 @@ fn quic_server(
 ) -> anyhow::Result<quinn::ServerConfig> {
     tls.alpn_protocols = vec![alpn.to_vec()];
     tls.max_early_data_size = 0;
+    // No session tickets: masters never resume (see `quic_client`).
+    tls.send_tls13_tickets = 0;
     let quic = QuicServerConfig::try_from(Arc::new(tls))
         .map_err(|e| anyhow!("TLS configuration not usable for QUIC: {e}"))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -99,6 +101,10 @@ fn quic_client(
 ) -> anyhow::Result<quinn::ClientConfig> {
     tls.alpn_protocols = vec![alpn.to_vec()];
     tls.enable_early_data = false;
+    // Every connection is a full handshake, so that each one checks the agent's
+    // certificate (and its revocation) anew. Agents send no tickets either: storing
+    // and sending them was work on both sides for nothing.
+    tls.resumption = rustls::client::Resumption::disabled();
     let quic = QuicClientConfig::try_from(Arc::new(tls))
         .map_err(|e| anyhow!("TLS configuration not usable for QUIC: {e}"))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));

@@ -296,6 +296,98 @@ async fn tls_loopback_correct_master_exchanges_bytes() {
     assert_eq!(outcomes, vec!["ok".to_string()]);
 }
 
+/// A client session store that keeps what the default one does and counts the TLS 1.3
+/// tickets it is handed.
+#[derive(Debug)]
+struct CountingTickets {
+    inner: rustls::client::ClientSessionMemoryCache,
+    tickets: std::sync::atomic::AtomicUsize,
+}
+
+impl rustls::client::ClientSessionStore for CountingTickets {
+    fn set_kx_hint(&self, name: rustls::pki_types::ServerName<'static>, g: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, g)
+    }
+    fn kx_hint(&self, name: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        v: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, v)
+    }
+    fn tls12_session(
+        &self,
+        name: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &rustls::pki_types::ServerName<'static>) {
+        self.inner.remove_tls12_session(name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        v: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tickets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(name, v)
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+/// A master that wants to resume sessions (its own rustls configuration, ready to store
+/// tickets) gets none from an agent: each of its connections is a full handshake,
+/// where the agent checks its certificate again. A resumed session would skip that
+/// check, so a master certificate that expired since would still be let in.
+#[tokio::test]
+async fn tls_loopback_agent_issues_no_session_ticket_to_resume_with() {
+    let (ca, agent, master) = fleet();
+    let a = start_agent(&agent, &ca.cert);
+    let store = Arc::new(CountingTickets {
+        inner: rustls::client::ClientSessionMemoryCache::new(16),
+        tickets: Default::default(),
+    });
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in parse_certs(&ca.cert).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            parse_certs(&master.cert).unwrap(),
+            parse_key(&master.key).unwrap(),
+        )
+        .unwrap();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.resumption = rustls::client::Resumption::store(store.clone());
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).unwrap();
+    let mut ep = quinn::Endpoint::client(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    for _ in 0..2 {
+        let reply = exchange(&ep, a.addr, "web-01").await.unwrap();
+        assert_eq!(reply, b"hello agent");
+    }
+    let outcomes = stop(a, &[&ep]).await;
+    assert_eq!(outcomes, ["ok", "ok"]);
+    assert_eq!(
+        store.tickets.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the agent handed out session tickets"
+    );
+}
+
 #[tokio::test]
 async fn tls_loopback_master_of_another_ca_is_refused() {
     let (ca, agent, _) = fleet();
