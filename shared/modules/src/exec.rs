@@ -22,39 +22,33 @@
 //! - `exec.alive(pid)` is true while the process exists and is not a zombie.
 
 use std::ffi::{OsStr, OsString};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mlua::{Lua, LuaString, MultiValue, Table, Value as LV};
-use parking_lot::Mutex;
 use rustix::io::Errno;
 use rustix::process::{Pid, Signal};
 
 use super::{stop_to_lua, task_ctx};
-use sloth_lua::cancel::{CancelToken, StopReason};
-use sloth_lua::context::{TaskContext, TaskIo};
+use crate::child_io::{abandon, wait_any, OutPipe};
+use sloth_lua::cancel::StopReason;
+use sloth_lua::context::TaskContext;
 use sloth_lua::opts::Opts;
 use sloth_proto::protocol::LogLevel;
 
 /// Longest wait between two checks of the child (and of a stop of the task).
 const POLL: Duration = Duration::from_millis(10);
 /// First wait between two checks where the exit cannot be waited for directly (no
-/// pidfd), and while the output pipes drain; it doubles up to [`POLL`], so a short
-/// command is not held up by the polling.
+/// pidfd); it doubles up to [`POLL`], so a short command is not held up by the
+/// polling.
 const FIRST_NAP: Duration = Duration::from_micros(50);
-/// After the child is gone, how long the output pipes may stay silent before the
-/// remaining readers are abandoned (a background grandchild can hold them open).
+/// After the child is gone, how long the output pipes may stay silent before they are
+/// abandoned (a background grandchild can hold them open).
 const DRAIN_IDLE: Duration = Duration::from_millis(250);
-/// Most output kept per stream; the rest is read and dropped (`truncated = true`).
-const MAX_OUTPUT: usize = 64 * 1024 * 1024;
-/// A streamed line longer than this is forwarded in pieces.
-const MAX_LINE: usize = 64 * 1024;
 
 pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
     let exec = lua.create_table()?;
@@ -349,78 +343,6 @@ fn base_command(argv: &[OsString], p: &ProcOpts) -> Command {
     c
 }
 
-/// Output of one stream, shared between its reader thread and the waiting task.
-struct Capture {
-    buf: Mutex<Vec<u8>>,
-    truncated: AtomicBool,
-    done: AtomicBool,
-}
-
-/// State shared by both readers of one child.
-struct Readers {
-    /// Set once the call returned: readers keep draining but drop what they read.
-    detached: AtomicBool,
-    /// Bytes read so far by either reader (progress marker).
-    activity: AtomicU64,
-}
-
-fn spawn_reader<R: Read + Send + 'static>(
-    mut pipe: R,
-    cap: Arc<Capture>,
-    shared: Arc<Readers>,
-    stream: Option<(Arc<dyn TaskIo>, LogLevel)>,
-) -> io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("sloth-exec-pipe".into())
-        .spawn(move || {
-            let mut chunk = vec![0u8; 8192];
-            let mut pending: Vec<u8> = Vec::new();
-            let emit = |line: &[u8]| {
-                if let Some((io, level)) = &stream {
-                    let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    io.log(*level, &String::from_utf8_lossy(line));
-                }
-            };
-            loop {
-                let n = match pipe.read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => break,
-                };
-                shared.activity.fetch_add(n as u64, Ordering::SeqCst);
-                if shared.detached.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let data = &chunk[..n];
-                {
-                    let mut buf = cap.buf.lock();
-                    let room = MAX_OUTPUT.saturating_sub(buf.len());
-                    if room < data.len() {
-                        cap.truncated.store(true, Ordering::SeqCst);
-                    }
-                    buf.extend_from_slice(&data[..room.min(data.len())]);
-                }
-                if stream.is_some() {
-                    pending.extend_from_slice(data);
-                    while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
-                        let rest = pending.split_off(pos + 1);
-                        let line = std::mem::replace(&mut pending, rest);
-                        emit(&line[..line.len() - 1]);
-                    }
-                    if pending.len() > MAX_LINE {
-                        emit(&pending);
-                        pending.clear();
-                    }
-                }
-            }
-            if !pending.is_empty() && !shared.detached.load(Ordering::SeqCst) {
-                emit(&pending);
-            }
-            cap.done.store(true, Ordering::SeqCst);
-        })
-}
-
 /// Signal a whole process group.
 fn kill_group(pgid: u32, sig: Signal) {
     // Never group 1: `kill(-1)` would address every process.
@@ -560,7 +482,7 @@ pub(crate) fn run_argv(
     run_process(ctx, &spec, p)
 }
 
-/// Run a child to its end: its output read on two threads, its exit waited for
+/// Run a child to its end: its output read and its exit waited for in one loop
 /// (pidfd), its group killed when the task stops or `p.timeout` passes.
 pub(crate) fn run_process(
     ctx: &TaskContext,
@@ -603,170 +525,127 @@ pub(crate) fn run_process(
         }
     };
 
-    let shared = Arc::new(Readers {
-        detached: AtomicBool::new(false),
-        activity: AtomicU64::new(0),
-    });
-    let out = Arc::new(Capture {
-        buf: Mutex::new(Vec::new()),
-        truncated: AtomicBool::new(false),
-        done: AtomicBool::new(false),
-    });
-    let err = Arc::new(Capture {
-        buf: Mutex::new(Vec::new()),
-        truncated: AtomicBool::new(false),
-        done: AtomicBool::new(false),
-    });
-    let mut handles = Vec::new();
-    let mut setup_error = None;
-    if let Some(pipe) = child.stdout.take() {
-        let s = p.stream.then(|| (ctx.io.clone(), LogLevel::Print));
-        match spawn_reader(pipe, out.clone(), shared.clone(), s) {
-            Ok(h) => handles.push(h),
-            Err(e) => setup_error = Some(e),
+    let setup = (|| -> io::Result<(OutPipe, OutPipe)> {
+        let level = |l| p.stream.then_some(l);
+        let out = OutPipe::new(
+            child.stdout.take().map(OwnedFd::from),
+            level(LogLevel::Print),
+        )?;
+        let err = OutPipe::new(
+            child.stderr.take().map(OwnedFd::from),
+            level(LogLevel::Info),
+        )?;
+        if let (Some(data), Some(mut pipe)) = (p.stdin.clone(), child.stdin.take()) {
+            std::thread::Builder::new()
+                .name("sloth-exec-stdin".into())
+                .spawn(move || {
+                    // A child that exits without reading its input is not an error.
+                    let _ = pipe.write_all(&data);
+                })?;
         }
-    } else {
-        out.done.store(true, Ordering::SeqCst);
-    }
-    if let Some(pipe) = child.stderr.take() {
-        let s = p.stream.then(|| (ctx.io.clone(), LogLevel::Info));
-        match spawn_reader(pipe, err.clone(), shared.clone(), s) {
-            Ok(h) => handles.push(h),
-            Err(e) => setup_error = Some(e),
+        Ok((out, err))
+    })();
+    let (mut out, mut err) = match setup {
+        Ok(pipes) => pipes,
+        Err(e) => {
+            kill_and_reap(&mut child);
+            return Err(RunFail::Start(format!(
+                "{}: setting up its input and output: {}",
+                spec.display,
+                os_reason(&e)
+            )));
         }
-    } else {
-        err.done.store(true, Ordering::SeqCst);
-    }
-    if let (Some(data), Some(mut pipe)) = (p.stdin.clone(), child.stdin.take()) {
-        let spawned = std::thread::Builder::new()
-            .name("sloth-exec-stdin".into())
-            .spawn(move || {
-                // A child that exits without reading its input is not an error.
-                let _ = pipe.write_all(&data);
-            });
-        if let Err(e) = spawned {
-            setup_error = Some(e);
-        }
-    }
-    if let Some(e) = setup_error {
-        kill_and_reap(&mut child);
-        shared.detached.store(true, Ordering::SeqCst);
-        return Err(RunFail::Start(format!(
-            "{}: starting an I/O thread: {}",
-            spec.display,
-            os_reason(&e)
-        )));
-    }
+    };
 
     let deadline = p.timeout.map(|t| start + t);
     let exit_fd = ExitFd::open(child.id());
+    let io = ctx.io.as_ref();
+    let mut chunk = vec![0u8; 16 * 1024];
     let mut backoff = FIRST_NAP;
+    // Set once the child is gone: how it ended, and since when the pipes are quiet.
+    let mut ended: Option<(Ended, Instant)> = None;
     let ended = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Ok(Ended::Exited(status)),
-            Ok(None) => {}
-            Err(e) => {
+        let got = out.read_ready(&mut chunk, io) + err.read_ready(&mut chunk, io);
+        if ended.is_none() {
+            let status = match child.try_wait() {
+                Ok(s) => s,
+                Err(e) => {
+                    kill_and_reap(&mut child);
+                    abandon([&mut out, &mut err]);
+                    return Err(RunFail::Start(format!(
+                        "{}: waiting for the child: {}",
+                        spec.display,
+                        os_reason(&e)
+                    )));
+                }
+            };
+            if let Some(status) = status {
+                ended = Some((Ended::Exited(status), Instant::now()));
+            } else if deadline.is_some_and(|d| Instant::now() >= d) {
                 kill_and_reap(&mut child);
-                shared.detached.store(true, Ordering::SeqCst);
-                return Err(RunFail::Start(format!(
-                    "{}: waiting for the child: {}",
-                    spec.display,
-                    os_reason(&e)
-                )));
+                ended = Some((Ended::TimedOut, Instant::now()));
+            }
+        } else if got > 0 {
+            if let Some((_, quiet_since)) = &mut ended {
+                *quiet_since = Instant::now();
             }
         }
         if let Some(r) = cancel.stopped() {
+            // The child, or what it left behind holding the pipes: the whole group.
             kill_and_reap(&mut child);
-            break Err(r);
+            abandon([&mut out, &mut err]);
+            return Err(RunFail::Stopped(r));
         }
-        let mut nap = if exit_fd.is_some() { POLL } else { backoff };
-        backoff = (backoff * 2).min(POLL);
-        if let Some(d) = deadline {
-            let now = Instant::now();
-            if now >= d {
-                kill_and_reap(&mut child);
-                break Ok(Ended::TimedOut);
+        let mut nap = POLL;
+        let done = match &ended {
+            // Both pipes at their end.
+            Some(_) if !out.is_open() && !err.is_open() => true,
+            // A background grandchild holds them open: give up once they stay silent.
+            Some((_, quiet_since)) => match DRAIN_IDLE.checked_sub(quiet_since.elapsed()) {
+                Some(left) if !left.is_zero() => {
+                    nap = left.min(POLL);
+                    false
+                }
+                _ => {
+                    abandon([&mut out, &mut err]);
+                    true
+                }
+            },
+            None => {
+                // With a pidfd the wait ends the moment the child exits.
+                if exit_fd.is_none() {
+                    nap = backoff;
+                    backoff = (backoff * 2).min(POLL);
+                }
+                if let Some(d) = deadline {
+                    nap = nap.min(d.saturating_duration_since(Instant::now()));
+                }
+                false
             }
-            nap = nap.min(d - now);
-        }
-        let waited = match &exit_fd {
-            // Returns as soon as the child exits; a stop is seen within POLL.
-            Some(fd) => {
-                fd.wait(nap);
-                cancel.stopped().map_or(Ok(()), Err)
-            }
-            None => cancel.sleep(nap),
         };
-        if let Err(r) = waited {
-            kill_and_reap(&mut child);
-            break Err(r);
+        if done {
+            if let Some((how, _)) = ended {
+                break how;
+            }
         }
+        let exit = exit_fd.as_ref().filter(|_| ended.is_none()).map(|e| &e.0);
+        wait_any([&out, &err], exit, nap);
     };
-
-    // Collect what the pipes still hold; stop waiting once they go quiet.
-    let stop = match &ended {
-        Err(r) => Some(*r),
-        Ok(_) => drain(&out, &err, &shared, &cancel, child.id()),
-    };
-    shared.detached.store(true, Ordering::SeqCst);
-    for h in handles {
-        if h.is_finished() {
-            let _ = h.join();
-        }
-    }
-    if let Some(r) = stop {
-        return Err(RunFail::Stopped(r));
-    }
-    let ended = match ended {
-        Ok(e) => e,
-        Err(r) => return Err(RunFail::Stopped(r)),
-    };
-    let stdout = std::mem::take(&mut *out.buf.lock());
-    let stderr = std::mem::take(&mut *err.buf.lock());
+    let (stdout, out_cut) = out.into_output();
+    let (stderr, err_cut) = err.into_output();
     Ok(Finished {
         stdout,
         stderr,
         ended,
-        truncated: out.truncated.load(Ordering::SeqCst) || err.truncated.load(Ordering::SeqCst),
+        truncated: out_cut || err_cut,
         duration: start.elapsed(),
     })
-}
-
-/// Wait for both readers to reach end of file, giving up once the pipes stay silent
-/// for [`DRAIN_IDLE`]. A stop of the task during the wait kills the rest of the group.
-fn drain(
-    out: &Capture,
-    err: &Capture,
-    shared: &Readers,
-    cancel: &CancelToken,
-    pgid: u32,
-) -> Option<StopReason> {
-    let mut seen = shared.activity.load(Ordering::SeqCst);
-    let mut quiet_since = Instant::now();
-    let mut nap = FIRST_NAP;
-    loop {
-        if out.done.load(Ordering::SeqCst) && err.done.load(Ordering::SeqCst) {
-            return None;
-        }
-        let now_seen = shared.activity.load(Ordering::SeqCst);
-        if now_seen != seen {
-            seen = now_seen;
-            quiet_since = Instant::now();
-        } else if quiet_since.elapsed() >= DRAIN_IDLE {
-            return None;
-        }
-        if let Err(r) = cancel.sleep(nap) {
-            kill_group(pgid, Signal::KILL);
-            return Some(r);
-        }
-        nap = (nap * 2).min(POLL);
-    }
 }
 
 /// A pidfd: readable once the process has exited, so the wait for a child ends the
 /// moment it exits instead of at the next poll. `None` where the kernel has no
 /// pidfd_open (before Linux 5.3); the caller then polls.
-struct ExitFd(std::os::fd::OwnedFd);
+struct ExitFd(OwnedFd);
 
 impl ExitFd {
     fn open(pid: u32) -> Option<ExitFd> {
@@ -774,17 +653,6 @@ impl ExitFd {
         rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
             .ok()
             .map(ExitFd)
-    }
-
-    /// Wait until the process exits or `max` passes.
-    fn wait(&self, max: Duration) {
-        use rustix::event::{PollFd, PollFlags, Timespec};
-        let mut fds = [PollFd::new(&self.0, PollFlags::IN)];
-        // Bounded like poll(2)'s timeout (i32::MAX ms), never an endless wait.
-        let max = max.min(Duration::from_millis(i32::MAX as u64));
-        let timeout = Timespec::try_from(max).ok();
-        // An error (EINTR) just ends this wait early; the caller checks the child again.
-        let _ = rustix::event::poll(&mut fds, timeout.as_ref());
     }
 }
 

@@ -14,6 +14,7 @@ use sloth_lua::protect::wrap_table;
 use sloth_proto::protocol::LogLevel;
 
 mod check_mode;
+mod child_io;
 pub mod exec;
 pub mod fs;
 pub mod fuzz_targets;

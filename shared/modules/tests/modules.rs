@@ -393,6 +393,52 @@ fn exec_run_returns_when_a_background_child_keeps_the_pipes_open() {
 }
 
 #[test]
+fn exec_run_reads_both_pipes_at_once_and_keeps_everything() {
+    let lua = state();
+    // 1 MiB on stderr before a byte on stdout, then 3 MiB on stdout: far more than
+    // a pipe holds, so a reader that waited on one pipe alone would hang the child.
+    let (out, err, ok): (i64, i64, bool) = eval(
+        &lua,
+        r#"local r = exec.run("head -c 1048576 /dev/zero >&2; head -c 3145728 /dev/zero; echo -n x >&2")
+           return #r.stdout, #r.stderr, r.success"#,
+    );
+    assert!(ok);
+    assert_eq!(out, 3 * 1024 * 1024);
+    assert_eq!(err, 1024 * 1024 + 1);
+}
+
+#[test]
+fn exec_run_leaves_a_background_child_a_pipe_that_still_reads() {
+    let lua = state();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("wrote-after");
+    lua.globals().set("MARK", marker.to_str().unwrap()).unwrap();
+    // The call returns once the pipes stay quiet after the shell exits; the
+    // background child writes to its inherited stdout later. Had the pipe been
+    // closed, `echo` would die of SIGPIPE before creating the marker.
+    let (out, took): (String, f64) = eval(
+        &lua,
+        r#"local t0 = sys.monotonic_ms()
+           local r = exec.run("echo now; (sleep 0.6; echo later; echo ok > '" .. MARK .. "') &")
+           return r.stdout, sys.monotonic_ms() - t0"#,
+    );
+    assert_eq!(
+        out, "now\n",
+        "what came after the call returned is not its output"
+    );
+    assert!(took < 600.0, "returned after {took} ms");
+    let until = Instant::now() + Duration::from_secs(5);
+    while !marker.exists() {
+        assert!(
+            Instant::now() < until,
+            "the background child never got past its write"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ok\n");
+}
+
+#[test]
 fn exec_run_raises_when_the_task_is_cancelled() {
     let cancel = CancelToken::new(None);
     let (lua, _sink) = state_with(cancel.clone());

@@ -1,0 +1,246 @@
+//! A child's stdout and stderr, read without blocking on the task's own thread.
+//!
+//! `exec.run` waits for its child and reads both pipes in one `poll(2)` loop (see
+//! `exec::run_process`): no reader thread per pipe. A command fanned out to a
+//! thousand agents used to start and end two threads on each of them.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use sloth_lua::context::TaskIo;
+use sloth_proto::protocol::LogLevel;
+
+/// Most output kept per stream; the rest is read and dropped (`truncated = true`).
+pub(crate) const MAX_OUTPUT: usize = 64 * 1024 * 1024;
+/// A streamed line longer than this is forwarded in pieces.
+const MAX_LINE: usize = 64 * 1024;
+/// Most bytes taken from one pipe before the loop looks at the child and the task
+/// again (a command that floods its output cannot starve the stop and the timeout).
+const MAX_READ_TURN: usize = 1024 * 1024;
+
+/// One output pipe of a child: what was read so far, and the line being streamed.
+pub(crate) struct OutPipe {
+    /// `None` once the pipe reached end of file (or was handed to [`abandon`]).
+    fd: Option<OwnedFd>,
+    kept: Vec<u8>,
+    truncated: bool,
+    /// Forward each line to the task's log at this level (`stream = true`).
+    stream: Option<LogLevel>,
+    partial: Vec<u8>,
+}
+
+impl OutPipe {
+    /// Take `fd` (non-blocking from now on); `None` is a pipe that was never there.
+    pub fn new(fd: Option<OwnedFd>, stream: Option<LogLevel>) -> io::Result<OutPipe> {
+        if let Some(fd) = &fd {
+            rustix::io::ioctl_fionbio(fd, true)?;
+        }
+        Ok(OutPipe {
+            fd,
+            kept: Vec::new(),
+            truncated: false,
+            stream,
+            partial: Vec::new(),
+        })
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.fd.is_some()
+    }
+
+    /// Read what the pipe holds now (up to [`MAX_READ_TURN`]), into `chunk` first.
+    /// Returns the number of bytes read; end of file closes the pipe and forwards an
+    /// unterminated last line.
+    pub fn read_ready(&mut self, chunk: &mut [u8], io: &dyn TaskIo) -> usize {
+        let mut total = 0;
+        while total < MAX_READ_TURN {
+            let Some(fd) = &self.fd else { break };
+            match rustix::io::read(fd, &mut *chunk) {
+                Ok(0) => {
+                    self.close(io);
+                    break;
+                }
+                Ok(n) => {
+                    total += n;
+                    self.take(&chunk[..n], io);
+                }
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => break,
+                // Anything else ends the pipe as end of file would.
+                Err(_) => {
+                    self.close(io);
+                    break;
+                }
+            }
+        }
+        total
+    }
+
+    /// Keep `data` (within [`MAX_OUTPUT`]) and stream its complete lines.
+    fn take(&mut self, data: &[u8], io: &dyn TaskIo) {
+        let room = MAX_OUTPUT.saturating_sub(self.kept.len());
+        if room < data.len() {
+            self.truncated = true;
+        }
+        self.kept.extend_from_slice(&data[..room.min(data.len())]);
+        let Some(level) = self.stream else { return };
+        let mut rest = data;
+        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+            if self.partial.is_empty() {
+                emit(io, level, &rest[..pos]);
+            } else {
+                self.partial.extend_from_slice(&rest[..pos]);
+                emit(io, level, &self.partial);
+                self.partial.clear();
+            }
+            rest = &rest[pos + 1..];
+        }
+        self.partial.extend_from_slice(rest);
+        if self.partial.len() > MAX_LINE {
+            emit(io, level, &self.partial);
+            self.partial.clear();
+        }
+    }
+
+    fn close(&mut self, io: &dyn TaskIo) {
+        self.fd = None;
+        if let Some(level) = self.stream {
+            if !self.partial.is_empty() {
+                emit(io, level, &self.partial);
+                self.partial.clear();
+            }
+        }
+    }
+
+    /// What was kept, and whether some was dropped past [`MAX_OUTPUT`].
+    pub fn into_output(self) -> (Vec<u8>, bool) {
+        (self.kept, self.truncated)
+    }
+}
+
+fn emit(io: &dyn TaskIo, level: LogLevel, line: &[u8]) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    io.log(level, &String::from_utf8_lossy(line));
+}
+
+/// Wait until one of `pipes` (the open ones) or `exit` (the child's pidfd) is
+/// readable, or `max` passes. An interrupted wait just ends early.
+pub(crate) fn wait_any(pipes: [&OutPipe; 2], exit: Option<&OwnedFd>, max: Duration) {
+    let mut fds: Vec<PollFd<'_>> = pipes
+        .iter()
+        .filter_map(|p| p.fd.as_ref())
+        .chain(exit)
+        .map(|fd| PollFd::new(fd, PollFlags::IN))
+        .collect();
+    // Bounded like poll(2)'s timeout (i32::MAX ms), never an endless wait.
+    let max = max.min(Duration::from_millis(i32::MAX as u64));
+    let timeout = Timespec::try_from(max).ok();
+    let _ = rustix::event::poll(&mut fds, timeout.as_ref());
+}
+
+/// Stop collecting from pipes a background grandchild still holds open: a thread
+/// reads them to their end and drops what it reads, so that the grandchild never
+/// meets a closed pipe (`SIGPIPE`). Its output belongs to no call any more.
+pub(crate) fn abandon(pipes: [&mut OutPipe; 2]) {
+    let fds: Vec<OwnedFd> = pipes.into_iter().filter_map(|p| p.fd.take()).collect();
+    if fds.is_empty() {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("sloth-exec-drain".into())
+        .spawn(move || {
+            let mut chunk = vec![0u8; 8192];
+            let mut open = fds;
+            while !open.is_empty() {
+                {
+                    let mut polled: Vec<PollFd<'_>> = open
+                        .iter()
+                        .map(|fd| PollFd::new(fd, PollFlags::IN))
+                        .collect();
+                    match rustix::event::poll(&mut polled, None) {
+                        Ok(_) | Err(Errno::INTR) => {}
+                        Err(_) => return,
+                    }
+                }
+                open.retain(|fd| loop {
+                    match rustix::io::read(fd.as_fd(), &mut chunk) {
+                        Ok(0) => break false,
+                        Ok(_) | Err(Errno::INTR) => continue,
+                        Err(Errno::AGAIN) => break true,
+                        Err(_) => break false,
+                    }
+                });
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+    use sloth_lua::shared_obj::{NoBackend, SharedBackend};
+    use std::sync::Arc;
+
+    #[derive(Default)]
+    struct Lines(Mutex<Vec<(LogLevel, String)>>);
+
+    impl TaskIo for Lines {
+        fn log(&self, level: LogLevel, line: &str) {
+            self.0.lock().push((level, line.to_string()));
+        }
+        fn change(&self, _: sloth_proto::change::Change) {}
+        fn backend(&self) -> Arc<dyn SharedBackend> {
+            Arc::new(NoBackend)
+        }
+    }
+
+    fn pipe(stream: Option<LogLevel>) -> OutPipe {
+        OutPipe::new(None, stream).expect("no fd to set up")
+    }
+
+    #[test]
+    fn lines_are_streamed_whole_across_reads() {
+        let io = Lines::default();
+        let mut p = pipe(Some(LogLevel::Print));
+        p.take(b"one\ntw", &io);
+        p.take(b"o\r\nthr", &io);
+        p.take(b"ee", &io);
+        p.close(&io);
+        let got: Vec<String> = io.0.lock().iter().map(|(_, l)| l.clone()).collect();
+        assert_eq!(got, ["one", "two", "three"]);
+        assert_eq!(p.into_output(), (b"one\ntwo\r\nthree".to_vec(), false));
+    }
+
+    #[test]
+    fn a_line_past_the_limit_goes_in_pieces() {
+        let io = Lines::default();
+        let mut p = pipe(Some(LogLevel::Info));
+        p.take(&vec![b'a'; MAX_LINE + 10], &io);
+        p.take(b"b\n", &io);
+        let lines = io.0.lock();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].1.len(), MAX_LINE + 10);
+        assert_eq!(lines[1], (LogLevel::Info, "b".to_string()));
+    }
+
+    #[test]
+    fn output_past_the_cap_is_dropped_and_flagged() {
+        let io = Lines::default();
+        let mut p = pipe(None);
+        let block = vec![b'x'; 8 * 1024 * 1024];
+        for _ in 0..(MAX_OUTPUT / block.len()) {
+            p.take(&block, &io);
+        }
+        p.take(b"more", &io);
+        assert!(
+            io.0.lock().is_empty(),
+            "nothing streamed without stream = true"
+        );
+        let (kept, truncated) = p.into_output();
+        assert_eq!(kept.len(), MAX_OUTPUT);
+        assert!(truncated);
+    }
+}
