@@ -43,6 +43,7 @@ fn lazy_globals() -> Vec<&'static str> {
         .chain(resources::MODULES)
         .copied()
         .chain(LAZY_STD_LIBS.iter().map(|(name, _)| *name))
+        .chain(LAZY_FUNCTIONS.iter().copied())
         .collect()
 }
 
@@ -102,6 +103,11 @@ pub fn install_task_modules(lua: &Lua) -> mlua::Result<()> {
     Ok(())
 }
 
+/// Global functions of the task library that [`install_task_modules_lazy`] builds on
+/// first use, like the modules: `handler` (building it loads a protected wrapper, an
+/// eighth of a fresh state's cost, and few tasks define handlers).
+const LAZY_FUNCTIONS: &[&str] = &["handler"];
+
 /// Standard libraries a task state opens on first use: `string`, `table` and `math`
 /// (and the base library) are always there; these cost more to open than most tasks
 /// spend running, and most never touch them.
@@ -124,10 +130,9 @@ pub const LAZY_STD_LIBS: &[(&str, mlua::StdLib)] = &[
 pub fn install_task_modules_lazy(lua: &Lua) -> mlua::Result<()> {
     let g = lua.globals();
     install_log(lua, &g)?;
-    resources::handlers::install(lua, &g)?;
     let loaded: Table = lua.named_registry_value::<Table>("_LOADED")?;
     loaded.raw_set("log", g.raw_get::<LV>("log")?)?;
-    let index = lua.create_function(|lua, (_t, key): (LV, LV)| {
+    let index = lua.create_function(|lua, (table, key): (LV, LV)| {
         let LV::String(k) = &key else {
             return Ok(LV::Nil);
         };
@@ -138,6 +143,7 @@ pub fn install_task_modules_lazy(lua: &Lua) -> mlua::Result<()> {
                 .map(|(l, _)| *l)
                 .chain(MODULES.iter().copied())
                 .chain(resources::MODULES.iter().copied())
+                .chain(LAZY_FUNCTIONS.iter().copied())
                 .find(|l| *l == &*n)
             {
                 Some(l) => l,
@@ -172,6 +178,18 @@ pub fn install_task_modules_lazy(lua: &Lua) -> mlua::Result<()> {
                         check_mode::guard_io(lua, &io_lib)?;
                     }
                 }
+                sloth_lua::capture::forget_builtins(lua);
+            }
+            return g.raw_get::<LV>(name);
+        }
+        if LAZY_FUNCTIONS.contains(&name) {
+            // A global function, not a module: `require` does not find it.
+            let is_globals = matches!(&table, LV::Table(t) if t.to_pointer() == g.to_pointer());
+            if !is_globals {
+                return Ok(LV::Nil);
+            }
+            if g.raw_get::<LV>(name)?.is_nil() {
+                resources::handlers::install(lua, &g)?;
                 sloth_lua::capture::forget_builtins(lua);
             }
             return g.raw_get::<LV>(name);

@@ -393,6 +393,28 @@ fn exec_run_returns_when_a_background_child_keeps_the_pipes_open() {
 }
 
 #[test]
+fn handler_is_built_when_a_task_first_names_it() {
+    let lua = state();
+    let (before, kind, after, required): (bool, String, bool, bool) = eval(
+        &lua,
+        r#"local before = rawget(_G, "handler") ~= nil
+           local kind = type(handler)
+           local after = rawget(_G, "handler") ~= nil
+           -- A global function, not a module: require does not find it.
+           local required = pcall(require, "handler")
+           return before, kind, after, required"#,
+    );
+    assert!(!before, "a fresh state builds `handler` only when named");
+    assert_eq!(kind, "function");
+    assert!(after);
+    assert!(!required);
+    // Built lazily, it still checks its arguments like any module function.
+    let (ok, err): (bool, String) = eval(&lua, r#"return pcall(handler, 42, print)"#);
+    assert!(!ok);
+    assert!(err.contains("handler"), "{err}");
+}
+
+#[test]
 fn exec_run_reads_both_pipes_at_once_and_keeps_everything() {
     let lua = state();
     // 1 MiB on stderr before a byte on stdout, then 3 MiB on stdout: far more than
