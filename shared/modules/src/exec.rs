@@ -14,7 +14,8 @@
 //!   per-call `timeout` expires the group is killed and the table comes back with
 //!   `timed_out = true`, `code = nil` and the output read so far.
 //! - `exec.spawn(cmd [, {cwd, env, log}])` starts a long-running service detached from
-//!   the task (own session, stdin from /dev/null, output appended to `log` or discarded)
+//!   the task (own session, default signals, stdin from /dev/null, output appended to
+//!   `log` or discarded)
 //!   and returns `{pid = N}`; it outlives the task.
 //! - `exec.kill(pid [, signal])` sends `signal` (default `"TERM"`; a name like `"KILL"`,
 //!   `"SIGHUP"` or a number). A process that leads its own session (what `exec.spawn`
@@ -703,14 +704,7 @@ fn spawn(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
         }
     };
     command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
-    // SAFETY: `setsid` is a plain system call (rustix makes it directly: no
-    // allocation, no lock), async-signal-safe, and touches no memory of the parent.
-    unsafe {
-        command.pre_exec(|| {
-            rustix::process::setsid()?;
-            Ok(())
-        });
-    }
+    detach_as_service(&mut command);
     let mut child = match command.spawn() {
         Ok(c) => c,
         Err(e) => return fail(lua, format!("{F}: {}: {}", spec.display, os_reason(&e))),
@@ -725,6 +719,33 @@ fn spawn(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
     let t = lua.create_table()?;
     t.raw_set("pid", pid)?;
     Ok(MultiValue::from_vec(vec![LV::Table(t)]))
+}
+
+/// Start `command` the way a service manager starts a service: in a session of its
+/// own, with every signal at its default disposition and none blocked. A signal the
+/// agent's own parent ignored (an agent started under `nohup` ignores `SIGHUP`) would
+/// otherwise stay ignored in the service, whose reload by that signal would then do
+/// nothing; a shell cannot even `trap` a signal ignored on entry.
+pub(crate) fn detach_as_service(command: &mut Command) {
+    // SAFETY: between fork and exec the closure makes only async-signal-safe system
+    // calls (setsid, signal, sigemptyset, sigprocmask), allocates nothing, takes no
+    // lock and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            rustix::process::setsid()?;
+            // The standard signals and the real-time ones; glibc keeps the two
+            // between them (32 and 33) for itself and refuses to change them.
+            for sig in (1..32).chain(libc::SIGRTMIN()..=libc::SIGRTMAX()) {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            Ok(())
+        });
+    }
 }
 
 /// The signal `v` names; `None` is signal 0 (only checks that the process exists).

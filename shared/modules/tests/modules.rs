@@ -542,6 +542,67 @@ fn exec_run_streams_lines_while_the_command_runs() {
     assert_eq!(sink.lines.lock().len(), before);
 }
 
+/// The `SigIgn` and `SigBlk` masks of process `pid` (hex, as /proc shows them).
+fn signal_masks(pid: i64) -> (String, String) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    (field("SigIgn:"), field("SigBlk:"))
+}
+
+#[test]
+fn exec_spawn_starts_services_with_default_signals_whatever_the_agent_ignores() {
+    // This thread plays an agent started under `nohup` (SIGHUP ignored) that also
+    // has SIGUSR1 blocked: a service it starts must see neither, or its reload by
+    // signal would silently do nothing.
+    // SAFETY: plain signal-disposition and mask calls; both are put back below.
+    let restore_mask = unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        let mut usr1: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut usr1);
+        libc::sigaddset(&mut usr1, libc::SIGUSR1);
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &usr1, &mut old);
+        old
+    };
+    let lua = state();
+    let pid: i64 = eval(&lua, r#"return exec.spawn("exec sleep 30.6666").pid"#);
+    // SAFETY: as above.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_DFL);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &restore_mask, std::ptr::null_mut());
+    }
+    let _guard = KillOnDrop(pid);
+    let until = Instant::now() + Duration::from_secs(3);
+    while procs_with("sleep 30.6666").is_empty() {
+        assert!(Instant::now() < until, "the service did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (ignored, blocked) = signal_masks(pid);
+    let mask = |hex: &str| u64::from_str_radix(hex, 16).unwrap();
+    // Signals 32 and 33 (bits 31 and 32) are glibc's own; whatever they are, they stay.
+    let glibc_own = (1u64 << 31) | (1u64 << 32);
+    assert_eq!(
+        mask(&ignored) & !glibc_own,
+        0,
+        "signals ignored in the service: {ignored}"
+    );
+    assert_eq!(
+        mask(&blocked) & !glibc_own,
+        0,
+        "signals blocked in the service: {blocked}"
+    );
+    // And it takes SIGHUP as a service should: by default, it ends.
+    let ok: bool = eval(&lua, &format!(r#"return exec.kill({pid}, "HUP")"#));
+    assert!(ok);
+    assert_gone("sleep 30.6666");
+}
+
 #[test]
 fn exec_spawn_kill_alive() {
     let lua = state();

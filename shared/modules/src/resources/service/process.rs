@@ -8,7 +8,7 @@ use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -749,14 +749,7 @@ fn start(call: &Call, pidfile: &Path, o: &Options, argv: &[String]) -> mlua::Res
     }
     command.env(MARKER, pidfile);
     command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
-    // SAFETY: `setsid` is a plain system call (rustix makes it directly: no
-    // allocation, no lock), async-signal-safe, and touches no memory of the parent.
-    unsafe {
-        command.pre_exec(|| {
-            rustix::process::setsid()?;
-            Ok(())
-        });
-    }
+    exec::detach_as_service(&mut command);
     let mut child = command
         .spawn()
         .map_err(|e| call.fail(format!("cannot start {}: {}", argv[0], os_reason(&e))))?;
