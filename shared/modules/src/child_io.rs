@@ -14,7 +14,7 @@ use sloth_lua::context::TaskIo;
 use sloth_proto::protocol::LogLevel;
 
 /// Most output kept per stream; the rest is read and dropped (`truncated = true`).
-pub(crate) const MAX_OUTPUT: usize = 64 * 1024 * 1024;
+const MAX_OUTPUT: usize = 64 * 1024 * 1024;
 /// A streamed line longer than this is forwarded in pieces.
 const MAX_LINE: usize = 64 * 1024;
 /// Most bytes taken from one pipe before the loop looks at the child and the task
@@ -129,16 +129,20 @@ fn emit(io: &dyn TaskIo, level: LogLevel, line: &[u8]) {
 /// Wait until one of `pipes` (the open ones) or `exit` (the child's pidfd) is
 /// readable, or `max` passes. An interrupted wait just ends early.
 pub(crate) fn wait_any(pipes: [&OutPipe; 2], exit: Option<&OwnedFd>, max: Duration) {
-    let mut fds: Vec<PollFd<'_>> = pipes
-        .iter()
-        .filter_map(|p| p.fd.as_ref())
-        .chain(exit)
-        .map(|fd| PollFd::new(fd, PollFlags::IN))
-        .collect();
+    let fds = pipes.into_iter().filter_map(|p| p.fd.as_ref()).chain(exit);
+    let _ = wait_readable(fds, Some(max));
+}
+
+/// `poll(2)` for input on `fds`, at most `max` (none: until one is readable).
+fn wait_readable<'a>(
+    fds: impl Iterator<Item = &'a OwnedFd>,
+    max: Option<Duration>,
+) -> rustix::io::Result<usize> {
+    let mut polled: Vec<PollFd<'_>> = fds.map(|fd| PollFd::new(fd, PollFlags::IN)).collect();
     // Bounded like poll(2)'s timeout (i32::MAX ms), never an endless wait.
-    let max = max.min(Duration::from_millis(i32::MAX as u64));
-    let timeout = Timespec::try_from(max).ok();
-    let _ = rustix::event::poll(&mut fds, timeout.as_ref());
+    let timeout =
+        max.and_then(|m| Timespec::try_from(m.min(Duration::from_millis(i32::MAX as u64))).ok());
+    rustix::event::poll(&mut polled, timeout.as_ref())
 }
 
 /// Stop collecting from pipes a background grandchild still holds open: a thread
@@ -155,15 +159,9 @@ pub(crate) fn abandon(pipes: [&mut OutPipe; 2]) {
             let mut chunk = vec![0u8; 8192];
             let mut open = fds;
             while !open.is_empty() {
-                {
-                    let mut polled: Vec<PollFd<'_>> = open
-                        .iter()
-                        .map(|fd| PollFd::new(fd, PollFlags::IN))
-                        .collect();
-                    match rustix::event::poll(&mut polled, None) {
-                        Ok(_) | Err(Errno::INTR) => {}
-                        Err(_) => return,
-                    }
+                match wait_readable(open.iter(), None) {
+                    Ok(_) | Err(Errno::INTR) => {}
+                    Err(_) => return,
                 }
                 open.retain(|fd| loop {
                     match rustix::io::read(fd.as_fd(), &mut chunk) {

@@ -559,7 +559,7 @@ pub(crate) fn run_process(
     };
 
     let deadline = p.timeout.map(|t| start + t);
-    let exit_fd = ExitFd::open(child.id());
+    let exit_fd = pidfd(child.id());
     let io = ctx.io.as_ref();
     let mut chunk = vec![0u8; 16 * 1024];
     let mut backoff = FIRST_NAP;
@@ -629,7 +629,7 @@ pub(crate) fn run_process(
                 break how;
             }
         }
-        let exit = exit_fd.as_ref().filter(|_| ended.is_none()).map(|e| &e.0);
+        let exit = exit_fd.as_ref().filter(|_| ended.is_none());
         wait_any([&out, &err], exit, nap);
     };
     let (stdout, out_cut) = out.into_output();
@@ -643,18 +643,12 @@ pub(crate) fn run_process(
     })
 }
 
-/// A pidfd: readable once the process has exited, so the wait for a child ends the
-/// moment it exits instead of at the next poll. `None` where the kernel has no
-/// pidfd_open (before Linux 5.3); the caller then polls.
-struct ExitFd(OwnedFd);
-
-impl ExitFd {
-    fn open(pid: u32) -> Option<ExitFd> {
-        let pid = Pid::from_raw(i32::try_from(pid).ok()?)?;
-        rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
-            .ok()
-            .map(ExitFd)
-    }
+/// A pidfd of `pid`: readable once the process has exited, so the wait for a child
+/// ends the moment it exits instead of at the next poll. `None` where the kernel has
+/// no pidfd_open (before Linux 5.3); the caller then polls.
+fn pidfd(pid: u32) -> Option<OwnedFd> {
+    let pid = Pid::from_raw(i32::try_from(pid).ok()?)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
 }
 
 fn spawn(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {

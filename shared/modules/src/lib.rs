@@ -43,7 +43,7 @@ fn lazy_globals() -> Vec<&'static str> {
         .chain(resources::MODULES)
         .copied()
         .chain(LAZY_STD_LIBS.iter().map(|(name, _)| *name))
-        .chain(LAZY_FUNCTIONS.iter().copied())
+        .chain([HANDLER])
         .collect()
 }
 
@@ -103,10 +103,10 @@ pub fn install_task_modules(lua: &Lua) -> mlua::Result<()> {
     Ok(())
 }
 
-/// Global functions of the task library that [`install_task_modules_lazy`] builds on
-/// first use, like the modules: `handler` (building it loads a protected wrapper, an
+/// The one global function of the task library that [`install_task_modules_lazy`]
+/// builds on first use, like the modules (building it loads a protected wrapper, an
 /// eighth of a fresh state's cost, and few tasks define handlers).
-const LAZY_FUNCTIONS: &[&str] = &["handler"];
+const HANDLER: &str = "handler";
 
 /// Standard libraries a task state opens on first use: `string`, `table` and `math`
 /// (and the base library) are always there; these cost more to open than most tasks
@@ -143,7 +143,7 @@ pub fn install_task_modules_lazy(lua: &Lua) -> mlua::Result<()> {
                 .map(|(l, _)| *l)
                 .chain(MODULES.iter().copied())
                 .chain(resources::MODULES.iter().copied())
-                .chain(LAZY_FUNCTIONS.iter().copied())
+                .chain([HANDLER])
                 .find(|l| *l == &*n)
             {
                 Some(l) => l,
@@ -182,7 +182,7 @@ pub fn install_task_modules_lazy(lua: &Lua) -> mlua::Result<()> {
             }
             return g.raw_get::<LV>(name);
         }
-        if LAZY_FUNCTIONS.contains(&name) {
+        if name == HANDLER {
             // A global function, not a module: `require` does not find it.
             let is_globals = matches!(&table, LV::Table(t) if t.to_pointer() == g.to_pointer());
             if !is_globals {
