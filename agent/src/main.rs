@@ -39,7 +39,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    match rt.block_on(server::serve(cfg)) {
+    // The server runs as a task on the worker thread, not on this thread inside
+    // `block_on`: a new connection then wakes no second thread to be accepted.
+    let served = rt.block_on(async {
+        tokio::spawn(server::serve(cfg))
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("the server task failed: {e}")))
+    });
+    match served {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sloth-agent: {e:#}");
