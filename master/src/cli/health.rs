@@ -89,7 +89,15 @@ fn health(pattern: &str, fa: &FleetArgs, json: bool) -> (i32, Option<serde_json:
         }
     };
     let start = Instant::now();
-    let rows = rt.block_on(crate::engine::health::check_all(mesh.clone(), hosts));
+    // Gathered on the worker thread: a host's answer then wakes no second thread.
+    let checks = rt.spawn(crate::engine::health::check_all(mesh.clone(), hosts));
+    let rows = match rt.block_on(checks) {
+        Ok(rows) => rows,
+        Err(e) => {
+            errln!("error: the health check failed: {e}");
+            return code(EXIT_FAILED);
+        }
+    };
     let took = start.elapsed();
     rt.block_on(mesh.close());
     if let Some(lf) = fleet.local.as_mut() {

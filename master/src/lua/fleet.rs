@@ -105,7 +105,8 @@ pub fn install(lua: &Lua, rt: Arc<Runtime>) -> mlua::Result<()> {
                 let mesh = rt.mesh.clone().ok_or_else(|| {
                     rt_err("fleet.ping: no fleet configured (use -i or --local-fleet)")
                 })?;
-                let results = rt.handle.block_on(async {
+                // Gathered on the worker thread: each answer wakes no second thread.
+                let pings = rt.handle.spawn(async move {
                     let mut set = tokio::task::JoinSet::new();
                     for h in hosts {
                         let m = mesh.clone();
@@ -122,6 +123,10 @@ pub fn install(lua: &Lua, rt: Arc<Runtime>) -> mlua::Result<()> {
                     }
                     out
                 });
+                let results = rt
+                    .handle
+                    .block_on(pings)
+                    .map_err(|e| rt_err(format!("fleet.ping: {e}")))?;
                 let t = lua.create_table()?;
                 for (h, r) in results {
                     let e = lua.create_table()?;
