@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use parking_lot::Mutex;
-use rustix::process::{kill_process, Pid, Signal};
+use rustix::process::{kill_process, waitpid, Pid, Signal, WaitOptions};
 use sloth_launcher::{AgentCommand, RunningAgent};
 use sloth_transport as tls;
 
@@ -98,11 +98,34 @@ impl Drop for LocalFleet {
     }
 }
 
-/// From a signal handler: kill every local agent at once.
-pub fn kill_all() {
-    for pid in PIDS.lock().drain(..) {
-        if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
-            let _ = kill_process(pid, Signal::KILL);
+/// From a signal handler: stop every local agent within `grace`. `SIGTERM` first, so
+/// that each kills the commands its tasks started (a `SIGKILL`ed agent would leave
+/// them running), then `SIGKILL` for any still there.
+pub fn terminate_all(grace: Duration) {
+    let pids: Vec<Pid> = PIDS
+        .lock()
+        .drain(..)
+        .filter_map(|p| i32::try_from(p).ok().and_then(Pid::from_raw))
+        .collect();
+    for pid in &pids {
+        let _ = kill_process(*pid, Signal::TERM);
+    }
+    let deadline = std::time::Instant::now() + grace;
+    for pid in pids {
+        // They are this process's children: reaped here, or killed at the deadline.
+        loop {
+            match waitpid(Some(pid), WaitOptions::NOHANG) {
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Ok(None) => {
+                    let _ = kill_process(pid, Signal::KILL);
+                    let _ = waitpid(Some(pid), WaitOptions::empty());
+                    break;
+                }
+                // Exited, or no longer ours to wait for.
+                _ => break,
+            }
         }
     }
     for dir in DIRS.lock().drain(..) {

@@ -211,22 +211,35 @@ pub(super) fn on_interrupt(f: impl FnOnce() + Send + 'static) {
     }
 }
 
-/// Ctrl-C / SIGTERM: stop local agents, let the run report its end (the `--json`
-/// document, `run_finished`, the recap: at most 2 s), then exit 130.
+/// Set when the process is interrupted: from then on the signal handler ends it.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether Ctrl-C or SIGTERM arrived: a run that ends meanwhile leaves the exit (130)
+/// to the signal handler rather than report a second ending.
+pub(super) fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// How long an interrupted run may take to stop its work and report its end.
+const INTERRUPT_REPORT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long local agents get to stop (and kill their tasks' commands) after `SIGTERM`.
+const INTERRUPT_AGENTS: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Ctrl-C / SIGTERM: the run stops its script, its tasks, its connections and its
+/// commands and reports its end (the `--json` document, `run_finished`, the recap),
+/// local agents are stopped, then the process exits 130. Bounded: about 4 s at most.
 pub fn install_signal_handler(rt: &tokio::runtime::Runtime) {
     rt.spawn(async {
         sloth_transport::process::shutdown_signal().await;
-        errln!("interrupted: stopping local agents");
-        local_fleet::kill_all();
+        INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+        errln!("interrupted: stopping the run");
         let hook = ON_INTERRUPT.lock().ok().and_then(|mut h| h.take());
+        // On the blocking pool: the hook waits for work this runtime does (closing
+        // the connections), so it must not hold the runtime's worker thread.
         if let Some(f) = hook {
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                f();
-                let _ = tx.send(());
-            });
-            let _ = rx.recv_timeout(std::time::Duration::from_secs(2));
+            let _ = tokio::time::timeout(INTERRUPT_REPORT, tokio::task::spawn_blocking(f)).await;
         }
+        let _ = tokio::task::spawn_blocking(|| local_fleet::terminate_all(INTERRUPT_AGENTS)).await;
         std::process::exit(EXIT_INTERRUPTED);
     });
 }

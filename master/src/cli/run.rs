@@ -204,6 +204,12 @@ pub(super) fn run_with(out: Arc<Output>, spec: &RunSpec, fa: &FleetArgs) -> i32 
             .unwrap_or_else(|_| Err("the script thread panicked".into())),
         Err(e) => Err(format!("cannot start the script thread: {e}")),
     };
+    if super::interrupted() {
+        // The signal handler reports this run's end and exits 130 (bounded); the
+        // script stopped because of it, which is no second ending to report.
+        std::thread::sleep(std::time::Duration::from_secs(10));
+        return super::EXIT_INTERRUPTED;
+    }
     if let Some(m) = &mesh {
         rt.block_on(m.close());
     }

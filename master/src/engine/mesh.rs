@@ -439,6 +439,16 @@ impl Mesh {
     }
 }
 
+impl Mesh {
+    /// The run was interrupted: close every connection now, without waiting for
+    /// renewals (each agent stops the tasks it runs for a connection that closes), and
+    /// give the close frames a moment to leave.
+    pub async fn abort(&self) {
+        self.endpoint.close(0u32.into(), b"master interrupted");
+        let _ = tokio::time::timeout(Duration::from_millis(100), self.endpoint.wait_idle()).await;
+    }
+}
+
 /// Renew an agent's certificate over its connection (a third or less of its lifetime
 /// left): the agent makes a new key and sends a signing request for it; the renewer
 /// signs it for the name the agent was dialed by; the agent installs it and presents it

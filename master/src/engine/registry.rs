@@ -443,12 +443,15 @@ fn handle_call(
     match method {
         "await" | "result" => {
             let timeout = crate::engine::objects::duration_arg(args.roots(), 0)?;
-            match rec.wait(timeout, Some(&caller.cancel)) {
+            let got = rec.wait(timeout, Some(&caller.cancel));
+            // A stopped caller (an interrupted script, a cancelled task) goes no further,
+            // even when the task ended meanwhile.
+            if let Some(r) = caller.cancel.stopped() {
+                return Err(r.message());
+            }
+            match got {
                 Some(o) => Ok(outcome_graph(&rec, &o)),
                 None => {
-                    if let Some(r) = caller.cancel.stopped() {
-                        return Err(r.message());
-                    }
                     let ms = timeout.map(|t| t.as_millis()).unwrap_or(0);
                     Ok(Data::scalars(vec![
                         Value::Bool(false),

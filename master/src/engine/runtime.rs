@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use sloth_lua::cancel::CancelToken;
 use sloth_proto::change::Mode;
 use sloth_proto::graph::{Graph, Value};
 use sloth_proto::protocol::LogLevel;
@@ -14,6 +15,12 @@ use sloth_proto::protocol::LogLevel;
 use crate::engine::events::Events;
 use crate::engine::inventory::Inventory;
 use crate::engine::mesh::Mesh;
+
+/// How long an interrupted run waits for its connections' close frames to leave.
+const INTERRUPT_CLOSE: Duration = Duration::from_millis(300);
+/// How long it waits for its own commands (`exec.run` in the script or in local tasks)
+/// to be killed and reaped.
+const INTERRUPT_CHILDREN: Duration = Duration::from_millis(500);
 use crate::engine::registry::Registry;
 use crate::engine::transport::Transport;
 
@@ -36,6 +43,8 @@ pub struct Runtime {
     pub task_timeout: Option<Duration>,
     /// The threads local tasks run on.
     pub runner: sloth_lua::runner::Runner,
+    /// The main script's stop token: [`Runtime::interrupt`] stops the script with it.
+    pub script_cancel: CancelToken,
     vars_cache: Mutex<HashMap<String, Graph>>,
 }
 
@@ -98,6 +107,7 @@ impl Runtime {
                 Duration::from_micros(200),
                 Duration::from_secs(10),
             ),
+            script_cancel: CancelToken::new(None),
             vars_cache: Mutex::new(HashMap::new()),
         });
         registry.on_done(move |rec, o| {
@@ -131,10 +141,13 @@ impl Runtime {
         g
     }
 
-    /// Wait for every task still running (spawned ones, and asyncs nobody awaited).
-    /// The master is going away: every task still running ends `cancelled` with `why`
-    /// (reported like any other outcome), and is asked to stop.
+    /// The master is going away: the script is stopped, every task still running
+    /// ends `cancelled` with `why` (reported like any other outcome) and is asked to
+    /// stop, every connection is closed (agents stop its tasks), and the master's own
+    /// commands are killed. Bounded: about a second at most.
     pub fn interrupt(&self, why: &str) {
+        // The script first, so that it starts nothing more once its awaits return.
+        self.script_cancel.cancel();
         for r in self.registry.running() {
             r.request_cancel();
             self.registry.complete(
@@ -145,8 +158,22 @@ impl Runtime {
                 )),
             );
         }
+        // Agents stop a connection's tasks when it closes: close them all now rather
+        // than leave the tasks running until the agents' idle timeout.
+        if let Some(m) = self.mesh.clone() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            self.handle.spawn(async move {
+                m.abort().await;
+                let _ = tx.send(());
+            });
+            let _ = rx.recv_timeout(INTERRUPT_CLOSE);
+        }
+        // The script's and the local tasks' commands, killed (with their process
+        // groups) by their runs once they see the stop.
+        sloth_modules::exec::wait_for_children(INTERRUPT_CHILDREN);
     }
 
+    /// Wait for every task still running (spawned ones, and asyncs nobody awaited).
     pub fn wait_unfinished(&self) {
         let running = self.registry.running();
         if running.is_empty() {

@@ -22,6 +22,12 @@ pub fn rt_err(msg: impl Into<String>) -> mlua::Error {
     mlua::Error::runtime(msg.into())
 }
 
+/// An error once the script is stopped (the run was interrupted): a wait that
+/// returns then does not let the script go on to its next step.
+pub fn script_stop(rt: &Runtime) -> mlua::Result<()> {
+    rt.script_cancel.check().map_err(|r| rt_err(r.message()))
+}
+
 /// The keys of a task's options table (`goroutine.async`, `spawn`, `spawn_many`,
 /// `timeout`).
 pub const TASK_KEYS: &[&str] = &["delegate_to", "timeout", "retries", "retry_errors", "name"];

@@ -11,7 +11,7 @@ use crate::engine::dispatch::{self, TaskOpts};
 use crate::engine::events::Rollout;
 use crate::engine::rollout::{self, Serial};
 use crate::engine::runtime::Runtime;
-use crate::lua::args::{capture_call, result_table, rt_err, task_opts};
+use crate::lua::args::{capture_call, result_table, rt_err, script_stop, task_opts};
 use sloth_lua::opts::{type_of, Opts};
 
 pub fn facts_table(lua: &Lua, f: &Facts) -> mlua::Result<Table> {
@@ -152,7 +152,9 @@ pub fn install(lua: &Lua, rt: Arc<Runtime>) -> mlua::Result<()> {
             "run",
             lua.create_function(
                 move |lua, (pattern, f, opts): (String, Function, Option<Table>)| {
-                    fleet_run(lua, &rt, &pattern, &f, opts)
+                    let r = fleet_run(lua, &rt, &pattern, &f, opts);
+                    script_stop(&rt)?;
+                    r
                 },
             )?,
         )?;

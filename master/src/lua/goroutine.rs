@@ -18,7 +18,7 @@ use crate::engine::registry::{self, Caller};
 use crate::engine::runtime::Runtime;
 use crate::lua::args::{
     capture_call, duration_value, handle_arg, handle_ud, handles_and_deadline, parse_opts,
-    result_table, rt_err, spawn_task, wait_for_progress,
+    result_table, rt_err, script_stop, spawn_task, wait_for_progress,
 };
 
 pub fn install(
@@ -93,6 +93,7 @@ pub fn install(
                     }
                 }
                 drop(progress);
+                script_stop(&rt)?;
                 for (i, rec) in recs.iter().enumerate() {
                     out.raw_set(i + 1, result_table(lua, rec, outcomes[i].as_ref())?)?;
                 }
@@ -111,6 +112,7 @@ pub fn install(
                     return Err(rt_err("goroutine.await_any: no handles given"));
                 }
                 loop {
+                    script_stop(&rt)?;
                     let seen = rt.registry.done_count();
                     for (i, rec) in recs.iter().enumerate() {
                         if let Some(o) = rec.outcome() {

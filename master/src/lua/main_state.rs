@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use mlua::{Lua, LuaOptions, StdLib, Table};
-use sloth_lua::cancel::CancelToken;
 use sloth_lua::capture;
 use sloth_lua::context::{TaskContext, TaskIo};
 use sloth_lua::executor;
@@ -70,7 +69,9 @@ pub fn main_state(rt: &Arc<Runtime>, vars: &[(String, String)]) -> mlua::Result<
     let lua = unsafe { Lua::unsafe_new_with(StdLib::ALL, LuaOptions::new()) };
     let caller = Caller {
         task: None,
-        cancel: CancelToken::new(None),
+        // Stopped when the run is interrupted: blocking calls return, `exec.run` kills
+        // its command, and the stop hook ends the script.
+        cancel: rt.script_cancel.clone(),
     };
     let backend: Arc<dyn SharedBackend> = Arc::new(MasterBackend {
         registry: rt.registry.clone(),
@@ -103,6 +104,7 @@ pub fn main_state(rt: &Arc<Runtime>, vars: &[(String, String)]) -> mlua::Result<
     sloth_lua::shared_obj::install_methods(&lua)?;
     capture::install(&lua, backend)?;
     lua.set_app_data(ctx);
+    executor::arm_stop_hook(&lua, rt.script_cancel.clone())?;
     let v = lua.create_table()?;
     for (k, val) in vars {
         v.raw_set(k.as_str(), val.as_str())?;

@@ -14,7 +14,7 @@ use crate::engine::dispatch::TaskOpts;
 use crate::engine::pool::{Pool, PoolSpec, Pools};
 use crate::engine::registry::TaskRecord;
 use crate::engine::runtime::Runtime;
-use crate::lua::args::{capture_call, result_table, retry_policy, rt_err};
+use crate::lua::args::{capture_call, result_table, retry_policy, rt_err, script_stop};
 use sloth_lua::opts::Opts;
 
 fn stats_table(lua: &Lua, p: &Pool) -> mlua::Result<Table> {
@@ -197,6 +197,7 @@ pub fn install(
                         progress.set(pool.finished());
                     }
                 }
+                script_stop(&rt)?;
                 for (i, rec) in recs.iter().enumerate() {
                     out.raw_set(i + 1, result_table(lua, rec, rec.outcome().as_ref())?)?;
                 }

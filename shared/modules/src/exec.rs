@@ -28,6 +28,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mlua::{Lua, LuaString, MultiValue, Table, Value as LV};
@@ -483,6 +484,39 @@ pub(crate) fn run_argv(
     run_process(ctx, &spec, p)
 }
 
+/// Children of `exec.run` (and the resources) in this process not yet reaped.
+static RUNNING_CHILDREN: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one child in [`RUNNING_CHILDREN`] until it is dropped (after the reap).
+struct Running;
+
+impl Running {
+    fn start() -> Running {
+        RUNNING_CHILDREN.fetch_add(1, Ordering::SeqCst);
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING_CHILDREN.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Wait up to `limit` until every child `exec.run` started in this process has been
+/// reaped; false if some still run. A process about to exit calls it after stopping
+/// its tasks, whose runs then kill their children's groups within [`POLL`].
+pub fn wait_for_children(limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    while RUNNING_CHILDREN.load(Ordering::SeqCst) > 0 {
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
 /// Run a child to its end: its output read and its exit waited for in one loop
 /// (pidfd), its group killed when the task stops or `p.timeout` passes.
 pub(crate) fn run_process(
@@ -509,6 +543,8 @@ pub(crate) fn run_process(
         command.spawn()
     };
     let start = Instant::now();
+    // Counted from before the spawn, so a waiter never misses a child being started.
+    let _running = Running::start();
     let spawned = match (start_child(&spec.argv), &spec.via_shell) {
         (Err(e), Some(sh)) if e.raw_os_error() != Some(Errno::AGAIN.raw_os_error()) => {
             start_child(sh)

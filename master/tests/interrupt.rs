@@ -1,0 +1,147 @@
+//! Ctrl-C (or SIGTERM) stops everything a run started, at once: the script goes no
+//! further, the commands of the master's own script and of its local tasks are killed,
+//! agents stop the remote tasks because the master closes its connections, and a
+//! `--local-fleet`'s agents kill their tasks' commands before they go. Real agents,
+//! real commands; the assertions are on processes and files, not on times.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rustix::process::{kill_process, Pid, Signal};
+
+/// Pids of the processes whose command line (arguments joined by spaces) contains
+/// `marker`.
+fn processes_with(marker: &str) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| cmdline(*pid).contains(marker))
+        .collect()
+}
+
+/// Wait (at most `limit`) until `cond` holds; whether it did.
+fn eventually(limit: Duration, cond: impl Fn() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn interrupt(pid: u32) {
+    let pid = Pid::from_raw(pid as i32).expect("a pid");
+    kill_process(pid, Signal::INT).expect("sending SIGINT to the master");
+}
+
+fn files_in(dir: &Path, names: &[&str]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| dir.join(n).exists())
+        .map(|n| n.to_string())
+        .collect()
+}
+
+#[test]
+fn an_interrupt_stops_the_script_its_commands_and_the_remote_tasks() {
+    let fleet = TestFleet::web(1);
+    let d = fleet.path().display().to_string();
+    // Three commands that would each leave a file 4 s later, and a step after them.
+    let script = format!(
+        r#"
+local remote = goroutine.async(function() exec.run("sleep 4.1031; touch {d}/remote") end, {{ delegate_to = "web-01" }})
+local here = goroutine.async(function() exec.run("sleep 4.1032; touch {d}/local") end)
+print("READY")
+exec.run("sleep 4.1033; touch {d}/main")
+exec.run("touch {d}/after")
+print("AFTER")
+"#
+    );
+    let mut run = fleet.spawn_run(&script, &[]);
+    assert!(run.wait_for("READY", Duration::from_secs(30)).is_some());
+    // Each command is a shell and its `sleep`: all three running.
+    let sleeps = || processes_with("sleep 4.103").len();
+    assert!(
+        eventually(Duration::from_secs(20), || sleeps() >= 6),
+        "the three commands never all ran: {:?}",
+        processes_with("sleep 4.103")
+    );
+    let started = Instant::now();
+    interrupt(run.pid());
+    let out = run.finish(Duration::from_secs(20));
+    out.assert_code(130);
+    assert!(out.stderr.contains("interrupted"), "{out}");
+    assert!(!out.stdout.contains("AFTER"), "the script went on: {out}");
+    // Every command is gone well before it would have finished: the master's own (the
+    // script's and the local task's) killed by the master, the remote one by the
+    // agent when the master closed its connection.
+    assert!(
+        eventually(Duration::from_secs(2), || sleeps() == 0),
+        "still running after the master exited: {:?}",
+        processes_with("sleep 4.103")
+    );
+    assert!(started.elapsed() < Duration::from_secs(4), "{out}");
+    std::thread::sleep(
+        Duration::from_secs(4).saturating_sub(started.elapsed()) + Duration::from_millis(700),
+    );
+    let left = files_in(fleet.path(), &["remote", "local", "main", "after"]);
+    assert!(
+        left.is_empty(),
+        "work went on after the interrupt: {left:?}\n{out}"
+    );
+    // The agent knows why its task stopped: the master closed the connection.
+    let log = fleet.agent_log("web-01");
+    assert!(log.contains("master interrupted"), "{log}");
+}
+
+#[test]
+fn an_interrupt_leaves_no_command_of_a_local_fleet_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    std::fs::write(
+        dir.path().join("lf.sloth"),
+        format!(
+            r#"
+fleet.run("all", function() exec.run("sleep 4.2041; touch {d}/" .. host.name) end)
+exec.run("touch {d}/after")
+"#
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(master_bin());
+    cmd.current_dir(dir.path())
+        .args(["run", "lf.sloth", "--local-fleet", "2"]);
+    let run = Running::spawn(cmd);
+    let sleeps = || processes_with("sleep 4.2041").len();
+    assert!(
+        eventually(Duration::from_secs(20), || sleeps() >= 4),
+        "the commands never ran on both agents: {:?}",
+        processes_with("sleep 4.2041")
+    );
+    let started = Instant::now();
+    interrupt(run.pid());
+    let out = run.finish(Duration::from_secs(20));
+    out.assert_code(130);
+    assert!(
+        eventually(Duration::from_secs(2), || sleeps() == 0),
+        "the local agents' commands outlived them: {:?}",
+        processes_with("sleep 4.2041")
+    );
+    std::thread::sleep(
+        Duration::from_secs(4).saturating_sub(started.elapsed()) + Duration::from_millis(700),
+    );
+    let left = files_in(dir.path(), &["local-01", "local-02", "after"]);
+    assert!(
+        left.is_empty(),
+        "work went on after the interrupt: {left:?}\n{out}"
+    );
+}
