@@ -89,19 +89,28 @@ impl OutPipe {
         let Some(level) = self.stream else { return };
         let mut rest = data;
         while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
-            if self.partial.is_empty() {
+            if self.partial.is_empty() && pos <= MAX_LINE {
                 emit(io, level, &rest[..pos]);
             } else {
                 self.partial.extend_from_slice(&rest[..pos]);
+                self.emit_pieces(io, level);
                 emit(io, level, &self.partial);
                 self.partial.clear();
             }
             rest = &rest[pos + 1..];
         }
         self.partial.extend_from_slice(rest);
-        if self.partial.len() > MAX_LINE {
-            emit(io, level, &self.partial);
-            self.partial.clear();
+        self.emit_pieces(io, level);
+    }
+
+    /// A line longer than [`MAX_LINE`] goes in pieces of at most `MAX_LINE` bytes, each
+    /// cut before a character that would straddle it: none is clipped on the way.
+    /// Leaves at most `MAX_LINE` bytes in `partial`.
+    fn emit_pieces(&mut self, io: &dyn TaskIo, level: LogLevel) {
+        while self.partial.len() > MAX_LINE {
+            let cut = piece_end(&self.partial);
+            emit(io, level, &self.partial[..cut]);
+            self.partial.drain(..cut);
         }
     }
 
@@ -119,6 +128,17 @@ impl OutPipe {
     pub fn into_output(self) -> (Vec<u8>, bool) {
         (self.kept, self.truncated)
     }
+}
+
+/// Where the first piece of an over-long line ends: at [`MAX_LINE`], or up to 3 bytes
+/// before it so that a UTF-8 character is not split.
+fn piece_end(line: &[u8]) -> usize {
+    let mut end = MAX_LINE.min(line.len());
+    // A continuation byte (0b10xxxxxx) at the cut belongs to a character begun before.
+    while end > MAX_LINE - 3 && end < line.len() && line[end] & 0xC0 == 0x80 {
+        end -= 1;
+    }
+    end
 }
 
 fn emit(io: &dyn TaskIo, level: LogLevel, line: &[u8]) {
@@ -216,12 +236,53 @@ mod tests {
     fn a_line_past_the_limit_goes_in_pieces() {
         let io = Lines::default();
         let mut p = pipe(Some(LogLevel::Info));
-        p.take(&vec![b'a'; MAX_LINE + 10], &io);
-        p.take(b"b\n", &io);
+        // Three and a half pieces' worth, in reads of odd sizes, then the line's end.
+        let line: Vec<u8> = (0..MAX_LINE * 7 / 2)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect();
+        for part in line.chunks(16 * 1024 + 7) {
+            p.take(part, &io);
+        }
+        p.take(b"\n", &io);
+        let lines = io.0.lock();
+        assert_eq!(lines.len(), 4);
+        assert!(lines.iter().all(|(_, l)| l.len() <= MAX_LINE));
+        let joined: String = lines.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(joined.as_bytes(), &line[..], "nothing lost or added");
+    }
+
+    #[test]
+    fn a_long_line_ending_in_the_same_read_also_goes_in_pieces() {
+        for first_read in [0, 1000, MAX_LINE] {
+            let io = Lines::default();
+            let mut p = pipe(Some(LogLevel::Print));
+            let mut line = vec![b'a'; 70_000];
+            line.push(b'\n');
+            p.take(&line[..first_read], &io);
+            p.take(&line[first_read..], &io);
+            let lines = io.0.lock();
+            let lens: Vec<usize> = lines.iter().map(|(_, l)| l.len()).collect();
+            assert_eq!(
+                lens,
+                [MAX_LINE, 70_000 - MAX_LINE],
+                "first read {first_read}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_piece_never_splits_a_character() {
+        let io = Lines::default();
+        let mut p = pipe(Some(LogLevel::Info));
+        // "€" is 3 bytes: one starts 1 byte before the piece's limit.
+        let mut line = vec![b'a'; MAX_LINE - 1];
+        line.extend_from_slice("€€".as_bytes());
+        p.take(&line, &io);
+        p.take(b"\n", &io);
         let lines = io.0.lock();
         assert_eq!(lines.len(), 2);
-        assert_eq!(lines[0].1.len(), MAX_LINE + 10);
-        assert_eq!(lines[1], (LogLevel::Info, "b".to_string()));
+        assert_eq!(lines[0].1, "a".repeat(MAX_LINE - 1));
+        assert_eq!(lines[1].1, "€€");
     }
 
     #[test]

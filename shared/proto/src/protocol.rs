@@ -461,13 +461,18 @@ impl FrameDecoder {
 /// master on receipt).
 pub const MAX_LOG_LINE: usize = 64 * 1024;
 
-/// `line`, cut to [`MAX_LOG_LINE`] bytes (on a character boundary) with a note of how
-/// much was dropped.
+/// Room [`clip_log_line`] leaves for its note (` [... N bytes cut]`, N up to 20 digits).
+const CUT_NOTE_ROOM: usize = 40;
+
+/// `line` if it is at most [`MAX_LOG_LINE`] bytes; else cut (on a character boundary)
+/// and followed by a note of how many bytes were dropped, the whole within
+/// [`MAX_LOG_LINE`]. A clipped line is clipped again unchanged, so the note an agent
+/// wrote reaches the user as it was.
 pub fn clip_log_line(line: &str) -> std::borrow::Cow<'_, str> {
     if line.len() <= MAX_LOG_LINE {
         return line.into();
     }
-    let mut end = MAX_LOG_LINE;
+    let mut end = MAX_LOG_LINE - CUT_NOTE_ROOM;
     while !line.is_char_boundary(end) {
         end -= 1;
     }
@@ -478,6 +483,30 @@ pub fn clip_log_line(line: &str) -> std::borrow::Cow<'_, str> {
 mod tests {
     use super::*;
     use crate::graph::{SharedKind, Value};
+
+    #[test]
+    fn a_clipped_log_line_says_what_it_lost_and_is_not_clipped_again() {
+        assert_eq!(clip_log_line("short"), "short");
+        let exact = "a".repeat(MAX_LOG_LINE);
+        assert_eq!(clip_log_line(&exact), exact.as_str());
+        // 70,000 bytes, with a 3-byte character across the cut.
+        let long = format!(
+            "{}€{}",
+            "a".repeat(MAX_LOG_LINE - CUT_NOTE_ROOM - 1),
+            "b".repeat(5000)
+        );
+        let once = clip_log_line(&long).into_owned();
+        assert!(once.len() <= MAX_LOG_LINE, "{}", once.len());
+        let kept = once.split(" [... ").next().unwrap();
+        assert!(long.starts_with(kept));
+        assert!(
+            once.ends_with(&format!(" [... {} bytes cut]", long.len() - kept.len())),
+            "{}",
+            &once[once.len() - 40..]
+        );
+        // The master clips what the agent clipped: nothing changes.
+        assert_eq!(clip_log_line(&once), once.as_str());
+    }
 
     #[test]
     fn roundtrip_through_frame_buffer_in_pieces() {
