@@ -167,15 +167,24 @@ impl Config {
                 .map(|s| s.to_string_lossy().to_string())
                 .context("cannot derive the agent name from the certificate path; pass --name")?,
         };
-        let max_tasks = a.max_tasks.or(f.max_tasks).unwrap_or(64).max(1);
+        let max_tasks = a.max_tasks.or(f.max_tasks).unwrap_or(64);
+        if max_tasks == 0 {
+            anyhow::bail!("--max-tasks (max_tasks): must be at least 1, got 0");
+        }
         let queue = a.queue.or(f.queue).unwrap_or(1024);
         let memory_limit = match a.memory_limit.or(f.memory_limit) {
             Some(s) => parse_size(&s)?,
             None => 512 * 1024 * 1024,
         };
         let task_timeout = match a.task_timeout.or(f.task_timeout) {
-            Some(s) => sloth_lua::context::parse_duration_str(&s)
-                .map_err(|e| anyhow::anyhow!("--task-timeout: {e}"))?,
+            Some(s) => match sloth_lua::context::parse_duration_str(&s) {
+                Ok(d) if d.is_zero() => anyhow::bail!(
+                    "--task-timeout (task_timeout): '{}' is no time at all: give a limit greater than zero",
+                    s.trim()
+                ),
+                Ok(d) => d,
+                Err(e) => anyhow::bail!("--task-timeout (task_timeout): {e}"),
+            },
             None => Duration::from_secs(3600),
         };
         let audit_path = match (a.audit_log, f.audit_log) {
@@ -269,5 +278,20 @@ mod tests {
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("lots").is_err());
         assert!(parse_size("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn zero_tasks_or_a_zero_time_limit_are_refused() {
+        use clap::Parser;
+        let config = |extra: &[&str]| {
+            let mut argv = vec!["sloth-agent", "--cert", "a.crt", "--key", "a.key", "--ca", "ca.crt"];
+            argv.extend_from_slice(extra);
+            Config::from_args(Args::try_parse_from(argv).expect("flags parse"))
+        };
+        assert!(config(&["--max-tasks", "1", "--task-timeout", "1s"]).is_ok());
+        let e = config(&["--max-tasks", "0"]).unwrap_err().to_string();
+        assert!(e.contains("--max-tasks (max_tasks): must be at least 1"), "{e}");
+        let e = config(&["--task-timeout", "0s"]).unwrap_err().to_string();
+        assert!(e.contains("'0s' is no time at all"), "{e}");
     }
 }

@@ -167,8 +167,17 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// A duration as the master's flags take it (`3s`, `500ms`, `2m`).
+/// A time limit from a flag or sloth.toml (`--connect-timeout`, `task_timeout`, ...):
+/// a duration greater than zero (a zero limit would fail every host at once).
 pub fn parse_duration(v: &str) -> Result<Duration, String> {
-    sloth_lua::context::parse_duration_str(v)
+    let d = sloth_lua::context::parse_duration_str(v)?;
+    if d.is_zero() {
+        return Err(format!(
+            "'{}' is no time at all: give a limit greater than zero",
+            v.trim()
+        ));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -190,6 +199,8 @@ mod tests {
         assert_eq!(c.connect_timeout.as_deref(), Some("5s"));
         assert_eq!(c.task_timeout.as_deref(), Some("10m"));
 
+        let e = Config::parse("connect_timeout = \"0s\"", &path).unwrap_err();
+        assert!(e.contains("connect_timeout: '0s' is no time at all"), "{e}");
         let e = Config::parse("task_timeout = \"soon\"", &path).unwrap_err();
         assert!(e.contains("sloth.toml: task_timeout:"), "{e}");
         let e = Config::parse("cert = \"x\"", &path).unwrap_err();

@@ -169,7 +169,8 @@ fn serial_of(v: &LV) -> mlua::Result<Vec<Serial>> {
             LV::Number(n) if *n >= 1.0 && n.is_finite() && *n <= 1e9 => {
                 Ok(Serial::Count(*n as usize))
             }
-            LV::String(s) => Serial::parse_str(&s.to_string_lossy()).map_err(rt_err),
+            LV::String(s) => Serial::parse_str(&s.to_string_lossy())
+                .map_err(|e| rt_err(format!("fleet.run: {e}"))),
             other => Err(rt_err(format!(
                 "fleet.run: serial entries must be numbers >= 1 or strings like \"25%\", got {}",
                 other.type_name()
