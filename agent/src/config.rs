@@ -284,13 +284,24 @@ mod tests {
     fn zero_tasks_or_a_zero_time_limit_are_refused() {
         use clap::Parser;
         let config = |extra: &[&str]| {
-            let mut argv = vec!["sloth-agent", "--cert", "a.crt", "--key", "a.key", "--ca", "ca.crt"];
+            let mut argv = vec![
+                "sloth-agent",
+                "--cert",
+                "a.crt",
+                "--key",
+                "a.key",
+                "--ca",
+                "ca.crt",
+            ];
             argv.extend_from_slice(extra);
             Config::from_args(Args::try_parse_from(argv).expect("flags parse"))
         };
         assert!(config(&["--max-tasks", "1", "--task-timeout", "1s"]).is_ok());
         let e = config(&["--max-tasks", "0"]).unwrap_err().to_string();
-        assert!(e.contains("--max-tasks (max_tasks): must be at least 1"), "{e}");
+        assert!(
+            e.contains("--max-tasks (max_tasks): must be at least 1"),
+            "{e}"
+        );
         let e = config(&["--task-timeout", "0s"]).unwrap_err().to_string();
         assert!(e.contains("'0s' is no time at all"), "{e}");
     }

@@ -55,7 +55,7 @@ pub fn startup(paths: &Paths, name: &str, token: Option<&str>) -> anyhow::Result
     }
     let own = tls::read_pem_files(&paths.cert, &paths.key)?;
     let info = CertInfo::of_pem(&own.cert).map_err(|e| anyhow!("{}: {e}", paths.cert.display()))?;
-    if !key_matches(&own.key, &own.cert)? {
+    if !keys::key_matches(&own.key, &own.cert)? {
         bail!(
             "{} does not belong to {} (the key of another certificate?)",
             paths.key.display(),
@@ -98,19 +98,6 @@ fn read_crl(paths: &Paths, ca: &str) -> anyhow::Result<Option<Crl>> {
     }
 }
 
-/// Whether the PEM key is the one the certificate certifies.
-pub fn key_matches(key_pem: &str, cert_pem: &str) -> anyhow::Result<bool> {
-    let spki = keys::public_key_of(key_pem)?;
-    let der = tls::parse_certs(cert_pem)?
-        .into_iter()
-        .next()
-        .context("no certificate")?;
-    Ok(der
-        .as_ref()
-        .windows(spki.len())
-        .any(|w| w == spki.as_slice()))
-}
-
 /// Replace the key and certificate (and, at enrollment, the CA certificate) so that a
 /// crash at any point leaves the old pair or the new one, never a mix
 /// ([`tls::replace_pair`]).
@@ -120,7 +107,7 @@ pub fn install(
     cert_pem: &str,
     ca_pem: Option<&str>,
 ) -> anyhow::Result<()> {
-    if !key_matches(key_pem, cert_pem)? {
+    if !keys::key_matches(key_pem, cert_pem)? {
         bail!("the certificate does not certify the new key");
     }
     tls::replace_pair(
@@ -216,14 +203,14 @@ mod tests {
             std::fs::read_to_string(&p.key).unwrap(),
             std::fs::read_to_string(&p.cert).unwrap(),
         );
-        assert!(key_matches(&pair.0, &pair.1).unwrap());
+        assert!(keys::key_matches(&pair.0, &pair.1).unwrap());
         assert!(!dir.path().join("web-01.crt.next").exists());
 
         // Cut while writing: only the new key's file: dropped, the pair untouched.
         std::fs::write(dir.path().join("web-01.key.next"), &old.key_pem).unwrap();
         recover(&p).unwrap();
         assert!(!dir.path().join("web-01.key.next").exists());
-        assert!(key_matches(
+        assert!(keys::key_matches(
             &std::fs::read_to_string(&p.key).unwrap(),
             &std::fs::read_to_string(&p.cert).unwrap()
         )

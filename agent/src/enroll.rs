@@ -214,7 +214,7 @@ fn check_and_install(
     let ca_pem = tls::certificate_with(ca_text, &token.ca_fingerprint)
         .ok_or("the CA certificate sent is not the one the token pins")?;
     tls::verify_issued_agent_cert(cert_pem, &ca_pem, &cfg.name)?;
-    if !credentials::key_matches(&key.key_pem, cert_pem).map_err(|e| format!("{e:#}"))? {
+    if !tls::keys::key_matches(&key.key_pem, cert_pem).map_err(|e| format!("{e:#}"))? {
         return Err("the certificate does not certify our key".into());
     }
     let crl = crl

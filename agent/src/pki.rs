@@ -174,7 +174,7 @@ impl Pki {
     fn install_renewed(&self, key: &keys::NewKey, cert_pem: &str) -> Result<String, String> {
         let ca = self.identity.lock().ca.clone();
         tls::verify_issued_agent_cert(cert_pem, &ca, &self.name)?;
-        if !credentials::key_matches(&key.key_pem, cert_pem).map_err(|e| format!("{e:#}"))? {
+        if !tls::keys::key_matches(&key.key_pem, cert_pem).map_err(|e| format!("{e:#}"))? {
             return Err("the renewed certificate does not certify our new key".into());
         }
         credentials::install(&self.paths, &key.key_pem, cert_pem, None)

@@ -494,3 +494,36 @@ fn revocation_reaches_agents_and_is_never_undone() {
         "{out}"
     );
 }
+
+/// A master key that is not the master certificate's own (a key copied from another
+/// issue) is refused before any dial, naming both files, instead of rustls's
+/// `keys may not be consistent: KeyMismatch` from deep in the connection setup.
+#[test]
+fn a_master_key_from_another_certificate_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("pki");
+    certs_init(&certs);
+    certs_issue(&certs, "web-01");
+    std::fs::copy(certs.join("web-01.key"), certs.join("master.key")).unwrap();
+    let inv = dir.path().join("hosts.toml");
+    std::fs::write(&inv, "[hosts.web-01]\naddress = \"127.0.0.1:9\"\n").unwrap();
+    let out = sloth_master(
+        dir.path(),
+        &[
+            "health",
+            "-i",
+            inv.to_str().unwrap(),
+            "--certs",
+            certs.to_str().unwrap(),
+        ],
+    );
+    out.assert_code(2);
+    assert!(
+        out.stderr.contains(&format!(
+            "{} does not belong to {}",
+            certs.join("master.key").display(),
+            certs.join("master.crt").display()
+        )),
+        "{out}"
+    );
+}

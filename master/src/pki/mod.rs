@@ -99,6 +99,16 @@ impl Pki {
     pub fn master_checked(&self) -> anyhow::Result<Pem> {
         let own = self.master()?;
         let path = self.path("master.crt");
+        let key = self.path("master.key");
+        if !tls::keys::key_matches(&own.key, &own.cert)
+            .with_context(|| key.display().to_string())?
+        {
+            bail!(
+                "{} does not belong to {} (the key of another certificate?)",
+                key.display(),
+                path.display()
+            );
+        }
         let info = CertInfo::of_pem(&own.cert).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let now = SystemTime::now();
         if info.expired(now) {

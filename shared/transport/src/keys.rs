@@ -41,6 +41,19 @@ pub fn new_key_and_request(name: &str) -> anyhow::Result<NewKey> {
     })
 }
 
+/// Whether the PEM key is the one the certificate certifies.
+pub fn key_matches(key_pem: &str, cert_pem: &str) -> anyhow::Result<bool> {
+    let spki = public_key_of(key_pem)?;
+    let der = crate::pem::parse_certs(cert_pem)?
+        .into_iter()
+        .next()
+        .context("no certificate")?;
+    Ok(der
+        .as_ref()
+        .windows(spki.len())
+        .any(|w| w == spki.as_slice()))
+}
+
 /// The public key (SubjectPublicKeyInfo DER) of a PEM private key: what an issued
 /// certificate must certify.
 pub fn public_key_of(key_pem: &str) -> anyhow::Result<Vec<u8>> {
