@@ -3,6 +3,8 @@
 //! CRLs and renewals that come on it: `pki`), and runs one task per bidirectional
 //! stream.
 
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +14,7 @@ use quinn::{Connection, RecvStream, SendStream};
 use sloth_proto::protocol::{self, codes, Control, ErrorKind, TaskError, ToAgent, ToMaster};
 use sloth_transport::{self as tls, wire};
 use tokio::sync::Semaphore;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::audit::{AuditLog, Event, Session, TaskInfo};
 use crate::config::Config;
@@ -30,6 +32,8 @@ pub struct Agent {
     pub runner: Runner,
     pub audit: AuditLog,
     pub pki: Pki,
+    /// Task threads lost in C calls they never returned from (`worker::STUCK_AFTER`).
+    pub stuck: AtomicU32,
 }
 
 /// How long an idle task thread watches for the next task before it sleeps: longer
@@ -125,7 +129,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             identity,
         ),
         cfg,
+        stuck: AtomicU32::new(0),
     });
+    tokio::spawn(restart_when_idle(agent.clone(), endpoint.clone()));
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
@@ -150,6 +156,74 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An agent with task threads stuck in C calls (see `worker::STUCK_AFTER`) restarts
+/// itself in place (the same pid, arguments and environment) as soon as no other task
+/// runs or waits: the only way to take back the CPU and the task slots the lost
+/// threads hold. Masters see the connection close (`agent restarting`) and dial again.
+async fn restart_when_idle(agent: Arc<Agent>, endpoint: quinn::Endpoint) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let stuck = agent.stuck.load(Ordering::SeqCst) as usize;
+        if stuck == 0 {
+            continue;
+        }
+        let running =
+            (agent.cfg.max_tasks as usize).saturating_sub(agent.workers.available_permits());
+        if running > stuck || agent.waiting.load(Ordering::SeqCst) > 0 {
+            continue;
+        }
+        warn!("restarting in place: {stuck} task thread(s) stuck in C calls");
+        let bound = endpoint.local_addr().ok();
+        endpoint.close(codes::SHUTDOWN.into(), b"agent restarting");
+        let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
+        let mut args = std::env::args_os();
+        let arg0 = args.next().unwrap_or_else(|| "sloth-agent".into());
+        let args: Vec<OsString> = args.collect();
+        // The address it was bound to, so an agent started on port 0 keeps its port.
+        let args = match bound {
+            Some(addr) => listening_on(args, addr),
+            None => args,
+        };
+        // Only returns on failure; every descriptor of ours is close-on-exec.
+        let err = std::process::Command::new("/proc/self/exe")
+            .arg0(arg0)
+            .args(args)
+            .exec();
+        error!("cannot restart in place ({err}): exiting, for the service manager to restart");
+        std::process::exit(1);
+    }
+}
+
+/// `args` with `--listen` set to `addr`: the value replaced where the flag is given,
+/// else the flag added (a flag wins over the config file).
+fn listening_on(args: Vec<OsString>, addr: std::net::SocketAddr) -> Vec<OsString> {
+    let addr = OsString::from(addr.to_string());
+    let mut out = Vec::with_capacity(args.len() + 2);
+    let mut found = false;
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        if a == "--listen" {
+            found = true;
+            out.push(a);
+            it.next();
+            out.push(addr.clone());
+        } else if a.to_string_lossy().starts_with("--listen=") {
+            found = true;
+            let mut flag = OsString::from("--listen=");
+            flag.push(&addr);
+            out.push(flag);
+        } else {
+            out.push(a);
+        }
+    }
+    if !found {
+        out.push("--listen".into());
+        out.push(addr);
+    }
+    out
+}
+
 fn bind(cfg: &Config, server: quinn::ServerConfig) -> anyhow::Result<quinn::Endpoint> {
     quinn::Endpoint::server(server, cfg.listen)
         .with_context(|| format!("listening on {}", cfg.listen))
@@ -162,9 +236,11 @@ fn announce(cfg: &Config, endpoint: &quinn::Endpoint, enrolling: bool) -> anyhow
     if enrolling {
         ready = ready.enrolling();
     }
-    println!("{}", ready.line());
+    // Not println!: an agent whose stdout is gone (a launcher that stopped reading,
+    // a restart in place) keeps serving.
     use std::io::Write;
-    let _ = std::io::stdout().flush();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", ready.line()).and_then(|()| out.flush());
     info!(name = %cfg.name, %addr, enrolling, "agent ready");
     Ok(())
 }
@@ -432,4 +508,27 @@ async fn task_stream(
         }
     };
     worker::run(agent, session, req, send, recv, permit, queued).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restart_listens_where_the_agent_was_bound() {
+        let addr: std::net::SocketAddr = "127.0.0.1:40123".parse().unwrap();
+        let os = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            listening_on(os(&["--listen", "127.0.0.1:0", "--name", "a"]), addr),
+            os(&["--listen", "127.0.0.1:40123", "--name", "a"])
+        );
+        assert_eq!(
+            listening_on(os(&["--listen=127.0.0.1:0"]), addr),
+            os(&["--listen=127.0.0.1:40123"])
+        );
+        assert_eq!(
+            listening_on(os(&["--config", "agent.toml"]), addr),
+            os(&["--config", "agent.toml", "--listen", "127.0.0.1:40123"])
+        );
+    }
 }

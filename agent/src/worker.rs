@@ -26,6 +26,11 @@ use crate::server::Agent;
 
 /// How long the async thread stays awake after handing a task to a task thread.
 const KEEP_AWAKE: Duration = Duration::from_micros(300);
+/// How long a stopped task (cancelled, or past its time limit) may take to end. One
+/// still running then is stuck in a C call the stop hook cannot reach (a string
+/// pattern that backtracks without end, a blocking read): its thread is lost, and the
+/// agent restarts itself once no other task runs (`server::restart_when_idle`).
+pub const STUCK_AFTER: Duration = Duration::from_secs(5);
 /// Frames (log lines, calls) a task may have waiting for its stream. A task that logs
 /// faster than the master takes its lines waits here: memory stays bounded end to end.
 const OUT_QUEUE: usize = 256;
@@ -200,9 +205,38 @@ pub async fn run(
     // finished that side (a task that cannot call it back), by stopping ours.
     let mut stopped = std::pin::pin!(send.stopped());
     let mut watching = true;
+    // When the task was first seen stopped; checked once a second.
+    let mut stop_seen: Option<Instant> = None;
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         tokio::select! {
             r = &mut job => break r,
+            _ = check.tick() => {
+                if cancel.stopped().is_none() {
+                    continue;
+                }
+                let since = *stop_seen.get_or_insert_with(Instant::now);
+                if since.elapsed() >= STUCK_AFTER {
+                    let stuck = agent.stuck.fetch_add(1, Ordering::SeqCst) + 1;
+                    tracing::error!(
+                        task = task_id,
+                        "the task did not stop {} s after it was told to: its thread is stuck \
+                         in a C call (a string pattern that backtracks without end, a blocking \
+                         read?) and is lost; {stuck} such thread(s): the agent restarts itself \
+                         once no other task runs",
+                        STUCK_AFTER.as_secs()
+                    );
+                    break Ok(Err(TaskError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "the task did not stop at its deadline (stuck in a C call, such as a \
+                             string pattern that backtracks without end); agent {} restarts once idle",
+                            agent.cfg.name
+                        ),
+                    )));
+                }
+            }
             s = &mut stopped, if watching => {
                 watching = false;
                 if !matches!(s, Ok(None)) {

@@ -435,6 +435,59 @@ end
     assert_eq!(out.all("STUCK").len(), 2, "{out}");
 }
 
+/// A task stuck for good in a C call the stop hook cannot reach (a string pattern that
+/// backtracks without end) is given up by the master at its deadline. The agent counts
+/// its thread lost `STUCK_AFTER` (5 s) after the stop and, as soon as no other task
+/// runs, restarts itself in place: the same pid, the lost thread's CPU taken back,
+/// and tasks served again.
+#[test]
+fn an_agent_with_a_thread_stuck_in_a_c_call_restarts_itself_once_idle() {
+    let mut fleet = TestFleet::web(1);
+    let pid = fleet.pid("web-01");
+    let out = fleet.run(
+        r#"
+local ok, err = goroutine.await(goroutine.async(function()
+  return string.rep("a", 30000):find(".-.-.-.-b")
+end, { delegate_to = "web-01", timeout = "500ms" }))
+print("STUCK", tostring(ok), err:match("did not stop the task at its deadline") and "abandoned" or err)
+"#,
+        &[],
+    );
+    assert_eq!(out.one("STUCK"), ["false", "abandoned"], "{out}");
+    let cpu_ticks = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // utime and stime: fields 14 and 15, counted after the ")" that ends the name.
+        let rest = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fleet.agent_log("web-01").contains("restarting in place") {
+        assert!(
+            Instant::now() < deadline,
+            "no restart: {}",
+            fleet.agent_log("web-01")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(fleet.alive("web-01"), "{}", fleet.agent_log("web-01"));
+    assert_eq!(fleet.pid("web-01"), pid);
+    // The lost thread is gone: the process no longer burns a CPU.
+    let before = cpu_ticks();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks() - before;
+    assert!(used < 30, "{used} ticks of CPU in 1 s after the restart");
+    let out = fleet.run(
+        r#"print("AGAIN", goroutine.await(goroutine.async(function() return 7 end, { delegate_to = "web-01" })))"#,
+        &[],
+    );
+    let log = fleet.agent_log("web-01");
+    assert_eq!(out.one("AGAIN"), ["true", "7"], "{out}\n{log}");
+    assert!(log.contains("its thread is stuck in a C call"), "{log}");
+}
+
 /// A task that replaces the metatable of `_G` ("strict globals") still has `table`,
 /// `math` and `string`, and its shared objects still work.
 #[test]
