@@ -71,6 +71,7 @@ impl Executor {
         };
         // Nothing built here is garbage: collecting while building is wasted work.
         lua.gc_stop();
+        crate::protect::keep_protect_deps(&lua)?;
         (self.library.install)(&lua)?;
         capture::install_lazy(&lua, Arc::new(NoBackend), self.library.lazy_globals)?;
         lua.gc_restart();

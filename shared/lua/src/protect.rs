@@ -6,8 +6,11 @@ use mlua::{Lua, Table, Value as LV};
 
 /// `protect(f)`: a function that calls `f` and re-raises its errors as plain strings
 /// (without mlua's "runtime error:" prefix and traceback) at the caller's line.
+///
+/// Its six helpers come as arguments (see [`keep_protect_deps`]), never from the
+/// globals it is first loaded under, which a task may have replaced by then.
 const PROTECT_SRC: &str = r#"
-local pack, unpack, pcall, error, type, tostring = table.pack, table.unpack, pcall, error, type, tostring
+local pack, unpack, pcall, error, type, tostring = ...
 local function clean(e)
   if type(e) ~= "userdata" then return e end
   local s = tostring(e)
@@ -23,14 +26,46 @@ return function(f)
 end
 "#;
 
+/// Where [`keep_protect_deps`] keeps the wrapper's helpers.
+const DEPS_KEY: &str = "sloth.protect.deps";
+
+/// Keep the standard functions `protect` uses (`table.pack`, `table.unpack`, `pcall`,
+/// `error`, `type`, `tostring`) while the globals are still the state's own: a state
+/// that builds the wrapper lazily, after a task has run (and perhaps assigned a global
+/// `type` or `error`), still gets the real ones. Call right after opening the libraries.
+pub fn keep_protect_deps(lua: &Lua) -> mlua::Result<()> {
+    let deps = lua.create_sequence_from(pristine_deps(lua)?)?;
+    lua.set_named_registry_value(DEPS_KEY, deps)
+}
+
+fn pristine_deps(lua: &Lua) -> mlua::Result<Vec<LV>> {
+    let g = lua.globals();
+    let table: Table = g.raw_get("table")?;
+    Ok(vec![
+        table.raw_get("pack")?,
+        table.raw_get("unpack")?,
+        g.raw_get("pcall")?,
+        g.raw_get("error")?,
+        g.raw_get("type")?,
+        g.raw_get("tostring")?,
+    ])
+}
+
 /// The state's `protect` function (see [`PROTECT_SRC`]).
 pub fn protector(lua: &Lua) -> mlua::Result<mlua::Function> {
     const KEY: &str = "sloth.protect";
     if let Some(f) = lua.named_registry_value::<Option<mlua::Function>>(KEY)? {
         return Ok(f);
     }
+    // A state that kept nothing builds its wrapper before any script runs (the
+    // master's main state): its globals are still its own.
+    let deps: Vec<LV> = match lua.named_registry_value::<Option<Table>>(DEPS_KEY)? {
+        Some(t) => t.sequence_values::<LV>().collect::<mlua::Result<_>>()?,
+        None => pristine_deps(lua)?,
+    };
     static CODE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    let f: mlua::Function = load_compiled_once(lua, &CODE, PROTECT_SRC)?.call(())?;
+    let f: mlua::Function =
+        load_compiled_once(lua, &CODE, PROTECT_SRC)?.call(mlua::MultiValue::from_iter(deps))?;
     lua.set_named_registry_value(KEY, &f)?;
     Ok(f)
 }

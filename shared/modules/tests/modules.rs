@@ -414,6 +414,34 @@ fn handler_is_built_when_a_task_first_names_it() {
     assert!(err.contains("handler"), "{err}");
 }
 
+/// The error wrapper of the module functions is built on first use, after the task's
+/// own code has run: globals the task assigned by then (`type`, `table`, `error`, a
+/// forgotten `local`) must not change how module errors come out.
+#[test]
+fn module_errors_stay_clean_whatever_globals_the_task_assigned() {
+    let lua = state();
+    let (ok, err): (bool, String) = eval(
+        &lua,
+        r#"local real_pcall = pcall
+           type = "web"; table = { name = "users" }
+           error = function(m) print("swallowed: " .. tostring(m)) end
+           return real_pcall(exec.run, 123)"#,
+    );
+    assert!(!ok, "the error was swallowed");
+    assert!(err.starts_with("exec.run: "), "{err}");
+    assert!(!err.contains("upvalue"), "{err}");
+    // And a call that should work, works.
+    let lua = state();
+    let out: String = eval(
+        &lua,
+        r#"local real_pcall = pcall
+           type = "web"; table = { name = "users" }; error = print
+           local r = exec.run("echo hi")
+           return r.stdout"#,
+    );
+    assert_eq!(out, "hi\n");
+}
+
 #[test]
 fn exec_run_reads_both_pipes_at_once_and_keeps_everything() {
     let lua = state();
