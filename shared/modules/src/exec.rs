@@ -51,6 +51,9 @@ const FIRST_NAP: Duration = Duration::from_micros(50);
 /// After the child is gone, how long the output pipes may stay silent before they are
 /// abandoned (a background grandchild can hold them open).
 const DRAIN_IDLE: Duration = Duration::from_millis(250);
+/// After the child is gone, how long its output is read at most, however chatty a
+/// background grandchild holding the pipes is (and never past the call's timeout).
+const DRAIN_MAX: Duration = Duration::from_secs(2);
 
 pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
     let exec = lua.create_table()?;
@@ -601,6 +604,8 @@ pub(crate) fn run_process(
     let mut backoff = FIRST_NAP;
     // Set once the child is gone: how it ended, and since when the pipes are quiet.
     let mut ended: Option<(Ended, Instant)> = None;
+    // Set with `ended`: when reading what the pipes still bring stops, come what may.
+    let mut drain_until = Instant::now();
     let ended = loop {
         let got = out.read_ready(&mut chunk, io) + err.read_ready(&mut chunk, io);
         if ended.is_none() {
@@ -622,6 +627,13 @@ pub(crate) fn run_process(
                 kill_and_reap(&mut child);
                 ended = Some((Ended::TimedOut, Instant::now()));
             }
+            if ended.is_some() {
+                let now = Instant::now();
+                drain_until = now + DRAIN_MAX;
+                if let Some(d) = deadline {
+                    drain_until = drain_until.min(d.max(now));
+                }
+            }
         } else if got > 0 {
             if let Some((_, quiet_since)) = &mut ended {
                 *quiet_since = Instant::now();
@@ -637,17 +649,19 @@ pub(crate) fn run_process(
         let done = match &ended {
             // Both pipes at their end.
             Some(_) if !out.is_open() && !err.is_open() => true,
-            // A background grandchild holds them open: give up once they stay silent.
-            Some((_, quiet_since)) => match DRAIN_IDLE.checked_sub(quiet_since.elapsed()) {
-                Some(left) if !left.is_zero() => {
-                    nap = left.min(POLL);
-                    false
-                }
-                _ => {
+            // A background grandchild holds them open: give up once they stay silent,
+            // or at the latest DRAIN_MAX after the exit (or at the timeout).
+            Some((_, quiet_since)) => {
+                let quiet_left = DRAIN_IDLE.saturating_sub(quiet_since.elapsed());
+                let drain_left = drain_until.saturating_duration_since(Instant::now());
+                if quiet_left.is_zero() || drain_left.is_zero() {
                     abandon([&mut out, &mut err]);
                     true
+                } else {
+                    nap = quiet_left.min(drain_left).min(POLL);
+                    false
                 }
-            },
+            }
             None => {
                 // With a pidfd the wait ends the moment the child exits.
                 if exit_fd.is_none() {

@@ -414,6 +414,29 @@ fn handler_is_built_when_a_task_first_names_it() {
     assert!(err.contains("handler"), "{err}");
 }
 
+/// A background grandchild that keeps writing to the pipes after the command exited
+/// holds the call at most DRAIN_MAX (2 s) after the exit, and never past the call's
+/// timeout; what was read comes back with the command's exit status.
+#[test]
+fn exec_run_returns_despite_a_chatty_background_child() {
+    let lua = state();
+    for (opts, max_ms) in [("{ timeout = 800 }", 1_600u128), ("{}", 3_000)] {
+        let t0 = Instant::now();
+        let (code, first, pid): (i64, String, i64) = eval(
+            &lua,
+            &format!(
+                r#"local r = exec.run("sh -c 'while :; do echo tick; sleep 0.0531; done' & echo $!", {opts})
+                   return r.code, r.stdout:match("^[^\n]*"), tonumber(r.stdout:match("^(%d+)"))"#
+            ),
+        );
+        let _guard = KillOnDrop(pid);
+        let ms = t0.elapsed().as_millis();
+        assert_eq!(code, 0, "{opts}");
+        assert_eq!(first, pid.to_string(), "{opts}");
+        assert!(ms < max_ms, "{opts}: returned after {ms} ms");
+    }
+}
+
 /// The error wrapper of the module functions is built on first use, after the task's
 /// own code has run: globals the task assigned by then (`type`, `table`, `error`, a
 /// forgotten `local`) must not change how module errors come out.
