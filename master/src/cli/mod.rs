@@ -229,8 +229,12 @@ const INTERRUPT_AGENTS: std::time::Duration = std::time::Duration::from_secs(1);
 /// commands and reports its end (the `--json` document, `run_finished`, the recap),
 /// local agents are stopped, then the process exits 130. Bounded: about 4 s at most.
 pub fn install_signal_handler(rt: &tokio::runtime::Runtime) {
+    let signalled = {
+        let _g = rt.enter();
+        sloth_transport::process::shutdown_signal()
+    };
     rt.spawn(async {
-        sloth_transport::process::shutdown_signal().await;
+        signalled.await;
         INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
         errln!("interrupted: stopping the run");
         let hook = ON_INTERRUPT.lock().ok().and_then(|mut h| h.take());

@@ -23,20 +23,28 @@ pub fn runtime(max_blocking_threads: usize) -> Result<tokio::runtime::Runtime, R
         .map_err(RuntimeError)
 }
 
-/// Completes on the first Ctrl-C or SIGTERM. The handlers are installed when it is first
-/// polled; if SIGTERM cannot be watched, Ctrl-C alone counts.
-pub async fn shutdown_signal() {
+/// Completes on the first Ctrl-C (SIGINT) or SIGTERM. The handlers are installed by
+/// this call, not when the future is first polled: a signal that comes right after (a
+/// launcher that stops an agent as soon as it is ready) is not lost to the default
+/// action. A signal that cannot be watched is left out. Call inside a tokio runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
     let mut term = signal(SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
+    let mut int = signal(SignalKind::interrupt()).ok();
+    async move {
+        tokio::select! {
+            _ = received(term.as_mut()) => {}
+            _ = received(int.as_mut()) => {}
+        }
+    }
+}
+
+/// Completes when `s` delivers a signal; never, without `s`.
+async fn received(s: Option<&mut tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
     }
 }
 
@@ -50,6 +58,24 @@ mod tests {
         assert_eq!(rt.metrics().num_workers(), 1);
         let got = rt.block_on(async { tokio::task::spawn_blocking(|| 7).await });
         assert_eq!(got.expect("blocking task"), 7);
+    }
+
+    #[test]
+    fn a_signal_right_after_the_call_is_caught() {
+        let rt = runtime(1).expect("runtime");
+        rt.block_on(async {
+            let stop = shutdown_signal();
+            // Before the future is first polled: with the handler installed only then,
+            // SIGTERM's default action would end this test process.
+            let sent = std::process::Command::new("kill")
+                .args(["-TERM", &std::process::id().to_string()])
+                .status()
+                .expect("running kill");
+            assert!(sent.success());
+            tokio::time::timeout(std::time::Duration::from_secs(5), stop)
+                .await
+                .expect("the signal was seen");
+        });
     }
 
     #[test]
