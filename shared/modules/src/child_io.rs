@@ -109,7 +109,8 @@ impl OutPipe {
     fn emit_pieces(&mut self, io: &dyn TaskIo, level: LogLevel) {
         while self.partial.len() > MAX_LINE {
             let cut = piece_end(&self.partial);
-            emit(io, level, &self.partial[..cut]);
+            // Not a line's end: a '\r' it ends with is the line's, and stays.
+            io.log(level, &String::from_utf8_lossy(&self.partial[..cut]));
             self.partial.drain(..cut);
         }
     }
@@ -268,6 +269,23 @@ mod tests {
                 "first read {first_read}"
             );
         }
+    }
+
+    #[test]
+    fn a_piece_ending_in_a_carriage_return_keeps_it() {
+        let io = Lines::default();
+        let mut p = pipe(Some(LogLevel::Print));
+        let mut line = vec![b'a'; MAX_LINE - 1];
+        line.push(b'\r');
+        line.extend_from_slice(b"bc\r\n");
+        p.take(&line, &io);
+        let lines = io.0.lock();
+        assert_eq!(lines[0].1.len(), MAX_LINE);
+        assert!(lines[0].1.ends_with('\r'));
+        assert_eq!(
+            lines[1].1, "bc",
+            "the line's own CRLF end is still taken off"
+        );
     }
 
     #[test]
