@@ -145,3 +145,71 @@ exec.run("touch {d}/after")
         "work went on after the interrupt: {left:?}\n{out}"
     );
 }
+
+/// A master whose stdout nobody reads for a while (`sloth-master run … | less`, the
+/// pager paused) holds back only the tasks that print: its connections stay alive,
+/// and a task on another agent that prints nothing finishes meanwhile. Everything
+/// printed arrives once the reader comes back.
+#[test]
+fn a_stalled_stdout_holds_back_the_printing_tasks_only() {
+    use std::io::Read;
+    let fleet = TestFleet::web(2);
+    let script = fleet.path().join("stall.sloth");
+    std::fs::write(
+        &script,
+        r#"
+local chatty = goroutine.async(function()
+  for i = 1, 3000 do print(string.rep("x", 100) .. " " .. i) end
+  return "printed"
+end, { delegate_to = "web-01" })
+local quiet = goroutine.async(function()
+  goroutine.sleep(4500)
+  return "slept"
+end, { delegate_to = "web-02" })
+local q_ok, q = goroutine.await(quiet)
+local c_ok, c = goroutine.await(chatty)
+print("RESULT", tostring(q_ok), tostring(q), tostring(c_ok), tostring(c))
+"#,
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(master_bin());
+    cmd.current_dir(fleet.path())
+        .env("XDG_CONFIG_HOME", fleet.path().join("no-config"))
+        .env("SLOTH_STATE_DIR", test_state_dir())
+        .args(["run", script.to_str().unwrap(), "-i"])
+        .arg(fleet.inventory())
+        .arg("--certs")
+        .arg(&fleet.certs)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    // Nobody reads stdout for 6 s: 300 KB of lines fill the pipe long before.
+    std::thread::sleep(Duration::from_secs(6));
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    let result = stdout
+        .lines()
+        .find(|l| l.starts_with("RESULT"))
+        .unwrap_or("");
+    assert_eq!(
+        result,
+        "RESULT\ttrue\tslept\ttrue\tprinted",
+        "{stderr}\n{}",
+        fleet.agent_log("web-02")
+    );
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(stdout.matches(&"x".repeat(100)).count(), 3000);
+}

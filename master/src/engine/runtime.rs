@@ -189,6 +189,19 @@ impl Runtime {
     }
 }
 
+/// Run `f`, which may block for long (printing to a stdout nobody reads: a pager that
+/// paused), wherever it is called from. On a worker of the async runtime the worker's
+/// other work (every other connection's packets, its keep-alives) moves to another
+/// thread meanwhile, so only the caller waits; elsewhere `f` just runs.
+pub fn may_block<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 fn toml_value(g: &mut Graph, v: &toml::Value) -> Value {
     match v {
         toml::Value::String(s) => Value::Str(s.as_bytes().to_vec()),

@@ -18,6 +18,7 @@ use sloth_proto::protocol::LogLevel;
 
 use crate::engine::events::{Events, Progress, Rollout};
 use crate::engine::registry::{Outcome, TaskRecord};
+use crate::engine::runtime::may_block;
 pub use report::{HostRecap, RunEnd, MAX_CHANGES_KEPT, MAX_DIFF_BYTES_KEPT, SCHEMA};
 pub use run_info::{is_secret, masked_command, RunInfo, MASK, SECRET_WORDS};
 pub use stream::EventStream;
@@ -143,12 +144,18 @@ impl Output {
 
     fn emit(&self, event: &str, fields: serde_json::Value) {
         if let Some(e) = &self.events {
-            e.emit(event, fields);
+            may_block(|| e.emit(event, fields));
         }
     }
 
-    /// Human output goes to stdout, or to stderr when stdout carries JSON.
+    /// Human output goes to stdout, or to stderr when stdout carries JSON. A write
+    /// that blocks (a reader that paused) holds up its caller only, never the async
+    /// runtime's other work.
     fn line(&self, s: &str) {
+        may_block(|| self.write_line(s))
+    }
+
+    fn write_line(&self, s: &str) {
         if let Some(bar) = self.bar.lock().as_ref() {
             // Print above the bar instead of through it.
             bar.suspend(|| {
