@@ -234,7 +234,7 @@ fn a_bad_config_file_is_a_usage_error() {
     out.assert_code(2);
     assert!(
         out.stderr
-            .contains("sloth.toml: unknown field `cert`, expected one of"),
+            .contains("sloth.toml:1: unknown field `cert`, expected one of"),
         "{out}"
     );
     let out = run("task_timeout = \"soonish\"\n", &[]);

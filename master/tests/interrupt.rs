@@ -1,8 +1,9 @@
-//! Ctrl-C (or SIGTERM) stops everything a run started, at once: the script goes no
-//! further, the commands of the master's own script and of its local tasks are killed,
-//! agents stop the remote tasks because the master closes its connections, and a
-//! `--local-fleet`'s agents kill their tasks' commands before they go. Real agents,
-//! real commands; the assertions are on processes and files, not on times.
+//! A run under duress. Ctrl-C (or SIGTERM) stops everything it started, at once: the
+//! script goes no further, the commands of the master's own script and of its local
+//! tasks are killed, agents stop the remote tasks because the master closes its
+//! connections, and a `--local-fleet`'s agents kill their tasks' commands before they
+//! go. A stdout nobody reads holds back only the tasks that print. Real agents, real
+//! commands; the assertions are on processes, files and results, not on times.
 
 mod common;
 

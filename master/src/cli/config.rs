@@ -73,11 +73,17 @@ impl Config {
     /// Parse `text`, the contents of the file at `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
         let f: File = toml::from_str(text).map_err(|e| {
-            format!(
-                "{}: {}",
-                path.display(),
-                e.message().trim_end().replace('\n', " ")
-            )
+            let message = e.message().trim_end().replace('\n', " ");
+            // Where it is: the line, and the line itself (it names the key).
+            match e.span() {
+                Some(span) => {
+                    let start = span.start.min(text.len());
+                    let line_no = text[..start].matches('\n').count() + 1;
+                    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+                    format!("{}:{line_no}: {message} (in `{line}`)", path.display())
+                }
+                None => format!("{}: {message}", path.display()),
+            }
         })?;
         // Durations are checked now, naming the file, not when first used.
         for (key, value) in [
@@ -199,6 +205,9 @@ mod tests {
         assert_eq!(c.connect_timeout.as_deref(), Some("5s"));
         assert_eq!(c.task_timeout.as_deref(), Some("10m"));
 
+        let e = Config::parse("# ops\ncerts = 3\n", &path).unwrap_err();
+        assert!(e.contains("sloth.toml:2: invalid type"), "{e}");
+        assert!(e.ends_with("(in `certs = 3`)"), "{e}");
         let e = Config::parse("connect_timeout = \"0s\"", &path).unwrap_err();
         assert!(e.contains("connect_timeout: '0s' is no time at all"), "{e}");
         let e = Config::parse("task_timeout = \"soon\"", &path).unwrap_err();

@@ -118,7 +118,7 @@ fn health(pattern: &str, fa: &FleetArgs, json: bool) -> (i32, Option<serde_json:
         outln!("{}", crate::engine::health::render_table(&rows));
         for r in rows.iter().filter(|r| r.cert_expiring()) {
             errln!(
-                "warning: {}'s certificate expires on {} ({} days): it is renewed when a master with the CA key connects; else enroll it again",
+                "warning: {}'s certificate expires on {} ({} days): a master with the CA key renews it when it connects with a third of its lifetime or less left; else enroll it again",
                 r.host,
                 r.cert_expires.as_deref().unwrap_or("?"),
                 r.cert_days_left.unwrap_or(0)
