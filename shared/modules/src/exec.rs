@@ -27,6 +27,7 @@ use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -313,6 +314,14 @@ pub(crate) fn env_pairs(
     let mut out = Vec::new();
     for pair in env.pairs::<LuaString, LV>() {
         let (k, v) = pair?;
+        // `A=B` would set A to "B=...": the kernel splits an entry at its first '='.
+        let key = k.as_bytes();
+        if key.is_empty() || key.contains(&b'=') || key.contains(&0) {
+            return Err(mlua::Error::runtime(format!(
+                "{fname}: env name '{}' is not a variable name (empty, or with '=' or NUL)",
+                k.to_string_lossy()
+            )));
+        }
         let value = match v {
             LV::String(s) => Some(os(&s)),
             LV::Integer(i) => Some(i.to_string().into()),
@@ -557,11 +566,20 @@ pub(crate) fn run_process(
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
+            // A missing working directory fails the spawn like a missing program:
+            // say which it was.
+            if let Some(d) = p.cwd.as_ref().filter(|d| !Path::new(d).is_dir()) {
+                return Err(RunFail::Start(format!(
+                    "{}: cwd {}: not a directory that exists",
+                    spec.display,
+                    Path::new(d).display()
+                )));
+            }
             return Err(RunFail::Start(format!(
                 "{}: {}",
                 spec.display,
                 os_reason(&e)
-            )))
+            )));
         }
     };
 

@@ -304,8 +304,19 @@ fn exec_run_that_cannot_start_returns_nil_err() {
         r#"return exec.run("true", {cwd = "/nonexistent-dir-sloth"})"#,
     );
     assert!(v.is_nil());
-    assert!(err.contains("No such file or directory"), "{err}");
-    // Wrong argument types raise.
+    assert!(
+        err.ends_with("true: cwd /nonexistent-dir-sloth: not a directory that exists"),
+        "names the directory, not the command: {err}"
+    );
+    // Wrong argument types raise, and so does an env name the kernel would split.
+    let bad = lua
+        .load(r#"exec.run("true", {env = {["A=B"] = "1"}})"#)
+        .exec()
+        .unwrap_err();
+    assert!(
+        executor::error_text(&bad).contains("env name 'A=B' is not a variable name"),
+        "{bad}"
+    );
     let bad = lua.load("exec.run(42 == 42)").exec().unwrap_err();
     assert!(executor::error_text(&bad).contains("exec.run"), "{bad}");
     let bad = lua
