@@ -186,6 +186,27 @@ pub(crate) async fn run_local(
     }
 }
 
+/// Report what a task sent (a log line, a change) from its stream's async task.
+/// Reporting waits while the output's reader is behind (a pager that paused): this
+/// task's reading then waits too, its agent's queue fills and its task waits
+/// (backpressure, not memory), but the runtime's thread never blocks in `write`, so
+/// every other connection, its keep-alives and the tasks that print nothing carry
+/// on. Streams report one at a time (`Runtime::print_turn`); the one whose output
+/// would wait does it on a blocking thread.
+async fn report_output(
+    rt: &Arc<Runtime>,
+    bytes: usize,
+    report: impl FnOnce(&dyn crate::engine::events::Events) + Send + 'static,
+) {
+    let _turn = rt.print_turn.lock().await;
+    if rt.out.output_ready(bytes) {
+        report(rt.out.as_ref());
+    } else {
+        let out = rt.out.clone();
+        let _ = tokio::task::spawn_blocking(move || report(out.as_ref())).await;
+    }
+}
+
 pub(crate) async fn run_remote(
     rt: &Arc<Runtime>,
     rec: &Arc<TaskRecord>,
@@ -302,19 +323,23 @@ async fn remote(
         match frame {
             Ok(Some(ToMaster::Started)) => {}
             Ok(Some(ToMaster::Log { level, line })) => {
-                // Printing blocks this task's reading while the output is slow: the
-                // agent's queue fills and its task waits (backpressure, not memory).
-                rt.out.task_log(
-                    rec.id,
-                    host,
-                    &rec.name,
-                    level,
-                    &protocol::clip_log_line(&line),
-                )
+                let line = match protocol::clip_log_line(&line) {
+                    std::borrow::Cow::Borrowed(_) => line,
+                    std::borrow::Cow::Owned(clipped) => clipped,
+                };
+                let bytes = line.len() + host.len() + rec.name.len() + 16;
+                let (id, host, name) = (rec.id, host.to_string(), rec.name.clone());
+                report_output(rt, bytes, move |out| {
+                    out.task_log(id, &host, &name, level, &line)
+                })
+                .await;
             }
             Ok(Some(ToMaster::Change(c))) => {
                 // Bounded like log lines: a change is only ever reported, never acted on.
-                rt.out.task_change(rec.id, host, &rec.name, &c.clipped());
+                let c = c.clipped();
+                let bytes = c.target.len() + c.diff.as_ref().map_or(0, |d| d.len()) + 256;
+                let (id, host, name) = (rec.id, host.to_string(), rec.name.clone());
+                report_output(rt, bytes, move |out| out.task_change(id, &host, &name, &c)).await;
             }
             Ok(Some(ToMaster::Call {
                 call_id,

@@ -13,6 +13,12 @@ pub trait Events: Send + Sync {
     fn task_started(&self, rec: &TaskRecord);
     /// A line task `id` logged or printed, as it happens.
     fn task_log(&self, id: u64, host: &str, task: &str, level: LogLevel, text: &str);
+    /// Whether `bytes` more of output can be written now without waiting for its
+    /// reader (a pager that paused): when not, the engine reports from a blocking
+    /// thread, never from the async runtime's.
+    fn output_ready(&self, _bytes: usize) -> bool {
+        true
+    }
     /// What a resource or handler of task `id` (0: the main script) did, changed or
     /// not, as it happens.
     fn task_change(&self, id: u64, host: &str, task: &str, change: &Change);

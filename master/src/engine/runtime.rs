@@ -45,6 +45,10 @@ pub struct Runtime {
     pub runner: sloth_lua::runner::Runner,
     /// The main script's stop token: [`Runtime::interrupt`] stops the script with it.
     pub script_cancel: CancelToken,
+    /// Taken by a task stream before it prints what its agent sent: while the reader
+    /// of the output is behind, one of them waits for it on a blocking thread and the
+    /// others wait here (`dispatch::report_output`).
+    pub print_turn: tokio::sync::Mutex<()>,
     vars_cache: Mutex<HashMap<String, Graph>>,
 }
 
@@ -108,6 +112,7 @@ impl Runtime {
                 Duration::from_secs(10),
             ),
             script_cancel: CancelToken::new(None),
+            print_turn: tokio::sync::Mutex::new(()),
             vars_cache: Mutex::new(HashMap::new()),
         });
         registry.on_done(move |rec, o| {
@@ -186,19 +191,6 @@ impl Runtime {
         for r in running {
             r.wait(None, None);
         }
-    }
-}
-
-/// Run `f`, which may block for long (printing to a stdout nobody reads: a pager that
-/// paused), wherever it is called from. On a worker of the async runtime the worker's
-/// other work (every other connection's packets, its keep-alives) moves to another
-/// thread meanwhile, so only the caller waits; elsewhere `f` just runs.
-pub fn may_block<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
     }
 }
 

@@ -396,8 +396,13 @@ print("PEAK", peak_mib())
         .parse()
         .unwrap();
     eprintln!("master peak RSS: {peak} MiB with 300 MB of logs, {base_peak} MiB for one task");
+    // Bounded by flow control, not by the logs' volume: while this test's reader
+    // pauses, the master keeps serving the connection (its other tasks, keep-alives)
+    // and QUIC holds what the agent may still send, up to each stream's 4 MiB window,
+    // in its receive buffers (50 MiB over the base when the paused reader stalled the
+    // whole connection; 55-64 MiB now, for 300 MB of logs).
     assert!(
-        peak < base_peak + 64,
+        peak < base_peak + 96,
         "master peak RSS {peak} MiB with floods vs {base_peak} MiB without"
     );
 }

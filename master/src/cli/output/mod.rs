@@ -18,7 +18,6 @@ use sloth_proto::protocol::LogLevel;
 
 use crate::engine::events::{Events, Progress, Rollout};
 use crate::engine::registry::{Outcome, TaskRecord};
-use crate::engine::runtime::may_block;
 pub use report::{HostRecap, RunEnd, MAX_CHANGES_KEPT, MAX_DIFF_BYTES_KEPT, SCHEMA};
 pub use run_info::{is_secret, masked_command, RunInfo, MASK, SECRET_WORDS};
 pub use stream::EventStream;
@@ -144,18 +143,36 @@ impl Output {
 
     fn emit(&self, event: &str, fields: serde_json::Value) {
         if let Some(e) = &self.events {
-            may_block(|| e.emit(event, fields));
+            e.emit(event, fields);
         }
     }
 
-    /// Human output goes to stdout, or to stderr when stdout carries JSON. A write
-    /// that blocks (a reader that paused) holds up its caller only, never the async
-    /// runtime's other work.
-    fn line(&self, s: &str) {
-        may_block(|| self.write_line(s))
+    /// Whether the stream [`Output::line`] writes to has room for `bytes` now: a pipe
+    /// with at least `PIPE_BUF` free (and `bytes` within it), a file, a terminal.
+    fn room_for(&self, bytes: usize) -> bool {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        use std::os::fd::AsFd;
+        const PIPE_BUF: usize = 4096;
+        if bytes > PIPE_BUF {
+            return false;
+        }
+        let (out, err) = (std::io::stdout(), std::io::stderr());
+        let fd = if self.stdout_is_machine {
+            err.as_fd()
+        } else {
+            out.as_fd()
+        };
+        let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        poll(&mut fds, Some(&now)).is_ok_and(|n| n == 1)
+            && fds[0].revents().contains(PollFlags::OUT)
     }
 
-    fn write_line(&self, s: &str) {
+    /// Human output goes to stdout, or to stderr when stdout carries JSON.
+    fn line(&self, s: &str) {
         if let Some(bar) = self.bar.lock().as_ref() {
             // Print above the bar instead of through it.
             bar.suspend(|| {
@@ -428,6 +445,10 @@ impl Events for Output {
                 "batch": rec.batch.map(|(index, of)| json!({"index": index, "of": of})),
             }),
         );
+    }
+
+    fn output_ready(&self, bytes: usize) -> bool {
+        self.room_for(bytes)
     }
 
     fn task_log(&self, id: u64, host: &str, task: &str, level: LogLevel, text: &str) {
