@@ -660,8 +660,11 @@ impl TestFleet {
         let script = self.script_path(file_name, script);
         let inv = self.inventory();
         let mut cmd = Command::new(master_bin());
+        // Also when a test spawns it itself rather than through `Running::spawn`: runs
+        // are recorded in the tests' state directory, never in the user's.
         cmd.current_dir(self.dir.path())
             .env("XDG_CONFIG_HOME", NO_CONFIG_HOME)
+            .env("SLOTH_STATE_DIR", test_state_dir())
             .arg("run")
             .arg(&script);
         // Extra arguments may replace the inventory or the certificate directory.
