@@ -15,8 +15,16 @@ use clap::Parser;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// After a big task's state is dropped: the memory it held goes back to the system,
+/// or an agent that once ran a task of hundreds of MiB would keep them.
+fn release_memory() {
+    // SAFETY: mi_collect takes no pointers; it only walks mimalloc's own structures.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 fn main() -> std::process::ExitCode {
     let args = config::Args::parse();
+    sloth_lua::executor::on_big_state_dropped(release_memory);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -488,6 +488,44 @@ print("STUCK", tostring(ok), err:match("did not stop the task at its deadline") 
     assert!(log.contains("its thread is stuck in a C call"), "{log}");
 }
 
+/// An agent gives the memory of a big task back to the system when the task ends,
+/// rather than keep its peak for good (it kept 430 MB after a 400 MB task).
+#[test]
+fn an_agent_gives_back_the_memory_of_a_big_task() {
+    let fleet = TestFleet::web(1);
+    let pid = fleet.pid("web-01");
+    let rss_mib = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            / 1024
+    };
+    let out = fleet.run(
+        r#"
+local ok, n = goroutine.await(goroutine.async(function()
+  local t = {}
+  for i = 1, 20 do t[i] = string.rep(string.char(64 + i), 10 * 1024 * 1024) end
+  return #t
+end, { delegate_to = "web-01" }))
+print("BIG", tostring(ok), tostring(n))
+"#,
+        &[],
+    );
+    assert_eq!(out.one("BIG"), ["true", "20"], "{out}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rss_mib() > 64 {
+        assert!(
+            Instant::now() < deadline,
+            "the agent still holds {} MiB after a 200 MiB task",
+            rss_mib()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A task that replaces the metatable of `_G` ("strict globals") still has `table`,
 /// `math` and `string`, and its shared objects still work.
 #[test]

@@ -186,8 +186,31 @@ impl StatePool {
     }
 }
 
-/// Hand a used state to the pool's thread to drop (dropping costs tens of µs).
+/// A state that holds more than this when its task ends is dropped on the task's own
+/// thread, and the process's allocator is then asked to give memory back to the
+/// system ([`on_big_state_dropped`]).
+pub const BIG_STATE: usize = 32 << 20;
+
+static RELEASE_MEMORY: OnceLock<fn()> = OnceLock::new();
+
+/// What to call after a big state is dropped: the binary's allocator returning the
+/// freed memory to the system (mimalloc's `mi_collect`), so a process that once ran a
+/// task of hundreds of MiB does not keep them. Set once, at start-up.
+pub fn on_big_state_dropped(release: fn()) {
+    let _ = RELEASE_MEMORY.set(release);
+}
+
+/// Hand a used state to the pool's thread to drop (dropping costs tens of µs). A big
+/// one is dropped here, on the thread whose allocator heap holds its memory, and that
+/// memory handed back at once (its task is over; the caller has its result).
 fn retire_state(lua: TaskState) {
+    if lua.used_memory() > BIG_STATE {
+        drop(lua);
+        if let Some(release) = RELEASE_MEMORY.get() {
+            release();
+        }
+        return;
+    }
     match POOL.get() {
         Some(p) => {
             let mut r = p.retired.lock();
