@@ -527,3 +527,40 @@ fn a_master_key_from_another_certificate_is_refused_by_name() {
         "{out}"
     );
 }
+
+/// `certs issue` does not replace an agent's existing files without `--force`, and
+/// never the fleet's own (`certs issue master` would have put an agent certificate in
+/// place of the master's).
+#[test]
+fn certs_issue_replaces_files_only_when_told_and_never_the_fleets_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("pki");
+    certs_init(&certs);
+    certs_issue(&certs, "web-01");
+    let d = certs.to_str().unwrap();
+    let first = std::fs::read(certs.join("web-01.crt")).unwrap();
+    let again = sloth_master(dir.path(), &["certs", "issue", "web-01", "--dir", d]);
+    again.assert_code(2);
+    assert!(
+        again
+            .stderr
+            .contains("web-01.crt exists: replace it with --force"),
+        "{again}"
+    );
+    assert_eq!(std::fs::read(certs.join("web-01.crt")).unwrap(), first);
+    let forced = sloth_master(
+        dir.path(),
+        &["certs", "issue", "web-01", "--dir", d, "--force"],
+    );
+    forced.assert_code(0);
+    assert_ne!(std::fs::read(certs.join("web-01.crt")).unwrap(), first);
+    let master = std::fs::read(certs.join("master.crt")).unwrap();
+    for extra in [&[][..], &["--force"][..]] {
+        let mut args = vec!["certs", "issue", "master", "--dir", d];
+        args.extend_from_slice(extra);
+        let out = sloth_master(dir.path(), &args);
+        out.assert_code(2);
+        assert!(out.stderr.contains("it is the fleet's own"), "{out}");
+    }
+    assert_eq!(std::fs::read(certs.join("master.crt")).unwrap(), master);
+}

@@ -332,6 +332,9 @@ pub enum CertsCmd {
         /// Lifetime, e.g. 30d [default: sloth.toml's `agent_cert_lifetime`, else 30d].
         #[arg(long)]
         lifetime: Option<String>,
+        /// Replace an existing NAME.crt and NAME.key.
+        #[arg(long)]
+        force: bool,
     },
     /// Replace the master's key and certificate (needs ca.key).
     RenewMaster {

@@ -71,11 +71,29 @@ pub fn certs(
             dir: d,
             out,
             lifetime: l,
+            force,
         } => {
             let dir = dir(d.as_deref());
             let lifetime = lifetime(l.as_deref(), lt.agent.as_deref(), Lifetime::AGENT)?;
-            let pem = Pki::new(&dir).issue_agent(&name, &sans, lifetime)?;
             let out = out.unwrap_or_else(|| dir.clone());
+            // Checked before anything is signed or recorded. The CA's and the master's
+            // own files are never an agent's, even with --force.
+            for ext in ["crt", "key"] {
+                let path = out.join(format!("{name}.{ext}"));
+                let own = ["ca", "master"].contains(&name.as_str()) && out == dir;
+                if own || (path.exists() && !force) {
+                    anyhow::bail!(
+                        "{} exists{}",
+                        path.display(),
+                        if own {
+                            ": it is the fleet's own, not an agent's (choose another name)"
+                        } else {
+                            ": replace it with --force (the agent using it keeps a valid certificate until `sloth-master certs revoke`)"
+                        }
+                    );
+                }
+            }
+            let pem = Pki::new(&dir).issue_agent(&name, &sans, lifetime)?;
             let (crt, key) = sloth_transport::write_pem_files(&out, &name, &pem)?;
             outln!(
                 "wrote {} (agent certificate for {name}, valid {})",
