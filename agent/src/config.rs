@@ -177,14 +177,8 @@ impl Config {
             None => 512 * 1024 * 1024,
         };
         let task_timeout = match a.task_timeout.or(f.task_timeout) {
-            Some(s) => match sloth_lua::context::parse_duration_str(&s) {
-                Ok(d) if d.is_zero() => anyhow::bail!(
-                    "--task-timeout (task_timeout): '{}' is no time at all: give a limit greater than zero",
-                    s.trim()
-                ),
-                Ok(d) => d,
-                Err(e) => anyhow::bail!("--task-timeout (task_timeout): {e}"),
-            },
+            Some(s) => sloth_proto::text::parse_time_limit(&s)
+                .map_err(|e| anyhow::anyhow!("--task-timeout (task_timeout): {e}"))?,
             None => Duration::from_secs(3600),
         };
         let audit_path = match (a.audit_log, f.audit_log) {

@@ -78,18 +78,18 @@ pub fn certs(
             let out = out.unwrap_or_else(|| dir.clone());
             // Checked before anything is signed or recorded. The CA's and the master's
             // own files are never an agent's, even with --force.
-            for ext in ["crt", "key"] {
-                let path = out.join(format!("{name}.{ext}"));
-                let own = ["ca", "master"].contains(&name.as_str()) && out == dir;
-                if own || (path.exists() && !force) {
+            let crt = out.join(format!("{name}.crt"));
+            if ["ca", "master"].contains(&name.as_str()) && out == dir {
+                anyhow::bail!(
+                    "{} exists: it is the fleet's own, not an agent's (choose another name)",
+                    crt.display()
+                );
+            }
+            for path in [crt, out.join(format!("{name}.key"))] {
+                if path.exists() && !force {
                     anyhow::bail!(
-                        "{} exists{}",
-                        path.display(),
-                        if own {
-                            ": it is the fleet's own, not an agent's (choose another name)"
-                        } else {
-                            ": replace it with --force (the agent using it keeps a valid certificate until `sloth-master certs revoke`)"
-                        }
+                        "{} exists: replace it with --force (the agent using it keeps a valid certificate until `sloth-master certs revoke`)",
+                        path.display()
                     );
                 }
             }

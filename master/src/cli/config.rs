@@ -172,18 +172,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(n.saturating_mul(mult))
 }
 
-/// A duration as the master's flags take it (`3s`, `500ms`, `2m`).
 /// A time limit from a flag or sloth.toml (`--connect-timeout`, `task_timeout`, ...):
 /// a duration greater than zero (a zero limit would fail every host at once).
 pub fn parse_duration(v: &str) -> Result<Duration, String> {
-    let d = sloth_lua::context::parse_duration_str(v)?;
-    if d.is_zero() {
-        return Err(format!(
-            "'{}' is no time at all: give a limit greater than zero",
-            v.trim()
-        ));
-    }
-    Ok(d)
+    sloth_proto::text::parse_time_limit(v)
 }
 
 #[cfg(test)]

@@ -432,20 +432,20 @@ impl Mesh {
         // cut it off every time): it is bounded by RENEW_TIMEOUT.
         let mut renewals = std::mem::take(&mut *self.renewals.lock());
         while renewals.join_next().await.is_some() {}
+        self.close_connections(b"master done").await;
+    }
+
+    /// The run was interrupted: close every connection now, without waiting for
+    /// renewals (each agent stops the tasks it runs for a connection that closes).
+    pub async fn abort(&self) {
+        self.close_connections(b"master interrupted").await;
+    }
+
+    async fn close_connections(&self, reason: &[u8]) {
         let open = self.endpoint.open_connections() as u64;
-        self.endpoint.close(0u32.into(), b"master done");
+        self.endpoint.close(0u32.into(), reason);
         let flush = Duration::from_micros(20_000 + 100 * open).min(Duration::from_millis(100));
         let _ = tokio::time::timeout(flush, self.endpoint.wait_idle()).await;
-    }
-}
-
-impl Mesh {
-    /// The run was interrupted: close every connection now, without waiting for
-    /// renewals (each agent stops the tasks it runs for a connection that closes), and
-    /// give the close frames a moment to leave.
-    pub async fn abort(&self) {
-        self.endpoint.close(0u32.into(), b"master interrupted");
-        let _ = tokio::time::timeout(Duration::from_millis(100), self.endpoint.wait_idle()).await;
     }
 }
 

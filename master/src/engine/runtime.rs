@@ -15,14 +15,14 @@ use sloth_proto::protocol::LogLevel;
 use crate::engine::events::Events;
 use crate::engine::inventory::Inventory;
 use crate::engine::mesh::Mesh;
+use crate::engine::registry::Registry;
+use crate::engine::transport::Transport;
 
 /// How long an interrupted run waits for its connections' close frames to leave.
 const INTERRUPT_CLOSE: Duration = Duration::from_millis(300);
 /// How long it waits for its own commands (`exec.run` in the script or in local tasks)
 /// to be killed and reaped.
 const INTERRUPT_CHILDREN: Duration = Duration::from_millis(500);
-use crate::engine::registry::Registry;
-use crate::engine::transport::Transport;
 
 pub struct Runtime {
     pub handle: tokio::runtime::Handle,

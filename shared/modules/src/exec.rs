@@ -620,10 +620,17 @@ pub(crate) fn run_process(
     let io = ctx.io.as_ref();
     let mut chunk = vec![0u8; 16 * 1024];
     let mut backoff = FIRST_NAP;
-    // Set once the child is gone: how it ended, and since when the pipes are quiet.
-    let mut ended: Option<(Ended, Instant)> = None;
-    // Set with `ended`: when reading what the pipes still bring stops, come what may.
-    let mut drain_until = Instant::now();
+    // Set once the child is gone: how it ended, since when the pipes are quiet, and
+    // when reading what they still bring stops, come what may.
+    let mut ended: Option<(Ended, Instant, Instant)> = None;
+    let gone = |how: Ended| {
+        let now = Instant::now();
+        let mut drain_until = now + DRAIN_MAX;
+        if let Some(d) = deadline {
+            drain_until = drain_until.min(d.max(now));
+        }
+        (how, now, drain_until)
+    };
     let ended = loop {
         let got = out.read_ready(&mut chunk, io) + err.read_ready(&mut chunk, io);
         if ended.is_none() {
@@ -640,20 +647,13 @@ pub(crate) fn run_process(
                 }
             };
             if let Some(status) = status {
-                ended = Some((Ended::Exited(status), Instant::now()));
+                ended = Some(gone(Ended::Exited(status)));
             } else if deadline.is_some_and(|d| Instant::now() >= d) {
                 kill_and_reap(&mut child);
-                ended = Some((Ended::TimedOut, Instant::now()));
-            }
-            if ended.is_some() {
-                let now = Instant::now();
-                drain_until = now + DRAIN_MAX;
-                if let Some(d) = deadline {
-                    drain_until = drain_until.min(d.max(now));
-                }
+                ended = Some(gone(Ended::TimedOut));
             }
         } else if got > 0 {
-            if let Some((_, quiet_since)) = &mut ended {
+            if let Some((_, quiet_since, _)) = &mut ended {
                 *quiet_since = Instant::now();
             }
         }
@@ -669,7 +669,7 @@ pub(crate) fn run_process(
             Some(_) if !out.is_open() && !err.is_open() => true,
             // A background grandchild holds them open: give up once they stay silent,
             // or at the latest DRAIN_MAX after the exit (or at the timeout).
-            Some((_, quiet_since)) => {
+            Some((_, quiet_since, drain_until)) => {
                 let quiet_left = DRAIN_IDLE.saturating_sub(quiet_since.elapsed());
                 let drain_left = drain_until.saturating_duration_since(Instant::now());
                 if quiet_left.is_zero() || drain_left.is_zero() {
@@ -693,7 +693,7 @@ pub(crate) fn run_process(
             }
         };
         if done {
-            if let Some((how, _)) = ended {
+            if let Some((how, _, _)) = ended {
                 break how;
             }
         }

@@ -107,9 +107,30 @@ pub fn format_duration(d: Duration) -> String {
     parts.join(" ")
 }
 
+/// A time limit (a timeout flag or setting): a duration greater than zero, since a
+/// zero limit would fail everything at once.
+pub fn parse_time_limit(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!(
+            "'{}' is no time at all: give a limit greater than zero",
+            s.trim()
+        ));
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_time_limit_is_more_than_zero() {
+        assert_eq!(parse_time_limit("2s"), Ok(Duration::from_secs(2)));
+        let e = parse_time_limit(" 0ms ").unwrap_err();
+        assert_eq!(e, "'0ms' is no time at all: give a limit greater than zero");
+        assert!(parse_time_limit("soon").is_err());
+    }
 
     #[test]
     fn times_round_trip() {

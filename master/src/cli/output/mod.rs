@@ -147,30 +147,6 @@ impl Output {
         }
     }
 
-    /// Whether the stream [`Output::line`] writes to has room for `bytes` now: a pipe
-    /// with at least `PIPE_BUF` free (and `bytes` within it), a file, a terminal.
-    fn room_for(&self, bytes: usize) -> bool {
-        use rustix::event::{poll, PollFd, PollFlags, Timespec};
-        use std::os::fd::AsFd;
-        const PIPE_BUF: usize = 4096;
-        if bytes > PIPE_BUF {
-            return false;
-        }
-        let (out, err) = (std::io::stdout(), std::io::stderr());
-        let fd = if self.stdout_is_machine {
-            err.as_fd()
-        } else {
-            out.as_fd()
-        };
-        let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
-        let now = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        poll(&mut fds, Some(&now)).is_ok_and(|n| n == 1)
-            && fds[0].revents().contains(PollFlags::OUT)
-    }
-
     /// Human output goes to stdout, or to stderr when stdout carries JSON.
     fn line(&self, s: &str) {
         if let Some(bar) = self.bar.lock().as_ref() {
@@ -447,8 +423,28 @@ impl Events for Output {
         );
     }
 
+    /// Room for `bytes` now in the stream [`Output::line`] writes to: a pipe with at
+    /// least `PIPE_BUF` free (and `bytes` within it), a file, a terminal.
     fn output_ready(&self, bytes: usize) -> bool {
-        self.room_for(bytes)
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        use std::os::fd::AsFd;
+        const PIPE_BUF: usize = 4096;
+        if bytes > PIPE_BUF {
+            return false;
+        }
+        let (out, err) = (std::io::stdout(), std::io::stderr());
+        let fd = if self.stdout_is_machine {
+            err.as_fd()
+        } else {
+            out.as_fd()
+        };
+        let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        poll(&mut fds, Some(&now)).is_ok_and(|n| n == 1)
+            && fds[0].revents().contains(PollFlags::OUT)
     }
 
     fn task_log(&self, id: u64, host: &str, task: &str, level: LogLevel, text: &str) {
