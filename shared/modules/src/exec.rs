@@ -622,8 +622,8 @@ pub(crate) fn run_process(
     let mut backoff = FIRST_NAP;
     // Set once the child is gone: how it ended, since when the pipes are quiet, and
     // when reading what they still bring stops, come what may.
-    let mut ended: Option<(Ended, Instant, Instant)> = None;
-    let gone = |how: Ended| {
+    let mut ended: Option<(Gone, Instant, Instant)> = None;
+    let gone = |how: Gone| {
         let now = Instant::now();
         let mut drain_until = now + DRAIN_MAX;
         if let Some(d) = deadline {
@@ -634,7 +634,7 @@ pub(crate) fn run_process(
     let ended = loop {
         let got = out.read_ready(&mut chunk, io) + err.read_ready(&mut chunk, io);
         if ended.is_none() {
-            let status = match child.try_wait() {
+            let exited = match has_exited(&child) {
                 Ok(s) => s,
                 Err(e) => {
                     kill_and_reap(&mut child);
@@ -646,11 +646,11 @@ pub(crate) fn run_process(
                     )));
                 }
             };
-            if let Some(status) = status {
-                ended = Some(gone(Ended::Exited(status)));
+            if exited {
+                ended = Some(gone(Gone::Exited));
             } else if deadline.is_some_and(|d| Instant::now() >= d) {
                 kill_and_reap(&mut child);
-                ended = Some(gone(Ended::TimedOut));
+                ended = Some(gone(Gone::TimedOut));
             }
         } else if got > 0 {
             if let Some((_, quiet_since, _)) = &mut ended {
@@ -700,6 +700,20 @@ pub(crate) fn run_process(
         let exit = exit_fd.as_ref().filter(|_| ended.is_none());
         wait_any([&out, &err], exit, nap);
     };
+    let ended = match ended {
+        Gone::TimedOut => Ended::TimedOut,
+        // Reaped only now: until here its pid (its group's id) could not be reused.
+        Gone::Exited => match child.wait() {
+            Ok(status) => Ended::Exited(status),
+            Err(e) => {
+                return Err(RunFail::Start(format!(
+                    "{}: waiting for the child: {}",
+                    spec.display,
+                    os_reason(&e)
+                )))
+            }
+        },
+    };
     let (stdout, out_cut) = out.into_output();
     let (stderr, err_cut) = err.into_output();
     Ok(Finished {
@@ -709,6 +723,33 @@ pub(crate) fn run_process(
         truncated: out_cut || err_cut,
         duration: start.elapsed(),
     })
+}
+
+/// How the child left the wait loop; [`Ended`] once it is reaped.
+enum Gone {
+    Exited,
+    TimedOut,
+}
+
+/// Whether the child has exited, without reaping it. A zombie keeps its pid, which is
+/// also its process group's id: a stop during the drain after the exit can still kill
+/// that group (a background grandchild holding the pipes) with no chance that the id
+/// was given to another process in between.
+fn has_exited(child: &Child) -> io::Result<bool> {
+    let pid = i32::try_from(child.id())
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| io::Error::other("child without a valid pid"))?;
+    let how = rustix::process::WaitIdOptions::EXITED
+        | rustix::process::WaitIdOptions::NOHANG
+        | rustix::process::WaitIdOptions::NOWAIT;
+    loop {
+        match rustix::process::waitid(rustix::process::WaitId::Pid(pid), how) {
+            Ok(status) => return Ok(status.is_some()),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// A pidfd of `pid`: readable once the process has exited, so the wait for a child

@@ -547,6 +547,62 @@ fn exec_run_raises_when_the_task_is_cancelled() {
     assert_gone("sleep 30.2222");
 }
 
+/// After the command exits, while a background grandchild still holds its pipes, the
+/// command stays unreaped (a zombie keeps its pid, which is also its group's id): a stop
+/// in that drain kills the grandchild's group with no chance that the id was handed to
+/// another process. The command is reaped when the call ends.
+#[test]
+fn exec_run_keeps_the_exited_command_unreaped_while_it_drains_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("leader");
+    let cancel = CancelToken::new(None);
+    let (lua, _sink) = state_with(cancel.clone());
+    let watch = {
+        let pid_file = pid_file.clone();
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(5);
+            let pid = loop {
+                if let Ok(s) = std::fs::read_to_string(&pid_file) {
+                    if let Ok(pid) = s.trim().parse::<u32>() {
+                        break pid;
+                    }
+                }
+                assert!(Instant::now() < until, "the command never started");
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            // Well into the drain (the command exits at once; the drain lasts 2 s).
+            std::thread::sleep(Duration::from_millis(600));
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            cancel.cancel();
+            (pid, stat)
+        })
+    };
+    let src = format!(
+        r#"return exec.run("echo $$ > {}; sh -c 'while :; do echo tick; sleep 0.0444; done' & exit 0")"#,
+        pid_file.display()
+    );
+    let err = lua.load(&src).exec().unwrap_err();
+    let (pid, stat) = watch.join().unwrap();
+    assert!(
+        executor::error_text(&err).contains("cancelled"),
+        "{}",
+        executor::error_text(&err)
+    );
+    // `PID (sh) Z ...`: exited, not reaped.
+    let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
+    assert_eq!(
+        state,
+        Some("Z"),
+        "the command was reaped mid-drain: {stat:?}"
+    );
+    assert_gone("while :; do echo tick; sleep 0.0444");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the command was never reaped"
+    );
+}
+
 #[test]
 fn exec_run_raises_at_the_task_deadline() {
     let (lua, _sink) = state_with(CancelToken::new(Some(Duration::from_millis(400))));
