@@ -72,6 +72,17 @@ pub fn task_ctx(lua: &Lua) -> mlua::Result<TaskContext> {
         .ok_or_else(|| mlua::Error::runtime("no task context in this Lua state"))
 }
 
+/// Bytes this state may still allocate under the task's memory limit; `None` when it
+/// has none. Module functions that gather data outside Lua (a command's output, a
+/// file, a response body) keep no more than this: what they gather becomes Lua
+/// strings, and held outside the limit it would escape it.
+pub fn memory_left(lua: &Lua) -> Option<usize> {
+    // mlua reads the limit only by setting one: put the same one straight back.
+    let limit = lua.set_memory_limit(0).ok()?;
+    let _ = lua.set_memory_limit(limit);
+    (limit > 0).then(|| limit.saturating_sub(lua.used_memory()))
+}
+
 /// What a call that would change the host returns in check mode: `true, "skipped in
 /// check mode"` (truthy, so `assert(fs.write(...))` goes on), after a log line that
 /// names the call. `None` outside check mode: the caller goes ahead.

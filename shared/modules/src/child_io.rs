@@ -52,9 +52,15 @@ impl OutPipe {
     }
 
     /// Read what the pipe holds now (up to [`MAX_READ_TURN`]), into `chunk` first.
+    /// What is kept counts against `keep_left` (shared by both pipes of a child).
     /// Returns the number of bytes read; end of file closes the pipe and forwards an
     /// unterminated last line.
-    pub fn read_ready(&mut self, chunk: &mut [u8], io: &dyn TaskIo) -> usize {
+    pub fn read_ready(
+        &mut self,
+        chunk: &mut [u8],
+        io: &dyn TaskIo,
+        keep_left: &mut usize,
+    ) -> usize {
         let mut total = 0;
         while total < MAX_READ_TURN {
             let Some(fd) = &self.fd else { break };
@@ -65,7 +71,7 @@ impl OutPipe {
                 }
                 Ok(n) => {
                     total += n;
-                    self.take(&chunk[..n], io);
+                    self.take(&chunk[..n], io, keep_left);
                 }
                 Err(Errno::INTR) => continue,
                 Err(Errno::AGAIN) => break,
@@ -79,13 +85,16 @@ impl OutPipe {
         total
     }
 
-    /// Keep `data` (within [`MAX_OUTPUT`]) and stream its complete lines.
-    fn take(&mut self, data: &[u8], io: &dyn TaskIo) {
-        let room = MAX_OUTPUT.saturating_sub(self.kept.len());
+    /// Keep `data` (within [`MAX_OUTPUT`] and `keep_left`) and stream its complete
+    /// lines.
+    fn take(&mut self, data: &[u8], io: &dyn TaskIo, keep_left: &mut usize) {
+        let room = MAX_OUTPUT.saturating_sub(self.kept.len()).min(*keep_left);
         if room < data.len() {
             self.truncated = true;
         }
-        self.kept.extend_from_slice(&data[..room.min(data.len())]);
+        let kept = room.min(data.len());
+        self.kept.extend_from_slice(&data[..kept]);
+        *keep_left -= kept;
         let Some(level) = self.stream else { return };
         let mut rest = data;
         while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
@@ -216,6 +225,12 @@ mod tests {
         }
     }
 
+    /// `take` with no allowance beyond the pipe's own cap.
+    fn feed(p: &mut OutPipe, data: &[u8], io: &dyn TaskIo) {
+        let mut left = usize::MAX;
+        p.take(data, io, &mut left);
+    }
+
     fn pipe(stream: Option<LogLevel>) -> OutPipe {
         OutPipe::new(None, stream).expect("no fd to set up")
     }
@@ -224,9 +239,9 @@ mod tests {
     fn lines_are_streamed_whole_across_reads() {
         let io = Lines::default();
         let mut p = pipe(Some(LogLevel::Print));
-        p.take(b"one\ntw", &io);
-        p.take(b"o\r\nthr", &io);
-        p.take(b"ee", &io);
+        feed(&mut p, b"one\ntw", &io);
+        feed(&mut p, b"o\r\nthr", &io);
+        feed(&mut p, b"ee", &io);
         p.close(&io);
         let got: Vec<String> = io.0.lock().iter().map(|(_, l)| l.clone()).collect();
         assert_eq!(got, ["one", "two", "three"]);
@@ -242,9 +257,9 @@ mod tests {
             .map(|i| b'a' + (i % 26) as u8)
             .collect();
         for part in line.chunks(16 * 1024 + 7) {
-            p.take(part, &io);
+            feed(&mut p, part, &io);
         }
-        p.take(b"\n", &io);
+        feed(&mut p, b"\n", &io);
         let lines = io.0.lock();
         assert_eq!(lines.len(), 4);
         assert!(lines.iter().all(|(_, l)| l.len() <= MAX_LINE));
@@ -259,8 +274,8 @@ mod tests {
             let mut p = pipe(Some(LogLevel::Print));
             let mut line = vec![b'a'; 70_000];
             line.push(b'\n');
-            p.take(&line[..first_read], &io);
-            p.take(&line[first_read..], &io);
+            feed(&mut p, &line[..first_read], &io);
+            feed(&mut p, &line[first_read..], &io);
             let lines = io.0.lock();
             let lens: Vec<usize> = lines.iter().map(|(_, l)| l.len()).collect();
             assert_eq!(
@@ -278,7 +293,7 @@ mod tests {
         let mut line = vec![b'a'; MAX_LINE - 1];
         line.push(b'\r');
         line.extend_from_slice(b"bc\r\n");
-        p.take(&line, &io);
+        feed(&mut p, &line, &io);
         let lines = io.0.lock();
         assert_eq!(lines[0].1.len(), MAX_LINE);
         assert!(lines[0].1.ends_with('\r'));
@@ -295,8 +310,8 @@ mod tests {
         // "€" is 3 bytes: one starts 1 byte before the piece's limit.
         let mut line = vec![b'a'; MAX_LINE - 1];
         line.extend_from_slice("€€".as_bytes());
-        p.take(&line, &io);
-        p.take(b"\n", &io);
+        feed(&mut p, &line, &io);
+        feed(&mut p, b"\n", &io);
         let lines = io.0.lock();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].1, "a".repeat(MAX_LINE - 1));
@@ -309,9 +324,9 @@ mod tests {
         let mut p = pipe(None);
         let block = vec![b'x'; 8 * 1024 * 1024];
         for _ in 0..(MAX_OUTPUT / block.len()) {
-            p.take(&block, &io);
+            feed(&mut p, &block, &io);
         }
-        p.take(b"more", &io);
+        feed(&mut p, b"more", &io);
         assert!(
             io.0.lock().is_empty(),
             "nothing streamed without stream = true"
@@ -319,5 +334,23 @@ mod tests {
         let (kept, truncated) = p.into_output();
         assert_eq!(kept.len(), MAX_OUTPUT);
         assert!(truncated);
+    }
+
+    #[test]
+    fn both_pipes_keep_no_more_than_their_shared_allowance() {
+        let io = Lines::default();
+        let (mut out, mut err) = (pipe(None), pipe(None));
+        let mut left = 10;
+        out.take(b"123456", &io, &mut left);
+        err.take(b"abcdef", &io, &mut left);
+        out.take(b"789", &io, &mut left);
+        assert_eq!(left, 0);
+        assert_eq!(out.into_output(), (b"123456".to_vec(), true));
+        assert_eq!(err.into_output(), (b"abcd".to_vec(), true));
+        // Within the allowance nothing is flagged.
+        let mut p = pipe(None);
+        let mut left = 3;
+        p.take(b"abc", &io, &mut left);
+        assert_eq!(p.into_output(), (b"abc".to_vec(), false));
     }
 }

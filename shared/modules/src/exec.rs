@@ -282,6 +282,10 @@ pub(crate) struct ProcOpts {
     pub timeout: Option<Duration>,
     /// Forward each output line to the task's log as it arrives.
     pub stream: bool,
+    /// Most output kept from both streams together, past each one's own cap (the
+    /// task's memory left, see [`keep_within_memory`]); the rest is dropped and
+    /// `truncated` is set.
+    pub keep_max: Option<usize>,
 }
 
 impl ProcOpts {
@@ -422,7 +426,8 @@ fn run(lua: &Lua, cmd: LV, opts: Option<Table>) -> mlua::Result<MultiValue> {
     let mut o = Opts::of(lua, F, opts)?;
     let shell = o.value("shell")?;
     let spec = command_spec(F, &cmd, &shell)?;
-    let p = ProcOpts::read(&mut o, true)?;
+    let mut p = ProcOpts::read(&mut o, true)?;
+    p.keep_max = keep_within_memory(lua);
     let read_only = o.bool("read_only")?.unwrap_or(false);
     o.finish()?;
     if ctx.mode.check && !ctx.orchestrator && !read_only {
@@ -619,6 +624,7 @@ pub(crate) fn run_process(
     let exit_fd = pidfd(child.id());
     let io = ctx.io.as_ref();
     let mut chunk = vec![0u8; 16 * 1024];
+    let mut keep_left = p.keep_max.unwrap_or(usize::MAX);
     let mut backoff = FIRST_NAP;
     // Set once the child is gone: how it ended, since when the pipes are quiet, and
     // when reading what they still bring stops, come what may.
@@ -632,7 +638,8 @@ pub(crate) fn run_process(
         (how, now, drain_until)
     };
     let ended = loop {
-        let got = out.read_ready(&mut chunk, io) + err.read_ready(&mut chunk, io);
+        let got = out.read_ready(&mut chunk, io, &mut keep_left)
+            + err.read_ready(&mut chunk, io, &mut keep_left);
         if ended.is_none() {
             let exited = match has_exited(&child) {
                 Ok(s) => s,
@@ -723,6 +730,13 @@ pub(crate) fn run_process(
         truncated: out_cut || err_cut,
         duration: start.elapsed(),
     })
+}
+
+/// The output a command run for `lua`'s task may keep: what its memory limit leaves,
+/// less room for the result table and the strings' own headers.
+pub(crate) fn keep_within_memory(lua: &Lua) -> Option<usize> {
+    const RESULT_ROOM: usize = 64 * 1024;
+    sloth_lua::context::memory_left(lua).map(|m| m.saturating_sub(RESULT_ROOM))
 }
 
 /// How the child left the wait loop; [`Ended`] once it is reaped.

@@ -23,7 +23,7 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -42,7 +42,7 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
         "read",
         lua.create_function(|lua, p: LuaString| {
             let path = path_of(&p);
-            match fs::read(&path) {
+            match read_within(&path, sloth_lua::context::memory_left(lua)) {
                 Ok(data) => ok1(LV::String(lua.create_string(&data)?)),
                 Err(e) => fail(lua, "read", &path, &e),
             }
@@ -295,6 +295,25 @@ pub(crate) fn replace_symlink(target: &Path, link: &Path) -> io::Result<()> {
 
 fn path_of(s: &LuaString) -> PathBuf {
     PathBuf::from(OsStr::from_bytes(&s.as_bytes()))
+}
+
+/// The whole file, unless it holds more than `limit` bytes (the task's memory left):
+/// a file that grows, or never ends (`/dev/zero`), is not read past it.
+fn read_within(path: &Path, limit: Option<usize>) -> io::Result<Vec<u8>> {
+    let Some(limit) = limit else {
+        return fs::read(path);
+    };
+    let mut data = Vec::new();
+    fs::File::open(path)?
+        .take((limit as u64).saturating_add(1))
+        .read_to_end(&mut data)?;
+    if data.len() > limit {
+        return Err(io::Error::other(format!(
+            "more than the {} bytes the task's memory limit leaves",
+            limit
+        )));
+    }
+    Ok(data)
 }
 
 fn ok1(v: LV) -> mlua::Result<MultiValue> {

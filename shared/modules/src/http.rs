@@ -135,6 +135,8 @@ struct Req {
     timeout: Duration,
     insecure: bool,
     max_body: u64,
+    /// `max_body` was lowered to what the task's memory limit leaves.
+    max_body_is_memory: bool,
     follow_redirects: bool,
     /// The request changes nothing on the server: it runs in check mode too.
     read_only: bool,
@@ -221,6 +223,7 @@ impl Req {
             timeout,
             insecure,
             max_body,
+            max_body_is_memory: false,
             follow_redirects,
             read_only,
         })
@@ -272,7 +275,12 @@ impl Req {
             .with_config()
             .limit(self.max_body)
             .read_to_vec()
-            .map_err(|e| format!("reading the response body: {}", describe(&e)))?;
+            .map_err(|e| match e {
+                ureq::Error::BodyExceedsLimit(n) if self.max_body_is_memory => format!(
+                    "reading the response body: larger than the {n} bytes the task's memory limit leaves"
+                ),
+                e => format!("reading the response body: {}", describe(&e)),
+            })?;
         Ok(Resp {
             status,
             body,
@@ -311,6 +319,12 @@ fn perform(lua: &Lua, mut req: Req) -> mlua::Result<MultiValue> {
     }
     if let Some(rem) = ctx.cancel.remaining() {
         req.timeout = req.timeout.min(rem.max(Duration::from_millis(1)));
+    }
+    if let Some(left) = sloth_lua::context::memory_left(lua).map(|m| m as u64) {
+        if left < req.max_body {
+            req.max_body = left;
+            req.max_body_is_memory = true;
+        }
     }
     let fname = req.fname;
     let url = req.url.clone();

@@ -603,6 +603,57 @@ fn exec_run_keeps_the_exited_command_unreaped_while_it_drains_its_group() {
     );
 }
 
+/// What `exec.run`, `fs.read` and `http.get` gather outside Lua counts against the
+/// task's memory limit: they keep no more than it leaves (a command's output is cut
+/// and flagged, a file or body too big is an error), instead of holding it all
+/// outside the limit and then failing to make a string of it.
+#[test]
+fn module_functions_gather_no_more_than_the_memory_limit_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'f'; 20 << 20]).unwrap();
+    let port = http_server();
+    let lua = state();
+    let limit = lua.used_memory() + (8 << 20);
+    lua.set_memory_limit(limit).unwrap();
+    let (truncated, kept, code): (bool, i64, i64) = eval(
+        &lua,
+        r#"local r = exec.run("head -c 30000000 /dev/zero; head -c 30000000 /dev/zero >&2")
+           local kept = #r.stdout + #r.stderr
+           return r.truncated, kept, r.code"#,
+    );
+    assert!(truncated);
+    assert_eq!(code, 0);
+    assert!(kept > 4 << 20 && kept <= 8 << 20, "kept {kept} bytes");
+    let read_err = |path: &str| -> String {
+        let (data, err): (Option<String>, String) = eval(
+            &lua,
+            &format!(r#"collectgarbage(); return fs.read("{path}")"#),
+        );
+        assert!(data.is_none(), "{path}: read whole");
+        err
+    };
+    for path in [big.to_str().unwrap(), "/dev/zero"] {
+        let err = read_err(path);
+        assert!(err.starts_with(&format!("fs.read: {path}: more than the ")), "{err}");
+        assert!(err.ends_with("bytes the task's memory limit leaves"), "{err}");
+    }
+    let (body, err): (Option<String>, String) = eval(
+        &lua,
+        &format!(r#"collectgarbage(); return http.get("http://127.0.0.1:{port}/big")"#),
+    );
+    assert!(body.is_none());
+    assert!(
+        err.contains("larger than the") && err.contains("the task's memory limit leaves"),
+        "{err}"
+    );
+    // A small file is read as before, within the limit.
+    let small = dir.path().join("small");
+    std::fs::write(&small, "fits\n").unwrap();
+    let data: String = eval(&lua, &format!(r#"return fs.read("{}")"#, small.display()));
+    assert_eq!(data, "fits\n");
+}
+
 #[test]
 fn exec_run_raises_at_the_task_deadline() {
     let (lua, _sink) = state_with(CancelToken::new(Some(Duration::from_millis(400))));
@@ -1049,6 +1100,7 @@ fn serve(mut conn: TcpStream) {
             std::thread::sleep(Duration::from_secs(5));
             ("200 OK", b"late".to_vec())
         }
+        "/big" => ("200 OK", vec![b'b'; 20 << 20]),
         _ => ("500 Internal Server Error", b"?".to_vec()),
     };
     let mut resp = format!(

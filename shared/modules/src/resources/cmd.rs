@@ -44,6 +44,7 @@ fn run(lua: &Lua, arg: LV) -> mlua::Result<Table> {
         cwd: o.path("cwd")?.map(Into::into),
         timeout: o.duration("timeout")?,
         stdin: o.bytes("stdin")?,
+        keep_max: crate::exec::keep_within_memory(lua),
         ..ProcOpts::default()
     };
     if let Some(env) = o.table("env")? {
