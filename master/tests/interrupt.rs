@@ -3,7 +3,8 @@
 //! tasks are killed, agents stop the remote tasks because the master closes its
 //! connections, and a `--local-fleet`'s agents kill their tasks' commands before they
 //! go. A stdout nobody reads holds back only the tasks that print. Real agents, real
-//! commands; the assertions are on processes, files and results, not on times.
+//! commands; the assertions are on processes, files and results, not on times. So does an
+//! `--events` FIFO nobody reads.
 
 mod common;
 
@@ -213,4 +214,105 @@ print("RESULT", tostring(q_ok), tostring(q), tostring(c_ok), tostring(c))
     );
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert_eq!(stdout.matches(&"x".repeat(100)).count(), 3000);
+}
+
+/// The same with `--events` into a FIFO whose reader pauses (a dashboard that
+/// stalled): the events are written by a thread of their own, so the connections stay
+/// alive and the quiet task finishes meanwhile; every event arrives once the reader
+/// reads again, in order, the run's end last.
+#[test]
+fn a_stalled_events_reader_holds_back_the_printing_tasks_only() {
+    use std::io::Read;
+    let fleet = TestFleet::web(2);
+    let script = fleet.path().join("stall.sloth");
+    std::fs::write(
+        &script,
+        r#"
+local chatty = goroutine.async(function()
+  for i = 1, 3000 do print(string.rep("x", 100) .. " " .. i) end
+  return "printed"
+end, { delegate_to = "web-01" })
+local quiet = goroutine.async(function()
+  goroutine.sleep(4500)
+  return "slept"
+end, { delegate_to = "web-02" })
+local q_ok, q = goroutine.await(quiet)
+local c_ok, c = goroutine.await(chatty)
+print("RESULT", tostring(q_ok), tostring(q), tostring(c_ok), tostring(c))
+"#,
+    )
+    .unwrap();
+    let fifo = fleet.path().join("events.fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(master_bin());
+    cmd.current_dir(fleet.path())
+        .env("XDG_CONFIG_HOME", fleet.path().join("no-config"))
+        .env("SLOTH_STATE_DIR", test_state_dir())
+        .args(["run", script.to_str().unwrap(), "-i"])
+        .arg(fleet.inventory())
+        .arg("--certs")
+        .arg(&fleet.certs)
+        .arg("--events")
+        .arg(&fifo)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    // Stdout and stderr are read all along; only the events stall.
+    let mut out = child.stdout.take().unwrap();
+    let stdout = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let mut err = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    // Opening the read end waits for the master to open the write end.
+    let mut events = std::fs::File::open(&fifo).unwrap();
+    // Nobody reads the events for 6 s: 3,000 log events fill the FIFO long before.
+    std::thread::sleep(Duration::from_secs(6));
+    let mut text = String::new();
+    events.read_to_string(&mut text).unwrap();
+    let status = child.wait().unwrap();
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    let result = stdout
+        .lines()
+        .find(|l| l.starts_with("RESULT"))
+        .unwrap_or("");
+    assert_eq!(
+        result,
+        "RESULT\ttrue\tslept\ttrue\tprinted",
+        "{stderr}\n{}",
+        fleet.agent_log("web-02")
+    );
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let logged: Vec<u64> = events
+        .iter()
+        .filter(|e| e["event"] == "log" && e["host"] == "web-01")
+        .filter_map(|e| e["line"].as_str()?.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(
+        logged,
+        (1..=3000).collect::<Vec<u64>>(),
+        "log events lost or out of order"
+    );
+    assert_eq!(
+        events.last().map(|e| e["event"].clone()),
+        Some(serde_json::json!("run_finished")),
+        "{text}"
+    );
 }

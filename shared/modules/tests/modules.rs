@@ -635,8 +635,14 @@ fn module_functions_gather_no_more_than_the_memory_limit_leaves() {
     };
     for path in [big.to_str().unwrap(), "/dev/zero"] {
         let err = read_err(path);
-        assert!(err.starts_with(&format!("fs.read: {path}: more than the ")), "{err}");
-        assert!(err.ends_with("bytes the task's memory limit leaves"), "{err}");
+        assert!(
+            err.starts_with(&format!("fs.read: {path}: more than the ")),
+            "{err}"
+        );
+        assert!(
+            err.ends_with("bytes the task's memory limit leaves"),
+            "{err}"
+        );
     }
     let (body, err): (Option<String>, String) = eval(
         &lua,

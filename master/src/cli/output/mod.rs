@@ -372,6 +372,10 @@ impl Output {
                 "script_error": end.script_error.as_deref().map(report::clean),
             }),
         );
+        // Written by their own thread: every event is out before the run ends.
+        if let Some(e) = &self.events {
+            e.flush(None);
+        }
         if !self.json {
             return;
         }
@@ -423,7 +427,8 @@ impl Events for Output {
         );
     }
 
-    /// Room for `bytes` now in the stream [`Output::line`] writes to: a pipe with at
+    /// Room for `bytes` now in the stream [`Output::line`] writes to, and in the
+    /// `--events` queue (see [`EventStream::has_room`]): a pipe with at
     /// least `PIPE_BUF` free (and `bytes` within it), a file, a terminal.
     fn output_ready(&self, bytes: usize) -> bool {
         use rustix::event::{poll, PollFd, PollFlags, Timespec};
@@ -445,6 +450,7 @@ impl Events for Output {
         };
         poll(&mut fds, Some(&now)).is_ok_and(|n| n == 1)
             && fds[0].revents().contains(PollFlags::OUT)
+            && self.events.as_ref().is_none_or(|e| e.has_room(bytes))
     }
 
     fn task_log(&self, id: u64, host: &str, task: &str, level: LogLevel, text: &str) {
@@ -452,10 +458,11 @@ impl Events for Output {
         if let Some(h) = self.history.get() {
             h.log(Some(id), host, level.as_str(), text);
         }
-        self.emit(
-            "log",
-            json!({"task_id": id, "host": host, "task": task, "level": level.as_str(), "line": text}),
-        );
+        if let Some(e) = &self.events {
+            e.emit_log(
+                json!({"task_id": id, "host": host, "task": task, "level": level.as_str(), "line": text}),
+            );
+        }
         self.task_line(host, task, level, text);
     }
 
