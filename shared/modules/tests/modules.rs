@@ -660,6 +660,46 @@ fn module_functions_gather_no_more_than_the_memory_limit_leaves() {
     assert_eq!(data, "fits\n");
 }
 
+/// A loop whose time goes into resource calls (big writes) stops at the task's
+/// deadline: the write in progress ends within a chunk and leaves no temporary file,
+/// and the next resource call raises. The instruction hook alone would not see it: a
+/// Lua loop of a few instructions per 128 MiB write reaches it seldom.
+#[test]
+fn a_loop_of_big_writes_stops_at_the_deadline_and_leaves_no_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lua, _sink) = state_with(CancelToken::new(Some(Duration::from_millis(600))));
+    let start = Instant::now();
+    let src = format!(
+        r#"local D = "{}"
+           local s = string.rep("0123456789abcdef", 4 * 1024 * 1024) -- 64 MiB
+           for i = 1, 40 do
+             file.content{{ path = D .. "/big", content = (i % 2 == 0) and s or (s .. "x"), diff = false }}
+             fs.append(D .. "/log", "iteration " .. i .. "\n")
+           end"#,
+        dir.path().display()
+    );
+    let err = lua.load(&src).exec().unwrap_err();
+    let took = start.elapsed();
+    assert!(
+        executor::error_text(&err).contains("timeout exceeded"),
+        "{}",
+        executor::error_text(&err)
+    );
+    assert!(took < Duration::from_secs(4), "stopped after {took:?}");
+    let done = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    std::thread::sleep(Duration::from_millis(300));
+    let later = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    assert_eq!(done, later, "the loop went on after the stop");
+    assert!(done.lines().count() < 40, "never stopped: {done}");
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains(".sloth-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
 #[test]
 fn exec_run_raises_at_the_task_deadline() {
     let (lua, _sink) = state_with(CancelToken::new(Some(Duration::from_millis(400))));

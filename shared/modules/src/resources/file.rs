@@ -193,7 +193,7 @@ pub(crate) fn put_content(
     }
     let d = match source {
         Source::Bytes(b) => {
-            fsutil::write_atomic(path, &b, mode, uid, gid).map_err(fail)?;
+            fsutil::write_atomic(path, &b, mode, uid, gid, Some(&call.ctx.cancel)).map_err(fail)?;
             d
         }
         Source::Artifact(u) => {
@@ -201,7 +201,7 @@ pub(crate) fn put_content(
             let fetched = artifact::fetch(lua, obj.r, obj.backend())?
                 .map_err(|e| call.fail(format!("artifact: {e}")))?;
             // Copied as a stream: an artifact may be far larger than memory.
-            fsutil::write_atomic_with(path, mode, uid, gid, |f| {
+            fsutil::write_atomic_with(path, mode, uid, gid, Some(&call.ctx.cancel), |f| {
                 let mut from = fs::File::open(&fetched.path)?;
                 std::io::copy(&mut from, f).map(|_| ())
             })
@@ -433,7 +433,8 @@ fn edit_file(
                 outcome::plan_content(lua, &real, &new);
             } else {
                 let (mode, uid, gid) = final_attrs(attrs, meta.as_ref());
-                fsutil::write_atomic(&real, &new, mode, uid, gid).map_err(fail)?;
+                fsutil::write_atomic(&real, &new, mode, uid, gid, Some(&call.ctx.cancel))
+                    .map_err(fail)?;
             }
             let action = if old.is_some() { "updated" } else { "created" };
             Ok(Outcome::changed(action).with_diff(d))

@@ -10,6 +10,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use mlua::{Lua, Value as LV};
+use sloth_lua::cancel::CancelToken;
 use sloth_lua::context::TaskContext;
 use sloth_lua::opts::Opts;
 
@@ -264,16 +265,43 @@ pub(crate) fn follow(path: &Path) -> io::Result<PathBuf> {
 
 /// Write `data` to `path` atomically, with `mode`, and `uid`/`gid` when given: a
 /// temporary file next to it is written, synced, given its attributes, renamed
-/// over `path`, and the directory synced. Readers see the old file or the new one;
-/// an interrupted write leaves the old one (and at worst a `.NAME.sloth-*` file).
+/// over `path`, and the directory synced. Readers see the old file or the new one.
+/// A task stopped meanwhile (`stop`) ends the write within one [`WRITE_CHUNK`] and
+/// removes the temporary file; only a process killed in the middle leaves one
+/// (`.NAME.sloth-*`).
 pub(crate) fn write_atomic(
     path: &Path,
     data: &[u8],
     mode: u32,
     uid: Option<u32>,
     gid: Option<u32>,
+    stop: Option<&CancelToken>,
 ) -> io::Result<()> {
-    write_atomic_with(path, mode, uid, gid, |f| f.write_all(data))
+    write_atomic_with(path, mode, uid, gid, stop, |f| f.write_all(data))
+}
+
+/// Most bytes written to a file between two looks at the task's stop.
+pub(crate) const WRITE_CHUNK: usize = 4 << 20;
+
+/// A file being filled for a task: each write is at most [`WRITE_CHUNK`] bytes and
+/// fails once the task is stopped.
+pub(crate) struct Stoppable<'a> {
+    file: &'a mut fs::File,
+    stop: Option<&'a CancelToken>,
+}
+
+impl Write for Stoppable<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(r) = self.stop.and_then(CancelToken::stopped) {
+            // Not `Interrupted`: `write_all` would retry it.
+            return Err(io::Error::other(r.message()));
+        }
+        self.file.write(&buf[..buf.len().min(WRITE_CHUNK)])
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// [`write_atomic`] with the content written by `fill` (a copy from a file, as a
@@ -283,7 +311,8 @@ pub(crate) fn write_atomic_with(
     mode: u32,
     uid: Option<u32>,
     gid: Option<u32>,
-    fill: impl FnOnce(&mut fs::File) -> io::Result<()>,
+    stop: Option<&CancelToken>,
+    fill: impl FnOnce(&mut Stoppable<'_>) -> io::Result<()>,
 ) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -294,9 +323,13 @@ pub(crate) fn write_atomic_with(
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "file".into());
     let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{base}.sloth-"))
+        .prefix(&format!(".{}.sloth-", short_name(&base)))
         .tempfile_in(dir)?;
-    fill(tmp.as_file_mut())?;
+    // On any error from here on, `tmp` is removed as it drops.
+    fill(&mut Stoppable {
+        file: tmp.as_file_mut(),
+        stop,
+    })?;
     if uid.is_some() || gid.is_some() {
         std::os::unix::fs::fchown(tmp.as_file(), uid, gid)?;
     }
@@ -307,6 +340,20 @@ pub(crate) fn write_atomic_with(
     tmp.persist(path).map_err(|e| e.error)?;
     sync_dir(dir);
     Ok(())
+}
+
+/// A file name cut to leave room for the temporary file's prefix and suffix within
+/// the 255 bytes a name may have (at a character boundary).
+fn short_name(base: &str) -> &str {
+    const KEEP: usize = 200;
+    if base.len() <= KEEP {
+        return base;
+    }
+    let mut end = KEEP;
+    while !base.is_char_boundary(end) {
+        end -= 1;
+    }
+    &base[..end]
 }
 
 /// Make a rename in `dir` durable (best effort: some filesystems refuse).
@@ -355,14 +402,20 @@ mod tests {
     fn atomic_writes_replace_whole_files_and_keep_no_temporary() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("conf");
-        write_atomic(&p, b"one\n", 0o600, None, None).unwrap();
+        write_atomic(&p, b"one\n", 0o600, None, None, None).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"one\n");
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
-        write_atomic(&p, b"two\n", 0o640, None, None).unwrap();
+        write_atomic(&p, b"two\n", 0o640, None, None, None).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two\n");
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o640);
         let names: Vec<_> = fs::read_dir(d.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "no temporary file is left");
+        // A name near the 255-byte limit: the temporary name is cut to fit.
+        for name in ["n".repeat(255), "é".repeat(127)] {
+            let long = d.path().join(&name);
+            write_atomic(&long, b"x\n", 0o644, None, None, None).unwrap();
+            assert_eq!(fs::read(&long).unwrap(), b"x\n");
+        }
     }
 
     #[test]
@@ -374,7 +427,7 @@ mod tests {
         let sub = d.path().join("dir");
         fs::create_dir(&sub).unwrap();
         fs::write(sub.join("x"), b"x").unwrap();
-        assert!(write_atomic(&sub, b"new\n", 0o644, None, None).is_err());
+        assert!(write_atomic(&sub, b"new\n", 0o644, None, None, None).is_err());
         assert_eq!(fs::read(&p).unwrap(), b"old\n");
         let left: Vec<_> = fs::read_dir(d.path())
             .unwrap()

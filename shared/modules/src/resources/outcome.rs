@@ -79,6 +79,12 @@ impl Call {
         target: impl Into<String>,
         o: &mut Opts,
     ) -> mlua::Result<Call> {
+        // A loop of resource calls stops at the next one, whatever the instruction
+        // hook saw in between (a call can take long in Rust: a big write, a command).
+        let ctx = task_ctx(lua)?;
+        if let Some(r) = ctx.cancel.stopped() {
+            return Err(stop_to_lua(r));
+        }
         let target = target.into();
         o.set_what(format!("{resource} {target}"));
         let notify = o.strings("notify")?.unwrap_or_default();
@@ -96,7 +102,7 @@ impl Call {
         }
         let show_diff = o.bool("diff")?.unwrap_or(true);
         Ok(Call {
-            ctx: task_ctx(lua)?,
+            ctx,
             resource,
             target,
             notify,

@@ -571,7 +571,14 @@ impl Host<'_> {
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
-                fsutil::write_atomic(&stamp, format!("{now}\n").as_bytes(), 0o644, None, None)
+                fsutil::write_atomic(
+                    &stamp,
+                    format!("{now}\n").as_bytes(),
+                    0o644,
+                    None,
+                    None,
+                    None,
+                )
             })
             .map_err(|e| {
                 Fail::Msg(format!(

@@ -772,8 +772,14 @@ fn start(call: &Call, pidfile: &Path, o: &Options, argv: &[String]) -> mlua::Res
         let _ = kill(pid, true, Signal::KILL);
         return Err(call.fail(format!("starting a reaper thread: {}", os_reason(&e))));
     }
-    if let Err(e) = fsutil::write_atomic(pidfile, format!("{pid}\n").as_bytes(), 0o644, None, None)
-    {
+    if let Err(e) = fsutil::write_atomic(
+        pidfile,
+        format!("{pid}\n").as_bytes(),
+        0o644,
+        None,
+        None,
+        None,
+    ) {
         let _ = kill(pid, true, Signal::KILL);
         return Err(call.fail(format!("pid file {}: {}", pidfile.display(), reason(&e))));
     }
