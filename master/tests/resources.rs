@@ -948,3 +948,107 @@ print("r", goroutine.await(h))
     assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o4755));
     assert_eq!(fleet.run(&script, &[]).line("r"), "true\tfalse\tok");
 }
+
+/// What `--diff` and the action say about files, as an operator reviews them: a big
+/// file's one-line change is a hunk (never "created from /dev/null"), a mode changed
+/// together with the content is in the action and the diff, a directory's creation
+/// and mode change have diffs, a file under a symlinked directory is written, and
+/// `owner = 4294967295` (chown's "leave it") is refused.
+#[test]
+fn diffs_and_actions_say_everything_that_changes() {
+    let fleet = TestFleet::web(1);
+    let d = fleet.path().join("files");
+    std::fs::create_dir_all(d.join("real")).unwrap();
+    std::os::unix::fs::symlink("real", d.join("current")).unwrap();
+    let big: String = (1..=200_000).map(|i| format!("{i}\n")).collect();
+    std::fs::write(d.join("big.txt"), &big).unwrap();
+    std::fs::write(d.join("small.conf"), "a\n").unwrap();
+    std::fs::set_permissions(
+        d.join("small.conf"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let script = format!(
+        r#"
+local h = goroutine.async(function()
+  local d = "{d}"
+  local big = fs.read(d .. "/big.txt"):gsub("\n20000\n", "\nTWENTY\n")
+  file.content{{ path = d .. "/big.txt", content = big }}
+  file.content{{ path = d .. "/small.conf", content = "b\n", mode = "0600" }}
+  file.directory{{ path = d .. "/made", mode = "0750" }}
+  file.content{{ path = d .. "/current/app.yml", content = "x: 1\n" }}
+  local ok, err = pcall(file.content, {{ path = d .. "/nobody", content = "x", owner = "4294967295" }})
+  print("OWNER", ok, err)
+end, {{ delegate_to = "web-01", name = "files" }})
+assert(goroutine.await(h))
+"#,
+        d = d.display()
+    );
+    let out = fleet.run(&script, &["--json", "--diff"]);
+    out.assert_code(0);
+    let doc = json(&out);
+    let changes = doc["hosts"]["web-01"]["changes"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let change = |suffix: &str| {
+        changes
+            .iter()
+            .find(|c| c["target"].as_str().unwrap().ends_with(suffix))
+            .unwrap_or_else(|| panic!("no change of {suffix}: {changes:?}"))
+            .clone()
+    };
+    let b = change("big.txt");
+    let diff = b["diff"].as_str().unwrap();
+    assert!(!diff.contains("/dev/null"), "{diff}");
+    assert!(diff.contains("-20000\n+TWENTY\n"), "{diff}");
+    assert_eq!(b["action"], "updated", "{b}");
+    let s = change("small.conf");
+    assert_eq!(s["action"], "updated, mode 0644 -> 0600", "{s}");
+    let diff = s["diff"].as_str().unwrap();
+    assert!(diff.contains("-a\n+b\n"), "{diff}");
+    assert!(diff.contains("-mode: 0644\n+mode: 0600\n"), "{diff}");
+    let m = change("made");
+    assert!(
+        m["diff"]
+            .as_str()
+            .unwrap()
+            .contains("+directory, mode 0750"),
+        "{m}"
+    );
+    assert_eq!(change("current/app.yml")["action"], "created");
+    assert_eq!(
+        std::fs::read_to_string(d.join("real/app.yml")).unwrap(),
+        "x: 1\n"
+    );
+    assert!(
+        out.stderr.contains("OWNER\tfalse\tfile.content ")
+            && out
+                .stderr
+                .contains("option 'owner' is not a valid id: 4294967295"),
+        "{out}"
+    );
+    assert!(!d.join("nobody").exists());
+    // The directory's mode alone: one -/+ pair, nothing empty.
+    let again = format!(
+        r#"
+local h = goroutine.async(function()
+  file.directory{{ path = "{d}/made", mode = "0755" }}
+end, {{ delegate_to = "web-01", name = "files" }})
+assert(goroutine.await(h))
+"#,
+        d = d.display()
+    );
+    let out = fleet.run(&again, &["--json", "--diff"]);
+    out.assert_code(0);
+    let doc = json(&out);
+    let c = &doc["hosts"]["web-01"]["changes"][0];
+    assert_eq!(c["action"], "mode 0750 -> 0755", "{c}");
+    assert!(
+        c["diff"]
+            .as_str()
+            .unwrap()
+            .ends_with("-mode: 0750\n+mode: 0755\n"),
+        "{c}"
+    );
+}

@@ -85,11 +85,26 @@ fn content(lua: &Lua, arg: LV) -> mlua::Result<Table> {
     call.done(lua, outcome)
 }
 
+/// `action` (`updated`), and the attributes that change on the existing `meta` with
+/// it: `updated, mode 0644 -> 0600`.
+fn with_attributes(action: &str, meta: Option<&fs::Metadata>, attrs: &Attrs) -> String {
+    let todo = meta.map(|m| attrs.differences(m)).unwrap_or_default();
+    if todo.is_empty() {
+        action.to_string()
+    } else {
+        format!("{action}, {}", todo.join(", "))
+    }
+}
+
 /// Whether the directory a file goes in is there (or, in check mode, would be by
 /// now): `Ok(true)` when it is missing and `parents` says to create it.
 fn parent_ready(lua: &Lua, call: &Call, dir: &Path, parents: bool) -> mlua::Result<bool> {
     match outcome::lstat(lua, dir).map_err(|e| call.fail(reason(&e)))? {
         Some(m) if m.is_dir() => Ok(false),
+        // A link to a directory (`/bin` on a merged /usr, a release's `current`).
+        Some(m) if m.file_type().is_symlink() && fs::metadata(dir).is_ok_and(|t| t.is_dir()) => {
+            Ok(false)
+        }
         Some(m) => Err(call.fail(format!("{} is {}", dir.display(), kind_of(&m)))),
         None if parents => Ok(true),
         // Check mode: an earlier resource of this task would have made it.
@@ -120,8 +135,9 @@ pub(crate) fn put_content(
     }
     let dir = path.parent().unwrap_or(Path::new("/"));
     let make_parents = parent_ready(lua, call, dir, parents)?;
-    // The new content, and whether it matches what is there.
-    let (new_bytes, same): (Option<Vec<u8>>, bool) = match &source {
+    // The new content, whether it matches what is there, and the old content when
+    // it was read (for the diff).
+    let (new_bytes, same, mut old): (Option<Vec<u8>>, bool, Option<Vec<u8>>) = match &source {
         Source::Bytes(b) => {
             let old = match (outcome::planned_content(lua, path), &meta) {
                 (Some(planned), _) => Some(planned),
@@ -129,7 +145,7 @@ pub(crate) fn put_content(
                 (None, None) => None,
             };
             let same = old.as_deref() == Some(b.as_slice());
-            (Some(b.clone()), same)
+            (Some(b.clone()), same, old)
         }
         Source::Artifact(u) => {
             let obj = u.borrow::<SharedObj>()?;
@@ -141,7 +157,7 @@ pub(crate) fn put_content(
                 }
                 _ => false,
             };
-            (None, same)
+            (None, same, None)
         }
     };
     let (mode, uid, gid) = final_attrs(attrs, meta.as_ref());
@@ -149,23 +165,31 @@ pub(crate) fn put_content(
         let Some(m) = &meta else {
             return Ok(Outcome::ok("ok"));
         };
-        let todo = attrs.differences(m);
+        let todo = attrs.changes(m);
         if todo.is_empty() {
             return Ok(Outcome::ok("ok"));
         }
         if !call.check() {
             attrs.apply(path, m).map_err(fail)?;
         }
-        let action = todo.join(", ");
-        let d = diff::property(&path.display().to_string(), "attributes", "", &action);
-        return Ok(Outcome::changed(action).with_diff(Some(d)));
+        let d = diff::properties(&path.display().to_string(), &todo);
+        return Ok(Outcome::changed(attrs.differences(m).join(", ")).with_diff(Some(d)));
     }
-    let action = if meta.is_some() { "updated" } else { "created" };
+    // Attributes that change with the content are said too.
+    let attr_changes = meta.as_ref().map(|m| attrs.changes(m)).unwrap_or_default();
+    let action = with_attributes(
+        if meta.is_some() { "updated" } else { "created" },
+        meta.as_ref(),
+        attrs,
+    );
     let label = path.display().to_string();
-    let old = match (&meta, call.diffs()) {
-        (Some(m), true) if m.len() <= diff::MAX as u64 => {
-            fsutil::read_if_exists(path).map_err(fail)?
+    // An artifact's old content, for the diff: read when small enough to diff.
+    let old_unread = match (&meta, &old, call.diffs()) {
+        (Some(m), None, true) if m.len() <= diff::MAX_INPUT as u64 => {
+            old = fsutil::read_if_exists(path).map_err(fail)?;
+            None
         }
+        (Some(m), None, true) => Some(m.len()),
         _ => None,
     };
     let d = match (&source, &new_bytes) {
@@ -181,6 +205,7 @@ pub(crate) fn put_content(
         }
         _ => None,
     };
+    let d = diff::with_properties(d, &label, &attr_changes).filter(|_| call.diffs());
     if call.check() {
         match &new_bytes {
             Some(b) => outcome::plan_content(lua, path, b),
@@ -206,18 +231,33 @@ pub(crate) fn put_content(
                 std::io::copy(&mut from, f).map(|_| ())
             })
             .map_err(fail)?;
-            match (call.diffs(), fetched.size <= diff::MAX as u64) {
-                (true, true) => {
+            let now = format!(
+                "the artifact's {} bytes, sha256 {}",
+                fetched.size,
+                short(&fetched.sha256, 16)
+            );
+            match (
+                call.diffs(),
+                old_unread,
+                fetched.size <= diff::MAX_INPUT as u64,
+            ) {
+                (false, _, _) => None,
+                (true, Some(old_size), _) => Some(diff::unread_before(&label, old_size, &now)),
+                (true, None, true) => {
                     let bytes = fs::read(path).map_err(fail)?;
                     diff::unified(&label, old.as_deref(), Some(&bytes))
                 }
-                (true, false) => Some(format!(
-                    "--- before: {label}\n+++ after: {label}\ncontent is now the artifact's: {} bytes, sha256 {}\n",
-                    fetched.size,
-                    short(&fetched.sha256, 16)
+                (true, None, false) => Some(format!(
+                    "--- before: {}\n+++ after: {label}\ncontent is now {now}\n",
+                    if meta.is_some() {
+                        label.as_str()
+                    } else {
+                        "/dev/null"
+                    },
                 )),
-                (false, _) => None,
             }
+            .map(|content| diff::with_properties(Some(content), &label, &attr_changes))
+            .unwrap_or(None)
         }
     };
     Ok(Outcome::changed(action).with_diff(d))
@@ -235,14 +275,17 @@ fn directory(lua: &Lua, arg: LV) -> mlua::Result<Table> {
         // Check mode: an earlier resource of this task would have made it.
         None if call.check() && outcome::exists(lua, &path) => Outcome::ok("ok"),
         Some(m) if m.is_dir() => {
-            let todo = attrs.differences(&m);
+            let todo = attrs.changes(&m);
             if todo.is_empty() {
                 Outcome::ok("ok")
             } else {
                 if !call.check() {
                     attrs.apply(&path, &m).map_err(fail)?;
                 }
-                Outcome::changed(todo.join(", "))
+                let d = call
+                    .diffs()
+                    .then(|| diff::properties(&path.display().to_string(), &todo));
+                Outcome::changed(attrs.differences(&m).join(", ")).with_diff(d)
             }
         }
         Some(m) => return Err(call.fail(format!("exists and is {}, not a directory", kind_of(&m)))),
@@ -260,7 +303,16 @@ fn directory(lua: &Lua, arg: LV) -> mlua::Result<Table> {
                 };
                 want.apply(&path, &m).map_err(fail)?;
             }
-            Outcome::changed("created").planning(&path, true)
+            let d = call.diffs().then(|| {
+                format!(
+                    "--- before: /dev/null\n+++ after: {}\n+directory, mode {}\n",
+                    path.display(),
+                    fsutil::fmt_mode(attrs.mode.unwrap_or(0o755))
+                )
+            });
+            Outcome::changed("created")
+                .with_diff(d)
+                .planning(&path, true)
         }
     };
     call.done(lua, outcome)
@@ -414,18 +466,24 @@ fn edit_file(
             let Some(m) = &meta else {
                 return Ok(Outcome::ok("ok"));
             };
-            let todo = attrs.differences(m);
+            let todo = attrs.changes(m);
             if todo.is_empty() {
                 return Ok(Outcome::ok("ok"));
             }
             if !call.check() {
                 attrs.apply(&real, m).map_err(fail)?;
             }
-            Ok(Outcome::changed(todo.join(", ")))
+            let d = call.diffs().then(|| diff::properties(&label, &todo));
+            Ok(Outcome::changed(attrs.differences(m).join(", ")).with_diff(d))
         }
         Some(new) => {
             let d = if call.diffs() {
-                diff::unified(&label, old.as_deref(), Some(&new))
+                let props = meta.as_ref().map(|m| attrs.changes(m)).unwrap_or_default();
+                diff::with_properties(
+                    diff::unified(&label, old.as_deref(), Some(&new)),
+                    &label,
+                    &props,
+                )
             } else {
                 None
             };
@@ -437,7 +495,7 @@ fn edit_file(
                     .map_err(fail)?;
             }
             let action = if old.is_some() { "updated" } else { "created" };
-            Ok(Outcome::changed(action).with_diff(d))
+            Ok(Outcome::changed(with_attributes(action, meta.as_ref(), attrs)).with_diff(d))
         }
     }
 }

@@ -146,34 +146,36 @@ impl Attrs {
         Ok(a)
     }
 
-    /// What must change on an existing `m` to match: `mode 0644 -> 0600`, ...
-    pub fn differences(&self, m: &fs::Metadata) -> Vec<String> {
+    /// What must change on an existing `m` to match: `("mode", "0644", "0600")`, ...
+    pub fn changes(&self, m: &fs::Metadata) -> Vec<(&'static str, String, String)> {
         let mut d = Vec::new();
         if let Some(want) = self.mode {
             let have = m.mode() & 0o7777;
             if have != want {
-                d.push(format!("mode {} -> {}", fmt_mode(have), fmt_mode(want)));
+                d.push(("mode", fmt_mode(have), fmt_mode(want)));
             }
         }
         if let Some(want) = self.uid {
             if m.uid() != want {
-                d.push(format!(
-                    "owner {} -> {}",
-                    m.uid(),
-                    self.owner_name.clone().unwrap_or_else(|| want.to_string())
-                ));
+                let name = self.owner_name.clone().unwrap_or_else(|| want.to_string());
+                d.push(("owner", m.uid().to_string(), name));
             }
         }
         if let Some(want) = self.gid {
             if m.gid() != want {
-                d.push(format!(
-                    "group {} -> {}",
-                    m.gid(),
-                    self.group_name.clone().unwrap_or_else(|| want.to_string())
-                ));
+                let name = self.group_name.clone().unwrap_or_else(|| want.to_string());
+                d.push(("group", m.gid().to_string(), name));
             }
         }
         d
+    }
+
+    /// [`Attrs::changes`] as words for an action: `mode 0644 -> 0600`, ...
+    pub fn differences(&self, m: &fs::Metadata) -> Vec<String> {
+        self.changes(m)
+            .into_iter()
+            .map(|(what, from, to)| format!("{what} {from} -> {to}"))
+            .collect()
     }
 
     /// Set mode, owner and group on `path` where they differ from `m` (a symlink
@@ -224,9 +226,10 @@ fn parse_mode(text: &str) -> Option<u32> {
 fn id_option(o: &mut Opts, key: &'static str) -> mlua::Result<Option<(String, Option<u32>)>> {
     match o.value(key)? {
         LV::Nil => Ok(None),
-        LV::Integer(i) => match u32::try_from(i) {
-            Ok(id) => Ok(Some((i.to_string(), Some(id)))),
-            Err(_) => Err(o.error(key, format!("is not a valid id: {i}"))),
+        // 4294967295 is -1 to chown(2): "leave it as it is", never an id.
+        LV::Integer(i) => match u32::try_from(i).ok().filter(|id| *id != u32::MAX) {
+            Some(id) => Ok(Some((i.to_string(), Some(id)))),
+            None => Err(o.error(key, format!("is not a valid id: {i}"))),
         },
         LV::String(s) => {
             let name = s.to_string_lossy().to_string();
@@ -234,6 +237,9 @@ fn id_option(o: &mut Opts, key: &'static str) -> mlua::Result<Option<(String, Op
                 return Err(o.error(key, "must not be empty"));
             }
             let id = name.parse::<u32>().ok();
+            if id == Some(u32::MAX) {
+                return Err(o.error(key, format!("is not a valid id: {name}")));
+            }
             Ok(Some((name, id)))
         }
         other => Err(o.error(
