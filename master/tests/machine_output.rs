@@ -280,6 +280,65 @@ goroutine.sleep(300)"#,
     );
 }
 
+/// Whatever else writes to stdout during a `--json` run (the script's `io.write`, a
+/// command it starts with `os.execute`) goes to stderr: stdout is the document alone.
+/// And a document that cannot be written is an error (exit 1), not a silent success.
+#[test]
+fn json_stdout_is_the_document_alone_and_must_be_written() {
+    let fleet = TestFleet::web(1);
+    let script = r#"io.write("from io.write\n")
+os.execute("echo from os.execute")
+print("from print")
+io.stdout:write("from io.stdout\n")"#;
+    for flag in ["--json", "--events"] {
+        let mut args = vec![flag];
+        if flag == "--events" {
+            args.push("-");
+        }
+        let out = fleet.run(script, &args);
+        out.assert_code(0);
+        if flag == "--json" {
+            let doc = json(&out);
+            assert_eq!(doc["success"], true, "{out}");
+        } else {
+            for l in out.stdout.lines() {
+                let _: J = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{out}"));
+            }
+        }
+        for line in [
+            "from io.write",
+            "from os.execute",
+            "from print",
+            "from io.stdout",
+        ] {
+            // (Events carry the script's `print` lines in their JSON.)
+            assert!(
+                flag == "--events" || !out.stdout.contains(line),
+                "{flag}: {line} on stdout\n{out}"
+            );
+            assert!(out.stderr.contains(line), "{flag}: {line} lost\n{out}");
+        }
+    }
+    // A full disk under the document: said, and exit 1.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = fleet
+        .command("ok.sloth", "print('hi')", &["--json"])
+        .stdin(std::process::Stdio::null())
+        .stdout(full)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: cannot write the JSON document to standard output"),
+        "{stderr}"
+    );
+}
+
 /// `run --check-first --json`: the findings go to stderr; stdout is one document,
 /// which says why the script did not run.
 #[test]

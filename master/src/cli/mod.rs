@@ -35,6 +35,15 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 const MAX_BLOCKING_THREADS: usize = 4096;
 
 pub fn main(cli: Cli) -> i32 {
+    let code = command(cli);
+    // A `--json` document that could not be written is no success.
+    if code == EXIT_OK && output::machine::write_failed() {
+        return EXIT_FAILED;
+    }
+    code
+}
+
+fn command(cli: Cli) -> i32 {
     let cfg = match config::Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {

@@ -67,6 +67,9 @@ impl<'a> RunSpec<'a> {
 }
 
 pub(super) fn run(spec: &RunSpec, fa: &FleetArgs, reporting: &Reporting) -> i32 {
+    if reporting.json || reporting.events.as_deref() == Some("-") {
+        super::output::machine::reserve_stdout();
+    }
     let events = match reporting.open_events() {
         Ok(e) => e,
         Err(e) => {

@@ -97,6 +97,11 @@ pub fn main_state(rt: &Arc<Runtime>, vars: &[(String, String)]) -> mlua::Result<
     lua.load(include_str!("dsl.lua"))
         .set_name("=sloth-dsl")
         .exec()?;
+    // The script's `io.write` comes out line by line, in order with its `print`s,
+    // even into a pipe.
+    lua.load("io.stdout:setvbuf('line')")
+        .set_name("=sloth-stdout")
+        .exec()?;
     // The task modules, and the master's own: their errors reach scripts as plain strings.
     wrap_errors(&lua, sloth_modules::MODULES)?;
     wrap_errors(&lua, sloth_modules::resources::MODULES)?;

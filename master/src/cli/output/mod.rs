@@ -3,6 +3,7 @@
 //! the `--json` document ([`report`], schema 1) and the `--events` stream
 //! ([`stream`]) for machines.
 
+pub mod machine;
 mod report;
 mod run_info;
 mod stream;
@@ -624,10 +625,11 @@ pub fn fmt_ms(ms: u64) -> String {
     }
 }
 
-/// Print a JSON document on stdout (what `--json` gives a machine).
+/// Print a JSON document on stdout (what `--json` gives a machine); see
+/// [`machine`] for where stdout goes and what a failed write does.
 pub fn print_doc(doc: &serde_json::Value) {
     match serde_json::to_string_pretty(doc) {
-        Ok(s) => outln!("{s}"),
+        Ok(s) => machine::write_doc(&s),
         Err(e) => errln!("error: cannot encode the JSON report: {e}"),
     }
 }

@@ -53,7 +53,7 @@ impl EventStream {
     /// `-` is standard output; anything else a file, created or truncated.
     pub fn open(spec: &str) -> Result<EventStream, String> {
         let out: Box<dyn Write + Send> = if spec == "-" {
-            Box::new(std::io::stdout())
+            super::machine::writer()
         } else {
             Box::new(std::fs::File::create(spec).map_err(|e| format!("--events {spec}: {e}"))?)
         };
