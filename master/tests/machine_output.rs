@@ -414,3 +414,46 @@ goroutine.await(h)"#,
     assert_eq!(last["event"], "run_finished");
     assert_eq!(last["exit_code"], 130);
 }
+
+/// A task's `task_finished` event comes before anything the script does once its
+/// `await` returned: a dashboard never sees the script (or a rolling batch) move on
+/// while a task it waited for still looks running.
+#[test]
+fn events_put_a_task_end_before_what_the_script_does_next() {
+    let fleet = TestFleet::web(1);
+    let out = fleet.run(
+        r#"for i = 1, 30 do
+  local where = (i % 2 == 0) and { delegate_to = "web-01", name = "t" .. i } or { name = "t" .. i }
+  local h = goroutine.async(function() return i end, where)
+  print("awaited", select(2, goroutine.await(h)))
+end
+fleet.run("all", function() return 1 end, { name = "rolled", serial = 1 })
+print("rolled out")"#,
+        &["--events", "-"],
+    );
+    out.assert_code(0);
+    let events: Vec<J> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let index = |pred: &dyn Fn(&J) -> bool| {
+        events
+            .iter()
+            .position(pred)
+            .unwrap_or_else(|| panic!("missing event\n{out}"))
+    };
+    for i in 1..=30 {
+        let finished = index(&|e| e["event"] == "task_finished" && e["name"] == format!("t{i}"));
+        let printed =
+            index(&|e| e["event"] == "script_log" && e["line"] == format!("awaited\t{i}"));
+        assert!(
+            finished < printed,
+            "t{i}: task_finished after the script went on\n{out}"
+        );
+    }
+    let finished = index(&|e| e["event"] == "task_finished" && e["name"] == "rolled");
+    let batch = index(&|e| e["event"] == "batch_finished");
+    let printed = index(&|e| e["event"] == "script_log" && e["line"] == "rolled out");
+    assert!(finished < batch && batch < printed, "{out}");
+}

@@ -286,14 +286,16 @@ impl Registry {
         // The status says "failed" from here on; waiters are woken only after the
         // task's locks are free, so after `await` returns they are.
         self.release_owner(rec.id);
+        // Reported (recap, `task_finished`, history) before anyone waiting for it
+        // wakes: what the script does next comes after it in the events.
+        for f in self.on_done.lock().iter() {
+            f(rec, &outcome);
+        }
         {
             let _g = rec.state.lock();
             rec.published
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             rec.cv.notify_all();
-        }
-        for f in self.on_done.lock().iter() {
-            f(rec, &outcome);
         }
         // Handles were made for it and all are gone (and none was copied anywhere), or
         // it was spawned (no handle ever exists): nothing can name this task any more.
