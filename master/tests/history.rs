@@ -406,3 +406,35 @@ fn closed_output_costs_the_output_not_the_run_or_its_record() {
         "{out}"
     );
 }
+
+/// A run that failed on no agent (its only failure was a task on the master) has no
+/// host to rerun: `--rerun-failed` says so and exits 2, instead of "nothing to rerun"
+/// and 0, which would turn a red run green without running anything.
+#[test]
+fn a_failure_on_the_master_alone_is_not_rerun_as_nothing() {
+    let fleet = TestFleet::web(1);
+    let st = state(&fleet);
+    let base = ["--state", st.as_str()];
+    let script = r#"fleet.run("all", function() return 1 end)
+goroutine.await(goroutine.async(function() error("x") end))"#;
+    let out = fleet.run_named("local.sloth", script, &base);
+    out.assert_code(1);
+    let out = fleet.run_named(
+        "local.sloth",
+        script,
+        &[&base[..], &["--rerun-failed"]].concat(),
+    );
+    out.assert_code(2);
+    assert!(
+        out.stderr
+            .contains("failed (exit code 1) with no failed agent to rerun")
+            && out.stderr.contains("run the whole script again"),
+        "{out}"
+    );
+    // With every host fine and the run a success, there is nothing to rerun (exit 0).
+    let ok = "fleet.run(\"all\", function() return 1 end)";
+    fleet.run_named("fine.sloth", ok, &base).assert_code(0);
+    let out = fleet.run_named("fine.sloth", ok, &[&base[..], &["--rerun-failed"]].concat());
+    out.assert_code(0);
+    assert!(out.stderr.contains("nothing to rerun"), "{out}");
+}

@@ -457,3 +457,93 @@ print("rolled out")"#,
     let printed = index(&|e| e["event"] == "script_log" && e["line"] == "rolled out");
     assert!(finished < batch && batch < printed, "{out}");
 }
+
+/// Usage errors found before a run could start still give `--json` its one document
+/// (exit 2): a bad `exec` pattern or `--timeout`, an `--events` path that cannot be
+/// made, a bad sloth.toml. `exec --timeout 0s` is refused, not run into certain
+/// failure.
+#[test]
+fn early_usage_errors_still_give_the_json_document() {
+    let fleet = TestFleet::web(1);
+    let inv = fleet.inventory();
+    let inv = inv.to_str().unwrap();
+    let certs = fleet.certs.to_str().unwrap();
+    let script = fleet.script_path("ok.sloth", "print('hi')");
+    let script = script.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "exec",
+                "all",
+                "-i",
+                inv,
+                "--certs",
+                certs,
+                "--json",
+                "--timeout",
+                "5min",
+                "--",
+                "true",
+            ],
+            "--timeout: bad duration",
+        ),
+        (
+            vec![
+                "exec",
+                "all",
+                "-i",
+                inv,
+                "--certs",
+                certs,
+                "--json",
+                "--timeout",
+                "0s",
+                "--",
+                "true",
+            ],
+            "--timeout: '0s' is no time at all",
+        ),
+        (
+            vec![
+                "exec", "nope", "-i", inv, "--certs", certs, "--json", "--", "true",
+            ],
+            "nope",
+        ),
+        (
+            vec![
+                "run",
+                script,
+                "-i",
+                inv,
+                "--certs",
+                certs,
+                "--json",
+                "--events",
+                "/nonexistent/x",
+            ],
+            "--events /nonexistent/x",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = sloth_master(fleet.path(), &args);
+        out.assert_code(2);
+        let doc = json(&out);
+        assert_eq!(doc["exit_code"], 2, "{args:?}\n{out}");
+        assert_eq!(doc["success"], false, "{args:?}\n{out}");
+        assert!(doc.to_string().contains(says), "{args:?}: {says}\n{out}");
+        assert!(out.stderr.contains(says), "{args:?}: {says}\n{out}");
+    }
+    // A bad sloth.toml, with the line it is on.
+    let dir = fleet.path().join("cfg");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("sloth.toml"),
+        "# c\nconnect_timeout = \"3 parsecs\"\n",
+    )
+    .unwrap();
+    let out = sloth_master(&dir, &["run", script, "--local-fleet", "1", "--json"]);
+    out.assert_code(2);
+    let doc = json(&out);
+    assert_eq!(doc["exit_code"], 2, "{out}");
+    assert!(out.stderr.contains("sloth.toml:2: "), "{out}");
+}

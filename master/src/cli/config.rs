@@ -12,19 +12,54 @@ use serde::Deserialize;
 /// The file's name in the current directory and in the config directory.
 pub const FILE_NAME: &str = "sloth.toml";
 
+/// The file as written. Values are checked while it is read, so that an error names
+/// the line it is on, like a type error does.
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 struct File {
     certs: Option<PathBuf>,
     inventory: Option<PathBuf>,
+    #[serde(default, deserialize_with = "time_limit")]
     connect_timeout: Option<String>,
+    #[serde(default, deserialize_with = "time_limit")]
     task_timeout: Option<String>,
+    #[serde(default, deserialize_with = "lifetime")]
     agent_cert_lifetime: Option<String>,
+    #[serde(default, deserialize_with = "lifetime")]
     master_cert_lifetime: Option<String>,
     state_dir: Option<PathBuf>,
     history: Option<bool>,
     history_log_lines: Option<u32>,
-    history_max_size: Option<String>,
+    #[serde(default, deserialize_with = "size")]
+    history_max_size: Option<u64>,
+}
+
+/// A string value that `check` accepts.
+fn checked<'de, D, T>(
+    d: D,
+    check: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<(String, T), D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let s = String::deserialize(d)?;
+    let v = check(&s).map_err(serde::de::Error::custom)?;
+    Ok((s, v))
+}
+
+fn time_limit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    checked(d, parse_duration).map(|(s, _)| Some(s))
+}
+
+fn lifetime<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    checked(d, |s| {
+        sloth_transport::Lifetime::parse(s).map_err(|e| format!("{e:#}"))
+    })
+    .map(|(s, _)| Some(s))
+}
+
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    checked(d, parse_size).map(|(_, n)| Some(n))
 }
 
 /// The settings read from the file (all optional), with paths made absolute.
@@ -85,24 +120,6 @@ impl Config {
                 None => format!("{}: {message}", path.display()),
             }
         })?;
-        // Durations are checked now, naming the file, not when first used.
-        for (key, value) in [
-            ("connect_timeout", &f.connect_timeout),
-            ("task_timeout", &f.task_timeout),
-        ] {
-            if let Some(v) = value {
-                parse_duration(v).map_err(|e| format!("{}: {key}: {e}", path.display()))?;
-            }
-        }
-        for (key, value) in [
-            ("agent_cert_lifetime", &f.agent_cert_lifetime),
-            ("master_cert_lifetime", &f.master_cert_lifetime),
-        ] {
-            if let Some(v) = value {
-                sloth_transport::Lifetime::parse(v)
-                    .map_err(|e| format!("{}: {key}: {e:#}", path.display()))?;
-            }
-        }
         let base = path
             .canonicalize()
             .ok()
@@ -120,12 +137,7 @@ impl Config {
             state_dir: f.state_dir.map(rel),
             history: f.history,
             history_log_lines: f.history_log_lines,
-            history_max_size: f
-                .history_max_size
-                .map(|s| {
-                    parse_size(&s).map_err(|e| format!("{}: history_max_size: {e}", path.display()))
-                })
-                .transpose()?,
+            history_max_size: f.history_max_size,
         })
     }
 }
@@ -201,9 +213,25 @@ mod tests {
         assert!(e.contains("sloth.toml:2: invalid type"), "{e}");
         assert!(e.ends_with("(in `certs = 3`)"), "{e}");
         let e = Config::parse("connect_timeout = \"0s\"", &path).unwrap_err();
-        assert!(e.contains("connect_timeout: '0s' is no time at all"), "{e}");
-        let e = Config::parse("task_timeout = \"soon\"", &path).unwrap_err();
-        assert!(e.contains("sloth.toml: task_timeout:"), "{e}");
+        assert!(e.contains("sloth.toml:1: '0s' is no time at all"), "{e}");
+        assert!(e.ends_with("(in `connect_timeout = \"0s\"`)"), "{e}");
+        let e = Config::parse("# c\nhistory = true\ntask_timeout = \"soon\"", &path).unwrap_err();
+        assert!(e.contains("sloth.toml:3: "), "{e}");
+        assert!(e.ends_with("(in `task_timeout = \"soon\"`)"), "{e}");
+        for bad in [
+            "history_max_size = \"lots\"",
+            "agent_cert_lifetime = \"forever\"",
+        ] {
+            let e = Config::parse(&format!("\n{bad}\n"), &path).unwrap_err();
+            assert!(e.contains("sloth.toml:2: "), "{e}");
+            assert!(e.ends_with(&format!("(in `{bad}`)")), "{e}");
+        }
+        assert_eq!(
+            Config::parse("history_max_size = \"2MiB\"", &path)
+                .unwrap()
+                .history_max_size,
+            Some(2 << 20)
+        );
         let e = Config::parse("cert = \"x\"", &path).unwrap_err();
         assert!(
             e.contains("unknown field `cert`") && e.contains("certs"),

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use super::output::Output;
-use super::run::{run_with, Reporting, RunSpec};
-use super::{FleetArgs, EXIT_USAGE};
+use super::run::{run_with, usage_failure, Reporting, RunSpec};
+use super::FleetArgs;
 use crate::engine::inventory::Inventory;
 use sloth_proto::change::Mode;
 
@@ -20,33 +20,36 @@ pub(super) fn exec(
     reporting: &Reporting,
     command: &[String],
 ) -> i32 {
-    if fa.inventory.is_none() && fa.local_fleet.is_none() {
-        errln!("error: no hosts to run on (use -i INVENTORY or --local-fleet)");
-        return EXIT_USAGE;
+    if reporting.json || reporting.events.as_deref() == Some("-") {
+        super::output::machine::reserve_stdout();
     }
-    // A bad pattern is a usage error, found before any agent is started.
+    let command = command.join(" ");
+    let usage = |msg: String| usage_failure(reporting.json, "exec", Some(&command), msg);
+    if fa.inventory.is_none() && fa.local_fleet.is_none() {
+        return usage("no hosts to run on (use -i INVENTORY or --local-fleet)".into());
+    }
+    // Bad options are usage errors, found before any agent is started.
+    if let Some(t) = timeout {
+        if let Err(e) = sloth_proto::text::parse_time_limit(t) {
+            return usage(format!("--timeout: {e}"));
+        }
+    }
     if let Some(inv) = &fa.inventory {
         let checked = Inventory::load(inv)
             .map_err(|e| e.to_string())
             .and_then(|i| i.resolve(pattern).map_err(|e| e.to_string()));
         if let Err(e) = checked {
-            errln!("error: {e}");
-            return EXIT_USAGE;
+            return usage(e);
         }
     }
     let dir = match tempfile::tempdir() {
         Ok(d) => d,
-        Err(e) => {
-            errln!("error: {e}");
-            return EXIT_USAGE;
-        }
+        Err(e) => return usage(format!("a temporary directory: {e}")),
     };
     let path = dir.path().join("exec.sloth");
     if let Err(e) = std::fs::write(&path, EXEC_SCRIPT) {
-        errln!("error: {e}");
-        return EXIT_USAGE;
+        return usage(format!("{}: {e}", path.display()));
     }
-    let command = command.join(" ");
     let vars = vec![
         format!("pattern={pattern}"),
         format!("command={command}"),
@@ -54,10 +57,7 @@ pub(super) fn exec(
     ];
     let events = match reporting.open_events() {
         Ok(e) => e,
-        Err(e) => {
-            errln!("error: {e}");
-            return EXIT_USAGE;
-        }
+        Err(e) => return usage(e),
     };
     // Each host's output is kept for the document's `exec` section.
     let out = Output::new(reporting.json)

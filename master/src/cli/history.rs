@@ -423,6 +423,25 @@ pub(super) fn rerun_limit(
     let hosts =
         query::failed_hosts(&db, &earlier.id, crate::engine::dispatch::LOCAL).map_err(sql)?;
     if hosts.is_empty() {
+        // A failed run with no host to rerun failed in the script itself or in its
+        // tasks on the master: "nothing to rerun" would turn it green unrerun.
+        if earlier.status != "ok" {
+            return Err(usage(format!(
+                "run {} {} (exit code {}) with no failed agent to rerun (the script itself, or \
+                 its tasks on the master, did not succeed): --rerun-failed reruns failed hosts \
+                 only; run the whole script again",
+                earlier.id,
+                match earlier.status.as_str() {
+                    "running" => "is still running",
+                    "interrupted" => "was interrupted",
+                    _ => "failed",
+                },
+                earlier
+                    .exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "none yet".into())
+            )));
+        }
         errln!(
             "nothing to rerun: run {} had no failed or unreachable hosts",
             earlier.id

@@ -43,13 +43,29 @@ pub fn main(cli: Cli) -> i32 {
     code
 }
 
+/// A usage error found before a command could start: with `run --json` or
+/// `exec --json`, stdout still carries the one document that says so.
+fn usage_error(cmd: &Cmd, msg: String) -> i32 {
+    match cmd {
+        Cmd::Run {
+            json: true, script, ..
+        } => run::usage_failure(true, &script.display().to_string(), None, msg),
+        Cmd::Exec {
+            json: true,
+            command,
+            ..
+        } => run::usage_failure(true, "exec", Some(&command.join(" ")), msg),
+        _ => {
+            errln!("error: {msg}");
+            EXIT_USAGE
+        }
+    }
+}
+
 fn command(cli: Cli) -> i32 {
     let cfg = match config::Config::load(cli.config.as_deref()) {
         Ok(c) => c,
-        Err(e) => {
-            errln!("error: {e}");
-            return EXIT_USAGE;
-        }
+        Err(e) => return usage_error(&cli.cmd, e.to_string()),
     };
     let history = args::HistorySettings::of(cli.state.as_deref(), cli.no_history, &cfg);
     let certs_dir = |dir: Option<&std::path::Path>| {
@@ -111,27 +127,26 @@ fn command(cli: Cli) -> i32 {
             rerun_failed,
             force,
         } => {
+            let label = script.display().to_string();
+            let usage = |msg: String| run::usage_failure(json, &label, None, msg);
             let reporting = match run::Reporting::new(json, events) {
                 Ok(r) => r,
-                Err(e) => {
-                    errln!("error: {e}");
-                    return EXIT_USAGE;
-                }
+                Err(e) => return usage(e),
             };
             fleet.apply(&cfg, &history);
             // --rerun-failed [ID] and --limit @failed: the failed hosts of a run.
             let rerun = match (&rerun_failed, fleet.limit.as_deref()) {
                 (Some(_), Some(limit)) if limit != "@failed" => {
-                    errln!("error: --rerun-failed chooses the hosts: leave out --limit {limit}");
-                    return EXIT_USAGE;
+                    return usage(format!(
+                        "--rerun-failed chooses the hosts: leave out --limit {limit}"
+                    ));
                 }
                 (Some(id), _) => Some(Some(id.as_str()).filter(|i| *i != "last")),
                 (None, Some("@failed")) => Some(None),
                 _ => None,
             };
             if force && rerun.is_none() {
-                errln!("error: --force goes with --rerun-failed or --limit @failed");
-                return EXIT_USAGE;
+                return usage("--force goes with --rerun-failed or --limit @failed".into());
             }
             if let Some(id) = rerun {
                 match history::rerun_limit(&script, id, force, &fleet.history) {
@@ -140,13 +155,13 @@ fn command(cli: Cli) -> i32 {
                         fleet.limit_origin = Some(format!("the failed hosts of run {run_id}"));
                     }
                     Ok(None) => return EXIT_OK,
+                    Err((code, msg)) if code == EXIT_USAGE => return usage(msg),
                     Err((code, msg)) => {
                         errln!("error: {msg}");
                         return code;
                     }
                 }
             }
-            let label = script.display().to_string();
             let spec = run::RunSpec {
                 check_first,
                 ..run::RunSpec::script(&script, &label, &vars, Mode { check, diff })
@@ -192,10 +207,7 @@ fn command(cli: Cli) -> i32 {
         } => {
             let reporting = match run::Reporting::new(json, events) {
                 Ok(r) => r,
-                Err(e) => {
-                    errln!("error: {e}");
-                    return EXIT_USAGE;
-                }
+                Err(e) => return run::usage_failure(json, "exec", Some(&command.join(" ")), e),
             };
             fleet.apply(&cfg, &history);
             exec::exec(&pattern, &fleet, timeout.as_deref(), &reporting, &command)

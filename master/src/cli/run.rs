@@ -72,15 +72,33 @@ pub(super) fn run(spec: &RunSpec, fa: &FleetArgs, reporting: &Reporting) -> i32 
     }
     let events = match reporting.open_events() {
         Ok(e) => e,
-        Err(e) => {
-            errln!("error: {e}");
-            return EXIT_USAGE;
-        }
+        Err(e) => return usage_failure(reporting.json, spec.label, spec.exec, e),
     };
     let out = Output::new(reporting.json)
         .with_mode(spec.mode)
         .with_events(events);
     run_with(Arc::new(out), spec, fa)
+}
+
+/// A usage error found before the run could start (a bad `--events` path, a bad
+/// `exec` pattern or timeout, a bad sloth.toml): said on stderr and, with `--json`,
+/// in the one document stdout carries, like every other usage error. Exit 2.
+pub(super) fn usage_failure(json: bool, label: &str, exec: Option<&str>, msg: String) -> i32 {
+    if json {
+        super::output::machine::reserve_stdout();
+    }
+    let out = Output::new(json);
+    out.run_started(RunInfo::new(label, &[]));
+    out.error(&msg);
+    out.finish(&RunEnd {
+        wall: std::time::Duration::ZERO,
+        check: false,
+        success: false,
+        exit_code: EXIT_USAGE,
+        script_error: Some(msg),
+        exec: exec.map(str::to_string),
+    });
+    EXIT_USAGE
 }
 
 /// `run` with a given output (`health --check --json` keeps the run's document).

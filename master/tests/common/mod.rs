@@ -650,7 +650,7 @@ impl TestFleet {
         self.signal(name, Signal::CONT);
     }
 
-    fn script_path(&self, file_name: &str, script: &str) -> PathBuf {
+    pub fn script_path(&self, file_name: &str, script: &str) -> PathBuf {
         let p = self.dir.path().join(file_name);
         std::fs::write(&p, script).unwrap();
         p
