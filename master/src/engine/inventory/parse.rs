@@ -5,6 +5,7 @@
 //! [`super::validate`].
 
 use std::collections::{BTreeSet, HashMap};
+use std::io::Read;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -18,13 +19,30 @@ const HOST_KEYS: &[&str] = &["address", "port", "groups", "vars"];
 const GROUP_KEYS: &[&str] = &["vars"];
 const DEFAULTS_KEYS: &[&str] = &["port", "groups", "vars"];
 
+/// The most an inventory file may hold.
+const MAX_INVENTORY: u64 = 64 << 20;
+
 impl Inventory {
     /// Reads and parses an inventory file.
     pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
-        let text = std::fs::read_to_string(path).map_err(|error| InventoryError::Io {
+        let io = |error| InventoryError::Io {
             path: path.to_path_buf(),
             error,
-        })?;
+        };
+        // Read no further than any inventory goes: `-i /dev/urandom` is an error, not
+        // a hang (a pipe, `-i <(make-inventory)`, still works).
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(io)?
+            .take(MAX_INVENTORY + 1)
+            .read_to_string(&mut text)
+            .map_err(io)?;
+        if text.len() as u64 > MAX_INVENTORY {
+            return Err(io(std::io::Error::other(format!(
+                "larger than {} MiB: not an inventory",
+                MAX_INVENTORY >> 20
+            ))));
+        }
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -219,6 +237,14 @@ impl Cx<'_> {
 mod tests {
     use crate::engine::inventory::fixtures::{inv, names, parse_err, ALL, EXAMPLE};
     use crate::engine::inventory::{Inventory, InventoryError};
+
+    #[test]
+    fn an_endless_file_is_refused_not_read_forever() {
+        let e = Inventory::load(std::path::Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("larger than 64 MiB: not an inventory"), "{e}");
+    }
 
     #[test]
     fn hosts_keep_file_order() {
