@@ -148,6 +148,47 @@ exec.run("touch {d}/after")
     );
 }
 
+/// Ctrl-C while a big local fleet is still being made (certificates issued, agents
+/// starting) leaves nothing: no agent, no certificate directory (private keys
+/// included). And a local fleet is never bigger than the machine should start.
+#[test]
+fn an_interrupt_while_a_local_fleet_starts_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("ok.sloth"), "print('ran')").unwrap();
+    for delay_ms in [150u64, 600, 1500] {
+        let mut cmd = std::process::Command::new(master_bin());
+        cmd.current_dir(tmp.path()).env("TMPDIR", tmp.path()).args([
+            "run",
+            "ok.sloth",
+            "--no-history",
+            "--local-fleet",
+            "300",
+        ]);
+        let run = Running::spawn(cmd);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        interrupt(run.pid());
+        let out = run.finish(Duration::from_secs(30));
+        assert!(matches!(out.code, 130 | 2), "after {delay_ms} ms: {out}");
+        let marker = tmp.path().display().to_string();
+        assert!(
+            eventually(Duration::from_secs(3), || processes_with(&marker)
+                .is_empty()),
+            "agents left after {delay_ms} ms: {:?}",
+            processes_with(&marker)
+        );
+        let left: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with("sloth-fleet-"))
+            .collect();
+        assert!(left.is_empty(), "after {delay_ms} ms: {left:?}\n{out}");
+    }
+    let out = sloth_master(tmp.path(), &["run", "ok.sloth", "--local-fleet", "100000"]);
+    out.assert_code(2);
+    assert!(out.stderr.contains("at most 1000"), "{out}");
+}
+
 /// A master whose stdout nobody reads for a while (`sloth-master run … | less`, the
 /// pager paused) holds back only the tasks that print: its connections stay alive,
 /// and a task on another agent that prints nothing finishes meanwhile. Everything

@@ -328,11 +328,28 @@ fn log_tail(log: Option<&Path>) -> String {
 /// Start every agent at once and wait until all are ready (or one fails, or
 /// `timeout` passes: then every one of them is stopped).
 pub fn launch_all(cmds: Vec<AgentCommand>, timeout: Duration) -> Result<Vec<RunningAgent>, String> {
+    launch_all_watched(cmds, timeout, |_| true)
+}
+
+/// [`launch_all`], telling `spawned` each agent's pid as it starts; when it returns
+/// false (the caller is being stopped), every agent started is stopped and the launch
+/// fails.
+pub fn launch_all_watched(
+    cmds: Vec<AgentCommand>,
+    timeout: Duration,
+    mut spawned: impl FnMut(u32) -> bool,
+) -> Result<Vec<RunningAgent>, String> {
     let deadline = Instant::now() + timeout;
-    let starting = cmds
-        .into_iter()
-        .map(AgentCommand::spawn)
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut starting = Vec::with_capacity(cmds.len());
+    for cmd in cmds {
+        let s = cmd.spawn()?;
+        let keep = s.child.as_ref().is_none_or(|c| spawned(c.id()));
+        starting.push(s);
+        if !keep {
+            // Dropping them kills them.
+            return Err("stopped while the agents started".into());
+        }
+    }
     let mut ready = Vec::with_capacity(starting.len());
     for s in starting {
         // Each waits for what is left of the common deadline; the others keep

@@ -148,6 +148,10 @@ pub const DEFAULT_CERTS: &str = "certs";
 /// `--local-fleet [N]`: a clearer message when the script path landed here.
 fn parse_fleet_size(v: &str) -> Result<usize, String> {
     match v.parse::<usize>() {
+        Ok(n) if n > super::local_fleet::MAX_AGENTS => Err(format!(
+            "{n} local agents is more than this machine should start (at most {})",
+            super::local_fleet::MAX_AGENTS
+        )),
         Ok(n) if n >= 1 => Ok(n),
         Ok(_) => Err("the local fleet needs at least one agent".into()),
         Err(_) => Err(format!(

@@ -16,8 +16,14 @@ use crate::engine::mesh::MasterCerts;
 
 /// Pids of every agent this process started, so a signal handler can stop them.
 static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-/// Their throw-away certificate directories, removed by [`kill_all`] too.
-static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Their throw-away certificate directories, removed by [`terminate_all`] too. Its
+/// lock is held while a fleet being started writes into one, and `true` once
+/// [`terminate_all`] ran: a start interrupted half-way writes no more (it would
+/// make the removed directory again, keys and all) and launches nothing.
+static DIRS: Mutex<(Vec<PathBuf>, bool)> = Mutex::new((Vec::new(), false));
+
+/// The most agents a local fleet may have (`--local-fleet N`, or an inventory's hosts).
+pub const MAX_AGENTS: usize = 1000;
 
 /// How long local agents may take to print their readiness line.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -35,15 +41,35 @@ impl LocalFleet {
     /// Start one agent per name. Call from the main thread: the agents' parent-death
     /// signal is tied to the thread that starts them.
     pub fn start(names: &[String], extra_args: &[String]) -> anyhow::Result<LocalFleet> {
+        if names.len() > MAX_AGENTS {
+            return Err(anyhow!(
+                "{} local agents is more than this machine should start (at most {MAX_AGENTS})",
+                names.len()
+            ));
+        }
         let dir = tempfile::Builder::new()
             .prefix("sloth-fleet-")
             .tempdir()
             .context("creating a temporary directory")?;
+        {
+            let mut dirs = DIRS.lock();
+            if dirs.1 {
+                return Err(anyhow!("interrupted"));
+            }
+            dirs.0.push(dir.path().to_path_buf());
+        }
+        // Writes into the directory unless the fleet was stopped meanwhile.
+        let write = |stem: &str, pem: &tls::Pem| -> anyhow::Result<(PathBuf, PathBuf)> {
+            let dirs = DIRS.lock();
+            if dirs.1 {
+                return Err(anyhow!("interrupted"));
+            }
+            tls::write_pem_files(dir.path(), stem, pem)
+        };
         let ca = tls::generate_ca("sloth local fleet CA")?;
-        let (ca_crt, _) = tls::write_pem_files(dir.path(), "ca", &ca)?;
+        let (ca_crt, _) = write("ca", &ca)?;
         let master = tls::issue_master(&ca, "master", tls::Lifetime::MASTER)?;
-        tls::write_pem_files(dir.path(), "master", &master)?;
-        DIRS.lock().push(dir.path().to_path_buf());
+        write("master", &master)?;
         let bin = sloth_launcher::agent_binary().map_err(|e| anyhow!(e))?;
         // Local agents share the master's terminal: only their warnings.
         let log_filter = std::env::var("SLOTH_LOG").unwrap_or_else(|_| "warn".into());
@@ -51,7 +77,7 @@ impl LocalFleet {
         for name in names {
             let pem =
                 tls::issue_agent(&ca, name, &["127.0.0.1".to_string()], tls::Lifetime::AGENT)?;
-            let (cert, key) = tls::write_pem_files(dir.path(), name, &pem)?;
+            let (cert, key) = write(name, &pem)?;
             cmds.push(
                 AgentCommand::new(&bin, name, "127.0.0.1:0")
                     .identity(&cert, &key, &ca_crt)
@@ -64,9 +90,26 @@ impl LocalFleet {
                     .env("SLOTH_LOG", &log_filter),
             );
         }
-        let agents =
-            sloth_launcher::launch_all(cmds, START_TIMEOUT).map_err(|e| anyhow!("local {e}"))?;
-        PIDS.lock().extend(agents.iter().map(RunningAgent::pid));
+        // Each agent is known to [`terminate_all`] as soon as it is spawned; one that
+        // stopped the fleet meanwhile stops the launch (and the agents started).
+        let mut registered = Vec::new();
+        let launched = sloth_launcher::launch_all_watched(cmds, START_TIMEOUT, |pid| {
+            let dirs = DIRS.lock();
+            if dirs.1 {
+                return false;
+            }
+            PIDS.lock().push(pid);
+            registered.push(pid);
+            true
+        });
+        let agents = match launched {
+            Ok(a) => a,
+            Err(e) => {
+                // They were stopped (and reaped) by the launch: forget their pids.
+                PIDS.lock().retain(|p| !registered.contains(p));
+                return Err(anyhow!("local {e}"));
+            }
+        };
         let addresses = agents
             .iter()
             .map(|a| (a.name().to_string(), a.addr().to_string()))
@@ -102,6 +145,12 @@ impl Drop for LocalFleet {
 /// that each kills the commands its tasks started (a `SIGKILL`ed agent would leave
 /// them running), then `SIGKILL` for any still there.
 pub fn terminate_all(grace: Duration) {
+    // First: no fleet being started registers or writes anything from here on.
+    let dirs = {
+        let mut d = DIRS.lock();
+        d.1 = true;
+        std::mem::take(&mut d.0)
+    };
     let pids: Vec<Pid> = PIDS
         .lock()
         .drain(..)
@@ -128,7 +177,7 @@ pub fn terminate_all(grace: Duration) {
             }
         }
     }
-    for dir in DIRS.lock().drain(..) {
+    for dir in dirs {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
