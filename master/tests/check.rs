@@ -100,3 +100,50 @@ fn check_finds_problems_before_anything_runs() {
     );
     assert!(!std::path::Path::new("/tmp/sloth-check-never").exists());
 }
+
+/// `run --check-first --local-fleet N` (no inventory) checks host names against the
+/// fleet it would start (`local-01` … `local-0N`), before starting it.
+#[test]
+fn check_first_knows_the_hosts_of_a_local_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("l9.sloth"),
+        "fleet.run(\"local-09\", function() end)\nprint('STARTED')\n",
+    )
+    .unwrap();
+    let out = sloth_master(
+        dir.path(),
+        &[
+            "run",
+            "l9.sloth",
+            "--no-history",
+            "--local-fleet",
+            "2",
+            "--check-first",
+        ],
+    );
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("unknown host or group 'local-09'"),
+        "{out}"
+    );
+    assert!(!out.stdout.contains("STARTED"), "{out}");
+    std::fs::write(
+        dir.path().join("l2.sloth"),
+        "fleet.run(\"local-02\", function() end)\nprint('STARTED')\n",
+    )
+    .unwrap();
+    let out = sloth_master(
+        dir.path(),
+        &[
+            "run",
+            "l2.sloth",
+            "--no-history",
+            "--local-fleet",
+            "2",
+            "--check-first",
+        ],
+    );
+    out.assert_code(0);
+    assert!(out.stdout.contains("STARTED"), "{out}");
+}

@@ -38,16 +38,11 @@ fn findings(script: &Path, inventory: Option<&Path>) -> Result<Vec<Finding>, Str
 /// What `run --check-first` finds: against the hosts the run may reach (the inventory,
 /// narrowed by `--limit`).
 pub(super) fn findings_for_run(script: &Path, fa: &FleetArgs) -> Result<Vec<Finding>, String> {
-    let inv = match &fa.inventory {
-        Some(p) => {
-            let mut inv = Inventory::load(p).map_err(|e| e.to_string())?;
-            if let Some(limit) = &fa.limit {
-                let keep = inv.resolve(limit).map_err(|e| format!("--limit: {e}"))?;
-                inv.hosts.retain(|h| keep.contains(&h.name));
-            }
-            Some(inv)
-        }
-        None => None,
+    // The hosts the run may reach: an inventory's, or those of `--local-fleet N`.
+    let inv = if fa.inventory.is_some() || fa.local_fleet.is_some() {
+        Some(super::fleet::fleet_inventory(fa)?)
+    } else {
+        None
     };
     check_source(script, inv.as_ref())
 }

@@ -21,8 +21,9 @@ pub struct Fleet {
     pub task_timeout: Option<Duration>,
 }
 
-/// Load the inventory, start the local fleet if asked, find the certificates.
-pub fn prepare_fleet(a: &FleetArgs) -> Result<Fleet, String> {
+/// The hosts a command may reach: the inventory, or the names of `--local-fleet N`
+/// without one, after `--limit`.
+pub fn fleet_inventory(a: &FleetArgs) -> Result<Inventory, String> {
     let mut inventory = match &a.inventory {
         Some(p) => Inventory::load(p).map_err(|e| e.to_string())?,
         None => match a.local_fleet {
@@ -39,6 +40,12 @@ pub fn prepare_fleet(a: &FleetArgs) -> Result<Fleet, String> {
             .map_err(|e| format!("{}: {e}", a.limit_origin.as_deref().unwrap_or("--limit")))?;
         inventory.hosts.retain(|h| keep.contains(&h.name));
     }
+    Ok(inventory)
+}
+
+/// Load the inventory, start the local fleet if asked, find the certificates.
+pub fn prepare_fleet(a: &FleetArgs) -> Result<Fleet, String> {
+    let mut inventory = fleet_inventory(a)?;
     let mut mesh_cfg = MeshConfig::default();
     if let Some(t) = &a.connect_timeout {
         mesh_cfg.connect_timeout =
