@@ -1052,3 +1052,40 @@ assert(goroutine.await(h))
         "{c}"
     );
 }
+
+/// Check mode knows what an earlier `file.content{artifact = ...}` of the task would
+/// write: the same artifact again is no change, and a `file.line` the artifact
+/// already holds is none either, as in the real run.
+#[test]
+fn check_mode_knows_the_content_an_artifact_would_write() {
+    let fleet = TestFleet::web(1);
+    let d = fleet.path().join("art");
+    std::fs::create_dir_all(&d).unwrap();
+    let script = format!(
+        r#"
+local a = artifact.bytes("listen 80\nworkers 4\n", "app.conf")
+local h = goroutine.async(function()
+  local p = "{d}/app.conf"
+  local r = {{}}
+  r[#r + 1] = file.content{{ path = p, artifact = a }}.changed
+  r[#r + 1] = file.content{{ path = p, artifact = a }}.changed
+  r[#r + 1] = file.line{{ path = p, line = "workers 4" }}.changed
+  r[#r + 1] = file.line{{ path = p, line = "user www" }}.changed
+  return table.concat((function() local s = {{}} for i, v in ipairs(r) do s[i] = tostring(v) end return s end)(), ",")
+end, {{ delegate_to = "web-01" }})
+print("r", select(2, goroutine.await(h)))
+"#,
+        d = d.display()
+    );
+    let check = fleet.run(&script, &["--check", "--json"]);
+    check.assert_code(0);
+    assert!(!d.join("app.conf").exists(), "check mode wrote");
+    let real = fleet.run(&script, &["--json"]);
+    real.assert_code(0);
+    assert_eq!(changed_count(&json(&check), "web-01"), 2, "{check}");
+    assert_eq!(changed_count(&json(&real), "web-01"), 2, "{real}");
+    assert_eq!(
+        std::fs::read_to_string(d.join("app.conf")).unwrap(),
+        "listen 80\nworkers 4\nuser www\n"
+    );
+}

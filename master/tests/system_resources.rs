@@ -223,3 +223,50 @@ assert(goroutine.await(h))
         "{out}"
     );
 }
+
+/// Check mode follows accounts an earlier resource of the same task would create or
+/// remove: a repeated `present` is `ok`, a changed option is a change, and `absent`
+/// of an account the task just created removes it. The set check mode reports is the
+/// set the real run changes, and check mode leaves the container as it was.
+#[test]
+fn check_mode_follows_accounts_the_task_itself_creates_and_removes() {
+    if let Some(why) = container::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut fleet = TestFleet::empty();
+    let c = Container::boot(&mut fleet, "box", &[]);
+    let script = r#"
+local h = goroutine.async(function()
+  local r = {}
+  local function add(x) r[#r + 1] = x.resource .. " " .. x.target .. " " .. tostring(x.changed) end
+  add(group.present{ name = "tg1", gid = 4301 })
+  add(user.present{ name = "tu1", uid = 4302, shell = "/bin/sh" })
+  add(group.present{ name = "tg1", gid = 4301 })
+  add(user.present{ name = "tu1", uid = 4302, shell = "/bin/sh" })
+  add(user.present{ name = "tu1", shell = "/bin/bash" })
+  add(user.absent("tu1"))
+  add(group.absent("tg1"))
+  add(user.absent("tu1"))
+  return table.concat(r, ";")
+end, { delegate_to = "box", name = "accounts" })
+print("r", select(2, goroutine.await(h)))
+"#;
+    let before = sh(&c, "getent passwd tu1; getent group tg1");
+    assert_eq!(before, "");
+    let check = fleet.run(script, &["--check"]);
+    check.assert_code(0);
+    assert_eq!(
+        sh(&c, "getent passwd tu1; getent group tg1"),
+        "",
+        "check mode changed it"
+    );
+    let real = fleet.run(script, &[]);
+    real.assert_code(0);
+    let expected = "group.present tg1 true;user.present tu1 true;group.present tg1 false;\
+                    user.present tu1 false;user.present tu1 true;user.absent tu1 true;\
+                    group.absent tg1 true;user.absent tu1 false";
+    assert_eq!(real.line("r"), expected, "{real}");
+    assert_eq!(check.line("r"), expected, "{check}");
+    assert_eq!(sh(&c, "getent passwd tu1; getent group tg1"), "");
+}

@@ -191,11 +191,39 @@ fn user_present(lua: &Lua, arg: LV) -> mlua::Result<Table> {
             return Err(call.fail(format!("group '{g}' does not exist on this host")));
         }
     }
-    let existing = user(&ctx, &name).map_err(|e| call.fail(e))?;
     let uid_s = uid.map(|u| u.to_string());
     let home_s = home.as_ref().map(|h| h.display().to_string());
+    // Check mode: an earlier resource of this task would have created (or removed)
+    // the user; its options then are what it would have.
+    let key = super::outcome::plan_key("user", &name);
+    let planned = call
+        .check()
+        .then(|| super::outcome::planned_state(lua, &key))
+        .flatten();
+    let asked = Planned::of(&[
+        ("uid", uid_s.clone()),
+        ("group", primary.clone()),
+        ("groups", groups.as_ref().map(|_| wanted_groups.join(","))),
+        ("shell", shell.clone()),
+        ("home", home_s.clone()),
+        ("comment", comment.clone()),
+    ]);
+    let existing = match planned {
+        Some(false) => None,
+        _ => user(&ctx, &name).map_err(|e| call.fail(e))?,
+    };
     let outcome = match existing {
+        None if planned == Some(true) => {
+            let then = Planned::read(lua, &key);
+            match asked.differences(&then) {
+                d if d.is_empty() => Outcome::ok("ok"),
+                d => Outcome::changed(d.join(", ")),
+            }
+        }
         None => {
+            if call.check() {
+                super::outcome::plan_content(lua, &key, &asked.0);
+            }
             let mut argv: Vec<&str> = vec!["useradd"];
             if let Some(u) = &uid_s {
                 argv.extend(["-u", u]);
@@ -321,6 +349,66 @@ fn user_present(lua: &Lua, arg: LV) -> mlua::Result<Table> {
     call.done(lua, outcome)
 }
 
+/// Whether account `key` exists, or would by now in check mode.
+fn account_exists(
+    lua: &Lua,
+    call: &Call,
+    key: &std::path::Path,
+    on_host: impl FnOnce() -> Result<bool, String>,
+) -> mlua::Result<bool> {
+    match call
+        .check()
+        .then(|| super::outcome::planned_state(lua, key))
+        .flatten()
+    {
+        Some(b) => Ok(b),
+        None => on_host().map_err(|e| call.fail(e)),
+    }
+}
+
+/// The options an account was planned with in check mode (`uid=1001\nshell=/bin/sh`),
+/// to tell a later call of the same task whether it would change anything.
+struct Planned(Vec<u8>);
+
+impl Planned {
+    fn of(options: &[(&str, Option<String>)]) -> Planned {
+        let mut s = String::new();
+        for (k, v) in options {
+            if let Some(v) = v {
+                s.push_str(&format!("{k}={}\n", v.replace('\n', " ")));
+            }
+        }
+        Planned(s.into_bytes())
+    }
+
+    fn read(lua: &Lua, key: &std::path::Path) -> Planned {
+        Planned(super::outcome::planned_content(lua, key).unwrap_or_default())
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        String::from_utf8_lossy(&self.0)
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('=').map(str::to_string))
+    }
+
+    /// What asking for `self` would change on an account planned with `then`: each
+    /// option given that differs (one not given then has a value check mode cannot
+    /// know, so it counts as a change).
+    fn differences(&self, then: &Planned) -> Vec<String> {
+        String::from_utf8_lossy(&self.0)
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                match then.get(k) {
+                    Some(old) if old == v => None,
+                    Some(old) => Some(format!("{k} {old} -> {v}")),
+                    None => Some(format!("{k} -> {v}")),
+                }
+            })
+            .collect()
+    }
+}
+
 fn user_absent(lua: &Lua, arg: LV) -> mlua::Result<Table> {
     const R: &str = "user.absent";
     let mut o = args(lua, R, arg, "name")?;
@@ -329,9 +417,13 @@ fn user_absent(lua: &Lua, arg: LV) -> mlua::Result<Table> {
     let remove_home = o.bool("remove_home")?.unwrap_or(false);
     o.finish()?;
     call.need_root()?;
-    let outcome = match user(&call.ctx, &name).map_err(|e| call.fail(e))? {
-        None => Outcome::ok("ok"),
-        Some(_) => {
+    let key = super::outcome::plan_key("user", &name);
+    let exists = account_exists(lua, &call, &key, || {
+        user(&call.ctx, &name).map(|u| u.is_some())
+    })?;
+    let outcome = match exists {
+        false => Outcome::ok("ok"),
+        true => {
             if !call.check() {
                 let mut argv = vec!["userdel"];
                 if remove_home {
@@ -361,8 +453,25 @@ fn group_present(lua: &Lua, arg: LV) -> mlua::Result<Table> {
     }
     call.need_root()?;
     let gid_s = gid.map(|g| g.to_string());
-    let outcome = match group(&call.ctx, &name).map_err(|e| call.fail(e))? {
+    let key = super::outcome::plan_key("group", &name);
+    let planned = call
+        .check()
+        .then(|| super::outcome::planned_state(lua, &key))
+        .flatten();
+    let asked = Planned::of(&[("gid", gid_s.clone())]);
+    let existing = match planned {
+        Some(false) => None,
+        _ => group(&call.ctx, &name).map_err(|e| call.fail(e))?,
+    };
+    let outcome = match existing {
+        None if planned == Some(true) => match asked.differences(&Planned::read(lua, &key)) {
+            d if d.is_empty() => Outcome::ok("ok"),
+            d => Outcome::changed(d.join(", ")),
+        },
         None => {
+            if call.check() {
+                super::outcome::plan_content(lua, &key, &asked.0);
+            }
             if !call.check() {
                 let mut argv = vec!["groupadd"];
                 if let Some(g) = &gid_s {
@@ -403,9 +512,13 @@ fn group_absent(lua: &Lua, arg: LV) -> mlua::Result<Table> {
     let call = Call::new(lua, R, name.clone(), &mut o)?;
     o.finish()?;
     call.need_root()?;
-    let outcome = match group(&call.ctx, &name).map_err(|e| call.fail(e))? {
-        None => Outcome::ok("ok"),
-        Some(_) => {
+    let key = super::outcome::plan_key("group", &name);
+    let exists = account_exists(lua, &call, &key, || {
+        group(&call.ctx, &name).map(|g| g.is_some())
+    })?;
+    let outcome = match exists {
+        false => Outcome::ok("ok"),
+        true => {
             if !call.check() {
                 tool(&call, &["groupdel", "--", &name])?;
             }

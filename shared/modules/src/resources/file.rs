@@ -151,8 +151,10 @@ pub(crate) fn put_content(
             let obj = u.borrow::<SharedObj>()?;
             let (sha, size) = artifact::describe(obj.backend(), obj.r)
                 .map_err(|e| call.fail(format!("artifact: {e}")))?;
-            let same = match &meta {
-                Some(m) if m.len() == size => {
+            let same = match (outcome::planned_content(lua, path), &meta) {
+                // Check mode: what an earlier resource of this task would have written.
+                (Some(planned), _) => artifact::hash_bytes(&planned) == sha,
+                (None, Some(m)) if m.len() == size => {
                     hash_file(path).map(|(h, _)| h == sha).map_err(fail)?
                 }
                 _ => false,
@@ -207,9 +209,27 @@ pub(crate) fn put_content(
     };
     let d = diff::with_properties(d, &label, &attr_changes).filter(|_| call.diffs());
     if call.check() {
-        match &new_bytes {
-            Some(b) => outcome::plan_content(lua, path, b),
-            None => outcome::plan(lua, path, true),
+        match (&new_bytes, &source) {
+            (Some(b), _) => outcome::plan_content(lua, path, b),
+            // An artifact small enough is fetched (into the artifact cache only), so
+            // that later resources of the task see the content it would write.
+            (None, Source::Artifact(u)) => {
+                let obj = u.borrow::<SharedObj>()?;
+                let (_, size) = artifact::describe(obj.backend(), obj.r)
+                    .map_err(|e| call.fail(format!("artifact: {e}")))?;
+                let content = if size <= diff::MAX_INPUT as u64 {
+                    artifact::fetch(lua, obj.r, obj.backend())?
+                        .ok()
+                        .and_then(|f| fs::read(&f.path).ok())
+                } else {
+                    None
+                };
+                match content {
+                    Some(b) => outcome::plan_content(lua, path, &b),
+                    None => outcome::plan(lua, path, true),
+                }
+            }
+            (None, Source::Bytes(_)) => outcome::plan(lua, path, true),
         }
         return Ok(Outcome::changed(action).with_diff(d));
     }
