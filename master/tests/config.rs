@@ -239,7 +239,11 @@ fn a_bad_config_file_is_a_usage_error() {
     );
     let out = run("task_timeout = \"soonish\"\n", &[]);
     out.assert_code(2);
-    assert!(out.stderr.contains("sloth.toml: task_timeout:"), "{out}");
+    assert!(
+        out.stderr.contains("sloth.toml:1: bad duration")
+            && out.stderr.contains("(in `task_timeout = \"soonish\"`)"),
+        "{out}"
+    );
     let out = run("certs = [\n", &[]);
     out.assert_code(2);
     assert!(out.stderr.contains("sloth.toml:"), "{out}");
