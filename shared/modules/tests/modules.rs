@@ -1476,3 +1476,38 @@ fn modules_are_requirable() {
     );
     assert!(same);
 }
+
+/// A handler runs once per task: notified again by a later handler's change, it does
+/// not run again, and the task's log says so instead of dropping it silently.
+#[test]
+fn a_handler_notified_after_it_ran_is_said_not_dropped_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lua, sink) = state_with(CancelToken::default());
+    let src = format!(
+        r#"local D = "{}"
+           local runs = {{}}
+           handler("h1", function() runs[#runs + 1] = "h1" end)
+           handler("h2", function()
+             runs[#runs + 1] = "h2"
+             file.content{{ path = D .. "/b2", content = "x\n", notify = "h1" }}
+           end)
+           file.content{{ path = D .. "/a", content = "a\n", notify = {{ "h1", "h2" }} }}
+           return runs"#,
+        dir.path().display()
+    );
+    let body = lua.load(&src).call::<mlua::MultiValue>(());
+    let out = sloth_modules::resources::handlers::after_body(&lua, body).unwrap();
+    assert!(out.len() == 1, "{out:?}");
+    let runs: Vec<String> = match out.into_iter().next() {
+        Some(mlua::Value::Table(t)) => t.sequence_values().map(|v| v.unwrap()).collect(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(runs, ["h1", "h2"]);
+    let lines = sink.lines.lock();
+    assert!(
+        lines.iter().any(|(l, t, _)| *l == LogLevel::Warn
+            && t == "handler h1: notified again after it ran; a handler runs once per task"),
+        "{:?}",
+        lines.iter().map(|(_, t, _)| t).collect::<Vec<_>>()
+    );
+}

@@ -581,21 +581,29 @@ pub(crate) enum LineEdit {
 /// The edited text, or `None` when it already satisfies `spec`.
 pub(crate) fn edit_line(old: &[u8], spec: &LineEdit) -> Option<Vec<u8>> {
     let mut lines: Vec<&[u8]> = split_lines(old);
+    // A file with CRLF line ends (edited on Windows): lines are compared without
+    // their '\r', and a line written gets one too.
+    let bare = |l: &[u8]| -> Vec<u8> { l.strip_suffix(b"\r").unwrap_or(l).to_vec() };
+    let crlf = lines.first().is_some_and(|l| l.ends_with(b"\r"));
     match spec {
         LineEdit::Present { line, regex } => {
             let want = line.as_bytes();
+            let mut written = want.to_vec();
+            if crlf {
+                written.push(b'\r');
+            }
             let hit = regex
                 .as_ref()
-                .and_then(|r| lines.iter().rposition(|l| r.is_match(l)));
+                .and_then(|r| lines.iter().rposition(|l| r.is_match(&bare(l))));
             match hit {
-                Some(i) if lines[i] == want => None,
+                Some(i) if bare(lines[i]) == want => None,
                 Some(i) => {
-                    lines[i] = want;
+                    lines[i] = &written;
                     Some(join_lines(&lines, old))
                 }
-                None if lines.contains(&want) => None,
+                None if lines.iter().any(|l| bare(l) == want) => None,
                 None => {
-                    lines.push(want);
+                    lines.push(&written);
                     Some(join_lines(&lines, b"\n"))
                 }
             }
@@ -603,8 +611,9 @@ pub(crate) fn edit_line(old: &[u8], spec: &LineEdit) -> Option<Vec<u8>> {
         LineEdit::Absent { line, regex } => {
             let before = lines.len();
             lines.retain(|l| {
-                !(line.as_ref().is_some_and(|t| t.as_bytes() == *l)
-                    || regex.as_ref().is_some_and(|r| r.is_match(l)))
+                let l = bare(l);
+                !(line.as_ref().is_some_and(|t| t.as_bytes() == l.as_slice())
+                    || regex.as_ref().is_some_and(|r| r.is_match(&l)))
             });
             (lines.len() != before).then(|| join_lines(&lines, old))
         }
@@ -720,6 +729,28 @@ mod tests {
 
     fn s(b: Option<Vec<u8>>) -> Option<String> {
         b.map(|b| String::from_utf8(b).unwrap())
+    }
+
+    #[test]
+    fn crlf_files_keep_their_line_ends() {
+        let old = b"k=1\r\nj=2\r\n";
+        assert_eq!(s(edit_line(old, &present("j=2", None))), None);
+        assert_eq!(
+            s(edit_line(old, &present("k=5", Some("^k=")))),
+            Some("k=5\r\nj=2\r\n".into())
+        );
+        assert_eq!(
+            s(edit_line(old, &present("x=3", None))),
+            Some("k=1\r\nj=2\r\nx=3\r\n".into())
+        );
+        let gone = edit_line(
+            old,
+            &LineEdit::Absent {
+                line: Some("k=1".into()),
+                regex: None,
+            },
+        );
+        assert_eq!(s(gone), Some("j=2\r\n".into()));
     }
 
     #[test]

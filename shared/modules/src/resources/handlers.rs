@@ -103,11 +103,29 @@ pub(crate) fn suggestion(lua: &Lua, name: &str) -> mlua::Result<String> {
 
 /// Mark `names` (each already checked to be defined).
 pub(crate) fn notify(lua: &Lua, names: &[String]) -> mlua::Result<()> {
-    with(lua, |hs| {
+    let again = with(lua, |hs| {
+        let mut again = Vec::new();
         for h in hs.iter_mut().filter(|h| names.contains(&h.name)) {
+            if h.ran {
+                again.push(h.name.clone());
+            }
             h.notified = true;
         }
+        again
     });
+    // A handler runs once per task: one notified after it ran (by a later handler's
+    // change) does not run again, and the task's log says so.
+    if !again.is_empty() {
+        let ctx = sloth_lua::context::task_ctx(lua)?;
+        for name in again {
+            ctx.io.log(
+                sloth_proto::protocol::LogLevel::Warn,
+                &format!(
+                    "handler {name}: notified again after it ran; a handler runs once per task"
+                ),
+            );
+        }
+    }
     Ok(())
 }
 
