@@ -336,6 +336,7 @@ pub(crate) fn write_atomic_with(
         file: tmp.as_file_mut(),
         stop,
     })?;
+    keep_xattrs(path, tmp.as_file());
     if uid.is_some() || gid.is_some() {
         std::os::unix::fs::fchown(tmp.as_file(), uid, gid)?;
     }
@@ -346,6 +347,36 @@ pub(crate) fn write_atomic_with(
     tmp.persist(path).map_err(|e| e.error)?;
     sync_dir(dir);
     Ok(())
+}
+
+/// Extended attributes a rewritten file keeps from the one it replaces: the user's
+/// (`user.*`), its POSIX ACLs and its SELinux label. Never file capabilities
+/// (`security.capability`): new content does not inherit the old one's privileges.
+/// Best effort: a filesystem without them, or one that refuses, changes nothing.
+fn keep_xattrs(old: &Path, new: &fs::File) {
+    const KEEP: [&str; 4] = [
+        "user.",
+        "system.posix_acl_access",
+        "system.posix_acl_default",
+        "security.selinux",
+    ];
+    let mut names = vec![0u8; 64 * 1024];
+    let Ok(n) = rustix::fs::listxattr(old, &mut names[..]) else {
+        return;
+    };
+    let mut value = vec![0u8; 64 * 1024];
+    for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let Ok(text) = std::str::from_utf8(name) else {
+            continue;
+        };
+        if !KEEP.iter().any(|k| text.starts_with(k)) {
+            continue;
+        }
+        if let Ok(len) = rustix::fs::getxattr(old, text, &mut value[..]) {
+            let _ =
+                rustix::fs::fsetxattr(new, text, &value[..len], rustix::fs::XattrFlags::empty());
+        }
+    }
 }
 
 /// A file name cut to leave room for the temporary file's prefix and suffix within
@@ -416,6 +447,13 @@ mod tests {
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o640);
         let names: Vec<_> = fs::read_dir(d.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "no temporary file is left");
+        // A user attribute survives the rewrite (where the filesystem has them).
+        if rustix::fs::setxattr(&p, "user.tag", b"keep", rustix::fs::XattrFlags::empty()).is_ok() {
+            write_atomic(&p, b"three\n", 0o640, None, None, None).unwrap();
+            let mut v = [0u8; 16];
+            let n = rustix::fs::getxattr(&p, "user.tag", &mut v[..]).unwrap();
+            assert_eq!(&v[..n], b"keep");
+        }
         // A name near the 255-byte limit: the temporary name is cut to fit.
         for name in ["n".repeat(255), "é".repeat(127)] {
             let long = d.path().join(&name);
