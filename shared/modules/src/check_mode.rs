@@ -7,7 +7,8 @@
 use mlua::{Function, Lua, MultiValue, Table, Value as LV};
 use sloth_lua::context::{skip_in_check_mode, SKIPPED_IN_CHECK_MODE};
 
-/// Wrap `os.remove` and `os.rename`: `true, "skipped in check mode"` in check mode.
+/// Wrap `os.remove` and `os.rename`: `true, "skipped in check mode"` in check mode;
+/// `os.tmpname` leaves no file behind there.
 pub(crate) fn guard_os(lua: &Lua, os_lib: &Table) -> mlua::Result<()> {
     for name in ["remove", "rename"] {
         let Ok(LV::Function(orig)) = os_lib.raw_get::<LV>(name) else {
@@ -21,6 +22,21 @@ pub(crate) fn guard_os(lua: &Lua, os_lib: &Table) -> mlua::Result<()> {
             }
         })?;
         os_lib.raw_set(name, f)?;
+    }
+    // `os.tmpname` makes the file it names (mkstemp): in check mode the name is
+    // given, and the file it made goes at once.
+    if let Ok(LV::Function(orig)) = os_lib.raw_get::<LV>("tmpname") {
+        let f = lua.create_function(move |lua, ()| {
+            let name = orig.call::<LV>(())?;
+            let ctx = sloth_lua::context::task_ctx(lua)?;
+            if ctx.mode.check && !ctx.orchestrator {
+                if let LV::String(s) = &name {
+                    let _ = std::fs::remove_file(&*s.to_str()?);
+                }
+            }
+            Ok(name)
+        })?;
+        os_lib.raw_set("tmpname", f)?;
     }
     Ok(())
 }

@@ -1511,3 +1511,23 @@ fn a_handler_notified_after_it_ran_is_said_not_dropped_silently() {
         lines.iter().map(|(_, t, _)| t).collect::<Vec<_>>()
     );
 }
+
+/// In check mode `os.tmpname` still gives a name, but the file it made is gone.
+#[test]
+fn os_tmpname_leaves_no_file_in_check_mode() {
+    let ctx = TaskContext {
+        host: "test".into(),
+        task_name: "t".into(),
+        io: Arc::new(Sink::default()),
+        cancel: CancelToken::default(),
+        mode: sloth_proto::change::Mode {
+            check: true,
+            diff: false,
+        },
+        orchestrator: false,
+    };
+    let lua = EXECUTOR.new_state(&ctx).unwrap();
+    let name: String = eval(&lua, "return os.tmpname()");
+    assert!(name.starts_with("/tmp/"), "{name}");
+    assert!(!std::path::Path::new(&name).exists(), "{name} left behind");
+}
