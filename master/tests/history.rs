@@ -438,3 +438,23 @@ goroutine.await(goroutine.async(function() error("x") end))"#;
     out.assert_code(0);
     assert!(out.stderr.contains("nothing to rerun"), "{out}");
 }
+
+/// `--rerun-failed` while the script's only run is still going says so, rather than
+/// that there is no earlier run.
+#[test]
+fn rerunning_a_run_still_going_says_it_is_running() {
+    let fleet = TestFleet::web(1);
+    let st = state(&fleet);
+    let base = ["--state", st.as_str()];
+    let slow = "print('GOING')\ngoroutine.sleep(4000)";
+    let mut going = fleet.spawn_run(slow, &base);
+    assert!(going.wait_for("GOING", Duration::from_secs(30)).is_some());
+    let out = fleet.run(slow, &[&base[..], &["--rerun-failed"]].concat());
+    out.assert_code(2);
+    assert!(
+        out.stderr
+            .contains(") is still running: rerun its failed hosts once it has ended"),
+        "{out}"
+    );
+    going.finish(Duration::from_secs(30)).assert_code(0);
+}

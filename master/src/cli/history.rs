@@ -379,15 +379,25 @@ pub(super) fn rerun_limit(
                 "no run {id} in the history (`sloth-master history`)"
             ))
         })?,
-        None => query::last_run_of(&db, &path.display().to_string())
-            .map_err(sql)?
-            .ok_or_else(|| {
-                usage(format!(
-                    "no earlier run of {} in the history ({})",
-                    script.display(),
-                    db.path.display()
-                ))
-            })?,
+        None => match query::last_run_of(&db, &path.display().to_string()).map_err(sql)? {
+            Some(run) => run,
+            None => {
+                let running =
+                    query::running_run_of(&db, &path.display().to_string()).map_err(sql)?;
+                return Err(usage(match running {
+                    Some(id) => format!(
+                        "the last run of {} ({id}) is still running: rerun its failed hosts \
+                         once it has ended",
+                        script.display()
+                    ),
+                    None => format!(
+                        "no earlier run of {} in the history ({})",
+                        script.display(),
+                        db.path.display()
+                    ),
+                }));
+            }
+        },
     };
     if earlier.kind != "run" {
         return Err(usage(format!(

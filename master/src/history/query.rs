@@ -161,6 +161,18 @@ pub fn last_run_of(db: &Db, script_path: &str) -> rusqlite::Result<Option<RunSum
         .optional()
 }
 
+/// The id of a run of `script_path` still running (its master alive), if any.
+pub fn running_run_of(db: &Db, script_path: &str) -> rusqlite::Result<Option<String>> {
+    db.conn
+        .query_row(
+            "SELECT id FROM runs WHERE kind = 'run' AND script_path = ?1 AND status = 'running'
+             ORDER BY started_at DESC LIMIT 1",
+            params![script_path],
+            |r| r.get(0),
+        )
+        .optional()
+}
+
 /// SQL selecting the hosts that failed or were unreachable in the run whose key is
 /// the SQL expression `run`: from its per-host results or, for a run whose master was
 /// killed before it wrote them, from its tasks that failed before (cancelled ones are

@@ -431,7 +431,7 @@ fn handler_is_built_when_a_task_first_names_it() {
 #[test]
 fn exec_run_returns_despite_a_chatty_background_child() {
     let lua = state();
-    for (opts, max_ms) in [("{ timeout = 800 }", 1_600u128), ("{}", 3_000)] {
+    for (opts, max_ms) in [("{ timeout = 1200 }", 1_900u128), ("{}", 3_000)] {
         let t0 = Instant::now();
         let (code, first, pid): (i64, String, i64) = eval(
             &lua,
