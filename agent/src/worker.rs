@@ -81,6 +81,16 @@ struct Proxy {
 
 impl SharedBackend for Proxy {
     fn call(&self, obj: SharedRef, method: &str, args: Data) -> Result<Data, String> {
+        // Measured here, on the task's thread: arguments too big for a frame are this
+        // call's error, and the connection's thread never encodes them.
+        let size = sloth_proto::protocol::encoded_size(args.graph()).map_err(|e| e.to_string())?;
+        if size > sloth_proto::protocol::MAX_FRAME - 64 * 1024 {
+            return Err(format!(
+                "the arguments take {size} bytes: more than a frame to the master can hold \
+                 ({} bytes)",
+                sloth_proto::protocol::MAX_FRAME
+            ));
+        }
         let call_id = self.next_call.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = std::sync::mpsc::channel();
         self.replies.lock().insert(call_id, tx);
@@ -244,11 +254,25 @@ pub async fn run(
                     cancel.cancel();
                 }
             }
-            Some(msg) = out_rx.recv() => {
-                if wire::write_frame(&mut send, &msg).await.is_err() {
-                    cancel.cancel();
+            Some(msg) = out_rx.recv() => match sloth_proto::protocol::encode(&msg) {
+                Ok(bytes) => {
+                    if tokio::io::AsyncWriteExt::write_all(&mut send, &bytes).await.is_err() {
+                        cancel.cancel();
+                    }
                 }
-            }
+                // Too big for a frame (nothing was written): a call's arguments are
+                // that call's error, raised in the task; log lines and changes are
+                // clipped before, so never reach this.
+                Err(e) => {
+                    if let ToMaster::Call { call_id, .. } = msg {
+                        if let Some(tx) = replies.lock().remove(&call_id) {
+                            let _ = tx.send(Err(format!(
+                                "the arguments cannot be sent to the master: {e}"
+                            )));
+                        }
+                    }
+                }
+            },
             // Cancel-safe: a frame half read when another branch wins stays in `recv`.
             frame = recv.next::<ToAgent>(), if reading => match frame {
                 Ok(Some(ToAgent::Reply { call_id, result })) => {

@@ -552,3 +552,128 @@ end
     }
     assert_eq!(out.all("STRICT").len(), 2, "{out}");
 }
+
+/// Channels keep Go's promises with senders on agents and on the master: a blocked
+/// sender's value is never delivered after its send failed (stopped, or the channel
+/// closed: the send raises), an unbuffered channel buffers nothing, blocked senders
+/// are served in the order they came, and a value too big for a frame is refused at
+/// the send (an error the task can handle), never lost on its way.
+#[test]
+fn channels_deliver_only_what_a_send_delivered() {
+    let fleet = TestFleet::web(2);
+    let out = fleet.run(
+        r#"
+local u = goroutine.channel()
+local h = goroutine.async(function() u:send("phantom"); return "sent" end,
+  { delegate_to = "web-01", timeout = 300 })
+print("TIMED", (goroutine.await(h)))
+print("LEN", u:len(), select(2, u:receive(300)))
+local u2 = goroutine.channel()
+local h2 = goroutine.async(function() u2:send("ghost") end)
+goroutine.sleep(100); h2:cancel(); goroutine.await(h2)
+print("CANCELLED", select(2, u2:receive(300)))
+local u3 = goroutine.channel()
+goroutine.spawn(function() goroutine.sleep(200); u3:close() end)
+local ok, err = pcall(u3.send, u3, "late")
+print("CLOSED", ok, err, (u3:receive(100)))
+local u4 = goroutine.channel()
+local s1 = goroutine.async(function() u4:send(1) end, { delegate_to = "web-01" })
+local s2 = goroutine.async(function() u4:send(2) end, { delegate_to = "web-02" })
+goroutine.sleep(300)
+print("UNBUFFERED", u4:len(), (u4:receive()), (u4:receive()))
+goroutine.await_all({ s1, s2 })
+local b = goroutine.channel(1)
+b:send(0)
+local hs = {}
+for i = 1, 4 do
+  hs[i] = goroutine.async(function() b:send(i) end)
+  goroutine.sleep(150)
+end
+local order = {}
+for i = 1, 5 do order[i] = tostring((b:receive())) end
+goroutine.await_all(hs)
+print("FIFO", table.concat(order, " "))
+local big = string.rep("y", 65 * 1024 * 1024)
+local ok2, e2 = pcall(b.send, b, big)
+print("BIG LOCAL", ok2, (tostring(e2):gsub("%d+ bytes", "N bytes")))
+local r = goroutine.async(function()
+  local ok, e = pcall(b.send, b, string.rep("z", 65 * 1024 * 1024))
+  return ok, e
+end, { delegate_to = "web-01" })
+local _, rok, rerr = goroutine.await(r)
+print("BIG REMOTE", rok, rerr ~= nil)
+local l = goroutine.async(function() return string.rep("x", 65 * 1024 * 1024) end)
+local a = goroutine.async(function()
+  local ok, e = pcall(l.await, l, "5s")
+  return ok, tostring(e)
+end, { delegate_to = "web-02", timeout = "20s" })
+local _, aok, aerr = goroutine.await(a)
+print("BIG AWAIT", aok, aerr:find("the value cannot be sent to web-02: frame of", 1, true) ~= nil)
+"#,
+        &[],
+    );
+    // The sender that timed out is a failed task.
+    out.assert_code(1);
+    assert_eq!(out.line("TIMED"), "false", "{out}");
+    assert_eq!(out.line("LEN"), "0\tfalse", "{out}");
+    assert_eq!(out.line("CANCELLED"), "false", "{out}");
+    assert_eq!(
+        out.line("CLOSED"),
+        "false\tchannel: send on a closed channel\tnil",
+        "{out}"
+    );
+    assert_eq!(out.line("UNBUFFERED"), "0\t1\t2", "{out}");
+    assert_eq!(out.line("FIFO"), "0 1 2 3 4", "{out}");
+    assert_eq!(
+        out.line("BIG LOCAL"),
+        "false\tchannel: the value takes N bytes; a channel carries at most N bytes (what a frame to an agent can hold)",
+        "{out}"
+    );
+    assert_eq!(out.line("BIG REMOTE"), "false\ttrue", "{out}");
+    assert_eq!(out.line("BIG AWAIT"), "false\ttrue", "{out}");
+}
+
+/// `select` cases are strict: a typo, an empty case or a case with both send and
+/// receive raise at once, instead of a case that is never ready (which, without a
+/// timeout, waited forever).
+#[test]
+fn select_refuses_cases_it_cannot_run() {
+    let fleet = TestFleet::web(1);
+    let out = fleet.run(
+        r#"
+local c = goroutine.channel(1)
+for _, case in ipairs({
+  { channel = c, recieve = true },
+  { channel = c },
+  { channel = c, send = 1, receive = true },
+}) do
+  local ok, err = pcall(goroutine.select, { case })
+  print("SEL", ok, err)
+end
+c:close()
+print("CLOSED", pcall(goroutine.select, { { channel = c, send = 1 } }, 100))
+"#,
+        &[],
+    );
+    out.assert_code(0);
+    let lines: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("SEL"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].contains("case #1: unknown key 'recieve'"), "{out}");
+    assert!(
+        lines[1].contains("case #1: give send = VALUE or receive = true"),
+        "{out}"
+    );
+    assert!(
+        lines[2].contains("case #1: give send or receive, not both"),
+        "{out}"
+    );
+    assert!(
+        out.line("CLOSED")
+            .contains("case #1: send on a closed channel"),
+        "{out}"
+    );
+}

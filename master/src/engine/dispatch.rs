@@ -207,6 +207,26 @@ async fn report_output(
     }
 }
 
+/// The frame answering call `call_id`. A reply over the frame limit (a value too big
+/// for any frame) is the call's error: the task on the agent hears why instead of
+/// waiting for it.
+fn encode_reply(
+    call_id: u64,
+    result: Result<Data, String>,
+    host: &str,
+) -> Result<Vec<u8>, protocol::FrameError> {
+    protocol::encode(&ToAgent::Reply {
+        call_id,
+        result: result.map(Data::into_graph),
+    })
+    .or_else(|e| {
+        protocol::encode(&ToAgent::Reply {
+            call_id,
+            result: Err(format!("the value cannot be sent to {host}: {e}")),
+        })
+    })
+}
+
 pub(crate) async fn run_remote(
     rt: &Arc<Runtime>,
     rec: &Arc<TaskRecord>,
@@ -356,11 +376,18 @@ async fn remote(
                 };
                 let reg = rt.registry.clone();
                 let c2 = caller.clone();
+                let to = host.to_string();
+                // The reply is encoded on the blocking thread too: a big value must not
+                // hold the connection's thread.
                 let mut work = tokio::task::spawn_blocking(move || {
-                    registry::call(&reg, &c2, obj, &method, args)
+                    let result = registry::call(&reg, &c2, obj, &method, args);
+                    let refs = result.as_ref().map(Data::shared_refs).unwrap_or_default();
+                    (refs, encode_reply(call_id, result, &to))
                 });
-                let result = tokio::select! {
-                    r = &mut work => r.unwrap_or_else(|e| Err(format!("call failed: {e}"))),
+                let (refs, bytes) = tokio::select! {
+                    r = &mut work => r.unwrap_or_else(|e| {
+                        (Vec::new(), encode_reply(call_id, Err(format!("call failed: {e}")), host))
+                    }),
                     _ = link.closed() => {
                         // Let the call see the stop and return before the task is
                         // recorded as over (and its locks released).
@@ -375,17 +402,11 @@ async fn remote(
                         return Err(cancelled());
                     }
                 };
-                if let Ok(d) = &result {
-                    allowed.extend(d.shared_refs());
-                }
-                let reply = ToAgent::Reply {
-                    call_id,
-                    result: result.map(Data::into_graph),
-                };
+                allowed.extend(refs);
                 // A failed write means the agent stopped reading: its task is over
                 // (the result follows) or the connection is gone (the next read
                 // says so). Either way the outcome comes from the read side.
-                if let Ok(bytes) = protocol::encode(&reply) {
+                if let Ok(bytes) = bytes {
                     let _ = stream.send(&bytes).await;
                 }
             }

@@ -252,17 +252,47 @@ pub fn install_select(lua: &Lua, goroutine: &Table) -> mlua::Result<()> {
                     ))
                 })?;
                 let idx = i as i64 + 1;
+                let bad = |msg: String| {
+                    mlua::Error::runtime(format!("goroutine.select: case #{idx}: {msg}"))
+                };
+                // Strict like every options table: a typo must not make a case that
+                // is never ready.
+                for pair in c.pairs::<LV, LV>() {
+                    let (k, _) = pair?;
+                    let known = matches!(&k, LV::String(s)
+                        if matches!(s.as_bytes().as_ref(), b"channel" | b"send" | b"receive" | b"default"));
+                    if !known {
+                        return Err(bad(format!(
+                            "unknown key {} (a case has channel and send or receive = true, \
+                             or default = true)",
+                            match &k {
+                                LV::String(s) => format!("'{}'", s.to_string_lossy()),
+                                other => other.type_name().to_string(),
+                            }
+                        )));
+                    }
+                }
                 if c.raw_get::<Option<bool>>("default")?.unwrap_or(false) {
                     default_idx = Some(idx);
                     continue;
                 }
-                let ch: AnyUserData = c.raw_get("channel").map_err(|_| {
-                    mlua::Error::runtime(format!("goroutine.select: case #{idx} has no channel"))
-                })?;
+                let ch: AnyUserData = c
+                    .raw_get("channel")
+                    .map_err(|_| bad("has no channel".into()))?;
                 let send: LV = c.raw_get("send")?;
-                let is_send =
-                    !send.is_nil() || c.raw_get::<Option<bool>>("receive")? == Some(false);
-                parsed.push((idx, ch, if is_send { Some(send) } else { None }));
+                let receive = c.raw_get::<Option<bool>>("receive")? == Some(true);
+                match (send.is_nil(), receive) {
+                    (false, false) => parsed.push((idx, ch, Some(send))),
+                    (true, true) => parsed.push((idx, ch, None)),
+                    (false, true) => return Err(bad("give send or receive, not both".into())),
+                    (true, false) => {
+                        return Err(bad(
+                            "give send = VALUE or receive = true (a nil cannot be a case's \
+                             value: send it with ch:send(nil))"
+                                .into(),
+                        ))
+                    }
+                }
             }
             let mut pause = Duration::from_micros(500);
             loop {

@@ -312,6 +312,14 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     Ok(out)
 }
 
+/// The bytes `msg` takes in a frame body, counted without making one.
+pub fn encoded_size<T: Serialize>(msg: &T) -> Result<usize, FrameError> {
+    let mut w = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(msg, &mut w, config())
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    Ok(w.bytes_written)
+}
+
 /// Decode one frame body (without its length prefix).
 ///
 /// What a message may allocate while it is decoded is bounded too: value trees spend
