@@ -54,7 +54,7 @@ pub fn start(rt: &Arc<Runtime>, payload: Graph, opts: &TaskOpts) -> Arc<TaskReco
         rt.runner.execute(move || {
             let (req, ctx, limits) = local_job(&rt2, &rec2, &payload);
             let result = sloth_modules::EXECUTOR.run_task(&req, ctx, &limits);
-            rt2.registry.complete(&rec2, result);
+            rt2.registry.complete(&rec2, result.and_then(within_a_frame));
         });
         return rec;
     }
@@ -155,6 +155,24 @@ fn local_job(
     (req, ctx, limits)
 }
 
+/// A local task's result is held to a remote one's limit (a frame), so that a script
+/// tested locally fails the same way on the fleet, not only there.
+fn within_a_frame(result: Data) -> Result<Data, TaskError> {
+    let size = protocol::encoded_size(result.graph())
+        .map_err(|e| TaskError::new(ErrorKind::Capture, e.to_string()))?;
+    if size > protocol::MAX_FRAME - 64 * 1024 {
+        return Err(TaskError::new(
+            ErrorKind::Capture,
+            format!(
+                "the result cannot be sent back: it takes {size} bytes, more than a frame \
+                 to or from an agent can hold ({} bytes)",
+                protocol::MAX_FRAME
+            ),
+        ));
+    }
+    Ok(result)
+}
+
 pub(crate) async fn run_local(
     rt: &Arc<Runtime>,
     rec: &Arc<TaskRecord>,
@@ -169,7 +187,8 @@ pub(crate) async fn run_local(
         .map(|d| tokio::time::Instant::from_std(d) + Duration::from_secs(2));
     let (tx, job) = tokio::sync::oneshot::channel();
     rt.runner.execute(move || {
-        let _ = tx.send(sloth_modules::EXECUTOR.run_task(&req, ctx, &limits));
+        let result = sloth_modules::EXECUTOR.run_task(&req, ctx, &limits);
+        let _ = tx.send(result.and_then(within_a_frame));
     });
     tokio::select! {
         r = job => match r {
