@@ -555,12 +555,30 @@ fn certs_issue_replaces_files_only_when_told_and_never_the_fleets_own() {
     forced.assert_code(0);
     assert_ne!(std::fs::read(certs.join("web-01.crt")).unwrap(), first);
     let master = std::fs::read(certs.join("master.crt")).unwrap();
-    for extra in [&[][..], &["--force"][..]] {
-        let mut args = vec!["certs", "issue", "master", "--dir", d];
-        args.extend_from_slice(extra);
-        let out = sloth_master(dir.path(), &args);
-        out.assert_code(2);
-        assert!(out.stderr.contains("it is the fleet's own"), "{out}");
+    let ca_key = std::fs::read(certs.join("ca.key")).unwrap();
+    // However the CA's directory is spelled (a symlink, `./`, `..`), and with --force.
+    std::os::unix::fs::symlink(&certs, dir.path().join("calink")).unwrap();
+    let spelled = format!("{d}/../{}", certs.file_name().unwrap().to_str().unwrap());
+    for name in ["master", "ca"] {
+        for out_dir in [d, "calink", spelled.as_str()] {
+            for extra in [&[][..], &["--force"][..]] {
+                let mut args = vec!["certs", "issue", name, "--dir", d, "--out", out_dir];
+                args.extend_from_slice(extra);
+                let out = sloth_master(dir.path(), &args);
+                out.assert_code(2);
+                assert!(out.stderr.contains("is the fleet's own"), "{out}");
+            }
+        }
     }
     assert_eq!(std::fs::read(certs.join("master.crt")).unwrap(), master);
+    assert_eq!(std::fs::read(certs.join("ca.key")).unwrap(), ca_key);
+    // Names are DNS names: upper case is refused (WEB-01 and web-01 would be one host
+    // with two certificates that revoke separately), for certificates and tokens.
+    let out = sloth_master(dir.path(), &["certs", "issue", "WEB-02", "--dir", d]);
+    out.assert_code(2);
+    assert!(out.stderr.contains("use lower case ('web-02')"), "{out}");
+    for bad in ["master", "10.0.0.1", "WEB-03"] {
+        let out = sloth_master(dir.path(), &["token", "create", bad, "--dir", d]);
+        out.assert_code(2);
+    }
 }

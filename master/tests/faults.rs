@@ -145,6 +145,47 @@ fn agent_from_another_ca_is_refused() {
     assert!(out.one("R")[1].starts_with("unreachable"), "{out}");
 }
 
+/// An agent whose certificate also names another host (`certs issue web-08 --san
+/// web-09`) cannot answer for that host: the master takes an agent's identity from its
+/// certificate's `sloth://agent/NAME`, not from its DNS names.
+#[test]
+fn an_extra_san_does_not_make_an_agent_another_host() {
+    let mut fleet = TestFleet::empty();
+    let out = sloth_master(
+        fleet.path(),
+        &[
+            "certs",
+            "issue",
+            "web-08",
+            "--san",
+            "web-09",
+            "--dir",
+            fleet.certs.to_str().unwrap(),
+        ],
+    );
+    out.assert_code(0);
+    let certs = fleet.certs.clone();
+    let ca = certs.join("ca.crt");
+    fleet.add_custom_agent(
+        &AgentSpec {
+            name: "web-09",
+            cert_dir: &certs,
+            cert_stem: "web-08",
+            ca: &ca,
+            extra_args: &[],
+        },
+        "web-09",
+        &["web"],
+    );
+    let out = fleet.run(CERT_PROBE, &[]);
+    assert_refused(
+        &out,
+        "web-09",
+        &["has the certificate of 'web-08' (agent), not of 'web-09'"],
+    );
+    assert!(out.one("R")[1].starts_with("unreachable"), "{out}");
+}
+
 /// The agent trusts another CA: it refuses our master certificate.
 #[test]
 fn agent_trusting_another_ca_refuses_the_master() {

@@ -77,14 +77,11 @@ pub fn certs(
             let lifetime = lifetime(l.as_deref(), lt.agent.as_deref(), Lifetime::AGENT)?;
             let out = out.unwrap_or_else(|| dir.clone());
             // Checked before anything is signed or recorded. The CA's and the master's
-            // own files are never an agent's, even with --force.
+            // names are never an agent's (whatever the directory is called), so their
+            // files are never replaced, even with --force.
+            sloth_transport::check_agent_name(&name)
+                .map_err(|e| anyhow::anyhow!("invalid agent name {name:?}: {e:#}"))?;
             let crt = out.join(format!("{name}.crt"));
-            if ["ca", "master"].contains(&name.as_str()) && out == dir {
-                anyhow::bail!(
-                    "{} exists: it is the fleet's own, not an agent's (choose another name)",
-                    crt.display()
-                );
-            }
             for path in [crt, out.join(format!("{name}.key"))] {
                 if path.exists() && !force {
                     anyhow::bail!(

@@ -54,7 +54,8 @@ pub fn start(rt: &Arc<Runtime>, payload: Graph, opts: &TaskOpts) -> Arc<TaskReco
         rt.runner.execute(move || {
             let (req, ctx, limits) = local_job(&rt2, &rec2, &payload);
             let result = sloth_modules::EXECUTOR.run_task(&req, ctx, &limits);
-            rt2.registry.complete(&rec2, result.and_then(within_a_frame));
+            rt2.registry
+                .complete(&rec2, result.and_then(within_a_frame));
         });
         return rec;
     }

@@ -289,6 +289,21 @@ impl Mesh {
         let conn = connecting
             .await
             .map_err(|e| unreachable(tls::explain_connection_error(host, &e)))?;
+        // The agent's identity is the name in its certificate's `sloth://agent/NAME`,
+        // not any DNS name it also carries: an extra `--san db-01` on web-08's
+        // certificate must not make web-08 answer for db-01.
+        let cert = CertInfo::of_connection(&conn).ok();
+        if let Some(info) = &cert {
+            let named = info.name.as_deref().map(|n| n == host);
+            if info.role.as_deref() != Some("agent") || named == Some(false) {
+                conn.close(0u32.into(), b"wrong agent");
+                return Err(unreachable(format!(
+                    "the agent at {address} has the certificate of '{}' ({}), not of '{host}'",
+                    info.name.as_deref().unwrap_or("?"),
+                    info.role.as_deref().unwrap_or("no sloth role"),
+                )));
+            }
+        }
         // With TLS 1.3 a refused client certificate shows up only now, on the first stream.
         let explain = |conn: &Connection, fallback: String| match conn.close_reason() {
             Some(r) => unreachable(tls::explain_connection_error(host, &r)),
@@ -328,7 +343,7 @@ impl Mesh {
                 }
                 Ok(AgentConn {
                     host: host.to_string(),
-                    cert: CertInfo::of_connection(&conn).ok(),
+                    cert,
                     conn,
                     agent_version,
                     facts,

@@ -324,6 +324,18 @@ impl Pki {
         {
             bail!("'{names}' is not an agent name or pattern (letters, digits, '-', '.', '*')");
         }
+        // A name (not a pattern) must be one a certificate can be issued for: a token
+        // for `10.0.0.1` or `master` could never be redeemed.
+        if names.contains('*') {
+            if names.bytes().any(|b| b.is_ascii_uppercase()) {
+                bail!(
+                    "use lower case ('{}'): names are DNS names",
+                    names.to_ascii_lowercase()
+                );
+            }
+        } else {
+            tls::check_agent_name(names).map_err(|e| anyhow!("'{names}': {e:#}"))?;
+        }
         if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
             bail!("a token's lifetime must be between 1s and 30 days");
         }

@@ -120,7 +120,7 @@ fn agent_params(
     extra_sans: &[String],
     lifetime: Lifetime,
 ) -> anyhow::Result<CertificateParams> {
-    validate_name(name).with_context(|| format!("invalid agent name {name:?}"))?;
+    check_agent_name(name).with_context(|| format!("invalid agent name {name:?}"))?;
     let mut sans = vec![SanType::DnsName(ia5(name)?)];
     for san in extra_sans {
         let san = san.trim();
@@ -282,6 +282,27 @@ fn set_validity(params: &mut CertificateParams, validity: Duration) -> anyhow::R
 /// Checks that `name` is usable as an agent/master name and as a TLS server name:
 /// letters, digits, '-' and '.', dot-separated labels of 1..=63 characters that neither
 /// start nor end with '-', at most 253 characters, not an IP address.
+/// The names an agent cannot have: the fleet's own. A certificate named so would be
+/// mistaken for the CA's or the master's files, and revoked with them.
+pub const RESERVED_NAMES: [&str; 2] = ["ca", "master"];
+
+/// A name an agent certificate may be issued for: a DNS name, in lower case (DNS names
+/// compare without case, so `WEB-01` and `web-01` would be one host with two
+/// certificates that revoke separately), and not one of [`RESERVED_NAMES`].
+pub fn check_agent_name(name: &str) -> anyhow::Result<()> {
+    validate_name(name)?;
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        bail!(
+            "use lower case ('{}'): names are DNS names, which compare without case",
+            name.to_ascii_lowercase()
+        );
+    }
+    if RESERVED_NAMES.contains(&name) {
+        bail!("'{name}' is the fleet's own (the CA, the master): choose another name");
+    }
+    Ok(())
+}
+
 fn validate_name(name: &str) -> anyhow::Result<()> {
     if name.is_empty() {
         bail!("the name is empty");

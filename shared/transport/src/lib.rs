@@ -38,7 +38,10 @@ pub use explain::{
     explain_connect_error, explain_connection_error, explain_enroll_error, explain_incoming_error,
 };
 #[cfg(feature = "issue")]
-pub use issue::{generate_ca, issue_agent, issue_master, sign_agent_request, sign_crl, Lifetime};
+pub use issue::{
+    check_agent_name, generate_ca, issue_agent, issue_master, sign_agent_request, sign_crl,
+    Lifetime, RESERVED_NAMES,
+};
 pub use pem::{
     certificate_with, create_private_dir, parse_certs, parse_key, read_pem_files, recover_pair,
     replace_pair, write_file_atomic, write_pem_files, Pem,
