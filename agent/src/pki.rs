@@ -93,7 +93,15 @@ impl Pki {
                 return Ok(None);
             }
         }
-        credentials::save_crl(&self.paths, &offered).map_err(|e| format!("{e:#}"))?;
+        // Revocation fails closed: a CRL that cannot be kept on disk still applies, until
+        // the agent restarts (and the next master hands it over again).
+        if let Err(e) = credentials::save_crl(&self.paths, &offered) {
+            warn!(
+                crl = offered.number,
+                "the fleet's new CRL cannot be kept on disk ({e:#}): it applies until this \
+                 agent restarts; make its file writable"
+            );
+        }
         let number = offered.number;
         let revoked = offered.revoked.clone();
         self.serve_with(|id| id.crl = Some(offered))?;

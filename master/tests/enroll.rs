@@ -495,6 +495,40 @@ fn revocation_reaches_agents_and_is_never_undone() {
     );
 }
 
+/// Revocation fails closed: an agent that cannot keep the CRL on disk (its file is not
+/// writable) still applies it, and refuses the revoked master until it restarts.
+#[test]
+fn a_crl_the_agent_cannot_write_still_applies() {
+    let mut fleet = TestFleet::empty();
+    let a = TokenAgent::with_cert(&fleet, "web-01", Lifetime::AGENT);
+    fleet.add_host("web-01", &a.addr(), &["web"]);
+    let pki = sloth_master::pki::Pki::new(&fleet.certs);
+    let ops2 = fleet.path().join("ops2");
+    std::fs::create_dir_all(&ops2).unwrap();
+    let ca = pki.ca().unwrap();
+    let pem = tls::issue_master(&ca, "ops2", Lifetime::MASTER).unwrap();
+    tls::write_pem_files(&ops2, "master", &pem).unwrap();
+    std::fs::copy(fleet.certs.join("ca.crt"), ops2.join("ca.crt")).unwrap();
+    let ops2_serial = CertInfo::of_pem(&pem.cert).unwrap().serial;
+    let as_ops2 = |fleet: &TestFleet| master(fleet, &["health", "--certs", ops2.to_str().unwrap()]);
+    as_ops2(&fleet).assert_code(0);
+    // Nothing can be renamed over a directory: the CRL cannot be written, even as root.
+    std::fs::create_dir(a.dir.join("crl.der")).unwrap();
+    master(&fleet, &["certs", "revoke", "--serial", &ops2_serial]).assert_code(0);
+    master(&fleet, &["health"]).assert_code(0);
+    wait_until("the agent's warning", Duration::from_secs(5), || {
+        a.log()
+            .contains("the fleet's new CRL cannot be kept on disk")
+    });
+    let out = as_ops2(&fleet);
+    out.assert_code(1);
+    assert!(
+        out.stdout
+            .contains("the agent refused our master certificate: it has been revoked"),
+        "{out}"
+    );
+}
+
 /// A master key that is not the master certificate's own (a key copied from another
 /// issue) is refused before any dial, naming both files, instead of rustls's
 /// `keys may not be consistent: KeyMismatch` from deep in the connection setup.
