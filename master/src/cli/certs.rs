@@ -141,7 +141,17 @@ pub fn certs(
             Ok(())
         }
         CertsCmd::List { dir: d, json } => {
-            let ledger = Pki::new(&dir(d.as_deref())).ledger()?;
+            let pki = Pki::new(&dir(d.as_deref()));
+            let ledger = pki.ledger()?;
+            // A revocation that died before writing its CRL: the ledger is ahead.
+            let on_disk = pki.crl().ok().flatten().map_or(0, |c| c.number);
+            if ledger.crl_number > on_disk {
+                errln!(
+                    "warning: the ledger records CRL #{} but crl.der is #{on_disk} (a `certs revoke` \
+                     was interrupted?): run that `certs revoke` again to write the CRL",
+                    ledger.crl_number
+                );
+            }
             let now = SystemTime::now();
             let state = |i: &store::Issued| {
                 if ledger.revoked.iter().any(|r| r.serial == i.serial) {

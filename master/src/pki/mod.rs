@@ -270,12 +270,19 @@ impl Pki {
                 if already.contains(&serial) {
                     vec![]
                 } else {
-                    let name = ledger
+                    // Every certificate this CA issued is in the ledger: a serial that
+                    // is not (a prefix, a typo) revokes nothing real and is refused.
+                    let Some(name) = ledger
                         .issued
                         .iter()
                         .find(|i| i.serial == serial)
                         .map(|i| i.name.clone())
-                        .unwrap_or_else(|| "(not in the ledger)".into());
+                    else {
+                        bail!(
+                            "no certificate with serial {serial} in the ledger: give the whole \
+                             serial, as `sloth-master certs list` shows it"
+                        );
+                    };
                     vec![Revocation {
                         serial,
                         name,
@@ -284,7 +291,10 @@ impl Pki {
                 }
             }
         };
-        if new.is_empty() {
+        let on_disk = self.crl().ok().flatten().map_or(0, |c| c.number);
+        // Nothing new, but a CRL the ledger recorded never reached the disk: write it.
+        let behind = ledger.crl_number > on_disk;
+        if new.is_empty() && !behind {
             match target {
                 RevokeTarget::Name(name) => bail!(
                     "nothing to revoke: no unexpired, unrevoked certificate was issued to '{name}' (`sloth-master certs list`)"
@@ -293,7 +303,9 @@ impl Pki {
             }
         }
         ledger.revoked.extend(new.iter().cloned());
-        ledger.crl_number += 1;
+        // Past both the ledger's number and the CRL on disk: a revocation that died
+        // between writing them never leaves two different CRLs with one number.
+        ledger.crl_number = ledger.crl_number.max(on_disk) + 1;
         let entries: Vec<tls::issue::Revoked> = ledger
             .revoked
             .iter()
@@ -305,11 +317,12 @@ impl Pki {
             })
             .collect();
         let der = tls::sign_crl(&ca, ledger.crl_number, &entries)?;
-        // The CRL first: a ledger that says more than the CRL is repaired by the next
-        // revocation; a CRL the ledger does not know would be overwritten by one with
-        // the same number.
-        tls::write_file_atomic(&self.path("crl.der"), &der, 0o644)?;
+        // The ledger first: what it records is in every later CRL (each is made from
+        // the whole ledger). A revocation that dies before the CRL is written is
+        // reported behind by `certs list`, and made good by the next one; the other
+        // order let a CRL the ledger never recorded be undone by the next.
         store.save_ledger(&ledger).map_err(|e| anyhow!(e))?;
+        tls::write_file_atomic(&self.path("crl.der"), &der, 0o644)?;
         Ok((new, ledger.crl_number))
     }
 

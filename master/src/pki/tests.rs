@@ -61,6 +61,49 @@ fn revocation_writes_a_numbered_crl_of_everything_revoked() {
         .to_string();
     assert!(e.contains("nothing to revoke"), "{e}");
     assert!(pki.revoke(RevokeTarget::Serial("zz")).is_err());
+    // A prefix of a real serial, or one the CA never issued, revokes nothing.
+    let c = pki.issue_agent("web-03", &[], Lifetime::AGENT).unwrap();
+    let c_serial = CertInfo::of_pem(&c.cert).unwrap().serial;
+    for bad in [&c_serial[..8], "0"] {
+        let e = pki.revoke(RevokeTarget::Serial(bad)).unwrap_err().to_string();
+        assert!(e.contains("no certificate with serial"), "{e}");
+    }
+    assert_eq!(pki.crl().unwrap().unwrap().number, 2);
+}
+
+/// A revocation that died after recording itself in the ledger, before its CRL was
+/// written: the next revocation's CRL has a new number (never one the disk already
+/// had) and carries both; so does running the interrupted one again.
+#[test]
+fn a_revocation_interrupted_before_its_crl_is_made_good_by_the_next() {
+    let (_dir, pki) = pki();
+    let a = pki.issue_agent("web-01", &[], Lifetime::AGENT).unwrap();
+    let b = pki.issue_agent("web-02", &[], Lifetime::AGENT).unwrap();
+    let (a_serial, b_serial) = (
+        CertInfo::of_pem(&a.cert).unwrap().serial,
+        CertInfo::of_pem(&b.cert).unwrap().serial,
+    );
+    pki.revoke(RevokeTarget::Name("web-01")).unwrap();
+    // The crash: the ledger says CRL #2 revokes web-02 too; the disk still has #1.
+    {
+        let store = Store::lock(&pki.dir).unwrap();
+        let mut ledger = store.ledger().unwrap();
+        ledger.revoked.push(store::Revocation {
+            serial: b_serial.clone(),
+            name: "web-02".into(),
+            at: store::now(),
+        });
+        ledger.crl_number = 2;
+        store.save_ledger(&ledger).unwrap();
+    }
+    assert_eq!(pki.crl().unwrap().unwrap().number, 1);
+    // Running it again writes the CRL the ledger recorded (a new number).
+    let (done, n) = pki.revoke(RevokeTarget::Serial(&b_serial)).unwrap();
+    assert!(done.is_empty());
+    assert_eq!(n, 3);
+    let crl = pki.crl().unwrap().unwrap();
+    assert_eq!(crl.number, 3);
+    assert!(crl.is_revoked(&a_serial) && crl.is_revoked(&b_serial));
 }
 
 #[test]
