@@ -161,16 +161,20 @@ impl Pki {
         }
         let ca = tls::generate_ca(CA_COMMON_NAME).context("cannot generate the fleet CA")?;
         let master = tls::issue_master(&ca, MASTER_NAME, master_lifetime)?;
-        tls::write_pem_files(&self.dir, "ca", &ca)?;
-        tls::write_pem_files(&self.dir, "master", &master)?;
+        tls::create_private_dir(&self.dir)
+            .with_context(|| format!("cannot create directory {}", self.dir.display()))?;
         let store = Store::lock(&self.dir).map_err(|e| anyhow!(e))?;
-        // A new CA starts new records.
+        // A new CA starts new records, written before its files: a crash never leaves
+        // a CA and master in place that the ledger does not know (an interrupted init
+        // leaves no `ca.crt`, and runs again).
         store
             .save_ledger(&store::Ledger::default())
             .and_then(|()| store.save_tokens(&store::Tokens::default()))
             .map_err(|e| anyhow!(e))?;
-        let _ = std::fs::remove_file(self.path("crl.der"));
         record(&store, &master.cert, "init")?;
+        let _ = std::fs::remove_file(self.path("crl.der"));
+        tls::write_pem_files(&self.dir, "master", &master)?;
+        tls::write_pem_files(&self.dir, "ca", &ca)?;
         Ok(())
     }
 
@@ -193,6 +197,9 @@ impl Pki {
         let ca = self.ca()?;
         let master = tls::issue_master(&ca, MASTER_NAME, lifetime)?;
         let store = Store::lock(&self.dir).map_err(|e| anyhow!(e))?;
+        // Recorded before it is put in place: a crash leaves at worst a recorded
+        // certificate nobody uses, never one in use that the ledger cannot revoke.
+        record(&store, &master.cert, "renew-master")?;
         // The key and certificate replaced together: a crash leaves one pair or the other.
         tls::replace_pair(
             &self.path("master.key"),
@@ -201,7 +208,6 @@ impl Pki {
             &master.cert,
             None,
         )?;
-        record(&store, &master.cert, "renew-master")?;
         CertInfo::of_pem(&master.cert).map_err(|e| anyhow!(e))
     }
 

@@ -32,6 +32,10 @@ fn init_refuses_to_replace_a_ca_and_records_the_master() {
         1,
         "a new CA, new records"
     );
+    // Into a directory that does not exist yet: made, private, and recorded.
+    let nested = Pki::new(&dir.path().join("a/b"));
+    nested.init(false, Lifetime::MASTER).unwrap();
+    assert_eq!(nested.ledger().unwrap().issued.len(), 1);
 }
 
 #[test]
