@@ -480,10 +480,24 @@ impl Pki {
                     lifetime: agent_lifetime,
                 }) as std::sync::Arc<dyn crate::engine::mesh::AgentRenewer>
             });
+        let own = self.master_checked()?;
+        let crl = self.crl()?;
+        // Our own CRL revoking our own certificate: say so now, not as every agent's
+        // refusal once it has taken that CRL from us.
+        if let (Some(crl), Ok(info)) = (&crl, CertInfo::of_pem(&own.cert)) {
+            if crl.is_revoked(&info.serial) {
+                bail!(
+                    "{}: the master certificate (serial {}) is revoked by this fleet's CRL \
+                     (crl.der): make a new one with `sloth-master certs renew-master`",
+                    self.path("master.crt").display(),
+                    info.serial
+                );
+            }
+        }
         Ok(crate::engine::mesh::MasterCerts {
-            own: self.master_checked()?,
+            own,
             ca: self.ca_cert()?,
-            crl: self.crl()?,
+            crl,
             renewer,
         })
     }

@@ -75,6 +75,19 @@ fn revocation_writes_a_numbered_crl_of_everything_revoked() {
     assert_eq!(pki.crl().unwrap().unwrap().number, 2);
 }
 
+/// A master whose own CRL revokes its certificate is refused at start, with the way out.
+#[test]
+fn a_master_revoked_by_its_own_crl_is_refused_at_start() {
+    let (_dir, pki) = pki();
+    assert!(pki.master_certs(Lifetime::AGENT).is_ok());
+    pki.revoke(RevokeTarget::Name("master")).unwrap();
+    let e = pki.master_certs(Lifetime::AGENT).err().unwrap().to_string();
+    assert!(e.contains("is revoked by this fleet's CRL"), "{e}");
+    assert!(e.contains("certs renew-master"), "{e}");
+    pki.renew_master(Lifetime::MASTER).unwrap();
+    assert!(pki.master_certs(Lifetime::AGENT).is_ok());
+}
+
 /// A revocation that died after recording itself in the ledger, before its CRL was
 /// written: the next revocation's CRL has a new number (never one the disk already
 /// had) and carries both; so does running the interrupted one again.
