@@ -592,3 +592,29 @@ print("BACK", tostring(ok2), v)
     assert!(l[1].starts_with("agent_lost: web-01"), "{out}");
     assert_eq!(out.line("BACK"), "true\tback", "{out}");
 }
+
+/// A task's time limit runs from the call and bounds everything: dialing an agent that
+/// does not answer, and retries with it. The task ends `timeout` at its limit, not
+/// `unreachable` at the connect timeout (3 s) or after the last retry.
+#[test]
+fn a_task_limit_bounds_dialing_and_retries() {
+    let mut fleet = TestFleet::web(1);
+    let dead = format!("127.0.0.1:{}", dead_udp_port());
+    fleet.add_host("db-01", &dead, &["db"]);
+    let out = fleet.run(
+        r#"
+local t0 = sys.monotonic_ms()
+local ok, err = goroutine.await(goroutine.async(function() return 1 end,
+  { delegate_to = "db-01", timeout = "600ms" }))
+print("DIAL", ok, (err:match("^[^:]+")), sys.monotonic_ms() - t0 < 2000)
+t0 = sys.monotonic_ms()
+ok, err = goroutine.await(goroutine.async(function() return 1 end,
+  { delegate_to = "db-01", timeout = "1500ms", retries = 5 }))
+print("RETRY", ok, (err:match("^[^:]+")), sys.monotonic_ms() - t0 < 2500)
+"#,
+        &[],
+    );
+    out.assert_code(1);
+    assert_eq!(out.line("DIAL"), "false\ttimeout exceeded\ttrue", "{out}");
+    assert_eq!(out.line("RETRY"), "false\ttimeout exceeded\ttrue", "{out}");
+}

@@ -84,7 +84,22 @@ pub fn start(rt: &Arc<Runtime>, payload: Graph, opts: &TaskOpts) -> Arc<TaskReco
                         ),
                     );
                 }
-                tokio::time::sleep(RetryPolicy::backoff(attempt)).await;
+                // Never past the task's time limit: it bounds all attempts together.
+                let pause = RetryPolicy::backoff(attempt);
+                match rec2.cancel.remaining() {
+                    Some(left) if left <= pause => {
+                        tokio::time::sleep(left).await;
+                        break Err(TaskError::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "the task's time limit passed while retrying (attempt {attempt}, \
+                                 after: {})",
+                                r.err().map(|e| e.message).unwrap_or_default()
+                            ),
+                        ));
+                    }
+                    _ => tokio::time::sleep(pause).await,
+                }
                 continue;
             }
             break r;
@@ -290,9 +305,21 @@ async fn remote(
     })?;
     rec.set_host(host);
     let cancelled = || TaskError::new(ErrorKind::Cancelled, "task cancelled");
+    // The task's time limit runs from the call: dialing counts (a dead agent is not
+    // waited for past it, nor are retries started after it).
+    let limit = rec.cancel.deadline().map(tokio::time::Instant::from_std);
     let link = tokio::select! {
         c = transport.link(host) => c?,
         _ = rec.cancel_notify.notified() => return Err(cancelled()),
+        _ = async { match limit {
+            Some(l) => tokio::time::sleep_until(l).await,
+            None => std::future::pending().await,
+        } } => {
+            return Err(TaskError::new(
+                ErrorKind::Timeout,
+                "the task's time limit passed before the agent answered (connecting)",
+            ))
+        }
     };
     // The master enforces the deadline too, in case the agent goes silent.
     let deadline = rec
