@@ -547,3 +547,29 @@ fn early_usage_errors_still_give_the_json_document() {
     assert_eq!(doc["exit_code"], 2, "{out}");
     assert!(out.stderr.contains("sloth.toml:2: "), "{out}");
 }
+
+/// A cancellation is not a failure: the recap's line for a host names its real first
+/// error, and `--json`'s `errors` lists no cancellation.
+#[test]
+fn the_recap_names_the_real_failure_not_a_cancellation() {
+    let fleet = TestFleet::web(1);
+    let script = r#"
+local h = goroutine.async(function() goroutine.sleep(5000) end, { delegate_to = "web-01", name = "long" })
+goroutine.sleep(100)
+h:cancel(); h:await()
+local f = goroutine.async(function() error("the real failure", 0) end, { delegate_to = "web-01", name = "broken" })
+f:await()
+"#;
+    let out = fleet.run(script, &[]);
+    out.assert_code(1);
+    assert!(
+        out.stdout.contains("! lua: web-01: the real failure"),
+        "{out}"
+    );
+    assert!(!out.stdout.contains("! cancelled"), "{out}");
+    let out = fleet.run(script, &["--json"]);
+    let doc = json(&out);
+    let errors = doc["errors"].to_string();
+    assert!(errors.contains("the real failure"), "{errors}");
+    assert!(!errors.contains("cancelled"), "{errors}");
+}

@@ -69,7 +69,10 @@ fn revocation_writes_a_numbered_crl_of_everything_revoked() {
     let c = pki.issue_agent("web-03", &[], Lifetime::AGENT).unwrap();
     let c_serial = CertInfo::of_pem(&c.cert).unwrap().serial;
     for bad in [&c_serial[..8], "0"] {
-        let e = pki.revoke(RevokeTarget::Serial(bad)).unwrap_err().to_string();
+        let e = pki
+            .revoke(RevokeTarget::Serial(bad))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no certificate with serial"), "{e}");
     }
     assert_eq!(pki.crl().unwrap().unwrap().number, 2);

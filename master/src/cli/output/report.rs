@@ -119,6 +119,13 @@ pub struct TaskReport {
     pub batch: Option<Batch>,
 }
 
+impl TaskReport {
+    /// It failed: not a success, and not cancelled (what the script asked for).
+    fn failed(&self) -> bool {
+        !self.success && self.kind != Some("cancelled")
+    }
+}
+
 /// A host a stopped rollout never touched, and why.
 #[derive(Serialize, Clone, Debug)]
 pub struct SkipReport {
@@ -306,12 +313,12 @@ impl Report {
         self.recap.lock().clone()
     }
 
-    /// The failed tasks kept so far.
+    /// The failed tasks kept so far (a cancelled task did not fail: the script asked).
     pub fn failures(&self) -> Vec<TaskReport> {
         self.tasks
             .lock()
             .iter()
-            .filter(|t| !t.success)
+            .filter(|t| t.failed())
             .cloned()
             .collect()
     }
@@ -322,7 +329,7 @@ impl Report {
         tasks.sort_by_key(|t| t.id);
         // Every error the run printed, failed tasks included.
         let mut errors = self.errors.lock().clone();
-        for t in tasks.iter().filter(|t| !t.success) {
+        for t in tasks.iter().filter(|t| t.failed()) {
             if let Some(e) = &t.error {
                 // A printed error may name the task after the message (a spawned
                 // task's failure): the same error, listed once.
