@@ -105,6 +105,36 @@ print("AFTER")
     assert!(log.contains("master interrupted"), "{log}");
 }
 
+/// A script cannot catch its interrupt: `pcall` around the call that was stopped
+/// raises the stop again, so nothing after it runs (here: no file is written).
+#[test]
+fn an_interrupt_cannot_be_caught_by_the_script() {
+    let fleet = TestFleet::web(1);
+    let d = fleet.path().display().to_string();
+    let script = format!(
+        r#"
+print("READY")
+for i = 1, 5 do
+  local ok, err = pcall(goroutine.sleep, "20s")
+  local f = io.open("{d}/after-" .. i, "w"); f:write(tostring(err)); f:close()
+  xpcall(function() goroutine.sleep("20s") end, function(e) return e end)
+  local g = io.open("{d}/xafter-" .. i, "w"); g:write("x"); g:close()
+end
+"#
+    );
+    let mut run = fleet.spawn_run(&script, &[]);
+    assert!(run.wait_for("READY", Duration::from_secs(30)).is_some());
+    std::thread::sleep(Duration::from_millis(300));
+    interrupt(run.pid());
+    let out = run.finish(Duration::from_secs(20));
+    out.assert_code(130);
+    let left = files_in(fleet.path(), &["after-1", "xafter-1"]);
+    assert!(
+        left.is_empty(),
+        "the script went on after its interrupt: {left:?}\n{out}"
+    );
+}
+
 #[test]
 fn an_interrupt_leaves_no_command_of_a_local_fleet_running() {
     let dir = tempfile::tempdir().unwrap();
