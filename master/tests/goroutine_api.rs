@@ -685,3 +685,32 @@ print("CLOSED", pcall(goroutine.select, { { channel = c, send = 1 } }, 100))
         "{out}"
     );
 }
+
+/// Arguments that have no exact meaning are refused, not clamped: an atomic set to a
+/// float no integer can hold, a `max_fail_percentage` outside 0-100.
+#[test]
+fn out_of_range_numbers_are_refused_not_clamped() {
+    let fleet = TestFleet::web(1);
+    let out = fleet.run(
+        r#"
+local a = goroutine.atomic_int(1)
+print("SET", pcall(a.set, a, 1e300))
+print("ADD", pcall(a.add, a, 2^64))
+local before = a:get()
+a:set(2^52)
+print("KEPT", before, a:get())
+print("PCT", pcall(fleet.run, "all", function() end, { max_fail_percentage = 150 }))
+"#,
+        &[],
+    );
+    out.assert_code(0);
+    assert!(out.line("SET").starts_with("false\t"), "{out}");
+    assert!(out.line("SET").contains("must be an integer"), "{out}");
+    assert!(out.line("ADD").starts_with("false\t"), "{out}");
+    assert_eq!(out.line("KEPT"), "1\t4503599627370496", "{out}");
+    assert!(
+        out.line("PCT")
+            .contains("max_fail_percentage' must be between 0 and 100, got 150"),
+        "{out}"
+    );
+}

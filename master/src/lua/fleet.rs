@@ -212,6 +212,12 @@ fn fleet_run(
                     ))
                 }
             };
+            if let Some(m) = max_fail.filter(|m| !(0.0..=100.0).contains(m)) {
+                return Err(o.error(
+                    "max_fail_percentage",
+                    format!("must be between 0 and 100, got {m}"),
+                ));
+            }
             let fatal = o.bool("any_errors_fatal")?.unwrap_or(false);
             // The task options proper (timeout, retries, name...): hosts come from
             // the pattern, so no delegate_to.

@@ -182,7 +182,13 @@ pub(crate) fn int_arg(a: &[Value], i: usize, default: i64, what: &str) -> Result
     match a.get(i) {
         None | Some(Value::Nil) => Ok(default),
         Some(Value::Int(n)) => Ok(*n),
-        Some(Value::Float(f)) if f.fract() == 0.0 => Ok(*f as i64),
+        // A float with no fraction that an integer can hold (1e300 is no integer here:
+        // `as` would clamp it to the largest one without a word).
+        Some(Value::Float(f))
+            if f.fract() == 0.0 && *f >= i64::MIN as f64 && *f < i64::MAX as f64 =>
+        {
+            Ok(*f as i64)
+        }
         Some(_) => Err(format!("{what}: argument #{} must be an integer", i + 1)),
     }
 }
