@@ -276,18 +276,16 @@ impl Pki {
                 if already.contains(&serial) {
                     vec![]
                 } else {
-                    // Every certificate this CA issued is in the ledger: a serial that
-                    // is not (a prefix, a typo) revokes nothing real and is refused.
-                    let Some(name) = ledger
-                        .issued
-                        .iter()
-                        .find(|i| i.serial == serial)
-                        .map(|i| i.name.clone())
-                    else {
-                        bail!(
-                            "no certificate with serial {serial} in the ledger: give the whole \
-                             serial, as `sloth-master certs list` shows it"
-                        );
+                    // A serial the ledger does not know is revoked only when it is whole
+                    // (this CA's serials have 128 bits; 64 at the very least): a prefix
+                    // or a typo revokes nothing real and is refused.
+                    let name = match ledger.issued.iter().find(|i| i.serial == serial) {
+                        Some(i) => i.name.clone(),
+                        None if serial.len() >= 16 => "(not in the ledger)".into(),
+                        None => bail!(
+                            "no certificate with serial {serial} in the ledger, and too short to \
+                             be a whole serial: give it whole, as `sloth-master certs list` shows it"
+                        ),
                     };
                     vec![Revocation {
                         serial,
