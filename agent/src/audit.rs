@@ -12,7 +12,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -265,12 +265,25 @@ impl Writer {
 }
 
 fn open_append(path: &Path) -> anyhow::Result<File> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("opening the audit log {}", path.display()))
+        .with_context(|| format!("opening the audit log {}", path.display()))?;
+    // An existing log made readable by others (0644) is made private again: the mode
+    // given above applies only to a file created now.
+    let mode = file
+        .metadata()
+        .with_context(|| format!("reading the audit log {}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making the audit log {} private", path.display()))?;
+    }
+    Ok(file)
 }
 
 /// `audit.log.N`.
@@ -377,7 +390,6 @@ mod tests {
         assert_eq!(l[2]["changes"], 2);
         assert!(l[2]["error"].as_str().unwrap().len() < 1100);
         assert!(sloth_proto::text::parse_rfc3339(l[2]["time"].as_str().unwrap()).is_some());
-        use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let dmode = std::fs::metadata(path.parent().unwrap())
@@ -385,6 +397,17 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(dmode & 0o777, 0o700);
+        // An existing log others could read is made private when opened.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(log);
+        let _log = AuditLog::open(&Settings {
+            path: Some(path.clone()),
+            max_size: 1 << 20,
+            keep: 2,
+        })
+        .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

@@ -426,6 +426,18 @@ fn expired_certificates_are_refused_on_each_side() {
     });
 }
 
+/// A second master certificate of the fleet, in a directory of its own (`ops2/`), made
+/// outside the ledger as another operator's tool could: the directory and its serial.
+fn second_master(fleet: &TestFleet) -> (std::path::PathBuf, String) {
+    let ca = sloth_master::pki::Pki::new(&fleet.certs).ca().unwrap();
+    let ops2 = fleet.path().join("ops2");
+    std::fs::create_dir_all(&ops2).unwrap();
+    let pem = tls::issue_master(&ca, "ops2", Lifetime::MASTER).unwrap();
+    tls::write_pem_files(&ops2, "master", &pem).unwrap();
+    std::fs::copy(fleet.certs.join("ca.crt"), ops2.join("ca.crt")).unwrap();
+    (ops2, CertInfo::of_pem(&pem.cert).unwrap().serial)
+}
+
 /// A revoked master is refused by an agent once any master handed it the CRL; an older
 /// CRL handed over later does not undo the revocation; a revoked agent is refused by
 /// the master.
@@ -435,14 +447,8 @@ fn revocation_reaches_agents_and_is_never_undone() {
     let a = TokenAgent::with_cert(&fleet, "web-01", Lifetime::AGENT);
     fleet.add_host("web-01", &a.addr(), &["web"]);
     let pki = sloth_master::pki::Pki::new(&fleet.certs);
-    // A second master certificate of the fleet, in its own directory.
-    let ops2 = fleet.path().join("ops2");
-    std::fs::create_dir_all(&ops2).unwrap();
     let ca = pki.ca().unwrap();
-    let pem = tls::issue_master(&ca, "ops2", Lifetime::MASTER).unwrap();
-    tls::write_pem_files(&ops2, "master", &pem).unwrap();
-    std::fs::copy(fleet.certs.join("ca.crt"), ops2.join("ca.crt")).unwrap();
-    let ops2_serial = CertInfo::of_pem(&pem.cert).unwrap().serial;
+    let (ops2, ops2_serial) = second_master(&fleet);
     let as_ops2 = |fleet: &TestFleet| master(fleet, &["health", "--certs", ops2.to_str().unwrap()]);
     as_ops2(&fleet).assert_code(0);
 
@@ -502,14 +508,7 @@ fn a_crl_the_agent_cannot_write_still_applies() {
     let mut fleet = TestFleet::empty();
     let a = TokenAgent::with_cert(&fleet, "web-01", Lifetime::AGENT);
     fleet.add_host("web-01", &a.addr(), &["web"]);
-    let pki = sloth_master::pki::Pki::new(&fleet.certs);
-    let ops2 = fleet.path().join("ops2");
-    std::fs::create_dir_all(&ops2).unwrap();
-    let ca = pki.ca().unwrap();
-    let pem = tls::issue_master(&ca, "ops2", Lifetime::MASTER).unwrap();
-    tls::write_pem_files(&ops2, "master", &pem).unwrap();
-    std::fs::copy(fleet.certs.join("ca.crt"), ops2.join("ca.crt")).unwrap();
-    let ops2_serial = CertInfo::of_pem(&pem.cert).unwrap().serial;
+    let (ops2, ops2_serial) = second_master(&fleet);
     let as_ops2 = |fleet: &TestFleet| master(fleet, &["health", "--certs", ops2.to_str().unwrap()]);
     as_ops2(&fleet).assert_code(0);
     // Nothing can be renamed over a directory: the CRL cannot be written, even as root.

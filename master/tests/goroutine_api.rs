@@ -714,3 +714,22 @@ print("PCT", pcall(fleet.run, "all", function() end, { max_fail_percentage = 150
         "{out}"
     );
 }
+
+/// `await_all` (and `fleet.run`) results say how many values came back, nils included.
+#[test]
+fn results_count_their_values_nils_included() {
+    let fleet = TestFleet::web(1);
+    let out = fleet.run(
+        r#"
+local h = goroutine.async(function() return 1, nil, 3, nil end, { delegate_to = "web-01" })
+local r = goroutine.await_all({ h })[1]
+print("N", r.n, r.values[1], r.values[3])
+local f = fleet.run("web-01", function() return nil, "b" end)["web-01"]
+print("F", f.n, tostring(f.values[1]), f.values[2])
+"#,
+        &[],
+    );
+    out.assert_code(0);
+    assert_eq!(out.line("N"), "4\t1\t3", "{out}");
+    assert_eq!(out.line("F"), "2\tnil\tb", "{out}");
+}

@@ -106,6 +106,8 @@ struct State {
     submitted: Vec<Arc<TaskRecord>>,
     completed: u64,
     failed: u64,
+    /// Cancelled (queued or running): not failures, the script asked.
+    cancelled: u64,
     /// Re-sent after an agent was lost with them (they may have run twice).
     retried: u64,
     /// Sent back to the queue because they never reached an agent.
@@ -152,6 +154,7 @@ pub struct PoolStats {
     pub active: usize,
     pub completed: u64,
     pub failed: u64,
+    pub cancelled: u64,
     pub queued: usize,
     pub retried: u64,
     pub requeued: u64,
@@ -237,6 +240,7 @@ impl Pool {
                 submitted: Vec::new(),
                 completed: 0,
                 failed: 0,
+                cancelled: 0,
                 retried: 0,
                 requeued: 0,
                 none_ready_since: None,
@@ -318,7 +322,7 @@ impl Pool {
     /// Tasks that have ended (completed or failed) so far.
     pub fn finished(&self) -> u64 {
         let st = self.state.lock();
-        st.completed + st.failed
+        st.completed + st.failed + st.cancelled
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -327,6 +331,7 @@ impl Pool {
             active: st.in_flight,
             completed: st.completed,
             failed: st.failed,
+            cancelled: st.cancelled,
             queued: st.queue.len(),
             retried: st.retried,
             requeued: st.requeued,
@@ -539,7 +544,7 @@ fn drop_cancelled(rt: &Runtime, pool: &Pool) {
                 true
             }
         });
-        st.failed += out.len() as u64;
+        st.cancelled += out.len() as u64;
         out
     };
     if cancelled.is_empty() {
@@ -625,17 +630,18 @@ async fn run_one(rt: Arc<Runtime>, pool: Arc<Pool>, mut q: Queued, host: Option<
         }
         st.queue.push_front(q);
     } else {
-        if result.is_ok() {
-            st.completed += 1;
-        } else {
-            st.failed += 1;
+        let cancelled = matches!(&result, Err(e) if e.kind == ErrorKind::Cancelled);
+        match (&result, cancelled) {
+            (Ok(_), _) => st.completed += 1,
+            (Err(_), true) => st.cancelled += 1,
+            (Err(_), false) => st.failed += 1,
         }
         if let Some(h) = &host {
             let hs = st.hosts.entry(h.clone()).or_default();
-            if result.is_ok() {
-                hs.completed += 1;
-            } else {
-                hs.failed += 1;
+            match (&result, cancelled) {
+                (Ok(_), _) => hs.completed += 1,
+                (Err(_), true) => {}
+                (Err(_), false) => hs.failed += 1,
             }
         }
         drop(st);
@@ -866,7 +872,8 @@ mod tests {
         assert_eq!(o.result.expect_err("cancelled").kind, ErrorKind::Cancelled);
         assert_eq!(fleet.received("one"), 1, "cancelled queued tasks never ran");
         assert_eq!(fleet.aborted("one"), 1);
-        assert_eq!(pool.stats().failed, 4);
+        // Cancelled, not failed: the script asked.
+        assert_eq!((pool.stats().failed, pool.stats().cancelled), (0, 4));
     }
 
     #[test]

@@ -141,7 +141,10 @@ pub fn result_table(lua: &Lua, rec: &TaskRecord, o: Option<&Outcome>) -> mlua::R
             match &o.result {
                 Ok(g) => {
                     t.raw_set("success", true)?;
-                    let values = lua.create_sequence_from(capture::restore_data(lua, g)?)?;
+                    let restored = capture::restore_data(lua, g)?;
+                    // How many came back: `values` may have nil holes (`return 1, nil, 3`).
+                    t.raw_set("n", restored.len())?;
+                    let values = lua.create_sequence_from(restored)?;
                     t.raw_set("values", values)?;
                 }
                 Err(e) => {

@@ -25,6 +25,7 @@ fn stats_table(lua: &Lua, p: &Pool) -> mlua::Result<Table> {
     t.raw_set("active", st.active)?;
     t.raw_set("completed", st.completed)?;
     t.raw_set("failed", st.failed)?;
+    t.raw_set("cancelled", st.cancelled)?;
     t.raw_set("queued", st.queued)?;
     t.raw_set("retried", st.retried)?;
     t.raw_set("requeued", st.requeued)?;
