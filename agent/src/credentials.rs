@@ -82,7 +82,35 @@ pub fn startup(paths: &Paths, name: &str, token: Option<&str>) -> anyhow::Result
     }
     let ca = std::fs::read_to_string(&paths.ca)
         .with_context(|| format!("reading CA certificate {}", paths.ca.display()))?;
+    // Said now, not as every master's TLS failure later.
+    if !CertInfo::signed_by(&own.cert, &ca).map_err(|e| anyhow!(e))? {
+        bail!(
+            "{} is not signed by the CA in {} (a certificate of another fleet, or the wrong \
+             --ca?)",
+            paths.cert.display(),
+            paths.ca.display()
+        );
+    }
     let crl = read_crl(paths, &ca)?;
+    if crl.as_ref().is_some_and(|c| c.is_revoked(&info.serial)) {
+        return match token {
+            Some(t) => {
+                tracing::warn!(
+                    "the certificate {} (serial {}) is revoked: enrolling again with the join token",
+                    paths.cert.display(),
+                    info.serial
+                );
+                Ok(Startup::Enroll(t))
+            }
+            None => bail!(
+                "the agent certificate {} (serial {}) is revoked by the fleet's CRL ({}): enroll \
+                 again with a new join token (`sloth-master token create {name}`)",
+                paths.cert.display(),
+                info.serial,
+                paths.crl.display()
+            ),
+        };
+    }
     Ok(Startup::Serve(Identity { own, ca, crl, info }))
 }
 

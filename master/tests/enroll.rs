@@ -528,6 +528,45 @@ fn a_crl_the_agent_cannot_write_still_applies() {
     );
 }
 
+/// An agent whose own certificate its CRL revokes does not start as if nothing
+/// happened: it says so (or, given a join token, enrolls again).
+#[test]
+fn an_agent_revoked_by_its_own_crl_does_not_serve() {
+    let fleet = TestFleet::empty();
+    let dir = fleet.path().join("agent-web-01");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pki = sloth_master::pki::Pki::new(&fleet.certs);
+    let pem = pki.issue_agent("web-01", &[], Lifetime::AGENT).unwrap();
+    std::fs::write(dir.join("agent.crt"), &pem.cert).unwrap();
+    tls::write_file_atomic(&dir.join("agent.key"), pem.key.as_bytes(), 0o600).unwrap();
+    std::fs::copy(fleet.certs.join("ca.crt"), dir.join("ca.crt")).unwrap();
+    master(&fleet, &["certs", "revoke", "web-01"]).assert_code(0);
+    std::fs::copy(fleet.certs.join("crl.der"), dir.join("crl.der")).unwrap();
+    let started = AgentCommand::new(&agent_bin(), "web-01", "127.0.0.1:0")
+        .identity(
+            &dir.join("agent.crt"),
+            &dir.join("agent.key"),
+            &dir.join("ca.crt"),
+        )
+        .args(["--audit-log", "off"])
+        .stderr_to(&dir.join("agent.log"))
+        .spawn()
+        .unwrap()
+        .wait_ready(Duration::from_secs(30));
+    let err = match started {
+        Ok(_) => panic!("a revoked agent started serving"),
+        Err(e) => e,
+    };
+    assert!(err.contains("is revoked by the fleet's CRL"), "{err}");
+    // With a join token it waits to enroll again instead.
+    let t = token(&fleet, "web-01", &[]);
+    let a = TokenAgent::start(&fleet, "web-01", Some(&t));
+    wait_until("the agent's warning", Duration::from_secs(5), || {
+        a.log()
+            .contains("is revoked: enrolling again with the join token")
+    });
+}
+
 /// A master key that is not the master certificate's own (a key copied from another
 /// issue) is refused before any dial, naming both files, instead of rustls's
 /// `keys may not be consistent: KeyMismatch` from deep in the connection setup.

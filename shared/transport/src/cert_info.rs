@@ -62,6 +62,28 @@ impl CertInfo {
         })
     }
 
+    /// Whether the first certificate of `cert_pem` was signed by the first of `ca_pem`
+    /// (`Err`: one of them cannot be read).
+    pub fn signed_by(cert_pem: &str, ca_pem: &str) -> Result<bool, String> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let first = |pem: &str, what: &str| -> Result<CertificateDer<'static>, String> {
+            crate::parse_certs(pem)
+                .map_err(|e| format!("{what}: {e:#}"))?
+                .into_iter()
+                .next()
+                .ok_or_else(|| format!("{what}: no certificate"))
+        };
+        let (cert_der, ca_der) = (
+            first(cert_pem, "the certificate")?,
+            first(ca_pem, "the CA")?,
+        );
+        let (_, cert) = X509Certificate::from_der(cert_der.as_ref())
+            .map_err(|e| format!("the certificate cannot be parsed: {e}"))?;
+        let (_, ca) = X509Certificate::from_der(ca_der.as_ref())
+            .map_err(|e| format!("the CA certificate cannot be parsed: {e}"))?;
+        Ok(cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok())
+    }
+
     /// The first certificate of a PEM text.
     pub fn of_pem(pem: &str) -> Result<CertInfo, String> {
         let certs = crate::parse_certs(pem).map_err(|e| format!("{e:#}"))?;
