@@ -277,9 +277,15 @@ impl Drop for Running {
     }
 }
 
-/// The run history of this test process's masters (unless a test gives its own).
+/// The run history of this test process's masters (unless a test gives its own):
+/// under `$SLOTH_STATE_DIR` when the test command set one (`scripts/test.sh` does, and
+/// removes it after), else in the build's own temporary directory — never a directory
+/// per test process left in `/tmp`.
 pub fn test_state_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("sloth-test-state-{}", std::process::id()))
+    let base = std::env::var_os("SLOTH_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+    base.join(format!("sloth-test-state-{}", std::process::id()))
 }
 
 /// `sloth-master ARGS` in `cwd`, to completion (or [`RUN_TIMEOUT`]).
