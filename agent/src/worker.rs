@@ -84,7 +84,7 @@ impl SharedBackend for Proxy {
         // Measured here, on the task's thread: arguments too big for a frame are this
         // call's error, and the connection's thread never encodes them.
         let size = sloth_proto::protocol::encoded_size(args.graph()).map_err(|e| e.to_string())?;
-        if size > sloth_proto::protocol::MAX_FRAME - 64 * 1024 {
+        if size > sloth_proto::protocol::MAX_VALUE {
             return Err(format!(
                 "the arguments take {size} bytes: more than a frame to the master can hold \
                  ({} bytes)",

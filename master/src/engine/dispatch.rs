@@ -176,7 +176,7 @@ fn local_job(
 fn within_a_frame(result: Data) -> Result<Data, TaskError> {
     let size = protocol::encoded_size(result.graph())
         .map_err(|e| TaskError::new(ErrorKind::Capture, e.to_string()))?;
-    if size > protocol::MAX_FRAME - 64 * 1024 {
+    if size > protocol::MAX_VALUE {
         return Err(TaskError::new(
             ErrorKind::Capture,
             format!(

@@ -18,6 +18,9 @@ pub const BYTECODE_FORMAT: u32 = 0x54;
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Hard limit on one frame (a task with its captures, or one result).
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+/// The most one value (a channel's, a call's arguments, a task's result) may take
+/// encoded: a frame, less room for the message around it.
+pub const MAX_VALUE: usize = MAX_FRAME - 64 * 1024;
 
 /// Application error codes used to close streams and connections.
 pub mod codes {

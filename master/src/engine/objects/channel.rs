@@ -13,14 +13,10 @@ use std::time::Instant;
 
 use sloth_proto::data::Data;
 use sloth_proto::graph::{SharedKind, Value};
-use sloth_proto::protocol::{encoded_size, MAX_FRAME};
+use sloth_proto::protocol::{encoded_size, MAX_VALUE};
 
 use super::{boolean, duration_arg, int, stopped, unknown, Guarded, WaitEnd};
 use crate::engine::registry::Caller;
-
-/// The most a value sent through a channel may take: a frame, less room for the
-/// message around it.
-const MAX_VALUE: usize = MAX_FRAME - 64 * 1024;
 
 struct ChanState {
     buf: VecDeque<Data>,
