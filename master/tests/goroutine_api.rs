@@ -733,3 +733,83 @@ print("F", f.n, tostring(f.values[1]), f.values[2])
     assert_eq!(out.line("N"), "4\t1\t3", "{out}");
     assert_eq!(out.line("F"), "2\tnil\tb", "{out}");
 }
+
+/// The main script runs on the runtime's worker (`lua::on_runtime`). An agent's answer
+/// is still taken while the script computes in pure Lua (the stop hook hands the worker
+/// over), and while it waits in a command (`os.execute` hands it over first): neither
+/// holds back the connections.
+#[test]
+fn the_script_holds_back_no_answer_while_it_computes_or_waits() {
+    let fleet = TestFleet::web(1);
+    let out = fleet.run(
+        r#"
+local function start(v)
+  return goroutine.async(function() return v end, { delegate_to = "web-01" })
+end
+goroutine.await(start(0)) -- connected
+local h = start(1)
+local t0 = sys.monotonic_ms()
+while goroutine.task_stats().running > 0 and sys.monotonic_ms() - t0 < 5000 do end
+print("BUSY", goroutine.task_stats().running, tostring(sys.monotonic_ms() - t0 < 5000))
+print("BUSYAWAIT", goroutine.await(h))
+h = start(2)
+os.execute("sleep 1")
+local r = goroutine.await_all({ h })[1]
+print("WAITED", tostring(r.success), r.values[1], tostring(r.duration_ms < 800), r.duration_ms)
+"#,
+        &[],
+    );
+    out.assert_code(0);
+    assert_eq!(out.one("BUSY"), vec!["0", "true"], "{out}");
+    assert_eq!(out.one("BUSYAWAIT"), vec!["true", "1"], "{out}");
+    assert_eq!(out.one("WAITED")[..3], ["true", "2", "true"], "{out}");
+}
+
+/// `goroutine.await` yields to the runtime only from the script's own thread; inside a
+/// coroutine of the script's, under `pcall`, or under a C function (a sort comparator,
+/// a `gsub` callback) it still waits and returns. To the script its thread is still
+/// the main one.
+#[test]
+fn await_works_wherever_the_script_calls_it() {
+    let fleet = TestFleet::web(1);
+    let out = fleet.run(
+        r#"
+local function one(x)
+  return goroutine.await(goroutine.async(function() return x end, { delegate_to = "web-01" }))
+end
+print("PCALL", pcall(one, 1))
+local co = coroutine.wrap(function()
+  local _, v = one(2)
+  coroutine.yield(v)
+  return 3
+end)
+print("CO", co(), co())
+local t = { 3, 1, 2 }
+table.sort(t, function(a, b)
+  local _, x = one(a)
+  local _, y = one(b)
+  return x < y
+end)
+print("SORT", table.concat(t, ","))
+print("GSUB", (string.gsub("a b", "%a", function(c)
+  local _, v = one(c .. c)
+  return v
+end)))
+print("MAIN", tostring(coroutine.isyieldable()), tostring(select(2, coroutine.running())))
+print("YIELD", pcall(coroutine.yield, 1))
+"#,
+        &[],
+    );
+    out.assert_code(0);
+    assert_eq!(out.one("PCALL"), vec!["true", "true", "1"], "{out}");
+    assert_eq!(out.one("CO"), vec!["2", "3"], "{out}");
+    assert_eq!(out.one("SORT"), vec!["1,2,3"], "{out}");
+    assert_eq!(out.one("GSUB"), vec!["aa bb"], "{out}");
+    assert_eq!(out.one("MAIN"), vec!["false", "true"], "{out}");
+    let y = out.one("YIELD");
+    assert_eq!(y[0], "false", "{out}");
+    assert!(
+        y[1].contains("attempt to yield from outside a coroutine"),
+        "{out}"
+    );
+}

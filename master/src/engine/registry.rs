@@ -63,6 +63,9 @@ pub struct TaskRecord {
     /// Set once the outcome is recorded *and* what the task held is released.
     published: std::sync::atomic::AtomicBool,
     cv: Condvar,
+    /// Wakes the main script's `await` (which runs on the async runtime) when the
+    /// outcome is published.
+    published_notify: tokio::sync::Notify,
 }
 
 impl TaskRecord {
@@ -133,6 +136,34 @@ impl TaskRecord {
                 wake = wake.min(d);
             }
             self.cv.wait_until(&mut g, wake);
+        }
+    }
+
+    /// [`TaskRecord::wait`] for an async caller (the main script on the runtime).
+    pub async fn wait_async(
+        &self,
+        timeout: Option<Duration>,
+        caller: Option<&CancelToken>,
+    ) -> Option<Outcome> {
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        loop {
+            let notified = self.published_notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(o) = self.outcome() {
+                return Some(o);
+            }
+            if caller.is_some_and(|c| c.stopped().is_some()) {
+                return None;
+            }
+            let mut wake = tokio::time::Instant::now() + Duration::from_millis(50);
+            if let Some(d) = deadline {
+                if tokio::time::Instant::now() >= d {
+                    return None;
+                }
+                wake = wake.min(d);
+            }
+            let _ = tokio::time::timeout_at(wake, notified).await;
         }
     }
 }
@@ -208,6 +239,7 @@ impl Registry {
             state: Mutex::new(None),
             published: std::sync::atomic::AtomicBool::new(false),
             cv: Condvar::new(),
+            published_notify: tokio::sync::Notify::new(),
         });
         self.tasks.lock().insert(id, rec.clone());
         rec
@@ -297,6 +329,7 @@ impl Registry {
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             rec.cv.notify_all();
         }
+        rec.published_notify.notify_waiters();
         // Handles were made for it and all are gone (and none was copied anywhere), or
         // it was spawned (no handle ever exists): nothing can name this task any more.
         let forget = rec.spawned || {
@@ -377,6 +410,8 @@ pub struct MasterBackend {
 
 impl SharedBackend for MasterBackend {
     fn call(&self, obj: SharedRef, method: &str, args: Data) -> Result<Data, String> {
+        // A call may wait (a channel, a lock): never on the runtime's worker.
+        crate::engine::runtime::leave_worker();
         call(&self.registry, &self.caller, obj, method, args)
     }
 
@@ -431,6 +466,51 @@ pub fn outcome_graph(rec: &TaskRecord, o: &Outcome) -> Data {
     }
 }
 
+/// `await` on a task's handle for the main script, which runs on the async runtime:
+/// the same as the handle's `await` method, without blocking the runtime's thread.
+pub async fn await_task(
+    reg: &Arc<Registry>,
+    caller: &Caller,
+    id: u64,
+    timeout: Option<Duration>,
+) -> Result<Data, String> {
+    let rec = reg
+        .task(id)
+        .ok_or_else(|| format!("no task with id {id}"))?;
+    let got = rec.wait_async(timeout, Some(&caller.cancel)).await;
+    await_outcome(&rec, caller, timeout, got)
+}
+
+/// What `await` returns: the outcome, or a timeout (`got` is `None`).
+fn await_outcome(
+    rec: &TaskRecord,
+    caller: &Caller,
+    timeout: Option<Duration>,
+    got: Option<Outcome>,
+) -> Result<Data, String> {
+    // A stopped caller (an interrupted script, a cancelled task) goes no further,
+    // even when the task ended meanwhile.
+    if let Some(r) = caller.cancel.stopped() {
+        return Err(r.message());
+    }
+    match got {
+        Some(o) => Ok(outcome_graph(rec, &o)),
+        None => {
+            let ms = timeout.map(|t| t.as_millis()).unwrap_or(0);
+            Ok(Data::scalars(vec![
+                Value::Bool(false),
+                Value::Str(
+                    format!(
+                        "timeout exceeded: {}: await gave up after {ms} ms (the task is still running)",
+                        rec.host()
+                    )
+                    .into_bytes(),
+                ),
+            ]))
+        }
+    }
+}
+
 fn handle_call(
     reg: &Arc<Registry>,
     caller: &Caller,
@@ -446,24 +526,7 @@ fn handle_call(
         "await" | "result" => {
             let timeout = crate::engine::objects::duration_arg(args.roots(), 0)?;
             let got = rec.wait(timeout, Some(&caller.cancel));
-            // A stopped caller (an interrupted script, a cancelled task) goes no further,
-            // even when the task ended meanwhile.
-            if let Some(r) = caller.cancel.stopped() {
-                return Err(r.message());
-            }
-            match got {
-                Some(o) => Ok(outcome_graph(&rec, &o)),
-                None => {
-                    let ms = timeout.map(|t| t.as_millis()).unwrap_or(0);
-                    Ok(Data::scalars(vec![
-                        Value::Bool(false),
-                        Value::Str(
-                            format!("timeout exceeded: {}: await gave up after {ms} ms (the task is still running)", rec.host())
-                                .into_bytes(),
-                        ),
-                    ]))
-                }
-            }
+            await_outcome(&rec, caller, timeout, got)
         }
         "status" => Ok(s(rec.status().as_str())),
         "host" => Ok(s(&rec.host())),

@@ -178,6 +178,14 @@ impl Runtime {
         sloth_modules::exec::wait_for_children(INTERRUPT_CHILDREN);
     }
 
+    /// Run `fut` to its end from a Lua function of the main script (or of a local
+    /// task): off the runtime's worker, and outside its context (where tokio's own
+    /// `block_on` is allowed), wherever the caller runs.
+    pub fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+        leave_worker();
+        tokio::task::block_in_place(|| self.handle.block_on(fut))
+    }
+
     /// Wait for every task still running (spawned ones, and asyncs nobody awaited).
     pub fn wait_unfinished(&self) {
         let running = self.registry.running();
@@ -192,6 +200,47 @@ impl Runtime {
             r.wait(None, None);
         }
     }
+}
+
+thread_local! {
+    /// When the main script's current turn on the runtime's worker began (see
+    /// `lua::on_runtime`), while it still holds the worker on this thread.
+    static SCRIPT_TURN: std::cell::Cell<Option<std::time::Instant>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The main script's turn on this thread begins (`Some(now)`) or ends (`None`).
+pub fn set_script_turn(start: Option<std::time::Instant>) {
+    SCRIPT_TURN.with(|t| t.set(start));
+}
+
+/// How long the main script's turn on this worker has lasted, if it holds the worker.
+pub fn script_turn() -> Option<Duration> {
+    SCRIPT_TURN.with(|t| t.get().map(|s| s.elapsed()))
+}
+
+/// Before something that may wait or run long in the main script's turn on the
+/// runtime's worker: hand the worker's duties (the connections, the timers) to another
+/// thread for the rest of the turn, so that nothing else waits for the script (tokio's
+/// `block_in_place`, held until the other thread has taken over, so that it does not
+/// give them back). Anywhere else (a task thread, a blocking thread, a turn that has
+/// already left) it costs a thread-local look.
+pub fn leave_worker() {
+    if script_turn().is_none() {
+        return;
+    }
+    set_script_turn(None);
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    tokio::task::block_in_place(|| {
+        // Once another thread runs this, it holds the worker's duties.
+        let (tx, rx) = std::sync::mpsc::channel();
+        handle.spawn(async move {
+            let _ = tx.send(());
+        });
+        let _ = rx.recv_timeout(Duration::from_secs(30));
+    });
 }
 
 fn toml_value(g: &mut Graph, v: &toml::Value) -> Value {

@@ -69,7 +69,7 @@ pub fn install(lua: &Lua, rt: Arc<Runtime>) -> mlua::Result<()> {
                 let vars = capture::restore_data(lua, &vars)?.into_iter().next();
                 t.raw_set("vars", vars.unwrap_or(LV::Nil))?;
                 let conn = match &rt.mesh {
-                    Some(m) => rt.handle.block_on(async {
+                    Some(m) => rt.block_on(async {
                         let c = m.current(&name).await?;
                         // A run's Welcomes carry no facts: one round trip for them.
                         let facts = match &c.facts {
@@ -124,7 +124,6 @@ pub fn install(lua: &Lua, rt: Arc<Runtime>) -> mlua::Result<()> {
                     out
                 });
                 let results = rt
-                    .handle
                     .block_on(pings)
                     .map_err(|e| rt_err(format!("fleet.ping: {e}")))?;
                 let t = lua.create_table()?;

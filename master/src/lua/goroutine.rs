@@ -243,6 +243,28 @@ pub fn install(
     Ok(())
 }
 
+/// The main script's own `await` when it runs in its async thread (see
+/// [`crate::lua::on_runtime`]): it waits without blocking the runtime's thread, which
+/// then handles the answer and resumes the script itself.
+pub fn await_async(lua: &Lua, rt: Arc<Runtime>) -> mlua::Result<Function> {
+    let caller = Caller {
+        task: None,
+        cancel: CancelToken::new(None),
+    };
+    lua.create_async_function(move |lua, (h, timeout): (LV, LV)| {
+        let (rt, caller) = (rt.clone(), caller.clone());
+        let rec = handle_arg(&rt, &h, "goroutine.await");
+        let timeout = parse_duration(&timeout).map_err(|e| rt_err(format!("goroutine.await: {e}")));
+        async move {
+            let (rec, timeout) = (rec?, timeout?);
+            let out = registry::await_task(&rt.registry, &caller, rec.id, timeout)
+                .await
+                .map_err(rt_err)?;
+            Ok(MultiValue::from_iter(capture::restore_data(&lua, &out)?))
+        }
+    })
+}
+
 /// `artifact.file(path)` and `artifact.bytes(s [, name])` (master only).
 fn install_artifact(
     lua: &Lua,

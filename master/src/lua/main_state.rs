@@ -51,7 +51,8 @@ pub fn run_script(rt: &Arc<Runtime>, path: &Path, vars: &[(String, String)]) -> 
     let body = lua
         .load(code)
         .set_name(format!("@{name}"))
-        .call::<mlua::MultiValue>(());
+        .into_function()
+        .and_then(|f| crate::lua::on_runtime::run(rt, &lua, f));
     // Handlers act on the host like a task does: in check mode their raw calls are
     // skipped too (the script's own orchestration is over).
     if let Some(mut ctx) = lua.app_data_ref::<TaskContext>().map(|c| c.clone()) {
@@ -93,6 +94,8 @@ pub fn main_state(rt: &Arc<Runtime>, vars: &[(String, String)]) -> mlua::Result<
     let goroutine: Table = g.raw_get("goroutine")?;
     crate::lua::goroutine::install(&lua, &goroutine, rt.clone(), backend.clone())?;
     crate::lua::fleet::install(&lua, rt.clone())?;
+    // What may wait hands the runtime's worker over first; `await` yields to it.
+    crate::lua::on_runtime::install(&lua, crate::lua::goroutine::await_async(&lua, rt.clone())?)?;
     // The original project's task DSL, written in Lua on top of goroutine.
     lua.load(include_str!("dsl.lua"))
         .set_name("=sloth-dsl")

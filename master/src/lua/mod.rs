@@ -7,5 +7,6 @@ pub mod args;
 pub mod fleet;
 pub mod goroutine;
 pub mod main_state;
+pub mod on_runtime;
 pub mod options;
 pub mod pools;
