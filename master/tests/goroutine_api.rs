@@ -137,6 +137,40 @@ print("T3")
     out.assert_code(1);
 }
 
+/// A task that loops inside a coroutine is stopped at its deadline like any other, both
+/// ways: the stop hook reaches the coroutines a task makes (it used to be abandoned as
+/// "blocked in a C call", its thread spinning on).
+#[test]
+fn a_loop_inside_a_coroutine_is_stopped_at_its_deadline() {
+    let fleet = TestFleet::web(1);
+    let out = fleet.run(
+        r#"
+local function spin()
+  local co = coroutine.wrap(function() while true do end end)
+  co()
+end
+for _, target in ipairs({ "local", "web-01" }) do
+  local t0 = sys.monotonic_ms()
+  local opts = { timeout = 300 }
+  if target ~= "local" then opts.delegate_to = target end
+  local ok, err = goroutine.await(goroutine.async(spin, opts))
+  print("CO", target, tostring(ok), err, tostring(sys.monotonic_ms() - t0 < 1500))
+end
+"#,
+        &[],
+    );
+    let all = out.all("CO");
+    assert_eq!(all.len(), 2, "{out}");
+    for line in &all {
+        assert_eq!(line[1], "false", "{out}");
+        assert!(
+            line[2].contains("ran past its time limit and was stopped"),
+            "{out}"
+        );
+        assert_eq!(line[3], "true", "{out}");
+    }
+}
+
 /// Cancelling a remote infinite loop frees the agent's only worker at once.
 #[test]
 fn cancel_frees_the_agent_for_the_next_task() {
@@ -752,6 +786,15 @@ local t0 = sys.monotonic_ms()
 while goroutine.task_stats().running > 0 and sys.monotonic_ms() - t0 < 5000 do end
 print("BUSY", goroutine.task_stats().running, tostring(sys.monotonic_ms() - t0 < 5000))
 print("BUSYAWAIT", goroutine.await(h))
+-- The same inside a coroutine of the script's: it has the script's hook too.
+h = start(3)
+local co = coroutine.wrap(function()
+  t0 = sys.monotonic_ms()
+  while goroutine.task_stats().running > 0 and sys.monotonic_ms() - t0 < 5000 do end
+  return goroutine.task_stats().running, tostring(sys.monotonic_ms() - t0 < 5000)
+end)
+print("COBUSY", co())
+goroutine.await(h)
 h = start(2)
 os.execute("sleep 1")
 local r = goroutine.await_all({ h })[1]
@@ -762,6 +805,7 @@ print("WAITED", tostring(r.success), r.values[1], tostring(r.duration_ms < 800),
     out.assert_code(0);
     assert_eq!(out.one("BUSY"), vec!["0", "true"], "{out}");
     assert_eq!(out.one("BUSYAWAIT"), vec!["true", "1"], "{out}");
+    assert_eq!(out.one("COBUSY"), vec!["0", "true"], "{out}");
     assert_eq!(out.one("WAITED")[..3], ["true", "2", "true"], "{out}");
 }
 

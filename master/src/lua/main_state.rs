@@ -133,7 +133,9 @@ xpcall = function(f, h, ...) return pass(raw_xpcall(f, h, ...)) end
     sloth_lua::shared_obj::install_methods(&lua)?;
     capture::install(&lua, backend)?;
     lua.set_app_data(ctx);
-    executor::arm_stop_hook(&lua, rt.script_cancel.clone())?;
+    // Stops the script when told, and hands the runtime's worker over when it
+    // computes for long, in every coroutine of the script's too.
+    crate::lua::on_runtime::arm_hook(&lua, rt.script_cancel.clone())?;
     let v = lua.create_table()?;
     for (k, val) in vars {
         v.raw_set(k.as_str(), val.as_str())?;

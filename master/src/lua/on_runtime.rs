@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use mlua::{Function, HookTriggers, Lua, MultiValue, Table, Value as LV, VmState};
 
+use sloth_lua::cancel::CancelToken;
+
 use crate::engine::runtime::{leave_worker, script_turn, set_script_turn, Runtime};
 
 /// How long the script may compute on the worker before it hands the worker over.
@@ -205,9 +207,21 @@ fn wrap_table(wrap: &Function, t: &Table, waits: &Waits) -> mlua::Result<()> {
 /// Run the script's body to its end on the async runtime (see the module's doc).
 /// Call from a thread outside the runtime; the script stops at `rt.script_cancel`.
 pub fn run(rt: &Arc<Runtime>, lua: &Lua, body: Function) -> mlua::Result<MultiValue> {
+    // Created after `arm_hook`: the thread has its hook, and so do its coroutines.
     let thread = lua.create_thread(body)?;
-    let stop = rt.script_cancel.clone();
-    thread.set_hook(
+    if let Some(set_main) = lua.named_registry_value::<Option<Function>>(SET_MAIN_KEY)? {
+        set_main.call::<()>(thread.clone())?;
+    }
+    let turns = Turns(Box::pin(thread.into_async::<MultiValue>(())?));
+    let joined = rt.handle.block_on(rt.handle.spawn(turns));
+    joined.map_err(|e| mlua::Error::runtime(format!("the script's task failed: {e}")))?
+}
+
+/// The main state's instruction hook, for its every thread and coroutine: stop the
+/// script when `stop` says so (as tasks' `executor::arm_stop_hook` does), and hand the
+/// worker over once the script has computed for [`BUSY`].
+pub fn arm_hook(lua: &Lua, stop: CancelToken) -> mlua::Result<()> {
+    lua.set_global_hook(
         HookTriggers::new().every_nth_instruction(HOOK_EVERY),
         move |_, _| {
             if stop.stopped().is_some() {
@@ -216,13 +230,7 @@ pub fn run(rt: &Arc<Runtime>, lua: &Lua, body: Function) -> mlua::Result<MultiVa
             leave_if_busy();
             Ok(VmState::Continue)
         },
-    )?;
-    if let Some(set_main) = lua.named_registry_value::<Option<Function>>(SET_MAIN_KEY)? {
-        set_main.call::<()>(thread.clone())?;
-    }
-    let turns = Turns(Box::pin(thread.into_async::<MultiValue>(())?));
-    let joined = rt.handle.block_on(rt.handle.spawn(turns));
-    joined.map_err(|e| mlua::Error::runtime(format!("the script's task failed: {e}")))?
+    )
 }
 
 /// Hand the worker over if this turn of the script has computed for [`BUSY`].

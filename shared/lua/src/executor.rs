@@ -229,15 +229,24 @@ fn retire_state(lua: TaskState) {
     }
 }
 
-/// Arm the instruction hook that stops runaway Lua when the token says so.
+/// Arm the instruction hook that stops runaway Lua when the token says so. It is the
+/// state's global hook, which every coroutine the code creates inherits: a loop inside
+/// `coroutine.wrap` is stopped like any other (a per-thread hook would leave it
+/// running).
 pub fn arm_stop_hook(lua: &Lua, cancel: CancelToken) -> mlua::Result<()> {
-    lua.set_hook(
+    lua.set_global_hook(
         HookTriggers::new().every_nth_instruction(HOOK_EVERY),
         move |_, _| match cancel.stopped() {
             Some(_) => Err(mlua::Error::runtime(STOPPED)),
             None => Ok(VmState::Continue),
         },
     )
+}
+
+/// Remove what [`arm_stop_hook`] armed.
+pub fn disarm_stop_hook(lua: &Lua) {
+    lua.remove_global_hook();
+    lua.remove_hook();
 }
 
 pub struct Limits {
@@ -261,7 +270,7 @@ fn execute(
         None => (library.after_body)(&lua, result),
         Some(_) => result,
     };
-    lua.remove_hook();
+    disarm_stop_hook(&lua);
     let _ = lua.set_memory_limit(0);
     if let Some(reason) = cancel.stopped() {
         return Err(stop_error(reason));
