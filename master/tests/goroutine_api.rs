@@ -857,3 +857,34 @@ print("YIELD", pcall(coroutine.yield, 1))
         "{out}"
     );
 }
+
+/// An argument of the wrong type names the function it was given to, in the script and
+/// in tasks.
+#[test]
+fn a_bad_argument_names_its_function() {
+    let fleet = TestFleet::web(1);
+    let out = fleet.run(
+        r#"
+print("ASYNC", select(2, pcall(goroutine.async, 42)))
+print("READ", select(2, pcall(fs.read, {})))
+print("REMOTE", select(2, goroutine.await(goroutine.async(function()
+  return select(2, pcall(fs.read, {}))
+end, { delegate_to = "web-01" }))))
+"#,
+        &[],
+    );
+    out.assert_code(0);
+    assert!(
+        out.line("ASYNC")
+            .starts_with("bad argument #1 to 'goroutine.async': "),
+        "{out}"
+    );
+    assert!(
+        out.line("READ").starts_with("bad argument #1 to 'fs.read': "),
+        "{out}"
+    );
+    assert!(
+        out.line("REMOTE").starts_with("bad argument #1 to 'fs.read': "),
+        "{out}"
+    );
+}

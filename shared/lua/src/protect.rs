@@ -4,24 +4,29 @@
 
 use mlua::{Lua, Table, Value as LV};
 
-/// `protect(f)`: a function that calls `f` and re-raises its errors as plain strings
-/// (without mlua's "runtime error:" prefix and traceback) at the caller's line.
+/// `protect(f [, name])`: a function that calls `f` and re-raises its errors as plain
+/// strings (without mlua's "runtime error:" prefix and traceback) at the caller's line;
+/// an argument that could not be converted is named with `name` (`bad argument #1 to
+/// 'goroutine.async': ...`).
 ///
 /// Its six helpers come as arguments (see [`keep_protect_deps`]), never from the
 /// globals it is first loaded under, which a task may have replaced by then.
 const PROTECT_SRC: &str = r#"
 local pack, unpack, pcall, error, type, tostring = ...
-local function clean(e)
+local function clean(e, name)
   if type(e) ~= "userdata" then return e end
   local s = tostring(e)
   s = s:gsub("^runtime error: ", ""):gsub("\nstack traceback:.*$", "")
+  if name then
+    s = s:gsub("^bad argument (#%d+):", "bad argument %1 to '" .. name .. "':")
+  end
   return s
 end
-return function(f)
+return function(f, name)
   return function(...)
     local r = pack(pcall(f, ...))
     if r[1] then return unpack(r, 2, r.n) end
-    error(clean(r[2]), 2)
+    error(clean(r[2], name), 2)
   end
 end
 "#;
@@ -97,14 +102,15 @@ pub fn wrap_errors(lua: &Lua, tables: &[&str]) -> mlua::Result<()> {
     let g = lua.globals();
     for name in tables {
         if let LV::Table(t) = g.raw_get::<LV>(*name)? {
-            wrap_table(lua, &t)?;
+            wrap_table(lua, &t, name)?;
         }
     }
     Ok(())
 }
 
-/// Wrap every function of one module table (see [`wrap_errors`]).
-pub fn wrap_table(lua: &Lua, t: &Table) -> mlua::Result<()> {
+/// Wrap every function of the module table `module` (see [`wrap_errors`]); errors
+/// name the function as `module.key`.
+pub fn wrap_table(lua: &Lua, t: &Table, module: &str) -> mlua::Result<()> {
     let protect = protector(lua)?;
     let funcs: Vec<(LV, mlua::Function)> = t
         .pairs::<LV, LV>()
@@ -114,7 +120,11 @@ pub fn wrap_table(lua: &Lua, t: &Table) -> mlua::Result<()> {
         })
         .collect();
     for (k, f) in funcs {
-        t.raw_set(k, protect.call::<mlua::Function>(f)?)?;
+        let name = match &k {
+            LV::String(s) => Some(format!("{module}.{}", s.to_string_lossy())),
+            _ => None,
+        };
+        t.raw_set(k, protect.call::<mlua::Function>((f, name))?)?;
     }
     Ok(())
 }

@@ -154,7 +154,10 @@ pub fn install_methods(lua: &Lua) -> mlua::Result<mlua::Table> {
                 };
                 call_method(lua, &this, name, args)
             })?;
-        table.raw_set(name, protect.call::<mlua::Function>(raw)?)?;
+        table.raw_set(
+            name,
+            protect.call::<mlua::Function>((raw, format!(":{name}")))?,
+        )?;
     }
     lua.set_named_registry_value(METHODS_KEY, &table)?;
     Ok(table)

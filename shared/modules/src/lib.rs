@@ -201,7 +201,7 @@ pub fn install_task_modules_lazy(lua: &Lua) -> mlua::Result<()> {
         let Some(t) = build_module(lua, name)? else {
             return Ok(LV::Nil);
         };
-        wrap_table(lua, &t)?;
+        wrap_table(lua, &t, name)?;
         g.raw_set(name, &t)?;
         let loaded: Table = lua.named_registry_value::<Table>("_LOADED")?;
         loaded.raw_set(name, &t)?;

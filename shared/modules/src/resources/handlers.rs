@@ -41,7 +41,7 @@ fn with<R>(lua: &Lua, f: impl FnOnce(&mut Vec<Handler>) -> R) -> R {
 pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
     // Its errors reach scripts as plain strings, like every module function's.
     let protected: mlua::Function =
-        sloth_lua::protect::protector(lua)?.call(lua.create_function(define)?)?;
+        sloth_lua::protect::protector(lua)?.call((lua.create_function(define)?, "handler"))?;
     g.raw_set("handler", protected)
 }
 
