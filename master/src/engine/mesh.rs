@@ -115,10 +115,10 @@ pub struct MasterCerts {
 }
 
 /// Issues a renewed certificate for agent `name` (authenticated by its connection, where
-/// it presented the certificate with serial `serial`) to the key of `csr`; the error is
-/// what the agent is told.
+/// it presented the certificate `presented`) to the key of `csr`; the error is what the
+/// agent is told.
 pub trait AgentRenewer: Send + Sync {
-    fn renew(&self, name: &str, serial: &str, csr: &[u8]) -> Result<String, String>;
+    fn renew(&self, name: &str, presented: &CertInfo, csr: &[u8]) -> Result<String, String>;
 }
 
 /// A host that cannot be reached is reported with the address that was dialed (the
@@ -489,12 +489,11 @@ async fn renew(c: Arc<AgentConn>, renewer: Arc<dyn AgentRenewer>) {
             }
         };
         let (r, name) = (renewer.clone(), host.clone());
-        let serial = c
+        let presented = c
             .cert
-            .as_ref()
-            .map(|i| i.serial.clone())
-            .unwrap_or_default();
-        let signed = tokio::task::spawn_blocking(move || r.renew(&name, &serial, &csr))
+            .clone()
+            .ok_or_else(|| "the agent's certificate could not be read".to_string())?;
+        let signed = tokio::task::spawn_blocking(move || r.renew(&name, &presented, &csr))
             .await
             .unwrap_or_else(|e| Err(format!("internal error: {e}")));
         let cert_pem = match signed {

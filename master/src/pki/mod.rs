@@ -220,10 +220,11 @@ impl Pki {
     pub fn renew_agent(
         &self,
         name: &str,
-        serial: &str,
+        presented: &CertInfo,
         csr: &[u8],
         lifetime: Lifetime,
     ) -> anyhow::Result<String> {
+        let serial = presented.serial.as_str();
         let ca = self.ca()?;
         let store = Store::lock(&self.dir).map_err(|e| anyhow!(e))?;
         let ledger = store.ledger().map_err(|e| anyhow!(e))?;
@@ -244,7 +245,8 @@ impl Pki {
                 humanish(RENEW_INTERVAL)
             );
         }
-        let cert = tls::sign_agent_request(&ca, csr, name, lifetime)?;
+        // The renewed certificate keeps the extra names the CA gave the one it replaces.
+        let cert = tls::sign_agent_request(&ca, csr, name, &presented.extra_sans, lifetime)?;
         record(&store, &cert, "renew")?;
         Ok(cert)
     }
@@ -441,7 +443,7 @@ impl Pki {
             ));
         }
         let cert =
-            tls::sign_agent_request(&ca, csr, name, lifetime).map_err(|e| format!("{e:#}"))?;
+            tls::sign_agent_request(&ca, csr, name, &[], lifetime).map_err(|e| format!("{e:#}"))?;
         let info = CertInfo::of_pem(&cert)?;
         rec.uses_left -= 1;
         rec.redeemed.push(Redemption {
@@ -536,9 +538,9 @@ pub struct Renewer {
 }
 
 impl crate::engine::mesh::AgentRenewer for Renewer {
-    fn renew(&self, name: &str, serial: &str, csr: &[u8]) -> Result<String, String> {
+    fn renew(&self, name: &str, presented: &CertInfo, csr: &[u8]) -> Result<String, String> {
         self.pki
-            .renew_agent(name, serial, csr, self.lifetime)
+            .renew_agent(name, presented, csr, self.lifetime)
             .map_err(|e| format!("{e:#}"))
     }
 }

@@ -228,8 +228,15 @@ fn the_master_certificate_is_renewed_and_its_expiry_refused() {
 #[test]
 fn renewal_is_refused_for_revoked_certificates_and_rate_limited() {
     let (_dir, pki) = pki();
-    let pem = pki.issue_agent("web-01", &[], Lifetime::AGENT).unwrap();
-    let serial = CertInfo::of_pem(&pem.cert).unwrap().serial;
+    let pem = pki
+        .issue_agent(
+            "web-01",
+            &["web-01.example.org".into(), "10.0.0.7".into()],
+            Lifetime::AGENT,
+        )
+        .unwrap();
+    let serial = CertInfo::of_pem(&pem.cert).unwrap();
+    assert_eq!(serial.extra_sans, ["web-01.example.org", "10.0.0.7"]);
     let req = || {
         tls::keys::new_key_and_request("web-01")
             .unwrap()
@@ -238,6 +245,11 @@ fn renewal_is_refused_for_revoked_certificates_and_rate_limited() {
     let first = pki
         .renew_agent("web-01", &serial, &req(), Lifetime::AGENT)
         .unwrap();
+    // The renewed certificate keeps the extra names of the one it replaces.
+    assert_eq!(
+        CertInfo::of_pem(&first).unwrap().extra_sans,
+        ["web-01.example.org", "10.0.0.7"]
+    );
     // The agent did not install it and asks again: not within RENEW_INTERVAL.
     let e = format!(
         "{:#}",
@@ -246,11 +258,11 @@ fn renewal_is_refused_for_revoked_certificates_and_rate_limited() {
     );
     assert!(e.contains("which it does not present yet"), "{e}");
     // Presenting the renewed one, it may renew again (e.g. after a shorter lifetime).
-    let renewed = CertInfo::of_pem(&first).unwrap().serial;
+    let renewed = CertInfo::of_pem(&first).unwrap();
     assert!(pki
         .renew_agent("web-01", &renewed, &req(), Lifetime::AGENT)
         .is_ok());
-    pki.revoke(RevokeTarget::Serial(&serial)).unwrap();
+    pki.revoke(RevokeTarget::Serial(&serial.serial)).unwrap();
     let e = format!(
         "{:#}",
         pki.renew_agent("web-01", &serial, &req(), Lifetime::AGENT)
@@ -261,7 +273,7 @@ fn renewal_is_refused_for_revoked_certificates_and_rate_limited() {
     let e = pki
         .revoke(RevokeTarget::Serial(&format!(
             "0x{}",
-            serial.to_uppercase()
+            serial.serial.to_uppercase()
         )))
         .unwrap_err()
         .to_string();

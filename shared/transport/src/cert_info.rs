@@ -25,6 +25,24 @@ pub struct CertInfo {
     pub not_before: SystemTime,
     #[serde(skip)]
     pub not_after: SystemTime,
+    /// The subject alternative names besides the certificate's own name and URI: DNS
+    /// names and IP addresses (`certs issue --san`), which a renewal carries over.
+    #[serde(skip)]
+    pub extra_sans: Vec<String>,
+}
+
+/// An IP address SAN (4 or 16 bytes) as text.
+fn ip_text(b: &[u8]) -> Option<String> {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    match b.len() {
+        4 => <[u8; 4]>::try_from(b)
+            .ok()
+            .map(|a| Ipv4Addr::from(a).to_string()),
+        16 => <[u8; 16]>::try_from(b)
+            .ok()
+            .map(|a| Ipv6Addr::from(a).to_string()),
+        _ => None,
+    }
 }
 
 impl CertInfo {
@@ -52,13 +70,33 @@ impl CertInfo {
                 UNIX_EPOCH
             }
         };
+        let name = uri.map(|(_, name)| name.to_string());
+        let extra_sans = parsed
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|g| match g {
+                        GeneralName::DNSName(d) if Some(*d) != name.as_deref() => {
+                            Some(d.to_string())
+                        }
+                        GeneralName::IPAddress(b) => ip_text(b),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(CertInfo {
-            name: uri.map(|(_, name)| name.to_string()),
+            name,
             role: uri.map(|(role, _)| role.to_string()),
             serial: hex(strip_zeros(parsed.raw_serial())),
             fingerprint: fingerprint(cert.as_ref()),
             not_before: time(parsed.validity().not_before),
             not_after: time(parsed.validity().not_after),
+            extra_sans,
         })
     }
 

@@ -94,20 +94,22 @@ pub fn issue_agent(
     })
 }
 
-/// Issues an agent certificate for `name` to the key of a signing request (DER, PKCS#10)
-/// whose signature proves its sender holds that key. Nothing else of the request is
-/// used: the name, usages and lifetime are ours. Returns the certificate's PEM.
+/// Issues an agent certificate for `name` (with `extra_sans`, as [`issue_agent`]) to the
+/// key of a signing request (DER, PKCS#10) whose signature proves its sender holds that
+/// key. Nothing else of the request is used: the names, usages and lifetime are ours.
+/// Returns the certificate's PEM.
 pub fn sign_agent_request(
     ca: &Pem,
     request_der: &[u8],
     name: &str,
+    extra_sans: &[String],
     lifetime: Lifetime,
 ) -> anyhow::Result<String> {
     let csr = rcgen::CertificateSigningRequestParams::from_der(
         &rustls::pki_types::CertificateSigningRequestDer::from(request_der),
     )
     .map_err(|e| anyhow!("the certificate signing request is not valid: {e}"))?;
-    let cert = agent_params(name, &[], lifetime)?
+    let cert = agent_params(name, extra_sans, lifetime)?
         .signed_by(&csr.public_key, &load_issuer(ca)?)
         .with_context(|| format!("cannot issue the agent certificate for {name:?}"))?;
     Ok(cert.pem())

@@ -97,7 +97,7 @@ mod tests {
         let new = new_key_and_request("web-01").unwrap();
         // The request may ask for any name: the certificate names who we say.
         let cert =
-            crate::issue::sign_agent_request(&ca, &new.request_der, "web-01", Lifetime::AGENT)
+            crate::issue::sign_agent_request(&ca, &new.request_der, "web-01", &[], Lifetime::AGENT)
                 .unwrap();
         let info = CertInfo::of_pem(&cert).unwrap();
         assert_eq!(info.name.as_deref(), Some("web-01"));
@@ -114,8 +114,12 @@ mod tests {
         let mut bad = new.request_der.clone();
         let n = bad.len();
         bad[n - 3] ^= 1;
-        assert!(crate::issue::sign_agent_request(&ca, &bad, "web-01", Lifetime::AGENT).is_err());
-        assert!(crate::issue::sign_agent_request(&ca, b"junk", "web-01", Lifetime::AGENT).is_err());
+        assert!(
+            crate::issue::sign_agent_request(&ca, &bad, "web-01", &[], Lifetime::AGENT).is_err()
+        );
+        assert!(
+            crate::issue::sign_agent_request(&ca, b"junk", "web-01", &[], Lifetime::AGENT).is_err()
+        );
         // The enrollment certificate is self-signed for the same key.
         let id = enrollment_identity(&new.key_pem, "web-01").unwrap();
         assert!(CertInfo::of_pem(&id.cert).is_ok());
