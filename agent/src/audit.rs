@@ -70,6 +70,8 @@ pub enum Event {
     CrlInstalled,
     /// The master renewed the agent's certificate.
     CertRenewed,
+    /// A master enrolled the agent with its join token: the agent's first certificate.
+    Enrolled,
 }
 
 /// The task a line is about.
@@ -335,6 +337,7 @@ mod tests {
                 fingerprint: "sha256:00".into(),
                 not_before: SystemTime::UNIX_EPOCH,
                 not_after: SystemTime::UNIX_EPOCH,
+                extra_sans: Vec::new(),
             },
             peer: "127.0.0.1:4000".parse().unwrap(),
         }

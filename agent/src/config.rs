@@ -213,7 +213,10 @@ impl Config {
             (Some(_), Some(_)) => bail!("give the join token once: --token or --token-file"),
             (Some(t), None) => Some(t),
             (None, Some(p)) => match std::fs::read_to_string(p) {
-                Ok(t) => Some(t.trim().to_string()),
+                Ok(t) => {
+                    warn_if_others_can_read(p);
+                    Some(t.trim().to_string())
+                }
                 // Gone once enrolled.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => bail!("cannot read the token file {}: {e}", p.display()),
@@ -259,6 +262,25 @@ pub fn parse_size(s: &str) -> anyhow::Result<usize> {
         other => bail!("bad size unit '{other}' in '{s}' (use KiB, MiB or GiB)"),
     };
     Ok(n.saturating_mul(mult))
+}
+
+/// A token file that other users can read lets any of them enroll a machine under this
+/// agent's name first (the token is good for one use, until it expires): say so. The
+/// agent still uses it: the operator may have reasons (a group of installers).
+fn warn_if_others_can_read(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(p) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            "the token file {} can be read by other users (mode {mode:04o}): any of them can \
+             enroll a machine under this agent's name first; make it readable by its owner \
+             only (chmod 600)",
+            p.display()
+        );
+    }
 }
 
 #[cfg(test)]

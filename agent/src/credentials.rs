@@ -31,7 +31,7 @@ pub struct Identity {
 
 /// What the agent does at start.
 pub enum Startup {
-    Serve(Identity),
+    Serve(Box<Identity>),
     /// No usable certificate, and a token to enroll with.
     Enroll(JoinToken),
 }
@@ -111,7 +111,7 @@ pub fn startup(paths: &Paths, name: &str, token: Option<&str>) -> anyhow::Result
             ),
         };
     }
-    Ok(Startup::Serve(Identity { own, ca, crl, info }))
+    Ok(Startup::Serve(Box::new(Identity { own, ca, crl, info })))
 }
 
 /// The CRL file, if there is one. One that is not the fleet CA's stops the agent: it

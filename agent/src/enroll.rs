@@ -15,6 +15,7 @@ use sloth_transport::{self as tls, keys::NewKey, wire, Crl, JoinToken};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::audit::Session;
 use crate::config::Config;
 use crate::credentials::{self, Identity};
 
@@ -40,14 +41,14 @@ pub async fn wait(
     token: &JoinToken,
     key: &NewKey,
     crl: Option<Crl>,
-) -> anyhow::Result<Identity> {
+) -> anyhow::Result<(Identity, Option<Session>)> {
     info!(
         name = %cfg.name,
         token = %token.id,
         "waiting to be enrolled (`sloth-master enroll {}` on the master)",
         cfg.name
     );
-    let mut exchanges: JoinSet<Option<Identity>> = JoinSet::new();
+    let mut exchanges: JoinSet<Option<(Identity, Option<Session>)>> = JoinSet::new();
     // One enrollment installs; others that get that far are told it is done.
     let installing = std::sync::Arc::new(tokio::sync::Mutex::new(false));
     loop {
@@ -67,16 +68,17 @@ pub async fn wait(
                 });
             }
             Some(done) = exchanges.join_next() => {
-                if let Ok(Some(identity)) = done {
+                if let Ok(Some(enrolled)) = done {
                     exchanges.abort_all();
-                    return Ok(identity);
+                    return Ok(enrolled);
                 }
             }
         }
     }
 }
 
-/// One connection, start to end (bounded); the identity if it enrolled us.
+/// One connection, start to end (bounded); the identity if it enrolled us, with the
+/// master that did (for the audit log).
 async fn one(
     incoming: quinn::Incoming,
     cfg: &Config,
@@ -84,7 +86,7 @@ async fn one(
     key: &NewKey,
     crl: Option<&Crl>,
     installing: &tokio::sync::Mutex<bool>,
-) -> Option<Identity> {
+) -> Option<(Identity, Option<Session>)> {
     let peer = incoming.remote_address();
     let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
         Ok(Ok(c)) => c,
@@ -102,9 +104,17 @@ async fn one(
     match result {
         Ok(Ok(identity)) => {
             info!(%peer, serial = %identity.info.serial, expires = %identity.info.expiry(), "enrolled");
+            // The handshake checked the master's chain against the token's pin.
+            let session = match tls::CertInfo::of_connection(&conn) {
+                Ok(master) => Some(Session { master, peer }),
+                Err(e) => {
+                    warn!(%peer, "the enrolling master's certificate cannot be read for the audit log: {e}");
+                    None
+                }
+            };
             // Let the master read our confirmation before the connection goes.
             let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
-            Some(identity)
+            Some((identity, session))
         }
         Ok(Err(e)) => {
             error!(%peer, "enrollment failed: {e}");

@@ -67,7 +67,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         Startup::Serve(id) => {
             let endpoint = bind(&cfg, Pki::server_config(&id, transport.clone())?)?;
             announce(&cfg, &endpoint, false)?;
-            (endpoint, id)
+            (endpoint, *id)
         }
         Startup::Enroll(token) => {
             let name = cfg.name.clone();
@@ -84,7 +84,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             )?;
             let endpoint = bind(&cfg, server)?;
             announce(&cfg, &endpoint, true)?;
-            let id = tokio::select! {
+            let (id, session) = tokio::select! {
                 r = enroll::wait(&endpoint, &cfg, &token, &key, crl) => r?,
                 _ = &mut shutdown => {
                     info!("shutting down before enrollment");
@@ -93,6 +93,15 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                 }
             };
             endpoint.set_server_config(Some(Pki::server_config(&id, transport.clone())?));
+            // Recorded like a renewal; a log that cannot take the line has said so.
+            if let Some(session) = &session {
+                let _ = audit.note(
+                    &cfg.name,
+                    Event::Enrolled,
+                    session,
+                    &format!("certificate serial {}, token {}", id.info.serial, token.id),
+                );
+            }
             // The token is spent: its file goes.
             if let Some(p) = &cfg.token_file {
                 if let Err(e) = std::fs::remove_file(p) {

@@ -110,6 +110,53 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// A token file other users can read is named in a warning (they could enroll a
+/// machine under the agent's name first); the agent still enrolls with it, then deletes
+/// it.
+#[test]
+fn a_token_file_others_can_read_gets_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut fleet = TestFleet::empty();
+    let t = token(&fleet, "web-02", &["--ttl", "10m"]);
+    let dir = fleet.path().join("agent-web-02");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, &t).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let log = dir.join("agent.log");
+    let process = AgentCommand::new(&agent_bin(), "web-02", "127.0.0.1:0")
+        .args([
+            "--cert".into(),
+            dir.join("agent.crt").into_os_string(),
+            "--key".into(),
+            dir.join("agent.key").into_os_string(),
+            "--ca".into(),
+            dir.join("ca.crt").into_os_string(),
+            "--audit-log".into(),
+            "off".into(),
+            "--token-file".into(),
+            file.clone().into_os_string(),
+        ])
+        .env("SLOTH_LOG", "info")
+        .stderr_to(&log)
+        .spawn()
+        .unwrap()
+        .wait_ready(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains("can be read by other users (mode 0644)") && said.contains("chmod 600"),
+        "{said}"
+    );
+    fleet.add_host("web-02", &process.addr().to_string(), &["web"]);
+    master(&fleet, &["enroll", "web-02"]).assert_code(0);
+    wait_until(
+        "the spent token file to go",
+        Duration::from_secs(10),
+        || !file.exists(),
+    );
+}
+
 /// The agent makes its key, the master never sees it; the enrolled agent serves tasks;
 /// a second enrollment of a serving agent is told it is already enrolled.
 #[test]
@@ -135,6 +182,17 @@ fn an_agent_enrolls_with_a_token_and_keeps_its_key() {
     assert!(
         out.stdout.contains("web-01       enrolled (serial"),
         "{out}"
+    );
+    // The agent's audit log names the master that enrolled it, and the token.
+    let audit = std::fs::read_to_string(a.dir.join("audit.log")).unwrap();
+    let line = audit
+        .lines()
+        .find(|l| l.contains("\"event\":\"enrolled\""))
+        .unwrap_or_else(|| panic!("no enrolled line: {audit}"));
+    let token_id = tls::JoinToken::parse(&t).unwrap().id;
+    assert!(
+        line.contains("\"role\":\"master\"") && line.contains(&format!("token {token_id}")),
+        "{line} (token {t})"
     );
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(a.dir.join("agent.key"))
