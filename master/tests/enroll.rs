@@ -21,6 +21,15 @@ struct TokenAgent {
 
 impl TokenAgent {
     fn start(fleet: &TestFleet, name: &str, token: Option<&str>) -> TokenAgent {
+        let extra: Vec<std::ffi::OsString> = match token {
+            Some(t) => vec!["--token".into(), t.into()],
+            None => Vec::new(),
+        };
+        TokenAgent::start_with(fleet, name, extra)
+    }
+
+    /// Start with `extra` arguments after the files' (`--token-file F`).
+    fn start_with(fleet: &TestFleet, name: &str, extra: Vec<std::ffi::OsString>) -> TokenAgent {
         let dir = fleet.path().join(format!("agent-{name}"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut args: Vec<std::ffi::OsString> = vec![
@@ -33,10 +42,7 @@ impl TokenAgent {
             "--audit-log".into(),
             dir.join("audit.log").into(),
         ];
-        if let Some(t) = token {
-            args.push("--token".into());
-            args.push(t.into());
-        }
+        args.extend(extra);
         let process = AgentCommand::new(&agent_bin(), name, "127.0.0.1:0")
             .args(args)
             .env("SLOTH_LOG", "info")
@@ -123,32 +129,17 @@ fn a_token_file_others_can_read_gets_a_warning() {
     let file = dir.join("token");
     std::fs::write(&file, &t).unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let log = dir.join("agent.log");
-    let process = AgentCommand::new(&agent_bin(), "web-02", "127.0.0.1:0")
-        .args([
-            "--cert".into(),
-            dir.join("agent.crt").into_os_string(),
-            "--key".into(),
-            dir.join("agent.key").into_os_string(),
-            "--ca".into(),
-            dir.join("ca.crt").into_os_string(),
-            "--audit-log".into(),
-            "off".into(),
-            "--token-file".into(),
-            file.clone().into_os_string(),
-        ])
-        .env("SLOTH_LOG", "info")
-        .stderr_to(&log)
-        .spawn()
-        .unwrap()
-        .wait_ready(Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let said = std::fs::read_to_string(&log).unwrap();
+    let a = TokenAgent::start_with(
+        &fleet,
+        "web-02",
+        vec!["--token-file".into(), file.clone().into()],
+    );
+    let said = a.log();
     assert!(
         said.contains("can be read by other users (mode 0644)") && said.contains("chmod 600"),
         "{said}"
     );
-    fleet.add_host("web-02", &process.addr().to_string(), &["web"]);
+    fleet.add_host("web-02", &a.addr(), &["web"]);
     master(&fleet, &["enroll", "web-02"]).assert_code(0);
     wait_until(
         "the spent token file to go",

@@ -880,11 +880,13 @@ end, { delegate_to = "web-01" }))))
         "{out}"
     );
     assert!(
-        out.line("READ").starts_with("bad argument #1 to 'fs.read': "),
+        out.line("READ")
+            .starts_with("bad argument #1 to 'fs.read': "),
         "{out}"
     );
     assert!(
-        out.line("REMOTE").starts_with("bad argument #1 to 'fs.read': "),
+        out.line("REMOTE")
+            .starts_with("bad argument #1 to 'fs.read': "),
         "{out}"
     );
 }
