@@ -1,8 +1,8 @@
 //! The main script runs on the async runtime (see [`run`]): its body is a Lua thread
 //! that the runtime's worker drives, and `goroutine.await` in it yields to the runtime
 //! instead of blocking a thread of its own. The answer that completes a task then
-//! resumes the script on the thread that received it: a remote await crosses no more
-//! threads than a bare request does.
+//! resumes the script on the thread that received it: on the master, a remote await
+//! crosses no more threads than a bare request does.
 //!
 //! Nothing may hold the worker for long, or every connection would wait. Each function
 //! of the main state that may wait (a command, a file, a lock, the terminal) or run long
