@@ -128,13 +128,7 @@ impl TaskRecord {
             if caller.is_some_and(|c| c.stopped().is_some()) {
                 return None;
             }
-            let mut wake = Instant::now() + Duration::from_millis(50);
-            if let Some(d) = deadline {
-                if Instant::now() >= d {
-                    return None;
-                }
-                wake = wake.min(d);
-            }
+            let wake = next_look(deadline)?;
             self.cv.wait_until(&mut g, wake);
         }
     }
@@ -145,7 +139,7 @@ impl TaskRecord {
         timeout: Option<Duration>,
         caller: Option<&CancelToken>,
     ) -> Option<Outcome> {
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let notified = self.published_notify.notified();
             let mut notified = std::pin::pin!(notified);
@@ -156,15 +150,20 @@ impl TaskRecord {
             if caller.is_some_and(|c| c.stopped().is_some()) {
                 return None;
             }
-            let mut wake = tokio::time::Instant::now() + Duration::from_millis(50);
-            if let Some(d) = deadline {
-                if tokio::time::Instant::now() >= d {
-                    return None;
-                }
-                wake = wake.min(d);
-            }
-            let _ = tokio::time::timeout_at(wake, notified).await;
+            let wake = next_look(deadline)?;
+            let _ = tokio::time::timeout_at(wake.into(), notified).await;
         }
+    }
+}
+
+/// When a waiter looks again at its caller's stop token: in 50 ms, or at `deadline`
+/// if sooner; `None` once the deadline has passed.
+fn next_look(deadline: Option<Instant>) -> Option<Instant> {
+    let now = Instant::now();
+    match deadline {
+        Some(d) if now >= d => None,
+        Some(d) => Some(d.min(now + Duration::from_millis(50))),
+        None => Some(now + Duration::from_millis(50)),
     }
 }
 
@@ -402,6 +401,17 @@ pub struct Caller {
     pub cancel: CancelToken,
 }
 
+impl Caller {
+    /// The main script's own calls: nothing stops them from here (an interrupted
+    /// script is ended by its stop hook, and its tasks by `Runtime::interrupt`).
+    pub fn main_script() -> Caller {
+        Caller {
+            task: None,
+            cancel: CancelToken::new(None),
+        }
+    }
+}
+
 /// The master-side implementation of every shared-object method.
 pub struct MasterBackend {
     pub registry: Arc<Registry>,
@@ -469,16 +479,12 @@ pub fn outcome_graph(rec: &TaskRecord, o: &Outcome) -> Data {
 /// `await` on a task's handle for the main script, which runs on the async runtime:
 /// the same as the handle's `await` method, without blocking the runtime's thread.
 pub async fn await_task(
-    reg: &Arc<Registry>,
+    rec: &TaskRecord,
     caller: &Caller,
-    id: u64,
     timeout: Option<Duration>,
 ) -> Result<Data, String> {
-    let rec = reg
-        .task(id)
-        .ok_or_else(|| format!("no task with id {id}"))?;
     let got = rec.wait_async(timeout, Some(&caller.cancel)).await;
-    await_outcome(&rec, caller, timeout, got)
+    await_outcome(rec, caller, timeout, got)
 }
 
 /// What `await` returns: the outcome, or a timeout (`got` is `None`).

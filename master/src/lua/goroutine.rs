@@ -4,7 +4,6 @@
 //! hand them to [`crate::engine::dispatch`].
 
 use mlua::{Function, Lua, MultiValue, Table, Value as LV};
-use sloth_lua::cancel::CancelToken;
 use sloth_lua::capture;
 use sloth_lua::context::parse_duration;
 use sloth_lua::shared_obj::{SharedBackend, SharedObj};
@@ -27,10 +26,7 @@ pub fn install(
     rt: Arc<Runtime>,
     backend: Arc<dyn SharedBackend>,
 ) -> mlua::Result<()> {
-    let main_caller = Caller {
-        task: None,
-        cancel: CancelToken::new(None),
-    };
+    let main_caller = Caller::main_script();
     {
         let (rt, backend) = (rt.clone(), backend.clone());
         g.raw_set(
@@ -247,17 +243,14 @@ pub fn install(
 /// [`crate::lua::on_runtime`]): it waits without blocking the runtime's thread, which
 /// then handles the answer and resumes the script itself.
 pub fn await_async(lua: &Lua, rt: Arc<Runtime>) -> mlua::Result<Function> {
-    let caller = Caller {
-        task: None,
-        cancel: CancelToken::new(None),
-    };
+    let caller = Caller::main_script();
     lua.create_async_function(move |lua, (h, timeout): (LV, LV)| {
         let (rt, caller) = (rt.clone(), caller.clone());
         let rec = handle_arg(&rt, &h, "goroutine.await");
         let timeout = parse_duration(&timeout).map_err(|e| rt_err(format!("goroutine.await: {e}")));
         async move {
             let (rec, timeout) = (rec?, timeout?);
-            let out = registry::await_task(&rt.registry, &caller, rec.id, timeout)
+            let out = registry::await_task(&rec, &caller, timeout)
                 .await
                 .map_err(rt_err)?;
             Ok(MultiValue::from_iter(capture::restore_data(&lua, &out)?))

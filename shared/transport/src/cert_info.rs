@@ -51,15 +51,13 @@ impl CertInfo {
         use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
         let (_, parsed) = X509Certificate::from_der(cert.as_ref())
             .map_err(|e| format!("the certificate cannot be parsed: {e}"))?;
-        let uri = parsed
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .and_then(|san| {
-                san.value.general_names.iter().find_map(|g| match g {
-                    GeneralName::URI(u) => u.strip_prefix("sloth://"),
-                    _ => None,
-                })
+        let san = parsed.subject_alternative_name().ok().flatten();
+        let names: &[GeneralName] = san.map_or(&[], |s| &s.value.general_names);
+        let uri = names
+            .iter()
+            .find_map(|g| match g {
+                GeneralName::URI(u) => u.strip_prefix("sloth://"),
+                _ => None,
             })
             .and_then(|rest| rest.split_once('/'));
         let time = |t: x509_parser::time::ASN1Time| {
@@ -71,24 +69,14 @@ impl CertInfo {
             }
         };
         let name = uri.map(|(_, name)| name.to_string());
-        let extra_sans = parsed
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .map(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .filter_map(|g| match g {
-                        GeneralName::DNSName(d) if Some(*d) != name.as_deref() => {
-                            Some(d.to_string())
-                        }
-                        GeneralName::IPAddress(b) => ip_text(b),
-                        _ => None,
-                    })
-                    .collect()
+        let extra_sans = names
+            .iter()
+            .filter_map(|g| match g {
+                GeneralName::DNSName(d) if Some(*d) != name.as_deref() => Some(d.to_string()),
+                GeneralName::IPAddress(b) => ip_text(b),
+                _ => None,
             })
-            .unwrap_or_default();
+            .collect();
         Ok(CertInfo {
             name,
             role: uri.map(|(role, _)| role.to_string()),
