@@ -6,7 +6,7 @@
 //! module functions travel by name; `_ENV` is re-bound to the receiving state's globals;
 //! shared objects travel as references. No I/O happens here.
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
 
 use mlua::{Function, Lua, Table, Value as LV};
@@ -68,6 +68,10 @@ pub struct CaptureCtx {
     /// Pointer of a builtin function or library table -> its dotted name; built at
     /// install (main state) or on first need (task states, see [`install_lazy`]).
     builtins: std::sync::OnceLock<HashMap<usize, String>>,
+    /// The library tables alone (pointer -> name): all a table needs to be checked
+    /// against, far cheaper to build than `builtins` in a task state that sends a
+    /// table back.
+    library_tables: std::sync::OnceLock<HashMap<usize, String>>,
     /// Task states: only these global names count as builtins (never the script's
     /// globals restored into the state).
     only: Option<&'static HashSet<String>>,
@@ -84,12 +88,31 @@ impl CaptureCtx {
     fn builtins(&self, lua: &Lua) -> &HashMap<usize, String> {
         self.builtins.get_or_init(|| scan(lua, self.only).0)
     }
+
+    fn library_tables(&self, lua: &Lua) -> &HashMap<usize, String> {
+        self.library_tables
+            .get_or_init(|| library_tables_of(lua, self.only))
+    }
+}
+
+/// The state's library tables (pointer -> name): the [`LIBRARY_TABLES`] among its
+/// globals, as [`scan`] finds them.
+fn library_tables_of(lua: &Lua, only: Option<&HashSet<String>>) -> HashMap<usize, String> {
+    let globals = lua.globals();
+    LIBRARY_TABLES
+        .iter()
+        .filter(|name| only.is_none_or(|o| o.contains(**name)))
+        .filter_map(|name| match globals.raw_get::<LV>(*name) {
+            Ok(LV::Table(t)) => Some((t.to_pointer() as usize, name.to_string())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The builtins of the state (pointer -> dotted name) and its global names.
 fn scan(lua: &Lua, only: Option<&HashSet<String>>) -> (HashMap<usize, String>, HashSet<String>) {
-    let mut builtins = HashMap::new();
-    let mut names = HashSet::new();
+    let mut builtins = HashMap::default();
+    let mut names = HashSet::default();
     for pair in lua.globals().pairs::<LV, LV>() {
         let Ok((LV::String(k), v)) = pair else {
             continue;
@@ -171,6 +194,7 @@ fn make_ctx(
 ) -> CaptureCtx {
     CaptureCtx {
         builtins,
+        library_tables: std::sync::OnceLock::new(),
         only,
         debug: std::sync::OnceLock::new(),
         baseline,
@@ -189,6 +213,8 @@ pub fn install(lua: &Lua, backend: Arc<dyn SharedBackend>) -> mlua::Result<()> {
     let cell = std::sync::OnceLock::new();
     let _ = cell.set(builtins);
     let ctx = make_ctx(cell, None, baseline, backend);
+    // Taken now too, before the script could replace a library.
+    let _ = ctx.library_tables.set(library_tables_of(lua, None));
     lua.set_app_data(ctx);
     // Taken now, before the script runs and could replace them.
     debug_fns(lua)?;
@@ -218,7 +244,7 @@ pub fn install_lazy(
     let ctx = make_ctx(
         std::sync::OnceLock::new(),
         Some(only),
-        HashSet::new(),
+        HashSet::default(),
         backend,
     );
     lua.set_app_data(ctx);
@@ -233,6 +259,7 @@ pub fn forget_builtins(lua: &Lua) {
     // sent back by name), never name a wrong one.
     if let Ok(Some(mut ctx)) = lua.try_app_data_mut::<CaptureCtx>() {
         ctx.builtins = std::sync::OnceLock::new();
+        ctx.library_tables = std::sync::OnceLock::new();
     }
 }
 
@@ -254,7 +281,7 @@ pub struct CaptureError {
 }
 
 impl CaptureError {
-    fn new(path: &str, type_name: &str, detail: impl Into<String>) -> Self {
+    fn new(path: &Path<'_>, type_name: &str, detail: impl Into<String>) -> Self {
         let d: String = detail.into();
         CaptureError {
             path: path.to_string(),
@@ -263,6 +290,58 @@ impl CaptureError {
         }
     }
 }
+
+/// Where a value sits, as the user wrote it ("argument #1", "global 'config'",
+/// "upvalue 'opts'.users[3]"). It is rendered only when an error names it: a capture
+/// visits every entry of every table it copies, and formatting each entry's path up
+/// front cost more than copying the entry.
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    /// A name given by the caller.
+    Text(&'a str),
+    /// `what #n`: a numbered root (an argument, a return value).
+    Numbered(&'a str, usize),
+    /// `global 'name'`.
+    Global(&'a str),
+    /// The value under `key` in the table at the first path.
+    Entry(&'a Path<'a>, &'a LV),
+    /// A key of the table at the path.
+    Key(&'a Path<'a>),
+    /// The upvalue `name` (or number) of the function at the path.
+    Upvalue(&'a Path<'a>, &'a Option<String>, i64),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Text(t) => f.write_str(t),
+            Path::Numbered(what, n) => write!(f, "{what} #{n}"),
+            Path::Global(name) => write!(f, "global '{name}'"),
+            Path::Entry(table, LV::String(s)) => write!(f, "{table}.{}", s.to_string_lossy()),
+            Path::Entry(table, LV::Integer(i)) => write!(f, "{table}[{i}]"),
+            Path::Entry(table, _) => write!(f, "{table}[key]"),
+            Path::Key(table) => write!(f, "{table} key"),
+            Path::Upvalue(function, name, i) => {
+                // The task's own function is named by its upvalues alone.
+                let nested = !matches!(function, Path::Text(UPVALUE));
+                if nested {
+                    write!(f, "{function} (")?;
+                }
+                match name {
+                    Some(name) => write!(f, "upvalue '{name}'")?,
+                    None => write!(f, "upvalue '#{i}'")?,
+                }
+                if nested {
+                    f.write_str(")")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The path of a task's own function: its upvalues are named `upvalue 'x'`.
+const UPVALUE: &str = "upvalue";
 
 /// Builds one [`Graph`] from any number of roots, sharing identity between them.
 pub struct Encoder<'l> {
@@ -300,10 +379,10 @@ impl<'l> Encoder<'l> {
             elements: 0,
             lua,
             globals_ptr: lua.globals().to_pointer() as usize,
-            tables: HashMap::new(),
-            functions: HashMap::new(),
-            protos: HashMap::new(),
-            cells: HashMap::new(),
+            tables: HashMap::default(),
+            functions: HashMap::default(),
+            protos: HashMap::default(),
+            cells: HashMap::default(),
             graph: Graph::default(),
             depth: 0,
         }
@@ -311,14 +390,14 @@ impl<'l> Encoder<'l> {
 
     /// Add a root value; `path` names it in errors ("argument #1", "return value #2").
     pub fn push_root(&mut self, v: &LV, path: &str) -> Result<(), CaptureError> {
-        let enc = self.encode(v, path)?;
+        let enc = self.encode(v, &Path::Text(path))?;
         self.graph.roots.push(enc);
         Ok(())
     }
 
     /// Add a function root; errors name its upvalues as `upvalue 'x'`.
     pub fn push_function_root(&mut self, f: &Function) -> Result<(), CaptureError> {
-        let enc = self.encode_function(f, "upvalue")?;
+        let enc = self.encode_function(f, &Path::Text(UPVALUE))?;
         self.graph.roots.push(enc);
         Ok(())
     }
@@ -331,7 +410,7 @@ impl<'l> Encoder<'l> {
         let names = {
             let ctx = ctx(self.lua)?;
             script_global_names(self.lua, &ctx)
-                .map_err(|e| CaptureError::new("globals", "table", e.to_string()))?
+                .map_err(|e| CaptureError::new(&Path::Text("globals"), "table", e.to_string()))?
         };
         for name in names {
             let v: LV = globals.raw_get(name.as_str()).unwrap_or(LV::Nil);
@@ -344,7 +423,7 @@ impl<'l> Encoder<'l> {
             // grew with the number of the script's global functions).
             let depth = self.depth;
             let mark = self.mark();
-            match self.encode(&v, &format!("global '{name}'")) {
+            match self.encode(&v, &Path::Global(&name)) {
                 Ok(enc) => self.graph.globals.push((name, enc)),
                 Err(e) => {
                     self.depth = depth;
@@ -388,7 +467,7 @@ impl<'l> Encoder<'l> {
         self.graph.protos.truncate(mark.protos);
     }
 
-    fn encode(&mut self, v: &LV, path: &str) -> Result<Value, CaptureError> {
+    fn encode(&mut self, v: &LV, path: &Path<'_>) -> Result<Value, CaptureError> {
         Ok(match v {
             LV::Nil => Value::Nil,
             LV::Boolean(b) => Value::Bool(*b),
@@ -408,7 +487,7 @@ impl<'l> Encoder<'l> {
         })
     }
 
-    fn enter(&mut self, path: &str, type_name: &str) -> Result<(), CaptureError> {
+    fn enter(&mut self, path: &Path<'_>, type_name: &str) -> Result<(), CaptureError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             return Err(CaptureError::new(
@@ -420,7 +499,7 @@ impl<'l> Encoder<'l> {
         Ok(())
     }
 
-    fn encode_table(&mut self, t: &Table, path: &str) -> Result<Value, CaptureError> {
+    fn encode_table(&mut self, t: &Table, path: &Path<'_>) -> Result<Value, CaptureError> {
         let ptr = t.to_pointer() as usize;
         if ptr == self.globals_ptr {
             if self.data_only {
@@ -432,7 +511,7 @@ impl<'l> Encoder<'l> {
             }
             return Ok(Value::Env);
         }
-        if let Some(name) = ctx(self.lua)?.builtins(self.lua).get(&ptr) {
+        if let Some(name) = ctx(self.lua)?.library_tables(self.lua).get(&ptr) {
             if self.data_only {
                 return Err(CaptureError::new(
                     path,
@@ -449,27 +528,37 @@ impl<'l> Encoder<'l> {
         let idx = self.graph.tables.len() as u32;
         self.tables.insert(ptr, idx);
         self.graph.tables.push(TableDef::default());
-        let mut entries = Vec::new();
-        for pair in t.clone().pairs::<LV, LV>() {
-            let (k, v) = pair.map_err(|e| CaptureError::new(path, "table", e.to_string()))?;
-            let kpath = match &k {
-                LV::String(s) => format!("{path}.{}", s.to_string_lossy()),
-                LV::Integer(i) => format!("{path}[{i}]"),
-                _ => format!("{path}[key]"),
-            };
-            let ek = self.encode(&k, &format!("{path} key"))?;
-            let ev = self.encode(&v, &kpath)?;
-            entries.push((ek, ev));
-            self.elements += 1;
-            if self.elements > sloth_proto::graph::MAX_DECODED_ELEMENTS {
-                return Err(CaptureError::new(
-                    path,
-                    "table",
-                    format!(
-                        "more than {} table entries in one value",
-                        sloth_proto::graph::MAX_DECODED_ELEMENTS
-                    ),
-                ));
+        let walked = plain_entries(self.lua, t)
+            .map_err(|e| CaptureError::new(path, "table", e.to_string()))?;
+        let mut entries = Vec::with_capacity(walked.as_ref().map_or(0, Vec::len));
+        match walked {
+            Some(walked) => {
+                for (ek, ev) in walked {
+                    self.count_element(path)?;
+                    let ev = match ev {
+                        Some(ev) => ev,
+                        None => {
+                            let k = plain_key(self.lua, &ek)
+                                .map_err(|e| CaptureError::new(path, "table", e.to_string()))?;
+                            let v: LV = t
+                                .raw_get(&k)
+                                .map_err(|e| CaptureError::new(path, "table", e.to_string()))?;
+                            self.encode(&v, &Path::Entry(path, &k))?
+                        }
+                    };
+                    entries.push((ek, ev));
+                }
+            }
+            // A key that is not plain data (a table, a function): walk through mlua.
+            None => {
+                for pair in t.clone().pairs::<LV, LV>() {
+                    let (k, v) =
+                        pair.map_err(|e| CaptureError::new(path, "table", e.to_string()))?;
+                    self.count_element(path)?;
+                    let ek = self.encode(&k, &Path::Key(path))?;
+                    let ev = self.encode(&v, &Path::Entry(path, &k))?;
+                    entries.push((ek, ev));
+                }
             }
         }
         self.graph.tables[idx as usize].entries = entries;
@@ -477,7 +566,24 @@ impl<'l> Encoder<'l> {
         Ok(Value::Table(idx))
     }
 
-    fn encode_function(&mut self, f: &Function, path: &str) -> Result<Value, CaptureError> {
+    /// Count one more table entry: the receiver decodes at most
+    /// [`sloth_proto::graph::MAX_DECODED_ELEMENTS`].
+    fn count_element(&mut self, path: &Path<'_>) -> Result<(), CaptureError> {
+        self.elements += 1;
+        if self.elements > sloth_proto::graph::MAX_DECODED_ELEMENTS {
+            return Err(CaptureError::new(
+                path,
+                "table",
+                format!(
+                    "more than {} table entries in one value",
+                    sloth_proto::graph::MAX_DECODED_ELEMENTS
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn encode_function(&mut self, f: &Function, path: &Path<'_>) -> Result<Value, CaptureError> {
         if self.data_only {
             return Err(CaptureError::new(path, "function", DATA_ONLY));
         }
@@ -529,19 +635,13 @@ impl<'l> Encoder<'l> {
             let id_ptr = id.to_pointer() as usize;
             let next_cell = self.cells.len() as u32;
             let cell = *self.cells.entry(id_ptr).or_insert(next_cell);
-            let name = name.unwrap_or_else(|| format!("#{i}"));
-            let value = if name == "_ENV" {
+            let value = if name.as_deref() == Some("_ENV") {
                 match &value {
                     LV::Table(t) if t.to_pointer() as usize == self.globals_ptr => Value::Env,
-                    other => self.encode(other, "upvalue '_ENV'")?,
+                    other => self.encode(other, &Path::Text("upvalue '_ENV'"))?,
                 }
             } else {
-                let upath = if path == "upvalue" {
-                    format!("upvalue '{name}'")
-                } else {
-                    format!("{path} (upvalue '{name}')")
-                };
-                self.encode(&value, &upath)?
+                self.encode(&value, &Path::Upvalue(path, &name, i))?
             };
             upvalues.push(Upvalue { value, cell });
         }
@@ -591,10 +691,87 @@ fn script_global_names(lua: &Lua, ctx: &CaptureCtx) -> mlua::Result<Vec<String>>
     Ok(names)
 }
 
+/// A table entry [`plain_entries`] read: the key, and the value unless it is not plain
+/// data.
+type PlainEntry = (Value, Option<Value>);
+
+/// The entries of `t` in one walk with the C API, without a handle per key and value
+/// (through mlua's `pairs`, those handles cost more than the copy itself). Keys and
+/// values that are plain data (nil, booleans, numbers, strings) come back encoded; a
+/// value that is not (a table, a function, userdata) comes back as `None`, for the
+/// caller to read by its key and encode. `None` for the whole table when a key is
+/// not plain data.
+fn plain_entries(lua: &Lua, t: &Table) -> mlua::Result<Option<Vec<PlainEntry>>> {
+    use mlua::ffi;
+    /// The value at `idx` if it is plain data.
+    ///
+    /// SAFETY: `idx` is a valid index of `l`'s stack.
+    unsafe fn plain(l: *mut ffi::lua_State, idx: std::ffi::c_int) -> Option<Value> {
+        match ffi::lua_type(l, idx) {
+            ffi::LUA_TNIL => Some(Value::Nil),
+            ffi::LUA_TBOOLEAN => Some(Value::Bool(ffi::lua_toboolean(l, idx) != 0)),
+            ffi::LUA_TNUMBER => Some(if ffi::lua_isinteger(l, idx) != 0 {
+                Value::Int(ffi::lua_tointeger(l, idx))
+            } else {
+                Value::Float(ffi::lua_tonumber(l, idx))
+            }),
+            ffi::LUA_TSTRING => {
+                let mut len = 0usize;
+                let p = ffi::lua_tolstring(l, idx, &mut len);
+                if p.is_null() {
+                    return None;
+                }
+                Some(Value::Str(
+                    std::slice::from_raw_parts(p as *const u8, len).to_vec(),
+                ))
+            }
+            ffi::LUA_TLIGHTUSERDATA if ffi::lua_touserdata(l, idx).is_null() => Some(Value::Nil),
+            _ => None,
+        }
+    }
+    let mut entries = Vec::new();
+    let mut plain_keys = true;
+    // SAFETY: the table is the closure's only argument (index 1); the walk keeps the
+    // stack balanced (key and value above it, the value popped each round), converts
+    // only values already of type string with lua_tolstring (so no key is converted in
+    // place, which would break lua_next), and never modifies the table. Nothing in it
+    // raises a Lua error, so no Rust frame is skipped.
+    unsafe {
+        lua.exec_raw::<()>(t, |l| {
+            if ffi::lua_checkstack(l, 3) == 0 {
+                plain_keys = false;
+                return;
+            }
+            ffi::lua_pushnil(l);
+            while ffi::lua_next(l, 1) != 0 {
+                let Some(k) = plain(l, -2) else {
+                    plain_keys = false;
+                    ffi::lua_pop(l, 2);
+                    return;
+                };
+                entries.push((k, plain(l, -1)));
+                ffi::lua_pop(l, 1);
+            }
+        })?
+    };
+    Ok(plain_keys.then_some(entries))
+}
+
+/// A key [`plain_entries`] returned, as a Lua value again.
+fn plain_key(lua: &Lua, k: &Value) -> mlua::Result<LV> {
+    Ok(match k {
+        Value::Bool(b) => LV::Boolean(*b),
+        Value::Int(i) => LV::Integer(*i),
+        Value::Float(f) => LV::Number(*f),
+        Value::Str(s) => LV::String(lua.create_string(s)?),
+        _ => LV::Nil,
+    })
+}
+
 fn ctx(lua: &Lua) -> Result<mlua::AppDataRef<'_, CaptureCtx>, CaptureError> {
     lua.app_data_ref::<CaptureCtx>().ok_or_else(|| {
         CaptureError::new(
-            "value",
+            &Path::Text("value"),
             "state",
             "internal: capture context not installed in this Lua state",
         )
@@ -608,10 +785,11 @@ pub fn encode_data(lua: &Lua, values: &[LV], what: &str) -> Result<Data, Capture
     let mut enc = Encoder::new(lua);
     enc.data_only = true;
     for (i, v) in values.iter().enumerate() {
-        enc.push_root(v, &format!("{what} #{}", i + 1))?;
+        let enc_v = enc.encode(v, &Path::Numbered(what, i + 1))?;
+        enc.graph.roots.push(enc_v);
     }
     Data::check(enc.finish(), Refs::Any)
-        .map_err(|e| CaptureError::new(what, "value", e.to_string()))
+        .map_err(|e| CaptureError::new(&Path::Text(what), "value", e.to_string()))
 }
 
 /// Restore a task into its own state, binding `_ENV` to `env`; returns the roots in
@@ -661,7 +839,8 @@ pub fn restore_task(state: &TaskState, graph: &Graph, env: &Table) -> mlua::Resu
         backend,
     };
     r.fill_tables(graph)?;
-    let mut cells: HashMap<u32, (usize, usize)> = HashMap::new();
+    let mut cells: std::collections::HashMap<u32, (usize, usize)> =
+        std::collections::HashMap::new();
     if let Some(DebugFns {
         setupvalue,
         upvaluejoin,
@@ -752,14 +931,74 @@ struct Restorer<'a> {
 }
 
 impl Restorer<'_> {
+    /// Set every table's entries. Plain keys and values (nil, booleans, numbers,
+    /// strings) are pushed with the C API, without a handle each (through mlua's
+    /// `raw_set`, those handles cost more than the entries themselves); the others
+    /// (tables, functions, builtins, shared objects) are made here and handed over as
+    /// arguments, at most `REFS_PER_CALL` at a time, well inside the Lua stack.
     fn fill_tables(&self, graph: &Graph) -> mlua::Result<()> {
-        for (def, t) in graph.tables.iter().zip(self.tables) {
-            for (k, v) in &def.entries {
-                let k = self.value(k)?;
-                if k.is_nil() || matches!(k, LV::Number(n) if n.is_nan()) {
-                    continue;
+        use mlua::ffi;
+        const REFS_PER_CALL: usize = 128;
+        fn is_plain(v: &Value) -> bool {
+            matches!(
+                v,
+                Value::Nil | Value::Bool(_) | Value::Int(_) | Value::Float(_) | Value::Str(_)
+            )
+        }
+        /// Push a plain value.
+        ///
+        /// SAFETY: `l` has room for one more value; `v` is plain (see `is_plain`).
+        unsafe fn push_plain(l: *mut ffi::lua_State, v: &Value) {
+            match v {
+                Value::Bool(b) => ffi::lua_pushboolean(l, *b as std::ffi::c_int),
+                Value::Int(i) => ffi::lua_pushinteger(l, *i),
+                Value::Float(f) => ffi::lua_pushnumber(l, *f),
+                Value::Str(s) => {
+                    ffi::lua_pushlstring(l, s.as_ptr() as *const std::ffi::c_char, s.len());
                 }
-                t.raw_set(k, self.value(v)?)?;
+                _ => ffi::lua_pushnil(l),
+            }
+        }
+        for (def, t) in graph.tables.iter().zip(self.tables) {
+            // A nil or NaN key cannot be set (Lua would raise): skipped, as before.
+            let entries: Vec<&(Value, Value)> = def
+                .entries
+                .iter()
+                .filter(|(k, _)| {
+                    !matches!(k, Value::Nil) && !matches!(k, Value::Float(f) if f.is_nan())
+                })
+                .collect();
+            for chunk in entries.chunks(REFS_PER_CALL) {
+                let mut refs = Vec::new();
+                for (k, v) in chunk {
+                    for x in [k, v] {
+                        if !is_plain(x) {
+                            refs.push(self.value(x)?);
+                        }
+                    }
+                }
+                // SAFETY: the arguments are the table (index 1) and `refs` (from index
+                // 2, in the order the loop below meets them); each round pushes a key
+                // and a value and lua_rawset pops both. A Lua error (out of memory,
+                // under the task's memory limit) unwinds through this closure, which
+                // owns nothing that needs dropping.
+                unsafe {
+                    self.lua
+                        .exec_raw::<()>((t, mlua::MultiValue::from_vec(refs)), |l| {
+                            let mut next_ref: std::ffi::c_int = 2;
+                            for (k, v) in chunk {
+                                for x in [k, v] {
+                                    if is_plain(x) {
+                                        push_plain(l, x);
+                                    } else {
+                                        ffi::lua_pushvalue(l, next_ref);
+                                        next_ref += 1;
+                                    }
+                                }
+                                ffi::lua_rawset(l, 1);
+                            }
+                        })?;
+                }
             }
         }
         Ok(())

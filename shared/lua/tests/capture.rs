@@ -167,3 +167,128 @@ fn unsendable_globals_fail_only_when_used() {
         "{msg}"
     );
 }
+
+/// Every kind of path an error can name, each rendered only when it fails.
+#[test]
+fn refusals_name_the_path_through_tables_functions_and_globals() {
+    let a = state();
+    let refuse = |src: &str| -> String {
+        let f: Function = a.load(src).eval().unwrap();
+        let mut enc = Encoder::new(&a);
+        match enc.push_function_root(&f) {
+            Err(e) => e.to_string(),
+            Ok(()) => {
+                enc.push_script_globals().unwrap();
+                let g = enc.finish();
+                g.unsendable_globals
+                    .iter()
+                    .map(|u| format!("{}: {}", u.name, u.reason))
+                    .collect()
+            }
+        }
+    };
+    assert_eq!(
+        refuse("local list = {1, 2, coroutine.create(print)} return function() return list end"),
+        "cannot send upvalue 'list'[3] (coroutine)"
+    );
+    assert_eq!(
+        refuse("local m = {[{}] = coroutine.create(print)} return function() return m end"),
+        "cannot send upvalue 'm'[key] (coroutine)"
+    );
+    assert_eq!(
+        refuse("local m = {[coroutine.create(print)] = 1} return function() return m end"),
+        "cannot send upvalue 'm' key (coroutine)"
+    );
+    assert_eq!(
+        refuse(
+            "local co = coroutine.create(print)
+             local function helper() return co end
+             return function() return helper() end"
+        ),
+        "cannot send upvalue 'helper' (upvalue 'co') (coroutine)"
+    );
+    assert_eq!(
+        refuse(
+            "settings = {hosts = {{name = 'a', link = coroutine.create(print)}}}
+             return function() return 1 end"
+        ),
+        "settings: cannot send global 'settings'.hosts[1].link (coroutine)"
+    );
+}
+
+/// Tables whose entries mix plain data with tables, functions, builtins and table
+/// keys, and more tables than one restore call hands over at a time, come back whole
+/// and with their identities.
+#[test]
+fn big_and_mixed_tables_travel_whole() {
+    let (_l, v) = ship(
+        "",
+        r#"
+local shared = {tag = 'shared'}
+local key = {}
+local t = {1, 2.5, 'three', true, [key] = 'by table', fmt = string.format, self = nil,
+           f = function(x) return x + 1 end, again = shared, also = shared, [0.5] = 'half'}
+t.self = t
+local many = {}
+for i = 1, 300 do many[i] = {i = i, up = shared, name = 'n' .. i} end
+return function()
+  local k
+  for kk, vv in pairs(t) do if type(kk) == 'table' then k = kk end end
+  local sum = 0
+  for i = 1, #many do sum = sum + many[i].i; assert(many[i].up == t.again) end
+  return t[1], t[2], t[3], t[4], t[k], t.fmt('%d', 7), t.f(1), t.again == t.also,
+         t.self == t, t[0.5], #many, sum, many[300].name
+end
+"#,
+    );
+    assert!(matches!(v[0], LV::Integer(1)));
+    assert!(matches!(v[1], LV::Number(f) if f == 2.5));
+    assert_eq!(v[2].as_string().unwrap().to_str().unwrap(), "three");
+    assert!(matches!(v[3], LV::Boolean(true)));
+    assert_eq!(v[4].as_string().unwrap().to_str().unwrap(), "by table");
+    assert_eq!(v[5].as_string().unwrap().to_str().unwrap(), "7");
+    assert!(matches!(v[6], LV::Integer(2)));
+    assert!(matches!(v[7], LV::Boolean(true)));
+    assert!(matches!(v[8], LV::Boolean(true)));
+    assert_eq!(v[9].as_string().unwrap().to_str().unwrap(), "half");
+    assert!(matches!(v[10], LV::Integer(300)));
+    assert!(matches!(v[11], LV::Integer(45150)));
+    assert_eq!(v[12].as_string().unwrap().to_str().unwrap(), "n300");
+}
+
+/// A task whose captured data does not fit the memory limit fails while it is
+/// restored, with an error that says so; the process carries on.
+#[test]
+fn a_task_too_big_for_its_memory_limit_fails_while_restored() {
+    let a = state();
+    let f: Function = a
+        .load(
+            "local big = {} for i = 1, 20000 do big[i] = string.rep('x', 1000) .. i end
+             return function() return #big end",
+        )
+        .eval()
+        .unwrap();
+    let mut enc = Encoder::new(&a);
+    enc.push_function_root(&f).unwrap();
+    let req = protocol::TaskRequest {
+        task_id: 1,
+        name: "big".into(),
+        payload: enc.finish(),
+        host_vars: Default::default(),
+        timeout_ms: None,
+        mode: Default::default(),
+    };
+    let run = |limit| {
+        EXECUTOR.run_task(
+            &req,
+            TaskContext::offline("test", "big"),
+            &executor::Limits {
+                memory_limit: Some(limit),
+            },
+        )
+    };
+    let err = run(4 << 20).unwrap_err();
+    assert!(err.message.contains("memory"), "{}", err.message);
+    let ok = run(256 << 20).unwrap();
+    assert_eq!(format!("{:?}", ok.roots()), "[Int(20000)]");
+}

@@ -93,6 +93,32 @@ fn main() {
         timeout_ms: None,
         mode: Default::default(),
     };
+    // A deployment script's inventory as a global: 100 hosts of 3 fields and a
+    // 2-entry list each (201 tables), which every task of the script carries.
+    main.load(
+        "config = { app = 'web', version = '1.2.3', port = 8080, hosts = {} }
+         for i = 1, 100 do
+           config.hosts[i] = { name = 'web-' .. i, port = 8000 + i, roles = { 'app', 'cache' } }
+         end",
+    )
+    .exec()
+    .unwrap();
+    let mut big = Graph::default();
+    time("encode closure + 100-host config global", n / 10, || {
+        let mut e = Encoder::new(&main);
+        e.push_function_root(&f).unwrap();
+        e.push_script_globals().unwrap();
+        big = e.finish();
+    });
+    main.load("config = nil").exec().unwrap();
+    let big_req = TaskRequest {
+        task_id: 1,
+        name: "x".into(),
+        payload: big,
+        host_vars: Graph::default(),
+        timeout_ms: None,
+        mode: Default::default(),
+    };
     time("bincode encode+decode req", n, || {
         let b = protocol::encode(&req).unwrap();
         let _r: TaskRequest = protocol::decode(&b[4..]).unwrap();
@@ -100,8 +126,15 @@ fn main() {
     let lim = Limits {
         memory_limit: Some(512 << 20),
     };
+    time("bincode encode+decode req with config", n / 10, || {
+        let b = protocol::encode(&big_req).unwrap();
+        let _r: TaskRequest = protocol::decode(&b[4..]).unwrap();
+    });
     time("run_task (no prewarm)", n, || {
         EXECUTOR.run_task(&req, ctx(), &lim).unwrap();
+    });
+    time("run_task with config (no prewarm)", n / 10, || {
+        EXECUTOR.run_task(&big_req, ctx(), &lim).unwrap();
     });
     EXECUTOR.enable_prewarm(8);
     std::thread::sleep(std::time::Duration::from_millis(200));
