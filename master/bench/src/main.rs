@@ -950,7 +950,7 @@ impl Bench {
             }
         };
         let (mut q_seq, mut q_rate) = (Vec::new(), Vec::new());
-        let (mut aw_remote, mut aw_local) = (Vec::new(), Vec::new());
+        let (mut aw_remote, mut aw_local, mut aw_config) = (Vec::new(), Vec::new(), Vec::new());
         let (mut pool1, mut pool4, mut local_rate) = (Vec::new(), Vec::new(), Vec::new());
         let mut state_rate = Vec::new();
         let mut errs: HashMap<&str, String> = HashMap::new();
@@ -988,6 +988,17 @@ impl Bench {
                 Ok(v) => aw_local.extend(v),
                 Err(e) => {
                     errs.insert("aw_local", fail("local await", &e));
+                }
+            }
+            let mut with_config = vars(&first);
+            with_config.push(("payload", "config".to_string()));
+            match self
+                .script("await.sloth", &with_config)
+                .and_then(|r| r.bench_list("await_ms"))
+            {
+                Ok(v) => aw_config.extend(v),
+                Err(e) => {
+                    errs.insert("aw_config", fail("remote await carrying a config", &e));
                 }
             }
             if let Some(q) = &quinn {
@@ -1066,7 +1077,7 @@ impl Bench {
             &q_rate,
             &errs,
         ));
-        t.push(with_err(
+        let r3 = t.push(with_err(
             Row::new(
                 "3",
                 "remote await of a trivial closure, warm connection, sequential",
@@ -1077,6 +1088,18 @@ impl Bench {
             .target(Target::RatioAtMost(1.3)),
             "aw_remote",
             &aw_remote,
+            &errs,
+        ));
+        t.push(with_err(
+            Row::new(
+                "3p",
+                "remote await of a closure, the script holding a 100-host global config (201 tables), sequential",
+                Unit::Ms,
+            )
+            .samples(&aw_config, true)
+            .against(&r3),
+            "aw_config",
+            &aw_config,
             &errs,
         ));
         t.push(with_err(
