@@ -181,11 +181,26 @@ exec.run("touch {d}/after")
 /// Ctrl-C while a big local fleet is still being made (certificates issued, agents
 /// starting) leaves nothing: no agent, no certificate directory (private keys
 /// included). And a local fleet is never bigger than the machine should start.
+///
+/// The moments are what the test sees happen, not fixed delays: on a fast machine
+/// 300 agents are up within 1.5 s, and an interrupt after the run has ended tests
+/// nothing.
 #[test]
 fn an_interrupt_while_a_local_fleet_starts_leaves_nothing() {
+    enum When {
+        /// While the certificates are being issued.
+        After(Duration),
+        /// Once this many agents are running.
+        Agents(usize),
+    }
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("ok.sloth"), "print('ran')").unwrap();
-    for delay_ms in [150u64, 600, 1500] {
+    let marker = tmp.path().display().to_string();
+    for when in [
+        When::After(Duration::from_millis(150)),
+        When::Agents(1),
+        When::Agents(100),
+    ] {
         let mut cmd = std::process::Command::new(master_bin());
         cmd.current_dir(tmp.path()).env("TMPDIR", tmp.path()).args([
             "run",
@@ -195,15 +210,26 @@ fn an_interrupt_while_a_local_fleet_starts_leaves_nothing() {
             "300",
         ]);
         let run = Running::spawn(cmd);
-        std::thread::sleep(Duration::from_millis(delay_ms));
+        let moment = match when {
+            When::After(delay) => {
+                std::thread::sleep(delay);
+                format!("after {} ms", delay.as_millis())
+            }
+            When::Agents(n) => {
+                let up = eventually(Duration::from_secs(30), || {
+                    processes_with(&marker).len() >= n
+                });
+                assert!(up, "{n} agent(s) never ran");
+                format!("with {n} agent(s) running")
+            }
+        };
         interrupt(run.pid());
         let out = run.finish(Duration::from_secs(30));
-        assert!(matches!(out.code, 130 | 2), "after {delay_ms} ms: {out}");
-        let marker = tmp.path().display().to_string();
+        assert!(matches!(out.code, 130 | 2), "{moment}: {out}");
         assert!(
             eventually(Duration::from_secs(3), || processes_with(&marker)
                 .is_empty()),
-            "agents left after {delay_ms} ms: {:?}",
+            "agents left {moment}: {:?}",
             processes_with(&marker)
         );
         let left: Vec<String> = std::fs::read_dir(tmp.path())
@@ -212,7 +238,7 @@ fn an_interrupt_while_a_local_fleet_starts_leaves_nothing() {
             .map(|e| e.file_name().to_string_lossy().to_string())
             .filter(|n| n.starts_with("sloth-fleet-"))
             .collect();
-        assert!(left.is_empty(), "after {delay_ms} ms: {left:?}\n{out}");
+        assert!(left.is_empty(), "{moment}: {left:?}\n{out}");
     }
     let out = sloth_master(tmp.path(), &["run", "ok.sloth", "--local-fleet", "100000"]);
     out.assert_code(2);
