@@ -965,40 +965,43 @@ impl Bench {
                     }
                 }
             }
-            let vars = |host: &str| {
-                vec![
+            let vars = |host: &str, payload: Option<&str>| {
+                let mut v = vec![
                     ("host", host.to_string()),
                     ("n", self.p.await_n.to_string()),
                     ("warmup", self.p.await_warmup.to_string()),
-                ]
+                ];
+                v.extend(payload.map(|p| ("payload", p.to_string())));
+                v
             };
-            match self
-                .script("await.sloth", &vars(&first))
-                .and_then(|r| r.bench_list("await_ms"))
-            {
-                Ok(v) => aw_remote.extend(v),
-                Err(e) => {
-                    errs.insert("aw_remote", fail("remote await", &e));
-                }
-            }
-            match self
-                .script("await.sloth", &vars("local"))
-                .and_then(|r| r.bench_list("await_ms"))
-            {
-                Ok(v) => aw_local.extend(v),
-                Err(e) => {
-                    errs.insert("aw_local", fail("local await", &e));
-                }
-            }
-            let mut with_config = vars(&first);
-            with_config.push(("payload", "config".to_string()));
-            match self
-                .script("await.sloth", &with_config)
-                .and_then(|r| r.bench_list("await_ms"))
-            {
-                Ok(v) => aw_config.extend(v),
-                Err(e) => {
-                    errs.insert("aw_config", fail("remote await carrying a config", &e));
+            for (vars, out, key, what) in [
+                (
+                    vars(&first, None),
+                    &mut aw_remote,
+                    "aw_remote",
+                    "remote await",
+                ),
+                (
+                    vars("local", None),
+                    &mut aw_local,
+                    "aw_local",
+                    "local await",
+                ),
+                (
+                    vars(&first, Some("config")),
+                    &mut aw_config,
+                    "aw_config",
+                    "remote await carrying a config",
+                ),
+            ] {
+                match self
+                    .script("await.sloth", &vars)
+                    .and_then(|r| r.bench_list("await_ms"))
+                {
+                    Ok(v) => out.extend(v),
+                    Err(e) => {
+                        errs.insert(key, fail(what, &e));
+                    }
                 }
             }
             if let Some(q) = &quinn {
