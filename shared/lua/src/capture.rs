@@ -528,11 +528,14 @@ impl<'l> Encoder<'l> {
         let idx = self.graph.tables.len() as u32;
         self.tables.insert(ptr, idx);
         self.graph.tables.push(TableDef::default());
-        let walked = plain_entries(self.lua, t)
+        let room = sloth_proto::graph::MAX_DECODED_ELEMENTS.saturating_sub(self.elements);
+        let walked = plain_entries(self.lua, t, room)
             .map_err(|e| CaptureError::new(path, "table", e.to_string()))?;
-        let mut entries = Vec::with_capacity(walked.as_ref().map_or(0, Vec::len));
+        let mut entries = Vec::new();
         match walked {
-            Some(walked) => {
+            Walk::TooMany => return Err(too_many(path)),
+            Walk::Plain(walked) => {
+                entries.reserve_exact(walked.len());
                 for (ek, ev) in walked {
                     self.count_element(path)?;
                     let ev = match ev {
@@ -550,7 +553,7 @@ impl<'l> Encoder<'l> {
                 }
             }
             // A key that is not plain data (a table, a function): walk through mlua.
-            None => {
+            Walk::KeysNotPlain => {
                 for pair in t.clone().pairs::<LV, LV>() {
                     let (k, v) =
                         pair.map_err(|e| CaptureError::new(path, "table", e.to_string()))?;
@@ -571,14 +574,7 @@ impl<'l> Encoder<'l> {
     fn count_element(&mut self, path: &Path<'_>) -> Result<(), CaptureError> {
         self.elements += 1;
         if self.elements > sloth_proto::graph::MAX_DECODED_ELEMENTS {
-            return Err(CaptureError::new(
-                path,
-                "table",
-                format!(
-                    "more than {} table entries in one value",
-                    sloth_proto::graph::MAX_DECODED_ELEMENTS
-                ),
-            ));
+            return Err(too_many(path));
         }
         Ok(())
     }
@@ -691,17 +687,38 @@ fn script_global_names(lua: &Lua, ctx: &CaptureCtx) -> mlua::Result<Vec<String>>
     Ok(names)
 }
 
+/// Why a value has more entries than a receiver decodes.
+fn too_many(path: &Path<'_>) -> CaptureError {
+    CaptureError::new(
+        path,
+        "table",
+        format!(
+            "more than {} table entries in one value",
+            sloth_proto::graph::MAX_DECODED_ELEMENTS
+        ),
+    )
+}
+
 /// A table entry [`plain_entries`] read: the key, and the value unless it is not plain
 /// data.
 type PlainEntry = (Value, Option<Value>);
+
+/// What [`plain_entries`] found.
+enum Walk {
+    /// Every key is plain data.
+    Plain(Vec<PlainEntry>),
+    /// A key is not (a table, a function, userdata): walk through mlua instead.
+    KeysNotPlain,
+    /// More entries than there is room for: nothing more is copied.
+    TooMany,
+}
 
 /// The entries of `t` in one walk with the C API, without a handle per key and value
 /// (through mlua's `pairs`, those handles cost more than the copy itself). Keys and
 /// values that are plain data (nil, booleans, numbers, strings) come back encoded; a
 /// value that is not (a table, a function, userdata) comes back as `None`, for the
-/// caller to read by its key and encode. `None` for the whole table when a key is
-/// not plain data.
-fn plain_entries(lua: &Lua, t: &Table) -> mlua::Result<Option<Vec<PlainEntry>>> {
+/// caller to read by its key and encode. Copies at most `room` entries.
+fn plain_entries(lua: &Lua, t: &Table, room: usize) -> mlua::Result<Walk> {
     use mlua::ffi;
     /// The value at `idx` if it is plain data.
     ///
@@ -731,6 +748,7 @@ fn plain_entries(lua: &Lua, t: &Table) -> mlua::Result<Option<Vec<PlainEntry>>> 
     }
     let mut entries = Vec::new();
     let mut plain_keys = true;
+    let mut too_many = false;
     // SAFETY: the table is the closure's only argument (index 1); the walk keeps the
     // stack balanced (key and value above it, the value popped each round), converts
     // only values already of type string with lua_tolstring (so no key is converted in
@@ -744,7 +762,18 @@ fn plain_entries(lua: &Lua, t: &Table) -> mlua::Result<Option<Vec<PlainEntry>>> 
             }
             ffi::lua_pushnil(l);
             while ffi::lua_next(l, 1) != 0 {
-                let Some(k) = plain(l, -2) else {
+                if entries.len() >= room {
+                    too_many = true;
+                    ffi::lua_pop(l, 2);
+                    return;
+                }
+                // A light userdata key (mlua's NULL among them) stays a key of its own:
+                // `pairs` encodes it.
+                let key = match ffi::lua_type(l, -2) {
+                    ffi::LUA_TLIGHTUSERDATA => None,
+                    _ => plain(l, -2),
+                };
+                let Some(k) = key else {
                     plain_keys = false;
                     ffi::lua_pop(l, 2);
                     return;
@@ -754,7 +783,13 @@ fn plain_entries(lua: &Lua, t: &Table) -> mlua::Result<Option<Vec<PlainEntry>>> 
             }
         })?
     };
-    Ok(plain_keys.then_some(entries))
+    Ok(if too_many {
+        Walk::TooMany
+    } else if plain_keys {
+        Walk::Plain(entries)
+    } else {
+        Walk::KeysNotPlain
+    })
 }
 
 /// A key [`plain_entries`] returned, as a Lua value again.
@@ -935,10 +970,11 @@ impl Restorer<'_> {
     /// strings) are pushed with the C API, without a handle each (through mlua's
     /// `raw_set`, those handles cost more than the entries themselves); the others
     /// (tables, functions, builtins, shared objects) are made here and handed over as
-    /// arguments, at most `REFS_PER_CALL` at a time, well inside the Lua stack.
+    /// arguments, for at most `ENTRIES_PER_CALL` entries (twice as many values) at a
+    /// time, well inside the Lua stack.
     fn fill_tables(&self, graph: &Graph) -> mlua::Result<()> {
         use mlua::ffi;
-        const REFS_PER_CALL: usize = 128;
+        const ENTRIES_PER_CALL: usize = 128;
         fn is_plain(v: &Value) -> bool {
             matches!(
                 v,
@@ -968,7 +1004,7 @@ impl Restorer<'_> {
                     !matches!(k, Value::Nil) && !matches!(k, Value::Float(f) if f.is_nan())
                 })
                 .collect();
-            for chunk in entries.chunks(REFS_PER_CALL) {
+            for chunk in entries.chunks(ENTRIES_PER_CALL) {
                 let mut refs = Vec::new();
                 for (k, v) in chunk {
                     for x in [k, v] {
@@ -980,21 +1016,23 @@ impl Restorer<'_> {
                 // SAFETY: the arguments are the table (index 1) and `refs` (from index
                 // 2, in the order the loop below meets them); each round pushes a key
                 // and a value and lua_rawset pops both. A Lua error (out of memory,
-                // under the task's memory limit) unwinds through this closure, which
-                // owns nothing that needs dropping.
+                // under the task's memory limit) unwinds through this closure, whose
+                // frame holds nothing that needs dropping (no iterator by value).
                 unsafe {
                     self.lua
                         .exec_raw::<()>((t, mlua::MultiValue::from_vec(refs)), |l| {
                             let mut next_ref: std::ffi::c_int = 2;
                             for (k, v) in chunk {
-                                for x in [k, v] {
+                                let mut push = |x: &Value| {
                                     if is_plain(x) {
                                         push_plain(l, x);
                                     } else {
                                         ffi::lua_pushvalue(l, next_ref);
                                         next_ref += 1;
                                     }
-                                }
+                                };
+                                push(k);
+                                push(v);
                                 ffi::lua_rawset(l, 1);
                             }
                         })?;

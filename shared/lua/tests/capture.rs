@@ -292,3 +292,37 @@ fn a_task_too_big_for_its_memory_limit_fails_while_restored() {
     let ok = run(256 << 20).unwrap();
     assert_eq!(format!("{:?}", ok.roots()), "[Int(20000)]");
 }
+
+/// More table entries than a receiver decodes, in one table or across several, are
+/// refused with the value's path before they are all copied.
+#[test]
+fn more_entries_than_a_receiver_decodes_are_refused() {
+    let a = state();
+    let limit = sloth_proto::graph::MAX_DECODED_ELEMENTS;
+    for (src, path) in [
+        (
+            format!(
+                "local t = {{}} for i = 1, {} do t[i] = i end return t",
+                limit + 1
+            ),
+            "return value #1",
+        ),
+        (
+            format!(
+                "local half = {} local t = {{ a = {{}}, b = {{}} }}
+                 for i = 1, half do t.a[i] = i; t.b[i] = i end return t",
+                limit / 2 + 1
+            ),
+            "return value #1.",
+        ),
+    ] {
+        let v: LV = a.load(src.as_str()).eval().unwrap();
+        let err = capture::encode_data(&a, &[v], "return value").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with(&format!("cannot send {path}")), "{text}");
+        assert!(
+            text.ends_with(&format!("more than {limit} table entries in one value")),
+            "{text}"
+        );
+    }
+}
