@@ -99,20 +99,40 @@ impl CaptureCtx {
 /// globals, as [`scan`] finds them.
 fn library_tables_of(lua: &Lua, only: Option<&HashSet<String>>) -> HashMap<usize, String> {
     let globals = lua.globals();
-    LIBRARY_TABLES
+    let tables: Vec<(String, Table)> = LIBRARY_TABLES
         .iter()
         .filter(|name| only.is_none_or(|o| o.contains(**name)))
         .filter_map(|name| match globals.raw_get::<LV>(*name) {
-            Ok(LV::Table(t)) => Some((t.to_pointer() as usize, name.to_string())),
+            Ok(LV::Table(t)) => Some((name.to_string(), t)),
             _ => None,
         })
-        .collect()
+        .collect();
+    let map = tables
+        .iter()
+        .map(|(name, t)| (t.to_pointer() as usize, name.clone()))
+        .collect();
+    keep_alive(
+        lua,
+        "sloth.capture.library_tables",
+        tables.into_iter().map(|(_, t)| LV::Table(t)),
+    );
+    map
+}
+
+/// Keep the values a pointer map names alive for as long as the state: a builtin the
+/// script drops (`json = nil`) must never be collected, or a table of the script's
+/// could be made at its address and travel as that builtin.
+fn keep_alive(lua: &Lua, key: &str, values: impl Iterator<Item = LV>) {
+    if let Ok(t) = lua.create_sequence_from(values) {
+        let _ = lua.set_named_registry_value(key, t);
+    }
 }
 
 /// The builtins of the state (pointer -> dotted name) and its global names.
 fn scan(lua: &Lua, only: Option<&HashSet<String>>) -> (HashMap<usize, String>, HashSet<String>) {
     let mut builtins = HashMap::default();
     let mut names = HashSet::default();
+    let mut values = Vec::new();
     for pair in lua.globals().pairs::<LV, LV>() {
         let Ok((LV::String(k), v)) = pair else {
             continue;
@@ -124,14 +144,17 @@ fn scan(lua: &Lua, only: Option<&HashSet<String>>) -> (HashMap<usize, String>, H
         match &v {
             LV::Function(f) => {
                 builtins.insert(f.to_pointer() as usize, name.clone());
+                values.push(v.clone());
             }
             LV::Table(t) if LIBRARY_TABLES.contains(&name.as_str()) => {
                 builtins.insert(t.to_pointer() as usize, name.clone());
+                values.push(v.clone());
                 for (fk, fv) in t.pairs::<LV, LV>().flatten() {
-                    if let (LV::String(fname), LV::Function(f)) = (fk, fv) {
+                    if let (LV::String(fname), LV::Function(f)) = (fk, &fv) {
                         builtins
                             .entry(f.to_pointer() as usize)
                             .or_insert_with(|| format!("{name}.{}", fname.to_string_lossy()));
+                        values.push(fv);
                     }
                 }
             }
@@ -139,6 +162,7 @@ fn scan(lua: &Lua, only: Option<&HashSet<String>>) -> (HashMap<usize, String>, H
         }
         names.insert(name);
     }
+    keep_alive(lua, "sloth.capture.builtins", values.into_iter());
     (builtins, names)
 }
 

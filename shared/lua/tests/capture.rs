@@ -326,3 +326,26 @@ fn more_entries_than_a_receiver_decodes_are_refused() {
         );
     }
 }
+
+/// A builtin the script drops is never collected: a function or table of the
+/// script's made at its address afterwards would otherwise travel as that builtin.
+/// (The main state's builtins include Lua functions, such as the DSL's.)
+#[test]
+fn a_builtin_the_script_drops_stays_alive() {
+    let a = state();
+    a.load("function helper() return 'builtin' end")
+        .exec()
+        .unwrap();
+    capture::install(&a, std::sync::Arc::new(sloth_lua::shared_obj::NoBackend)).unwrap();
+    let alive: bool = a
+        .load(
+            "local seen = setmetatable({}, { __mode = 'v' })
+             seen[1] = helper
+             helper = nil
+             collectgarbage('collect'); collectgarbage('collect')
+             return seen[1] ~= nil",
+        )
+        .eval()
+        .unwrap();
+    assert!(alive);
+}
