@@ -49,4 +49,7 @@ fi
 echo "[install-peers] installing $ANSIBLE_CORE into $dir/venv (PyPI)" >&2
 python3 -m venv "$dir/venv"
 "$dir/venv/bin/pip" install -q --disable-pip-version-check "$ANSIBLE_CORE"
-"$dir/venv/bin/ansible" --version | head -1 >&2
+# Read whole, then cut: `| head -1` closed the pipe while ansible still wrote, which
+# it reports as a crash (exit 250) that failed the run under pipefail.
+version=$("$dir/venv/bin/ansible" --version 2>/dev/null)
+echo "${version%%$'\n'*}" >&2
