@@ -841,6 +841,14 @@ print("GSUB", (string.gsub("a b", "%a", function(c)
 end)))
 print("MAIN", tostring(coroutine.isyieldable()), tostring(select(2, coroutine.running())))
 print("YIELD", pcall(coroutine.yield, 1))
+-- A handle's own method waits the same way, on the script's thread and in a coroutine.
+local h = goroutine.async(function() return "m" end, { delegate_to = "web-01" })
+print("METHOD", h:await("5s"))
+print("METHOD_CO", coroutine.wrap(function() return select(2, h:await()) end)())
+local slow = goroutine.async(function() goroutine.sleep(2000) end, { delegate_to = "web-01" })
+print("METHOD_TIMEOUT", slow:await("50ms"))
+slow:cancel()
+print("NOT_A_HANDLE", pcall(function() return goroutine.channel(1):await() end))
 "#,
         &[],
     );
@@ -856,6 +864,14 @@ print("YIELD", pcall(coroutine.yield, 1))
         y[1].contains("attempt to yield from outside a coroutine"),
         "{out}"
     );
+    assert_eq!(out.one("METHOD"), vec!["true", "m"], "{out}");
+    assert_eq!(out.one("METHOD_CO"), vec!["m"], "{out}");
+    let t = out.one("METHOD_TIMEOUT");
+    assert_eq!(t[0], "false", "{out}");
+    assert!(t[1..].join(" ").contains("timeout"), "{out}");
+    let n = out.one("NOT_A_HANDLE");
+    assert_eq!(n[0], "false", "{out}");
+    assert!(n[1..].join(" ").contains("has no method 'await'"), "{out}");
 }
 
 /// An argument of the wrong type names the function it was given to, in the script and

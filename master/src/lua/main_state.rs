@@ -94,7 +94,9 @@ pub fn main_state(rt: &Arc<Runtime>, vars: &[(String, String)]) -> mlua::Result<
     let goroutine: Table = g.raw_get("goroutine")?;
     crate::lua::goroutine::install(&lua, &goroutine, rt.clone(), backend.clone())?;
     crate::lua::fleet::install(&lua, rt.clone())?;
-    // What may wait hands the runtime's worker over first; `await` yields to it.
+    sloth_lua::shared_obj::install_methods(&lua)?;
+    // What may wait hands the runtime's worker over first; `await` and a handle's
+    // `:await` yield to it.
     crate::lua::on_runtime::install(&lua, crate::lua::goroutine::await_async(&lua, rt.clone())?)?;
     // The original project's task DSL, written in Lua on top of goroutine.
     lua.load(include_str!("dsl.lua"))
@@ -130,7 +132,6 @@ xpcall = function(f, h, ...) return pass(raw_xpcall(f, h, ...)) end
     wrap_errors(&lua, sloth_modules::MODULES)?;
     wrap_errors(&lua, sloth_modules::resources::MODULES)?;
     wrap_errors(&lua, &["fleet", "artifact"])?;
-    sloth_lua::shared_obj::install_methods(&lua)?;
     capture::install(&lua, backend)?;
     lua.set_app_data(ctx);
     // Stops the script when told, and hands the runtime's worker over when it

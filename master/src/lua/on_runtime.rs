@@ -114,12 +114,19 @@ end
 /// only to the runtime: to the script, `coroutine.running`, `isyieldable` and `yield`
 /// behave as in a main thread.
 const AWAIT_SRC: &str = r#"
-local sync, async, co, error = ...
+local sync, async, co, error, method, is_handle = ...
 local running, isyieldable, yield = co.running, co.isyieldable, co.yield
 local main
 local function await(h, t)
   if main ~= nil and running() == main and isyieldable() then return async(h, t) end
   return sync(h, t)
+end
+-- A handle's `h:await(t)`, the same wait as `goroutine.await(h, t)`.
+local function await_method(h, ...)
+  if main ~= nil and running() == main and isyieldable() and is_handle(h) then
+    return async(h, ...)
+  end
+  return method(h, ...)
 end
 co.running = function()
   local th, ismain = running()
@@ -132,15 +139,16 @@ co.yield = function(...)
   if running() == main then error("attempt to yield from outside a coroutine", 2) end
   return yield(...)
 end
-return await, function(th) main = th end
+return await, function(th) main = th end, await_method
 "#;
 
 /// Where the dispatcher keeps its setter for the script's thread.
 const SET_MAIN_KEY: &str = "sloth.on_runtime.set_main";
 
 /// Put [`leave_worker`] in front of everything in the main state that may wait or run
-/// long, and make `goroutine.await` yield where it can. Run before the DSL is loaded
-/// and before the capture codec is installed: both must see the wrapped functions.
+/// long, and make `goroutine.await` and a handle's `:await` yield where they can. Run
+/// after the shared objects' methods are installed, and before the DSL is loaded and
+/// the capture codec is installed: both must see the wrapped functions.
 pub fn install(lua: &Lua, await_async: Function) -> mlua::Result<()> {
     let leave = lua.create_function(|_, ()| {
         leave_worker();
@@ -160,14 +168,26 @@ pub fn install(lua: &Lua, await_async: Function) -> mlua::Result<()> {
     let goroutine: Table = g.raw_get("goroutine")?;
     let sync: Function = goroutine.raw_get("await")?;
     let sync: Function = wrap.call(sync)?;
-    let (dispatch, set_main): (Function, Function) =
+    let methods = sloth_lua::shared_obj::method_table(lua)?;
+    let is_handle = lua.create_function(|_, v: LV| {
+        Ok(match v {
+            LV::UserData(ud) => ud
+                .borrow::<sloth_lua::shared_obj::SharedObj>()
+                .is_ok_and(|o| o.to_graph_ref().kind == sloth_proto::graph::SharedKind::Handle),
+            _ => false,
+        })
+    })?;
+    let (dispatch, set_main, await_method): (Function, Function, Function) =
         lua.load(AWAIT_SRC).set_name("=sloth-await").call((
             sync,
             await_async,
             g.raw_get::<Table>("coroutine")?,
             g.raw_get::<Function>("error")?,
+            methods.raw_get::<Function>("await")?,
+            is_handle,
         ))?;
     goroutine.raw_set("await", dispatch)?;
+    methods.raw_set("await", await_method)?;
     lua.set_named_registry_value(SET_MAIN_KEY, set_main)
 }
 

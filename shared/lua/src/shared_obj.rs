@@ -102,12 +102,7 @@ impl UserData for SharedObj {
         // Methods are looked up through `__index` in a per-state table of Lua wrappers
         // (see [`install_methods`]), so that their errors reach scripts as plain strings.
         methods.add_meta_method(mlua::MetaMethod::Index, |lua, _this, key: LV| {
-            let table = match lua.named_registry_value::<Option<mlua::Table>>(METHODS_KEY)? {
-                Some(t) => t,
-                // Task states build the table when their first shared object is used.
-                None => install_methods(lua)?,
-            };
-            table.raw_get::<LV>(key)
+            method_table(lua)?.raw_get::<LV>(key)
         });
         methods.add_meta_method(mlua::MetaMethod::ToString, |_, this, ()| {
             Ok(match this.r.kind {
@@ -161,6 +156,15 @@ pub fn install_methods(lua: &Lua) -> mlua::Result<mlua::Table> {
     }
     lua.set_named_registry_value(METHODS_KEY, &table)?;
     Ok(table)
+}
+
+/// The state's table of shared-object methods, built on first use (task states build it
+/// when their first shared object is used).
+pub fn method_table(lua: &Lua) -> mlua::Result<mlua::Table> {
+    match lua.named_registry_value::<Option<mlua::Table>>(METHODS_KEY)? {
+        Some(t) => Ok(t),
+        None => install_methods(lua),
+    }
 }
 
 fn no_method(this: &SharedObj, name: &str) -> mlua::Error {
