@@ -390,6 +390,7 @@ struct Mark {
     functions: usize,
     protos: usize,
     cells: usize,
+    elements: usize,
 }
 
 /// What a value that is not data gets told in data mode.
@@ -474,6 +475,7 @@ impl<'l> Encoder<'l> {
             functions: self.graph.functions.len(),
             protos: self.graph.protos.len(),
             cells: self.cells.len(),
+            elements: self.elements,
         }
     }
 
@@ -489,6 +491,7 @@ impl<'l> Encoder<'l> {
         self.graph.tables.truncate(mark.tables);
         self.graph.functions.truncate(mark.functions);
         self.graph.protos.truncate(mark.protos);
+        self.elements = mark.elements;
     }
 
     fn encode(&mut self, v: &LV, path: &Path<'_>) -> Result<Value, CaptureError> {

@@ -349,3 +349,27 @@ fn a_builtin_the_script_drops_stays_alive() {
         .unwrap();
     assert!(alive);
 }
+
+/// A global that fails after its entries were counted gives its share of the element
+/// budget back: the good global after it still fits. (The globals are walked in hash
+/// order, so this catches the fault whenever a bad global comes first, two runs in
+/// three.)
+#[test]
+fn a_failed_global_gives_its_element_budget_back() {
+    let limit = sloth_proto::graph::MAX_DECODED_ELEMENTS;
+    let (_l, v) = ship(
+        &format!(
+            "local function fill(n) local t = {{}} for i = 1, n do t[i] = i end return t end
+             bad1 = fill({bad}); bad1.co = coroutine.create(print)
+             bad2 = fill({bad}); bad2.co = coroutine.create(print)
+             good = fill({good})",
+            bad = limit / 2 + 100_000,
+            good = limit / 2,
+        ),
+        "return function() return #good end",
+    );
+    assert!(
+        matches!(v[0], LV::Integer(n) if n as usize == limit / 2),
+        "{v:?}"
+    );
+}
