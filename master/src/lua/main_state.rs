@@ -94,7 +94,6 @@ pub fn main_state(rt: &Arc<Runtime>, vars: &[(String, String)]) -> mlua::Result<
     let goroutine: Table = g.raw_get("goroutine")?;
     crate::lua::goroutine::install(&lua, &goroutine, rt.clone(), backend.clone())?;
     crate::lua::fleet::install(&lua, rt.clone())?;
-    sloth_lua::shared_obj::install_methods(&lua)?;
     // What may wait hands the runtime's worker over first; `await` and a handle's
     // `:await` yield to it.
     crate::lua::on_runtime::install(&lua, crate::lua::goroutine::await_async(&lua, rt.clone())?)?;

@@ -146,9 +146,9 @@ return await, function(th) main = th end, await_method
 const SET_MAIN_KEY: &str = "sloth.on_runtime.set_main";
 
 /// Put [`leave_worker`] in front of everything in the main state that may wait or run
-/// long, and make `goroutine.await` and a handle's `:await` yield where they can. Run
-/// after the shared objects' methods are installed, and before the DSL is loaded and
-/// the capture codec is installed: both must see the wrapped functions.
+/// long, and make `goroutine.await` and a handle's `:await` yield where they can (the
+/// shared objects' method table is built here if it is not yet). Run before the DSL is
+/// loaded and the capture codec is installed: both must see the wrapped functions.
 pub fn install(lua: &Lua, await_async: Function) -> mlua::Result<()> {
     let leave = lua.create_function(|_, ()| {
         leave_worker();

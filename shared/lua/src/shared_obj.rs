@@ -137,7 +137,7 @@ fn all_method_names() -> Vec<&'static str> {
 
 /// Install the method table shared objects use in this state (every state that may
 /// hold them: the main script's and every task's).
-pub fn install_methods(lua: &Lua) -> mlua::Result<mlua::Table> {
+fn install_methods(lua: &Lua) -> mlua::Result<mlua::Table> {
     let protect = crate::protect::protector(lua)?;
     let table = lua.create_table()?;
     for name in all_method_names() {
