@@ -1428,7 +1428,7 @@ impl Bench {
 
         if let Some(c) = median(&floor_close) {
             t.notes.push(format!(
-                "closing the {n} floor connections (endpoint.close + wait_idle, capped at 500 ms; Mesh::close waits at most 100 ms) took {} (median)",
+                "closing the {n} floor connections (endpoint.close + wait_idle, capped at 500 ms; Mesh::close waits only until each close frame is sent) took {} (median)",
                 fmt_value(c, Unit::Ms)
             ));
         }
@@ -2038,8 +2038,8 @@ impl Bench {
             for (conn, _, _) in &conns {
                 conn.close(0u32.into(), b"bench done");
             }
-            // What Mesh::close does at the end of every command: close, then wait (at
-            // most 500 ms) for the connections to drain.
+            // How long QUIC keeps the closed connections draining (at most 500 ms
+            // here): what Mesh::close no longer waits for.
             let closing = Instant::now();
             endpoint.close(0u32.into(), b"bench done");
             let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
