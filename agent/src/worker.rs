@@ -199,11 +199,15 @@ pub async fn run(
     let (done_tx, mut job) = tokio::sync::oneshot::channel();
     let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let finished2 = finished.clone();
+    let changes2 = changes.clone();
     agent.runner.execute(move || {
         let r = sloth_modules::EXECUTOR.run_task(&req, ctx, &limits);
         drop(permit);
+        // Encoded here, on the task's thread: a big result never holds up the
+        // connection's thread (other tasks, pings, handshakes).
+        let ended = Ended::of(r, start, changes2.load(Ordering::Relaxed));
         finished2.store(true, Ordering::Release);
-        let _ = done_tx.send(r);
+        let _ = done_tx.send(ended);
     });
     // Only a task in a series is likely to answer within the watch; a lone one (a
     // command fanned out to the fleet) would take the CPU from its own child.
@@ -237,14 +241,18 @@ pub async fn run(
                          once no other task runs",
                         STUCK_AFTER.as_secs()
                     );
-                    break Ok(Err(TaskError::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "the task did not stop at its deadline (stuck in a C call, such as a \
-                             string pattern that backtracks without end); agent {} restarts once idle",
-                            agent.cfg.name
-                        ),
-                    )));
+                    break Ok(Ended::of(
+                        Err(TaskError::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "the task did not stop at its deadline (stuck in a C call, such as a \
+                                 string pattern that backtracks without end); agent {} restarts once idle",
+                                agent.cfg.name
+                            ),
+                        )),
+                        start,
+                        changes.load(Ordering::Relaxed),
+                    ));
                 }
             }
             s = &mut stopped, if watching => {
@@ -297,48 +305,22 @@ pub async fn run(
             break;
         }
     }
-    let result = match result {
-        Ok(r) => r,
-        Err(_) => Err(TaskError::new(
-            ErrorKind::Lua,
-            "the task's worker thread failed (a panic in the executor)",
-        )),
-    };
-    let duration_us = sloth_lua::executor::elapsed_us(start);
+    let ended = result.unwrap_or_else(|_| {
+        Ended::of(
+            Err(TaskError::new(
+                ErrorKind::Lua,
+                "the task's worker thread failed (a panic in the executor)",
+            )),
+            start,
+            changes.load(Ordering::Relaxed),
+        )
+    });
     // Recorded before the master hears the result. The task has run: a failure
     // to record its end is in the agent's log.
-    let _ = audit(
-        Event::TaskEnd,
-        Some(&Ending::of(
-            &result,
-            duration_us,
-            changes.load(Ordering::Relaxed),
-        )),
-    );
-    let done = ToMaster::Done {
-        result: result.map(Data::into_graph),
-        duration_us,
-    };
-    // A result over the frame limit is the task's failure (kind capture, never
-    // retried), not a lost agent.
-    let bytes = match sloth_proto::protocol::encode(&done) {
-        Ok(b) => b,
-        Err(e) => {
-            let failed = ToMaster::Done {
-                result: Err(TaskError::new(
-                    ErrorKind::Capture,
-                    format!("the result cannot be sent back: {e}"),
-                )),
-                duration_us,
-            };
-            match sloth_proto::protocol::encode(&failed) {
-                Ok(b) => b,
-                Err(_) => {
-                    let _ = send.reset(codes::BAD_FRAME.into());
-                    return;
-                }
-            }
-        }
+    let _ = audit(Event::TaskEnd, Some(&ended.ending));
+    let Some(bytes) = ended.frame else {
+        let _ = send.reset(codes::BAD_FRAME.into());
+        return;
     };
     if tokio::io::AsyncWriteExt::write_all(&mut send, &bytes)
         .await
@@ -352,6 +334,44 @@ pub async fn run(
     }
     if reading {
         wire::take_fin(recv.get_mut());
+    }
+}
+
+/// A finished task: its audit line and its `Done` frame (`None` when not even its
+/// error fits a frame: the stream is reset).
+struct Ended {
+    ending: Ending,
+    frame: Option<Vec<u8>>,
+}
+
+impl Ended {
+    fn of(result: Result<Data, TaskError>, start: Instant, changes: u32) -> Ended {
+        let duration_us = sloth_lua::executor::elapsed_us(start);
+        let ending = Ending::of(&result, duration_us, changes);
+        let done = ToMaster::Done {
+            result: result.map(Data::into_graph),
+            duration_us,
+        };
+        // A result over the frame limit is the task's failure (kind capture, never
+        // retried), not a lost agent.
+        let frame = match protocol::encode(&done) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                let error = match e {
+                    protocol::FrameError::TooLarge(size) => protocol::result_too_big(size),
+                    protocol::FrameError::Malformed(e) => TaskError::new(
+                        ErrorKind::Capture,
+                        format!("the result cannot be sent back: {e}"),
+                    ),
+                };
+                protocol::encode(&ToMaster::Done {
+                    result: Err(error),
+                    duration_us,
+                })
+                .ok()
+            }
+        };
+        Ended { ending, frame }
     }
 }
 

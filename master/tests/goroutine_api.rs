@@ -675,6 +675,40 @@ print("BIG AWAIT", aok, aerr == lerr)
     assert_eq!(out.line("BIG AWAIT"), "false\ttrue", "{out}");
 }
 
+/// Results are encoded on the agent's task thread: a remote result too big for a
+/// frame is that task's capture error naming the host, a big one that fits arrives
+/// whole, and tasks on the same agent around them are answered.
+#[test]
+fn remote_results_big_and_too_big() {
+    let fleet = TestFleet::web(1);
+    let out = fleet.run(
+        r#"
+local opts = { delegate_to = "web-01", timeout = "60s" }
+local too_big = goroutine.async(function() return string.rep("x", 65 * 1024 * 1024) end, opts)
+local fits = goroutine.async(function() return string.rep("y", 20 * 1024 * 1024) .. "end" end, opts)
+local small = goroutine.async(function() return 42 end, opts)
+local ok, err = goroutine.await(too_big)
+print("TOO BIG", ok, (err:gsub("%d+ bytes", "N bytes")))
+local ok2, v = goroutine.await(fits)
+print("FITS", ok2, #v, v:sub(-4))
+print("SMALL", goroutine.await(small))
+"#,
+        &[],
+    );
+    out.assert_code(1);
+    assert_eq!(
+        out.line("TOO BIG"),
+        "false\tcapture: web-01: the result cannot be sent back: it takes N bytes, more than a frame to or from an agent can hold (N bytes)",
+        "{out}"
+    );
+    assert_eq!(
+        out.line("FITS"),
+        format!("true\t{}\tyend", 20 * 1024 * 1024 + 3),
+        "{out}"
+    );
+    assert_eq!(out.line("SMALL"), "true\t42", "{out}");
+}
+
 /// `select` cases are strict: a typo, an empty case or a case with both send and
 /// receive raise at once, instead of a case that is never ready (which, without a
 /// timeout, waited forever).

@@ -177,14 +177,7 @@ fn within_a_frame(result: Data) -> Result<Data, TaskError> {
     let size = protocol::encoded_size(result.graph())
         .map_err(|e| TaskError::new(ErrorKind::Capture, e.to_string()))?;
     if size > protocol::MAX_VALUE {
-        return Err(TaskError::new(
-            ErrorKind::Capture,
-            format!(
-                "the result cannot be sent back: it takes {size} bytes, more than a frame \
-                 to or from an agent can hold ({} bytes)",
-                protocol::MAX_FRAME
-            ),
-        ));
+        return Err(protocol::result_too_big(size));
     }
     Ok(result)
 }

@@ -302,6 +302,18 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_FRAME>()
 }
 
+/// The failure of a task whose result takes `size` bytes, more than a frame holds:
+/// the same words for a local task (held to a remote one's limit) as for a remote one.
+pub fn result_too_big(size: usize) -> TaskError {
+    TaskError::new(
+        ErrorKind::Capture,
+        format!(
+            "the result cannot be sent back: it takes {size} bytes, more than a frame to or \
+             from an agent can hold ({MAX_FRAME} bytes)"
+        ),
+    )
+}
+
 /// Encode a message as one frame (length prefix included).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let mut out = vec![0u8; 4];
