@@ -843,6 +843,54 @@ print("WAITED", tostring(r.success), r.values[1], tostring(r.duration_ms < 800),
     assert_eq!(out.one("WAITED")[..3], ["true", "2", "true"], "{out}");
 }
 
+/// Long work in C that the instruction hook cannot see (decoding and encoding a big
+/// JSON text, capturing a big table) hands the worker over too: an agent's answer is
+/// taken meanwhile, not after it.
+#[test]
+fn big_json_and_captures_hold_back_no_answer() {
+    let fleet = TestFleet::web(1);
+    let out = fleet.run(
+        r#"
+local function start(v)
+  return goroutine.async(function() return v end, { delegate_to = "web-01" })
+end
+goroutine.await(start(0)) -- connected
+local parts = {}
+for i = 1, 300000 do parts[i] = '{"a":' .. i .. ',"b":"xxxxxxxxxxxxxxxx"}' end
+local text = "[" .. table.concat(parts, ",") .. "]"
+parts = nil
+local function timed(what, f)
+  -- Resumed after the await, the script holds the worker again (a new turn).
+  goroutine.await(start(0))
+  local h = start(what)
+  local t0 = sys.monotonic_ms()
+  local v = f()
+  local took = sys.monotonic_ms() - t0
+  local r = goroutine.await_all({ h })[1]
+  print(what, tostring(r.success), tostring(took > 100), tostring(r.duration_ms < took / 2),
+    took, r.duration_ms)
+  return v
+end
+local v = timed("DECODE", function() return json.decode(text) end)
+timed("ENCODE", function() return json.encode(v) end)
+local n = timed("CAPTURE", function()
+  return goroutine.async(function() return #v end, { delegate_to = "web-01" })
+end)
+print("CAPTURED", select(2, goroutine.await(n)))
+"#,
+        &[],
+    );
+    out.assert_code(0);
+    for what in ["DECODE", "ENCODE", "CAPTURE"] {
+        assert_eq!(
+            out.one(what)[..3],
+            ["true", "true", "true"][..],
+            "{what}\n{out}"
+        );
+    }
+    assert_eq!(out.one("CAPTURED"), vec!["300000"], "{out}");
+}
+
 /// `goroutine.await` yields to the runtime only from the script's own thread; inside a
 /// coroutine of the script's, under `pcall`, or under a C function (a sort comparator,
 /// a `gsub` callback) it still waits and returns. To the script its thread is still

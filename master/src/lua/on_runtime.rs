@@ -8,7 +8,8 @@
 //! of the main state that may wait (a command, a file, a lock, the terminal) or run long
 //! in C (a string pattern, a sort) first hands the worker's duties to another thread
 //! ([`leave_worker`]); so does the stop hook once the script has computed for
-//! [`BUSY`] without yielding. After that the script runs on as a plain thread until it
+//! [`BUSY`] without yielding, and so does C work that may run long while it goes (a
+//! big JSON text or capture: `sloth_lua::context::LongWork`). After that the script runs on as a plain thread until it
 //! next yields.
 
 use std::future::Future;
@@ -150,6 +151,11 @@ const SET_MAIN_KEY: &str = "sloth.on_runtime.set_main";
 /// shared objects' method table is built here if it is not yet). Run before the DSL is
 /// loaded and the capture codec is installed: both must see the wrapped functions.
 pub fn install(lua: &Lua, await_async: Function) -> mlua::Result<()> {
+    // Long work in C (a big JSON text, a big capture) hands the worker over too.
+    sloth_lua::context::set_long_work(sloth_lua::context::LongWork {
+        ahead: leave_worker,
+        check: leave_if_busy,
+    });
     let leave = lua.create_function(|_, ()| {
         leave_worker();
         Ok(())

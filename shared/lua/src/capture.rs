@@ -603,6 +603,9 @@ impl<'l> Encoder<'l> {
         if self.elements > sloth_proto::graph::MAX_DECODED_ELEMENTS {
             return Err(too_many(path));
         }
+        if self.elements % crate::context::CHECK_EVERY == 0 {
+            crate::context::long_work_check();
+        }
         Ok(())
     }
 

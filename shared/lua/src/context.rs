@@ -1,9 +1,9 @@
 //! What a running task reaches outside its own Lua state ([`TaskContext`]: its host
 //! name, its log and change sink, its shared-object backend, its stop token and its
-//! mode), and the argument
-//! helpers every Lua-facing function shares (durations).
+//! mode), the argument helpers every Lua-facing function shares (durations), and the
+//! [`long_work`] hooks C work that may run long calls.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use mlua::{Lua, Value as LV};
@@ -152,3 +152,43 @@ mod tests {
         assert!(parse_duration_str("").is_err());
     }
 }
+
+/// What a process does around long work in C that the Lua instruction hook cannot
+/// interrupt (a big JSON text, a big capture): the master's main script runs on its
+/// async runtime's worker and hands the worker's duties to another thread, so that no
+/// connection waits for it. Set once, at start-up; without it (agents, tools) the
+/// calls below do nothing.
+pub struct LongWork {
+    /// Long work is known to be ahead (a big input).
+    pub ahead: fn(),
+    /// Called every so often during work whose length shows only as it goes.
+    pub check: fn(),
+}
+
+static LONG_WORK: OnceLock<LongWork> = OnceLock::new();
+
+/// Install the process's [`LongWork`] hooks (the first call wins).
+pub fn set_long_work(hooks: LongWork) {
+    let _ = LONG_WORK.set(hooks);
+}
+
+/// Long work is ahead (see [`LongWork::ahead`]).
+pub fn long_work_ahead() {
+    if let Some(h) = LONG_WORK.get() {
+        (h.ahead)()
+    }
+}
+
+/// Long work goes on (see [`LongWork::check`]); cheap enough for every few thousand
+/// elements.
+pub fn long_work_check() {
+    if let Some(h) = LONG_WORK.get() {
+        (h.check)()
+    }
+}
+
+/// Inputs at least this big are long work ahead ([`long_work_ahead`]).
+pub const LONG_INPUT: usize = 256 * 1024;
+
+/// Elements (table entries, values) between two [`long_work_check`] calls.
+pub const CHECK_EVERY: usize = 4096;

@@ -2,6 +2,7 @@
 
 use mlua::{Lua, LuaSerdeExt, Table, Value as LV};
 use serde_json::Value as J;
+use sloth_lua::context;
 use sloth_lua::opts::Opts;
 
 /// Tables nested deeper than this are refused (a cycle ends here too).
@@ -15,7 +16,7 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
             let mut o = Opts::of(lua, "json.encode", opts)?;
             let pretty = o.bool("pretty")?.unwrap_or(false);
             o.finish()?;
-            let value = to_json(lua, &v, 0)
+            let value = to_json(lua, &v, 0, &mut 0)
                 .map_err(|e| mlua::Error::runtime(format!("json.encode: {e}")))?;
             let res = if pretty {
                 serde_json::to_string_pretty(&value)
@@ -28,7 +29,11 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
     json.raw_set(
         "decode",
         lua.create_function(|lua, text: mlua::LuaString| {
-            let v: serde_json::Value = match serde_json::from_slice(&text.as_bytes()) {
+            let text = text.as_bytes();
+            if text.len() >= context::LONG_INPUT {
+                context::long_work_ahead();
+            }
+            let v: serde_json::Value = match serde_json::from_slice(&text) {
                 Ok(v) => v,
                 Err(e) => {
                     return Ok((LV::Nil, Some(format!("json.decode: {e}"))));
@@ -45,7 +50,12 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
 /// an empty array decoded by `json.decode`), otherwise an object; integer and float
 /// keys of an object become strings, so nothing is dropped (`{1, x = 2}` is
 /// `{"1":1,"x":2}`).
-fn to_json(lua: &Lua, v: &LV, depth: usize) -> Result<J, String> {
+/// `done` counts the values encoded so far, for [`context::long_work_check`].
+fn to_json(lua: &Lua, v: &LV, depth: usize, done: &mut usize) -> Result<J, String> {
+    *done += 1;
+    if *done % context::CHECK_EVERY == 0 {
+        context::long_work_check();
+    }
     Ok(match v {
         LV::Nil => J::Null,
         LV::LightUserData(p) if p.0.is_null() => J::Null,
@@ -65,13 +75,13 @@ fn to_json(lua: &Lua, v: &LV, depth: usize) -> Result<J, String> {
                     "tables nested more than {MAX_DEPTH} deep (is there a cycle?)"
                 ));
             }
-            table_to_json(lua, t, depth)?
+            table_to_json(lua, t, depth, done)?
         }
         other => return Err(format!("cannot serialize <{}>", other.type_name())),
     })
 }
 
-fn table_to_json(lua: &Lua, t: &Table, depth: usize) -> Result<J, String> {
+fn table_to_json(lua: &Lua, t: &Table, depth: usize, done: &mut usize) -> Result<J, String> {
     let n = t.raw_len();
     let mut count = 0usize;
     let mut sequence = true;
@@ -105,7 +115,7 @@ fn table_to_json(lua: &Lua, t: &Table, depth: usize) -> Result<J, String> {
         let mut items = Vec::with_capacity(len);
         for i in 1..=len {
             let v: LV = t.raw_get(i).map_err(|e| e.to_string())?;
-            items.push(to_json(lua, &v, depth + 1)?);
+            items.push(to_json(lua, &v, depth + 1, done)?);
         }
         return Ok(J::Array(items));
     }
@@ -126,7 +136,7 @@ fn table_to_json(lua: &Lua, t: &Table, depth: usize) -> Result<J, String> {
                 ))
             }
         };
-        let value = to_json(lua, &v, depth + 1)?;
+        let value = to_json(lua, &v, depth + 1, done)?;
         if map.insert(key.clone(), value).is_some() {
             return Err(format!(
                 "two keys of a table both become the JSON key \"{key}\" (a number and a string?)"
