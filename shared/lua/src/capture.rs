@@ -603,7 +603,7 @@ impl<'l> Encoder<'l> {
         if self.elements > sloth_proto::graph::MAX_DECODED_ELEMENTS {
             return Err(too_many(path));
         }
-        if self.elements % crate::context::CHECK_EVERY == 0 {
+        if self.elements.is_multiple_of(crate::context::CHECK_EVERY) {
             crate::context::long_work_check();
         }
         Ok(())

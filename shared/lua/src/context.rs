@@ -132,27 +132,6 @@ pub fn parse_duration_str(s: &str) -> Result<Duration, String> {
     sloth_proto::text::parse_duration(s)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(
-            parse_duration_str("500ms").unwrap(),
-            Duration::from_millis(500)
-        );
-        assert_eq!(parse_duration_str("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration_str("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(
-            parse_duration_str("1.5s").unwrap(),
-            Duration::from_millis(1500)
-        );
-        assert!(parse_duration_str("5 parsecs").is_err());
-        assert!(parse_duration_str("").is_err());
-    }
-}
-
 /// What a process does around long work in C that the Lua instruction hook cannot
 /// interrupt (a big JSON text, a big capture): the master's main script runs on its
 /// async runtime's worker and hands the worker's duties to another thread, so that no
@@ -192,3 +171,24 @@ pub const LONG_INPUT: usize = 256 * 1024;
 
 /// Elements (table entries, values) between two [`long_work_check`] calls.
 pub const CHECK_EVERY: usize = 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration_str("500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(parse_duration_str("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration_str("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(
+            parse_duration_str("1.5s").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert!(parse_duration_str("5 parsecs").is_err());
+        assert!(parse_duration_str("").is_err());
+    }
+}

@@ -53,7 +53,7 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
 /// `done` counts the values encoded so far, for [`context::long_work_check`].
 fn to_json(lua: &Lua, v: &LV, depth: usize, done: &mut usize) -> Result<J, String> {
     *done += 1;
-    if *done % context::CHECK_EVERY == 0 {
+    if done.is_multiple_of(context::CHECK_EVERY) {
         context::long_work_check();
     }
     Ok(match v {
