@@ -459,15 +459,20 @@ impl Mesh {
 
     async fn close_connections(&self, reason: &[u8]) {
         let open = self.endpoint.open_connections() as u64;
-        // Every live connection, with the datagrams it had sent: once closed, the
-        // next datagram a connection sends is its close frame (quinn sends nothing
-        // else after a close).
+        // Every live connection, with the datagrams it had sent, closed right after
+        // they are counted: from its close on, quinn sends nothing but close frames,
+        // so its next datagram is one. (A slot busy dialing is closed by the endpoint
+        // below, unwatched.)
         let live: Vec<(Connection, u64)> = self
             .slots
             .values()
             .filter_map(|s| s.conn.try_lock().ok().and_then(|g| g.conn.clone()))
             .filter(|c| c.is_alive())
-            .map(|c| (c.conn.clone(), c.conn.stats().udp_tx.datagrams))
+            .map(|c| {
+                let before = c.conn.stats().udp_tx.datagrams;
+                c.conn.close(0u32.into(), reason);
+                (c.conn.clone(), before)
+            })
             .collect();
         self.endpoint.close(0u32.into(), reason);
         let cap = Duration::from_micros(20_000 + 100 * open).min(Duration::from_millis(100));
@@ -476,11 +481,17 @@ impl Mesh {
 }
 
 /// Until every connection of `live` (closed, each with the number of datagrams it had
-/// sent before) has sent one more datagram: its close frame.
+/// sent before) has sent one more datagram, its close frame, or ended otherwise (the
+/// agent closed it first, or it timed out: no frame of ours is due then).
 async fn closes_sent(live: &[(Connection, u64)]) {
     let mut waiting: Vec<&(Connection, u64)> = live.iter().collect();
     loop {
-        waiting.retain(|(c, before)| c.stats().udp_tx.datagrams <= *before);
+        waiting.retain(|(c, before)| {
+            matches!(
+                c.close_reason(),
+                Some(quinn::ConnectionError::LocallyClosed)
+            ) && c.stats().udp_tx.datagrams <= *before
+        });
         if waiting.is_empty() {
             return;
         }
