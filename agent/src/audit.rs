@@ -115,16 +115,21 @@ pub struct Ending {
 
 impl Ending {
     pub fn of<T>(result: &Result<T, TaskError>, duration_us: u64, changes: u32) -> Ending {
-        let mut e = match result {
+        match result {
             Ok(_) => Ending {
                 outcome: "ok",
                 ..Ending::default()
             },
             Err(err) => Ending::error(err),
-        };
-        e.duration_ms = Some(duration_us as f64 / 1000.0);
-        e.changes = Some(changes);
-        e
+        }
+        .lasting(duration_us, changes)
+    }
+
+    /// With the task's duration and the changes its resources reported.
+    pub fn lasting(mut self, duration_us: u64, changes: u32) -> Ending {
+        self.duration_ms = Some(duration_us as f64 / 1000.0);
+        self.changes = Some(changes);
+        self
     }
 
     pub fn error(err: &TaskError) -> Ending {

@@ -202,10 +202,11 @@ pub async fn run(
     let changes2 = changes.clone();
     agent.runner.execute(move || {
         let r = sloth_modules::EXECUTOR.run_task(&req, ctx, &limits);
-        drop(permit);
         // Encoded here, on the task's thread: a big result never holds up the
-        // connection's thread (other tasks, pings, handshakes).
+        // connection's thread (other tasks, pings, handshakes). The permit goes after
+        // it, so the next task finds this thread free.
         let ended = Ended::of(r, start, changes2.load(Ordering::Relaxed));
+        drop(permit);
         finished2.store(true, Ordering::Release);
         let _ = done_tx.send(ended);
     });
@@ -352,26 +353,34 @@ impl Ended {
             result: result.map(Data::into_graph),
             duration_us,
         };
-        // A result over the frame limit is the task's failure (kind capture, never
-        // retried), not a lost agent.
-        let frame = match protocol::encode(&done) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                let error = match e {
-                    protocol::FrameError::TooLarge(size) => protocol::result_too_big(size),
-                    protocol::FrameError::Malformed(e) => TaskError::new(
-                        ErrorKind::Capture,
-                        format!("the result cannot be sent back: {e}"),
-                    ),
-                };
-                protocol::encode(&ToMaster::Done {
-                    result: Err(error),
-                    duration_us,
-                })
-                .ok()
+        let e = match protocol::encode(&done) {
+            Ok(b) => {
+                return Ended {
+                    ending,
+                    frame: Some(b),
+                }
             }
+            Err(e) => e,
         };
-        Ended { ending, frame }
+        // A result over the frame limit is the task's failure (kind capture, never
+        // retried), not a lost agent; the audit log says so too.
+        let error = match e {
+            protocol::FrameError::TooLarge(size) => {
+                protocol::result_too_big(size, protocol::MAX_FRAME)
+            }
+            protocol::FrameError::Malformed(e) => TaskError::new(
+                ErrorKind::Capture,
+                format!("the result cannot be sent back: {e}"),
+            ),
+        };
+        Ended {
+            ending: Ending::error(&error).lasting(duration_us, changes),
+            frame: protocol::encode(&ToMaster::Done {
+                result: Err(error),
+                duration_us,
+            })
+            .ok(),
+        }
     }
 }
 

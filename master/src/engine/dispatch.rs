@@ -177,7 +177,7 @@ fn within_a_frame(result: Data) -> Result<Data, TaskError> {
     let size = protocol::encoded_size(result.graph())
         .map_err(|e| TaskError::new(ErrorKind::Capture, e.to_string()))?;
     if size > protocol::MAX_VALUE {
-        return Err(protocol::result_too_big(size));
+        return Err(protocol::result_too_big(size, protocol::MAX_VALUE));
     }
     Ok(result)
 }

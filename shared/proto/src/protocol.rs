@@ -302,14 +302,15 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_FRAME>()
 }
 
-/// The failure of a task whose result takes `size` bytes, more than a frame holds:
-/// the same words for a local task (held to a remote one's limit) as for a remote one.
-pub fn result_too_big(size: usize) -> TaskError {
+/// The failure of a task whose result takes `size` bytes, more than the `limit` a
+/// frame leaves it: the same words for a local task (held to a remote one's limit,
+/// [`MAX_VALUE`]) as for a remote one (its whole frame, [`MAX_FRAME`]).
+pub fn result_too_big(size: usize, limit: usize) -> TaskError {
     TaskError::new(
         ErrorKind::Capture,
         format!(
             "the result cannot be sent back: it takes {size} bytes, more than a frame to or \
-             from an agent can hold ({MAX_FRAME} bytes)"
+             from an agent can hold ({limit} bytes)"
         ),
     )
 }
