@@ -844,8 +844,8 @@ print("WAITED", tostring(r.success), r.values[1], tostring(r.duration_ms < 800),
 }
 
 /// Long work in C that the instruction hook cannot see (decoding and encoding a big
-/// JSON text, capturing a big table) hands the worker over too: an agent's answer is
-/// taken meanwhile, not after it.
+/// JSON text, encoding a few huge strings, capturing a big table) hands the worker
+/// over too: an agent's answer is taken meanwhile, not after it.
 #[test]
 fn big_json_and_captures_hold_back_no_answer() {
     let fleet = TestFleet::web(1);
@@ -873,6 +873,8 @@ local function timed(what, f)
 end
 local v = timed("DECODE", function() return json.decode(text) end)
 timed("ENCODE", function() return json.encode(v) end)
+local big = string.rep("x", 24 * 1024 * 1024)
+timed("BIGSTRING", function() return json.encode({ big, big }) end)
 local n = timed("CAPTURE", function()
   return goroutine.async(function() return #v end, { delegate_to = "web-01" })
 end)
@@ -881,7 +883,7 @@ print("CAPTURED", select(2, goroutine.await(n)))
         &[],
     );
     out.assert_code(0);
-    for what in ["DECODE", "ENCODE", "CAPTURE"] {
+    for what in ["DECODE", "ENCODE", "BIGSTRING", "CAPTURE"] {
         assert_eq!(
             out.one(what)[..3],
             ["true", "true", "true"][..],

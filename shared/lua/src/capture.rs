@@ -382,6 +382,8 @@ pub struct Encoder<'l> {
     /// Tables and table entries so far: the receiver decodes at most
     /// [`sloth_proto::graph::MAX_DECODED_ELEMENTS`], so refuse here with the value's path.
     elements: usize,
+    /// Work done, for the long-work hooks (`context::LongWork`).
+    meter: crate::context::WorkMeter,
 }
 
 /// A point to roll an [`Encoder`] back to (see `Encoder::mark`).
@@ -402,6 +404,7 @@ impl<'l> Encoder<'l> {
         Encoder {
             data_only: false,
             elements: 0,
+            meter: Default::default(),
             lua,
             globals_ptr: lua.globals().to_pointer() as usize,
             tables: HashMap::default(),
@@ -500,7 +503,11 @@ impl<'l> Encoder<'l> {
             LV::Boolean(b) => Value::Bool(*b),
             LV::Integer(i) => Value::Int(*i),
             LV::Number(n) => Value::Float(*n),
-            LV::String(s) => Value::Str(s.as_bytes().to_vec()),
+            LV::String(s) => {
+                let bytes = s.as_bytes().to_vec();
+                self.meter.add(bytes.len());
+                Value::Str(bytes)
+            }
             LV::LightUserData(p) if p.0.is_null() => Value::Nil,
             LV::Table(t) => self.encode_table(t, path)?,
             LV::Function(f) => self.encode_function(f, path)?,
@@ -565,6 +572,8 @@ impl<'l> Encoder<'l> {
                 entries.reserve_exact(walked.len());
                 for (ek, ev) in walked {
                     self.count_element(path)?;
+                    self.meter
+                        .add(str_len(&ek) + ev.as_ref().map_or(0, str_len));
                     let ev = match ev {
                         Some(ev) => ev,
                         None => {
@@ -602,9 +611,6 @@ impl<'l> Encoder<'l> {
         self.elements += 1;
         if self.elements > sloth_proto::graph::MAX_DECODED_ELEMENTS {
             return Err(too_many(path));
-        }
-        if self.elements.is_multiple_of(crate::context::CHECK_EVERY) {
-            crate::context::long_work_check();
         }
         Ok(())
     }
@@ -962,11 +968,41 @@ pub fn restore_task(state: &TaskState, graph: &Graph, env: &Table) -> mlua::Resu
     graph.roots.iter().map(|v| r.value(v)).collect()
 }
 
+/// The bytes of a string value (0 for others): what the long-work meter weighs.
+fn str_len(v: &Value) -> usize {
+    match v {
+        Value::Str(s) => s.len(),
+        _ => 0,
+    }
+}
+
+/// Whether restoring `graph` is long work (see `context::LongWork`): as many units as
+/// [`crate::context::CHECK_EVERY`], counted as [`crate::context::WorkMeter`] does.
+fn restoring_is_long(graph: &Graph) -> bool {
+    let mut units = graph
+        .roots
+        .iter()
+        .map(|v| 1 + str_len(v) / 64)
+        .sum::<usize>();
+    for t in &graph.tables {
+        for (k, v) in &t.entries {
+            units += 1 + (str_len(k) + str_len(v)) / 64;
+            if units >= crate::context::CHECK_EVERY {
+                return true;
+            }
+        }
+    }
+    units >= crate::context::CHECK_EVERY
+}
+
 /// Restore data (results, messages, call arguments and results, host vars) into any
 /// state. No bytecode is loaded and the state's globals are never read or written:
 /// [`Data`] carries no function, builtin, `_ENV` or global.
 pub fn restore_data(lua: &Lua, data: &Data) -> mlua::Result<Vec<LV>> {
     let graph = data.graph();
+    if restoring_is_long(graph) {
+        crate::context::long_work_ahead();
+    }
     let backend = lua
         .app_data_ref::<CaptureCtx>()
         .ok_or_else(|| mlua::Error::runtime("capture context not installed"))?

@@ -169,8 +169,30 @@ pub fn long_work_check() {
 /// Inputs at least this big are long work ahead ([`long_work_ahead`]).
 pub const LONG_INPUT: usize = 256 * 1024;
 
-/// Elements (table entries, values) between two [`long_work_check`] calls.
+/// Units of work between two [`long_work_check`] calls: a value or table entry is
+/// one, a string one more per 64 bytes.
 pub const CHECK_EVERY: usize = 4096;
+
+/// Counts work done in C and calls [`long_work_check`] every [`CHECK_EVERY`] units.
+#[derive(Default)]
+pub struct WorkMeter {
+    done: usize,
+}
+
+impl WorkMeter {
+    /// One value, table entry or string of `bytes` bytes (0 for others) done; a
+    /// string of [`LONG_INPUT`] or more is long work ahead on its own.
+    pub fn add(&mut self, bytes: usize) {
+        if bytes >= LONG_INPUT {
+            long_work_ahead();
+        }
+        let before = self.done;
+        self.done = self.done.saturating_add(1 + bytes / 64);
+        if before / CHECK_EVERY != self.done / CHECK_EVERY {
+            long_work_check();
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

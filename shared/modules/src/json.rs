@@ -16,7 +16,7 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
             let mut o = Opts::of(lua, "json.encode", opts)?;
             let pretty = o.bool("pretty")?.unwrap_or(false);
             o.finish()?;
-            let value = to_json(lua, &v, 0, &mut 0)
+            let value = to_json(lua, &v, 0, &mut context::WorkMeter::default())
                 .map_err(|e| mlua::Error::runtime(format!("json.encode: {e}")))?;
             let res = if pretty {
                 serde_json::to_string_pretty(&value)
@@ -50,12 +50,12 @@ pub fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
 /// an empty array decoded by `json.decode`), otherwise an object; integer and float
 /// keys of an object become strings, so nothing is dropped (`{1, x = 2}` is
 /// `{"1":1,"x":2}`).
-/// `done` counts the values encoded so far, for [`context::long_work_check`].
-fn to_json(lua: &Lua, v: &LV, depth: usize, done: &mut usize) -> Result<J, String> {
-    *done += 1;
-    if done.is_multiple_of(context::CHECK_EVERY) {
-        context::long_work_check();
-    }
+/// `done` counts the work, for [`context::long_work_check`].
+fn to_json(lua: &Lua, v: &LV, depth: usize, done: &mut context::WorkMeter) -> Result<J, String> {
+    done.add(match v {
+        LV::String(s) => s.as_bytes().len(),
+        _ => 0,
+    });
     Ok(match v {
         LV::Nil => J::Null,
         LV::LightUserData(p) if p.0.is_null() => J::Null,
@@ -81,7 +81,12 @@ fn to_json(lua: &Lua, v: &LV, depth: usize, done: &mut usize) -> Result<J, Strin
     })
 }
 
-fn table_to_json(lua: &Lua, t: &Table, depth: usize, done: &mut usize) -> Result<J, String> {
+fn table_to_json(
+    lua: &Lua,
+    t: &Table,
+    depth: usize,
+    done: &mut context::WorkMeter,
+) -> Result<J, String> {
     let n = t.raw_len();
     let mut count = 0usize;
     let mut sequence = true;
