@@ -707,6 +707,23 @@ print("SMALL", goroutine.await(small))
         "{out}"
     );
     assert_eq!(out.line("SMALL"), "true\t42", "{out}");
+    // The agent's audit log records the failure the master got, not an "ok".
+    let audit = std::fs::read_to_string(fleet.agents[0].audit_log()).unwrap();
+    let ends: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["event"] == "task_end")
+        .collect();
+    assert_eq!(ends.len(), 3, "{audit}");
+    let failed: Vec<&serde_json::Value> = ends.iter().filter(|l| l["outcome"] == "error").collect();
+    assert_eq!(failed.len(), 1, "{audit}");
+    assert_eq!(failed[0]["error_kind"], "capture", "{audit}");
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the result cannot be sent back")),
+        "{audit}"
+    );
 }
 
 /// `select` cases are strict: a typo, an empty case or a case with both send and
