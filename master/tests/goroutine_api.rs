@@ -171,6 +171,51 @@ end
     }
 }
 
+/// `debug.sethook` would take away the hook that stops a task at its deadline (a loop
+/// after it ran on for ever, its thread abandoned and spinning): it is refused in
+/// tasks, both ways, and in the main script, and the loop is stopped as usual.
+#[test]
+fn debug_sethook_cannot_take_the_stop_hook_away() {
+    let fleet = TestFleet::web(1);
+    let out = fleet.run(
+        r#"
+local function escape()
+  local ok, err = pcall(debug.sethook)
+  print("HOOK", host.name, tostring(ok), err)
+  while true do end
+end
+for _, target in ipairs({ "local", "web-01" }) do
+  local t0 = sys.monotonic_ms()
+  local opts = { timeout = 300 }
+  if target ~= "local" then opts.delegate_to = target end
+  local ok, err = goroutine.await(goroutine.async(escape, opts))
+  print("LOOP", target, tostring(ok), err, tostring(sys.monotonic_ms() - t0 < 1500))
+end
+print("MAIN", pcall(debug.sethook, function() end, "l"))
+"#,
+        &[],
+    );
+    // Task output comes prefixed with its host and task.
+    for target in ["local", "web-01"] {
+        let refused =
+            format!("HOOK\t{target}\tfalse\truntime error: debug.sethook is not available");
+        assert!(out.stdout.contains(&refused), "{refused}\n{out}");
+    }
+    let loops = out.all("LOOP");
+    assert_eq!(loops.len(), 2, "{out}");
+    for l in &loops {
+        assert_eq!(l[1], "false", "{out}");
+        assert!(
+            l[2].contains("ran past its time limit and was stopped"),
+            "{out}"
+        );
+        assert_eq!(l[3], "true", "{out}");
+    }
+    let main = out.one("MAIN");
+    assert_eq!(main[0], "false", "{out}");
+    assert!(main[1].contains("debug.sethook is not available"), "{out}");
+}
+
 /// Cancelling a remote infinite loop frees the agent's only worker at once.
 #[test]
 fn cancel_frees_the_agent_for_the_next_task() {

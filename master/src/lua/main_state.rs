@@ -68,6 +68,8 @@ pub fn run_script(rt: &Arc<Runtime>, path: &Path, vars: &[(String, String)]) -> 
 pub fn main_state(rt: &Arc<Runtime>, vars: &[(String, String)]) -> mlua::Result<Lua> {
     // SAFETY: see executor::new_state; the debug library reads closures' upvalues.
     let lua = unsafe { Lua::unsafe_new_with(StdLib::ALL, LuaOptions::new()) };
+    // The script's hook stops it when interrupted and hands the runtime's worker over.
+    executor::guard_debug(&lua, &lua.globals().raw_get("debug")?)?;
     let caller = Caller {
         task: None,
         // Stopped when the run is interrupted: blocking calls return, `exec.run` kills

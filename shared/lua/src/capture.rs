@@ -190,10 +190,7 @@ fn debug_fns(lua: &Lua) -> mlua::Result<DebugFns> {
     let debug: Table = match lua.globals().raw_get::<LV>("debug")? {
         LV::Table(t) => t,
         // A task state whose `debug` library is not loaded yet (loaded on first use).
-        LV::Nil => {
-            lua.load_std_libs(mlua::StdLib::DEBUG)?;
-            lua.globals().raw_get("debug")?
-        }
+        LV::Nil => crate::executor::open_debug(lua)?,
         _ => {
             return Err(mlua::Error::runtime(
                 "the global 'debug' is not the debug library",

@@ -243,6 +243,34 @@ pub fn arm_stop_hook(lua: &Lua, cancel: CancelToken) -> mlua::Result<()> {
     )
 }
 
+/// What `debug.sethook` says: it would replace the hook that stops code at its
+/// deadline (a task, or the main script when interrupted), and a loop after it would
+/// run on for ever.
+pub const SETHOOK_REFUSED: &str =
+    "debug.sethook is not available: sloth's own hook stops tasks and scripts at their deadline";
+
+/// Refuse `debug.sethook` in the state's debug library (see [`SETHOOK_REFUSED`]).
+pub fn guard_debug(lua: &Lua, debug: &Table) -> mlua::Result<()> {
+    debug.raw_set(
+        "sethook",
+        lua.create_function(|_, _: mlua::MultiValue| -> mlua::Result<()> {
+            Err(mlua::Error::runtime(SETHOOK_REFUSED))
+        })?,
+    )
+}
+
+/// The state's debug library, opened now if it is not yet, with `debug.sethook`
+/// refused ([`guard_debug`]).
+pub fn open_debug(lua: &Lua) -> mlua::Result<Table> {
+    if let LV::Table(t) = lua.globals().raw_get::<LV>("debug")? {
+        return Ok(t);
+    }
+    lua.load_std_libs(mlua::StdLib::DEBUG)?;
+    let debug: Table = lua.globals().raw_get("debug")?;
+    guard_debug(lua, &debug)?;
+    Ok(debug)
+}
+
 /// Remove what [`arm_stop_hook`] armed.
 pub fn disarm_stop_hook(lua: &Lua) {
     lua.remove_global_hook();

@@ -178,6 +178,11 @@ pub fn install_task_modules_lazy(lua: &Lua) -> mlua::Result<()> {
                         check_mode::guard_io(lua, &io_lib)?;
                     }
                 }
+                if name == "debug" {
+                    if let LV::Table(debug) = g.raw_get::<LV>("debug")? {
+                        sloth_lua::executor::guard_debug(lua, &debug)?;
+                    }
+                }
                 sloth_lua::capture::forget_builtins(lua);
             }
             return g.raw_get::<LV>(name);
