@@ -104,26 +104,9 @@ pub fn main_state(rt: &Arc<Runtime>, vars: &[(String, String)]) -> mlua::Result<
         .set_name("=sloth-dsl")
         .exec()?;
     // A stopped script (Ctrl-C, SIGTERM) cannot catch its stop: `pcall` and `xpcall`
-    // raise it again, so nothing after the interrupted call runs.
-    let stop = rt.script_cancel.clone();
-    let stopped = lua.create_function(move |_, ()| Ok(stop.stopped().map(|r| r.message())))?;
-    lua.load(
-        r#"
-local stopped = ...
-local raw_pcall, raw_xpcall, error = pcall, xpcall, error
-local function pass(ok, ...)
-  if not ok then
-    local why = stopped()
-    if why then error(why, 0) end
-  end
-  return ok, ...
-end
-pcall = function(f, ...) return pass(raw_pcall(f, ...)) end
-xpcall = function(f, h, ...) return pass(raw_xpcall(f, h, ...)) end
-"#,
-    )
-    .set_name("=sloth-stop")
-    .call::<()>(stopped)?;
+    // raise it again, so nothing after the interrupted call runs; `setmetatable`
+    // refuses `__gc` (the stop is the one of `ctx`, set below).
+    executor::guard_stop(&lua)?;
     // The script's `io.write` comes out line by line, in order with its `print`s,
     // even into a pipe.
     lua.load("io.stdout:setvbuf('line')")

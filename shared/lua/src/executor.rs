@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use mlua::{HookTriggers, Lua, LuaOptions, StdLib, Table, Value as LV, VmState};
+use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value as LV, VmState};
 use sloth_proto::data::{Data, Refs};
 use sloth_proto::graph::Graph;
 use sloth_proto::protocol::{ErrorKind, TaskError, TaskRequest};
@@ -73,6 +73,7 @@ impl Executor {
         lua.gc_stop();
         crate::protect::keep_protect_deps(&lua)?;
         (self.library.install)(&lua)?;
+        guard_stop(&lua)?;
         capture::install_lazy(&lua, Arc::new(NoBackend), self.library.lazy_globals)?;
         lua.gc_restart();
         lua.gc_collect()?;
@@ -243,6 +244,70 @@ pub fn arm_stop_hook(lua: &Lua, cancel: CancelToken) -> mlua::Result<()> {
     )
 }
 
+/// A stopped task (or script) cannot catch its stop: `pcall` and `xpcall` raise it
+/// again, so a loop around a protected call ends too (otherwise the stop hook's error
+/// was caught at every turn, and the task ran on past its deadline, its thread
+/// abandoned), and `xpcall` calls no message handler once stopped. And `setmetatable`
+/// refuses `__gc`: finalizers run with hooks off, where a loop could never be stopped
+/// (in a task, or in the state's drop).
+const STOP_GUARD_SRC: &str = r#"
+local stopped = ...
+local raw_pcall, raw_xpcall, raw_setmetatable = pcall, xpcall, setmetatable
+local error, rawget, type = error, rawget, type
+local function pass(ok, ...)
+  if not ok then
+    local why = stopped()
+    if why then error(why, 0) end
+  end
+  return ok, ...
+end
+pcall = function(f, ...) return pass(raw_pcall(f, ...)) end
+-- The handler of an error the stop hook raised runs with hooks off (Lua's rule for
+-- errors raised in hooks): once stopped, it is not called at all.
+xpcall = function(f, h, ...)
+  if type(h) ~= "function" then return raw_xpcall(f, h, ...) end
+  return pass(raw_xpcall(f, function(e)
+    if stopped() then return e end
+    return h(e)
+  end, ...))
+end
+setmetatable = function(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    error("setmetatable: __gc finalizers are not available: they run where sloth cannot stop them", 2)
+  end
+  return raw_setmetatable(t, mt)
+end
+"#;
+
+/// Install [`STOP_GUARD_SRC`] into a fresh state (before any code runs in it). The stop
+/// it checks is the one of the task bound to the state ([`bind`]), or the main script's.
+pub fn guard_stop(lua: &Lua) -> mlua::Result<()> {
+    // Compiled once per process; each state loads the bytecode.
+    static BYTECODE: OnceLock<Vec<u8>> = OnceLock::new();
+    let chunk = match BYTECODE.get() {
+        Some(b) => lua
+            .load(&b[..])
+            .set_mode(mlua::chunk::ChunkMode::Binary)
+            .set_name("=sloth-stop")
+            .into_function()?,
+        None => {
+            let f = lua
+                .load(STOP_GUARD_SRC)
+                .set_name("=sloth-stop")
+                .into_function()?;
+            let _ = BYTECODE.set(f.dump(true));
+            f
+        }
+    };
+    let stopped = lua.create_function(|lua, ()| {
+        Ok(lua
+            .app_data_ref::<TaskContext>()
+            .and_then(|c| c.cancel.stopped())
+            .map(|r| r.message()))
+    })?;
+    chunk.call(stopped)
+}
+
 /// What `debug.sethook` says: it would replace the hook that stops code at its
 /// deadline (a task, or the main script when interrupted), and a loop after it would
 /// run on for ever.
@@ -255,6 +320,21 @@ pub fn guard_debug(lua: &Lua, debug: &Table) -> mlua::Result<()> {
         "sethook",
         lua.create_function(|_, _: mlua::MultiValue| -> mlua::Result<()> {
             Err(mlua::Error::runtime(SETHOOK_REFUSED))
+        })?,
+    )?;
+    // `debug.setmetatable` refuses `__gc` as `setmetatable` does (see STOP_GUARD_SRC).
+    let raw: Function = debug.raw_get("setmetatable")?;
+    debug.raw_set(
+        "setmetatable",
+        lua.create_function(move |_, (v, mt): (LV, LV)| {
+            if let LV::Table(t) = &mt {
+                if !t.raw_get::<LV>("__gc")?.is_nil() {
+                    return Err(mlua::Error::runtime(
+                        "debug.setmetatable: __gc finalizers are not available: they run where sloth cannot stop them",
+                    ));
+                }
+            }
+            raw.call::<LV>((v, mt))
         })?,
     )
 }
