@@ -173,8 +173,8 @@ end
 
 /// A task cannot outlive its deadline by mistake, either way (each of these used to
 /// be abandoned as "blocked in a C call", its thread spinning on):
-/// - a loop around `pcall` or `xpcall` (a retry loop that never succeeds): a stopped
-///   task's protected calls raise its stop again;
+/// - a loop around `pcall`, `xpcall`, `load` or `coroutine.resume` (a retry loop that
+///   never succeeds): a stopped task's protected calls raise its stop again;
 /// - an `xpcall` message handler that loops: once stopped, it is not called;
 /// - `debug.sethook`, which would take the stop hook away, is refused, in tasks and
 ///   in the main script;
@@ -195,6 +195,10 @@ local cases = {
     if not ok then print("REFUSED", host.name, err) end
     while true do end
   end },
+  { "load", function() repeat local f = load(function() while true do end end) until f end },
+  { "resume", function()
+    while true do coroutine.resume(coroutine.create(function() while true do end end)) end
+  end },
   { "gc", function() setmetatable({}, { __gc = function() while true do end end }) end },
   { "debuggc", function() debug.setmetatable({}, { __gc = function() end }) end },
 }
@@ -208,11 +212,51 @@ for _, target in ipairs({ "local", "web-01" }) do
   end
 end
 print("MAIN", pcall(debug.sethook, function() end, "l"))
+-- Unstopped, the guarded functions behave as Lua's own, in the script and in tasks.
+local function same()
+  local n = select('#', pcall(function() return nil, 2, nil end))
+  local co = coroutine.wrap(function()
+    return pcall(function() coroutine.yield("y"); return "r" end)
+  end)
+  local y, ok, r = co(), co()
+  local _, e1 = pcall(function() setmetatable({}, 5) end)
+  local _, e2 = pcall(function() xpcall(print) end)
+  local _, e3 = pcall(function() load({}) end)
+  local xok, xv = xpcall(function() error({ code = 7 }) end, function(e) return e.code end)
+  return n, y, ok, r, e1, e2, e3, xok, xv
+end
+print("SAME", "local", same())
+print("SAME", "web-01", select(2, goroutine.await(goroutine.async(same, { delegate_to = "web-01" }))))
 "#,
         &[],
     );
+    for same in out.all("SAME") {
+        assert_eq!(same[1..5], ["4", "y", "true", "r"], "{same:?}\n{out}");
+        // Named, and placed at the line of the call.
+        for (at, want) in [
+            (
+                5,
+                "bad argument #2 to 'setmetatable' (nil or table expected",
+            ),
+            (
+                6,
+                "bad argument #2 to 'xpcall' (function expected, got no value)",
+            ),
+            (
+                7,
+                "bad argument #1 to 'load' (function expected, got table)",
+            ),
+        ] {
+            assert!(
+                same[at].starts_with("t.sloth:") && same[at].contains(want),
+                "{want}: {same:?}\n{out}"
+            );
+        }
+        assert_eq!(same[8..], ["false", "7"], "{same:?}\n{out}");
+    }
+    assert_eq!(out.all("SAME").len(), 2, "{out}");
     let cases = out.all("CASE");
-    assert_eq!(cases.len(), 12, "{out}");
+    assert_eq!(cases.len(), 16, "{out}");
     for c in &cases {
         let (case, ok, err, quick) = (&c[1], &c[2], &c[3], &c[4]);
         assert_eq!(ok, "false", "{c:?}\n{out}");
@@ -227,7 +271,7 @@ print("MAIN", pcall(debug.sethook, function() end, "l"))
     }
     // Task output comes prefixed with its host and task.
     for target in ["local", "web-01"] {
-        let refused = format!("REFUSED\t{target}\truntime error: debug.sethook is not available");
+        let refused = format!("REFUSED\t{target}\tdebug.sethook is not available");
         assert!(out.stdout.contains(&refused), "{refused}\n{out}");
     }
     let main = out.one("MAIN");

@@ -68,8 +68,10 @@ pub fn run_script(rt: &Arc<Runtime>, path: &Path, vars: &[(String, String)]) -> 
 pub fn main_state(rt: &Arc<Runtime>, vars: &[(String, String)]) -> mlua::Result<Lua> {
     // SAFETY: see executor::new_state; the debug library reads closures' upvalues.
     let lua = unsafe { Lua::unsafe_new_with(StdLib::ALL, LuaOptions::new()) };
-    // The script's hook stops it when interrupted and hands the runtime's worker over.
-    executor::guard_debug(&lua, &lua.globals().raw_get("debug")?)?;
+    // The script's hook stops it when interrupted and hands the runtime's worker over:
+    // nothing may catch the stop or take the hook away (the stop is the one of `ctx`,
+    // set below).
+    executor::guard_stop(&lua)?;
     let caller = Caller {
         task: None,
         // Stopped when the run is interrupted: blocking calls return, `exec.run` kills
@@ -103,10 +105,6 @@ pub fn main_state(rt: &Arc<Runtime>, vars: &[(String, String)]) -> mlua::Result<
     lua.load(include_str!("dsl.lua"))
         .set_name("=sloth-dsl")
         .exec()?;
-    // A stopped script (Ctrl-C, SIGTERM) cannot catch its stop: `pcall` and `xpcall`
-    // raise it again, so nothing after the interrupted call runs; `setmetatable`
-    // refuses `__gc` (the stop is the one of `ctx`, set below).
-    executor::guard_stop(&lua)?;
     // The script's `io.write` comes out line by line, in order with its `print`s,
     // even into a pipe.
     lua.load("io.stdout:setvbuf('line')")

@@ -244,16 +244,24 @@ pub fn arm_stop_hook(lua: &Lua, cancel: CancelToken) -> mlua::Result<()> {
     )
 }
 
-/// A stopped task (or script) cannot catch its stop: `pcall` and `xpcall` raise it
-/// again, so a loop around a protected call ends too (otherwise the stop hook's error
-/// was caught at every turn, and the task ran on past its deadline, its thread
-/// abandoned), and `xpcall` calls no message handler once stopped. And `setmetatable`
-/// refuses `__gc`: finalizers run with hooks off, where a loop could never be stopped
-/// (in a task, or in the state's drop).
-const STOP_GUARD_SRC: &str = r#"
-local stopped = ...
-local raw_pcall, raw_xpcall, raw_setmetatable = pcall, xpcall, setmetatable
-local error, rawget, type = error, rawget, type
+/// A stopped task (or script) cannot catch its stop. Once it is stopped:
+/// - `pcall`, `xpcall`, `load` (whose reader runs protected) and `coroutine.resume`
+///   raise the stop again, so a loop around them ends (otherwise the stop hook's error
+///   was caught at every turn, and the task ran on past its deadline, its thread
+///   abandoned);
+/// - `xpcall` calls no message handler (Lua runs the handler of an error raised in a
+///   hook with hooks off, where a loop could never be stopped).
+///
+/// And `setmetatable` and `debug.setmetatable` refuse `__gc` (finalizers run with hooks
+/// off too, in a task or in the state's drop), and `debug.sethook`, which would take
+/// the hook away, is refused. Errors of the functions it wraps keep their names and
+/// the caller's position. It returns the guards of the libraries a task state opens
+/// later (`debug`, `coroutine`), kept in the registry.
+const STOP_GUARD_SRC: &str = r##"
+local stopped, sethook_refused = ...
+local raw_pcall, raw_xpcall, raw_setmetatable, raw_load = pcall, xpcall, setmetatable, load
+local error, rawget, type, select, gsub = error, rawget, type, select, string.gsub
+local GC = "__gc finalizers are not available: they run where sloth cannot stop them"
 local function pass(ok, ...)
   if not ok then
     local why = stopped()
@@ -261,51 +269,107 @@ local function pass(ok, ...)
   end
   return ok, ...
 end
-pcall = function(f, ...) return pass(raw_pcall(f, ...)) end
--- The handler of an error the stop hook raised runs with hooks off (Lua's rule for
--- errors raised in hooks): once stopped, it is not called at all.
-xpcall = function(f, h, ...)
-  if type(h) ~= "function" then return raw_xpcall(f, h, ...) end
+-- The error of a C function called through raw_pcall, named and placed at the caller
+-- of its wrapper.
+local function fail(name, e)
+  if type(e) == "string" then e = gsub(e, "to '%?'", "to '" .. name .. "'", 1) end
+  error(e, 3)
+end
+local function no_gc(name, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then error(name .. ": " .. GC, 3) end
+end
+pcall = function(...)
+  if select("#", ...) == 0 then error("bad argument #1 to 'pcall' (value expected)", 2) end
+  return pass(raw_pcall(...))
+end
+xpcall = function(f, ...)
+  local h = ...
+  if type(h) ~= "function" then
+    local got = select("#", ...) == 0 and "no value" or type(h)
+    error("bad argument #2 to 'xpcall' (function expected, got " .. got .. ")", 2)
+  end
   return pass(raw_xpcall(f, function(e)
     if stopped() then return e end
     return h(e)
-  end, ...))
+  end, select(2, ...)))
 end
 setmetatable = function(t, mt)
-  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
-    error("setmetatable: __gc finalizers are not available: they run where sloth cannot stop them", 2)
-  end
-  return raw_setmetatable(t, mt)
+  no_gc("setmetatable", mt)
+  local ok, r = raw_pcall(raw_setmetatable, t, mt)
+  if not ok then fail("setmetatable", r) end
+  return r
 end
-"#;
+load = function(...)
+  local ok, f, e = raw_pcall(raw_load, ...)
+  if not ok then fail("load", f) end
+  if f == nil then
+    local why = stopped()
+    if why then error(why, 0) end
+  end
+  return f, e
+end
+local guards = {}
+function guards.debug(debug)
+  local raw = debug.setmetatable
+  debug.setmetatable = function(v, mt)
+    no_gc("debug.setmetatable", mt)
+    local ok, r = raw_pcall(raw, v, mt)
+    if not ok then fail("debug.setmetatable", r) end
+    return r
+  end
+  debug.sethook = function() error(sethook_refused, 2) end
+end
+function guards.coroutine(co)
+  local raw = co.resume
+  co.resume = function(c, ...)
+    if type(c) ~= "thread" then
+      error("bad argument #1 to 'resume' (coroutine expected, got " .. type(c) .. ")", 2)
+    end
+    return pass(raw(c, ...))
+  end
+end
+return guards
+"##;
 
-/// Install [`STOP_GUARD_SRC`] into a fresh state (before any code runs in it). The stop
-/// it checks is the one of the task bound to the state ([`bind`]), or the main script's.
+/// Where [`guard_stop`] keeps the guards of libraries opened later.
+const GUARDS_KEY: &str = "sloth.stop.guards";
+
+/// Install [`STOP_GUARD_SRC`] into a fresh state, before any code runs in it, and guard
+/// its `debug` and `coroutine` libraries if they are open. The stop it checks is the
+/// one of the task bound to the state ([`bind`]), or the main script's.
 pub fn guard_stop(lua: &Lua) -> mlua::Result<()> {
-    // Compiled once per process; each state loads the bytecode.
+    // Compiled once per process; every state loads the same bytecode.
     static BYTECODE: OnceLock<Vec<u8>> = OnceLock::new();
-    let chunk = match BYTECODE.get() {
-        Some(b) => lua
-            .load(&b[..])
-            .set_mode(mlua::chunk::ChunkMode::Binary)
-            .set_name("=sloth-stop")
-            .into_function()?,
+    let bytecode = match BYTECODE.get() {
+        Some(b) => b,
         None => {
             let f = lua
                 .load(STOP_GUARD_SRC)
                 .set_name("=sloth-stop")
                 .into_function()?;
-            let _ = BYTECODE.set(f.dump(true));
-            f
+            BYTECODE.get_or_init(|| f.dump(true))
         }
     };
+    let chunk = lua
+        .load(&bytecode[..])
+        .set_mode(mlua::chunk::ChunkMode::Binary)
+        .set_name("=sloth-stop")
+        .into_function()?;
     let stopped = lua.create_function(|lua, ()| {
         Ok(lua
             .app_data_ref::<TaskContext>()
             .and_then(|c| c.cancel.stopped())
             .map(|r| r.message()))
     })?;
-    chunk.call(stopped)
+    let guards: Table = chunk.call((stopped, SETHOOK_REFUSED))?;
+    lua.set_named_registry_value(GUARDS_KEY, &guards)?;
+    let g = lua.globals();
+    for lib in ["debug", "coroutine"] {
+        if let LV::Table(t) = g.raw_get::<LV>(lib)? {
+            guards.raw_get::<Function>(lib)?.call::<()>(t)?;
+        }
+    }
+    Ok(())
 }
 
 /// What `debug.sethook` says: it would replace the hook that stops code at its
@@ -314,40 +378,21 @@ pub fn guard_stop(lua: &Lua) -> mlua::Result<()> {
 pub const SETHOOK_REFUSED: &str =
     "debug.sethook is not available: sloth's own hook stops tasks and scripts at their deadline";
 
-/// Refuse `debug.sethook` in the state's debug library (see [`SETHOOK_REFUSED`]).
-pub fn guard_debug(lua: &Lua, debug: &Table) -> mlua::Result<()> {
-    debug.raw_set(
-        "sethook",
-        lua.create_function(|_, _: mlua::MultiValue| -> mlua::Result<()> {
-            Err(mlua::Error::runtime(SETHOOK_REFUSED))
-        })?,
-    )?;
-    // `debug.setmetatable` refuses `__gc` as `setmetatable` does (see STOP_GUARD_SRC).
-    let raw: Function = debug.raw_get("setmetatable")?;
-    debug.raw_set(
-        "setmetatable",
-        lua.create_function(move |_, (v, mt): (LV, LV)| {
-            if let LV::Table(t) = &mt {
-                if !t.raw_get::<LV>("__gc")?.is_nil() {
-                    return Err(mlua::Error::runtime(
-                        "debug.setmetatable: __gc finalizers are not available: they run where sloth cannot stop them",
-                    ));
-                }
-            }
-            raw.call::<LV>((v, mt))
-        })?,
-    )
+/// Guard a library a task state opened after [`guard_stop`]: `debug` (`sethook`
+/// refused, `setmetatable` without `__gc`) or `coroutine` (`resume` passes a stop on).
+pub fn guard_lib(lua: &Lua, name: &str, lib: &Table) -> mlua::Result<()> {
+    let guards: Table = lua.named_registry_value(GUARDS_KEY)?;
+    guards.raw_get::<Function>(name)?.call(lib)
 }
 
-/// The state's debug library, opened now if it is not yet, with `debug.sethook`
-/// refused ([`guard_debug`]).
+/// The state's debug library, opened now if it is not yet, guarded ([`guard_lib`]).
 pub fn open_debug(lua: &Lua) -> mlua::Result<Table> {
     if let LV::Table(t) = lua.globals().raw_get::<LV>("debug")? {
         return Ok(t);
     }
     lua.load_std_libs(mlua::StdLib::DEBUG)?;
     let debug: Table = lua.globals().raw_get("debug")?;
-    guard_debug(lua, &debug)?;
+    guard_lib(lua, "debug", &debug)?;
     Ok(debug)
 }
 

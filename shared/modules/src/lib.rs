@@ -178,9 +178,9 @@ pub fn install_task_modules_lazy(lua: &Lua) -> mlua::Result<()> {
                         check_mode::guard_io(lua, &io_lib)?;
                     }
                 }
-                if name == "debug" {
-                    if let LV::Table(debug) = g.raw_get::<LV>("debug")? {
-                        sloth_lua::executor::guard_debug(lua, &debug)?;
+                if name == "debug" || name == "coroutine" {
+                    if let LV::Table(lib) = g.raw_get::<LV>(name)? {
+                        sloth_lua::executor::guard_lib(lua, name, &lib)?;
                     }
                 }
                 sloth_lua::capture::forget_builtins(lua);
