@@ -184,8 +184,11 @@ fn a_task_cannot_escape_its_deadline() {
     let fleet = TestFleet::web(1);
     let out = fleet.run(
         r#"
+local p = pcall
 local cases = {
   { "pcall", function() while true do pcall(function() while true do end end) end end },
+  -- The script's own pcall, as an upvalue: the task gets its state's guarded one.
+  { "upvalue", function() while true do p(function() while true do end end) end end },
   { "xpcall", function()
     while true do xpcall(function() while true do end end, function(e) return e end) end
   end },
@@ -256,7 +259,7 @@ print("SAME", "web-01", select(2, goroutine.await(goroutine.async(same, { delega
     }
     assert_eq!(out.all("SAME").len(), 2, "{out}");
     let cases = out.all("CASE");
-    assert_eq!(cases.len(), 16, "{out}");
+    assert_eq!(cases.len(), 18, "{out}");
     for c in &cases {
         let (case, ok, err, quick) = (&c[1], &c[2], &c[3], &c[4]);
         assert_eq!(ok, "false", "{c:?}\n{out}");

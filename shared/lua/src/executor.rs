@@ -73,7 +73,7 @@ impl Executor {
         lua.gc_stop();
         crate::protect::keep_protect_deps(&lua)?;
         (self.library.install)(&lua)?;
-        guard_stop(&lua)?;
+        defer_stop_guard(&lua)?;
         capture::install_lazy(&lua, Arc::new(NoBackend), self.library.lazy_globals)?;
         lua.gc_restart();
         lua.gc_collect()?;
@@ -258,8 +258,9 @@ pub fn arm_stop_hook(lua: &Lua, cancel: CancelToken) -> mlua::Result<()> {
 /// the caller's position. It returns the guards of the libraries a task state opens
 /// later (`debug`, `coroutine`), kept in the registry.
 const STOP_GUARD_SRC: &str = r##"
-local stopped, sethook_refused = ...
-local raw_pcall, raw_xpcall, raw_setmetatable, raw_load = pcall, xpcall, setmetatable, load
+local stopped, sethook_refused, raw = ...
+raw = raw or { pcall = pcall, xpcall = xpcall, setmetatable = setmetatable, load = load }
+local raw_pcall, raw_xpcall, raw_setmetatable, raw_load = raw.pcall, raw.xpcall, raw.setmetatable, raw.load
 local error, rawget, type, select, gsub = error, rawget, type, select, string.gsub
 local GC = "__gc finalizers are not available: they run where sloth cannot stop them"
 local function pass(ok, ...)
@@ -333,11 +334,43 @@ return guards
 
 /// Where [`guard_stop`] keeps the guards of libraries opened later.
 const GUARDS_KEY: &str = "sloth.stop.guards";
+/// Where [`defer_stop_guard`] keeps the functions it took out of the globals.
+const DEFERRED_KEY: &str = "sloth.stop.deferred";
+
+/// The globals [`STOP_GUARD_SRC`] replaces: a task state builds them on first use
+/// ([`defer_stop_guard`]).
+pub const GUARDED_GLOBALS: &[&str] = &["pcall", "xpcall", "setmetatable", "load"];
 
 /// Install [`STOP_GUARD_SRC`] into a fresh state, before any code runs in it, and guard
 /// its `debug` and `coroutine` libraries if they are open. The stop it checks is the
 /// one of the task bound to the state ([`bind`]), or the main script's.
 pub fn guard_stop(lua: &Lua) -> mlua::Result<()> {
+    run_stop_guard(lua, None)
+}
+
+/// For a task state: take [`GUARDED_GLOBALS`] out of the globals; the first use of any
+/// of them installs the guard ([`install_deferred_stop_guard`], called by the task
+/// library's lazy globals), so a task that never names them does not pay for it.
+pub fn defer_stop_guard(lua: &Lua) -> mlua::Result<()> {
+    let g = lua.globals();
+    let raw = lua.create_table_with_capacity(0, GUARDED_GLOBALS.len())?;
+    for name in GUARDED_GLOBALS {
+        raw.raw_set(*name, g.raw_get::<LV>(*name)?)?;
+        g.raw_set(*name, LV::Nil)?;
+    }
+    lua.set_named_registry_value(DEFERRED_KEY, raw)
+}
+
+/// Install the guard [`defer_stop_guard`] put off (once; later calls do nothing).
+pub fn install_deferred_stop_guard(lua: &Lua) -> mlua::Result<()> {
+    let Some(raw) = lua.named_registry_value::<Option<Table>>(DEFERRED_KEY)? else {
+        return Ok(());
+    };
+    lua.unset_named_registry_value(DEFERRED_KEY)?;
+    run_stop_guard(lua, Some(raw))
+}
+
+fn run_stop_guard(lua: &Lua, raw: Option<Table>) -> mlua::Result<()> {
     // Compiled once per process; every state loads the same bytecode.
     static BYTECODE: OnceLock<Vec<u8>> = OnceLock::new();
     let bytecode = match BYTECODE.get() {
@@ -361,7 +394,7 @@ pub fn guard_stop(lua: &Lua) -> mlua::Result<()> {
             .and_then(|c| c.cancel.stopped())
             .map(|r| r.message()))
     })?;
-    let guards: Table = chunk.call((stopped, SETHOOK_REFUSED))?;
+    let guards: Table = chunk.call((stopped, SETHOOK_REFUSED, raw))?;
     lua.set_named_registry_value(GUARDS_KEY, &guards)?;
     let g = lua.globals();
     for lib in ["debug", "coroutine"] {
@@ -381,19 +414,26 @@ pub const SETHOOK_REFUSED: &str =
 /// Guard a library a task state opened after [`guard_stop`]: `debug` (`sethook`
 /// refused, `setmetatable` without `__gc`) or `coroutine` (`resume` passes a stop on).
 pub fn guard_lib(lua: &Lua, name: &str, lib: &Table) -> mlua::Result<()> {
+    install_deferred_stop_guard(lua)?;
     let guards: Table = lua.named_registry_value(GUARDS_KEY)?;
     guards.raw_get::<Function>(name)?.call(lib)
 }
 
-/// The state's debug library, opened now if it is not yet, guarded ([`guard_lib`]).
+/// The debug library's functions for sloth's own use (the capture codec): the state's
+/// `debug` global if it has one, or else a table of its own, made without touching the
+/// globals or `package.loaded`. A task state's global `debug` stays unset until the
+/// task names it, which opens it guarded ([`guard_lib`], through the task library's
+/// lazy globals): a task that never does pays for no guard.
 pub fn open_debug(lua: &Lua) -> mlua::Result<Table> {
     if let LV::Table(t) = lua.globals().raw_get::<LV>("debug")? {
         return Ok(t);
     }
-    lua.load_std_libs(mlua::StdLib::DEBUG)?;
-    let debug: Table = lua.globals().raw_get("debug")?;
-    guard_lib(lua, "debug", &debug)?;
-    Ok(debug)
+    // SAFETY: luaopen_debug only pushes a new table of the library's C functions.
+    unsafe {
+        lua.exec_raw::<Table>((), |l| {
+            mlua::ffi::luaopen_debug(l);
+        })
+    }
 }
 
 /// Remove what [`arm_stop_hook`] armed.

@@ -44,6 +44,7 @@ fn lazy_globals() -> Vec<&'static str> {
         .copied()
         .chain(LAZY_STD_LIBS.iter().map(|(name, _)| *name))
         .chain([HANDLER])
+        .chain(sloth_lua::executor::GUARDED_GLOBALS.iter().copied())
         .collect()
 }
 
@@ -144,6 +145,7 @@ pub fn install_task_modules_lazy(lua: &Lua) -> mlua::Result<()> {
                 .chain(MODULES.iter().copied())
                 .chain(resources::MODULES.iter().copied())
                 .chain([HANDLER])
+                .chain(sloth_lua::executor::GUARDED_GLOBALS.iter().copied())
                 .find(|l| *l == &*n)
             {
                 Some(l) => l,
@@ -185,6 +187,15 @@ pub fn install_task_modules_lazy(lua: &Lua) -> mlua::Result<()> {
                 }
                 sloth_lua::capture::forget_builtins(lua);
             }
+            return g.raw_get::<LV>(name);
+        }
+        if sloth_lua::executor::GUARDED_GLOBALS.contains(&name) {
+            // Base functions, not modules: `require` does not find them.
+            let is_globals = matches!(&table, LV::Table(t) if t.to_pointer() == g.to_pointer());
+            if !is_globals {
+                return Ok(LV::Nil);
+            }
+            sloth_lua::executor::install_deferred_stop_guard(lua)?;
             return g.raw_get::<LV>(name);
         }
         if name == HANDLER {
