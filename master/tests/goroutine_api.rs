@@ -198,7 +198,23 @@ local cases = {
     if not ok then print("REFUSED", host.name, err) end
     while true do end
   end },
+  { "globalpcall", function() while true do _G.pcall(function() while true do end end) end end },
+  { "require", function()
+    local d = require("debug")
+    if pcall(d.sethook) then print("UNGUARDED", host.name) end
+    while true do end
+  end },
   { "load", function() repeat local f = load(function() while true do end end) until f end },
+  { "close", function()
+    while true do
+      local co = coroutine.create(function()
+        local x <close> = setmetatable({}, { __close = function() while true do end end })
+        coroutine.yield()
+      end)
+      coroutine.resume(co)
+      coroutine.close(co)
+    end
+  end },
   { "resume", function()
     while true do coroutine.resume(coroutine.create(function() while true do end end)) end
   end },
@@ -228,6 +244,12 @@ local function same()
   local xok, xv = xpcall(function() error({ code = 7 }) end, function(e) return e.code end)
   return n, y, ok, r, e1, e2, e3, xok, xv
 end
+-- A global the task set itself before naming a guarded one is left as it is.
+print("OWN", goroutine.await(goroutine.async(function()
+  load = function() return "mine" end
+  pcall(type, 1)
+  return load()
+end, { delegate_to = "web-01" })))
 print("SAME", "local", same())
 print("SAME", "web-01", select(2, goroutine.await(goroutine.async(same, { delegate_to = "web-01" }))))
 "#,
@@ -259,7 +281,9 @@ print("SAME", "web-01", select(2, goroutine.await(goroutine.async(same, { delega
     }
     assert_eq!(out.all("SAME").len(), 2, "{out}");
     let cases = out.all("CASE");
-    assert_eq!(cases.len(), 18, "{out}");
+    assert_eq!(cases.len(), 24, "{out}");
+    assert!(!out.stdout.contains("UNGUARDED"), "{out}");
+    assert_eq!(out.one("OWN"), vec!["true", "mine"], "{out}");
     for c in &cases {
         let (case, ok, err, quick) = (&c[1], &c[2], &c[3], &c[4]);
         assert_eq!(ok, "false", "{c:?}\n{out}");

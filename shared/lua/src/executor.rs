@@ -245,8 +245,8 @@ pub fn arm_stop_hook(lua: &Lua, cancel: CancelToken) -> mlua::Result<()> {
 }
 
 /// A stopped task (or script) cannot catch its stop. Once it is stopped:
-/// - `pcall`, `xpcall`, `load` (whose reader runs protected) and `coroutine.resume`
-///   raise the stop again, so a loop around them ends (otherwise the stop hook's error
+/// - `pcall`, `xpcall`, `load` (whose reader runs protected), `coroutine.resume` and
+///   `coroutine.close` (which runs `__close` handlers protected) raise the stop again, so a loop around them ends (otherwise the stop hook's error
 ///   was caught at every turn, and the task ran on past its deadline, its thread
 ///   abandoned);
 /// - `xpcall` calls no message handler (Lua runs the handler of an error raised in a
@@ -256,7 +256,8 @@ pub fn arm_stop_hook(lua: &Lua, cancel: CancelToken) -> mlua::Result<()> {
 /// off too, in a task or in the state's drop), and `debug.sethook`, which would take
 /// the hook away, is refused. Errors of the functions it wraps keep their names and
 /// the caller's position. It returns the guards of the libraries a task state opens
-/// later (`debug`, `coroutine`), kept in the registry.
+/// later (`debug`, `coroutine`), kept in the registry, and the four wrapped functions,
+/// which the caller makes the globals.
 const STOP_GUARD_SRC: &str = r##"
 local stopped, sethook_refused, raw = ...
 raw = raw or { pcall = pcall, xpcall = xpcall, setmetatable = setmetatable, load = load }
@@ -279,11 +280,12 @@ end
 local function no_gc(name, mt)
   if type(mt) == "table" and rawget(mt, "__gc") ~= nil then error(name .. ": " .. GC, 3) end
 end
-pcall = function(...)
+local wrapped = {}
+wrapped.pcall = function(...)
   if select("#", ...) == 0 then error("bad argument #1 to 'pcall' (value expected)", 2) end
   return pass(raw_pcall(...))
 end
-xpcall = function(f, ...)
+wrapped.xpcall = function(f, ...)
   local h = ...
   if type(h) ~= "function" then
     local got = select("#", ...) == 0 and "no value" or type(h)
@@ -294,13 +296,13 @@ xpcall = function(f, ...)
     return h(e)
   end, select(2, ...)))
 end
-setmetatable = function(t, mt)
+wrapped.setmetatable = function(t, mt)
   no_gc("setmetatable", mt)
   local ok, r = raw_pcall(raw_setmetatable, t, mt)
   if not ok then fail("setmetatable", r) end
   return r
 end
-load = function(...)
+wrapped.load = function(...)
   local ok, f, e = raw_pcall(raw_load, ...)
   if not ok then fail("load", f) end
   if f == nil then
@@ -310,7 +312,11 @@ load = function(...)
   return f, e
 end
 local guards = {}
+-- Each library table is guarded once, whichever way it was opened first.
+local done = raw_setmetatable({}, { __mode = "k" })
 function guards.debug(debug)
+  if done[debug] then return end
+  done[debug] = true
   local raw = debug.setmetatable
   debug.setmetatable = function(v, mt)
     no_gc("debug.setmetatable", mt)
@@ -321,15 +327,24 @@ function guards.debug(debug)
   debug.sethook = function() error(sethook_refused, 2) end
 end
 function guards.coroutine(co)
-  local raw = co.resume
+  if done[co] then return end
+  done[co] = true
+  local raw_resume, raw_close = co.resume, co.close
   co.resume = function(c, ...)
     if type(c) ~= "thread" then
       error("bad argument #1 to 'resume' (coroutine expected, got " .. type(c) .. ")", 2)
     end
-    return pass(raw(c, ...))
+    return pass(raw_resume(c, ...))
+  end
+  -- `close` runs the coroutine's pending `__close` handlers protected.
+  co.close = function(c)
+    if type(c) ~= "thread" then
+      error("bad argument #1 to 'close' (coroutine expected, got " .. type(c) .. ")", 2)
+    end
+    return pass(raw_close(c))
   end
 end
-return guards
+return guards, wrapped
 "##;
 
 /// Where [`guard_stop`] keeps the guards of libraries opened later.
@@ -361,16 +376,19 @@ pub fn defer_stop_guard(lua: &Lua) -> mlua::Result<()> {
     lua.set_named_registry_value(DEFERRED_KEY, raw)
 }
 
-/// Install the guard [`defer_stop_guard`] put off (once; later calls do nothing).
+/// Install the guard [`defer_stop_guard`] put off (once; later calls do nothing). A
+/// global the task has set meanwhile (its own `load`, say) is left as it is. Nothing
+/// changes unless it all succeeds (it may fail under the task's memory limit).
 pub fn install_deferred_stop_guard(lua: &Lua) -> mlua::Result<()> {
     let Some(raw) = lua.named_registry_value::<Option<Table>>(DEFERRED_KEY)? else {
         return Ok(());
     };
-    lua.unset_named_registry_value(DEFERRED_KEY)?;
-    run_stop_guard(lua, Some(raw))
+    run_stop_guard(lua, Some(raw))?;
+    lua.unset_named_registry_value(DEFERRED_KEY)
 }
 
 fn run_stop_guard(lua: &Lua, raw: Option<Table>) -> mlua::Result<()> {
+    let deferred = raw.is_some();
     // Compiled once per process; every state loads the same bytecode.
     static BYTECODE: OnceLock<Vec<u8>> = OnceLock::new();
     let bytecode = match BYTECODE.get() {
@@ -394,9 +412,18 @@ fn run_stop_guard(lua: &Lua, raw: Option<Table>) -> mlua::Result<()> {
             .and_then(|c| c.cancel.stopped())
             .map(|r| r.message()))
     })?;
-    let guards: Table = chunk.call((stopped, SETHOOK_REFUSED, raw))?;
-    lua.set_named_registry_value(GUARDS_KEY, &guards)?;
+    let (guards, wrapped): (Table, Table) = chunk.call((stopped, SETHOOK_REFUSED, raw))?;
     let g = lua.globals();
+    let mut set = Vec::with_capacity(GUARDED_GLOBALS.len());
+    for name in GUARDED_GLOBALS {
+        if !deferred || g.raw_get::<LV>(*name)?.is_nil() {
+            set.push((*name, wrapped.raw_get::<Function>(*name)?));
+        }
+    }
+    for (name, f) in set {
+        g.raw_set(name, f)?;
+    }
+    lua.set_named_registry_value(GUARDS_KEY, &guards)?;
     for lib in ["debug", "coroutine"] {
         if let LV::Table(t) = g.raw_get::<LV>(lib)? {
             guards.raw_get::<Function>(lib)?.call::<()>(t)?;

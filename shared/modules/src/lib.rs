@@ -182,7 +182,13 @@ pub fn install_task_modules_lazy(lua: &Lua) -> mlua::Result<()> {
                 }
                 if name == "debug" || name == "coroutine" {
                     if let LV::Table(lib) = g.raw_get::<LV>(name)? {
-                        sloth_lua::executor::guard_lib(lua, name, &lib)?;
+                        if let Err(e) = sloth_lua::executor::guard_lib(lua, name, &lib) {
+                            // Not open at all rather than open unguarded.
+                            g.raw_set(name, LV::Nil)?;
+                            lua.named_registry_value::<Table>("_LOADED")?
+                                .raw_set(name, LV::Nil)?;
+                            return Err(e);
+                        }
                     }
                 }
                 sloth_lua::capture::forget_builtins(lua);
