@@ -277,8 +277,14 @@ local function fail(name, e)
   if type(e) == "string" then e = gsub(e, "to '%?'", "to '" .. name .. "'", 1) end
   error(e, 3)
 end
-local function no_gc(name, mt)
-  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then error(name .. ": " .. GC, 3) end
+-- `setmetatable` or `debug.setmetatable` (`raw`), refusing `__gc`.
+local function without_gc(name, raw)
+  return function(v, mt)
+    if type(mt) == "table" and rawget(mt, "__gc") ~= nil then error(name .. ": " .. GC, 2) end
+    local ok, r = raw_pcall(raw, v, mt)
+    if not ok then fail(name, r) end
+    return r
+  end
 end
 local wrapped = {}
 wrapped.pcall = function(...)
@@ -296,12 +302,7 @@ wrapped.xpcall = function(f, ...)
     return h(e)
   end, select(2, ...)))
 end
-wrapped.setmetatable = function(t, mt)
-  no_gc("setmetatable", mt)
-  local ok, r = raw_pcall(raw_setmetatable, t, mt)
-  if not ok then fail("setmetatable", r) end
-  return r
-end
+wrapped.setmetatable = without_gc("setmetatable", raw_setmetatable)
 wrapped.load = function(...)
   local ok, f, e = raw_pcall(raw_load, ...)
   if not ok then fail("load", f) end
@@ -317,13 +318,7 @@ local done = raw_setmetatable({}, { __mode = "k" })
 function guards.debug(debug)
   if done[debug] then return end
   done[debug] = true
-  local raw = debug.setmetatable
-  debug.setmetatable = function(v, mt)
-    no_gc("debug.setmetatable", mt)
-    local ok, r = raw_pcall(raw, v, mt)
-    if not ok then fail("debug.setmetatable", r) end
-    return r
-  end
+  debug.setmetatable = without_gc("debug.setmetatable", debug.setmetatable)
   debug.sethook = function() error(sethook_refused, 2) end
 end
 function guards.coroutine(co)
