@@ -1,7 +1,7 @@
 //! What a running task reaches outside its own Lua state ([`TaskContext`]: its host
 //! name, its log and change sink, its shared-object backend, its stop token and its
 //! mode), the argument helpers every Lua-facing function shares (durations), and the
-//! [`long_work`] hooks C work that may run long calls.
+//! [`LongWork`] hooks that C work which may run long calls.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

@@ -246,9 +246,9 @@ pub fn arm_stop_hook(lua: &Lua, cancel: CancelToken) -> mlua::Result<()> {
 
 /// A stopped task (or script) cannot catch its stop. Once it is stopped:
 /// - `pcall`, `xpcall`, `load` (whose reader runs protected), `coroutine.resume` and
-///   `coroutine.close` (which runs `__close` handlers protected) raise the stop again, so a loop around them ends (otherwise the stop hook's error
-///   was caught at every turn, and the task ran on past its deadline, its thread
-///   abandoned);
+///   `coroutine.close` (which runs `__close` handlers protected) raise the stop again,
+///   so a loop around them ends (otherwise the stop hook's error was caught at every
+///   turn, and the task ran on past its deadline, its thread abandoned);
 /// - `xpcall` calls no message handler (Lua runs the handler of an error raised in a
 ///   hook with hooks off, where a loop could never be stopped).
 ///
@@ -313,17 +313,11 @@ wrapped.load = function(...)
   return f, e
 end
 local guards = {}
--- Each library table is guarded once, whichever way it was opened first.
-local done = raw_setmetatable({}, { __mode = "k" })
 function guards.debug(debug)
-  if done[debug] then return end
-  done[debug] = true
   debug.setmetatable = without_gc("debug.setmetatable", debug.setmetatable)
   debug.sethook = function() error(sethook_refused, 2) end
 end
 function guards.coroutine(co)
-  if done[co] then return end
-  done[co] = true
   local raw_resume, raw_close = co.resume, co.close
   co.resume = function(c, ...)
     if type(c) ~= "thread" then
@@ -347,11 +341,11 @@ const GUARDS_KEY: &str = "sloth.stop.guards";
 /// Where [`defer_stop_guard`] keeps the functions it took out of the globals.
 const DEFERRED_KEY: &str = "sloth.stop.deferred";
 
-/// The globals [`STOP_GUARD_SRC`] replaces: a task state builds them on first use
+/// The globals the stop guard replaces: a task state builds them on first use
 /// ([`defer_stop_guard`]).
 pub const GUARDED_GLOBALS: &[&str] = &["pcall", "xpcall", "setmetatable", "load"];
 
-/// Install [`STOP_GUARD_SRC`] into a fresh state, before any code runs in it, and guard
+/// Install the stop guard (`STOP_GUARD_SRC`) into a fresh state, before any code runs in it, and guard
 /// its `debug` and `coroutine` libraries if they are open. The stop it checks is the
 /// one of the task bound to the state ([`bind`]), or the main script's.
 pub fn guard_stop(lua: &Lua) -> mlua::Result<()> {
@@ -374,12 +368,15 @@ pub fn defer_stop_guard(lua: &Lua) -> mlua::Result<()> {
 /// Install the guard [`defer_stop_guard`] put off (once; later calls do nothing). A
 /// global the task has set meanwhile (its own `load`, say) is left as it is. Nothing
 /// changes unless it all succeeds (it may fail under the task's memory limit).
-pub fn install_deferred_stop_guard(lua: &Lua) -> mlua::Result<()> {
+/// Whether it installed it now (which guarded the `debug` and `coroutine` globals open
+/// by then).
+pub fn install_deferred_stop_guard(lua: &Lua) -> mlua::Result<bool> {
     let Some(raw) = lua.named_registry_value::<Option<Table>>(DEFERRED_KEY)? else {
-        return Ok(());
+        return Ok(false);
     };
     run_stop_guard(lua, Some(raw))?;
-    lua.unset_named_registry_value(DEFERRED_KEY)
+    lua.unset_named_registry_value(DEFERRED_KEY)?;
+    Ok(true)
 }
 
 fn run_stop_guard(lua: &Lua, raw: Option<Table>) -> mlua::Result<()> {
@@ -434,9 +431,13 @@ pub const SETHOOK_REFUSED: &str =
     "debug.sethook is not available: sloth's own hook stops tasks and scripts at their deadline";
 
 /// Guard a library a task state opened after [`guard_stop`]: `debug` (`sethook`
-/// refused, `setmetatable` without `__gc`) or `coroutine` (`resume` passes a stop on).
+/// refused, `setmetatable` without `__gc`) or `coroutine` (`resume` and `close` pass a
+/// stop on).
 pub fn guard_lib(lua: &Lua, name: &str, lib: &Table) -> mlua::Result<()> {
-    install_deferred_stop_guard(lua)?;
+    if install_deferred_stop_guard(lua)? {
+        // `lib`, now a global, was guarded with the rest.
+        return Ok(());
+    }
     let guards: Table = lua.named_registry_value(GUARDS_KEY)?;
     guards.raw_get::<Function>(name)?.call(lib)
 }

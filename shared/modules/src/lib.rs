@@ -37,15 +37,18 @@ pub static LIBRARY: Library = Library {
 pub const EXECUTOR: Executor = Executor::new(&LIBRARY);
 
 /// The globals [`install_task_modules_lazy`] builds on first use.
-fn lazy_globals() -> Vec<&'static str> {
-    MODULES
+fn lazy_names() -> impl Iterator<Item = &'static str> {
+    LAZY_STD_LIBS
         .iter()
-        .chain(resources::MODULES)
-        .copied()
-        .chain(LAZY_STD_LIBS.iter().map(|(name, _)| *name))
+        .map(|(name, _)| *name)
+        .chain(MODULES.iter().copied())
+        .chain(resources::MODULES.iter().copied())
         .chain([HANDLER])
         .chain(sloth_lua::executor::GUARDED_GLOBALS.iter().copied())
-        .collect()
+}
+
+fn lazy_globals() -> Vec<&'static str> {
+    lazy_names().collect()
 }
 
 /// The module tables every task state has. The main state builds them all at start;
@@ -139,15 +142,7 @@ pub fn install_task_modules_lazy(lua: &Lua) -> mlua::Result<()> {
         };
         // Any global a task reads and has not set lands here: no allocation for those.
         let name: &'static str = match k.to_str() {
-            Ok(n) => match LAZY_STD_LIBS
-                .iter()
-                .map(|(l, _)| *l)
-                .chain(MODULES.iter().copied())
-                .chain(resources::MODULES.iter().copied())
-                .chain([HANDLER])
-                .chain(sloth_lua::executor::GUARDED_GLOBALS.iter().copied())
-                .find(|l| *l == &*n)
-            {
+            Ok(n) => match lazy_names().find(|l| *l == &*n) {
                 Some(l) => l,
                 None => return Ok(LV::Nil),
             },
@@ -195,22 +190,16 @@ pub fn install_task_modules_lazy(lua: &Lua) -> mlua::Result<()> {
             }
             return g.raw_get::<LV>(name);
         }
-        if sloth_lua::executor::GUARDED_GLOBALS.contains(&name) {
-            // Base functions, not modules: `require` does not find them.
+        let guarded = sloth_lua::executor::GUARDED_GLOBALS.contains(&name);
+        if guarded || name == HANDLER {
+            // Global functions, not modules: `require` does not find them.
             let is_globals = matches!(&table, LV::Table(t) if t.to_pointer() == g.to_pointer());
             if !is_globals {
                 return Ok(LV::Nil);
             }
-            sloth_lua::executor::install_deferred_stop_guard(lua)?;
-            return g.raw_get::<LV>(name);
-        }
-        if name == HANDLER {
-            // A global function, not a module: `require` does not find it.
-            let is_globals = matches!(&table, LV::Table(t) if t.to_pointer() == g.to_pointer());
-            if !is_globals {
-                return Ok(LV::Nil);
-            }
-            if g.raw_get::<LV>(name)?.is_nil() {
+            if guarded {
+                sloth_lua::executor::install_deferred_stop_guard(lua)?;
+            } else if g.raw_get::<LV>(name)?.is_nil() {
                 resources::handlers::install(lua, &g)?;
                 sloth_lua::capture::forget_builtins(lua);
             }
